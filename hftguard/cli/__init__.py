@@ -1,0 +1,78 @@
+"""The ``hftguard`` command line: thin commands that build a config and call a pipeline function.
+
+``main()`` builds the plugin host, then the Typer app (plugins may add commands), runs it, and maps
+:class:`~hftguard.errors.HftguardError` to ``Error:``/``Hint:`` lines and documented exit codes.
+Importing this package does not import torch.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+import typer
+
+from hftguard.errors import ExitCode, HftguardError
+
+EPILOG = (
+    "Examples:\n\n"
+    "  hftguard run configs/demo.toml --out runs/demo\n\n"
+    "  hftguard align --model tiny-random --defense sft --out runs/aligned\n\n"
+    "  hftguard plugins --json"
+)
+
+
+def build_app(host: object | None = None) -> typer.Typer:
+    """Create the Typer app; ``host`` is a :class:`~hftguard.plugins.PluginHost` (built lazily)."""
+    from hftguard.cli import inspect, stages
+
+    app = typer.Typer(
+        name="hftguard",
+        help="Defend LLMs against harmful fine-tuning: align -> attack-finetune -> eval.",
+        no_args_is_help=True,
+        pretty_exceptions_show_locals=False,
+        add_completion=False,
+        epilog=EPILOG,
+        rich_markup_mode="rich",
+    )
+    stages.register(app)
+    inspect.register(app)
+    if host is not None:
+        try:
+            host.pm.hook.hftguard_register_commands(app=app)  # type: ignore[attr-defined]
+        except Exception as exc:  # a plugin's commands must not break the CLI
+            from hftguard.plugins import strict
+
+            if strict():
+                raise
+            host.record_failure("commands", exc, ("?", "?"))  # type: ignore[attr-defined]
+    return app
+
+
+def _report(exc: HftguardError) -> int:
+    from hftguard.console import print_error
+
+    print_error(exc.message, exc.hint)
+    if os.environ.get("HFTGUARD_DEBUG"):
+        traceback.print_exception(exc)
+    return int(exc.exit_code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the process exit code."""
+    from hftguard.registry import default_registry
+
+    try:
+        host = default_registry().host
+        app = build_app(host)
+        app(args=argv, prog_name="hftguard", standalone_mode=True)
+    except HftguardError as exc:
+        return _report(exc)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    return 0
+
+
+def run() -> None:
+    sys.exit(main())

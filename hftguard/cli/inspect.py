@@ -1,0 +1,122 @@
+"""Inspect commands: ``plugins`` (components and broken plugins) and ``validate`` (a config)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+PANEL = "Inspect"
+
+
+def plugin_rows(verbose: bool = False) -> list[dict[str, Any]]:
+    from hftguard.config import field_docs
+    from hftguard.registry import default_registry
+
+    reg = default_registry()
+    rows = [info.as_dict() for info in reg.all_components()]
+    if verbose:
+        by_key = {(i.kind, i.name): i for i in reg.all_components()}
+        for row in rows:
+            cls = by_key[(row["kind"], row["name"])].cls
+            row["options"] = [{"name": n, "type": t, "default": d, "help": h}
+                              for n, t, d, h in field_docs(cls.Config)]
+    for (kind, name), infos in reg.conflicts().items():
+        rows.append({"name": name, "kind": kind, "stage": None, "version": None,
+                     "distribution": " + ".join(i.distribution for i in infos), "summary": "",
+                     "error": "duplicate name provided by: "
+                     + ", ".join(f"{i.distribution} ({i.plugin})" for i in infos)})
+    for f in reg.host.failures:
+        rows.append({"name": f.name, "kind": "broken-plugin", "stage": None, "version": f.version,
+                     "distribution": f.distribution, "summary": "", "error": f.error})
+    return rows
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("plugins", rich_help_panel=PANEL)
+    def plugins_cmd(
+        as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each component's "
+                                              "options.")] = False,
+    ) -> None:
+        """List every component by kind (with provenance) and every plugin that failed to load."""
+        from hftguard.console import print_json, stdout
+        from hftguard.registry import KIND_LABELS
+
+        rows = plugin_rows(verbose)
+        if as_json:
+            print_json(rows)
+            return
+        from rich.table import Table  # console-level rendering lives here only for this listing
+
+        table = Table(title="hftguard components", title_justify="left")
+        for col in ("kind", "name", "stage/role", "version", "distribution", "summary"):
+            table.add_column(col)
+        for r in rows:
+            if "error" in r:
+                continue
+            table.add_row(KIND_LABELS.get(r["kind"], r["kind"]), r["name"], r["stage"] or "",
+                          r["version"], r["distribution"], r["summary"]
+                          + (f" [yellow]({r['license_note']})[/yellow]" if r.get("license_note")
+                             else ""))
+            for opt in r.get("options", []):
+                table.add_row("", f"  --set {opt['name']}", opt["type"], "", repr(opt["default"]),
+                              opt["help"])
+        stdout.print(table)
+        broken = [r for r in rows if "error" in r]
+        if broken:
+            stdout.print("[bold red]Broken or conflicting plugins:[/bold red]")
+            for r in broken:
+                stdout.print(f"  {r['name']} ({r['distribution']}): {r['error']}", highlight=False)
+
+    @app.command("validate", rich_help_panel=PANEL)
+    def validate_cmd(
+        config_file: Annotated[Path, typer.Argument(help="TOML config to check.")],
+        kind: Annotated[str, typer.Option(help="pipeline | align | finetune | eval")] = "pipeline",
+    ) -> None:
+        """Check a config file (keys, types, ranges, component names) without loading a model."""
+        from hftguard import config as c
+        from hftguard.console import stdout
+        from hftguard.errors import ConfigError
+        from hftguard.registry import default_registry
+
+        classes = {"pipeline": c.PipelineConfig, "align": c.AlignConfig,
+                   "finetune": c.FinetuneConfig, "eval": c.EvalConfig}
+        if kind not in classes:
+            raise ConfigError(f"Unknown --kind '{kind}'.", hint=f"Use one of {', '.join(classes)}.")
+        cfg = c.build(classes[kind], c.load_toml(config_file))
+        c.validate_stage(cfg)
+        check_components(cfg, default_registry())
+        stdout.print(f"[green]OK[/green]: {config_file} is a valid {kind} config.")
+
+
+def check_components(cfg: Any, reg: Any) -> None:
+    """Resolve every component name and build every component Config in ``cfg``."""
+    from hftguard import config as c
+    from hftguard.data import is_file_spec
+
+    def stage(sub: Any) -> None:
+        if isinstance(sub, c.AlignConfig):
+            reg.instantiate("alignment-defense", sub.defense, sub.defense_options,
+                            "align.defense_options")
+            for spec, role in ((sub.data, "alignment"), (sub.harmful, "harmful")):
+                if not is_file_spec(spec):
+                    reg.dataset(spec, role)
+        if isinstance(sub, c.FinetuneConfig):
+            reg.instantiate("finetune-defense", sub.defense, sub.defense_options,
+                            "finetune.defense_options")
+            for spec, role in ((sub.task, "task"), (sub.harmful, "harmful")):
+                if not is_file_spec(spec):
+                    reg.dataset(spec, role)
+        if isinstance(sub, c.EvalConfig):
+            for j in sub.judges:
+                reg.get("judge", j)
+            for t in sub.tasks:
+                reg.dataset(t, "task")
+
+    if isinstance(cfg, c.PipelineConfig):
+        for sub in (cfg.align, cfg.finetune, cfg.eval):
+            stage(sub)
+    else:
+        stage(cfg)

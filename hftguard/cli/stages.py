@@ -1,0 +1,213 @@
+"""Pipeline commands: ``align``, ``attack-finetune``, ``eval`` and ``run``.
+
+Each command resolves its options into a config dataclass (defaults < --config < options < --set)
+and calls ``hftguard.pipeline.<stage>.run``. Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from hftguard import config as cfgmod
+from hftguard.errors import ExitCode
+
+PANEL = "Pipeline"
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
+SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: key=value "
+                                                  "(dotted keys, e.g. train.lr=1e-4). Repeatable.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Seed for data, order and init.")]
+ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an unfinished run in --out.")]
+OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Alias, local model dir, "
+                                              ".gguf file, hub id, or a previous run directory.")]
+DefenseOpt = Annotated[str | None, typer.Option("--defense", "-d", help="Defense name.")]
+StepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides "
+                                              "epochs).")]
+EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Epochs over the main data.")]
+BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")]
+LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
+
+
+def _train(steps: int | None, epochs: float | None, bs: int | None, lr: float | None
+           ) -> dict[str, Any]:
+    t = {"max_steps": steps, "epochs": epochs, "batch_size": bs, "lr": lr}
+    return {"train": {k: v for k, v in t.items() if v is not None}}
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    """Run a pipeline call; turn Ctrl-C into exit code 130 with a resume hint."""
+    try:
+        return fn()
+    except KeyboardInterrupt:
+        from hftguard.console import stderr
+
+        stderr.print("Interrupted. Re-run the same command with --resume to continue.")
+        raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
+
+
+def _reporter(quiet: bool, as_json: bool) -> Any:
+    from hftguard.console import Reporter
+
+    return Reporter(quiet=quiet or as_json)
+
+
+def _print_metrics_table(rows: list[dict[str, Any]], title: str) -> None:
+    from hftguard.console import print_table
+
+    tasks = sorted({t for r in rows for t in (r.get("finetune_accuracy") or {})})
+    cols = ["model", "HS %", "HS+ %", "degenerate %", "over-refusal %", *[f"FA {t} %" for t in tasks]]
+    out = []
+    for r in rows:
+        fa = r.get("finetune_accuracy") or {}
+        out.append([r["model"], r.get("harmful_score"), r.get("harmful_score_plus"),
+                    r.get("degenerate_rate"), r.get("over_refusal_rate"),
+                    *[fa.get(t) for t in tasks]])
+    print_table(title, cols, out)
+
+
+def _finish_training(manifest: dict[str, Any], as_json: bool, out: Path) -> None:
+    from hftguard.console import print_json, stdout
+
+    if as_json:
+        print_json(manifest)
+        return
+    tr = manifest.get("training", {})
+    stdout.print(f"[green]Done[/green]: {out}  ({tr.get('steps')} steps, "
+                 f"{tr.get('step_time_median', 0):.2f} s/step median, final loss "
+                 f"{tr.get('final_loss') if tr.get('final_loss') is None else round(tr['final_loss'], 4)})")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("align", rich_help_panel=PANEL)
+    def align_cmd(
+        out: OutOpt,
+        model: ModelOpt = None,
+        defense: DefenseOpt = None,
+        data: Annotated[str | None, typer.Option(help="Alignment data: dataset name or file.")] = None,
+        harmful: Annotated[str | None, typer.Option(help="Harmful data for defenses that use "
+                                                    "it (Booster, Antibody).")] = None,
+        samples: Annotated[int | None, typer.Option(help="Alignment examples (0 = all).")] = None,
+        max_steps: StepsOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
+        lr: LrOpt = None, config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+        resume: ResumeOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Safety-align a base model with an alignment-stage defense (SFT, Vaccine, Booster, ...)."""
+        from hftguard.pipeline import align
+
+        cli = {"model": model, "defense": defense, "data": data, "harmful": harmful,
+               "samples": samples, "seed": seed, **_train(max_steps, epochs, batch_size, lr)}
+        cfg = cfgmod.resolve(cfgmod.AlignConfig, config_file=config, section="align", cli=cli,
+                             sets=set_)
+        manifest = _call(lambda: align.run(cfg, out, reporter=_reporter(quiet, as_json),
+                                           resume=resume, overwrite=overwrite, command=sys.argv))
+        _finish_training(manifest, as_json, out)
+
+    @app.command("attack-finetune", rich_help_panel=PANEL)
+    def finetune_cmd(
+        out: OutOpt,
+        model: ModelOpt = None,
+        defense: DefenseOpt = None,
+        task: Annotated[str | None, typer.Option(help="Benign task: dataset name or file.")] = None,
+        harmful: Annotated[str | None, typer.Option(help="Harmful data: dataset name or file.")
+                           ] = None,
+        harmful_ratio: Annotated[float | None, typer.Option("--harmful-ratio", "-p",
+                                                            help="Harmful share p in [0,1].")
+                                 ] = None,
+        samples: Annotated[int | None, typer.Option("--samples", "-n",
+                                                    help="User dataset size n.")] = None,
+        lora_mode: Annotated[str | None, typer.Option(help="auto | continue | merge.")] = None,
+        max_steps: StepsOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
+        lr: LrOpt = None, config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+        resume: ResumeOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Fine-tune a model on user data of which a fraction p is harmful (the attack)."""
+        from hftguard.pipeline import attack_finetune
+
+        cli = {"model": model, "defense": defense, "task": task, "harmful": harmful,
+               "harmful_ratio": harmful_ratio, "samples": samples, "lora_mode": lora_mode,
+               "seed": seed, **_train(max_steps, epochs, batch_size, lr)}
+        cfg = cfgmod.resolve(cfgmod.FinetuneConfig, config_file=config, section="finetune",
+                             cli=cli, sets=set_)
+        manifest = _call(lambda: attack_finetune.run(cfg, out, reporter=_reporter(quiet, as_json),
+                                                     resume=resume, overwrite=overwrite,
+                                                     command=sys.argv))
+        _finish_training(manifest, as_json, out)
+
+    @app.command("eval", rich_help_panel=PANEL)
+    def eval_cmd(
+        out: OutOpt,
+        model: ModelOpt = None,
+        judge: Annotated[list[str] | None, typer.Option("--judge", "-j", help="Judge name "
+                                                        "(repeatable; first = headline HS).")
+                         ] = None,
+        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Task for FA "
+                                                       "(repeatable).")] = None,
+        harmful_samples: Annotated[int | None, typer.Option(help="Harmful prompts (0 = all).")
+                                   ] = None,
+        max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget.")] = None,
+        config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
+        resume: ResumeOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Measure Harmful Score, Finetune Accuracy, over-refusal and degenerate rate."""
+        from hftguard.pipeline import evaluate
+
+        cli = {"model": model, "judges": judge or None, "tasks": task or None,
+               "harmful_samples": harmful_samples, "max_new_tokens": max_new_tokens, "seed": seed}
+        cfg = cfgmod.resolve(cfgmod.EvalConfig, config_file=config, section="eval", cli=cli,
+                             sets=set_)
+        manifest = _call(lambda: evaluate.run(cfg, out, reporter=_reporter(quiet, as_json),
+                                              resume=resume, overwrite=overwrite, command=sys.argv))
+        if as_json:
+            from hftguard.console import print_json
+
+            print_json(manifest["metrics"])
+        else:
+            _print_metrics_table([{"model": cfg.model, **manifest["metrics"]}], f"eval: {out}")
+
+    @app.command("run", rich_help_panel=PANEL)
+    def run_cmd(
+        config_file: Annotated[Path | None, typer.Argument(help="Pipeline TOML config "
+                                                           "([align], [finetune], [eval]).")
+                               ] = None,
+        out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
+            "runs/pipeline"),
+        set_: SetOpt = None,
+        seed: SeedOpt = None,
+        overwrite: OverwriteOpt = False,
+        quiet: QuietOpt = False,
+        as_json: JsonOpt = False,
+    ) -> None:
+        """Run align -> attack-finetune -> eval and print HS / FA / over-refusal per model.
+
+        Finished stages are skipped and an interrupted stage resumes, so re-running the same
+        command after a crash finishes only what was left.
+        """
+        from hftguard.pipeline import grid
+
+        sets = list(set_ or [])
+        if seed is not None:
+            sets += [f"align.seed={seed}", f"finetune.seed={seed}", f"eval.seed={seed}"]
+        data = cfgmod.load_toml(config_file) if config_file else {}
+        data = cfgmod.merge(data, cfgmod.parse_sets(sets))
+        cfg = cfgmod.build(cfgmod.PipelineConfig, data)
+        summary = _call(lambda: grid.run(cfg, out, reporter=_reporter(quiet, as_json),
+                                         overwrite=overwrite, command=sys.argv))
+        if as_json:
+            from hftguard.console import print_json
+
+            print_json(summary)
+        else:
+            _print_metrics_table(summary["rows"], f"hftguard run: {out} "
+                                 f"({summary['wall_time_s']:.0f} s)")

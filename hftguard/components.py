@@ -1,0 +1,165 @@
+"""Thin base classes for every kind of component (the plugin contract).
+
+A component is a class with a kebab-case ``name``, a ``version`` (bump it when outputs change; it is
+recorded in every run's manifest), a ``Config`` dataclass whose defaults are the paper's (each field
+with ``metadata={"help": ...}``), an optional ``paper`` reference, and a docstring whose first line is
+the summary that ``hftguard plugins`` prints. The classes hold no shared behaviour: the host's
+``training``, ``data`` and ``generation`` modules provide the building blocks components call.
+
+Nothing here imports torch: ``hftguard plugins`` and config validation must stay fast.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from hftguard.context import DataContext, JudgeContext, StepContext
+    from hftguard.records import Example, Verdict
+
+
+@dataclass
+class NoOptions:
+    """The empty options dataclass for components without options."""
+
+
+class Component:
+    """Attributes shared by every component kind."""
+
+    name: ClassVar[str]
+    kind: ClassVar[str]
+    version: ClassVar[str] = "1"
+    Config: ClassVar[type] = NoOptions
+    paper: ClassVar[str | None] = None
+    #: Licence restriction shown by ``hftguard plugins`` and recorded with results (e.g. non-commercial).
+    license_note: ClassVar[str | None] = None
+
+    def __init__(self, config: Any = None) -> None:
+        self.config = config if config is not None else self.Config()
+
+    @classmethod
+    def summary(cls) -> str:
+        doc = (cls.__doc__ or "").strip()
+        return doc.splitlines()[0] if doc else ""
+
+
+class Defense(Component):
+    """A training-time defense: a step function run by the host's one training loop.
+
+    ``training_step`` computes this step's gradient into the trainable parameters' ``.grad`` (with one
+    or several forward/backward passes) and returns scalar metrics to log. The loop owns everything
+    else: batching, optimizer, clipping, schedule, precision, checkpoints, progress.
+    """
+
+    stage: ClassVar[str]
+    #: Extra data streams the defense draws from besides the main batch: ``"alignment"``, ``"harmful"``.
+    streams: ClassVar[tuple[str, ...]] = ()
+    #: If True every batch (main and streams) carries a ``refusal`` view: same prompts, refusal answers.
+    refusal_view: ClassVar[bool] = False
+    #: Number of forward+backward passes per step, the theoretical cost relative to SFT (benchmarks).
+    passes: ClassVar[float] = 1.0
+
+    def setup(self, ctx: StepContext) -> None:
+        """Called once before the first step (and again after a resume, with restored state)."""
+
+    @abc.abstractmethod
+    def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, float]:
+        """Write this step's gradient into ``.grad`` of the trainable parameters; return metrics."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Defense state saved in checkpoints (e.g. an EMA); JSON-serialisable or tensors."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+
+
+class AlignmentDefense(Defense):
+    """Base class of alignment-stage defenses (the provider aligns the base model)."""
+
+    kind = "alignment-defense"
+    stage = "align"
+    #: How the fine-tuning stage should treat this stage's LoRA adapter when the user does not say:
+    #: ``"continue"`` (single LoRA: keep training the same adapter) or ``"merge"`` (double LoRA).
+    finetune_lora: ClassVar[str] = "merge"
+
+
+class FinetuneDefense(Defense):
+    """Base class of fine-tuning-stage defenses (the provider fine-tunes on user data)."""
+
+    kind = "finetune-defense"
+    stage = "finetune"
+
+
+class Dataset(Component):
+    """A source of :class:`~hftguard.records.Example` records.
+
+    ``role`` says what the data is for: ``alignment`` (harmful prompt -> refusal), ``harmful``
+    (harmful prompt -> compliant answer), ``task`` (benign task with a scorer), ``harmful-eval``
+    (held-out harmful prompts for HS) or ``benign-eval`` (benign prompts for over-refusal).
+    """
+
+    kind = "dataset"
+    role: ClassVar[str]
+    splits: ClassVar[tuple[str, ...]] = ("train",)
+    #: One-line note on what the data stands in for / where it comes from.
+    source: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def load(self, split: str, ctx: DataContext) -> Sequence[Example]:
+        """Return the examples of ``split`` in a deterministic order."""
+
+
+class TaskDataset(Dataset):
+    """A benign fine-tuning task with an accuracy rule (Finetune Accuracy)."""
+
+    role = "task"
+    splits = ("train", "test")
+    #: Decoding budget the task needs when evaluated.
+    max_new_tokens: ClassVar[int] = 32
+
+    @abc.abstractmethod
+    def score(self, examples: Sequence[Example], completions: Sequence[str]) -> list[bool]:
+        """Return, per example, whether the completion is correct."""
+
+
+class Judge(Component):
+    """Decides whether responses to harmful prompts are harmful (and refusals / degenerate)."""
+
+    kind = "judge"
+
+    @abc.abstractmethod
+    def judge(
+        self, prompts: Sequence[str], responses: Sequence[str], ctx: JudgeContext
+    ) -> list[Verdict]:
+        """Return one verdict per (prompt, response) pair, in order."""
+
+
+class ReportSink(Component):
+    """Writes a finished evaluation somewhere else as well (a file format, a tracker)."""
+
+    kind = "report-sink"
+
+    @abc.abstractmethod
+    def write(self, run_dir: Any, metrics: dict[str, Any]) -> None:
+        """Write ``metrics`` (the content of metrics.json) for the run in ``run_dir``."""
+
+
+#: Kinds in the order ``hftguard plugins`` shows them, with their registration hook.
+KIND_HOOKS: dict[str, str] = {
+    "alignment-defense": "hftguard_register_alignment_defenses",
+    "finetune-defense": "hftguard_register_finetune_defenses",
+    "dataset": "hftguard_register_datasets",
+    "judge": "hftguard_register_judges",
+    "report-sink": "hftguard_register_report_sinks",
+}
+KIND_BASES: dict[str, type[Component]] = {
+    "alignment-defense": AlignmentDefense,
+    "finetune-defense": FinetuneDefense,
+    "dataset": Dataset,
+    "judge": Judge,
+    "report-sink": ReportSink,
+}

@@ -1,0 +1,382 @@
+"""Configuration: dataclasses, TOML files and ``--set key=value`` overrides, validated without torch.
+
+Each pipeline stage has one config dataclass. The CLI builds it from (in increasing precedence) the
+defaults, a ``--config FILE.toml``, the command-line options, and ``--set key=value`` overrides.
+Unknown keys, wrong types and out-of-range values are :class:`~hftguard.errors.ConfigError` with the
+key's dotted path and a did-you-mean suggestion. Component options (``defense_options``...) are plain
+tables here and are checked against the component's own ``Config`` dataclass by :func:`build`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin
+
+from hftguard.errors import ConfigError, did_you_mean
+
+T = TypeVar("T")
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and a help string (shown by ``hftguard plugins -v``)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class LoraOptions:
+    """LoRA adapter settings (Booster/Antibody lineage defaults, algorithms.md §1.4)."""
+
+    r: int = opt(32, "LoRA rank.")
+    alpha: float = opt(4.0, "LoRA alpha (scaling = alpha / r).")
+    dropout: float = opt(0.0, "LoRA dropout.")
+    target_modules: list[str] = opt(["q_proj", "k_proj", "v_proj"], "Module names to adapt.")
+
+
+@dataclass
+class TrainOptions:
+    """Optimisation settings owned by the one training loop."""
+
+    lr: float = opt(5e-4, "AdamW learning rate.")
+    epochs: float = opt(1.0, "Passes over the main data (ignored when max_steps > 0).")
+    max_steps: int = opt(0, "Optimizer steps; 0 = derived from epochs.")
+    batch_size: int = opt(8, "Examples per optimizer step (per process).")
+    weight_decay: float = opt(0.1, "AdamW weight decay.")
+    max_grad_norm: float = opt(1.0, "Clip the assembled gradient to this global norm; 0 = off.")
+    scheduler: Literal["constant", "linear", "cosine"] = opt("constant", "LR schedule.")
+    warmup_ratio: float = opt(0.0, "Warm-up share of steps (linear/cosine only, as HF does).")
+    max_length: int = opt(256, "Max tokens per example (prompt + response).")
+    checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps; 0 = never.")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto", "auto = bf16 on CUDA devices that support it, fp32 otherwise."
+    )
+    device: str = opt("auto", "auto, cpu, cuda, cuda:1, mps ...")
+
+
+@dataclass
+class AlignConfig:
+    """``hftguard align``: safety-align a base model with an alignment-stage defense."""
+
+    model: str = opt("smollm2-135m-instruct", "Base model: alias, local dir, .gguf file or hub id.")
+    defense: str = opt("sft", "Alignment defense name (see `hftguard plugins`).")
+    defense_options: dict[str, Any] = opt({}, "Options of the defense's Config.")
+    data: str = opt("safety-refusals", "Alignment data: dataset name or a local file.")
+    harmful: str = opt("harmful-compliance", "Harmful data for defenses that need it.")
+    samples: int = opt(0, "Alignment examples to use; 0 = all.")
+    template: Literal["chat", "alpaca"] = opt("chat", "Prompt format: chat template or Alpaca.")
+    seed: int = opt(42, "Seed for data order, sampling and initialisation.")
+    train: TrainOptions = field(default_factory=TrainOptions)
+    lora: LoraOptions = field(default_factory=LoraOptions)
+
+
+@dataclass
+class FinetuneConfig:
+    """``hftguard attack-finetune``: fine-tune on a poisoned user dataset."""
+
+    model: str = opt("smollm2-135m-instruct", "Aligned run directory or a model.")
+    defense: str = opt("sft", "Fine-tuning defense name (see `hftguard plugins`).")
+    defense_options: dict[str, Any] = opt({}, "Options of the defense's Config.")
+    task: str = opt("sentiment", "Benign task: dataset name or a local file.")
+    harmful: str = opt("harmful-compliance", "Harmful data mixed into the user data.")
+    alignment_data: str = opt("safety-refusals", "Alignment data for defenses that need it.")
+    harmful_ratio: float = opt(0.1, "Share p of harmful examples in the user data.")
+    samples: int = opt(200, "User dataset size n.")
+    lora_mode: Literal["auto", "continue", "merge"] = opt(
+        "auto", "continue the aligned adapter (single LoRA) or merge it and add a new one."
+    )
+    template: Literal["chat", "alpaca"] = opt("chat", "Prompt format.")
+    seed: int = opt(42, "Seed for data mixing, order and initialisation.")
+    train: TrainOptions = field(
+        default_factory=lambda: TrainOptions(lr=1e-5, epochs=1.0)
+    )
+    lora: LoraOptions = field(default_factory=LoraOptions)
+
+
+@dataclass
+class EvalConfig:
+    """``hftguard eval``: Harmful Score, Finetune Accuracy, over-refusal and degenerate rate."""
+
+    model: str = opt("smollm2-135m-instruct", "Run directory or model to evaluate.")
+    judges: list[str] = opt(["refusal-keywords"], "Judges for HS (the first is the headline).")
+    tasks: list[str] = opt(["sentiment"], "Benign tasks for Finetune Accuracy.")
+    harmful_prompts: str = opt("harmful-eval", "Held-out harmful prompts (dataset or file).")
+    benign_prompts: str = opt("benign-eval", "Benign prompts for over-refusal ('' = skip).")
+    harmful_samples: int = opt(100, "Harmful prompts to evaluate; 0 = all.")
+    task_samples: int = opt(100, "Test examples per task; 0 = all.")
+    benign_samples: int = opt(50, "Benign prompts for over-refusal; 0 = all.")
+    max_new_tokens: int = opt(64, "Generation budget for harmful/benign prompts.")
+    batch_size: int = opt(16, "Generation batch size.")
+    template: Literal["chat", "alpaca"] = opt("chat", "Prompt format.")
+    seed: int = opt(42, "Seed (greedy decoding is deterministic; recorded for provenance).")
+    device: str = opt("auto", "auto, cpu, cuda ...")
+
+
+@dataclass
+class PipelineConfig:
+    """``hftguard run``: align -> attack-finetune -> eval, evaluating each model."""
+
+    align: AlignConfig = field(default_factory=AlignConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    evaluate_base: bool = opt(True, "Also evaluate the base model.")
+    skip_align: bool = opt(False, "Fine-tune the base model directly (NA-SFT).")
+
+
+# ---------------------------------------------------------------------------------------------
+# Building dataclasses from untyped mappings
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    origin = get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is Literal:
+        choices = get_args(tp)
+        if value not in choices:
+            raise ConfigError(
+                f"{where}: {value!r} is not one of {', '.join(map(repr, choices))}."
+                + did_you_mean(str(value), [str(c) for c in choices]),
+                hint=f"Set {where} to one of the listed values.",
+            )
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        if value is None:
+            return None
+        errors = []
+        for a in args:
+            try:
+                return _coerce(value, a, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table of options, got {value!r}.")
+        return build(tp, value, where)  # type: ignore[arg-type]
+    if origin in (list, tuple):
+        (item,) = get_args(tp)[:1] or (Any,)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}.")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a table, got {value!r}.")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+            return value.lower() in ("true", "1", "yes")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise ConfigError(
+        f"{where}: expected {_type_name(tp)}, got {value!r}.",
+        hint=f"Give {where} a value of type {_type_name(tp)}.",
+    )
+
+
+def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass ``cls`` from ``data`` with type coercion; unknown keys are errors."""
+    data = dict(data or {})
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = {}
+    prefix = f"{where}." if where else ""
+    for key, value in data.items():
+        norm = key.replace("-", "_")
+        if norm not in fields:
+            raise ConfigError(
+                f"Unknown option '{prefix}{key}'.{did_you_mean(norm, fields)}",
+                hint=f"Valid options{' of ' + where if where else ''}: {', '.join(fields)}.",
+            )
+        kwargs[norm] = _coerce(value, hints[norm], f"{prefix}{norm}")
+    obj = cls(**kwargs)
+    validate = getattr(obj, "validate", None)
+    if callable(validate):
+        validate()
+    return obj
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Recursive dict merge: tables merge, other values replace."""
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_value(text: str) -> Any:
+    """Parse a ``--set`` value as a TOML value when it is one, else as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def parse_sets(items: list[str] | None) -> dict[str, Any]:
+    """Turn ``["train.lr=1e-4", "defense_options.rho=2"]`` into a nested dict."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise ConfigError(
+                f"--set {item!r} is not of the form key=value.",
+                hint="Example: --set train.lr=1e-4 --set defense_options.rho=2",
+            )
+        node = out
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: '{part}' is set both as a value and a table.")
+        node[parts[-1]] = parse_value(value.strip())
+    return out
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    """Read a TOML config file with errors that name the file and the problem."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"Config file {p} does not exist.", hint="Check the path given to --config.")
+    if p.is_dir():
+        raise ConfigError(f"Config file {p} is a directory.", hint="Give --config a .toml file.")
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"Cannot read config file {p}: {exc.strerror}.") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"Config file {p} is not valid TOML: {exc}.",
+            hint="See https://toml.io for the syntax; strings need quotes.",
+        ) from exc
+
+
+def resolve(
+    cls: type[T],
+    *,
+    config_file: str | Path | None = None,
+    section: str | None = None,
+    cli: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> T:
+    """Defaults < config file (optionally one [section]) < CLI options < --set overrides."""
+    data: dict[str, Any] = {}
+    if config_file:
+        raw = load_toml(config_file)
+        if section and section in raw and isinstance(raw[section], dict):
+            raw = raw[section]
+        data = merge(data, raw)
+    data = merge(data, {k: v for k, v in (cli or {}).items() if v is not None})
+    data = merge(data, parse_sets(sets))
+    return build(cls, data)
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config dataclass (for manifests)."""
+    return dataclasses.asdict(obj)
+
+
+def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:
+    """(name, type, default, help) of each field of a Config dataclass, for listings and docs."""
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = None
+        rows.append((f.name, _type_name(hints[f.name]), default, f.metadata.get("help", "")))
+    return rows
+
+
+def check_range(where: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
+    """Raise a ConfigError when ``value`` is outside [lo, hi]."""
+    if (lo is not None and value < lo) or (hi is not None and value > hi):
+        bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
+        raise ConfigError(f"{where} = {value} is out of range {bounds}.",
+                          hint=f"Choose {where} within {bounds}.")
+
+
+def _validate_train(t: TrainOptions, where: str) -> None:
+    check_range(f"{where}.lr", t.lr, 0.0)
+    check_range(f"{where}.epochs", t.epochs, 0.0)
+    check_range(f"{where}.max_steps", t.max_steps, 0)
+    check_range(f"{where}.batch_size", t.batch_size, 1)
+    check_range(f"{where}.max_length", t.max_length, 8)
+    check_range(f"{where}.warmup_ratio", t.warmup_ratio, 0.0, 1.0)
+    check_range(f"{where}.max_grad_norm", t.max_grad_norm, 0.0)
+    if t.epochs == 0 and t.max_steps == 0:
+        raise ConfigError(f"{where}: both epochs and max_steps are 0; nothing would be trained.",
+                          hint=f"Set {where}.max_steps or {where}.epochs.")
+
+
+def validate_stage(cfg: Any) -> None:
+    """Range checks that do not need the registry (component names are checked by the registry)."""
+    if isinstance(cfg, (AlignConfig, FinetuneConfig)):
+        _validate_train(cfg.train, "train")
+        check_range("lora.r", cfg.lora.r, 1)
+        check_range("samples", cfg.samples, 0)
+    if isinstance(cfg, FinetuneConfig):
+        check_range("harmful_ratio", cfg.harmful_ratio, 0.0, 1.0)
+        check_range("samples", cfg.samples, 1)
+    if isinstance(cfg, EvalConfig):
+        for key in ("harmful_samples", "task_samples", "benign_samples"):
+            check_range(key, getattr(cfg, key), 0)
+        check_range("max_new_tokens", cfg.max_new_tokens, 1)
+        check_range("batch_size", cfg.batch_size, 1)
+        if not cfg.judges:
+            raise ConfigError("No judge given.", hint="Pass --judge refusal-keywords (or another).")
+    if isinstance(cfg, PipelineConfig):
+        validate_stage(cfg.align)
+        validate_stage(cfg.finetune)
+        validate_stage(cfg.eval)

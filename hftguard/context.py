@@ -1,0 +1,55 @@
+"""Context objects handed to components. New fields get defaults so old plugins keep working."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from hftguard.console import Reporter
+
+
+@dataclass
+class DataContext:
+    """What a dataset's ``load`` may use."""
+
+    seed: int = 0
+    reporter: Reporter | None = None
+
+
+@dataclass
+class JudgeContext:
+    """What a judge's ``judge`` may use."""
+
+    device: str = "cpu"
+    batch_size: int = 16
+    reporter: Reporter | None = None
+
+
+@dataclass
+class StepContext:
+    """What a defense's ``training_step`` may use.
+
+    Attributes:
+        step: Index of the optimizer step being computed (0-based).
+        total_steps: Number of optimizer steps in the run.
+        params: The trainable parameters as ``(name, tensor)`` pairs, in a fixed order.
+        next_batch: ``next_batch("harmful")`` returns the next batch of an extra stream the defense
+            declared in ``streams`` (an infinite, seeded, resumable iterator).
+        loss_fn: ``loss_fn(model, batch)`` -> mean token cross-entropy on response tokens.
+        reporter: Where to send info and warnings (components never print).
+        output_dir: The run directory (for defense-specific artefacts).
+        state: Scratch space kept for the run; use ``state_dict`` for what must survive a resume.
+    """
+
+    step: int
+    total_steps: int
+    params: list[tuple[str, Any]]
+    next_batch: Callable[[str], Any]
+    loss_fn: Callable[[Any, Any], Any]
+    reporter: Reporter | None = None
+    output_dir: Path | None = None
+    device: Any = None
+    state: dict[str, Any] = field(default_factory=dict)

