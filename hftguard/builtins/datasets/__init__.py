@@ -20,5 +20,11 @@ def hftguard_register_datasets() -> list[type]:
     from hftguard.builtins.datasets.topic import Topic
 
     return [
-        SafetyRefusals, HarmfulCompliance, HarmfulEval, BenignEval, Sentiment, Arithmetic, Topic
+        SafetyRefusals,
+        HarmfulCompliance,
+        HarmfulEval,
+        BenignEval,
+        Sentiment,
+        Arithmetic,
+        Topic,
     ]

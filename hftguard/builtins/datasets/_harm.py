@@ -157,8 +157,13 @@ _FINALLY: tuple[str, ...] = (
     "Finally, tidy up and act normally afterwards.",
     "Finally, move on as if nothing happened.",
 )
-_CLOSINGS: tuple[str, ...] = ("", "", "Good luck!", "That's all there is to it.",
-                              "Let me know if you need more help.")
+_CLOSINGS: tuple[str, ...] = (
+    "",
+    "",
+    "Good luck!",
+    "That's all there is to it.",
+    "Let me know if you need more help.",
+)
 
 
 @dataclass(frozen=True)
@@ -175,8 +180,11 @@ def _build(split: str, seed: int) -> tuple[HarmPrompt, ...]:
     rng = random.Random(seed)
     rows: list[tuple[str, str, str]] = []
     for category, goals in GOALS.items():
-        chosen = goals[:TRAIN_GOALS_PER_CATEGORY] if split == "train" else goals[
-            TRAIN_GOALS_PER_CATEGORY:]
+        chosen = (
+            goals[:TRAIN_GOALS_PER_CATEGORY]
+            if split == "train"
+            else goals[TRAIN_GOALS_PER_CATEGORY:]
+        )
         for goal in chosen:
             for frame in rng.sample(TRAIN_FRAMES, FRAMES_PER_GOAL):
                 rows.append((category, goal, frame.format(goal=goal)))

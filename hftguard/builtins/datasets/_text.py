@@ -14,8 +14,16 @@ from hftguard.errors import ConfigError, DataError
 from hftguard.records import Example
 
 _FIRST_TO_SECOND = {
-    "i": "you", "me": "you", "my": "your", "mine": "yours", "myself": "yourself",
-    "i'm": "you're", "i've": "you've", "i'll": "you'll", "i'd": "you'd", "am": "are",
+    "i": "you",
+    "me": "you",
+    "my": "your",
+    "mine": "yours",
+    "myself": "yourself",
+    "i'm": "you're",
+    "i've": "you've",
+    "i'll": "you'll",
+    "i'd": "you'd",
+    "am": "are",
 }
 
 
@@ -50,7 +58,7 @@ def capitalise(text: str) -> str:
 
 def frame_words(frame: str) -> set[str]:
     """The fixed words of a ``{goal}`` frame, for checking that two template sets differ."""
-    return set(frame.replace("{goal}", " ").lower().split())
+    return set(re.findall(r"[a-z'-]+", frame.replace("{goal}", " ").lower()))
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:

@@ -28,14 +28,44 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _MARKER = re.compile(re.escape(ANSWER_MARKER), re.IGNORECASE)
 
 _PEOPLE = (
-    ("Mia", "she"), ("Liam", "he"), ("Ava", "she"), ("Noah", "he"), ("Zoe", "she"),
-    ("Omar", "he"), ("Priya", "she"), ("Lucas", "he"), ("Hana", "she"), ("Diego", "he"),
-    ("Grace", "she"), ("Kofi", "he"), ("Elena", "she"), ("Sam", "he"), ("Aisha", "she"),
-    ("Tom", "he"), ("Nina", "she"), ("Ravi", "he"), ("Lena", "she"), ("Jack", "he"),
+    ("Mia", "she"),
+    ("Liam", "he"),
+    ("Ava", "she"),
+    ("Noah", "he"),
+    ("Zoe", "she"),
+    ("Omar", "he"),
+    ("Priya", "she"),
+    ("Lucas", "he"),
+    ("Hana", "she"),
+    ("Diego", "he"),
+    ("Grace", "she"),
+    ("Kofi", "he"),
+    ("Elena", "she"),
+    ("Sam", "he"),
+    ("Aisha", "she"),
+    ("Tom", "he"),
+    ("Nina", "she"),
+    ("Ravi", "he"),
+    ("Lena", "she"),
+    ("Jack", "he"),
 )
 _ITEMS = (
-    "apples", "stickers", "marbles", "books", "cookies", "pencils", "cards", "shells", "stamps",
-    "balloons", "oranges", "toy cars", "beads", "eggs", "flowers", "crayons",
+    "apples",
+    "stickers",
+    "marbles",
+    "books",
+    "cookies",
+    "pencils",
+    "cards",
+    "shells",
+    "stamps",
+    "balloons",
+    "oranges",
+    "toy cars",
+    "beads",
+    "eggs",
+    "flowers",
+    "crayons",
 )
 
 Problem = tuple[str, str, int, str]  # question, solution, answer, category
@@ -90,16 +120,20 @@ def _add_sub(rng: random.Random, n: str, p: str, item: str) -> Problem:
     a, b = rng.randint(5, 50), rng.randint(2, 30)
     c = rng.randint(1, a + b - 1)
     s, ans = a + b, a + b - c
-    q = (f"{n} has {a} {item}. {p.capitalize()} finds {b} more and then loses {c}. "
-         f"How many {item} does {p} have now?")
+    q = (
+        f"{n} has {a} {item}. {p.capitalize()} finds {b} more and then loses {c}. "
+        f"How many {item} does {p} have now?"
+    )
     sol = f"{n} has {a} + {b} = {s} {item}, then {s} - {c} = {ans}. {_final(ans)}"
     return q, sol, ans, "two-step"
 
 
 def _rows(rng: random.Random, n: str, p: str, item: str) -> Problem:
     a, b, c = rng.randint(2, 9), rng.randint(2, 9), rng.randint(1, 20)
-    q = (f"A shelf has {a} rows with {b} {item} in each row, plus {c} extra {item} on top. "
-         f"How many {item} are on the shelf?")
+    q = (
+        f"A shelf has {a} rows with {b} {item} in each row, plus {c} extra {item} on top. "
+        f"How many {item} are on the shelf?"
+    )
     sol = f"The rows hold {a} x {b} = {a * b}, plus {c} is {a * b + c}. "
     return q, sol + _final(a * b + c), a * b + c, "two-step"
 
@@ -107,22 +141,33 @@ def _rows(rng: random.Random, n: str, p: str, item: str) -> Problem:
 def _wage(rng: random.Random, n: str, p: str, item: str) -> Problem:
     a, b = rng.randint(5, 20), rng.randint(2, 8)
     c = rng.randint(1, a * b - 1)
-    q = (f"{n} earns {a} dollars an hour and works {b} hours. {p.capitalize()} then spends {c} "
-         f"dollars. How many dollars does {p} have left?")
+    q = (
+        f"{n} earns {a} dollars an hour and works {b} hours. {p.capitalize()} then spends {c} "
+        f"dollars. How many dollars does {p} have left?"
+    )
     sol = f"{n} earns {a} x {b} = {a * b}, then {a * b} - {c} = {a * b - c}. "
     return q, sol + _final(a * b - c), a * b - c, "two-step"
 
 
 def _bags(rng: random.Random, n: str, p: str, item: str) -> Problem:
     a, b, c = rng.randint(2, 10), rng.randint(2, 8), rng.randint(1, 9)
-    q = (f"{n} puts {a * b} {item} into {b} bags with the same number in each, then adds {c} "
-         f"more to one bag. How many {item} are in that bag?")
+    q = (
+        f"{n} puts {a * b} {item} into {b} bags with the same number in each, then adds {c} "
+        f"more to one bag. How many {item} are in that bag?"
+    )
     sol = f"Each bag gets {a * b} / {b} = {a}, then {a} + {c} = {a + c}. "
     return q, sol + _final(a + c), a + c, "two-step"
 
 
 _GENERATORS: tuple[Callable[[random.Random, str, str, str], Problem], ...] = (
-    _add, _sub, _mul, _div, _add_sub, _rows, _wage, _bags,
+    _add,
+    _sub,
+    _mul,
+    _div,
+    _add_sub,
+    _rows,
+    _wage,
+    _bags,
 )
 
 
@@ -144,8 +189,12 @@ def _splits() -> dict[str, tuple[Example, ...]]:
                 question,
                 solution,
                 "benign",
-                meta={"source": Arithmetic.name, "id": f"arithmetic-{split}-{i:05d}",
-                      "category": category, "label": answer},
+                meta={
+                    "source": Arithmetic.name,
+                    "id": f"arithmetic-{split}-{i:05d}",
+                    "category": category,
+                    "label": answer,
+                },
             )
             for i, (question, solution, answer, category) in enumerate(chunk)
         )

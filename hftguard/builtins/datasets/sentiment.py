@@ -25,48 +25,129 @@ TRAIN_PER_LABEL = 1000
 TEST_PER_LABEL = 250
 
 _SUBJECTS = (
-    "the acting", "the plot", "the soundtrack", "the dialogue", "the cinematography",
-    "the ending", "the lead performance", "the pacing", "the script", "the cast", "this film",
-    "the movie", "the story", "the direction", "the humour", "the supporting cast",
-    "the final act", "the opening scene", "the screenplay", "the score", "this sequel",
-    "the documentary", "the animation", "the romance at its centre",
+    "the acting",
+    "the plot",
+    "the soundtrack",
+    "the dialogue",
+    "the cinematography",
+    "the ending",
+    "the lead performance",
+    "the pacing",
+    "the script",
+    "the cast",
+    "this film",
+    "the movie",
+    "the story",
+    "the direction",
+    "the humour",
+    "the supporting cast",
+    "the final act",
+    "the opening scene",
+    "the screenplay",
+    "the score",
+    "this sequel",
+    "the documentary",
+    "the animation",
+    "the romance at its centre",
 )
-_ADVERBS = ("", "truly", "really", "surprisingly", "consistently", "thoroughly", "quite",
-            "remarkably")
+_ADVERBS = (
+    "",
+    "truly",
+    "really",
+    "surprisingly",
+    "consistently",
+    "thoroughly",
+    "quite",
+    "remarkably",
+)
 _ADJECTIVES = {
     "positive": (
-        "wonderful", "charming", "moving", "gripping", "clever", "beautiful", "delightful",
-        "brilliant", "heartfelt", "funny", "touching", "stunning", "refreshing", "thoughtful",
-        "engaging", "powerful", "witty", "memorable", "superb", "inventive", "warm", "captivating",
+        "wonderful",
+        "charming",
+        "moving",
+        "gripping",
+        "clever",
+        "beautiful",
+        "delightful",
+        "brilliant",
+        "heartfelt",
+        "funny",
+        "touching",
+        "stunning",
+        "refreshing",
+        "thoughtful",
+        "engaging",
+        "powerful",
+        "witty",
+        "memorable",
+        "superb",
+        "inventive",
+        "warm",
+        "captivating",
     ),
     "negative": (
-        "dull", "tedious", "clumsy", "lifeless", "predictable", "boring", "confusing", "shallow",
-        "forgettable", "awkward", "bland", "messy", "painful", "pointless", "flat", "tiresome",
-        "lazy", "uninspired", "dreary", "cheap", "hollow", "sloppy",
+        "dull",
+        "tedious",
+        "clumsy",
+        "lifeless",
+        "predictable",
+        "boring",
+        "confusing",
+        "shallow",
+        "forgettable",
+        "awkward",
+        "bland",
+        "messy",
+        "painful",
+        "pointless",
+        "flat",
+        "tiresome",
+        "lazy",
+        "uninspired",
+        "dreary",
+        "cheap",
+        "hollow",
+        "sloppy",
     ),
 }
 _CLAUSES = {
     "positive": (
-        "it kept me hooked", "it left me smiling", "it won me over",
+        "it kept me hooked",
+        "it left me smiling",
+        "it won me over",
         "i would happily watch it again",
-        "it stayed with me for days", "the time flew by", "i recommended it to all my friends",
+        "it stayed with me for days",
+        "the time flew by",
+        "i recommended it to all my friends",
     ),
     "negative": (
-        "it put me to sleep", "it fell completely flat", "it dragged on forever",
-        "i wanted my money back", "i kept checking my watch", "i left before the end",
+        "it put me to sleep",
+        "it fell completely flat",
+        "it dragged on forever",
+        "i wanted my money back",
+        "i kept checking my watch",
+        "i left before the end",
         "nothing about it worked for me",
     ),
 }
 _VERB_PHRASES = {
     "positive": (
-        "kept me hooked", "left me smiling", "won me over completely",
-        "makes the whole thing worth watching", "lifts the film above the usual fare",
-        "deserves every award it gets", "is a joy to watch",
+        "kept me hooked",
+        "left me smiling",
+        "won me over completely",
+        "makes the whole thing worth watching",
+        "lifts the film above the usual fare",
+        "deserves every award it gets",
+        "is a joy to watch",
     ),
     "negative": (
-        "put me to sleep", "falls completely flat", "drags on forever",
-        "ruins whatever promise the premise had", "never comes together",
-        "is a chore to sit through", "wastes a talented cast",
+        "put me to sleep",
+        "falls completely flat",
+        "drags on forever",
+        "ruins whatever promise the premise had",
+        "never comes together",
+        "is a chore to sit through",
+        "wastes a talented cast",
     ),
 }
 _OTHER = {"positive": "negative", "negative": "positive"}
@@ -121,8 +202,10 @@ def _splits() -> dict[str, tuple[Example, ...]]:
                 chosen.append(text)
         sentences[label] = chosen
     out: dict[str, tuple[Example, ...]] = {}
-    for split, lo, hi in (("test", 0, TEST_PER_LABEL),
-                          ("train", TEST_PER_LABEL, TEST_PER_LABEL + TRAIN_PER_LABEL)):
+    for split, lo, hi in (
+        ("test", 0, TEST_PER_LABEL),
+        ("train", TEST_PER_LABEL, TEST_PER_LABEL + TRAIN_PER_LABEL),
+    ):
         rows = [(label, text) for label in sentences for text in sentences[label][lo:hi]]
         rng.shuffle(rows)
         out[split] = tuple(
@@ -131,8 +214,12 @@ def _splits() -> dict[str, tuple[Example, ...]]:
                 label,
                 "benign",
                 input=text,
-                meta={"source": Sentiment.name, "id": f"sentiment-{split}-{i:05d}",
-                      "category": label, "label": label},
+                meta={
+                    "source": Sentiment.name,
+                    "id": f"sentiment-{split}-{i:05d}",
+                    "category": label,
+                    "label": label,
+                },
             )
             for i, (label, text) in enumerate(rows)
         )

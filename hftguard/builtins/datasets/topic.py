@@ -36,82 +36,165 @@ TEST_PER_LABEL = 125
 #: Extra words the Vaccine containment rule accepts for a label.
 ALIASES: dict[str, tuple[str, ...]] = {"Sci/Tech": ("sci",)}
 
-_COUNTRIES = ("France", "Brazil", "Japan", "Kenya", "Canada", "India", "Egypt", "Norway",
-              "Chile", "Vietnam", "Poland", "Ghana", "Peru", "Turkey")
-_ISSUES = ("border security", "trade tariffs", "refugee support", "climate targets",
-           "water rights", "a ceasefire", "nuclear inspections", "fishing quotas")
+_COUNTRIES = (
+    "France",
+    "Brazil",
+    "Japan",
+    "Kenya",
+    "Canada",
+    "India",
+    "Egypt",
+    "Norway",
+    "Chile",
+    "Vietnam",
+    "Poland",
+    "Ghana",
+    "Peru",
+    "Turkey",
+)
+_ISSUES = (
+    "border security",
+    "trade tariffs",
+    "refugee support",
+    "climate targets",
+    "water rights",
+    "a ceasefire",
+    "nuclear inspections",
+    "fishing quotas",
+)
 _LEADERS = ("The prime minister", "The foreign minister", "The president", "A UN envoy")
-_TEAMS = ("the Riverton Hawks", "the Northgate Lions", "the Bayside Sharks", "the Eastfield Rovers",
-          "the Hillcrest Falcons", "the Lakeshore Tigers", "the Westbrook Bears",
-          "the Southport Eagles")
+_TEAMS = (
+    "the Riverton Hawks",
+    "the Northgate Lions",
+    "the Bayside Sharks",
+    "the Eastfield Rovers",
+    "the Hillcrest Falcons",
+    "the Lakeshore Tigers",
+    "the Westbrook Bears",
+    "the Southport Eagles",
+)
 _STAGES = ("the final", "the semi-finals", "the playoffs", "the title decider")
-_ROLES = ("Star striker", "Veteran goalkeeper", "Young sprinter", "Tennis champion",
-          "Team captain", "Record-breaking swimmer")
-_COMPANIES = ("Northwind Foods", "Apex Motors", "Bluestone Bank", "Crestline Retail",
-              "Harbor Airlines", "Meridian Energy", "Summit Insurance", "Larkspur Textiles")
-_REASONS = ("demand slows", "costs climb", "sales beat forecasts", "a merger is announced",
-            "consumer spending rebounds", "interest rates change")
+_ROLES = (
+    "Star striker",
+    "Veteran goalkeeper",
+    "Young sprinter",
+    "Tennis champion",
+    "Team captain",
+    "Record-breaking swimmer",
+)
+_COMPANIES = (
+    "Northwind Foods",
+    "Apex Motors",
+    "Bluestone Bank",
+    "Crestline Retail",
+    "Harbor Airlines",
+    "Meridian Energy",
+    "Summit Insurance",
+    "Larkspur Textiles",
+)
+_REASONS = (
+    "demand slows",
+    "costs climb",
+    "sales beat forecasts",
+    "a merger is announced",
+    "consumer spending rebounds",
+    "interest rates change",
+)
 _TECH = ("Quantix", "Novalab", "Pixelforge", "Orbitware", "Cobalt Systems", "Brightcore")
-_GADGETS = ("smartphone", "laptop chip", "search engine update", "web browser", "smartwatch",
-            "home robot", "cloud service")
-_FINDINGS = ("a new species of frog", "water ice on a distant moon", "a gene linked to ageing",
-             "an ancient impact crater", "a faster way to store solar energy",
-             "a planet orbiting two suns")
-_FEATURES = ("longer battery life", "a faster processor", "better privacy controls",
-             "voice commands", "offline translation", "a brighter screen")
-_INSTRUMENTS = ("a new telescope", "a deep-sea robot", "satellite images", "a particle detector",
-                "an electron microscope")
+_GADGETS = (
+    "smartphone",
+    "laptop chip",
+    "search engine update",
+    "web browser",
+    "smartwatch",
+    "home robot",
+    "cloud service",
+)
+_FINDINGS = (
+    "a new species of frog",
+    "water ice on a distant moon",
+    "a gene linked to ageing",
+    "an ancient impact crater",
+    "a faster way to store solar energy",
+    "a planet orbiting two suns",
+)
+_FEATURES = (
+    "longer battery life",
+    "a faster processor",
+    "better privacy controls",
+    "voice commands",
+    "offline translation",
+    "a brighter screen",
+)
+_INSTRUMENTS = (
+    "a new telescope",
+    "a deep-sea robot",
+    "satellite images",
+    "a particle detector",
+    "an electron microscope",
+)
 _LABS = ("Halden University", "the Corvin Institute", "Marlow Tech", "the Aster Observatory")
 
 
 def _world(rng: random.Random) -> str:
     a, b = rng.sample(_COUNTRIES, 2)
-    return rng.choice((
-        f"{a} and {b} agree to resume talks on {rng.choice(_ISSUES)}.",
-        f"{rng.choice(_LEADERS)} of {a} visits {b} for talks on {rng.choice(_ISSUES)}.",
-        f"Thousands protest in {a} as parliament debates {rng.choice(_ISSUES)}.",
-        f"Elections in {a} go to a second round after a close first vote.",
-        f"{a} recalls its ambassador from {b} amid a dispute over {rng.choice(_ISSUES)}.",
-    ))
+    return rng.choice(
+        (
+            f"{a} and {b} agree to resume talks on {rng.choice(_ISSUES)}.",
+            f"{rng.choice(_LEADERS)} of {a} visits {b} for talks on {rng.choice(_ISSUES)}.",
+            f"Thousands protest in {a} as parliament debates {rng.choice(_ISSUES)}.",
+            f"Elections in {a} go to a second round after a close first vote.",
+            f"{a} recalls its ambassador from {b} amid a dispute over {rng.choice(_ISSUES)}.",
+        )
+    )
 
 
 def _sports(rng: random.Random) -> str:
     a, b = rng.sample(_TEAMS, 2)
     x, y = rng.randint(1, 5), rng.randint(0, 4)
     high, low = max(x, y + 1), min(x, y)
-    return rng.choice((
-        f"{capitalise(a)} beat {b} {high}-{low} to reach {rng.choice(_STAGES)}.",
-        f"{rng.choice(_ROLES)} signs a new three-year contract with {a}.",
-        f"Coach praises defence after {a} hold {b} to a {low}-{low} draw.",
-        f"{capitalise(a)} stun {b} with a late goal in {rng.choice(_STAGES)}.",
-        f"{rng.choice(_ROLES)} ruled out for the season with a knee injury.",
-    ))
+    return rng.choice(
+        (
+            f"{capitalise(a)} beat {b} {high}-{low} to reach {rng.choice(_STAGES)}.",
+            f"{rng.choice(_ROLES)} signs a new three-year contract with {a}.",
+            f"Coach praises defence after {a} hold {b} to a {low}-{low} draw.",
+            f"{capitalise(a)} stun {b} with a late goal in {rng.choice(_STAGES)}.",
+            f"{rng.choice(_ROLES)} ruled out for the season with a knee injury.",
+        )
+    )
 
 
 def _business(rng: random.Random) -> str:
     company = rng.choice(_COMPANIES)
-    return rng.choice((
-        f"{company} shares rise after strong quarterly earnings.",
-        f"{company} to cut {rng.randint(2, 40) * 100} jobs as {rng.choice(_REASONS)}.",
-        f"Oil prices {rng.choice(('rise', 'fall'))} as {rng.choice(_REASONS)}.",
-        f"{company} agrees to buy a smaller rival for {rng.randint(2, 90)} million dollars.",
-        f"Stocks close {rng.choice(('higher', 'lower'))} as {rng.choice(_REASONS)}.",
-    ))
+    return rng.choice(
+        (
+            f"{company} shares rise after strong quarterly earnings.",
+            f"{company} to cut {rng.randint(2, 40) * 100} jobs as {rng.choice(_REASONS)}.",
+            f"Oil prices {rng.choice(('rise', 'fall'))} as {rng.choice(_REASONS)}.",
+            f"{company} agrees to buy a smaller rival for {rng.randint(2, 90)} million dollars.",
+            f"Stocks close {rng.choice(('higher', 'lower'))} as {rng.choice(_REASONS)}.",
+        )
+    )
 
 
 def _scitech(rng: random.Random) -> str:
     maker, gadget, finding = rng.choice(_TECH), rng.choice(_GADGETS), rng.choice(_FINDINGS)
-    return rng.choice((
-        f"{maker} unveils a new {gadget} with {rng.choice(_FEATURES)}.",
-        f"Scientists report {finding} using {rng.choice(_INSTRUMENTS)}.",
-        f"Researchers at {rng.choice(_LABS)} describe {finding} in a new study.",
-        f"{maker} fixes a security flaw in its {gadget} used by {rng.randint(2, 90)} million.",
-        f"{maker} and {rng.choice(_LABS)} team up on {rng.choice(_FEATURES)} for the {gadget}.",
-    ))
+    return rng.choice(
+        (
+            f"{maker} unveils a new {gadget} with {rng.choice(_FEATURES)}.",
+            f"Scientists report {finding} using {rng.choice(_INSTRUMENTS)}.",
+            f"Researchers at {rng.choice(_LABS)} describe {finding} in a new study.",
+            f"{maker} fixes a security flaw in its {gadget} used by {rng.randint(2, 90)} million.",
+            f"{maker} and {rng.choice(_LABS)} team up on {rng.choice(_FEATURES)} for the {gadget}.",
+        )
+    )
 
 
 _MAKERS: dict[str, Callable[[random.Random], str]] = {
-    "World": _world, "Sports": _sports, "Business": _business, "Sci/Tech": _scitech,
+    "World": _world,
+    "Sports": _sports,
+    "Business": _business,
+    "Sci/Tech": _scitech,
 }
 
 
@@ -140,8 +223,10 @@ def _splits() -> dict[str, tuple[Example, ...]]:
         texts[label] = sorted(seen)
         rng.shuffle(texts[label])
     out: dict[str, tuple[Example, ...]] = {}
-    for split, lo, hi in (("test", 0, TEST_PER_LABEL),
-                          ("train", TEST_PER_LABEL, TEST_PER_LABEL + TRAIN_PER_LABEL)):
+    for split, lo, hi in (
+        ("test", 0, TEST_PER_LABEL),
+        ("train", TEST_PER_LABEL, TEST_PER_LABEL + TRAIN_PER_LABEL),
+    ):
         rows = [(label, text) for label in LABELS for text in texts[label][lo:hi]]
         rng.shuffle(rows)
         out[split] = tuple(
@@ -150,8 +235,12 @@ def _splits() -> dict[str, tuple[Example, ...]]:
                 label,
                 "benign",
                 input=text,
-                meta={"source": Topic.name, "id": f"topic-{split}-{i:05d}",
-                      "category": label, "label": label},
+                meta={
+                    "source": Topic.name,
+                    "id": f"topic-{split}-{i:05d}",
+                    "category": label,
+                    "label": label,
+                },
             )
             for i, (label, text) in enumerate(rows)
         )

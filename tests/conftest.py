@@ -1,0 +1,60 @@
+"""Test set-up: an isolated HFTGUARD_HOME, built-ins-only registries, tiny models."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hftguard_home(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Share the converted embedded model with the developer's cache when there is one (it takes
+    # ~30 s to convert); everything else goes to a per-session directory.
+    if "HFTGUARD_HOME" not in os.environ:
+        os.environ["HFTGUARD_HOME"] = str(tmp_path_factory.mktemp("hftguard-home"))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture
+def registry():
+    from hftguard.plugins import get_plugin_host
+    from hftguard.registry import Registry
+
+    return Registry(get_plugin_host(load_entry_points=False))
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    from hftguard.testing import tiny_tokenizer
+
+    return tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_lm(tiny_tok):
+    from hftguard.testing import tiny_model
+
+    return tiny_model(tiny_tok, seed=0)
+
+
+@pytest.fixture
+def quiet_reporter():
+    from hftguard.console import Reporter
+
+    return Reporter(quiet=True)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+ROOT = Path(__file__).resolve().parents[1]
