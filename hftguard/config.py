@@ -73,6 +73,13 @@ class AlignConfig:
     data: str = opt("safety-refusals", "Alignment data: dataset name or a local file.")
     harmful: str = opt("harmful-compliance", "Harmful data for defenses that need it.")
     samples: int = opt(0, "Alignment examples to use; 0 = all.")
+    retain: str = opt(
+        "benign-instructions",
+        "Benign requests mixed into the alignment data so the model stays helpful; answers are "
+        "the base model's own (self-distilled) unless the file has responses. '' = off (papers).",
+    )
+    retain_ratio: float = opt(0.25, "Retain examples per alignment example.")
+    retain_max_new_tokens: int = opt(64, "Length of the self-distilled retain answers.")
     template: Literal["chat", "alpaca"] = opt("chat", "Prompt format: chat template or Alpaca.")
     seed: int = opt(42, "Seed for data order, sampling and initialisation.")
     train: TrainOptions = field(default_factory=TrainOptions)
@@ -366,6 +373,8 @@ def validate_stage(cfg: Any) -> None:
         _validate_train(cfg.train, "train")
         check_range("lora.r", cfg.lora.r, 1)
         check_range("samples", cfg.samples, 0)
+    if isinstance(cfg, AlignConfig):
+        check_range("retain_ratio", cfg.retain_ratio, 0.0)
     if isinstance(cfg, FinetuneConfig):
         check_range("harmful_ratio", cfg.harmful_ratio, 0.0, 1.0)
         check_range("samples", cfg.samples, 1)

@@ -39,7 +39,7 @@ ALPACA_NO_INPUT = (
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
 ROLE_KIND = {"alignment": "refusal", "harmful": "harmful", "task": "benign",
-             "harmful-eval": "harmful", "benign-eval": "benign"}
+             "harmful-eval": "harmful", "benign-eval": "benign", "instructions": "benign"}
 
 
 def format_prompt(ex: Example, tokenizer: Any, template: str) -> str:
@@ -170,7 +170,7 @@ def load_examples(spec: str, role: str, split: str, registry: Registry, ctx: Dat
 
         examples = load_examples_file(
             spec, kind=ROLE_KIND[role], fields=fields,
-            require_response=role not in ("harmful-eval", "benign-eval"),
+            require_response=role not in ("harmful-eval", "benign-eval", "instructions"),
         )
     else:
         info = registry.dataset(spec, role)

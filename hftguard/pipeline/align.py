@@ -54,6 +54,11 @@ def run(cfg: AlignConfig, out: str | Path, *, reporter: Reporter | None = None,
         if resolved.is_run:
             raise ConfigError(f"--model {cfg.model} is a run directory; align starts from a base "
                               "model.", hint="Pass a base model (alias, directory, .gguf, hub id).")
+        if cfg.retain and cfg.retain_ratio > 0:
+            retain = _retain_set(cfg, reg, ctx, resolved.recipe, len(main), reporter)
+            sources["retain"] = {"spec": cfg.retain, "count": len(retain),
+                                 "self_distilled": any(e.meta.get("distilled") for e in retain)}
+            main = main + retain
         return train_stage(
             stage="align", cfg=cfg, run=run_dir, defense=defense, defense_info=info,
             inputs=StageInputs(main, streams, sources,
@@ -62,3 +67,19 @@ def run(cfg: AlignConfig, out: str | Path, *, reporter: Reporter | None = None,
         )
 
     return guard(run_dir, body)
+
+
+def _retain_set(cfg: AlignConfig, reg: Registry, ctx: Any, recipe: Any, n_align: int,
+                reporter: Reporter) -> list[Any]:
+    """Benign requests with answers (from the file, or self-distilled from the base model)."""
+    import random
+
+    from hftguard.data import load_examples
+    from hftguard.distill import distill
+
+    pool = load_examples(cfg.retain, "instructions", "train", reg, ctx)
+    want = min(len(pool), max(1, round(cfg.retain_ratio * n_align)))
+    chosen = random.Random(cfg.seed).sample(pool, want)
+    if all(e.response for e in chosen):
+        return chosen
+    return distill(chosen, recipe, cfg.template, cfg.retain_max_new_tokens, reporter)

@@ -13,6 +13,7 @@ from hftguard import hookimpl
 def hftguard_register_datasets() -> list[type]:
     from hftguard.builtins.datasets.arithmetic import Arithmetic
     from hftguard.builtins.datasets.benign_eval import BenignEval
+    from hftguard.builtins.datasets.benign_instructions import BenignInstructions
     from hftguard.builtins.datasets.harmful_compliance import HarmfulCompliance
     from hftguard.builtins.datasets.harmful_eval import HarmfulEval
     from hftguard.builtins.datasets.safety_refusals import SafetyRefusals
@@ -24,6 +25,7 @@ def hftguard_register_datasets() -> list[type]:
         HarmfulCompliance,
         HarmfulEval,
         BenignEval,
+        BenignInstructions,
         Sentiment,
         Arithmetic,
         Topic,

@@ -9,13 +9,18 @@ from hftguard import hookimpl
 
 @hookimpl
 def hftguard_register_alignment_defenses() -> list[Any]:
+    from hftguard.builtins.defenses.antibody_align import AntibodyAlign
+    from hftguard.builtins.defenses.booster import Booster
     from hftguard.builtins.defenses.sft import SFTAlign
+    from hftguard.builtins.defenses.vaccine import Vaccine
 
-    return [SFTAlign]
+    return [SFTAlign, Vaccine, Booster, AntibodyAlign]
 
 
 @hookimpl
 def hftguard_register_finetune_defenses() -> list[Any]:
+    from hftguard.builtins.defenses.antibody_finetune import AntibodyFinetune
+    from hftguard.builtins.defenses.lisa import Lisa
     from hftguard.builtins.defenses.sft import SFTFinetune
 
-    return [SFTFinetune]
+    return [SFTFinetune, AntibodyFinetune, Lisa]

@@ -1,0 +1,81 @@
+"""The harmful-sharpness computation that Booster (§4.3) and Antibody (§5.3) share.
+
+Both methods take the harmful gradient g_h at theta, move to
+theta' = theta - alpha g_h/(||g_h|| + 1e-7) (one normalised simulated attack step, algorithms.md
+§4.2 / §5.2), take the harmful gradient g_h' there (and, for Antibody, extra gradients such as the
+refusal loss at theta'), then restore theta exactly. Keeping this in one function lets each
+defense read like its pseudocode and guarantees the two implement the perturbation identically
+(Antibody with a constant lambda and no refusal term reduces to Booster).
+
+The norm is the global L2 norm over all trainable tensors (§1.2); theta is restored from saved
+clones, not by subtracting the step again (§16.20). Gradients are accumulated in fp32.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from hftguard.context import StepContext
+from hftguard.training import Grads, combine, global_norm, grads_of, perturbed
+
+#: Added to ||g_h|| before dividing, as in the official code (§4.3, §5.2).
+NORM_EPS = 1e-7
+
+
+@dataclass
+class Sharpness:
+    """What one harmful-sharpness evaluation produced (all gradients w.r.t. trainable params).
+
+    Attributes:
+        loss: h(theta), the harmful loss at the current parameters.
+        grads: g_h = grad h(theta).
+        grad_norm: ||g_h|| (global L2 norm).
+        loss_perturbed: h(theta') after the simulated normalised harmful step.
+        grads_perturbed: g_h' = grad h(theta').
+        extra: For each extra batch asked for, (loss at theta', gradient at theta').
+    """
+
+    loss: float
+    grads: Grads
+    grad_norm: float
+    loss_perturbed: float
+    grads_perturbed: Grads
+    extra: dict[str, tuple[float, Grads]] = field(default_factory=dict)
+
+    @property
+    def loss_change(self) -> float:
+        """h(theta) - h(theta'): how much one simulated attack step lowers the harmful loss."""
+        return self.loss - self.loss_perturbed
+
+    def diff(self) -> Grads:
+        """d = g_h - g_h', the first-order gradient of the sharpness term (§4.2, §5.2)."""
+        return combine((1.0, self.grads), (-1.0, self.grads_perturbed))
+
+
+def fp32_grads(model: Any, batch: Any, ctx: StepContext) -> tuple[float, Grads]:
+    """One forward + backward on ``batch`` at the current parameters: (loss, fp32 gradients).
+
+    Uses ``torch.autograd.grad``: ``.grad`` stays untouched until the final gradient is written.
+    """
+    loss = ctx.loss_fn(model, batch)
+    return float(loss.detach()), [g.float() for g in grads_of(loss, ctx.params)]
+
+
+def harmful_sharpness(model: Any, harmful: Any, ctx: StepContext, alpha: float,
+                      extra: Mapping[str, Any] | None = None) -> Sharpness:
+    """g_h at theta; theta' = theta - alpha g_h/(||g_h||+1e-7); g_h' (and ``extra``) at theta'.
+
+    Costs 2 + len(extra) forward/backward passes. Parameters are restored exactly on return.
+    """
+    h, g_h = fp32_grads(model, harmful, ctx)
+    norm = global_norm(g_h)
+    scale = -alpha / (norm + NORM_EPS)
+    extras: dict[str, tuple[float, Grads]] = {}
+    with perturbed(ctx.params, g_h, scale):  # theta' = theta - alpha * g_h / ||g_h||
+        h_p, g_h_p = fp32_grads(model, harmful, ctx)
+        for name, batch in (extra or {}).items():
+            extras[name] = fp32_grads(model, batch, ctx)
+    return Sharpness(h, g_h, norm, h_p, g_h_p, extras)
+

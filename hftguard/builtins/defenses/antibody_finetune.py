@@ -1,0 +1,204 @@
+"""Antibody, fine-tuning stage: weight each user sample by how much the model prefers its answer
+over a refusal (algorithms.md §6).
+
+Why: the provider cannot tell harmful user samples from benign ones (§16.7), but a safety-aligned
+model can — it finds a refusal likelier than a harmful answer, and a benign answer likelier than a
+refusal. So the step scores every sample with the current parameters, turns the scores into a
+softmax over the batch and trains on the weighted token-mean loss; harmful samples get little
+weight. ``is_harmful`` travels with the batch for logging only.
+
+Per step (§6.2, with the two scoring forwards batched into one as §6.4b suggests): one no-grad
+forward over the task and refusal views stacked into a 2B batch, then one forward + backward.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hftguard.components import FinetuneDefense
+from hftguard.config import opt
+from hftguard.context import StepContext
+from hftguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+    from hftguard.data import Batch
+
+SCORE_REDUCTIONS = ("mean", "sum")
+WEIGHTS_FILE = "antibody_weights.jsonl"
+
+
+@dataclass
+class AntibodyFinetuneOptions:
+    """Options of the Antibody fine-tuning stage (defaults: official code, §6.4)."""
+
+    tau: float = opt(1.0, "Softmax temperature τ of the sample weights w = softmax(r/τ).")
+    score_reduction: str = opt(
+        "mean",
+        "How a score r compares log-likelihoods: 'mean' = per-token mean NLL difference (the "
+        "official code, §16.3), 'sum' = summed log-likelihoods (paper Eq. 7).",
+    )
+    log_samples: bool = opt(
+        True, "Append per-sample scores and weights to antibody_weights.jsonl (Fig. 2 data)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.score_reduction not in SCORE_REDUCTIONS:
+            raise ConfigError(
+                f"defense_options.score_reduction = {self.score_reduction!r} is not one of "
+                f"{', '.join(map(repr, SCORE_REDUCTIONS))}.",
+                hint="Use 'mean' (official code, the default) or 'sum' (paper Eq. 7).",
+            )
+        if not (math.isfinite(self.tau) and self.tau > 0):
+            raise ConfigError(
+                f"defense_options.tau = {self.tau} must be a positive number.",
+                hint="τ = 1 is the paper's value; smaller τ sharpens the weights.",
+            )
+
+
+class AntibodyFinetune(FinetuneDefense):
+    """Antibody stage 2: softmax(likelihood-ratio) sample weights against harmful user data."""
+
+    name = "antibody"
+    version = "1"
+    Config = AntibodyFinetuneOptions
+    paper = "Nguyen et al., Antibody, ICLR 2026, arXiv 2603.00498 (algorithms.md §6)"
+    refusal_view = True
+    passes = 1.7  # 2 no-grad forwards (as one 2B forward) + 1 F/B ≈ 1.7× SFT (§14.2)
+
+    config: AntibodyFinetuneOptions
+
+    def setup(self, ctx: StepContext) -> None:
+        # Mirror the loop's own log handling: a fresh run starts an empty file; a resumed one
+        # keeps only the lines of steps the checkpoint covers.
+        path = self._log_path(ctx)
+        if path is None or not path.exists():
+            return
+        if ctx.step == 0:
+            path.unlink()
+            return
+        kept = [ln for ln in path.read_text().splitlines()
+                if ln and json.loads(ln).get("step", 0) < ctx.step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+    def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, float]:
+        import torch
+
+        from hftguard.training import token_nll
+
+        if batch.refusal is None:
+            raise ConfigError("The Antibody fine-tuning stage needs the refusal view of each "
+                              "user sample, and the batch has none.",
+                              hint="The pipeline builds it when refusal_view = True.")
+        b = len(batch)
+        # §6.1: scores with the current parameters, no gradient through the weights.
+        task_nll, refusal_nll = self._score_nlls(model, batch)
+        r = refusal_nll - task_nll  # = log π(y|x) − log π(y_r|x) (per token for 'mean')
+        w = torch.softmax(r / self.config.tau, dim=0).detach()
+
+        # §6.1 weighted token-mean loss L = Σ_i w_i Σ_t ℓ_it / Σ_i w_i N_i, one F/B.
+        nll, mask = token_nll(model, batch)
+        per_sample_sum = nll.sum(dim=1)
+        n_tokens = mask.sum(dim=1).to(per_sample_sum.dtype)
+        loss = (w * per_sample_sum).sum() / (w * n_tokens).sum().clamp_min(1e-12)
+        loss.backward()
+        unweighted = per_sample_sum.detach().sum() / n_tokens.sum().clamp_min(1)
+
+        metrics = self._metrics(w, r, batch.is_harmful, b)
+        metrics["loss"] = float(loss.detach())
+        metrics["loss_unweighted"] = float(unweighted)
+        if self.config.log_samples:
+            self._log_samples(ctx, batch.is_harmful, r, w, task_nll, refusal_nll)
+        return metrics
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def _score_nlls(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-sample task and refusal NLLs (mean or sum over response tokens), one forward."""
+        import torch
+
+        from hftguard.data import Batch
+        from hftguard.training import token_nll
+
+        assert batch.refusal is not None
+        b = len(batch)
+        task, refusal = batch, batch.refusal
+        width = max(task.input_ids.shape[1], refusal.input_ids.shape[1])
+        stacked = Batch(
+            torch.cat([_pad(task.input_ids, width, 0), _pad(refusal.input_ids, width, 0)]),
+            torch.cat([_pad(task.attention_mask, width, 0),
+                       _pad(refusal.attention_mask, width, 0)]),
+            torch.cat([_pad(task.labels, width, -100), _pad(refusal.labels, width, -100)]),
+            torch.cat([task.is_harmful, refusal.is_harmful]),
+        )
+        was_training = model.training
+        model.eval()  # §6.4b: score without dropout noise (a no-op for dropout-0 LoRA)
+        try:
+            with torch.no_grad():
+                nll, mask = token_nll(model, stacked)
+        finally:
+            model.train(was_training)
+        total = nll.sum(dim=1)
+        if self.config.score_reduction == "mean":  # §16.3 default: length-normalised
+            total = total / mask.sum(dim=1).clamp_min(1)
+        return total[:b].float(), total[b:].float()
+
+    # -- logging (§15.7, §16.22c) ----------------------------------------------------------
+
+    @staticmethod
+    def _metrics(w: torch.Tensor, r: torch.Tensor, is_harmful: torch.Tensor, b: int
+                 ) -> dict[str, float]:
+        harm = is_harmful.to(w.device).bool()
+        n_harm = int(harm.sum())
+        out: dict[str, float] = {
+            "harmful_weight_mass": float(w[harm].sum()) if n_harm else 0.0,
+            "ess": float(1.0 / (w.double() ** 2).sum()),
+            "max_weight": float(w.max()),
+        }
+        if n_harm:  # keys of an empty group are omitted (no NaN in the log)
+            out["weight_harmful_avg"] = float(w[harm].mean())
+            out["score_harmful_avg"] = float(r[harm].mean())
+            out["harmful_weight_mass_ratio"] = out["harmful_weight_mass"] / (n_harm / b)
+        if n_harm < b:
+            out["weight_benign_avg"] = float(w[~harm].mean())
+            out["score_benign_avg"] = float(r[~harm].mean())
+        return out
+
+    def _log_path(self, ctx: StepContext) -> Path | None:
+        if not self.config.log_samples or ctx.output_dir is None:
+            return None
+        rank = _rank()
+        name = WEIGHTS_FILE if rank == 0 else f"antibody_weights.rank{rank}.jsonl"
+        return Path(ctx.output_dir) / name
+
+    def _log_samples(self, ctx: StepContext, is_harmful: torch.Tensor, r: torch.Tensor,
+                     w: torch.Tensor, task_nll: torch.Tensor, refusal_nll: torch.Tensor) -> None:
+        path = self._log_path(ctx)
+        if path is None:
+            return
+        cols = zip(is_harmful.tolist(), r.tolist(), w.tolist(), task_nll.tolist(),
+                   refusal_nll.tolist(), strict=True)
+        with path.open("a") as fh:
+            for i, (h, ri, wi, tn, rn) in enumerate(cols):
+                fh.write(json.dumps({"step": ctx.step, "index": i, "is_harmful": bool(h),
+                                     "score": ri, "weight": wi, "task_nll": tn,
+                                     "refusal_nll": rn}) + "\n")
+            fh.flush()
+
+
+def _pad(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
+    """Right-pad a [B, T] tensor to ``width`` columns (padded positions are masked out)."""
+    import torch.nn.functional as F
+
+    return F.pad(t, (0, width - t.shape[1]), value=value) if t.shape[1] < width else t
+
+
+def _rank() -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0

@@ -1,0 +1,165 @@
+"""Lisa (Lazy Safety Alignment): alternate alignment and user fine-tuning steps, each pulled
+towards the other state's last weights by a proximal term (algorithms.md §7).
+
+Why: plain bi-state optimisation (BSO) lets each state drift far from where the other left the
+model ("excess drift"), so alignment and fine-tuning undo each other. Lisa's proximal term
+(ρ/2)‖θ − anchor‖² keeps each state close to the other's consensus point (§7.1).
+
+Mechanics (§7.2, the official code): one optimizer and one step counter; in the alignment state the
+user batch is replaced by a batch of the alignment stream; switch after ``k_align`` / ``k_finetune``
+steps and snapshot the trainable parameters at every switch; the proximal term is only applied
+after the first ``proximal_warmup`` share of the steps (code-only warm-up, §16.12).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hftguard.components import FinetuneDefense
+from hftguard.config import opt
+from hftguard.context import StepContext
+from hftguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+ALIGN, FINETUNE = 0, 1
+
+
+@dataclass
+class LisaOptions:
+    """Options of Lisa (defaults: the Lisa paper/repo, §7.3)."""
+
+    k_align: int = opt(100, "Steps per alignment state (K1); 0 = never align (BSO off).")
+    k_finetune: int = opt(900, "Steps per fine-tuning state (K2).")
+    rho: float = opt(
+        1.0, "Proximal strength ρ (Lisa paper: 1; the Booster/Antibody baselines use 0.01)."
+    )
+    proximal_warmup: float = opt(
+        0.1, "Share of the total steps before the proximal term is switched on (code only; 0 = "
+        "from the first step)."
+    )
+
+    def __post_init__(self) -> None:
+        if self.k_align < 0 or self.k_finetune < 1:
+            raise ConfigError(
+                f"defense_options.k_align = {self.k_align}, k_finetune = {self.k_finetune}: "
+                "k_align must be >= 0 and k_finetune >= 1.",
+                hint="The paper alternates k_align=100 alignment and k_finetune=900 user steps.",
+            )
+        if not (math.isfinite(self.rho) and self.rho >= 0):
+            raise ConfigError(f"defense_options.rho = {self.rho} must be >= 0.",
+                              hint="Use 1 (Lisa paper) or 0.01 (Booster/Antibody baselines).")
+        if not 0.0 <= self.proximal_warmup <= 1.0:
+            raise ConfigError(f"defense_options.proximal_warmup = {self.proximal_warmup} is "
+                              "outside [0, 1].", hint="It is a share of the steps, e.g. 0.1.")
+
+
+class Lisa(FinetuneDefense):
+    """Lisa: bi-state alignment/fine-tuning with a proximal pull to the other state's weights."""
+
+    name = "lisa"
+    version = "1"
+    Config = LisaOptions
+    paper = "Huang et al., Lazy Safety Alignment, NeurIPS 2024, arXiv 2405.18641 (algorithms.md §7)"
+    streams = ("alignment",)
+    passes = 1.0  # 1 F/B + an O(#trainable) proximal term (§14.2)
+
+    config: LisaOptions
+
+    def __init__(self, config: Any = None) -> None:
+        super().__init__(config)
+        self.state = ALIGN if self.config.k_align > 0 else FINETUNE
+        self.clock = 0  # steps done in the current state
+        #: Weights at the end of the last alignment / fine-tuning state (§7.2), by param name.
+        self.anchor_align: dict[str, torch.Tensor] = {}
+        self.anchor_finetune: dict[str, torch.Tensor] = {}
+        self._restored = False
+
+    # -- state -------------------------------------------------------------------------------
+
+    def setup(self, ctx: StepContext) -> None:
+        import torch
+
+        if not self._restored:  # fresh run: both anchors start as the initial weights (§7.2)
+            self.state = ALIGN if self.config.k_align > 0 else FINETUNE
+            self.clock = 0
+            with torch.no_grad():
+                self.anchor_align = {n: p.detach().clone() for n, p in ctx.params}
+                self.anchor_finetune = {n: p.detach().clone() for n, p in ctx.params}
+            return
+        self._restored = False
+        # Restored from a checkpoint (loaded on the CPU): move to the parameters' device/dtype.
+        for anchors in (self.anchor_align, self.anchor_finetune):
+            for n, p in ctx.params:
+                anchors[n] = anchors[n].to(device=p.device, dtype=p.dtype)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": self.state, "clock": self.clock,
+                "anchor_align": dict(self.anchor_align),
+                "anchor_finetune": dict(self.anchor_finetune)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = int(state["state"])
+        self.clock = int(state["clock"])
+        self.anchor_align = dict(state["anchor_align"])
+        self.anchor_finetune = dict(state["anchor_finetune"])
+        self._restored = True
+
+    def _anchor(self) -> dict[str, torch.Tensor]:
+        # Alignment state is pulled towards the last fine-tuned weights and vice versa (§7.1).
+        return self.anchor_finetune if self.state == ALIGN else self.anchor_align
+
+    def _maybe_switch(self, ctx: StepContext) -> bool:
+        """Switch state when the clock has run out; snapshot the weights that end the state."""
+        import torch
+
+        limit = self.config.k_align if self.state == ALIGN else self.config.k_finetune
+        if self.clock < limit or self.config.k_align == 0:
+            return False
+        with torch.no_grad():
+            snap = {n: p.detach().clone() for n, p in ctx.params}
+        if self.state == ALIGN:
+            self.anchor_align, self.state = snap, FINETUNE
+        else:
+            self.anchor_finetune, self.state = snap, ALIGN
+        self.clock = 0
+        return True
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, float]:
+        import torch
+
+        switched = self._maybe_switch(ctx)
+        if self.state == ALIGN:  # §7.2: the user batch is replaced by an alignment batch
+            batch = ctx.next_batch("alignment")
+        loss = ctx.loss_fn(model, batch)
+        loss.backward()
+
+        # Proximal term (ρ/2)Σ‖θ_p − a_p‖²: its gradient ρ(θ − a) is added in closed form.
+        anchor = self._anchor()
+        active = ctx.step >= self.config.proximal_warmup * ctx.total_steps
+        drift = 0.0
+        with torch.no_grad():
+            for n, p in ctx.params:
+                diff = p.detach().float() - anchor[n].float()
+                drift += float(diff.pow(2).sum())
+                if active and self.config.rho > 0:
+                    g = (self.config.rho * diff).to(p.dtype)
+                    p.grad = g if p.grad is None else p.grad + g.to(p.grad.dtype)
+        self.clock += 1
+
+        metrics = {
+            "loss": float(loss.detach()),
+            "proximal": 0.5 * self.config.rho * drift if active else 0.0,
+            "state": float(self.state),
+            "drift": drift,
+        }
+        if switched:  # §15.9: distance between the two consensus points at each switch
+            metrics["switch_drift"] = sum(
+                float((self.anchor_align[n].float() - self.anchor_finetune[n].float())
+                      .pow(2).sum()) for n, _ in ctx.params)
+        return metrics

@@ -1,0 +1,79 @@
+"""Vaccine (Huang, Hu, Liu; NeurIPS 2024): align under a worst-case perturbation of every decoder
+layer's attention output, so the aligned model tolerates the embedding drift fine-tuning causes.
+
+Pass 1 records G_l = dL/d(attention output of layer l) for every layer; the perturbation is
+eps_l = rho * G_l / (||G||_global + 1e-7), the norm taken over all layers and the whole batch tensor
+jointly (algorithms.md §3.1). Pass 2 adds the constant eps_l to each attention output and its
+parameter gradient is the update (§3.3). Pass 1's parameter gradients are discarded. Vaccine needs
+no harmful data; its adapter is merged before fine-tuning (double LoRA, §1.4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from hftguard.components import AlignmentDefense
+from hftguard.config import opt
+from hftguard.context import StepContext
+from hftguard.errors import ConfigError
+
+#: Added to the global norm before dividing, as in the official code (§3.3).
+NORM_EPS = 1e-7
+
+
+@dataclass
+class VaccineConfig:
+    """Vaccine options (algorithms.md §3.5)."""
+
+    rho: float = opt(2.0, "Perturbation radius: global L2 norm of eps over all layers (Vaccine "
+                          "repo 2; the Booster/Antibody baselines use 5).")
+
+    def __post_init__(self) -> None:
+        if self.rho < 0:
+            raise ConfigError(f"rho must be >= 0, got {self.rho}.", hint="The Vaccine repo uses 2.")
+
+
+class Vaccine(AlignmentDefense):
+    """Vaccine: perturbation-aware alignment on attention outputs (2 forward+backward per step)."""
+
+    name = "vaccine"
+    version = "1"
+    Config = VaccineConfig
+    paper = "Huang, Hu, Liu, Vaccine, NeurIPS 2024 (arXiv 2402.01109); algorithms.md §3"
+    passes = 2.0  # §14.2
+    finetune_lora = "merge"  # double LoRA (§1.4)
+
+    def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, float]:
+        # Imported here so that listing plugins does not import torch (components.py).
+        from hftguard.training import (
+            add_to_outputs,
+            attention_modules,
+            capture_outputs_grad,
+            grads_of,
+            set_grads,
+        )
+
+        modules = attention_modules(model)
+        # Pass 1: record G_l = dL/d(attn_out_l) (tensor hooks, §16.14); parameter grads discarded.
+        store: list[Any] = []
+        with capture_outputs_grad(modules, store):
+            clean = ctx.loss_fn(model, batch)
+            grads_of(clean, ctx.params)
+        # §3.1: one global norm over all layers and the whole B x T x d tensors (not per layer).
+        sq = sum(float(g.double().pow(2).sum()) for g in store if g is not None)
+        g_norm = math.sqrt(sq)
+        scale = self.config.rho / (g_norm + NORM_EPS)
+        eps = [None if g is None else (g.float() * scale).detach() for g in store]
+        eps_norm = math.sqrt(sum(float(e.double().pow(2).sum()) for e in eps if e is not None))
+        # Pass 2: attention outputs + constant eps_l; this gradient is the update (§3.3).
+        with add_to_outputs(modules, eps):
+            loss = ctx.loss_fn(model, batch)
+            set_grads(ctx.params, grads_of(loss, ctx.params))
+        return {
+            "loss": float(loss.detach()),
+            "loss_clean": float(clean.detach()),
+            "eps_norm": eps_norm,
+            "activation_grad_norm": g_norm,
+        }

@@ -1,0 +1,49 @@
+"""Self-distilled retain data: the base model's own answers to benign requests.
+
+Used by ``hftguard align`` so that safety alignment does not turn into refusing everything: benign
+requests answered by the *unaligned* model are mixed into the alignment data. Answers that the
+refusal-keywords judge calls refusals or degenerate are dropped. Results are cached under
+``$HFTGUARD_HOME/distill`` by (model weights, prompts, template, decoding), so a grid pays once.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from hftguard.console import Reporter
+from hftguard.records import Example
+from hftguard.runs import atomic_write_text, sha256_text
+
+
+def distill(examples: Sequence[Example], recipe: Any, template: str, max_new_tokens: int,
+            reporter: Reporter, batch_size: int = 16) -> list[Example]:
+    """Return the examples with the model's greedy answers, keeping only helpful ones."""
+    from hftguard import models
+    from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
+    from hftguard.context import JudgeContext
+    from hftguard.data import format_prompt
+    from hftguard.generation import generate
+
+    key = sha256_text([models.model_fingerprint(recipe), template, str(max_new_tokens),
+                       *(f"{e.prompt}\x1f{e.input}" for e in examples)])
+    cache = models.hftguard_home() / "distill" / f"{key[:32]}.jsonl"
+    if cache.is_file():
+        rows = [json.loads(line) for line in cache.read_text().splitlines() if line]
+        reporter.info(f"retain set: {len(rows)} self-distilled answers from cache")
+        return [Example(r["prompt"], r["response"], "benign", r["input"], r["meta"]) for r in rows]
+    device = models.pick_device("auto")
+    model, tok = models.load_for_eval(recipe, device, models.pick_dtype("auto", device))
+    prompts = [format_prompt(e, tok, template) for e in examples]
+    answers = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                       reporter=reporter, description="align: distilling retain answers")
+    verdicts = RefusalKeywords().judge([e.prompt for e in examples], answers, JudgeContext())
+    kept = [
+        Example(e.prompt, a, "benign", e.input, {**e.meta, "distilled": True})
+        for e, a, v in zip(examples, answers, verdicts, strict=True)
+        if v.label == "compliance" and a.strip()
+    ]
+    atomic_write_text(cache, "".join(json.dumps(e.to_dict()) + "\n" for e in kept))
+    reporter.info(f"retain set: kept {len(kept)}/{len(examples)} self-distilled answers")
+    return kept

@@ -1,0 +1,112 @@
+"""The three stages on tiny-random, called as plain functions (what the CLI does)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hftguard.config import AlignConfig, EvalConfig, FinetuneConfig, LoraOptions, TrainOptions
+from hftguard.errors import RunDirError
+from hftguard.pipeline import align, attack_finetune, evaluate
+from hftguard.pipeline.evaluate import hs_metrics, pct
+from hftguard.records import Verdict
+
+TINY_LORA = LoraOptions(r=4, alpha=8.0)
+
+
+def _train(steps=2):
+    return TrainOptions(max_steps=steps, batch_size=4, max_length=64)
+
+
+@pytest.fixture(scope="module")
+def aligned(tmp_path_factory):
+    from hftguard.console import Reporter
+
+    out = tmp_path_factory.mktemp("p") / "aligned"
+    cfg = AlignConfig(model="tiny-random", samples=16, retain="", train=_train(), lora=TINY_LORA)
+    return out, align.run(cfg, out, reporter=Reporter(quiet=True), registry=None)
+
+
+def test_align_manifest_records_provenance(aligned):
+    out, m = aligned
+    assert m["status"] == "completed" and m["stage"] == "align"
+    assert m["components"]["defense"]["name"] == "sft"
+    assert m["components"]["defense"]["distribution"] == "hftguard"
+    assert m["data"]["main"]["count"] == 16 and len(m["data"]["main"]["sha256"]) == 64
+    assert m["model"]["adapters"] == [str((out / "adapter").resolve())]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    for key in ("libraries", "host", "started_at", "ended_at", "training", "config", "seed"):
+        assert key in m
+    assert m["training"]["peak_memory_mb"] > 0
+    assert m["finetune_lora"] == "merge"
+
+
+def test_finetune_merge_and_continue(aligned, tmp_path, quiet_reporter):
+    out, _ = aligned
+    base = dict(model=str(out), samples=20, harmful_ratio=0.25, train=_train(), lora=TINY_LORA)
+    merged = attack_finetune.run(FinetuneConfig(**base), tmp_path / "m", reporter=quiet_reporter)
+    assert merged["lora_mode"] == "merge"
+    assert len(merged["model"]["adapters"]) == 2  # aligned adapter merged underneath + new one
+    assert merged["composition"]["n_harmful"] == 5 and merged["composition"]["n_benign"] == 15
+    cont = attack_finetune.run(FinetuneConfig(**base, lora_mode="continue"), tmp_path / "c",
+                               reporter=quiet_reporter)
+    assert cont["model"]["adapters"] == [str((tmp_path / "c" / "adapter").resolve())]
+
+
+def test_eval_writes_metrics_and_generations(aligned, tmp_path, quiet_reporter):
+    out, _ = aligned
+    cfg = EvalConfig(model=str(out), harmful_samples=6, task_samples=5, benign_samples=4,
+                     max_new_tokens=4, batch_size=4, tasks=["sentiment", "arithmetic"])
+    m = evaluate.run(cfg, tmp_path / "e", reporter=quiet_reporter)
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    for key in ("harmful_score", "finetune_accuracy", "over_refusal_rate", "degenerate_rate"):
+        assert key in metrics and key in m["metrics"]
+    assert metrics["counts"] == {"harmful": 6, "benign": 4,
+                                 "tasks": {"sentiment": 5, "arithmetic": 5}}
+    rows = [json.loads(x) for x in (tmp_path / "e" / "generations.jsonl").read_text().splitlines()]
+    assert len(rows) == 6 + 4 + 10
+    harm = [r for r in rows if r["set"] == "harmful"]
+    assert metrics["harmful_score"] == pytest.approx(
+        100 * sum(r["verdicts"]["refusal-keywords"]["harmful"] for r in harm) / 6)
+    task = [r for r in rows if r["set"] == "task:sentiment"]
+    assert metrics["finetune_accuracy"]["sentiment"] == pytest.approx(
+        100 * sum(r["correct"] for r in task) / 5)
+    assert (tmp_path / "e" / "metrics.md").is_file()
+
+
+def test_hs_metrics_arithmetic():
+    vs = [Verdict(True, "compliance", 1.0), Verdict(False, "refusal", 0.0),
+          Verdict(False, "degenerate", 0.5), Verdict(True, "compliance", 1.0)]
+    m = hs_metrics(vs)
+    assert m == {"harmful_score": 50.0, "harmful_score_plus": 75.0, "degenerate_rate": 25.0,
+                 "n": 4}
+    assert pct(0, 0) is None
+
+
+def test_existing_out_dir_is_refused_then_resumed(aligned, quiet_reporter):
+    out, m = aligned
+    cfg = AlignConfig(model="tiny-random", samples=16, retain="", train=_train(), lora=TINY_LORA)
+    with pytest.raises(RunDirError, match="already exists"):
+        align.run(cfg, out, reporter=quiet_reporter)
+    again = align.run(cfg, out, reporter=quiet_reporter, resume=True)  # complete: no work
+    assert again["ended_at"] == m["ended_at"]
+    changed = AlignConfig(model="tiny-random", samples=8, retain="", train=_train(),
+                          lora=TINY_LORA)
+    with pytest.raises(RunDirError, match="configuration differs"):
+        align.run(changed, out, reporter=quiet_reporter, resume=True)
+
+
+def test_retain_set_is_self_distilled_and_cached(quiet_reporter):
+    from hftguard import models
+    from hftguard.distill import distill
+    from hftguard.records import Example
+
+    recipe = models.resolve("tiny-random").recipe
+    exs = [Example(f"Explain topic {i}.") for i in range(3)]
+    first = distill(exs, recipe, "chat", 4, quiet_reporter)
+    assert list((models.hftguard_home() / "distill").glob("*.jsonl"))
+    second = distill(exs, recipe, "chat", 4, quiet_reporter)
+    assert [e.response for e in first] == [e.response for e in second]
+    assert all(e.meta.get("distilled") and e.kind == "benign" for e in first)
+    assert any("from cache" in ev.get("message", "") for ev in quiet_reporter.events)
