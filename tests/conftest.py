@@ -58,3 +58,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    # Tiny models are dominated by threading overhead; one thread is ~10x faster on 2 cores and
+    # keeps the suite fast when several test processes share a machine.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -49,7 +49,7 @@ def test_registration_metadata() -> None:
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", cls.name), cls.name
         assert cls.version == "1"
         assert cls.summary() and cls.source
-        assert cls.role in {"alignment", "harmful", "task", "harmful-eval", "benign-eval"}
+        assert cls.role in {"alignment", "harmful", "task", "harmful-eval", "benign-eval", "instructions"}
 
 
 @pytest.mark.parametrize(
@@ -295,3 +295,13 @@ def test_arithmetic_format_and_score() -> None:
         "19 apples and 20 pears",
     ]
     assert Arithmetic().score([ex] * 6, outputs) == [True, True, True, False, False, False]
+
+
+def test_benign_instructions_disjoint_from_benign_eval():
+    from hftguard.builtins.datasets.benign_eval import BenignEval
+    from hftguard.builtins.datasets.benign_instructions import BenignInstructions
+    from hftguard.context import DataContext
+
+    train = {e.prompt for e in BenignInstructions().load("train", DataContext())}
+    evals = {e.prompt for e in BenignEval().load("test", DataContext())}
+    assert len(train) >= 100 and not train & evals

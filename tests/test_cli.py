@@ -1,4 +1,4 @@
-"""The CLI's contract with users: every bad input gets ``Error:``/``Hint:`` and a documented exit code.
+"""The CLI's contract: every bad input gets ``Error:``/``Hint:`` and a documented exit code.
 
 Exit codes (``hftguard.errors.ExitCode``): 0 ok, 1 run failed, 2 usage/config, 3 plugin, 130
 interrupted. No traceback unless ``HFTGUARD_DEBUG=1``. Commands run in-process through
@@ -458,7 +458,7 @@ def test_whole_cli_on_tiny_random(cli: Run, tmp_path: Path) -> None:
                  "--json", "--out", "eval")
     assert result.code == 0, result.err
     metrics = json.loads(result.out)
-    assert METRIC_KEYS <= set(metrics)
+    assert set(metrics) >= METRIC_KEYS
     assert 0.0 <= metrics["harmful_score"] <= 100.0
     assert set(metrics["finetune_accuracy"]) == {"sentiment"}
     assert (tmp_path / "eval" / "metrics.json").is_file()
@@ -479,4 +479,4 @@ def test_whole_cli_on_tiny_random(cli: Run, tmp_path: Path) -> None:
     assert summary["status"] == "completed"
     assert [row["model"].split()[0] for row in summary["rows"]] == ["aligned", "attacked"]
     for row in summary["rows"]:
-        assert METRIC_KEYS <= set(row)
+        assert set(row) >= METRIC_KEYS

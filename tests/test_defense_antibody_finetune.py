@@ -247,3 +247,39 @@ def test_two_steps_through_the_training_loop(tmp_path, tiny_tok):
     assert all(math.isfinite(row["loss_unweighted"]) for row in log)
     rows = _read_log(run.path / "antibody_weights.jsonl")
     assert [row["step"] for row in rows] == [0] * 4 + [1] * 4
+
+
+class _CrashAt3(AntibodyFinetune):
+    def training_step(self, model, batch, ctx):
+        if ctx.step == 3:
+            raise KeyboardInterrupt
+        return super().training_step(model, batch, ctx)
+
+
+def test_resume_keeps_one_weight_line_per_sample_and_step(tmp_path, tiny_tok):
+    from collections import Counter
+
+    from ft_defense_helpers import MAX_LEN
+
+    from hftguard import training
+    from hftguard.config import TrainOptions
+    from hftguard.console import Reporter
+    from hftguard.runs import open_run_dir
+
+    main = encode(tiny_tok, user_examples(3, 5))
+
+    def run(defense, resume=False):
+        run_dir = open_run_dir(tmp_path / "ft", "finetune", resume=resume)
+        if not resume:
+            run_dir.update_manifest(stage="finetune", status="running")
+        opts = TrainOptions(lr=1e-3, max_steps=5, batch_size=4, max_length=MAX_LEN,
+                            checkpoint_every=2)
+        training.train(lora_model(tiny_tok), defense, main, {}, opts, run_dir,
+                       Reporter(quiet=True), seed=0, pad_id=tiny_tok.pad_token_id,
+                       device=torch.device("cpu"), dtype=torch.float32)
+
+    with pytest.raises(KeyboardInterrupt):
+        run(_CrashAt3())  # steps 0-2 logged, checkpoint after step 1
+    run(AntibodyFinetune(), resume=True)  # redoes step 2: its old lines must go
+    rows = _read_log(tmp_path / "ft" / "antibody_weights.jsonl")
+    assert Counter(row["step"] for row in rows) == dict.fromkeys(range(5), 4)

@@ -42,7 +42,7 @@ _ACTIVITIES = (
     "learning to swim", "packing for a weekend trip",
 )
 _PAIRS = (
-    ("a virus", "a bacterium"), ("weather", "climate"), ("a lake", "a sea"),
+    ("a virus", "a bacterium"), ("a river", "a canal"), ("a lake", "a sea"),
     ("a crocodile", "an alligator"), ("speed", "velocity"), ("baking soda", "baking powder"),
     ("a comet", "an asteroid"), ("RAM", "storage"), ("a simile", "a metaphor"),
     ("an ape", "a monkey"),

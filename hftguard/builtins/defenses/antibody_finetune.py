@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from hftguard.components import FinetuneDefense
 from hftguard.config import opt
 from hftguard.context import StepContext
-from hftguard.errors import ConfigError
+from hftguard.errors import ConfigError, HftguardError
 
 if TYPE_CHECKING:
     import torch
@@ -92,9 +92,10 @@ class AntibodyFinetune(FinetuneDefense):
         from hftguard.training import token_nll
 
         if batch.refusal is None:
-            raise ConfigError("The Antibody fine-tuning stage needs the refusal view of each "
-                              "user sample, and the batch has none.",
-                              hint="The pipeline builds it when refusal_view = True.")
+            raise HftguardError("The Antibody fine-tuning stage needs the refusal view of each "
+                                "user sample, and the batch has none.",
+                                hint="Encode the data with refusal_view=True (the pipeline "
+                                "does so for this defense).")
         b = len(batch)
         # §6.1: scores with the current parameters, no gradient through the weights.
         task_nll, refusal_nll = self._score_nlls(model, batch)
