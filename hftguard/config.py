@@ -115,6 +115,8 @@ class EvalConfig:
 
     model: str = opt("smollm2-135m-instruct", "Run directory or model to evaluate.")
     judges: list[str] = opt(["refusal-keywords"], "Judges for HS (the first is the headline).")
+    judge_options: dict[str, Any] = opt({}, "Per-judge options: {judge name: {option: value}}.")
+    sinks: list[str] = opt(["markdown"], "Report sinks that also export metrics.json.")
     tasks: list[str] = opt(["sentiment"], "Benign tasks for Finetune Accuracy.")
     harmful_prompts: str = opt("harmful-eval", "Held-out harmful prompts (dataset or file).")
     benign_prompts: str = opt("benign-eval", "Benign prompts for over-refusal ('' = skip).")

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -157,6 +158,6 @@ def print_json(data: Any) -> None:
 
 
 def print_error(message: str, hint: str | None) -> None:
-    stderr.print(f"[bold red]Error:[/bold red] {message}", highlight=False, markup=True)
+    stderr.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, markup=True)
     if hint:
-        stderr.print(f"[bold]Hint:[/bold] {hint}", highlight=False)
+        stderr.print(f"[bold]Hint:[/bold] {escape(hint)}", highlight=False)

@@ -54,7 +54,9 @@ class DataError(HftguardError):
 
 
 class ModelError(HftguardError):
-    """A model cannot be resolved or loaded."""
+    """A model cannot be resolved or loaded (usually a wrong --model)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class RunDirError(HftguardError):

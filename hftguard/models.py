@@ -113,6 +113,8 @@ def resolve(spec: str) -> ResolvedModel:
         return ResolvedModel(ModelRecipe(str(p.resolve()), spec))
     if p.exists():
         raise ModelError(f"{p} is a file but not a .gguf model.", hint="Pass a model directory.")
+    if p.parent != Path(".") and p.parent.exists():
+        raise ModelError(f"Model path {p} does not exist.", hint="Check the --model path.")
     if spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         return ResolvedModel(ModelRecipe(spec, spec))  # hub id; loaded (or failed) lazily
     raise ModelError(

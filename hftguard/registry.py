@@ -70,8 +70,8 @@ class Registry:
             return self._by_kind[kind]
         hook = getattr(self.host.pm.hook, KIND_HOOKS[kind])
         found: dict[str, ComponentInfo] = {}
-        # pluggy calls later-registered plugins first; reverse so built-ins come first.
-        for impl in reversed(hook.get_hookimpls()):
+        # get_hookimpls() lists in registration order: built-ins first, then entry points.
+        for impl in hook.get_hookimpls():
             dist = self.host.provenance.get(impl.plugin_name, ("?", "?"))
             try:
                 result = impl.function()
@@ -80,7 +80,11 @@ class Registry:
                     _check_class(cls, kind, impl.plugin_name)
             except Exception as exc:
                 if strict():
-                    raise
+                    raise PluginError(
+                        f"Plugin '{impl.plugin_name}' ({dist[0]} {dist[1]}) failed in "
+                        f"{KIND_HOOKS[kind]}: {type(exc).__name__}: {exc}",
+                        hint="Fix the plugin, or unset HFTGUARD_STRICT_PLUGINS to skip it.",
+                    ) from exc
                 self.host.record_failure(impl.plugin_name, exc, dist)
                 continue
             for cls in classes:
@@ -124,6 +128,9 @@ class Registry:
         hint = f"Available: {', '.join(sorted(found)) or '(none)'}. Run `hftguard plugins`."
         if broken:
             hint += f" Broken plugins (which may have provided it): {', '.join(broken)}."
+            if not did_you_mean(name, found):
+                raise PluginError(f"Unknown {label} '{name}'; it may come from a plugin that "
+                                  "failed to load.", hint=hint)
         raise UnknownComponentError(
             f"Unknown {label} '{name}'.{did_you_mean(name, found)}", hint=hint
         )

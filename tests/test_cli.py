@@ -122,11 +122,6 @@ def test_dataset_with_the_wrong_role(cli: Run) -> None:
     assert_error(result, 2, "harmful-eval", "role")
 
 
-@pytest.mark.xfail(
-    reason="attack-finetune resolves --task/--harmful only after creating --out, which leaves a "
-    "'failed' run directory behind, so the corrected command is refused as 'already exists'",
-    strict=True,
-)
 def test_unknown_task_leaves_no_run_directory(cli: Run, tmp_path: Path) -> None:
     result = cli("attack-finetune", "--model", "tiny-random", "--task", "sentimen", "--out", "o")
     assert_error(result, 2, "Did you mean 'sentiment'?")
@@ -278,13 +273,13 @@ def test_model_path_that_does_not_exist(cli: Run, tmp_path: Path) -> None:
     missing = tmp_path / "models" / "no-such-model"
     result = cli("align", "--model", str(missing), "--max-steps", "1", "--samples", "4",
                  "--out", "o")
-    assert_error(result, int(ExitCode.RUN_FAILED), str(missing), "Hint:")
+    assert_error(result, int(ExitCode.USAGE), str(missing), "Hint:")
 
 
 def test_model_directory_without_config(cli: Run, tmp_path: Path) -> None:
     (tmp_path / "empty-model").mkdir()
     result = cli("eval", "--model", "empty-model", "--harmful-samples", "1", "--out", "o")
-    assert_error(result, int(ExitCode.RUN_FAILED), "empty-model", "config.json")
+    assert_error(result, int(ExitCode.USAGE), "empty-model", "config.json")
 
 
 def test_previous_run_that_did_not_finish(cli: Run, tmp_path: Path) -> None:
@@ -293,7 +288,7 @@ def test_previous_run_that_did_not_finish(cli: Run, tmp_path: Path) -> None:
                                                               "status": "failed"}))
     result = cli("attack-finetune", "--model", "aligned", "--max-steps", "1", "-n", "4",
                  "--out", "o")
-    assert_error(result, int(ExitCode.RUN_FAILED), "aligned", "status: failed", "--resume")
+    assert_error(result, int(ExitCode.USAGE), "aligned", "status: failed", "--resume")
 
 
 def test_data_file_with_a_malformed_line(cli: Run, tmp_path: Path) -> None:
@@ -306,11 +301,6 @@ def test_data_file_that_does_not_exist(cli: Run) -> None:
     assert_error(cli(*ALIGN, "--data", "nope.jsonl", "--out", "o"), 2, "nope.jsonl", "not found")
 
 
-@pytest.mark.xfail(
-    reason="console.print_error renders the message as rich markup: '[v2]' in a path is eaten "
-    "(and '[/x]' raises MarkupError); it should escape message and hint",
-    strict=True,
-)
 def test_error_message_with_brackets_is_printed_verbatim(cli: Run) -> None:
     result = cli(*ALIGN, "--data", "data[v2]/missing.jsonl", "--out", "o")
     assert_error(result, 2, "data[v2]/missing.jsonl")
@@ -360,11 +350,6 @@ def test_broken_plugin_requested_by_name(broken_plugin: Run) -> None:
     assert_error(result, result.code, "Unknown judge 'broken-judge'", "broken")
 
 
-@pytest.mark.xfail(
-    reason="DESIGN §10.7 documents exit code 3 when the requested component comes from a broken "
-    "plugin; Registry.get raises UnknownComponentError (exit 2) even when plugins failed to load",
-    strict=True,
-)
 def test_broken_plugin_requested_by_name_exits_3(broken_plugin: Run) -> None:
     result = broken_plugin("eval", "--model", "tiny-random", "--judge", "broken-judge",
                            "--out", "o")

@@ -68,11 +68,6 @@ def test_command_help_lists_options(help_text: Callable[..., str], command: str)
         assert argument.lower() in text.lower()
 
 
-@pytest.mark.xfail(
-    reason="rich_markup_mode='rich' eats '[align], [finetune], [eval]' in the help of run's "
-    "config_file argument (cli/stages.py): it renders as '(, , )'",
-    strict=True,
-)
 def test_run_help_names_the_config_sections(help_text: Callable[..., str]) -> None:
     text = help_text("run")
     assert "[align]" in text and "[finetune]" in text and "[eval]" in text

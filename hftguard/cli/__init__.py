@@ -10,10 +10,11 @@ from __future__ import annotations
 import os
 import sys
 import traceback
+from typing import Any
 
 import typer
 
-from hftguard.errors import ExitCode, HftguardError
+from hftguard.errors import HftguardError
 
 EPILOG = (
     "Examples:\n\n"
@@ -39,15 +40,27 @@ def build_app(host: object | None = None) -> typer.Typer:
     stages.register(app)
     inspect.register(app)
     if host is not None:
-        try:
-            host.pm.hook.hftguard_register_commands(app=app)  # type: ignore[attr-defined]
-        except Exception as exc:  # a plugin's commands must not break the CLI
-            from hftguard.plugins import strict
-
-            if strict():
-                raise
-            host.record_failure("commands", exc, ("?", "?"))  # type: ignore[attr-defined]
+        _add_plugin_commands(app, host)
     return app
+
+
+def _add_plugin_commands(app: typer.Typer, host: Any) -> None:
+    """Let each plugin add commands; one that raises is recorded by name and skipped."""
+    from hftguard.errors import PluginError
+    from hftguard.plugins import strict
+
+    for impl in host.pm.hook.hftguard_register_commands.get_hookimpls():
+        try:
+            impl.function(app=app)
+        except Exception as exc:
+            dist = host.provenance.get(impl.plugin_name, ("?", "?"))
+            if strict():
+                raise PluginError(
+                    f"Plugin '{impl.plugin_name}' ({dist[0]} {dist[1]}) failed to add its "
+                    f"commands: {type(exc).__name__}: {exc}",
+                    hint="Fix the plugin, or unset HFTGUARD_STRICT_PLUGINS to skip it.",
+                ) from exc
+            host.record_failure(impl.plugin_name, exc, dist)
 
 
 def _report(exc: HftguardError) -> int:

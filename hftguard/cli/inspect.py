@@ -68,7 +68,8 @@ def register(app: typer.Typer) -> None:
         if broken:
             stdout.print("[bold red]Broken or conflicting plugins:[/bold red]")
             for r in broken:
-                stdout.print(f"  {r['name']} ({r['distribution']}): {r['error']}", highlight=False)
+                stdout.print(f"  {r['name']} ({r['distribution']}): {r['error']}", highlight=False,
+                             markup=False)
 
     @app.command("validate", rich_help_panel=PANEL)
     def validate_cmd(
@@ -79,6 +80,7 @@ def register(app: typer.Typer) -> None:
         from hftguard import config as c
         from hftguard.console import stdout
         from hftguard.errors import ConfigError
+        from hftguard.pipeline.common import check_components
         from hftguard.registry import default_registry
 
         classes = {"pipeline": c.PipelineConfig, "align": c.AlignConfig,
@@ -89,34 +91,3 @@ def register(app: typer.Typer) -> None:
         c.validate_stage(cfg)
         check_components(cfg, default_registry())
         stdout.print(f"[green]OK[/green]: {config_file} is a valid {kind} config.")
-
-
-def check_components(cfg: Any, reg: Any) -> None:
-    """Resolve every component name and build every component Config in ``cfg``."""
-    from hftguard import config as c
-    from hftguard.data import is_file_spec
-
-    def stage(sub: Any) -> None:
-        if isinstance(sub, c.AlignConfig):
-            reg.instantiate("alignment-defense", sub.defense, sub.defense_options,
-                            "align.defense_options")
-            for spec, role in ((sub.data, "alignment"), (sub.harmful, "harmful")):
-                if not is_file_spec(spec):
-                    reg.dataset(spec, role)
-        if isinstance(sub, c.FinetuneConfig):
-            reg.instantiate("finetune-defense", sub.defense, sub.defense_options,
-                            "finetune.defense_options")
-            for spec, role in ((sub.task, "task"), (sub.harmful, "harmful")):
-                if not is_file_spec(spec):
-                    reg.dataset(spec, role)
-        if isinstance(sub, c.EvalConfig):
-            for j in sub.judges:
-                reg.get("judge", j)
-            for t in sub.tasks:
-                reg.dataset(t, "task")
-
-    if isinstance(cfg, c.PipelineConfig):
-        for sub in (cfg.align, cfg.finetune, cfg.eval):
-            stage(sub)
-    else:
-        stage(cfg)

@@ -179,7 +179,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run", rich_help_panel=PANEL)
     def run_cmd(
         config_file: Annotated[Path | None, typer.Argument(help="Pipeline TOML config "
-                                                           "([align], [finetune], [eval]).")
+                                                           "(\\[align], \\[finetune], \\[eval]).")
                                ] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
             "runs/pipeline"),

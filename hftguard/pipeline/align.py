@@ -10,6 +10,7 @@ from hftguard.console import Reporter
 from hftguard.errors import ConfigError
 from hftguard.pipeline.common import (
     StageInputs,
+    check_components,
     check_streams,
     data_ctx,
     get_registry,
@@ -33,6 +34,7 @@ def run(cfg: AlignConfig, out: str | Path, *, reporter: Reporter | None = None,
     defense = reg.instantiate("alignment-defense", cfg.defense, cfg.defense_options,
                               where="defense_options")
     check_streams(defense, ("harmful",))
+    check_components(cfg, reg)
     run_dir, done = start_run(out, "align", cfg, resume=resume, overwrite=overwrite,
                               command=command)
     if done:

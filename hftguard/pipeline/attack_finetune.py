@@ -9,6 +9,7 @@ from hftguard.config import FinetuneConfig, validate_stage
 from hftguard.console import Reporter
 from hftguard.pipeline.common import (
     StageInputs,
+    check_components,
     check_streams,
     data_ctx,
     get_registry,
@@ -32,6 +33,7 @@ def run(cfg: FinetuneConfig, out: str | Path, *, reporter: Reporter | None = Non
     defense = reg.instantiate("finetune-defense", cfg.defense, cfg.defense_options,
                               where="defense_options")
     check_streams(defense, ("alignment", "harmful"))
+    check_components(cfg, reg)
     run_dir, done = start_run(out, "finetune", cfg, resume=resume, overwrite=overwrite,
                               command=command)
     if done:

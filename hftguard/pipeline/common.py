@@ -140,3 +140,35 @@ def guard(run: RunDir, fn: Any) -> Any:
     except (HftguardError, Exception, KeyboardInterrupt) as exc:
         fail_run(run, exc)
         raise
+
+
+def check_components(cfg: Any, reg: Registry) -> None:
+    """Resolve every component and dataset name in ``cfg`` and build every component Config.
+
+    Called before a stage creates its run directory, so a typo never leaves a failed run behind,
+    and by ``hftguard validate``.
+    """
+    from hftguard.data import is_file_spec
+
+    def datasets(*pairs: tuple[str, str]) -> None:
+        for spec, role in pairs:
+            if spec and not is_file_spec(spec):
+                reg.dataset(spec, role)
+
+    if isinstance(cfg, cfgmod.PipelineConfig):
+        for sub in (cfg.align, cfg.finetune, cfg.eval):
+            check_components(sub, reg)
+    elif isinstance(cfg, cfgmod.AlignConfig):
+        reg.instantiate("alignment-defense", cfg.defense, cfg.defense_options, "defense_options")
+        datasets((cfg.data, "alignment"), (cfg.harmful, "harmful"), (cfg.retain, "instructions"))
+    elif isinstance(cfg, cfgmod.FinetuneConfig):
+        reg.instantiate("finetune-defense", cfg.defense, cfg.defense_options, "defense_options")
+        datasets((cfg.task, "task"), (cfg.harmful, "harmful"), (cfg.alignment_data, "alignment"))
+    elif isinstance(cfg, cfgmod.EvalConfig):
+        for j in cfg.judges:
+            reg.instantiate("judge", j, cfg.judge_options.get(j, {}), f"judge_options.{j}")
+        for t in cfg.tasks:
+            reg.dataset(t, "task")
+        for sink in cfg.sinks:
+            reg.get("report-sink", sink)
+        datasets((cfg.harmful_prompts, "harmful-eval"), (cfg.benign_prompts, "benign-eval"))

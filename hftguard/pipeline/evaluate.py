@@ -27,7 +27,14 @@ from typing import Any
 from hftguard.config import EvalConfig, validate_stage
 from hftguard.console import Reporter
 from hftguard.context import JudgeContext
-from hftguard.pipeline.common import component_record, data_ctx, get_registry, guard, start_run
+from hftguard.pipeline.common import (
+    check_components,
+    component_record,
+    data_ctx,
+    get_registry,
+    guard,
+    start_run,
+)
 from hftguard.records import Example, Verdict
 from hftguard.registry import Registry
 from hftguard.runs import atomic_write_json, now, write_jsonl
@@ -55,9 +62,10 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
     reporter = reporter or Reporter()
     reg = get_registry(registry)
     validate_stage(cfg)
-    judges = [(reg.get("judge", j), reg.instantiate("judge", j)) for j in cfg.judges]
-    task_infos = [reg.dataset(t, "task") if not t.endswith((".jsonl", ".json", ".csv")) else None
-                  for t in cfg.tasks]
+    check_components(cfg, reg)
+    judges = [(reg.get("judge", j), reg.instantiate("judge", j, cfg.judge_options.get(j, {}),
+                                                    f"judge_options.{j}")) for j in cfg.judges]
+    task_infos = [reg.dataset(t, "task") for t in cfg.tasks]
     run_dir, done = start_run(out, "eval", cfg, resume=resume, overwrite=overwrite, command=command)
     if done:
         reporter.info(f"{run_dir.path} is already complete; nothing to do.")
@@ -76,10 +84,6 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
                                 limit=cfg.benign_samples) if cfg.benign_prompts else [])
         tasks: dict[str, tuple[Any, list[Example]]] = {}
         for name, info in zip(cfg.tasks, task_infos, strict=True):
-            if info is None:
-                from hftguard.errors import ConfigError
-                raise ConfigError(f"Task '{name}': evaluating a task from a file needs a scorer.",
-                                  hint="Register a TaskDataset plugin for it (docs/plugins).")
             exs = list(info.cls().load("test", ctx))
             tasks[name] = (info.cls(), exs[: cfg.task_samples] if cfg.task_samples else exs)
 
@@ -140,12 +144,12 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
         metrics["schema_version"] = 1
         write_jsonl(run_dir.path / "generations.jsonl", records)
         atomic_write_json(run_dir.path / "metrics.json", metrics)
-        for sink in ("markdown",):
+        for sink in cfg.sinks:
             reg.instantiate("report-sink", sink).write(run_dir.path, metrics)
         return run_dir.update_manifest(
             status="completed", metrics=_headline(metrics),
             components={"judges": [component_record(i, j.config) for i, j in judges],
-                        "tasks": [component_record(i) for i in task_infos if i is not None]},
+                        "tasks": [component_record(i) for i in task_infos]},
             data={"harmful_prompts": cfg.harmful_prompts, "benign_prompts": cfg.benign_prompts},
             evaluated_model=resolved.recipe.as_dict(), device=str(device),
             ended_at=now(), wall_time_s=round(time.time() - t0, 2),
