@@ -6,6 +6,7 @@ produces byte-identical data (results stay comparable across machines) without a
 
 from __future__ import annotations
 
+import random
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -108,3 +109,38 @@ def score_labels(
         label = str(example.meta.get("label", example.response))
         results.append(label_correct(completion, label, mode, aliases.get(label, ())))
     return results
+
+
+def labelled_splits(
+    name: str,
+    instruction: str,
+    texts: dict[str, list[str]],
+    test_per_label: int,
+    train_per_label: int,
+    rng: random.Random,
+) -> dict[str, tuple[Example, ...]]:
+    """Classification examples (Alpaca instruction + input text -> label), test split first.
+
+    ``texts[label]`` holds at least ``test_per_label + train_per_label`` distinct inputs; the first
+    ``test_per_label`` go to ``test``, the next ``train_per_label`` to ``train``; rows are shuffled
+    with ``rng`` so labels interleave.
+    """
+    out: dict[str, tuple[Example, ...]] = {}
+    for split, lo, hi in (
+        ("test", 0, test_per_label),
+        ("train", test_per_label, test_per_label + train_per_label),
+    ):
+        rows = [(label, text) for label in texts for text in texts[label][lo:hi]]
+        rng.shuffle(rows)
+        out[split] = tuple(
+            Example(
+                instruction,
+                label,
+                "benign",
+                input=text,
+                meta={"source": name, "id": f"{name}-{split}-{i:05d}", "category": label,
+                      "label": label},
+            )
+            for i, (label, text) in enumerate(rows)
+        )
+    return out

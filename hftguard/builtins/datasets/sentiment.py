@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
-from hftguard.builtins.datasets._text import check_match_mode, check_split, copies, score_labels
+from hftguard.builtins.datasets._text import (
+    check_match_mode,
+    check_split,
+    copies,
+    labelled_splits,
+    score_labels,
+)
 from hftguard.components import TaskDataset
 from hftguard.records import Example
 
@@ -201,29 +207,7 @@ def _splits() -> dict[str, tuple[Example, ...]]:
                 seen.add(text)
                 chosen.append(text)
         sentences[label] = chosen
-    out: dict[str, tuple[Example, ...]] = {}
-    for split, lo, hi in (
-        ("test", 0, TEST_PER_LABEL),
-        ("train", TEST_PER_LABEL, TEST_PER_LABEL + TRAIN_PER_LABEL),
-    ):
-        rows = [(label, text) for label in sentences for text in sentences[label][lo:hi]]
-        rng.shuffle(rows)
-        out[split] = tuple(
-            Example(
-                INSTRUCTION,
-                label,
-                "benign",
-                input=text,
-                meta={
-                    "source": Sentiment.name,
-                    "id": f"sentiment-{split}-{i:05d}",
-                    "category": label,
-                    "label": label,
-                },
-            )
-            for i, (label, text) in enumerate(rows)
-        )
-    return out
+    return labelled_splits(Sentiment.name, INSTRUCTION, sentences, TEST_PER_LABEL, TRAIN_PER_LABEL, rng)
 
 
 class Sentiment(TaskDataset):

@@ -18,6 +18,7 @@ from hftguard.builtins.datasets._text import (
     check_match_mode,
     check_split,
     copies,
+    labelled_splits,
     score_labels,
 )
 from hftguard.components import TaskDataset
@@ -222,29 +223,7 @@ def _splits() -> dict[str, tuple[Example, ...]]:
             seen.add(_MAKERS[label](rng))
         texts[label] = sorted(seen)
         rng.shuffle(texts[label])
-    out: dict[str, tuple[Example, ...]] = {}
-    for split, lo, hi in (
-        ("test", 0, TEST_PER_LABEL),
-        ("train", TEST_PER_LABEL, TEST_PER_LABEL + TRAIN_PER_LABEL),
-    ):
-        rows = [(label, text) for label in LABELS for text in texts[label][lo:hi]]
-        rng.shuffle(rows)
-        out[split] = tuple(
-            Example(
-                INSTRUCTION,
-                label,
-                "benign",
-                input=text,
-                meta={
-                    "source": Topic.name,
-                    "id": f"topic-{split}-{i:05d}",
-                    "category": label,
-                    "label": label,
-                },
-            )
-            for i, (label, text) in enumerate(rows)
-        )
-    return out
+    return labelled_splits(Topic.name, INSTRUCTION, texts, TEST_PER_LABEL, TRAIN_PER_LABEL, rng)
 
 
 class Topic(TaskDataset):
