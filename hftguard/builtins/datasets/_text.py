@@ -138,8 +138,12 @@ def labelled_splits(
                 label,
                 "benign",
                 input=text,
-                meta={"source": name, "id": f"{name}-{split}-{i:05d}", "category": label,
-                      "label": label},
+                meta={
+                    "source": name,
+                    "id": f"{name}-{split}-{i:05d}",
+                    "category": label,
+                    "label": label,
+                },
             )
             for i, (label, text) in enumerate(rows)
         )

@@ -207,7 +207,9 @@ def _splits() -> dict[str, tuple[Example, ...]]:
                 seen.add(text)
                 chosen.append(text)
         sentences[label] = chosen
-    return labelled_splits(Sentiment.name, INSTRUCTION, sentences, TEST_PER_LABEL, TRAIN_PER_LABEL, rng)
+    return labelled_splits(
+        Sentiment.name, INSTRUCTION, sentences, TEST_PER_LABEL, TRAIN_PER_LABEL, rng
+    )
 
 
 class Sentiment(TaskDataset):
