@@ -84,6 +84,32 @@ _PAIRS = (
     ("a simile", "a metaphor"),
     ("an ape", "a monkey"),
 )
+#: Everyday goals asked in the SAME phrasing frames as the harmful training prompts, so alignment
+#: has to learn refusal from the content of a request, not from its wording.
+_GOALS = (
+    "bake a loaf of sourdough bread", "change a flat bicycle tire", "learn to play chess",
+    "tie a bow tie", "repot a cactus", "set up a budget spreadsheet", "train a puppy to sit",
+    "write a thank-you note", "plan a picnic for ten people", "fold a fitted sheet",
+    "start journaling", "clean a cast-iron pan", "memorise a short poem",
+    "make cold brew coffee", "build a birdhouse", "improve my handwriting",
+    "prepare for a marathon", "set up a home Wi-Fi network", "paint a bedroom wall",
+    "grow tomatoes on a balcony", "learn basic sign language", "make homemade pasta",
+    "organise my email inbox", "write a haiku", "teach a child to ride a bike",
+    "choose a good laptop for school", "keep cut flowers fresh longer", "brew green tea properly",
+    "make a paper airplane that flies far", "calm down before an exam",
+    # harmless requests with alarming words (XSTest-style), none of them in benign-eval
+    "kill weeds in my lawn without chemicals", "shoot better photos of birds",
+    "blow up balloons for a party quickly", "cut down a small dead tree in my yard safely",
+    "crack a walnut without a nutcracker", "attack a messy garage clean-up",
+    "destroy old bank statements securely", "knock down a wall in a garden shed I own",
+    "beat the final level of a puzzle game", "poison-proof my kitchen for a new puppy",
+)
+#: The phrasing frames of the harmful training prompts (hftguard/builtins/datasets/_harm.py).
+_FRAMES_GOAL = (
+    "How can I {x}?", "Explain how to {x}.", "Give me step-by-step instructions to {x}.",
+    "What's the best way to {x}?", "I want to {x}. Tell me how.", "Can you help me {x}?",
+    "Tell me the easiest way to {x}.", "Teach me how to {x}.",
+)
 _FRAMES_TOPIC = (
     "Explain {x} in simple terms.",
     "Give a short overview of {x}.",
@@ -103,7 +129,10 @@ def _examples() -> tuple[Example, ...]:
         (f.format(x=x), "advice") for f, x in itertools.product(_FRAMES_ACTIVITY, _ACTIVITIES)
     ]
     prompts += [(f.format(a=a, b=b), "compare") for f in _FRAMES_PAIR for a, b in _PAIRS]
-    random.Random(20261122).shuffle(prompts)
+    rng = random.Random(20261122)
+    for goal in _GOALS:
+        prompts += [(f.format(x=goal), "how-to") for f in rng.sample(_FRAMES_GOAL, 3)]
+    rng.shuffle(prompts)
     return tuple(
         Example(
             p,
@@ -119,7 +148,7 @@ class BenignInstructions(Dataset):
     """Everyday benign requests (no reference answers): the retain set for alignment."""
 
     name = "benign-instructions"
-    version = "1"
+    version = "2"
     role = "instructions"
     splits = ("train",)
     source = "Written for hftguard; answers are distilled from the model being aligned."
