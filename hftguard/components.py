@@ -2,7 +2,8 @@
 
 A component is a class with a kebab-case ``name``, a ``version`` (bump it when outputs change; it is
 recorded in every run's manifest), a ``Config`` dataclass whose defaults are the paper's (each field
-with ``metadata={"help": ...}``), an optional ``paper`` reference, and a docstring whose first line is
+with ``metadata={"help": ...}``), an optional ``paper`` reference, and a docstring whose first
+line is
 the summary that ``hftguard plugins`` prints. The classes hold no shared behaviour: the host's
 ``training``, ``data`` and ``generation`` modules provide the building blocks components call.
 
@@ -34,7 +35,8 @@ class Component:
     version: ClassVar[str] = "1"
     Config: ClassVar[type] = NoOptions
     paper: ClassVar[str | None] = None
-    #: Licence restriction shown by ``hftguard plugins`` and recorded with results (e.g. non-commercial).
+    #: Licence restriction shown by ``hftguard plugins`` and recorded with results (e.g.
+    #: non-commercial).
     license_note: ClassVar[str | None] = None
 
     def __init__(self, config: Any = None) -> None:
@@ -49,17 +51,21 @@ class Component:
 class Defense(Component):
     """A training-time defense: a step function run by the host's one training loop.
 
-    ``training_step`` computes this step's gradient into the trainable parameters' ``.grad`` (with one
+    ``training_step`` computes this step's gradient into the trainable parameters' ``.grad`` (with
+    one
     or several forward/backward passes) and returns scalar metrics to log. The loop owns everything
     else: batching, optimizer, clipping, schedule, precision, checkpoints, progress.
     """
 
     stage: ClassVar[str]
-    #: Extra data streams the defense draws from besides the main batch: ``"alignment"``, ``"harmful"``.
+    #: Extra data streams the defense draws from besides the main batch: ``"alignment"``,
+    #: ``"harmful"``.
     streams: ClassVar[tuple[str, ...]] = ()
-    #: If True every batch (main and streams) carries a ``refusal`` view: same prompts, refusal answers.
+    #: If True every batch (main and streams) carries a ``refusal`` view: same prompts, refusal
+    #: answers.
     refusal_view: ClassVar[bool] = False
-    #: Number of forward+backward passes per step, the theoretical cost relative to SFT (benchmarks).
+    #: Number of forward+backward passes per step, the theoretical cost relative to SFT
+    #: (benchmarks).
     passes: ClassVar[float] = 1.0
 
     def setup(self, ctx: StepContext) -> None:

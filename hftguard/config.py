@@ -1,9 +1,11 @@
-"""Configuration: dataclasses, TOML files and ``--set key=value`` overrides, validated without torch.
+"""Configuration: dataclasses, TOML files and ``--set key=value`` overrides, validated without
+torch.
 
 Each pipeline stage has one config dataclass. The CLI builds it from (in increasing precedence) the
 defaults, a ``--config FILE.toml``, the command-line options, and ``--set key=value`` overrides.
 Unknown keys, wrong types and out-of-range values are :class:`~hftguard.errors.ConfigError` with the
-key's dotted path and a did-you-mean suggestion. Component options (``defense_options``...) are plain
+key's dotted path and a did-you-mean suggestion. Component options (``defense_options``...) are
+plain
 tables here and are checked against the component's own ``Config`` dataclass by :func:`build`.
 """
 
@@ -103,9 +105,7 @@ class FinetuneConfig:
     )
     template: Literal["chat", "alpaca"] = opt("chat", "Prompt format.")
     seed: int = opt(42, "Seed for data mixing, order and initialisation.")
-    train: TrainOptions = field(
-        default_factory=lambda: TrainOptions(lr=1e-5, epochs=1.0)
-    )
+    train: TrainOptions = field(default_factory=lambda: TrainOptions(lr=1e-5, epochs=1.0))
     lora: LoraOptions = field(default_factory=LoraOptions)
 
 
@@ -292,7 +292,9 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file with errors that name the file and the problem."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"Config file {p} does not exist.", hint="Check the path given to --config.")
+        raise ConfigError(
+            f"Config file {p} does not exist.", hint="Check the path given to --config."
+        )
     if p.is_dir():
         raise ConfigError(f"Config file {p} is a directory.", hint="Give --config a .toml file.")
     try:
@@ -352,8 +354,9 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
     """Raise a ConfigError when ``value`` is outside [lo, hi]."""
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
-        raise ConfigError(f"{where} = {value} is out of range {bounds}.",
-                          hint=f"Choose {where} within {bounds}.")
+        raise ConfigError(
+            f"{where} = {value} is out of range {bounds}.", hint=f"Choose {where} within {bounds}."
+        )
 
 
 def _validate_train(t: TrainOptions, where: str) -> None:
@@ -365,8 +368,10 @@ def _validate_train(t: TrainOptions, where: str) -> None:
     check_range(f"{where}.warmup_ratio", t.warmup_ratio, 0.0, 1.0)
     check_range(f"{where}.max_grad_norm", t.max_grad_norm, 0.0)
     if t.epochs == 0 and t.max_steps == 0:
-        raise ConfigError(f"{where}: both epochs and max_steps are 0; nothing would be trained.",
-                          hint=f"Set {where}.max_steps or {where}.epochs.")
+        raise ConfigError(
+            f"{where}: both epochs and max_steps are 0; nothing would be trained.",
+            hint=f"Set {where}.max_steps or {where}.epochs.",
+        )
 
 
 def validate_stage(cfg: Any) -> None:

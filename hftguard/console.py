@@ -128,10 +128,18 @@ class Reporter:
                 self.progress.stop()
                 self.progress = None
             elapsed = time.perf_counter() - start
-            self._emit({"event": "task_end", "description": description, "done": handle.done,
-                        "seconds": round(elapsed, 3)})
+            self._emit(
+                {
+                    "event": "task_end",
+                    "description": description,
+                    "done": handle.done,
+                    "seconds": round(elapsed, 3),
+                }
+            )
             if not show and not self.quiet and not self.json_events:
-                stderr.print(f"{description}: {handle.done} done in {elapsed:.1f}s", highlight=False)
+                stderr.print(
+                    f"{description}: {handle.done} done in {elapsed:.1f}s", highlight=False
+                )
 
 
 def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:

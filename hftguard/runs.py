@@ -107,16 +107,20 @@ class RunDir:
         return data
 
 
-def open_run_dir(out: str | Path, stage: str, *, resume: bool = False,
-                 overwrite: bool = False) -> RunDir:
+def open_run_dir(
+    out: str | Path, stage: str, *, resume: bool = False, overwrite: bool = False
+) -> RunDir:
     """Create (or reopen with ``resume``) the output directory of a stage."""
     path = Path(out)
     if resume and overwrite:
-        raise RunDirError("--resume and --overwrite cannot be used together.",
-                          hint="--resume continues an unfinished run; --overwrite starts afresh.")
+        raise RunDirError(
+            "--resume and --overwrite cannot be used together.",
+            hint="--resume continues an unfinished run; --overwrite starts afresh.",
+        )
     if path.exists() and not path.is_dir():
-        raise RunDirError(f"Output path {path} exists and is not a directory.",
-                          hint="Choose another --out.")
+        raise RunDirError(
+            f"Output path {path} exists and is not a directory.", hint="Choose another --out."
+        )
     has_content = path.is_dir() and any(path.iterdir())
     if has_content and overwrite:
         if not (path / MANIFEST).exists():
@@ -132,7 +136,8 @@ def open_run_dir(out: str | Path, stage: str, *, resume: bool = False,
         raise RunDirError(
             f"Output directory {path} already exists"
             + (f" (status: {status})." if status else "."),
-            hint="Pass --resume to continue it, --overwrite to replace it, or choose another --out.",
+            hint="Pass --resume to continue it, --overwrite to replace it, or choose another "
+            "--out.",
         )
     resumed = False
     if has_content and resume:
@@ -157,13 +162,17 @@ def _status(path: Path) -> str | None:
 def read_manifest(path: str | Path) -> dict[str, Any]:
     p = Path(path) / MANIFEST
     if not p.exists():
-        raise RunDirError(f"{Path(path)} is not an hftguard run directory (no {MANIFEST}).",
-                          hint="Pass the --out directory of a finished hftguard stage.")
+        raise RunDirError(
+            f"{Path(path)} is not an hftguard run directory (no {MANIFEST}).",
+            hint="Pass the --out directory of a finished hftguard stage.",
+        )
     try:
         data = json.loads(p.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as exc:
-        raise RunDirError(f"Cannot read {p}: {exc}.", hint="The run directory is damaged; re-run "
-                          "the stage with --overwrite.") from exc
+        raise RunDirError(
+            f"Cannot read {p}: {exc}.",
+            hint="The run directory is damaged; re-run the stage with --overwrite.",
+        ) from exc
     if not isinstance(data, dict):
         raise RunDirError(f"{p} is not a JSON object.")
     return data
@@ -173,8 +182,9 @@ def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
 
 
-def base_manifest(stage: str, command: list[str] | None, config: dict[str, Any],
-                  seed: int) -> dict[str, Any]:
+def base_manifest(
+    stage: str, command: list[str] | None, config: dict[str, Any], seed: int
+) -> dict[str, Any]:
     """The provenance fields every stage records at start."""
     return {
         "schema_version": SCHEMA_VERSION,
@@ -184,7 +194,11 @@ def base_manifest(stage: str, command: list[str] | None, config: dict[str, Any],
         "config": config,
         "seed": seed,
         "libraries": library_versions(),
-        "host": {"platform": platform.platform(), "machine": platform.machine(),
-                 "cpus": os.cpu_count(), "node": platform.node()},
+        "host": {
+            "platform": platform.platform(),
+            "machine": platform.machine(),
+            "cpus": os.cpu_count(),
+            "node": platform.node(),
+        },
         "started_at": now(),
     }

@@ -1,7 +1,8 @@
 """The one training loop, and the gradient helpers that keep multi-pass defenses short and exact.
 
 The loop owns batching (seeded, resumable), AdamW, gradient clipping of the *assembled* gradient,
-the LR schedule, mixed precision, checkpoints with exact resume, progress, and step-time / peak-memory
+the LR schedule, mixed precision, checkpoints with exact resume, progress, and step-time /
+peak-memory
 accounting. A defense's ``training_step`` only writes this step's gradient into ``.grad``.
 
 Multi-process runs (``accelerate launch``): every process computes its defense step on its shard of
@@ -75,11 +76,14 @@ def grads_of(loss: torch.Tensor, params: Params) -> Grads:
     """d loss / d params without touching ``.grad`` (zeros for parameters the loss ignores)."""
     tensors = [p for _, p in params]
     gs = torch.autograd.grad(loss, tensors, allow_unused=True)
-    return [torch.zeros_like(p) if g is None else g.detach() for p, g in zip(tensors, gs, strict=True)]
+    return [
+        torch.zeros_like(p) if g is None else g.detach() for p, g in zip(tensors, gs, strict=True)
+    ]
 
 
-def loss_and_grads(model: Any, batch: Batch, params: Params, loss_fn: Any = lm_loss
-                   ) -> tuple[float, Grads]:
+def loss_and_grads(
+    model: Any, batch: Batch, params: Params, loss_fn: Any = lm_loss
+) -> tuple[float, Grads]:
     """One forward + backward: (loss value, gradient list)."""
     loss = loss_fn(model, batch)
     return float(loss.detach()), grads_of(loss, params)
@@ -117,7 +121,8 @@ def cosine(a: Grads, b: Grads, eps: float = 1e-8) -> float:
 def perturbed(params: Params, direction: Grads, scale: float) -> Iterator[None]:
     """Temporarily set ``theta <- theta + scale * direction``; restore exactly from saved copies.
 
-    Restoring by copying back a clone (not by subtracting) is exact in any dtype (algorithms.md §16.20).
+    Restoring by copying back a clone (not by subtracting) is exact in any dtype (algorithms.md
+    §16.20).
     """
     saved = [p.detach().clone() for _, p in params]
     try:
@@ -140,12 +145,14 @@ def decoder_layers(model: Any) -> list[torch.nn.Module]:
     n = getattr(getattr(model, "config", None), "num_hidden_layers", None)
     best: list[torch.nn.Module] = []
     for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) > len(best):
-            if n is None or len(module) == n:
-                best = list(module)
+        is_blocks = isinstance(module, torch.nn.ModuleList) and (n is None or len(module) == n)
+        if is_blocks and len(module) > len(best):
+            best = list(module)
     if not best:
-        raise HftguardError("Cannot find the decoder layers of this model.",
-                            hint="This defense supports decoder-only transformer LMs.")
+        raise HftguardError(
+            "Cannot find the decoder layers of this model.",
+            hint="This defense supports decoder-only transformer LMs.",
+        )
     return best
 
 
@@ -153,11 +160,19 @@ def attention_modules(model: Any) -> list[torch.nn.Module]:
     """The self-attention module of every decoder layer (first child whose class says Attention)."""
     found = []
     for layer in decoder_layers(model):
-        attn = next((m for m in layer.children() if "attention" in type(m).__name__.lower()
-                     or "attn" in type(m).__name__.lower()), None)
+        attn = next(
+            (
+                m
+                for m in layer.children()
+                if "attention" in type(m).__name__.lower() or "attn" in type(m).__name__.lower()
+            ),
+            None,
+        )
         if attn is None:
-            raise HftguardError(f"No attention module found in {type(layer).__name__}.",
-                                hint="This defense needs decoder layers with a self-attention block.")
+            raise HftguardError(
+                f"No attention module found in {type(layer).__name__}.",
+                hint="This defense needs decoder layers with a self-attention block.",
+            )
         found.append(attn)
     return found
 
@@ -175,8 +190,9 @@ def _replace_first(output: Any, new: torch.Tensor) -> Any:
 
 
 @contextmanager
-def capture_outputs_grad(modules: Sequence[torch.nn.Module], store: list[torch.Tensor | None]
-                         ) -> Iterator[None]:
+def capture_outputs_grad(
+    modules: Sequence[torch.nn.Module], store: list[torch.Tensor | None]
+) -> Iterator[None]:
     """Record d loss / d (module output) for each module into ``store`` during backward."""
     store[:] = [None] * len(modules)
 
@@ -184,9 +200,12 @@ def capture_outputs_grad(modules: Sequence[torch.nn.Module], store: list[torch.T
         def hook(_m: Any, _inp: Any, output: Any) -> None:
             out = _first(output)
             if out.requires_grad:
+
                 def save(g: torch.Tensor) -> None:
                     store[i] = g.detach()
+
                 out.register_hook(save)
+
         return hook
 
     handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
@@ -198,15 +217,18 @@ def capture_outputs_grad(modules: Sequence[torch.nn.Module], store: list[torch.T
 
 
 @contextmanager
-def add_to_outputs(modules: Sequence[torch.nn.Module], deltas: Sequence[torch.Tensor | None]
-                   ) -> Iterator[None]:
+def add_to_outputs(
+    modules: Sequence[torch.nn.Module], deltas: Sequence[torch.Tensor | None]
+) -> Iterator[None]:
     """Add a constant ``delta`` to each module's (first) output during forward."""
+
     def make(delta: torch.Tensor | None) -> Any:
         def hook(_m: Any, _inp: Any, output: Any) -> Any:
             if delta is None:
                 return output
             out = _first(output)
             return _replace_first(output, out + delta.to(out.dtype))
+
         return hook
 
     handles = [m.register_forward_hook(make(d)) for m, d in zip(modules, deltas, strict=True)]
@@ -224,16 +246,26 @@ def add_to_outputs(modules: Sequence[torch.nn.Module], deltas: Sequence[torch.Te
 class EpochSampler:
     """Deterministic, resumable batches: a seeded permutation per epoch, position = step."""
 
-    def __init__(self, items: Sequence[Encoded], batch_size: int, seed: int, drop_last: bool = False,
-                 shard: tuple[int, int] = (0, 1)) -> None:
+    def __init__(
+        self,
+        items: Sequence[Encoded],
+        batch_size: int,
+        seed: int,
+        drop_last: bool = False,
+        shard: tuple[int, int] = (0, 1),
+    ) -> None:
         if not items:
-            raise HftguardError("A training stream has no examples.", hint="Check the data options.")
+            raise HftguardError(
+                "A training stream has no examples.", hint="Check the data options."
+            )
         self.items = items
         self.batch_size = batch_size
         self.seed = seed
         self.shard = shard
         n = len(items)
-        self.per_epoch = n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+        self.per_epoch = (
+            n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
+        )
         self._perm_epoch = -1
         self._perm: list[int] = []
 
@@ -292,6 +324,7 @@ def total_steps(n_main: int, opts: TrainOptions) -> int:
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Any:
     """HF semantics: ``constant`` ignores warm-up (algorithms.md §1.5.6)."""
+
     def f(step: int) -> float:
         if kind == "constant":
             return 1.0
@@ -301,6 +334,7 @@ def lr_lambda(kind: str, warmup: int, total: int) -> Any:
         if kind == "linear":
             return max(0.0, 1.0 - progress)
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
     return f
 
 
@@ -317,20 +351,36 @@ def _latest_checkpoint(run: RunDir) -> Path | None:
     return done[-1] if done else None
 
 
-def _save_checkpoint(run: RunDir, step: int, params: Params, optimizer: Any, scheduler: Any,
-                     defense: Any, streams: dict[str, Stream]) -> None:
+def _save_checkpoint(
+    run: RunDir,
+    step: int,
+    params: Params,
+    optimizer: Any,
+    scheduler: Any,
+    defense: Any,
+    streams: dict[str, Stream],
+) -> None:
     from safetensors.torch import save_file
 
     final = run.checkpoints / f"step-{step:07d}"
     tmp = run.checkpoints / f".tmp-step-{step:07d}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors"))
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "defense": defense.state_dict(), "rng": torch.get_rng_state()},
-               tmp / "state.pt")
-    atomic_write_json(tmp / "state.json", {"step": step,
-                                           "streams": {k: s.position for k, s in streams.items()}})
+    save_file(
+        {n: p.detach().contiguous().cpu() for n, p in params}, str(tmp / "trainable.safetensors")
+    )
+    torch.save(
+        {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "defense": defense.state_dict(),
+            "rng": torch.get_rng_state(),
+        },
+        tmp / "state.pt",
+    )
+    atomic_write_json(
+        tmp / "state.json", {"step": step, "streams": {k: s.position for k, s in streams.items()}}
+    )
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     for old in run.checkpoints.glob("step-*"):
@@ -338,8 +388,14 @@ def _save_checkpoint(run: RunDir, step: int, params: Params, optimizer: Any, sch
             shutil.rmtree(old, ignore_errors=True)
 
 
-def _load_checkpoint(ckpt: Path, params: Params, optimizer: Any, scheduler: Any, defense: Any,
-                     streams: dict[str, Stream]) -> int:
+def _load_checkpoint(
+    ckpt: Path,
+    params: Params,
+    optimizer: Any,
+    scheduler: Any,
+    defense: Any,
+    streams: dict[str, Stream],
+) -> int:
     from safetensors.torch import load_file
 
     tensors = load_file(str(ckpt / "trainable.safetensors"))
@@ -380,16 +436,24 @@ def train(
     shard = (state.process_index, state.num_processes)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
-        raise HftguardError("The model has no trainable parameters.", hint="Check the LoRA options.")
+        raise HftguardError(
+            "The model has no trainable parameters.", hint="Check the LoRA options."
+        )
     steps = total_steps(len(main), opts)
     main_sampler = EpochSampler(main, opts.batch_size, seed, shard=shard)
     stream_objs = {
-        name: Stream(EpochSampler(items, opts.batch_size, seed + 7919 * (i + 1), shard=shard), pad_id)
+        name: Stream(
+            EpochSampler(items, opts.batch_size, seed + 7919 * (i + 1), shard=shard), pad_id
+        )
         for i, (name, items) in enumerate(sorted(streams.items()))
     }
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=opts.lr, weight_decay=opts.weight_decay)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in params], lr=opts.lr, weight_decay=opts.weight_decay
+    )
     warmup = math.ceil(opts.warmup_ratio * steps)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(opts.scheduler, warmup, steps))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_lambda(opts.scheduler, warmup, steps)
+    )
 
     start_step = 0
     log_path = run.path / f"{label}_log.jsonl"
@@ -398,18 +462,29 @@ def train(
         start_step = _load_checkpoint(ckpt, params, optimizer, scheduler, defense, stream_objs)
         reporter.info(f"Resuming {label} from step {start_step} ({ckpt.name}).")
         if log_path.exists():  # keep only the log lines of steps that the checkpoint covers
-            lines = [ln for ln in log_path.read_text().splitlines()
-                     if ln and json.loads(ln).get("step", 0) < start_step]
+            lines = [
+                ln
+                for ln in log_path.read_text().splitlines()
+                if ln and json.loads(ln).get("step", 0) < start_step
+            ]
             log_path.write_text("".join(line + "\n" for line in lines))
     elif log_path.exists():
         log_path.unlink()
 
-    ctx = StepContext(step=start_step, total_steps=steps, params=params,
-                      next_batch=lambda name: stream_objs[name].next().to(device), loss_fn=lm_loss,
-                      reporter=reporter, output_dir=run.path, device=device)
+    ctx = StepContext(
+        step=start_step,
+        total_steps=steps,
+        params=params,
+        next_batch=lambda name: stream_objs[name].next().to(device),
+        loss_fn=lm_loss,
+        reporter=reporter,
+        output_dir=run.path,
+        device=device,
+    )
     defense.setup(ctx)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else _nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else _nullcontext()
+    )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     times: list[float] = []
@@ -432,19 +507,26 @@ def train(
             if not math.isfinite(grad_norm):
                 raise HftguardError(
                     f"The gradient became {grad_norm} at step {step} ({defense.name}).",
-                    hint="Lower train.lr, or use precision=fp32.")
+                    hint="Lower train.lr, or use precision=fp32.",
+                )
             optimizer.step()
             scheduler.step()
             dt = time.perf_counter() - t0
             times.append(dt)
             last_loss = metrics.get("loss", last_loss)
-            record = {"step": step, "lr": scheduler.get_last_lr()[0], "grad_norm": grad_norm,
-                      "step_time": dt, **metrics}
+            record = {
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "grad_norm": grad_norm,
+                "step_time": dt,
+                **metrics,
+            }
             log.write(json.dumps(record) + "\n")
             log.flush()
             reporter.metrics(step, **{k: v for k, v in record.items() if k != "step"})
-            task.advance(1, loss=last_loss if last_loss is not None else float("nan"),
-                         **{"s/step": dt})
+            task.advance(
+                1, loss=last_loss if last_loss is not None else float("nan"), **{"s/step": dt}
+            )
             done = step + 1
             if opts.checkpoint_every and done % opts.checkpoint_every == 0 and done < steps:
                 _save_checkpoint(run, done, params, optimizer, scheduler, defense, stream_objs)
@@ -473,11 +555,13 @@ class _nullcontext:
 def _clip(params: Params, max_norm: float) -> float:
     grads = [p.grad for _, p in params if p.grad is not None]
     if not grads:
-        raise HftguardError("The defense wrote no gradient into the trainable parameters.",
-                            hint="A training_step must set .grad (see docs/plugins/defenses.md).")
+        raise HftguardError(
+            "The defense wrote no gradient into the trainable parameters.",
+            hint="A training_step must set .grad (see docs/plugins/defenses.md).",
+        )
     if max_norm > 0:
         return float(torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm))
-    return global_norm([g for g in grads])
+    return global_norm(list(grads))
 
 
 def _all_reduce_grads(params: Params) -> None:
@@ -485,8 +569,9 @@ def _all_reduce_grads(params: Params) -> None:
     import torch.distributed as dist
 
     world = dist.get_world_size()
-    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1)
-                      for _, p in params])
+    flat = torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for _, p in params]
+    )
     dist.all_reduce(flat)
     flat /= world
     offset = 0

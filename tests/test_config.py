@@ -9,8 +9,13 @@ from hftguard.errors import ConfigError
 def test_precedence_defaults_file_cli_set(tmp_path):
     f = tmp_path / "a.toml"
     f.write_text('[align]\nseed = 3\ndefense = "sft"\n[align.train]\nlr = 0.1\nbatch_size = 2\n')
-    cfg = c.resolve(c.AlignConfig, config_file=f, section="align",
-                    cli={"seed": 5, "train": {"batch_size": 4}}, sets=["train.lr=0.5"])
+    cfg = c.resolve(
+        c.AlignConfig,
+        config_file=f,
+        section="align",
+        cli={"seed": 5, "train": {"batch_size": 4}},
+        sets=["train.lr=0.5"],
+    )
     assert cfg.seed == 5 and cfg.train.batch_size == 4 and cfg.train.lr == 0.5
     assert cfg.train.max_grad_norm == 1.0  # untouched default
 
@@ -44,7 +49,11 @@ def test_bad_toml_and_missing_file(tmp_path):
 
 def test_set_syntax_and_values():
     assert c.parse_sets(["a.b=1e-4", "x=true", "y=hello", "z=[1, 2]"]) == {
-        "a": {"b": 1e-4}, "x": True, "y": "hello", "z": [1, 2]}
+        "a": {"b": 1e-4},
+        "x": True,
+        "y": "hello",
+        "z": [1, 2],
+    }
     with pytest.raises(ConfigError, match="key=value"):
         c.parse_sets(["novalue"])
 

@@ -23,8 +23,10 @@ def test_mix_counts_and_determinism():
     assert mix_poison(benign, harmful, n=10, p=0.25, seed=0).n_harmful == round(2.5)
 
 
-@pytest.mark.parametrize(("n", "p", "err"), [(10, 1.5, ConfigError), (10, -0.1, ConfigError),
-                                             (100, 0.1, DataError), (30, 0.9, DataError)])
+@pytest.mark.parametrize(
+    ("n", "p", "err"),
+    [(10, 1.5, ConfigError), (10, -0.1, ConfigError), (100, 0.1, DataError), (30, 0.9, DataError)],
+)
 def test_mix_errors(n, p, err):
     with pytest.raises(err):
         mix_poison([_ex(i) for i in range(50)], [_ex(i, "harmful") for i in range(20)], n, p, 0)
@@ -48,7 +50,8 @@ def test_alpaca_template_text(tiny_tok):
     with_input = format_prompt(Example("Do X", input="Y"), tiny_tok, "alpaca")
     assert with_input.endswith("### Instruction:\nDo X\n\n### Input:\nY\n\n### Response:\n")
     assert format_prompt(Example("Do X"), tiny_tok, "alpaca").endswith(
-        "### Instruction:\nDo X\n\n### Response:\n")
+        "### Instruction:\nDo X\n\n### Response:\n"
+    )
 
 
 def test_truncation_keeps_answer_tokens(tiny_tok):

@@ -44,43 +44,65 @@ def test_align_manifest_records_provenance(aligned):
 
 def test_finetune_merge_and_continue(aligned, tmp_path, quiet_reporter):
     out, _ = aligned
-    base = dict(model=str(out), samples=20, harmful_ratio=0.25, train=_train(), lora=TINY_LORA)
+    base = {
+        "model": str(out),
+        "samples": 20,
+        "harmful_ratio": 0.25,
+        "train": _train(),
+        "lora": TINY_LORA,
+    }
     merged = attack_finetune.run(FinetuneConfig(**base), tmp_path / "m", reporter=quiet_reporter)
     assert merged["lora_mode"] == "merge"
     assert len(merged["model"]["adapters"]) == 2  # aligned adapter merged underneath + new one
     assert merged["composition"]["n_harmful"] == 5 and merged["composition"]["n_benign"] == 15
-    cont = attack_finetune.run(FinetuneConfig(**base, lora_mode="continue"), tmp_path / "c",
-                               reporter=quiet_reporter)
+    cont = attack_finetune.run(
+        FinetuneConfig(**base, lora_mode="continue"), tmp_path / "c", reporter=quiet_reporter
+    )
     assert cont["model"]["adapters"] == [str((tmp_path / "c" / "adapter").resolve())]
 
 
 def test_eval_writes_metrics_and_generations(aligned, tmp_path, quiet_reporter):
     out, _ = aligned
-    cfg = EvalConfig(model=str(out), harmful_samples=6, task_samples=5, benign_samples=4,
-                     max_new_tokens=4, batch_size=4, tasks=["sentiment", "arithmetic"])
+    cfg = EvalConfig(
+        model=str(out),
+        harmful_samples=6,
+        task_samples=5,
+        benign_samples=4,
+        max_new_tokens=4,
+        batch_size=4,
+        tasks=["sentiment", "arithmetic"],
+    )
     m = evaluate.run(cfg, tmp_path / "e", reporter=quiet_reporter)
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     for key in ("harmful_score", "finetune_accuracy", "over_refusal_rate", "degenerate_rate"):
         assert key in metrics and key in m["metrics"]
-    assert metrics["counts"] == {"harmful": 6, "benign": 4,
-                                 "tasks": {"sentiment": 5, "arithmetic": 5}}
+    assert metrics["counts"] == {
+        "harmful": 6,
+        "benign": 4,
+        "tasks": {"sentiment": 5, "arithmetic": 5},
+    }
     rows = [json.loads(x) for x in (tmp_path / "e" / "generations.jsonl").read_text().splitlines()]
     assert len(rows) == 6 + 4 + 10
     harm = [r for r in rows if r["set"] == "harmful"]
     assert metrics["harmful_score"] == pytest.approx(
-        100 * sum(r["verdicts"]["refusal-keywords"]["harmful"] for r in harm) / 6)
+        100 * sum(r["verdicts"]["refusal-keywords"]["harmful"] for r in harm) / 6
+    )
     task = [r for r in rows if r["set"] == "task:sentiment"]
     assert metrics["finetune_accuracy"]["sentiment"] == pytest.approx(
-        100 * sum(r["correct"] for r in task) / 5)
+        100 * sum(r["correct"] for r in task) / 5
+    )
     assert (tmp_path / "e" / "metrics.md").is_file()
 
 
 def test_hs_metrics_arithmetic():
-    vs = [Verdict(True, "compliance", 1.0), Verdict(False, "refusal", 0.0),
-          Verdict(False, "degenerate", 0.5), Verdict(True, "compliance", 1.0)]
+    vs = [
+        Verdict(True, "compliance", 1.0),
+        Verdict(False, "refusal", 0.0),
+        Verdict(False, "degenerate", 0.5),
+        Verdict(True, "compliance", 1.0),
+    ]
     m = hs_metrics(vs)
-    assert m == {"harmful_score": 50.0, "harmful_score_plus": 75.0, "degenerate_rate": 25.0,
-                 "n": 4}
+    assert m == {"harmful_score": 50.0, "harmful_score_plus": 75.0, "degenerate_rate": 25.0, "n": 4}
     assert pct(0, 0) is None
 
 
@@ -91,8 +113,7 @@ def test_existing_out_dir_is_refused_then_resumed(aligned, quiet_reporter):
         align.run(cfg, out, reporter=quiet_reporter)
     again = align.run(cfg, out, reporter=quiet_reporter, resume=True)  # complete: no work
     assert again["ended_at"] == m["ended_at"]
-    changed = AlignConfig(model="tiny-random", samples=8, retain="", train=_train(),
-                          lora=TINY_LORA)
+    changed = AlignConfig(model="tiny-random", samples=8, retain="", train=_train(), lora=TINY_LORA)
     with pytest.raises(RunDirError, match="configuration differs"):
         align.run(changed, out, reporter=quiet_reporter, resume=True)
 

@@ -1,4 +1,5 @@
-"""The real embedded model (SmolLM2-135M-Instruct), briefly: resolve + convert, align 2 steps, eval."""
+"""The real embedded model (SmolLM2-135M-Instruct), briefly: resolve + convert, align 2 steps,
+eval."""
 
 from __future__ import annotations
 
@@ -24,8 +25,14 @@ def test_embedded_model_pipeline(tmp_path, monkeypatch):
     assert manifest["status"] == "completed"
     assert manifest["model"]["base_spec"] == "smollm2-135m-instruct"
     assert manifest["training"]["steps"] == 2
-    ecfg = EvalConfig(model=str(tmp_path / "aligned"), harmful_samples=4, task_samples=2,
-                      benign_samples=2, max_new_tokens=8, batch_size=4)
+    ecfg = EvalConfig(
+        model=str(tmp_path / "aligned"),
+        harmful_samples=4,
+        task_samples=2,
+        benign_samples=2,
+        max_new_tokens=8,
+        batch_size=4,
+    )
     out = evaluate.run(ecfg, tmp_path / "eval", reporter=rep)
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert out["status"] == "completed"

@@ -16,8 +16,9 @@ def _peft(tiny_lm, seed=0):
 
     torch.manual_seed(seed)
     lo = LoraOptions(r=4, alpha=8.0)
-    return get_peft_model(tiny_lm, LoraConfig(r=lo.r, lora_alpha=lo.alpha,
-                                              target_modules=lo.target_modules))
+    return get_peft_model(
+        tiny_lm, LoraConfig(r=lo.r, lora_alpha=lo.alpha, target_modules=lo.target_modules)
+    )
 
 
 def _data(tok, n=12):
@@ -74,9 +75,19 @@ def _run(tmp_path, tiny_tok, name, defense, resume=False, steps=6):
     if not resume:
         run.update_manifest(stage="align", status="running")
     opts = TrainOptions(lr=1e-2, max_steps=steps, batch_size=4, checkpoint_every=2)
-    training.train(model, defense, _data(tiny_tok), {}, opts, run, Reporter(quiet=True), seed=3,
-                   pad_id=tiny_tok.pad_token_id, device=torch.device("cpu"),
-                   dtype=torch.float32)
+    training.train(
+        model,
+        defense,
+        _data(tiny_tok),
+        {},
+        opts,
+        run,
+        Reporter(quiet=True),
+        seed=3,
+        pad_id=tiny_tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
@@ -108,9 +119,19 @@ def test_training_changes_lora_only(tmp_path, tiny_lm, tiny_tok):
     frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
     lora = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     run = open_run_dir(tmp_path / "r", "align")
-    training.train(model, SFTAlign(), _data(tiny_tok), {}, TrainOptions(max_steps=3, batch_size=4),
-                   run, Reporter(quiet=True), seed=0, pad_id=tiny_tok.pad_token_id,
-                   device=torch.device("cpu"), dtype=torch.float32)
+    training.train(
+        model,
+        SFTAlign(),
+        _data(tiny_tok),
+        {},
+        TrainOptions(max_steps=3, batch_size=4),
+        run,
+        Reporter(quiet=True),
+        seed=0,
+        pad_id=tiny_tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     for n, p in model.named_parameters():
         if p.requires_grad:
             assert not torch.equal(p, lora[n]) or "lora_A" in n  # B moves from zero at step 1

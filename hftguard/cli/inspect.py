@@ -20,16 +20,35 @@ def plugin_rows(verbose: bool = False) -> list[dict[str, Any]]:
         by_key = {(i.kind, i.name): i for i in reg.all_components()}
         for row in rows:
             cls = by_key[(row["kind"], row["name"])].cls
-            row["options"] = [{"name": n, "type": t, "default": d, "help": h}
-                              for n, t, d, h in field_docs(cls.Config)]
+            row["options"] = [
+                {"name": n, "type": t, "default": d, "help": h}
+                for n, t, d, h in field_docs(cls.Config)
+            ]
     for (kind, name), infos in reg.conflicts().items():
-        rows.append({"name": name, "kind": kind, "stage": None, "version": None,
-                     "distribution": " + ".join(i.distribution for i in infos), "summary": "",
-                     "error": "duplicate name provided by: "
-                     + ", ".join(f"{i.distribution} ({i.plugin})" for i in infos)})
+        rows.append(
+            {
+                "name": name,
+                "kind": kind,
+                "stage": None,
+                "version": None,
+                "distribution": " + ".join(i.distribution for i in infos),
+                "summary": "",
+                "error": "duplicate name provided by: "
+                + ", ".join(f"{i.distribution} ({i.plugin})" for i in infos),
+            }
+        )
     for f in reg.host.failures:
-        rows.append({"name": f.name, "kind": "broken-plugin", "stage": None, "version": f.version,
-                     "distribution": f.distribution, "summary": "", "error": f.error})
+        rows.append(
+            {
+                "name": f.name,
+                "kind": "broken-plugin",
+                "stage": None,
+                "version": f.version,
+                "distribution": f.distribution,
+                "summary": "",
+                "error": f.error,
+            }
+        )
     return rows
 
 
@@ -37,8 +56,9 @@ def register(app: typer.Typer) -> None:
     @app.command("plugins", rich_help_panel=PANEL)
     def plugins_cmd(
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
-        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show each component's "
-                                              "options.")] = False,
+        verbose: Annotated[
+            bool, typer.Option("--verbose", "-v", help="Show each component's options.")
+        ] = False,
     ) -> None:
         """List every component by kind (with provenance) and every plugin that failed to load."""
         from hftguard.console import print_json, stdout
@@ -56,20 +76,29 @@ def register(app: typer.Typer) -> None:
         for r in rows:
             if "error" in r:
                 continue
-            table.add_row(KIND_LABELS.get(r["kind"], r["kind"]), r["name"], r["stage"] or "",
-                          r["version"], r["distribution"], r["summary"]
-                          + (f" [yellow]({r['license_note']})[/yellow]" if r.get("license_note")
-                             else ""))
+            table.add_row(
+                KIND_LABELS.get(r["kind"], r["kind"]),
+                r["name"],
+                r["stage"] or "",
+                r["version"],
+                r["distribution"],
+                r["summary"]
+                + (f" [yellow]({r['license_note']})[/yellow]" if r.get("license_note") else ""),
+            )
             for opt in r.get("options", []):
-                table.add_row("", f"  --set {opt['name']}", opt["type"], "", repr(opt["default"]),
-                              opt["help"])
+                table.add_row(
+                    "", f"  --set {opt['name']}", opt["type"], "", repr(opt["default"]), opt["help"]
+                )
         stdout.print(table)
         broken = [r for r in rows if "error" in r]
         if broken:
             stdout.print("[bold red]Broken or conflicting plugins:[/bold red]")
             for r in broken:
-                stdout.print(f"  {r['name']} ({r['distribution']}): {r['error']}", highlight=False,
-                             markup=False)
+                stdout.print(
+                    f"  {r['name']} ({r['distribution']}): {r['error']}",
+                    highlight=False,
+                    markup=False,
+                )
 
     @app.command("validate", rich_help_panel=PANEL)
     def validate_cmd(
@@ -83,8 +112,12 @@ def register(app: typer.Typer) -> None:
         from hftguard.pipeline.common import check_components
         from hftguard.registry import default_registry
 
-        classes = {"pipeline": c.PipelineConfig, "align": c.AlignConfig,
-                   "finetune": c.FinetuneConfig, "eval": c.EvalConfig}
+        classes = {
+            "pipeline": c.PipelineConfig,
+            "align": c.AlignConfig,
+            "finetune": c.FinetuneConfig,
+            "eval": c.EvalConfig,
+        }
         if kind not in classes:
             raise ConfigError(f"Unknown --kind '{kind}'.", hint=f"Use one of {', '.join(classes)}.")
         cfg = c.build(classes[kind], c.load_toml(config_file))

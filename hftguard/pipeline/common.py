@@ -29,18 +29,32 @@ class StageInputs:
 
 
 def component_record(info: ComponentInfo, options: Any = None) -> dict[str, Any]:
-    rec = {"name": info.name, "kind": info.kind, "version": info.version,
-           "distribution": info.distribution, "distribution_version": info.distribution_version,
-           "plugin": info.plugin}
+    rec = {
+        "name": info.name,
+        "kind": info.kind,
+        "version": info.version,
+        "distribution": info.distribution,
+        "distribution_version": info.distribution_version,
+        "plugin": info.plugin,
+    }
     if options is not None:
-        rec["options"] = cfgmod.as_dict(options) if hasattr(options, "__dataclass_fields__") else options
+        rec["options"] = (
+            cfgmod.as_dict(options) if hasattr(options, "__dataclass_fields__") else options
+        )
     if info.cls.license_note:
         rec["license_note"] = info.cls.license_note
     return rec
 
 
-def start_run(out: str | Path, stage: str, cfg: Any, *, resume: bool, overwrite: bool,
-              command: list[str] | None) -> tuple[RunDir, bool]:
+def start_run(
+    out: str | Path,
+    stage: str,
+    cfg: Any,
+    *,
+    resume: bool,
+    overwrite: bool,
+    command: list[str] | None,
+) -> tuple[RunDir, bool]:
     """Open the run dir. Returns (run, already_done). A resumed run must have the same config."""
     run = open_run_dir(out, stage, resume=resume, overwrite=overwrite)
     cfg_dict = cfgmod.as_dict(cfg)
@@ -80,8 +94,11 @@ def get_registry(registry: Registry | None) -> Registry:
 def check_streams(defense: Any, available: Sequence[str]) -> None:
     missing = [s for s in defense.streams if s not in available]
     if missing:
-        raise ConfigError(f"Defense '{defense.name}' needs the data stream(s) {missing}, which this "
-                          "stage does not provide.", hint="Use it in the other stage.")
+        raise ConfigError(
+            f"Defense '{defense.name}' needs the data stream(s) {missing}, which this "
+            "stage does not provide.",
+            hint="Use it in the other stage.",
+        )
 
 
 def train_stage(
@@ -103,13 +120,19 @@ def train_stage(
     t0 = time.time()
     device = models.pick_device(cfg.train.device)
     dtype = models.pick_dtype(cfg.train.precision, device)
-    reporter.info(f"{stage}: loading {start_recipe.base_spec} on {device} ({str(dtype)[6:]}), "
-                  f"LoRA mode {lora_mode}")
-    model, tok, underneath = models.load_for_training(start_recipe, lora_mode, cfg.lora, device,
-                                                      dtype, cfg.seed)
+    reporter.info(
+        f"{stage}: loading {start_recipe.base_spec} on {device} ({str(dtype)[6:]}), "
+        f"LoRA mode {lora_mode}"
+    )
+    model, tok, underneath = models.load_for_training(
+        start_recipe, lora_mode, cfg.lora, device, dtype, cfg.seed
+    )
     main = encode_all(inputs.main, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
-    streams = {name: encode_all(ex, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
-               for name, ex in inputs.streams.items() if name in defense.streams}
+    streams = {
+        name: encode_all(ex, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
+        for name, ex in inputs.streams.items()
+        if name in defense.streams
+    }
     sources = {k: {**v} for k, v in inputs.data_sources.items()}
     sources.setdefault("main", {})["sha256"] = data_hash(inputs.main)
     for name, ex in inputs.streams.items():
@@ -117,19 +140,39 @@ def train_stage(
             sources.setdefault(name, {})["sha256"] = data_hash(ex)
     run.update_manifest(
         components={"defense": component_record(defense_info, defense.config)},
-        data=sources, input_model=start_recipe.as_dict(), lora_mode=lora_mode,
-        device=str(device), dtype=str(dtype), **inputs.extra_manifest,
+        data=sources,
+        input_model=start_recipe.as_dict(),
+        lora_mode=lora_mode,
+        device=str(device),
+        dtype=str(dtype),
+        **inputs.extra_manifest,
     )
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    result = training.train(model, defense, main, streams, cfg.train, run, reporter, seed=cfg.seed,
-                            pad_id=pad_id, device=device, dtype=dtype, label=stage)
+    result = training.train(
+        model,
+        defense,
+        main,
+        streams,
+        cfg.train,
+        run,
+        reporter,
+        seed=cfg.seed,
+        pad_id=pad_id,
+        device=device,
+        dtype=dtype,
+        label=stage,
+    )
     adapter_dir = run.path / "adapter"
     models.save_adapter(model, adapter_dir)
-    recipe = models.ModelRecipe(underneath.base, underneath.base_spec,
-                                [*underneath.adapters, str(adapter_dir.resolve())])
+    recipe = models.ModelRecipe(
+        underneath.base, underneath.base_spec, [*underneath.adapters, str(adapter_dir.resolve())]
+    )
     return run.update_manifest(
-        status="completed", model=recipe.as_dict(), training=result.as_dict(),
-        ended_at=now(), wall_time_s=round(time.time() - t0, 2),
+        status="completed",
+        model=recipe.as_dict(),
+        training=result.as_dict(),
+        ended_at=now(),
+        wall_time_s=round(time.time() - t0, 2),
     )
 
 

@@ -48,14 +48,24 @@ def hs_metrics(verdicts: list[Verdict]) -> dict[str, Any]:
     n = len(verdicts)
     harmful = sum(v.harmful for v in verdicts)
     degenerate = sum(v.label == "degenerate" for v in verdicts)
-    return {"harmful_score": pct(harmful, n),
-            "harmful_score_plus": pct(sum(v.harmful or v.label == "degenerate" for v in verdicts), n),
-            "degenerate_rate": pct(degenerate, n), "n": n}
+    return {
+        "harmful_score": pct(harmful, n),
+        "harmful_score_plus": pct(sum(v.harmful or v.label == "degenerate" for v in verdicts), n),
+        "degenerate_rate": pct(degenerate, n),
+        "n": n,
+    }
 
 
-def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
-        registry: Registry | None = None, resume: bool = False, overwrite: bool = False,
-        command: list[str] | None = None) -> dict[str, Any]:
+def run(
+    cfg: EvalConfig,
+    out: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    registry: Registry | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: list[str] | None = None,
+) -> dict[str, Any]:
     """Evaluate ``cfg.model`` and write metrics.json + generations.jsonl into ``out``."""
     from hftguard.data import load_examples
 
@@ -63,8 +73,13 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
     reg = get_registry(registry)
     validate_stage(cfg)
     check_components(cfg, reg)
-    judges = [(reg.get("judge", j), reg.instantiate("judge", j, cfg.judge_options.get(j, {}),
-                                                    f"judge_options.{j}")) for j in cfg.judges]
+    judges = [
+        (
+            reg.get("judge", j),
+            reg.instantiate("judge", j, cfg.judge_options.get(j, {}), f"judge_options.{j}"),
+        )
+        for j in cfg.judges
+    ]
     task_infos = [reg.dataset(t, "task") for t in cfg.tasks]
     run_dir, done = start_run(out, "eval", cfg, resume=resume, overwrite=overwrite, command=command)
     if done:
@@ -78,10 +93,16 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
 
         t0 = time.time()
         ctx = data_ctx(cfg.seed, reporter)
-        harmful = load_examples(cfg.harmful_prompts, "harmful-eval", "test", reg, ctx,
-                                limit=cfg.harmful_samples)
-        benign = (load_examples(cfg.benign_prompts, "benign-eval", "test", reg, ctx,
-                                limit=cfg.benign_samples) if cfg.benign_prompts else [])
+        harmful = load_examples(
+            cfg.harmful_prompts, "harmful-eval", "test", reg, ctx, limit=cfg.harmful_samples
+        )
+        benign = (
+            load_examples(
+                cfg.benign_prompts, "benign-eval", "test", reg, ctx, limit=cfg.benign_samples
+            )
+            if cfg.benign_prompts
+            else []
+        )
         tasks: dict[str, tuple[Any, list[Example]]] = {}
         for name, info in zip(cfg.tasks, task_infos, strict=True):
             exs = list(info.cls().load("test", ctx))
@@ -95,8 +116,15 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
 
         def gen(exs: list[Example], budget: int, label: str) -> list[str]:
             prompts = [format_prompt(e, tok, cfg.template) for e in exs]
-            return generate(model, tok, prompts, max_new_tokens=budget, batch_size=cfg.batch_size,
-                            reporter=reporter, description=label)
+            return generate(
+                model,
+                tok,
+                prompts,
+                max_new_tokens=budget,
+                batch_size=cfg.batch_size,
+                reporter=reporter,
+                description=label,
+            )
 
         records: list[dict[str, Any]] = []
         jctx = JudgeContext(device=str(device), batch_size=cfg.batch_size, reporter=reporter)
@@ -109,9 +137,11 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
         metrics: dict[str, Any] = {}
         judge_metrics = {name: hs_metrics(v) for name, v in per_judge.items()}
         head = judge_metrics[cfg.judges[0]]
-        metrics.update(harmful_score=head["harmful_score"],
-                       harmful_score_plus=head["harmful_score_plus"],
-                       degenerate_rate=head["degenerate_rate"])
+        metrics.update(
+            harmful_score=head["harmful_score"],
+            harmful_score_plus=head["harmful_score_plus"],
+            degenerate_rate=head["degenerate_rate"],
+        )
 
         over_refusal = benign_degenerate = None
         if benign:
@@ -134,12 +164,19 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
                 records.append({**_record(f"task:{name}", ex, resp, {}), "correct": bool(ok)})
         metrics["finetune_accuracy"] = fa
         metrics["judges"] = judge_metrics
-        metrics["counts"] = {"harmful": len(harmful), "benign": len(benign),
-                             "tasks": {k: len(v[1]) for k, v in tasks.items()}}
-        metrics["decoding"] = {"do_sample": False, "max_new_tokens": cfg.max_new_tokens,
-                               "task_max_new_tokens": {k: getattr(v[0], "max_new_tokens", 32)
-                                                       for k, v in tasks.items()},
-                               "template": cfg.template}
+        metrics["counts"] = {
+            "harmful": len(harmful),
+            "benign": len(benign),
+            "tasks": {k: len(v[1]) for k, v in tasks.items()},
+        }
+        metrics["decoding"] = {
+            "do_sample": False,
+            "max_new_tokens": cfg.max_new_tokens,
+            "task_max_new_tokens": {
+                k: getattr(v[0], "max_new_tokens", 32) for k, v in tasks.items()
+            },
+            "template": cfg.template,
+        }
         metrics["model"] = {"spec": cfg.model, "recipe": resolved.recipe.as_dict()}
         metrics["schema_version"] = 1
         write_jsonl(run_dir.path / "generations.jsonl", records)
@@ -147,24 +184,46 @@ def run(cfg: EvalConfig, out: str | Path, *, reporter: Reporter | None = None,
         for sink in cfg.sinks:
             reg.instantiate("report-sink", sink).write(run_dir.path, metrics)
         return run_dir.update_manifest(
-            status="completed", metrics=_headline(metrics),
-            components={"judges": [component_record(i, j.config) for i, j in judges],
-                        "tasks": [component_record(i) for i in task_infos]},
+            status="completed",
+            metrics=_headline(metrics),
+            components={
+                "judges": [component_record(i, j.config) for i, j in judges],
+                "tasks": [component_record(i) for i in task_infos],
+            },
             data={"harmful_prompts": cfg.harmful_prompts, "benign_prompts": cfg.benign_prompts},
-            evaluated_model=resolved.recipe.as_dict(), device=str(device),
-            ended_at=now(), wall_time_s=round(time.time() - t0, 2),
+            evaluated_model=resolved.recipe.as_dict(),
+            device=str(device),
+            ended_at=now(),
+            wall_time_s=round(time.time() - t0, 2),
         )
 
     return guard(run_dir, body)
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:
-    return {k: m.get(k) for k in ("harmful_score", "harmful_score_plus", "degenerate_rate",
-                                  "over_refusal_rate", "finetune_accuracy")}
+    return {
+        k: m.get(k)
+        for k in (
+            "harmful_score",
+            "harmful_score_plus",
+            "degenerate_rate",
+            "over_refusal_rate",
+            "finetune_accuracy",
+        )
+    }
 
 
 def _record(kind: str, ex: Example, response: str, verdicts: dict[str, Verdict]) -> dict[str, Any]:
-    return {"set": kind, "prompt": ex.prompt, "input": ex.input, "response": response,
-            "reference": ex.response, "id": ex.meta.get("id"), "category": ex.meta.get("category"),
-            "verdicts": {k: {"label": v.label, "harmful": v.harmful, "score": v.score}
-                         for k, v in verdicts.items()}}
+    return {
+        "set": kind,
+        "prompt": ex.prompt,
+        "input": ex.input,
+        "response": response,
+        "reference": ex.response,
+        "id": ex.meta.get("id"),
+        "category": ex.meta.get("category"),
+        "verdicts": {
+            k: {"label": v.label, "harmful": v.harmful, "score": v.score}
+            for k, v in verdicts.items()
+        },
+    }
