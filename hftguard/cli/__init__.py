@@ -26,7 +26,7 @@ EPILOG = (
 
 def build_app(host: object | None = None) -> typer.Typer:
     """Create the Typer app; ``host`` is a :class:`~hftguard.plugins.PluginHost` (built lazily)."""
-    from hftguard.cli import inspect, stages
+    from hftguard.cli import bench, inspect, report, stages
 
     app = typer.Typer(
         name="hftguard",
@@ -39,6 +39,8 @@ def build_app(host: object | None = None) -> typer.Typer:
     )
     stages.register(app)
     inspect.register(app)
+    report.register(app)
+    bench.register(app)
     if host is not None:
         _add_plugin_commands(app, host)
     return app

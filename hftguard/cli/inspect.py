@@ -120,6 +120,14 @@ def register(app: typer.Typer) -> None:
         }
         if kind not in classes:
             raise ConfigError(f"Unknown --kind '{kind}'.", hint=f"Use one of {', '.join(classes)}.")
+        if kind == "pipeline":  # a pipeline config, or a grid of them
+            from hftguard.pipeline import grid
+
+            g = grid.load(c.load_toml(config_file))
+            grid.check(g, default_registry())
+            cells = f" ({len(g.cells)} cells)" if g.is_grid else ""
+            stdout.print(f"[green]OK[/green]: {config_file} is a valid pipeline config{cells}.")
+            return
         cfg = c.build(classes[kind], c.load_toml(config_file))
         c.validate_stage(cfg)
         check_components(cfg, default_registry())

@@ -64,7 +64,8 @@ def _print_metrics_table(rows: list[dict[str, Any]], title: str) -> None:
     from hftguard.console import print_table
 
     tasks = sorted({t for r in rows for t in (r.get("finetune_accuracy") or {})})
-    cols = ["model", "HS %", "HS+ %", "degenerate %", "over-refusal %", *[f"FA {t} %" for t in tasks]]
+    cols = ["model", "HS %", "HS+ %", "degenerate %", "over-refusal %",
+            *[f"FA {t} %" for t in tasks]]
     out = []
     for r in rows:
         fa = r.get("finetune_accuracy") or {}
@@ -178,36 +179,65 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run", rich_help_panel=PANEL)
     def run_cmd(
-        config_file: Annotated[Path | None, typer.Argument(help="Pipeline TOML config "
-                                                           "(\\[align], \\[finetune], \\[eval]).")
-                               ] = None,
+        config_file: Annotated[Path | None, typer.Argument(
+            help="Pipeline TOML config (\\[align], \\[finetune], \\[eval]) with an optional "
+                 "\\[grid] of axes (docs/grids-and-reports.md).")] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
             "runs/pipeline"),
         set_: SetOpt = None,
         seed: SeedOpt = None,
         overwrite: OverwriteOpt = False,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the config and list each "
+                                              "cell with what is done and what would run; "
+                                              "write nothing.")] = False,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Run align -> attack-finetune -> eval and print HS / FA / over-refusal per model.
+        """Run align -> attack-finetune -> eval (or a grid of them) and print HS / FA per model.
 
-        Finished stages are skipped and an interrupted stage resumes, so re-running the same
-        command after a crash finishes only what was left.
+        A grid table expands into cells (defense x p x n x task x seed); one aligned model serves
+        every cell that shares it. Finished stages are skipped and an interrupted stage resumes,
+        so re-running the same command after a crash finishes only what was left. Summarise a
+        grid with `hftguard report OUT`.
         """
+        from hftguard.console import print_json, print_table, stdout
         from hftguard.pipeline import grid
 
         sets = list(set_ or [])
+        data = cfgmod.load_toml(config_file) if config_file else {}
         if seed is not None:
             sets += [f"align.seed={seed}", f"finetune.seed={seed}", f"eval.seed={seed}"]
-        data = cfgmod.load_toml(config_file) if config_file else {}
-        data = cfgmod.merge(data, cfgmod.parse_sets(sets))
-        cfg = cfgmod.build(cfgmod.PipelineConfig, data)
-        summary = _call(lambda: grid.run(cfg, out, reporter=_reporter(quiet, as_json),
-                                         overwrite=overwrite, command=sys.argv))
-        if as_json:
-            from hftguard.console import print_json
+            if "grid" in data:
+                sets.append(f"grid.seed=[{seed}]")
+        g = grid.load(cfgmod.merge(data, cfgmod.parse_sets(sets)))
+        if dry_run:
+            grid.check(g)
+            rows = grid.plan(g, out)
+            if as_json:
+                print_json(rows)
+                return
+            print_table(f"hftguard run --dry-run: {len(rows)} cell(s), "
+                        f"{sum(r['status'] == 'done' for r in rows)} done -> {out}",
+                        ["cell", "align", "attack-finetune", "eval", "status"],
+                        [[r["cell"], r["align"], r["attack"], r["eval"], r["status"]]
+                         for r in rows])
+            return
+        reporter = _reporter(quiet, as_json)
 
-            print_json(summary)
-        else:
+        def show(summary: dict[str, Any]) -> None:
+            if as_json:
+                print_json(summary)
+                return
             _print_metrics_table(summary["rows"], f"hftguard run: {out} "
                                  f"({summary['wall_time_s']:.0f} s)")
+            if g.is_grid:
+                stdout.print(f"Tables and plots: hftguard report {out} --out {out / 'report'}",
+                             highlight=False)
+
+        try:
+            summary = _call(lambda: grid.run(g, out, reporter=reporter, overwrite=overwrite,
+                                             command=sys.argv))
+        except grid.GridFailed as exc:
+            show(exc.summary)
+            raise
+        show(summary)

@@ -27,6 +27,7 @@ from typing import Any
 from hftguard.config import EvalConfig, validate_stage
 from hftguard.console import Reporter
 from hftguard.context import JudgeContext
+from hftguard.pipeline import cache
 from hftguard.pipeline.common import (
     check_components,
     component_record,
@@ -113,25 +114,47 @@ def run(
         dtype = models.pick_dtype("auto", device)
         reporter.info(f"eval: loading {cfg.model} on {device}")
         model, tok = models.load_for_eval(resolved.recipe, device, dtype)
+        model_fp = cache.model_key(resolved.recipe)
 
         def gen(exs: list[Example], budget: int, label: str) -> list[str]:
             prompts = [format_prompt(e, tok, cfg.template) for e in exs]
-            return generate(
-                model,
-                tok,
+            decoding = {
+                "max_new_tokens": budget,
+                "do_sample": False,
+                "batch_size": cfg.batch_size,
+                "dtype": str(dtype),
+                "device": device.type,
+            }
+            return cache.cached_generate(
+                model_fp,
                 prompts,
-                max_new_tokens=budget,
-                batch_size=cfg.batch_size,
+                decoding,
+                lambda: generate(
+                    model,
+                    tok,
+                    prompts,
+                    max_new_tokens=budget,
+                    batch_size=cfg.batch_size,
+                    reporter=reporter,
+                    description=label,
+                ),
                 reporter=reporter,
-                description=label,
+                label=label,
             )
 
         records: list[dict[str, Any]] = []
         jctx = JudgeContext(device=str(device), batch_size=cfg.batch_size, reporter=reporter)
         h_resp = gen(harmful, cfg.max_new_tokens, "eval: harmful prompts")
         per_judge: dict[str, list[Verdict]] = {}
+        h_prompts = [e.prompt for e in harmful]
         for info, judge in judges:
-            per_judge[info.name] = judge.judge([e.prompt for e in harmful], h_resp, jctx)
+            per_judge[info.name] = cache.cached_verdicts(
+                info,
+                judge.config,
+                h_prompts,
+                h_resp,
+                lambda j=judge: j.judge(h_prompts, h_resp, jctx),
+            )
         for i, (ex, resp) in enumerate(zip(harmful, h_resp, strict=True)):
             records.append(_record("harmful", ex, resp, {k: v[i] for k, v in per_judge.items()}))
         metrics: dict[str, Any] = {}
@@ -147,7 +170,14 @@ def run(
         if benign:
             b_resp = gen(benign, cfg.max_new_tokens, "eval: benign prompts")
             first_info, first = judges[0]
-            b_verdicts = first.judge([e.prompt for e in benign], b_resp, jctx)
+            b_prompts = [e.prompt for e in benign]
+            b_verdicts = cache.cached_verdicts(
+                first_info,
+                first.config,
+                b_prompts,
+                b_resp,
+                lambda: first.judge(b_prompts, b_resp, jctx),
+            )
             over_refusal = pct(sum(v.label == "refusal" for v in b_verdicts), len(benign))
             benign_degenerate = pct(sum(v.label == "degenerate" for v in b_verdicts), len(benign))
             for ex, resp, v in zip(benign, b_resp, b_verdicts, strict=True):

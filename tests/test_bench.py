@@ -1,0 +1,127 @@
+"""``hftguard bench`` runs end to end on tiny-random and reports every section.
+
+The benchmark is a command users run; these tests only check that it runs, that its JSON has the
+documented keys and that the inputs it builds have the shapes it promises. Timings are never
+asserted (the machine may be shared).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hftguard.cli import main
+from hftguard.registry import default_registry
+
+TINY = ["--model", "tiny-random", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
+        "--warmup", "1", "--gen-prompts", "4", "--gen-batch-size", "2", "--max-new-tokens", "4"]
+DEFENSE_KEYS = {"stage", "defense", "theoretical_passes", "median_step_s", "mean_step_s",
+                "step_times_s", "ratio_to_sft", "theoretical_ratio", "measured_over_theoretical",
+                "within_10pct", "peak_memory_mb", "extra_memory_mb", "memory_kind",
+                "tokens_per_step", "tokens_per_s", "model_tflops_per_s", "mfu"}
+LOOP_KEYS = {"median_step_s", "mean_step_s", "step_times_s", "tokens_per_s", "mfu"}
+GENERATION_KEYS = {"prompts", "batch_size", "max_new_tokens", "one_at_a_time_s", "batched_s",
+                   "speedup", "identical", "mismatch_count", "mismatches"}
+
+
+@pytest.fixture(autouse=True)
+def _builtins_only(monkeypatch: pytest.MonkeyPatch) -> Any:
+    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
+    default_registry.cache_clear()
+    yield
+    default_registry.cache_clear()
+
+
+@pytest.fixture(scope="module")
+def result(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One full bench on tiny-random (every section, every built-in defense), via the CLI."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HFTGUARD_LOAD_PLUGINS", "")
+        default_registry.cache_clear()
+        code = main(["bench", *TINY, "--json", "--quiet", "--out", str(out)])
+        default_registry.cache_clear()
+    assert code == 0
+    return json.loads(out.read_text())
+
+
+def test_every_defense_of_both_stages_is_timed_against_its_sft(result: dict[str, Any]) -> None:
+    rows = result["defenses"]
+    reg = default_registry()
+    expected = {("align", i.name) for i in reg.components("alignment-defense")}
+    expected |= {("finetune", i.name) for i in reg.components("finetune-defense")}
+    assert {(r["stage"], r["defense"]) for r in rows} == expected
+    for row in rows:
+        assert row.keys() >= DEFENSE_KEYS
+        assert len(row["step_times_s"]) == 2
+        assert row["median_step_s"] > 0
+    sft = [r for r in rows if r["defense"] == "sft"]
+    assert all(r["ratio_to_sft"] == 1.0 for r in sft)
+    booster = next(r for r in rows if r["defense"] == "booster")
+    assert booster["theoretical_ratio"] == 3.0
+
+
+def test_trainer_section_compares_both_loops(result: dict[str, Any]) -> None:
+    tr = result["trainer"]
+    assert tr["hftguard"].keys() >= LOOP_KEYS and tr["transformers_trainer"].keys() >= LOOP_KEYS
+    assert len(tr["hftguard"]["step_times_s"]) == len(tr["transformers_trainer"]["step_times_s"])
+    assert tr["ratio"] > 0 and isinstance(tr["not_slower"], bool)
+
+
+def test_generation_section_reports_speed_and_identity(result: dict[str, Any]) -> None:
+    gen = result["generation"]
+    assert gen.keys() >= GENERATION_KEYS
+    assert gen["prompts"] == 4 and gen["batch_size"] == 2
+    assert gen["identical"] == (gen["mismatch_count"] == 0)
+    for mismatch in gen["mismatches"]:
+        assert {"index", "min_top2_logit_margin", "one_at_a_time", "batched"} <= mismatch.keys()
+
+
+def test_data_and_environment_are_recorded(result: dict[str, Any]) -> None:
+    for stream in ("alignment", "harmful", "user"):
+        counts = result["data"][stream]
+        assert counts == {"examples": 2, "tokens": 32, "response_tokens": 16}
+    assert result["environment"]["device"] == "cpu"
+    assert result["model"]["trainable_parameters"] > 0
+    assert result["skipped"] == []
+
+
+def test_tables_print(result: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    from hftguard.bench import print_report
+
+    print_report(result)
+    text = capsys.readouterr().out
+    assert "align/booster" in text and "Trainer" in text and "Generation" in text
+
+
+def test_skip_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", *TINY, "--skip", "trainer,defenses", "--quiet"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "Generation" in out and "Defenses" not in out
+
+
+def test_bad_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--model", "tiny-random", "--skip", "generaton"]) == 2
+    assert "unknown section" in capsys.readouterr().err
+    assert main(["bench", "--model", "tiny-random", "--defenses", "boster"]) == 2
+    assert "Did you mean 'booster'" in capsys.readouterr().err
+
+
+def test_fixed_length_encoding(tiny_tok: Any) -> None:
+    from hftguard.bench import encode_fixed, select_defenses
+    from hftguard.data import IGNORE_INDEX
+    from hftguard.records import Example
+
+    examples = [Example("hi", "a much longer answer than the prompt, repeated", "harmful"),
+                Example("a long prompt " * 20, "ok", "benign")]
+    for enc in encode_fixed(examples, tiny_tok, 20):
+        assert len(enc.input_ids) == len(enc.labels) == 20
+        assert sum(lab != IGNORE_INDEX for lab in enc.labels) == 10
+        assert enc.refusal is not None and enc.refusal.input_ids[:10] == enc.input_ids[:10]
+    picked = select_defenses(default_registry(), ["align:booster,lisa"])
+    assert picked == [("align", "sft"), ("align", "booster"), ("finetune", "sft"),
+                      ("finetune", "lisa")]

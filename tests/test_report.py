@@ -1,0 +1,606 @@
+"""``hftguard report``: statistics against hand computations, table layout, renderers, plots, and
+the command on a real tiny-random grid.
+
+Most tests read a synthetic grid (run directories written here with known numbers) so every table
+entry can be checked by hand; one test runs ``hftguard run`` + ``hftguard report`` end to end.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import statistics
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hftguard.cli import main
+from hftguard.pipeline import report
+from hftguard.pipeline.grid import Cell
+from hftguard.registry import default_registry
+from hftguard.runs import atomic_write_json, write_jsonl
+
+# ------------------------------------------------------------------------------------------------
+# A synthetic grid with known numbers
+
+METHODS = {"sft/sft": "SFT", "booster/sft": "Booster", "antibody/antibody": "Antibody"}
+PS = [0.0, 0.1, 0.2]
+SEEDS = [1, 2]
+M_HARMFUL, M_TASK = 20, 10
+
+
+def n_harmful(method: int, p: float, seed: int) -> int:
+    """How many of the 20 harmful prompts are answered harmfully (HS = 5 × this)."""
+    return [1, 6, 12][PS.index(p)] // (method + 1) + seed - 1
+
+
+def n_correct(method: int, p: float, seed: int) -> int:
+    """Correct task answers out of 10 (FA = 10 × this)."""
+    return 8 - method + (seed == 2) - (p == 0.2)
+
+
+def _eval_dir(
+    path: Path,
+    model: Path,
+    k_harm: int,
+    k_task: int,
+    task: str = "sentiment",
+    refusals: int = 1,
+    degenerate: int = 2,
+) -> None:
+    """An eval run dir: prompt i is answered harmfully iff i < k_harm (judge 'other': i < 2)."""
+    records = []
+    for i in range(M_HARMFUL):
+        label = (
+            "compliance"
+            if i < k_harm
+            else ("degenerate" if i >= M_HARMFUL - degenerate else "refusal")
+        )
+        records.append(
+            {
+                "set": "harmful",
+                "prompt": f"h{i}",
+                "response": "r",
+                "verdicts": {
+                    "refusal-keywords": {"label": label, "harmful": i < k_harm, "score": 1.0},
+                    "other": {"label": "refusal", "harmful": i < 2, "score": 0.0},
+                },
+            }
+        )
+    for i in range(4):
+        records.append({"set": "benign", "prompt": f"b{i}", "response": "r", "verdicts": {}})
+    for i in range(M_TASK):
+        records.append(
+            {
+                "set": f"task:{task}",
+                "prompt": f"t{i}",
+                "response": "r",
+                "verdicts": {},
+                "correct": i < k_task,
+            }
+        )
+    metrics = {
+        "harmful_score": 100 * k_harm / M_HARMFUL,
+        "degenerate_rate": 100 * degenerate / M_HARMFUL,
+        "over_refusal_rate": 100 * refusals / 4,
+        "finetune_accuracy": {task: 100 * k_task / M_TASK},
+        "judges": {
+            "refusal-keywords": {
+                "harmful_score": 100 * k_harm / M_HARMFUL,
+                "degenerate_rate": 100 * degenerate / M_HARMFUL,
+            },
+            "other": {"harmful_score": 10.0, "degenerate_rate": 0.0},
+        },
+    }
+    write_jsonl(path / "generations.jsonl", records)
+    atomic_write_json(path / "metrics.json", metrics)
+    atomic_write_json(
+        path / "manifest.json",
+        {
+            "stage": "eval",
+            "status": "completed",
+            "metrics": metrics,
+            "config": {"model": str(model), "judges": ["refusal-keywords", "other"]},
+        },
+    )
+
+
+def _aligned_dir(path: Path, defense: str, seed: int) -> None:
+    k = ["sft", "booster", "antibody"].index(defense)
+    rows = []
+    for s in range(30):
+        row = {"step": s, "loss": (3.0 + 0.4 * k) * math.exp(-s / (8 + 4 * k)) + 0.5}
+        if defense != "sft":
+            row.update(
+                harmful_loss=2.0 + 0.01 * k * s, loss_change=0.3 * k * math.exp(-s / (10 * k))
+            )
+        if defense == "antibody":
+            row.update(lambda_raw=4.0 + math.sin(s), **{"lambda": 4.0 + 0.02 * s})
+        rows.append(row)
+    write_jsonl(path / "align_log.jsonl", rows)
+    atomic_write_json(
+        path / "manifest.json",
+        {
+            "stage": "align",
+            "status": "completed",
+            "config": {"defense": defense, "seed": seed},
+            "components": {"defense": {"name": defense, "options": {"lam": 5.0}}},
+        },
+    )
+
+
+def _attacked_dir(path: Path, aligned: Path, cell: Cell) -> None:
+    k = list(METHODS).index(cell.method)
+    rows = [
+        {"step": s, "loss": (2.0 - 0.3 * k) * math.exp(-s / 8) + 0.3 + 0.05 * (s % 3)}
+        for s in range(30)
+    ]
+    if cell.finetune == "antibody":
+        rng = random.Random(cell.seed)
+        samples = []
+        for s in range(30):
+            for i in range(8):
+                harm = i < round(8 * cell.p)
+                score = rng.gauss(-1.5 if harm else 0.5, 0.5)
+                samples.append(
+                    {
+                        "step": s,
+                        "index": i,
+                        "is_harmful": harm,
+                        "score": score,
+                        "weight": math.exp(score) / 8,
+                        "task_nll": 2.5 - 0.01 * s if harm else 1.0,
+                        "refusal_nll": 1.0,
+                    }
+                )
+        write_jsonl(path / "antibody_weights.jsonl", samples)
+    write_jsonl(path / "finetune_log.jsonl", rows)
+    atomic_write_json(
+        path / "manifest.json",
+        {
+            "stage": "finetune",
+            "status": "completed",
+            "aligned_run": str(aligned.resolve()),
+            "config": {
+                "model": str(aligned),
+                "defense": cell.finetune,
+                "harmful_ratio": cell.p,
+                "samples": cell.n,
+                "task": cell.task,
+                "seed": cell.seed,
+            },
+        },
+    )
+
+
+def fake_grid(
+    root: Path,
+    *,
+    methods: dict[str, str] = METHODS,
+    ps: list[float] = PS,
+    seeds: list[int] = SEEDS,
+    ns: tuple[int, ...] = (100,),
+) -> Path:
+    """Write a finished grid (grid layout, grid manifest) whose numbers come from n_harmful &c."""
+    cells, evals = [], []
+    for mi, method in enumerate(methods):
+        a, f = method.split("/")
+        for seed in seeds:
+            aligned = root / "aligned" / f"{a}-s{seed}"
+            if not aligned.exists():
+                _aligned_dir(aligned, a, seed)
+                _eval_dir(root / "evals" / f"aligned-{a}-s{seed}", aligned, 1, 9)
+                evals.append(
+                    {
+                        "kind": "aligned",
+                        "align": a,
+                        "seed": seed,
+                        "aligned": f"aligned/{a}-s{seed}",
+                        "eval": f"evals/aligned-{a}-s{seed}",
+                    }
+                )
+            for n in ns:
+                for p in ps:
+                    cell = Cell(a, f, p, n, "sentiment", seed)
+                    d = root / "cells" / cell.name
+                    _attacked_dir(d / "attacked", aligned, cell)
+                    _eval_dir(
+                        d / "eval", d / "attacked", n_harmful(mi, p, seed), n_correct(mi, p, seed)
+                    )
+                    cells.append(
+                        {
+                            "name": cell.name,
+                            **cell.coords(),
+                            "status": "done",
+                            "attacked": f"cells/{cell.name}/attacked",
+                            "eval": f"cells/{cell.name}/eval",
+                        }
+                    )
+    _eval_dir(root / "evals" / "base", Path("tiny-random"), 0, 5)
+    evals.append({"kind": "base", "eval": "evals/base"})
+    atomic_write_json(
+        root / "manifest.json",
+        {
+            "stage": "pipeline",
+            "status": "completed",
+            "config": {},
+            "rows": [],
+            "grid": {"methods": list(methods), "labels": dict(methods)},
+            "cells": cells,
+            "evals": evals,
+        },
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_grid(tmp_path_factory.mktemp("synthetic") / "grid")
+
+
+# ------------------------------------------------------------------------------------------------
+# Statistics
+
+
+def test_mean_and_sample_std() -> None:
+    assert report.mean_std([10.0, 20.0]) == (15.0, pytest.approx(math.sqrt(50)))
+    assert report.mean_std([4.0, 6.0, 11.0]) == (7.0, pytest.approx(math.sqrt((9 + 1 + 16) / 2)))
+    assert report.mean_std([5.0]) == (5.0, None)
+    assert report.mean_std([]) == (None, None)
+
+
+def test_quantile_is_linear_interpolation() -> None:
+    vals = [0.0, 10.0, 20.0, 30.0, 70.0]
+    assert report.quantile(vals, 0.25) == 10.0
+    assert report.quantile(vals, 0.9) == pytest.approx(54.0)  # 30 + 0.6 × 40
+    assert report.quantile(vals, 0.0) == 0.0 and report.quantile(vals, 1.0) == 70.0
+    assert [report.quantile(vals, q / 4) for q in (1, 2, 3)] == statistics.quantiles(
+        vals, n=4, method="inclusive"
+    )
+
+
+def test_bootstrap_against_a_hand_computation() -> None:
+    flags = [100.0, 0.0, 0.0, 100.0]
+    rng = random.Random(7)
+    reps = []
+    for _ in range(6):  # the documented draw: choices(range(m), k=m) per replicate
+        idx = rng.choices(range(4), k=4)
+        reps.append(sum(flags[i] for i in idx) / 4)
+    reps.sort()
+    lo = reps[0] + (reps[1] - reps[0]) * (0.025 * 5 - 0)  # position 0.125
+    hi = reps[4] + (reps[5] - reps[4]) * (0.975 * 5 - 4)  # position 4.875
+    assert report.bootstrap_ci([flags], n_boot=6, seed=7) == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_bootstrap_pairs_seeds_that_share_prompts() -> None:
+    # Seed 1 answers prompt 0 harmfully, seed 2 prompt 1: with the same resampled prompts for
+    # both seeds every replicate's seed-mean is exactly 50, so the interval has no width.
+    assert report.bootstrap_ci([[100.0, 0.0], [0.0, 100.0]], n_boot=200) == (50.0, 50.0)
+    lo, hi = report.bootstrap_ci([[100.0, 0.0], [0.0, 100.0, 0.0]], n_boot=200)  # unpaired
+    assert lo < 40 and hi > 60
+    assert report.bootstrap_ci([[30.0] * 7], n_boot=50) == (30.0, 30.0)
+    assert report.bootstrap_ci([], n_boot=50) is None
+
+
+def test_bootstrap_matches_the_normal_approximation_for_many_prompts() -> None:
+    flags = [100.0] * 120 + [0.0] * 280  # HS 30 % over 400 prompts
+    lo, hi = report.bootstrap_ci([flags], n_boot=2000, seed=1)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 400) * 100  # ≈ 4.49
+    assert lo == pytest.approx(30 - half, abs=0.8) and hi == pytest.approx(30 + half, abs=0.8)
+    assert report.bootstrap_ci([flags], n_boot=300, seed=1) == report.bootstrap_ci(
+        [flags], n_boot=300, seed=1
+    )
+
+
+# ------------------------------------------------------------------------------------------------
+# Tables
+
+
+def hand(method: int, p: float) -> tuple[float, float, float, float]:
+    hs = [5.0 * n_harmful(method, p, s) for s in SEEDS]
+    fa = [10.0 * n_correct(method, p, s) for s in SEEDS]
+    return (statistics.mean(hs), statistics.stdev(hs), statistics.mean(fa), statistics.stdev(fa))
+
+
+def test_collect_reads_coordinates_and_labels(synthetic: Path) -> None:
+    col = report.collect([synthetic])
+    kinds = [r.kind for r in col.runs]
+    assert kinds.count("attacked") == 3 * 3 * 2 and kinds.count("aligned") == 3 * 2
+    assert kinds.count("base") == 1
+    r = next(r for r in col.runs if r.kind == "attacked" and r.method == "booster/sft")
+    assert r.label == "Booster" and r.align == "booster" and r.finetune == "sft"
+    assert r.attacked_dir is not None and (r.attacked_dir / "finetune_log.jsonl").is_file()
+    assert r.aligned_dir is not None and r.aligned_dir.name == f"booster-s{r.seed}"
+
+
+def test_table_cells_are_means_and_stds_over_seeds(synthetic: Path) -> None:
+    rep = report.build(report.collect([synthetic]), n_boot=200)
+    assert [row.label for row in rep.rows] == ["SFT", "Booster", "Antibody"]
+    assert rep.columns == PS and rep.seeds == SEEDS
+    for mi, row in enumerate(rep.rows):
+        for p in PS:
+            c = rep.cell(row, p)
+            hs, hs_sd, fa, fa_sd = hand(mi, p)
+            assert (c.hs.mean, c.fa.mean) == (pytest.approx(hs), pytest.approx(fa))
+            assert (c.hs.std, c.fa.std) == (pytest.approx(hs_sd), pytest.approx(fa_sd))
+            assert c.over_refusal.mean == 25.0 and c.degenerate.mean == 10.0
+            assert c.seeds == SEEDS and c.hs.n_items == M_HARMFUL and c.fa.n_items == M_TASK
+            assert c.hs.ci[0] <= c.hs.mean <= c.hs.ci[1]
+        assert rep.average(row, "hs") == pytest.approx(statistics.mean(hand(mi, p)[0] for p in PS))
+        assert rep.average(row, "fa") == pytest.approx(statistics.mean(hand(mi, p)[2] for p in PS))
+
+
+def test_markdown_layout(synthetic: Path) -> None:
+    rep = report.build(report.collect([synthetic]), n_boot=50)
+    md = report.to_markdown(rep)
+    head, body = report.main_table(rep)
+    assert head == ["Method", "p=0", "p=0.1", "p=0.2", "Avg", "Over-refusal", "Degenerate"]
+    hs, hs_sd, fa, fa_sd = hand(1, 0.1)
+    assert body[1][0] == "Booster"
+    assert body[1][2] == f"{hs:.1f} ± {hs_sd:.1f} / {fa:.1f} ± {fa_sd:.1f}"
+    avg_hs = statistics.mean(hand(1, p)[0] for p in PS)
+    avg_fa = statistics.mean(hand(1, p)[2] for p in PS)
+    assert body[1][4] == f"{avg_hs:.1f} / {avg_fa:.1f}" and body[1][5:] == ["25.0", "10.0"]
+    assert "| Booster | " + " | ".join(body[1][1:]) + " |" in md
+    for section in (
+        "## Harmful Score / Finetune Accuracy by p",
+        "## Over-refusal / degenerate",
+        "## Before fine-tuning",
+        "## Intervals (95% percentile bootstrap",
+    ):
+        assert section in md
+    before_head, before = report.before_table(rep)
+    assert before_head[:3] == ["Model", "HS", "FA sentiment"]
+    assert before[0][:3] == ["base model", "0.0", "50.0"]
+    assert [b[0] for b in before[1:]] == ["SFT", "Booster", "Antibody"]
+
+
+def test_csv_is_long_format(synthetic: Path) -> None:
+    import csv
+    import io
+
+    rep = report.build(report.collect([synthetic]), n_boot=50)
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(rep))))
+    attacked = [r for r in rows if r["kind"] == "attacked"]
+    assert len(attacked) == 9 and {r["kind"] for r in rows} == {"attacked", "aligned", "base"}
+    r = next(r for r in attacked if r["label"] == "Antibody" and r["p"] == "0.2")
+    hs, hs_sd, fa, _ = hand(2, 0.2)
+    assert float(r["hs_mean"]) == pytest.approx(hs) and float(r["hs_std"]) == pytest.approx(
+        hs_sd, abs=1e-4
+    )
+    assert float(r["fa_mean"]) == pytest.approx(fa) and r["seeds"] == "1 2"
+    assert float(r["hs_ci_low"]) <= hs <= float(r["hs_ci_high"])
+    assert r["hs_items"] == "20" and r["published_hs"] == ""
+
+
+def test_latex_and_published_numbers(synthetic: Path) -> None:
+    published = {
+        ("Booster", "p=0.1"): (8.4, 93.0),
+        ("booster/sft", 0.2): (11.0, 92.5),
+        ("Booster", 0.0): (2.0, 93.1),
+    }
+    rep = report.build(report.collect([synthetic]), n_boot=20, published=published)
+    _, body = report.main_table(rep)
+    labels = [b[0] for b in body]
+    assert labels == ["SFT", "Booster", "Booster (published)", "Antibody"]
+    pub = body[2]
+    assert pub[1:5] == [
+        "2.0 / 93.1",
+        "8.4 / 93.0",
+        "11.0 / 92.5",
+        f"{(2.0 + 8.4 + 11.0) / 3:.1f} / {(93.1 + 93.0 + 92.5) / 3:.1f}",
+    ]
+    tex = report.to_latex(rep)
+    assert r"\begin{tabular}{lcccccc}" in tex and r"\toprule" in tex and r"\bottomrule" in tex
+    assert r"\textit{published} & 2.0 / 93.1 & 8.4 / 93.0 & 11.0 / 92.5" in tex
+    assert r"$\pm$" in tex and r"HS (\%)" in tex
+    assert report.tex_escape("a_b & 50% #1") == r"a\_b \& 50\% \#1"
+    assert report.detail_rows(rep)[4]["published_hs"] == 8.4
+
+
+def test_other_axes_become_row_qualifiers_and_columns(tmp_path: Path) -> None:
+    root = fake_grid(tmp_path / "g", methods={"sft/sft": "SFT"}, ps=[0.1], seeds=[1], ns=(100, 200))
+    col = report.collect([root])
+    by_p = report.build(col, n_boot=10)
+    assert [r.label for r in by_p.rows] == ["SFT (n=100)", "SFT (n=200)"]
+    by_n = report.build(col, columns="n", n_boot=10)
+    assert [r.label for r in by_n.rows] == ["SFT"] and by_n.columns == [100, 200]
+    assert report.main_table(by_n)[0][1:3] == ["n=100", "n=200"]
+    by_task = report.build(col, columns="task", n_boot=10)
+    assert by_task.columns == ["sentiment"]
+
+
+def test_another_headline_judge(synthetic: Path) -> None:
+    rep = report.build(report.collect([synthetic]), judge="other", n_boot=20)
+    c = rep.cell(rep.rows[0], 0.2)
+    assert c.hs.mean == 10.0 and c.hs.std == 0.0  # two of 20 prompts, the same for every seed
+    assert c.hs.ci[0] == 0.0 and 20.0 <= c.hs.ci[1] <= 30.0  # ...which the prompts make uncertain
+    assert c.degenerate.mean == 0.0
+
+
+def test_single_eval_dirs_are_identified_by_provenance(synthetic: Path, tmp_path: Path) -> None:
+    import shutil
+
+    cell = Cell("booster", "sft", 0.1, 100, "sentiment", 2)
+    src = synthetic / "cells" / cell.name / "eval"
+    alone = tmp_path / "alone-eval"
+    shutil.copytree(src, alone)  # outside the grid: no grid manifest to read coordinates from
+    (run,) = report.collect([alone]).runs
+    assert (run.kind, run.method, run.p, run.n, run.seed) == (
+        "attacked",
+        "booster/sft",
+        0.1,
+        100,
+        2,
+    )
+    assert run.label == "booster/sft"  # no grid labels
+
+
+# ------------------------------------------------------------------------------------------------
+# Plots
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def test_plots_are_nonempty_pngs(synthetic: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from hftguard import plots
+
+    rep = report.build(report.collect([synthetic]), n_boot=50)
+    files = plots.write_all(rep, tmp_path / "figs")
+    names = sorted(f.name for f in files)
+    assert {
+        "hs_fa_vs_p.png",
+        "hs_fa_tradeoff.png",
+        "training_curves.png",
+        "alignment_dynamics.png",
+    } <= set(names)
+    # one per antibody cell that had harmful samples to tell apart: p > 0, each seed
+    assert sum(n.startswith("antibody_weights__") for n in names) == 2 * 2
+    for f in files:
+        data = f.read_bytes()
+        assert data.startswith(PNG) and len(data) > 10_000, f
+    task_rep = report.build(report.collect([synthetic]), columns="task", n_boot=10)
+    assert plots.metric_vs_axis(task_rep, tmp_path / "t.png").stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------------
+# The command, on a real tiny grid
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Iterator[Any]:
+    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+    default_registry.cache_clear()
+
+    def run(*args: str) -> Result:
+        capsys.readouterr()
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    yield run
+    default_registry.cache_clear()
+
+
+TINY_GRID = """\
+evaluate_base = true
+
+[grid]
+methods = ["sft/sft", "antibody/antibody"]
+harmful_ratio = [0.0, 0.5]
+labels = { "sft/sft" = "SFT", "antibody/antibody" = "Antibody" }
+
+[align]
+model = "tiny-random"
+samples = 8
+retain = ""
+[align.train]
+max_steps = 2
+batch_size = 4
+max_length = 64
+[align.lora]
+r = 4
+alpha = 8.0
+
+[finetune]
+samples = 8
+[finetune.train]
+max_steps = 2
+batch_size = 4
+max_length = 64
+[finetune.lora]
+r = 4
+alpha = 8.0
+
+[eval]
+harmful_samples = 4
+benign_samples = 2
+task_samples = 4
+max_new_tokens = 2
+batch_size = 4
+"""
+
+
+def test_run_and_report_a_tiny_grid(cli: Any, tmp_path: Path) -> None:
+    (tmp_path / "grid.toml").write_text(TINY_GRID)
+    res = cli("run", "grid.toml", "--out", "g")
+    assert res.code == 0, res.err
+    summary = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert summary["status"] == "completed"
+    assert [c["status"] for c in summary["cells"]] == ["done"] * 4
+    assert sorted(p.name for p in (tmp_path / "g" / "aligned").iterdir()) == [
+        "antibody-s42",
+        "sft-s42",
+    ]  # one aligned model per defense, shared by both p
+    assert "grid: 0/4 cells done, 4 left; shared stage: align: sft (s42)" in res.err
+    assert (
+        "grid: 3/4 cells done, 0 left; running antibody/antibody p=0.5 n=8 sentiment s42: eval"
+    ) in res.err
+
+    res = cli("run", "grid.toml", "--out", "g", "--dry-run")
+    assert res.code == 0 and "4 cell(s), 4 done" in res.out
+    res = cli("run", "grid.toml", "--out", "g", "--quiet")  # nothing left to do
+    assert res.code == 0 and "Tables and plots: hftguard report g" in res.out
+
+    res = cli("report", "g", "--out", "rep", "--bootstrap", "100")
+    assert res.code == 0, res.err
+    assert "| Method | p=0 | p=0.5 | Avg | Over-refusal | Degenerate |" in res.out
+    assert "| SFT | " in res.out and "| Antibody | " in res.out
+    for name in ("report.md", "report.csv", "report.tex"):
+        assert (tmp_path / "rep" / name).stat().st_size > 200
+    pngs = sorted((tmp_path / "rep").glob("*.png"))
+    if pytest.importorskip("matplotlib"):
+        assert {p.name for p in pngs} >= {
+            "hs_fa_vs_p.png",
+            "hs_fa_tradeoff.png",
+            "training_curves.png",
+            "alignment_dynamics.png",
+        }
+        assert all(p.read_bytes().startswith(PNG) for p in pngs)
+
+    res = cli("report", "g", "--out", "rep2", "--format", "csv", "--no-plots", "--columns", "n")
+    assert res.code == 0 and [p.name for p in (tmp_path / "rep2").iterdir()] == ["report.csv"]
+
+
+def test_report_without_matplotlib_writes_tables(
+    cli: Any, synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hftguard import plots
+
+    monkeypatch.setattr(plots, "available", lambda: False)
+    res = cli("report", str(synthetic), "--out", "r", "--bootstrap", "10")
+    assert res.code == 0 and "matplotlib is not installed" in res.err
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
+        "report.csv",
+        "report.md",
+        "report.tex",
+    ]
+
+
+def test_report_usage_errors(cli: Any, synthetic: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = cli("report", "empty")
+    assert res.code == 2 and "No finished evaluations" in res.err
+    res = cli("report", str(synthetic), "--columns", "q")
+    assert res.code == 2 and "--columns" in res.err
+    res = cli("report", str(synthetic), "--format", "md,pdf")
+    assert res.code == 2 and "pdf" in res.err
+    res = cli("report", str(synthetic), "--judge", "nope", "--out", "x")
+    assert res.code == 2 and "nope" in res.err
