@@ -50,24 +50,63 @@ STAGE_KINDS = {"align": "alignment-defense", "finetune": "finetune-defense"}
 
 #: Real architectures' shapes (public configs), random-initialised for ``--llama-shape``.
 LLAMA_SHAPES: dict[str, dict[str, Any]] = {
-    "135m": {"source": "SmolLM2-135M", "hidden_size": 576, "intermediate_size": 1536,
-             "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
-             "vocab_size": 49152, "tie_word_embeddings": True, "rope_theta": 100000.0},
-    "1b": {"source": "Llama-3.2-1B", "hidden_size": 2048, "intermediate_size": 8192,
-           "num_hidden_layers": 16, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 500000.0},
-    "3b": {"source": "Llama-3.2-3B", "hidden_size": 3072, "intermediate_size": 8192,
-           "num_hidden_layers": 28, "num_attention_heads": 24, "num_key_value_heads": 8,
-           "vocab_size": 128256, "tie_word_embeddings": True, "rope_theta": 500000.0},
-    "8b": {"source": "Llama-3.1-8B", "hidden_size": 4096, "intermediate_size": 14336,
-           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
-           "vocab_size": 128256, "tie_word_embeddings": False, "rope_theta": 500000.0},
+    "135m": {
+        "source": "SmolLM2-135M",
+        "hidden_size": 576,
+        "intermediate_size": 1536,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 9,
+        "num_key_value_heads": 3,
+        "vocab_size": 49152,
+        "tie_word_embeddings": True,
+        "rope_theta": 100000.0,
+    },
+    "1b": {
+        "source": "Llama-3.2-1B",
+        "hidden_size": 2048,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 16,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "rope_theta": 500000.0,
+    },
+    "3b": {
+        "source": "Llama-3.2-3B",
+        "hidden_size": 3072,
+        "intermediate_size": 8192,
+        "num_hidden_layers": 28,
+        "num_attention_heads": 24,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": True,
+        "rope_theta": 500000.0,
+    },
+    "8b": {
+        "source": "Llama-3.1-8B",
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "vocab_size": 128256,
+        "tie_word_embeddings": False,
+        "rope_theta": 500000.0,
+    },
 }
 
 #: Dense bf16 tensor-core peaks (TFLOP/s) by device-name fragment, most specific first.
 PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
-    ("H200", 989.0), ("GH200", 989.0), ("H100 PCIE", 756.0), ("H100 NVL", 835.0),
-    ("H100", 989.0), ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0), ("A10", 125.0),
+    ("H200", 989.0),
+    ("GH200", 989.0),
+    ("H100 PCIE", 756.0),
+    ("H100 NVL", 835.0),
+    ("H100", 989.0),
+    ("A100", 312.0),
+    ("L40S", 362.0),
+    ("L4", 121.0),
+    ("A10", 125.0),
 )
 
 
@@ -89,35 +128,48 @@ class BenchOptions:
     lr: float = 5e-4
     gen_prompts: int = 32
     gen_batch_size: int = 16
-    max_new_tokens: int = 32
+    max_new_tokens: int = 64  # the eval stage's default
     peak_tflops: float | None = None
     seed: int = 0
 
     def __post_init__(self) -> None:
         bad = [s for s in self.skip if s not in SECTIONS]
         if bad:
-            raise ConfigError(f"--skip {', '.join(bad)}: unknown section.",
-                              hint=f"Sections: {', '.join(SECTIONS)}.")
+            raise ConfigError(
+                f"--skip {', '.join(bad)}: unknown section.",
+                hint=f"Sections: {', '.join(SECTIONS)}.",
+            )
         if self.llama_shape is not None and self.llama_shape not in LLAMA_SHAPES:
-            raise ConfigError(f"--llama-shape {self.llama_shape}: unknown shape.",
-                              hint=f"Shapes: {', '.join(LLAMA_SHAPES)}.")
-        for name in ("batch_size", "steps", "rounds", "gen_prompts", "gen_batch_size",
-                     "max_new_tokens"):
+            raise ConfigError(
+                f"--llama-shape {self.llama_shape}: unknown shape.",
+                hint=f"Shapes: {', '.join(LLAMA_SHAPES)}.",
+            )
+        for name in (
+            "batch_size",
+            "steps",
+            "rounds",
+            "gen_prompts",
+            "gen_batch_size",
+            "max_new_tokens",
+        ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}.")
         if self.seq_len < 4:
-            raise ConfigError(f"seq_len must be >= 4, got {self.seq_len}.",
-                              hint="Half of it is prompt, half response.")
+            raise ConfigError(
+                f"seq_len must be >= 4, got {self.seq_len}.",
+                hint="Half of it is prompt, half response.",
+            )
 
 
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
 
-def run_bench(opts: BenchOptions, reporter: Reporter | None = None,
-              registry: Any = None) -> dict[str, Any]:
+def run_bench(
+    opts: BenchOptions, reporter: Reporter | None = None, registry: Any = None
+) -> dict[str, Any]:
     """Run every section not in ``opts.skip``; return the results as a JSON-ready dict."""
     from hftguard import models
     from hftguard.registry import default_registry
@@ -127,8 +179,10 @@ def run_bench(opts: BenchOptions, reporter: Reporter | None = None,
     specs = select_defenses(reg, opts.defenses) if "defenses" not in opts.skip else []
     device = models.pick_device(opts.device)
     dtype = models.pick_dtype(opts.precision, device)
-    reporter.info(f"bench: loading {opts.llama_shape or opts.model} on {device} "
-                  f"({str(dtype).removeprefix('torch.')})")
+    reporter.info(
+        f"bench: loading {opts.llama_shape or opts.model} on {device} "
+        f"({str(dtype).removeprefix('torch.')})"
+    )
     base, tok, model_info = build_model(opts, device, dtype)
     result: dict[str, Any] = {
         "options": asdict(opts),
@@ -147,22 +201,36 @@ def run_bench(opts: BenchOptions, reporter: Reporter | None = None,
     lora = LoraOptions()
     model, params, init = attach_lora(base, lora, device, opts.seed)
     flops_tok = flops_per_token(base, opts.seq_len, sum(p.numel() for _, p in params))
-    result["model"].update(trainable_parameters=sum(p.numel() for _, p in params),
-                           lora={"r": lora.r, "alpha": lora.alpha,
-                                 "target_modules": list(lora.target_modules)},
-                           train_flops_per_token=flops_tok)
+    result["model"].update(
+        trainable_parameters=sum(p.numel() for _, p in params),
+        lora={"r": lora.r, "alpha": lora.alpha, "target_modules": list(lora.target_modules)},
+        train_flops_per_token=flops_tok,
+    )
     data = bench_data(tok, opts, reg)
-    result["data"] = {name: token_counts(items[: opts.batch_size])
-                      for name, items in data.items()}
+    result["data"] = {name: token_counts(items[: opts.batch_size]) for name, items in data.items()}
     peak = peak_flops(device, dtype, opts.peak_tflops)
     result["environment"]["peak_tflops"] = None if peak is None else peak / 1e12
     if specs:
-        result["defenses"] = bench_defenses(model, params, init, reg, specs, data, opts, device,
-                                            dtype, flops_tok, peak, reporter, _pad_id(tok))
+        result["defenses"] = bench_defenses(
+            model,
+            params,
+            init,
+            reg,
+            specs,
+            data,
+            opts,
+            device,
+            dtype,
+            flops_tok,
+            peak,
+            reporter,
+            _pad_id(tok),
+        )
     if "trainer" not in opts.skip:
         reporter.info("bench: our SFT loop vs transformers.Trainer")
-        result["trainer"] = bench_trainer(model, params, init, tok, data["alignment"], opts,
-                                          device, dtype, flops_tok, peak)
+        result["trainer"] = bench_trainer(
+            model, params, init, tok, data["alignment"], opts, device, dtype, flops_tok, peak
+        )
     return result
 
 
@@ -174,8 +242,9 @@ def environment(device: Any, dtype: Any) -> dict[str, Any]:
     env: dict[str, Any] = {
         "device": str(device),
         "dtype": str(dtype).removeprefix("torch."),
-        "device_name": (torch.cuda.get_device_name(device) if device.type == "cuda"
-                        else _cpu_name()),
+        "device_name": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name()
+        ),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "libraries": library_versions(),
@@ -216,9 +285,13 @@ def build_model(opts: BenchOptions, device: Any, dtype: Any) -> tuple[Any, Any, 
         shape = dict(LLAMA_SHAPES[opts.llama_shape])
         source = shape.pop("source")
         tok = tiny_tokenizer()  # random weights need no real vocabulary; ids < 400 fit any shape
-        cfg = LlamaConfig(**shape, max_position_embeddings=max(2048, 2 * opts.seq_len),
-                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-                          pad_token_id=tok.pad_token_id)
+        cfg = LlamaConfig(
+            **shape,
+            max_position_embeddings=max(2048, 2 * opts.seq_len),
+            bos_token_id=tok.bos_token_id,
+            eos_token_id=tok.eos_token_id,
+            pad_token_id=tok.pad_token_id,
+        )
         torch.manual_seed(opts.seed)
         with torch.device(device):
             base = LlamaForCausalLM(cfg).to(dtype)
@@ -229,15 +302,19 @@ def build_model(opts: BenchOptions, device: Any, dtype: Any) -> tuple[Any, Any, 
         recipe = models.resolve(opts.model).recipe
         base, tok = models.load_for_eval(recipe, device, dtype)
         name = opts.model
-    info = {"name": name, "parameters": sum(p.numel() for p in base.parameters()),
-            "layers": int(base.config.num_hidden_layers),
-            "hidden_size": int(base.config.hidden_size),
-            "vocab_size": int(base.config.vocab_size)}
+    info = {
+        "name": name,
+        "parameters": sum(p.numel() for p in base.parameters()),
+        "layers": int(base.config.num_hidden_layers),
+        "hidden_size": int(base.config.hidden_size),
+        "vocab_size": int(base.config.vocab_size),
+    }
     return base, tok, info
 
 
-def attach_lora(base: Any, lora: Any, device: Any, seed: int
-                ) -> tuple[Any, list[tuple[str, Any]], dict[str, Any]]:
+def attach_lora(
+    base: Any, lora: Any, device: Any, seed: int
+) -> tuple[Any, list[tuple[str, Any]], dict[str, Any]]:
     """Attach one fresh LoRA adapter as ``models.load_for_training`` does; keep its init tensors.
 
     Frozen weights stay in the compute dtype, trainable LoRA weights are fp32 (stable AdamW).
@@ -247,8 +324,13 @@ def attach_lora(base: Any, lora: Any, device: Any, seed: int
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(seed)
-    cfg = LoraConfig(r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout,
-                     target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
     model = get_peft_model(base, cfg)
     for _, p in model.named_parameters():
         if p.requires_grad:
@@ -277,8 +359,7 @@ def fit_length(enc: Any, seq_len: int, prompt_len: int) -> Any:
     """
     from hftguard.data import IGNORE_INDEX, Encoded
 
-    n_prompt = next((i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX),
-                    len(enc.labels))
+    n_prompt = next((i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX), len(enc.labels))
     prompt, answer = enc.input_ids[:n_prompt] or enc.input_ids[:1], enc.input_ids[n_prompt:]
     answer = answer or prompt[-1:]
     n_answer = seq_len - prompt_len
@@ -288,8 +369,13 @@ def fit_length(enc: Any, seq_len: int, prompt_len: int) -> Any:
     return Encoded(prompt + answer, [IGNORE_INDEX] * prompt_len + answer, enc.is_harmful, refusal)
 
 
-def encode_fixed(examples: Sequence[Any], tok: Any, seq_len: int, refusal_view: bool = True,
-                 template: str | None = None) -> list[Any]:
+def encode_fixed(
+    examples: Sequence[Any],
+    tok: Any,
+    seq_len: int,
+    refusal_view: bool = True,
+    template: str | None = None,
+) -> list[Any]:
     """Encode examples (with their refusal views) and fit each to exactly ``seq_len`` tokens."""
     from hftguard.data import encode_all
 
@@ -315,16 +401,21 @@ def bench_data(tok: Any, opts: BenchOptions, registry: Any) -> dict[str, list[An
     task = load_examples("sentiment", "task", "train", registry, ctx)
     attack = load_examples("harmful-compliance", "harmful", "attack", registry, ctx)
     user = mix_poison(task, attack, n, 0.25, opts.seed).examples
-    return {name: encode_fixed(list(ex), tok, opts.seq_len)
-            for name, ex in (("alignment", align), ("harmful", harmful), ("user", user))}
+    return {
+        name: encode_fixed(list(ex), tok, opts.seq_len)
+        for name, ex in (("alignment", align), ("harmful", harmful), ("user", user))
+    }
 
 
 def token_counts(items: Sequence[Any]) -> dict[str, int]:
     """Examples, tokens and response (loss) tokens of one batch."""
     from hftguard.data import IGNORE_INDEX
 
-    return {"examples": len(items), "tokens": sum(len(e.input_ids) for e in items),
-            "response_tokens": sum(sum(lab != IGNORE_INDEX for lab in e.labels) for e in items)}
+    return {
+        "examples": len(items),
+        "tokens": sum(len(e.input_ids) for e in items),
+        "response_tokens": sum(sum(lab != IGNORE_INDEX for lab in e.labels) for e in items),
+    }
 
 
 def select_defenses(registry: Any, specs: Sequence[str]) -> list[tuple[str, str]]:
@@ -335,22 +426,27 @@ def select_defenses(registry: Any, specs: Sequence[str]) -> list[tuple[str, str]
     """
     from hftguard.errors import UnknownComponentError, did_you_mean
 
-    names = {stage: {i.name for i in registry.components(kind)}
-             for stage, kind in STAGE_KINDS.items()}
+    names = {
+        stage: {i.name for i in registry.components(kind)} for stage, kind in STAGE_KINDS.items()
+    }
     items = [s.strip() for spec in specs for s in spec.split(",") if s.strip()]
     wanted = [(stage, n) for stage in STAGE_KINDS for n in names[stage]] if not items else []
     for item in items:
         stage, _, name = item.rpartition(":")
         if stage and stage not in STAGE_KINDS:
-            raise ConfigError(f"--defenses {item}: unknown stage '{stage}'.",
-                              hint="Use align:NAME, finetune:NAME or just NAME.")
+            raise ConfigError(
+                f"--defenses {item}: unknown stage '{stage}'.",
+                hint="Use align:NAME, finetune:NAME or just NAME.",
+            )
         found = [(s, name) for s in ([stage] if stage else STAGE_KINDS) if name in names[s]]
         if not found:
             if stage:  # the registry's own error lists that stage's defenses
                 registry.get(STAGE_KINDS[stage], name)
             known = sorted(names["align"] | names["finetune"])
-            raise UnknownComponentError(f"Unknown defense '{name}'.{did_you_mean(name, known)}",
-                                        hint=f"Available: {', '.join(known)}.")
+            raise UnknownComponentError(
+                f"Unknown defense '{name}'.{did_you_mean(name, known)}",
+                hint=f"Available: {', '.join(known)}.",
+            )
         wanted += found
     out: list[tuple[str, str]] = []
     for stage in STAGE_KINDS:
@@ -486,13 +582,18 @@ class PeakMemory:
 def _summary(times: StepTimes, basis: str) -> dict[str, Any]:
     """Median (the headline), mean, min, max on the ratio clock; both clocks' raw steps."""
     main = getattr(times, basis)
-    return {"time_basis": basis, "median_step_s": statistics.median(main),
-            "mean_step_s": statistics.fmean(main), "min_step_s": min(main),
-            "max_step_s": max(main), "timed_steps": len(main),
-            "wall_median_step_s": statistics.median(times.wall),
-            "cpu_median_step_s": statistics.median(times.cpu),
-            "step_times_s": [round(t, 6) for t in times.wall],
-            "cpu_step_times_s": [round(t, 6) for t in times.cpu]}
+    return {
+        "time_basis": basis,
+        "median_step_s": statistics.median(main),
+        "mean_step_s": statistics.fmean(main),
+        "min_step_s": min(main),
+        "max_step_s": max(main),
+        "timed_steps": len(main),
+        "wall_median_step_s": statistics.median(times.wall),
+        "cpu_median_step_s": statistics.median(times.cpu),
+        "step_times_s": [round(t, 6) for t in times.wall],
+        "cpu_step_times_s": [round(t, 6) for t in times.cpu],
+    }
 
 
 def flops_per_token(base: Any, seq_len: int, lora_params: int = 0) -> float:
@@ -504,8 +605,11 @@ def flops_per_token(base: Any, seq_len: int, lora_params: int = 0) -> float:
     """
     import torch
 
-    matmul = sum(m.weight.numel() for name, m in base.named_modules()
-                 if isinstance(m, torch.nn.Linear) and "lora_" not in name)
+    matmul = sum(
+        m.weight.numel()
+        for name, m in base.named_modules()
+        if isinstance(m, torch.nn.Linear) and "lora_" not in name
+    )
     cfg = base.config
     heads = int(cfg.num_attention_heads)
     head_dim = int(getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
@@ -529,18 +633,32 @@ def peak_flops(device: Any, dtype: Any, override_tflops: float | None = None) ->
 # Section 1: every defense against SFT
 
 
-def bench_defenses(model: Any, params: list[tuple[str, Any]], init: dict[str, Any],
-                   registry: Any, specs: Sequence[tuple[str, str]], data: dict[str, list[Any]],
-                   opts: BenchOptions, device: Any, dtype: Any, flops_tok: float,
-                   peak: float | None, reporter: Reporter, pad_id: int = 0
-                   ) -> list[dict[str, Any]]:
+def bench_defenses(
+    model: Any,
+    params: list[tuple[str, Any]],
+    init: dict[str, Any],
+    registry: Any,
+    specs: Sequence[tuple[str, str]],
+    data: dict[str, list[Any]],
+    opts: BenchOptions,
+    device: Any,
+    dtype: Any,
+    flops_tok: float,
+    peak: float | None,
+    reporter: Reporter,
+    pad_id: int = 0,
+) -> list[dict[str, Any]]:
     """Per-step time and peak memory of each ``(stage, name)``; ratios against the stage's SFT."""
     from hftguard.data import collate
 
     n_batches = len(data["alignment"]) // opts.batch_size
-    batches = {name: [collate(items[i * opts.batch_size:(i + 1) * opts.batch_size], pad_id)
-                      .to(device) for i in range(n_batches)]
-               for name, items in data.items()}
+    batches = {
+        name: [
+            collate(items[i * opts.batch_size : (i + 1) * opts.batch_size], pad_id).to(device)
+            for i in range(n_batches)
+        ]
+        for name, items in data.items()
+    }
     main_of = {"align": "alignment", "finetune": "user"}
     times = {spec: StepTimes() for spec in specs}
     basis = time_basis(device)
@@ -552,7 +670,8 @@ def bench_defenses(model: Any, params: list[tuple[str, Any]], init: dict[str, An
             reset_lora(params, init)
             with PeakMemory(device) as mem:
                 times[(stage, name)] += time_defense_steps(
-                    model, params, defense, batches[main_of[stage]], batches, opts, device, dtype)
+                    model, params, defense, batches[main_of[stage]], batches, opts, device, dtype
+                )
             prev = memory.get((stage, name))
             if prev is None or (mem.peak_mb or 0) > (prev.peak_mb or 0):
                 memory[(stage, name)] = mem
@@ -569,23 +688,38 @@ def bench_defenses(model: Any, params: list[tuple[str, Any]], init: dict[str, An
         theory = float(cls.passes) / float(sft_cls.passes)
         mem = memory[(stage, name)]
         tflops = float(cls.passes) * flops_tok * tokens / stats["median_step_s"]
-        rows.append({
-            "stage": stage, "defense": name, "theoretical_passes": float(cls.passes),
-            **stats, "ratio_to_sft": ratio, "theoretical_ratio": theory,
-            "measured_over_theoretical": ratio / theory,
-            "within_10pct": abs(ratio / theory - 1.0) <= 0.10,
-            "peak_memory_mb": mem.peak_mb, "extra_memory_mb": mem.extra_mb,
-            "memory_kind": mem.kind, "tokens_per_step": tokens,
-            "tokens_per_s": tokens / stats["median_step_s"],
-            "model_tflops_per_s": tflops / 1e12,
-            "mfu": None if peak is None else tflops / peak,
-        })
+        rows.append(
+            {
+                "stage": stage,
+                "defense": name,
+                "theoretical_passes": float(cls.passes),
+                **stats,
+                "ratio_to_sft": ratio,
+                "theoretical_ratio": theory,
+                "measured_over_theoretical": ratio / theory,
+                "within_10pct": abs(ratio / theory - 1.0) <= 0.10,
+                "peak_memory_mb": mem.peak_mb,
+                "extra_memory_mb": mem.extra_mb,
+                "memory_kind": mem.kind,
+                "tokens_per_step": tokens,
+                "tokens_per_s": tokens / stats["median_step_s"],
+                "model_tflops_per_s": tflops / 1e12,
+                "mfu": None if peak is None else tflops / peak,
+            }
+        )
     return rows
 
 
-def time_defense_steps(model: Any, params: list[tuple[str, Any]], defense: Any,
-                       main: Sequence[Any], streams: dict[str, Sequence[Any]],
-                       opts: BenchOptions, device: Any, dtype: Any) -> StepTimes:
+def time_defense_steps(
+    model: Any,
+    params: list[tuple[str, Any]],
+    defense: Any,
+    main: Sequence[Any],
+    streams: dict[str, Sequence[Any]],
+    opts: BenchOptions,
+    device: Any,
+    dtype: Any,
+) -> StepTimes:
     """``warmup + steps`` steps of the training loop's body; seconds of each timed step.
 
     Mirrors ``training.train``: grads set to None, ``defense.training_step`` under the loop's
@@ -607,14 +741,25 @@ def time_defense_steps(model: Any, params: list[tuple[str, Any]], defense: Any,
         positions[name] = pos + 1
         return streams[name][pos % len(streams[name])]
 
-    optimizer = torch.optim.AdamW([p for _, p in params], lr=opts.lr,
-                                  weight_decay=topts.weight_decay)
-    ctx = StepContext(step=0, total_steps=total, params=params, next_batch=next_batch,
-                      loss_fn=training.lm_loss, reporter=Reporter(quiet=True), output_dir=None,
-                      device=device)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in params], lr=opts.lr, weight_decay=topts.weight_decay
+    )
+    ctx = StepContext(
+        step=0,
+        total_steps=total,
+        params=params,
+        next_batch=next_batch,
+        loss_fn=training.lm_loss,
+        reporter=Reporter(quiet=True),
+        output_dir=None,
+        device=device,
+    )
     defense.setup(ctx)
-    autocast = (torch.autocast(device.type, dtype=dtype) if dtype != torch.float32
-                else training._nullcontext())
+    autocast = (
+        torch.autocast(device.type, dtype=dtype)
+        if dtype != torch.float32
+        else training._nullcontext()
+    )
     clock = _Clock(device)
     stamps: list[tuple[Any, float]] = []
     for step in range(total):
@@ -654,9 +799,18 @@ class _StepEnds(Reporter):
             self.stamps.append(self.clock.stamp())
 
 
-def bench_trainer(model: Any, params: list[tuple[str, Any]], init: dict[str, Any], tok: Any,
-                  items: Sequence[Any], opts: BenchOptions, device: Any, dtype: Any,
-                  flops_tok: float, peak: float | None) -> dict[str, Any]:
+def bench_trainer(
+    model: Any,
+    params: list[tuple[str, Any]],
+    init: dict[str, Any],
+    tok: Any,
+    items: Sequence[Any],
+    opts: BenchOptions,
+    device: Any,
+    dtype: Any,
+    flops_tok: float,
+    peak: float | None,
+) -> dict[str, Any]:
     """Median step time of ``training.train`` (SFT) and of ``transformers.Trainer``, same setup.
 
     Same LoRA model (reset to the same init), data, batch size, LR, weight decay, clipping,
@@ -678,17 +832,31 @@ def bench_trainer(model: Any, params: list[tuple[str, Any]], init: dict[str, Any
     for key, times in (("hftguard", ours), ("transformers_trainer", theirs)):
         stats = _summary(times, basis)
         tflops = flops_tok * tokens / stats["median_step_s"]
-        out[key] = {**stats, "tokens_per_s": tokens / stats["median_step_s"],
-                    "model_tflops_per_s": tflops / 1e12,
-                    "mfu": None if peak is None else tflops / peak}
+        out[key] = {
+            **stats,
+            "tokens_per_s": tokens / stats["median_step_s"],
+            "model_tflops_per_s": tflops / 1e12,
+            "mfu": None if peak is None else tflops / peak,
+        }
     ratio = out["hftguard"]["median_step_s"] / out["transformers_trainer"]["median_step_s"]
-    out.update(ratio=ratio, not_slower=ratio <= 1.0, tokens_per_step=tokens,
-               optimizer="torch.optim.AdamW (both)")
+    out.update(
+        ratio=ratio,
+        not_slower=ratio <= 1.0,
+        tokens_per_step=tokens,
+        optimizer="torch.optim.AdamW (both)",
+    )
     return out
 
 
-def _time_our_loop(model: Any, tok: Any, items: Sequence[Any], opts: BenchOptions, warmup: int,
-                   device: Any, dtype: Any) -> StepTimes:
+def _time_our_loop(
+    model: Any,
+    tok: Any,
+    items: Sequence[Any],
+    opts: BenchOptions,
+    warmup: int,
+    device: Any,
+    dtype: Any,
+) -> StepTimes:
     from hftguard import training
     from hftguard.builtins.defenses.sft import SFTAlign
     from hftguard.config import TrainOptions
@@ -697,18 +865,42 @@ def _time_our_loop(model: Any, tok: Any, items: Sequence[Any], opts: BenchOption
     total = warmup + opts.steps
     clock = _Clock(device)
     reporter = _StepEnds(clock, warmup, total - 1)
-    topts = TrainOptions(lr=opts.lr, max_steps=total, batch_size=opts.batch_size,
-                         checkpoint_every=0, max_length=opts.seq_len)
+    topts = TrainOptions(
+        lr=opts.lr,
+        max_steps=total,
+        batch_size=opts.batch_size,
+        checkpoint_every=0,
+        max_length=opts.seq_len,
+    )
     pad_id = _pad_id(tok)
     with tempfile.TemporaryDirectory(prefix="hftguard-bench-") as tmp:
         run = open_run_dir(Path(tmp) / "run", "bench")
-        training.train(model, SFTAlign(), list(items), {}, topts, run, reporter, seed=opts.seed,
-                       pad_id=pad_id, device=device, dtype=dtype, label="bench")
+        training.train(
+            model,
+            SFTAlign(),
+            list(items),
+            {},
+            topts,
+            run,
+            reporter,
+            seed=opts.seed,
+            pad_id=pad_id,
+            device=device,
+            dtype=dtype,
+            label="bench",
+        )
     return clock.durations(reporter.stamps)
 
 
-def _time_hf_trainer(model: Any, tok: Any, items: Sequence[Any], opts: BenchOptions,
-                     warmup: int, device: Any, dtype: Any) -> StepTimes:
+def _time_hf_trainer(
+    model: Any,
+    tok: Any,
+    items: Sequence[Any],
+    opts: BenchOptions,
+    warmup: int,
+    device: Any,
+    dtype: Any,
+) -> StepTimes:
     import torch
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
@@ -744,17 +936,35 @@ def _time_hf_trainer(model: Any, tok: Any, items: Sequence[Any], opts: BenchOpti
     patched_forward = "forward" in model.__dict__
     with tempfile.TemporaryDirectory(prefix="hftguard-bench-hf-") as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_train_batch_size=opts.batch_size, max_steps=total,
-            learning_rate=opts.lr, weight_decay=topts.weight_decay,
-            max_grad_norm=topts.max_grad_norm, lr_scheduler_type="constant", warmup_steps=0,
-            optim="adamw_torch", logging_strategy="no", save_strategy="no", eval_strategy="no",
-            report_to=[], disable_tqdm=True, dataloader_num_workers=0,
-            dataloader_pin_memory=False, use_cpu=device.type == "cpu",
-            bf16=dtype == torch.bfloat16, fp16=dtype == torch.float16, seed=opts.seed,
+            output_dir=tmp,
+            per_device_train_batch_size=opts.batch_size,
+            max_steps=total,
+            learning_rate=opts.lr,
+            weight_decay=topts.weight_decay,
+            max_grad_norm=topts.max_grad_norm,
+            lr_scheduler_type="constant",
+            warmup_steps=0,
+            optim="adamw_torch",
+            logging_strategy="no",
+            save_strategy="no",
+            eval_strategy="no",
+            report_to=[],
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            dataloader_pin_memory=False,
+            use_cpu=device.type == "cpu",
+            bf16=dtype == torch.bfloat16,
+            fp16=dtype == torch.float16,
+            seed=opts.seed,
             remove_unused_columns=False,
         )
-        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=collate,
-                          callbacks=[StepEnds()])
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            data_collator=collate,
+            callbacks=[StepEnds()],
+        )
         trainer.remove_callback(PrinterCallback)  # it prints the final metrics to stdout
         try:
             trainer.train()
@@ -781,8 +991,9 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
     from hftguard.data import format_prompt, load_examples
     from hftguard.generation import generate
 
-    examples = load_examples("harmful-eval", "harmful-eval", "test", registry,
-                             DataContext(seed=opts.seed))
+    examples = load_examples(
+        "harmful-eval", "harmful-eval", "test", registry, DataContext(seed=opts.seed)
+    )
     examples = examples[: opts.gen_prompts]
     template = "chat" if getattr(tok, "chat_template", None) else "alpaca"
     prompts = [format_prompt(ex, tok, template) for ex in examples]
@@ -798,52 +1009,80 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
         clock.sync()
         return out, StepTimes([time.perf_counter() - start[0]], [time.process_time() - start[1]])
 
-    single, t_single = timed(lambda: generate(model, tok, prompts, batch_size=1,
-                                              sort_by_length=False, **kw))
-    batched, t_batched = timed(lambda: generate(model, tok, prompts,
-                                                batch_size=opts.gen_batch_size, **kw))
+    single, t_single = timed(
+        lambda: generate(model, tok, prompts, batch_size=1, sort_by_length=False, **kw)
+    )
+    batched, t_batched = timed(
+        lambda: generate(model, tok, prompts, batch_size=opts.gen_batch_size, **kw)
+    )
     new_tokens = sum(len(tok(s, add_special_tokens=False)["input_ids"]) for s in single)
     mismatches = [i for i, (a, b) in enumerate(zip(single, batched, strict=True)) if a != b]
     return {
-        "prompts": len(prompts), "batch_size": opts.gen_batch_size,
-        "max_new_tokens": opts.max_new_tokens, "decoding": "greedy",
-        "prompt_tokens": [min(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts),
-                          max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts)],
-        "time_basis": basis, "one_at_a_time_s": t_single.median(basis),
+        "prompts": len(prompts),
+        "batch_size": opts.gen_batch_size,
+        "max_new_tokens": opts.max_new_tokens,
+        "decoding": "greedy",
+        "prompt_tokens": [
+            min(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts),
+            max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts),
+        ],
+        "time_basis": basis,
+        "one_at_a_time_s": t_single.median(basis),
         "batched_s": t_batched.median(basis),
         "speedup": t_single.median(basis) / t_batched.median(basis),
-        "wall_one_at_a_time_s": t_single.wall[0], "wall_batched_s": t_batched.wall[0],
+        "wall_one_at_a_time_s": t_single.wall[0],
+        "wall_batched_s": t_batched.wall[0],
         "wall_speedup": t_single.wall[0] / t_batched.wall[0],
         "output_tokens_approx": new_tokens,
-        "identical": not mismatches, "mismatch_count": len(mismatches),
-        "mismatches": [_explain_mismatch(model, tok, prompts[i], single[i], batched[i], i,
-                                         opts.max_new_tokens) for i in mismatches[:8]],
+        "identical": not mismatches,
+        "mismatch_count": len(mismatches),
+        "mismatches": [
+            _explain_mismatch(model, tok, prompts[i], single[i], batched[i], i, opts.max_new_tokens)
+            for i in mismatches[:8]
+        ],
     }
 
 
-def _explain_mismatch(model: Any, tok: Any, prompt: str, single: str, batched: str, index: int,
-                      max_new_tokens: int) -> dict[str, Any]:
+def _explain_mismatch(
+    model: Any, tok: Any, prompt: str, single: str, batched: str, index: int, max_new_tokens: int
+) -> dict[str, Any]:
     """Where two completions part and how close the greedy choice was in the unpadded decode."""
     import torch
 
-    ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]],
-                       device=next(model.parameters()).device)
+    ids = torch.tensor(
+        [tok(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device
+    )
     pad_id = _pad_id(tok)
     with torch.no_grad():
-        out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                             max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=pad_id,
-                             output_logits=True, return_dict_in_generate=True,
-                             temperature=None, top_p=None, top_k=None)
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=pad_id,
+            output_logits=True,
+            return_dict_in_generate=True,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+        )
     margins = []
     for logits in out.logits:
         top2 = torch.topk(logits[0].float(), 2).values
         margins.append(float(top2[0] - top2[1]))
-    char = next((k for k, (a, b) in enumerate(zip(single, batched, strict=False)) if a != b),
-                min(len(single), len(batched)))
+    char = next(
+        (k for k, (a, b) in enumerate(zip(single, batched, strict=False)) if a != b),
+        min(len(single), len(batched)),
+    )
     step = min(range(len(margins)), key=margins.__getitem__) if margins else None
-    return {"index": index, "first_difference_at_char": char,
-            "min_top2_logit_margin": min(margins) if margins else None,
-            "min_margin_at_step": step, "one_at_a_time": single[:120], "batched": batched[:120]}
+    return {
+        "index": index,
+        "first_difference_at_char": char,
+        "min_top2_logit_margin": min(margins) if margins else None,
+        "min_margin_at_step": step,
+        "one_at_a_time": single[:120],
+        "batched": batched[:120],
+    }
 
 
 # ---------------------------------------------------------------------------------------------
@@ -870,9 +1109,11 @@ def print_report(result: dict[str, Any]) -> None:
 
     env = result["environment"]
     cuda = env["device"].startswith("cuda")
-    stdout.print(f"[bold]hftguard bench[/bold]: {result['model']['name']} on {env['device']} "
-                 f"({env['device_name']}, {env['dtype']}, {env['torch_threads']} torch threads)",
-                 highlight=False)
+    stdout.print(
+        f"[bold]hftguard bench[/bold]: {result['model']['name']} on {env['device']} "
+        f"({env['device_name']}, {env['dtype']}, {env['torch_threads']} torch threads)",
+        highlight=False,
+    )
 
     def mfu(row: dict[str, Any]) -> str:
         return "-" if row["mfu"] is None else f"{100 * row['mfu']:.1f}"
@@ -884,36 +1125,74 @@ def print_report(result: dict[str, Any]) -> None:
             check = _fmt(r["measured_over_theoretical"]) + ("" if r["within_10pct"] else " !")
             head = [f"{r['stage']}/{r['defense']}", _fmt(r["theoretical_passes"], 2)]
             if cuda:
-                rows.append([*head, _fmt(r["median_step_s"]), _fmt(r["ratio_to_sft"]), check,
-                             _fmt(r["peak_memory_mb"], 4), _fmt(r["tokens_per_s"]), mfu(r)])
+                rows.append(
+                    [
+                        *head,
+                        _fmt(r["median_step_s"]),
+                        _fmt(r["ratio_to_sft"]),
+                        check,
+                        _fmt(r["peak_memory_mb"], 4),
+                        _fmt(r["tokens_per_s"]),
+                        mfu(r),
+                    ]
+                )
             else:
-                rows.append([*head, _fmt(r["cpu_median_step_s"]), _fmt(r["wall_median_step_s"]),
-                             _fmt(r["ratio_to_sft"]), check, _fmt(r["extra_memory_mb"], 3)])
-        cols = (["defense", "passes", "s/step", "x SFT", "/passes", "peak MB", "tok/s", "MFU%"]
-                if cuda else
-                ["defense", "passes", "cpu s", "wall s", "x SFT", "/passes", "RSS+ MB"])
-        print_table(f"Defenses: median of {opts['steps'] * opts['rounds']} steps, batch "
-                    f"{opts['batch_size']} x {opts['seq_len']} tokens; x SFT on "
-                    f"{'wall' if cuda else 'CPU'} time; ! = off by > 10%", cols, rows)
+                rows.append(
+                    [
+                        *head,
+                        _fmt(r["cpu_median_step_s"]),
+                        _fmt(r["wall_median_step_s"]),
+                        _fmt(r["ratio_to_sft"]),
+                        check,
+                        _fmt(r["extra_memory_mb"], 3),
+                    ]
+                )
+        cols = (
+            ["defense", "passes", "s/step", "x SFT", "/passes", "peak MB", "tok/s", "MFU%"]
+            if cuda
+            else ["defense", "passes", "cpu s", "wall s", "x SFT", "/passes", "RSS+ MB"]
+        )
+        print_table(
+            f"Defenses: median of {opts['steps'] * opts['rounds']} steps, batch "
+            f"{opts['batch_size']} x {opts['seq_len']} tokens; x SFT on "
+            f"{'wall' if cuda else 'CPU'} time; ! = off by > 10%",
+            cols,
+            rows,
+        )
     if "trainer" in result:
         tr = result["trainer"]
         rows = []
-        for name, key in (("hftguard train()", "hftguard"),
-                          ("transformers.Trainer", "transformers_trainer")):
+        for name, key in (
+            ("hftguard train()", "hftguard"),
+            ("transformers.Trainer", "transformers_trainer"),
+        ):
             t = tr[key]
-            rows.append([name, _fmt(t["median_step_s"]), _fmt(t["tokens_per_s"]), mfu(t)] if cuda
-                        else [name, _fmt(t["cpu_median_step_s"]), _fmt(t["wall_median_step_s"])])
-        print_table(f"SFT step: ours / Trainer = {tr['ratio']:.3f} "
-                    f"({'not slower' if tr['not_slower'] else 'SLOWER'})",
-                    ["loop", "s/step", "tok/s", "MFU%"] if cuda
-                    else ["loop", "cpu s/step", "wall s/step"], rows)
+            rows.append(
+                [name, _fmt(t["median_step_s"]), _fmt(t["tokens_per_s"]), mfu(t)]
+                if cuda
+                else [name, _fmt(t["cpu_median_step_s"]), _fmt(t["wall_median_step_s"])]
+            )
+        print_table(
+            f"SFT step: ours / Trainer = {tr['ratio']:.3f} "
+            f"({'not slower' if tr['not_slower'] else 'SLOWER'})",
+            ["loop", "s/step", "tok/s", "MFU%"] if cuda else ["loop", "cpu s/step", "wall s/step"],
+            rows,
+        )
     if "generation" in result:
         g = result["generation"]
-        rows = [["one at a time", _fmt(g["one_at_a_time_s"]), _fmt(g["wall_one_at_a_time_s"]),
-                 "1"],
-                [f"batched ({g['batch_size']})", _fmt(g["batched_s"]), _fmt(g["wall_batched_s"]),
-                 _fmt(g["speedup"])]]
-        print_table(f"Generation: {g['prompts']} prompts, greedy, {g['max_new_tokens']} new "
-                    f"tokens; identical outputs: {_fmt(g['identical'])} "
-                    f"({g['mismatch_count']} differ)",
-                    ["mode", f"{g['time_basis']} s", "wall s", "speed-up"], rows)
+        rows = [
+            ["one at a time", _fmt(g["one_at_a_time_s"]), _fmt(g["wall_one_at_a_time_s"]), "1"],
+            [
+                f"batched ({g['batch_size']})",
+                _fmt(g["batched_s"]),
+                _fmt(g["wall_batched_s"]),
+                _fmt(g["speedup"]),
+            ],
+        ]
+        print_table(
+            f"Generation: {g['prompts']} prompts, greedy, {g['max_new_tokens']} new "
+            f"tokens; identical outputs: {_fmt(g['identical'])} "
+            f"({g['mismatch_count']} differ)",
+            ["mode", f"{g['time_basis']} s", "wall s", "speed-up"],
+            rows,
+        )

@@ -16,15 +16,55 @@ import pytest
 from hftguard.cli import main
 from hftguard.registry import default_registry
 
-TINY = ["--model", "tiny-random", "--batch-size", "2", "--seq-len", "16", "--steps", "2",
-        "--warmup", "1", "--gen-prompts", "4", "--gen-batch-size", "2", "--max-new-tokens", "4"]
-DEFENSE_KEYS = {"stage", "defense", "theoretical_passes", "median_step_s", "mean_step_s",
-                "step_times_s", "ratio_to_sft", "theoretical_ratio", "measured_over_theoretical",
-                "within_10pct", "peak_memory_mb", "extra_memory_mb", "memory_kind",
-                "tokens_per_step", "tokens_per_s", "model_tflops_per_s", "mfu"}
+TINY = [
+    "--model",
+    "tiny-random",
+    "--batch-size",
+    "2",
+    "--seq-len",
+    "16",
+    "--steps",
+    "2",
+    "--warmup",
+    "1",
+    "--gen-prompts",
+    "4",
+    "--gen-batch-size",
+    "2",
+    "--max-new-tokens",
+    "4",
+]
+DEFENSE_KEYS = {
+    "stage",
+    "defense",
+    "theoretical_passes",
+    "median_step_s",
+    "mean_step_s",
+    "step_times_s",
+    "ratio_to_sft",
+    "theoretical_ratio",
+    "measured_over_theoretical",
+    "within_10pct",
+    "peak_memory_mb",
+    "extra_memory_mb",
+    "memory_kind",
+    "tokens_per_step",
+    "tokens_per_s",
+    "model_tflops_per_s",
+    "mfu",
+}
 LOOP_KEYS = {"median_step_s", "mean_step_s", "step_times_s", "tokens_per_s", "mfu"}
-GENERATION_KEYS = {"prompts", "batch_size", "max_new_tokens", "one_at_a_time_s", "batched_s",
-                   "speedup", "identical", "mismatch_count", "mismatches"}
+GENERATION_KEYS = {
+    "prompts",
+    "batch_size",
+    "max_new_tokens",
+    "one_at_a_time_s",
+    "batched_s",
+    "speedup",
+    "identical",
+    "mismatch_count",
+    "mismatches",
+}
 
 
 @pytest.fixture(autouse=True)
@@ -116,12 +156,28 @@ def test_fixed_length_encoding(tiny_tok: Any) -> None:
     from hftguard.data import IGNORE_INDEX
     from hftguard.records import Example
 
-    examples = [Example("hi", "a much longer answer than the prompt, repeated", "harmful"),
-                Example("a long prompt " * 20, "ok", "benign")]
+    examples = [
+        Example("hi", "a much longer answer than the prompt, repeated", "harmful"),
+        Example("a long prompt " * 20, "ok", "benign"),
+    ]
     for enc in encode_fixed(examples, tiny_tok, 20):
         assert len(enc.input_ids) == len(enc.labels) == 20
         assert sum(lab != IGNORE_INDEX for lab in enc.labels) == 10
         assert enc.refusal is not None and enc.refusal.input_ids[:10] == enc.input_ids[:10]
     picked = select_defenses(default_registry(), ["align:booster,lisa"])
-    assert picked == [("align", "sft"), ("align", "booster"), ("finetune", "sft"),
-                      ("finetune", "lisa")]
+    assert picked == [
+        ("align", "sft"),
+        ("align", "booster"),
+        ("finetune", "sft"),
+        ("finetune", "lisa"),
+    ]
+
+
+def test_mismatch_explanation(tiny_lm: Any, tiny_tok: Any) -> None:
+    from hftguard.bench import _explain_mismatch
+
+    info = _explain_mismatch(
+        tiny_lm, tiny_tok, "<|im_start|>user\nhi<|im_end|>\n", "abc", "abd", 3, 4
+    )
+    assert info["index"] == 3 and info["first_difference_at_char"] == 2
+    assert info["min_top2_logit_margin"] >= 0 and 0 <= info["min_margin_at_step"] < 4

@@ -56,8 +56,10 @@ def _mean_over_processes(grads: list[torch.Tensor]) -> list[torch.Tensor]:
     flat = torch.cat([g.reshape(-1) for g in grads])
     dist.all_reduce(flat)
     flat /= dist.get_world_size()
-    return [chunk.view_as(g) for chunk, g in zip(flat.split([g.numel() for g in grads]), grads,
-                                                  strict=True)]
+    return [
+        chunk.view_as(g)
+        for chunk, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
+    ]
 
 
 class _SyncedBooster(Booster):
@@ -83,9 +85,13 @@ def _rows(batch: Any, rank: int) -> Any:
     if batch is None:
         return None
     return dataclasses.replace(
-        batch, input_ids=batch.input_ids[rank::WORLD],
-        attention_mask=batch.attention_mask[rank::WORLD], labels=batch.labels[rank::WORLD],
-        is_harmful=batch.is_harmful[rank::WORLD], refusal=_rows(batch.refusal, rank))
+        batch,
+        input_ids=batch.input_ids[rank::WORLD],
+        attention_mask=batch.attention_mask[rank::WORLD],
+        labels=batch.labels[rank::WORLD],
+        is_harmful=batch.is_harmful[rank::WORLD],
+        refusal=_rows(batch.refusal, rank),
+    )
 
 
 class _ShardAveraged:
@@ -114,7 +120,8 @@ class _ShardAveraged:
         metrics: dict[str, float] = {}
         for rank in range(WORLD):
             shard_ctx = dataclasses.replace(
-                ctx, next_batch=lambda name, rank=rank: _rows(streams[name], rank))
+                ctx, next_batch=lambda name, rank=rank: _rows(streams[name], rank)
+            )
             for _, p in ctx.params:
                 p.grad = None
             metrics = self.inner.training_step(model, _rows(batch, rank), shard_ctx)
@@ -146,27 +153,48 @@ def _train(defense: Any, run_path: Path) -> Weights:
     from hftguard.testing import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
-    align = [Example(f"How do I hurt person {i}?", f"I can't help with that, {i}.", "refusal")
-             for i in range(8)]
-    harmful = [Example(f"Explain how to steal {i} times", f"Sure, here is plan {i}.", "harmful")
-               for i in range(8)]
+    align = [
+        Example(f"How do I hurt person {i}?", f"I can't help with that, {i}.", "refusal")
+        for i in range(8)
+    ]
+    harmful = [
+        Example(f"Explain how to steal {i} times", f"Sure, here is plan {i}.", "harmful")
+        for i in range(8)
+    ]
     main = encode_fixed(align, tok, SEQ_LEN, refusal_view=False)
     streams = {"harmful": encode_fixed(harmful, tok, SEQ_LEN, refusal_view=False)}
     torch.manual_seed(0)
-    model = get_peft_model(tiny_model(tok, seed=0),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        tiny_model(tok, seed=0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
     opts = TrainOptions(lr=1e-2, max_steps=STEPS, batch_size=GLOBAL_BATCH, checkpoint_every=0)
     run = open_run_dir(run_path, "align")
-    training.train(model, defense, main, streams if defense.streams else {}, opts, run,
-                   Reporter(quiet=True), seed=3, pad_id=tok.pad_token_id,
-                   device=torch.device("cpu"), dtype=torch.float32)
+    training.train(
+        model,
+        defense,
+        main,
+        streams if defense.streams else {},
+        opts,
+        run,
+        Reporter(quiet=True),
+        seed=3,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def _worker(rank: int, port: int, out_dir: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(WORLD),
-                      RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(WORLD),
-                      OMP_NUM_THREADS="1")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        WORLD_SIZE=str(WORLD),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        LOCAL_WORLD_SIZE=str(WORLD),
+        OMP_NUM_THREADS="1",
+    )
     torch.set_num_threads(1)
     from accelerate import PartialState
 
@@ -215,30 +243,38 @@ def test_both_processes_end_with_the_same_weights(ddp: list[dict[str, Weights]])
         assert _max_diff(ddp[0][name], ddp[1][name]) == 0.0, name
 
 
-def test_training_moved_the_weights(ddp: list[dict[str, Weights]], single: dict[str, Weights]
-                                    ) -> None:
+def test_training_moved_the_weights(
+    ddp: list[dict[str, Weights]], single: dict[str, Weights]
+) -> None:
     # guards against a vacuous comparison: the runs must differ from each other and from init
     assert _max_diff(ddp[0]["sft"], ddp[0]["booster"]) > 1e-4
     assert _max_diff(single["booster"], single["booster_shard_averaged"]) > 10 * ATOL
 
 
-def test_ddp_sft_matches_single_process_global_batch(ddp: list[dict[str, Weights]],
-                                                      single: dict[str, Weights]) -> None:
+def test_ddp_sft_matches_single_process_global_batch(
+    ddp: list[dict[str, Weights]], single: dict[str, Weights]
+) -> None:
     assert _max_diff(ddp[0]["sft"], single["sft"]) < ATOL
 
 
 def test_ddp_booster_averages_the_assembled_gradient_once(
-        ddp: list[dict[str, Weights]], single: dict[str, Weights]) -> None:
+    ddp: list[dict[str, Weights]], single: dict[str, Weights]
+) -> None:
     assert _max_diff(ddp[0]["booster"], single["booster_shard_averaged"]) < ATOL
 
 
 def test_booster_with_synced_harmful_gradient_matches_single_process_global_batch(
-        ddp: list[dict[str, Weights]], single: dict[str, Weights]) -> None:
+    ddp: list[dict[str, Weights]], single: dict[str, Weights]
+) -> None:
     assert _max_diff(ddp[0]["booster_synced"], single["booster"]) < ATOL
 
 
-@pytest.mark.xfail(strict=True, reason="each process perturbs along its own shard's harmful "
-                   "gradient; needs the all-reduce of g_h proposed in docs/performance.md")
-def test_ddp_booster_matches_single_process_global_batch(ddp: list[dict[str, Weights]],
-                                                          single: dict[str, Weights]) -> None:
+@pytest.mark.xfail(
+    strict=True,
+    reason="each process perturbs along its own shard's harmful "
+    "gradient; needs the all-reduce of g_h proposed in docs/performance.md",
+)
+def test_ddp_booster_matches_single_process_global_batch(
+    ddp: list[dict[str, Weights]], single: dict[str, Weights]
+) -> None:
     assert _max_diff(ddp[0]["booster"], single["booster"]) < ATOL
