@@ -52,7 +52,7 @@ class TrainOptions:
     lr: float = opt(5e-4, "AdamW learning rate.")
     epochs: float = opt(1.0, "Passes over the main data (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Optimizer steps; 0 = derived from epochs.")
-    batch_size: int = opt(8, "Examples per optimizer step (per process).")
+    batch_size: int = opt(8, "Examples per optimizer step (global batch, split over processes).")
     weight_decay: float = opt(0.1, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Clip the assembled gradient to this global norm; 0 = off.")
     scheduler: Literal["constant", "linear", "cosine"] = opt("constant", "LR schedule.")

@@ -42,6 +42,12 @@ class StepContext:
         reporter: Where to send info and warnings (components never print).
         output_dir: The run directory (for defense-specific artefacts).
         state: Scratch space kept for the run; use ``state_dict`` for what must survive a resume.
+        world_size: Number of data-parallel processes (each holds rows ``rank::world_size`` of
+            every batch; the loop averages the assembled ``.grad`` once per step).
+        all_reduce_mean: ``all_reduce_mean(tensors)`` averages a list of tensors over the
+            processes (identity in one process). For what a defense derives nonlinearly from a
+            gradient inside a step (a perturbation direction, a norm, a weight), which must be
+            global for the step to equal the global-batch step.
     """
 
     step: int
@@ -53,3 +59,5 @@ class StepContext:
     output_dir: Path | None = None
     device: Any = None
     state: dict[str, Any] = field(default_factory=dict)
+    world_size: int = 1
+    all_reduce_mean: Callable[[list[Any]], list[Any]] = field(default=lambda tensors: tensors)

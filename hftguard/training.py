@@ -57,9 +57,15 @@ def token_nll(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def lm_loss(model: Any, batch: Batch) -> torch.Tensor:
-    """Mean cross-entropy over all response tokens of the batch (the HF causal-LM loss)."""
+    """Mean cross-entropy over all response tokens of the batch (the HF causal-LM loss).
+
+    In a data-parallel run the sampler sets ``batch.meta["loss_tokens"]`` to the global batch's
+    response-token count divided by the number of processes: averaging the processes' gradients
+    then gives the global-batch gradient exactly, however the tokens are spread over shards.
+    """
     nll, mask = token_nll(model, batch)
-    return nll.sum() / mask.sum().clamp_min(1)
+    denom = batch.meta.get("loss_tokens")
+    return nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)
 
 
 def sequence_mean_nll(model: Any, batch: Batch) -> torch.Tensor:
@@ -270,17 +276,34 @@ class EpochSampler:
         self._perm: list[int] = []
 
     def batch_indices(self, index: int) -> list[int]:
+        rank, world = self.shard
+        idx = self.global_indices(index)
+        return idx[rank::world] if world > 1 else idx
+
+    def global_indices(self, index: int) -> list[int]:
+        """The indices of the whole global batch ``index`` (every process's rows)."""
         epoch, pos = divmod(index, self.per_epoch)
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
             self._perm = torch.randperm(len(self.items), generator=g).tolist()
             self._perm_epoch = epoch
-        idx = self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
-        rank, world = self.shard
-        return idx[rank::world] if world > 1 else idx
+        return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
 
     def batch(self, index: int, pad_id: int) -> Batch:
-        return collate([self.items[i] for i in self.batch_indices(index)], pad_id)
+        batch = collate([self.items[i] for i in self.batch_indices(index)], pad_id)
+        world = self.shard[1]
+        if world > 1:  # normalise every shard's loss by the global batch's tokens (lm_loss)
+            everyone = [self.items[i] for i in self.global_indices(index)]
+            batch.meta["loss_tokens"] = max(1, _loss_tokens(everyone)) / world
+            if batch.refusal is not None:
+                refusals = [e.refusal for e in everyone if e.refusal is not None]
+                batch.refusal.meta["loss_tokens"] = max(1, _loss_tokens(refusals)) / world
+        return batch
+
+
+def _loss_tokens(items: Sequence[Encoded]) -> int:
+    """The response tokens ``token_nll`` counts (labels shifted by one position)."""
+    return sum(sum(lab != IGNORE_INDEX for lab in e.labels[1:]) for e in items)
 
 
 class Stream:
@@ -432,7 +455,7 @@ def train(
     """Run ``defense.training_step`` for the configured number of steps; return timing figures."""
     from accelerate import PartialState
 
-    state = PartialState()
+    state = PartialState(cpu=device.type == "cpu")  # else a CPU-only host ignores the launch env
     shard = (state.process_index, state.num_processes)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     if not params:
@@ -480,6 +503,8 @@ def train(
         reporter=reporter,
         output_dir=run.path,
         device=device,
+        world_size=shard[1],
+        all_reduce_mean=_mean_over_processes if shard[1] > 1 else _same,
     )
     defense.setup(ctx)
     autocast = (
@@ -564,18 +589,23 @@ def _clip(params: Params, max_norm: float) -> float:
     return global_norm(list(grads))
 
 
-def _all_reduce_grads(params: Params) -> None:
-    """Average the assembled gradient over processes: one collective per step, not per pass."""
+def _same(tensors: Grads) -> Grads:
+    return tensors
+
+
+def _mean_over_processes(tensors: Grads) -> Grads:
+    """Average tensors over processes with one flat all-reduce; returns views of one buffer."""
     import torch.distributed as dist
 
-    world = dist.get_world_size()
-    flat = torch.cat(
-        [(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for _, p in params]
-    )
+    flat = torch.cat([t.reshape(-1) for t in tensors])
     dist.all_reduce(flat)
-    flat /= world
-    offset = 0
-    for _, p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+    flat /= dist.get_world_size()
+    sizes = [t.numel() for t in tensors]
+    return [c.view_as(t) for c, t in zip(flat.split(sizes), tensors, strict=True)]
+
+
+def _all_reduce_grads(params: Params) -> None:
+    """Average the assembled gradient over processes: one collective per step, not per pass."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in params]
+    for (_, p), g in zip(params, _mean_over_processes(grads), strict=True):
+        p.grad = g

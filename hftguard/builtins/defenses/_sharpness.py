@@ -70,6 +70,7 @@ def harmful_sharpness(model: Any, harmful: Any, ctx: StepContext, alpha: float,
     Costs 2 + len(extra) forward/backward passes. Parameters are restored exactly on return.
     """
     h, g_h = fp32_grads(model, harmful, ctx)
+    g_h = ctx.all_reduce_mean(g_h)  # data parallel: one theta' for every process (global g_h)
     norm = global_norm(g_h)
     scale = -alpha / (norm + NORM_EPS)
     extras: dict[str, tuple[float, Grads]] = {}

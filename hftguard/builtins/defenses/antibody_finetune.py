@@ -69,7 +69,10 @@ class AntibodyFinetune(FinetuneDefense):
     Config = AntibodyFinetuneOptions
     paper = "Nguyen et al., Antibody, ICLR 2026, arXiv 2603.00498 (algorithms.md §6)"
     refusal_view = True
-    passes = 1.7  # 2 no-grad forwards (as one 2B forward) + 1 F/B ≈ 1.7× SFT (§14.2)
+    # §14.2 says ≈1.7× assuming backward = 2 forwards; under LoRA the frozen base weights need no
+    # weight gradients, so backward ≈ 1 forward and (2F scoring + F + B) / (F + B) ≈ 2.0 (measured
+    # 1.99× by `hftguard bench`).
+    passes = 2.0
 
     config: AntibodyFinetuneOptions
 
