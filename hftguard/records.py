@@ -36,8 +36,13 @@ class Example:
         return Example(self.prompt, response, kind or self.kind, self.input, dict(self.meta))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "input": self.input, "response": self.response,
-                "kind": self.kind, "meta": self.meta}
+        return {
+            "prompt": self.prompt,
+            "input": self.input,
+            "response": self.response,
+            "kind": self.kind,
+            "meta": self.meta,
+        }
 
 
 Label = Literal["refusal", "compliance", "degenerate"]

@@ -52,8 +52,12 @@ def lora_model(tok: Any, seed: int = 0) -> Any:
 
     base = tiny_model(tok, seed=seed)
     torch.manual_seed(seed + 1)
-    model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                            target_modules=["q_proj", "k_proj", "v_proj"]))
+    model = get_peft_model(
+        base,
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"]
+        ),
+    )
     with torch.no_grad():
         for _, p in trainable(model):
             p.add_(0.2 * torch.randn_like(p))
@@ -67,8 +71,10 @@ def trainable(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
 
 def examples(kind: str, start: int = 0, n: int = 4) -> list[Example]:
     answer = {"refusal": REFUSAL, "harmful": HARMFUL}[kind]
-    return [Example(PROMPTS[(start + i) % len(PROMPTS)], f"{answer} ({i})", kind)  # type: ignore[arg-type]
-            for i in range(n)]
+    return [
+        Example(PROMPTS[(start + i) % len(PROMPTS)], f"{answer} ({i})", kind)  # type: ignore[arg-type]
+        for i in range(n)
+    ]
 
 
 def encoded(tok: Any, kind: str, start: int = 0, n: int = 4, refusal_view: bool = True) -> list:
@@ -81,12 +87,18 @@ def batch(tok: Any, kind: str, start: int = 0, n: int = 4, refusal_view: bool = 
 
 def fake_ctx(model: Any, harmful: Batch | None = None, step: int = 0) -> StepContext:
     """A StepContext whose ``next_batch`` always returns the same harmful batch."""
+
     def next_batch(name: str) -> Batch:
         assert name == "harmful" and harmful is not None, name
         return harmful
 
-    return StepContext(step=step, total_steps=10, params=trainable(model), next_batch=next_batch,
-                       loss_fn=training.lm_loss)
+    return StepContext(
+        step=step,
+        total_steps=10,
+        params=trainable(model),
+        next_batch=next_batch,
+        loss_fn=training.lm_loss,
+    )
 
 
 def hf_loss(model: Any, b: Batch) -> torch.Tensor:
@@ -145,8 +157,18 @@ def train_two_steps(tmp_path: Any, tok: Any, defense: Any, with_harmful: bool) -
     streams = {"harmful": encoded(tok, "harmful", 0, 6, refusal_view)} if with_harmful else {}
     run = open_run_dir(tmp_path / defense.name, "align")
     run.update_manifest(stage="align", status="running")
-    training.train(model, defense, main, streams, TrainOptions(lr=1e-3, max_steps=2, batch_size=3),
-                   run, Reporter(quiet=True), seed=1, pad_id=tok.pad_token_id,
-                   device=torch.device("cpu"), dtype=torch.float32)
+    training.train(
+        model,
+        defense,
+        main,
+        streams,
+        TrainOptions(lr=1e-3, max_steps=2, batch_size=3),
+        run,
+        Reporter(quiet=True),
+        seed=1,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     lines = (run.path / "train_log.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]

@@ -26,9 +26,12 @@ def lora_model(tok: Any, seed: int = 0) -> Any:
 
     from hftguard.testing import tiny_model
 
-    model = get_peft_model(tiny_model(tok, seed=seed),
-                           LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0,
-                                      target_modules=["q_proj", "k_proj", "v_proj"]))
+    model = get_peft_model(
+        tiny_model(tok, seed=seed),
+        LoraConfig(
+            r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "k_proj", "v_proj"]
+        ),
+    )
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -72,15 +75,25 @@ def batch_of(tok: Any, encoded: Sequence[Encoded]) -> Batch:
     return collate(list(encoded), tok.pad_token_id)
 
 
-def context(model: Any, step: int = 0, total_steps: int = 10,
-            next_batch: Callable[[str], Any] | None = None,
-            output_dir: Path | None = None) -> StepContext:
+def context(
+    model: Any,
+    step: int = 0,
+    total_steps: int = 10,
+    next_batch: Callable[[str], Any] | None = None,
+    output_dir: Path | None = None,
+) -> StepContext:
     def no_stream(name: str) -> Any:
         raise AssertionError(f"unexpected stream {name!r}")
 
-    return StepContext(step=step, total_steps=total_steps, params=trainable(model),
-                       next_batch=next_batch or no_stream, loss_fn=lm_loss,
-                       output_dir=output_dir, device=torch.device("cpu"))
+    return StepContext(
+        step=step,
+        total_steps=total_steps,
+        params=trainable(model),
+        next_batch=next_batch or no_stream,
+        loss_fn=lm_loss,
+        output_dir=output_dir,
+        device=torch.device("cpu"),
+    )
 
 
 def example_nll(model: Any, enc: Encoded) -> tuple[torch.Tensor, int]:

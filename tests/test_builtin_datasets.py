@@ -49,7 +49,14 @@ def test_registration_metadata() -> None:
         assert re.fullmatch(r"[a-z]+(-[a-z]+)*", cls.name), cls.name
         assert isinstance(cls.version, str) and cls.version
         assert cls.summary() and cls.source
-        assert cls.role in {"alignment", "harmful", "task", "harmful-eval", "benign-eval", "instructions"}
+        assert cls.role in {
+            "alignment",
+            "harmful",
+            "task",
+            "harmful-eval",
+            "benign-eval",
+            "instructions",
+        }
 
 
 @pytest.mark.parametrize(

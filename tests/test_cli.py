@@ -110,9 +110,7 @@ def test_no_arguments_shows_help(cli: Run) -> None:
     ],
     ids=["align-defense", "finetune-defense", "judge", "eval-task", "finetune-task"],
 )
-def test_unknown_component_did_you_mean(
-    cli: Run, args: tuple[str, ...], suggestion: str
-) -> None:
+def test_unknown_component_did_you_mean(cli: Run, args: tuple[str, ...], suggestion: str) -> None:
     result = cli(*args, "--out", "out")
     assert_error(result, 2, "Error:", f"Did you mean '{suggestion}'?", "Hint:")
 
@@ -143,14 +141,14 @@ def test_config_file_is_a_directory(cli: Run, tmp_path: Path) -> None:
 
 def test_bad_toml(cli: Run, tmp_path: Path) -> None:
     write(tmp_path / "bad.toml", 'model = "tiny-random"\nseed = \n')
-    assert_error(cli(*ALIGN, "--config", "bad.toml", "--out", "o"), 2, "bad.toml", "TOML",
-                 "line 2")
+    assert_error(cli(*ALIGN, "--config", "bad.toml", "--out", "o"), 2, "bad.toml", "TOML", "line 2")
 
 
 def test_unknown_config_key(cli: Run, tmp_path: Path) -> None:
     write(tmp_path / "c.toml", "samplez = 3\n")
-    assert_error(cli(*ALIGN, "--config", "c.toml", "--out", "o"), 2, "samplez",
-                 "Did you mean 'samples'?")
+    assert_error(
+        cli(*ALIGN, "--config", "c.toml", "--out", "o"), 2, "samplez", "Did you mean 'samples'?"
+    )
 
 
 def test_unknown_nested_config_key(cli: Run, tmp_path: Path) -> None:
@@ -172,8 +170,9 @@ def test_set_without_equals(cli: Run) -> None:
 
 
 def test_literal_value_not_allowed(cli: Run) -> None:
-    assert_error(cli(*ALIGN, "--set", "template=chatml", "--out", "o"), 2, "template",
-                 "Did you mean 'chat'?")
+    assert_error(
+        cli(*ALIGN, "--set", "template=chatml", "--out", "o"), 2, "template", "Did you mean 'chat'?"
+    )
 
 
 @pytest.mark.parametrize(
@@ -218,8 +217,9 @@ def test_run_with_missing_config(cli: Run) -> None:
 
 def test_run_with_unknown_section_key(cli: Run, tmp_path: Path) -> None:
     write(tmp_path / "c.toml", "[finetune]\nharmfull_ratio = 0.2\n")
-    assert_error(cli("run", "c.toml", "--out", "o"), 2, "harmfull_ratio",
-                 "Did you mean 'harmful_ratio'?")
+    assert_error(
+        cli("run", "c.toml", "--out", "o"), 2, "harmfull_ratio", "Did you mean 'harmful_ratio'?"
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -242,8 +242,7 @@ def test_overwrite_refuses_a_foreign_directory(cli: Run, tmp_path: Path) -> None
 
 
 def test_resume_and_overwrite_together(cli: Run) -> None:
-    assert_error(cli(*ALIGN, "--out", "o", "--resume", "--overwrite"), 2, "--resume",
-                 "--overwrite")
+    assert_error(cli(*ALIGN, "--out", "o", "--resume", "--overwrite"), 2, "--resume", "--overwrite")
 
 
 def test_resume_with_changed_config(cli: Run, tmp_path: Path) -> None:
@@ -252,8 +251,10 @@ def test_resume_with_changed_config(cli: Run, tmp_path: Path) -> None:
     run_dir = tmp_path / "o"
     run_dir.mkdir()
     old = cfgmod.as_dict(cfgmod.AlignConfig(model="tiny-random", seed=1))
-    write(run_dir / "manifest.json", json.dumps({"stage": "align", "status": "running",
-                                                 "config": old}))
+    write(
+        run_dir / "manifest.json",
+        json.dumps({"stage": "align", "status": "running", "config": old}),
+    )
     result = cli(*ALIGN, "--seed", "2", "--out", "o", "--resume")
     assert_error(result, 2, "Cannot resume", "seed", "--overwrite")
 
@@ -271,8 +272,9 @@ def test_resume_a_run_of_another_stage(cli: Run, tmp_path: Path) -> None:
 
 def test_model_path_that_does_not_exist(cli: Run, tmp_path: Path) -> None:
     missing = tmp_path / "models" / "no-such-model"
-    result = cli("align", "--model", str(missing), "--max-steps", "1", "--samples", "4",
-                 "--out", "o")
+    result = cli(
+        "align", "--model", str(missing), "--max-steps", "1", "--samples", "4", "--out", "o"
+    )
     assert_error(result, int(ExitCode.USAGE), str(missing), "Hint:")
 
 
@@ -284,10 +286,12 @@ def test_model_directory_without_config(cli: Run, tmp_path: Path) -> None:
 
 def test_previous_run_that_did_not_finish(cli: Run, tmp_path: Path) -> None:
     (tmp_path / "aligned").mkdir()
-    write(tmp_path / "aligned" / "manifest.json", json.dumps({"stage": "align",
-                                                              "status": "failed"}))
-    result = cli("attack-finetune", "--model", "aligned", "--max-steps", "1", "-n", "4",
-                 "--out", "o")
+    write(
+        tmp_path / "aligned" / "manifest.json", json.dumps({"stage": "align", "status": "failed"})
+    )
+    result = cli(
+        "attack-finetune", "--model", "aligned", "--max-steps", "1", "-n", "4", "--out", "o"
+    )
     assert_error(result, int(ExitCode.USAGE), "aligned", "status: failed", "--resume")
 
 
@@ -344,15 +348,17 @@ def test_broken_plugin_does_not_break_other_commands(broken_plugin: Run, tmp_pat
 
 
 def test_broken_plugin_requested_by_name(broken_plugin: Run) -> None:
-    result = broken_plugin("eval", "--model", "tiny-random", "--judge", "broken-judge",
-                           "--out", "o")
+    result = broken_plugin(
+        "eval", "--model", "tiny-random", "--judge", "broken-judge", "--out", "o"
+    )
     assert result.code != 0
     assert_error(result, result.code, "Unknown judge 'broken-judge'", "broken")
 
 
 def test_broken_plugin_requested_by_name_exits_3(broken_plugin: Run) -> None:
-    result = broken_plugin("eval", "--model", "tiny-random", "--judge", "broken-judge",
-                           "--out", "o")
+    result = broken_plugin(
+        "eval", "--model", "tiny-random", "--judge", "broken-judge", "--out", "o"
+    )
     assert_error(result, int(ExitCode.PLUGIN), "broken")
 
 
@@ -374,9 +380,7 @@ def test_debug_shows_the_traceback(cli: Run, monkeypatch: pytest.MonkeyPatch) ->
     assert "ConfigError" in result.err
 
 
-def test_interrupt_exits_130_with_a_resume_hint(
-    cli: Run, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_interrupt_exits_130_with_a_resume_hint(cli: Run, monkeypatch: pytest.MonkeyPatch) -> None:
     from hftguard.pipeline import align
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
@@ -423,24 +427,59 @@ METRIC_KEYS = {"harmful_score", "finetune_accuracy", "over_refusal_rate", "degen
 def test_whole_cli_on_tiny_random(cli: Run, tmp_path: Path) -> None:
     common = ("--batch-size", "2", "--quiet")
     # retain="" skips self-distilling benign answers (generation), which only costs time here.
-    result = cli("align", "--model", "tiny-random", "--max-steps", "2", "--samples", "8",
-                 "--set", "retain=", *common, "--out", "aligned")
+    result = cli(
+        "align",
+        "--model",
+        "tiny-random",
+        "--max-steps",
+        "2",
+        "--samples",
+        "8",
+        "--set",
+        "retain=",
+        *common,
+        "--out",
+        "aligned",
+    )
     assert result.code == 0, result.err
     assert "Done" in result.out
     manifest = json.loads((tmp_path / "aligned" / "manifest.json").read_text())
     assert manifest["status"] == "completed"
     assert manifest["training"]["steps"] == 2
 
-    result = cli("attack-finetune", "--model", "aligned", "--max-steps", "2", "-n", "20",
-                 *common, "--out", "attacked")
+    result = cli(
+        "attack-finetune",
+        "--model",
+        "aligned",
+        "--max-steps",
+        "2",
+        "-n",
+        "20",
+        *common,
+        "--out",
+        "attacked",
+    )
     assert result.code == 0, result.err
     assert json.loads((tmp_path / "attacked" / "manifest.json").read_text())["status"] == (
         "completed"
     )
 
-    result = cli("eval", "--model", "attacked", "--harmful-samples", "4", "--set",
-                 "task_samples=4", "--set", "benign_samples=4", "--max-new-tokens", "4",
-                 "--json", "--out", "eval")
+    result = cli(
+        "eval",
+        "--model",
+        "attacked",
+        "--harmful-samples",
+        "4",
+        "--set",
+        "task_samples=4",
+        "--set",
+        "benign_samples=4",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "--out",
+        "eval",
+    )
     assert result.code == 0, result.err
     metrics = json.loads(result.out)
     assert set(metrics) >= METRIC_KEYS
@@ -451,9 +490,23 @@ def test_whole_cli_on_tiny_random(cli: Run, tmp_path: Path) -> None:
 
     # The finished run is not silently redone, and resuming it is a no-op.
     assert cli("eval", "--model", "attacked", "--out", "eval").code == 2
-    result = cli("eval", "--model", "attacked", "--harmful-samples", "4", "--set",
-                 "task_samples=4", "--set", "benign_samples=4", "--max-new-tokens", "4",
-                 "--json", "--out", "eval", "--resume")
+    result = cli(
+        "eval",
+        "--model",
+        "attacked",
+        "--harmful-samples",
+        "4",
+        "--set",
+        "task_samples=4",
+        "--set",
+        "benign_samples=4",
+        "--max-new-tokens",
+        "4",
+        "--json",
+        "--out",
+        "eval",
+        "--resume",
+    )
     assert result.code == 0, result.err
     assert json.loads(result.out) == metrics
 

@@ -18,8 +18,14 @@ COMMON = ("--config", "--set", "--seed", "--resume", "--overwrite", "--out", "--
 REQUIRED: dict[str, tuple[str, ...]] = {
     "align": ("--model", "--defense", "--data", "--max-steps", *COMMON),
     "attack-finetune": (
-        "--model", "--defense", "--task", "--harmful", "--harmful-ratio", "--samples",
-        "--max-steps", *COMMON,
+        "--model",
+        "--defense",
+        "--task",
+        "--harmful",
+        "--harmful-ratio",
+        "--samples",
+        "--max-steps",
+        *COMMON,
     ),
     "eval": ("--model", "--judge", "--task", "--harmful-samples", "--max-new-tokens", *COMMON),
     "run": ("--out", "--set", "--seed", "--overwrite", "config_file"),

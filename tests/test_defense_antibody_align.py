@@ -38,6 +38,7 @@ from hftguard.errors import ConfigError, HftguardError
 
 T = torch.tensor
 
+
 @pytest.fixture(autouse=True, scope="module")
 def _single_thread():
     with one_thread():
@@ -58,6 +59,7 @@ def _pieces(model, a, h, alpha):
 
 
 # ---- lambda_t on hand-made vectors -------------------------------------------------------------
+
 
 def test_raw_lambda_each_mode_by_hand():
     # two tensors, so the inner product and norms must be global (§1.2)
@@ -112,6 +114,7 @@ def test_ema_inside_training_step_over_three_steps(tiny_tok):
 
 # ---- the full gradient ---------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("mode", ["cosine", "kkt"])
 def test_gradient_matches_plain_autograd(tiny_tok, mode):
     model = lora_model(tiny_tok)
@@ -133,7 +136,8 @@ def test_gradient_matches_plain_autograd(tiny_tok, mode):
     assert metrics["norm_diff"] == pytest.approx(norm(d), rel=1e-4)
     assert metrics["norm_final"] == pytest.approx(norm(expected), rel=1e-4)
     assert metrics["cos_safe_harmful"] == pytest.approx(
-        inner(g_a, g_h) / (norm(g_a) * norm(g_h)), rel=1e-4, abs=1e-6)
+        inner(g_a, g_h) / (norm(g_a) * norm(g_h)), rel=1e-4, abs=1e-6
+    )
     assert all(math.isfinite(v) for v in metrics.values())
 
 
@@ -154,8 +158,9 @@ def test_signs_of_alpha_lambda_and_refusal(tiny_tok):
 def test_constant_mode_without_refusal_or_ema_is_booster(tiny_tok):
     a, h = batch(tiny_tok, "refusal", 0), batch(tiny_tok, "harmful", 2)
     m1, m2 = lora_model(tiny_tok), lora_model(tiny_tok)
-    cfg = AntibodyAlignConfig(lambda_mode="constant", eta=7.0, lambda_refusal=0.0, ema=0.0,
-                              alpha=0.2)
+    cfg = AntibodyAlignConfig(
+        lambda_mode="constant", eta=7.0, lambda_refusal=0.0, ema=0.0, alpha=0.2
+    )
     AntibodyAlign(cfg).training_step(m1, a, fake_ctx(m1, h))
     Booster(BoosterConfig(lam=7.0, alpha=0.2)).training_step(m2, a, fake_ctx(m2, h))
     for x, y in zip(written_grads(m1), written_grads(m2), strict=True):
@@ -180,6 +185,7 @@ def test_missing_refusal_view_is_a_clear_error(tiny_tok):
 
 
 # ---- state, config, registration, loop ----------------------------------------------------------
+
 
 def test_state_dict_round_trip(tiny_tok):
     model = lora_model(tiny_tok)
@@ -214,10 +220,19 @@ def test_ema_survives_checkpoint_resume(tmp_path, tiny_tok):
         if not resume:
             rd.update_manifest(stage="align", status="running")
         opts = TrainOptions(lr=1e-3, max_steps=4, batch_size=3, checkpoint_every=2)
-        training.train(model, defense, encoded(tiny_tok, "refusal", 0, 6),
-                       {"harmful": encoded(tiny_tok, "harmful", 0, 6)}, opts, rd,
-                       Reporter(quiet=True), seed=1, pad_id=tiny_tok.pad_token_id,
-                       device=torch.device("cpu"), dtype=torch.float32)
+        training.train(
+            model,
+            defense,
+            encoded(tiny_tok, "refusal", 0, 6),
+            {"harmful": encoded(tiny_tok, "harmful", 0, 6)},
+            opts,
+            rd,
+            Reporter(quiet=True),
+            seed=1,
+            pad_id=tiny_tok.pad_token_id,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
         lines = (rd.path / "train_log.jsonl").read_text().splitlines()
         return [json.loads(x)["lambda"] for x in lines]
 
@@ -236,7 +251,12 @@ def test_lambda_mode_is_validated_with_a_hint():
         AntibodyAlignConfig(ema=1.0)
     cfg = build(AntibodyAlignConfig, {"lambda_mode": "kkt", "eta": 2})
     assert (cfg.alpha, cfg.eta, cfg.ema, cfg.lambda_refusal, cfg.lambda_max) == (
-        0.1, 2.0, 0.99, 0.05, 50.0)
+        0.1,
+        2.0,
+        0.99,
+        0.05,
+        50.0,
+    )
 
 
 def test_registered_and_declared(registry):

@@ -73,8 +73,10 @@ def test_weights_match_hand_computation_and_are_logged(tmp_path, tiny_tok):
     assert [row["index"] for row in rows] == list(range(len(enc)))
     assert [row["is_harmful"] for row in rows] == [e.is_harmful for e in enc]
     assert all(row["step"] == 0 for row in rows)
-    got = {k: torch.tensor([row[k] for row in rows], dtype=torch.float64)
-           for k in ("score", "weight", "task_nll", "refusal_nll")}
+    got = {
+        k: torch.tensor([row[k] for row in rows], dtype=torch.float64)
+        for k in ("score", "weight", "task_nll", "refusal_nll")
+    }
     torch.testing.assert_close(got["task_nll"], task, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got["refusal_nll"], refusal, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got["score"], r, rtol=1e-5, atol=1e-5)
@@ -85,7 +87,8 @@ def test_weights_match_hand_computation_and_are_logged(tmp_path, tiny_tok):
     assert metrics["weight_benign_avg"] == pytest.approx(float(w[~harm].mean()), rel=1e-4)
     assert metrics["harmful_weight_mass"] == pytest.approx(float(w[harm].sum()), rel=1e-4)
     assert metrics["harmful_weight_mass_ratio"] == pytest.approx(
-        float(w[harm].sum()) / (int(harm.sum()) / len(enc)), rel=1e-4)
+        float(w[harm].sum()) / (int(harm.sum()) / len(enc)), rel=1e-4
+    )
     assert metrics["ess"] == pytest.approx(float(1 / (w**2).sum()), rel=1e-4)
     assert metrics["max_weight"] == pytest.approx(float(w.max()), rel=1e-4)
     assert metrics["score_harmful_avg"] == pytest.approx(float(r[harm].mean()), abs=1e-4)
@@ -124,7 +127,8 @@ def test_uniform_scores_give_the_plain_token_mean_loss(tiny_tok):
 def test_temperature_scales_the_scores(tmp_path, tiny_tok, tau):
     model, enc, batch = _setup(tiny_tok)
     AntibodyFinetune(AntibodyFinetuneOptions(tau=tau)).training_step(
-        model, batch, context(model, output_dir=tmp_path))
+        model, batch, context(model, output_dir=tmp_path)
+    )
     got = grads(model)
     rows = _read_log(tmp_path / "antibody_weights.jsonl")
     r = torch.tensor([row["score"] for row in rows], dtype=torch.float64)
@@ -168,7 +172,10 @@ def test_scoring_is_one_no_grad_forward_then_one_grad_forward(tiny_tok):
     calls: list[tuple[bool, int]] = []
     handle = model.register_forward_hook(
         lambda _m, args, kwargs, _out: calls.append(
-            (torch.is_grad_enabled(), kwargs["input_ids"].shape[0])), with_kwargs=True)
+            (torch.is_grad_enabled(), kwargs["input_ids"].shape[0])
+        ),
+        with_kwargs=True,
+    )
     try:
         AntibodyFinetune().training_step(model, batch, context(model))
     finally:
@@ -180,7 +187,8 @@ def test_metrics_omit_an_empty_group_and_stay_finite(tiny_tok):
     model = lora_model(tiny_tok)
     batch = batch_of(tiny_tok, encode(tiny_tok, user_examples(0, 4)))
     metrics = AntibodyFinetune(AntibodyFinetuneOptions(log_samples=False)).training_step(
-        model, batch, context(model))
+        model, batch, context(model)
+    )
     assert "weight_harmful_avg" not in metrics and "score_harmful_avg" not in metrics
     assert "harmful_weight_mass_ratio" not in metrics
     assert metrics["harmful_weight_mass"] == 0.0
@@ -207,8 +215,9 @@ def test_refusal_aligned_model_gives_harmful_samples_less_weight(tiny_tok):
     # would) answers for benign task prompts; disjoint from the user data scored below.
     refusals = list(SafetyRefusals().load("train", DataContext()))[:64]
     task = list(Sentiment().load("train", DataContext()))[-64:]
-    data = encode(tiny_tok, [x for pair in zip(refusals, task, strict=True) for x in pair],
-                  refusal_view=False)
+    data = encode(
+        tiny_tok, [x for pair in zip(refusals, task, strict=True) for x in pair], refusal_view=False
+    )
     model = tiny_model(tiny_tok, seed=0)
     optim = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
     for step in range(30):
@@ -220,7 +229,8 @@ def test_refusal_aligned_model_gives_harmful_samples_less_weight(tiny_tok):
 
     user = batch_of(tiny_tok, encode(tiny_tok, user_examples(8, 8)))  # held-out harmful prompts
     metrics = AntibodyFinetune(AntibodyFinetuneOptions(log_samples=False)).training_step(
-        model, user, context(model))
+        model, user, context(model)
+    )
     assert metrics["score_harmful_avg"] < 0 < metrics["score_benign_avg"]
     assert metrics["weight_harmful_avg"] < metrics["weight_benign_avg"]
     assert metrics["harmful_weight_mass_ratio"] < 0.5
@@ -237,10 +247,19 @@ def test_two_steps_through_the_training_loop(tmp_path, tiny_tok):
     model = lora_model(tiny_tok)
     run = open_run_dir(tmp_path / "ft", "finetune")
     opts = TrainOptions(lr=1e-3, max_steps=2, batch_size=4, max_length=MAX_LEN)
-    result = training.train(model, AntibodyFinetune(), encode(tiny_tok, user_examples(3, 5)), {},
-                            opts, run, Reporter(quiet=True), seed=0,
-                            pad_id=tiny_tok.pad_token_id, device=torch.device("cpu"),
-                            dtype=torch.float32)
+    result = training.train(
+        model,
+        AntibodyFinetune(),
+        encode(tiny_tok, user_examples(3, 5)),
+        {},
+        opts,
+        run,
+        Reporter(quiet=True),
+        seed=0,
+        pad_id=tiny_tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     assert result.steps == 2 and math.isfinite(result.final_loss)
     log = _read_log(run.path / "train_log.jsonl")
     assert [row["step"] for row in log] == [0, 1]
@@ -272,11 +291,22 @@ def test_resume_keeps_one_weight_line_per_sample_and_step(tmp_path, tiny_tok):
         run_dir = open_run_dir(tmp_path / "ft", "finetune", resume=resume)
         if not resume:
             run_dir.update_manifest(stage="finetune", status="running")
-        opts = TrainOptions(lr=1e-3, max_steps=5, batch_size=4, max_length=MAX_LEN,
-                            checkpoint_every=2)
-        training.train(lora_model(tiny_tok), defense, main, {}, opts, run_dir,
-                       Reporter(quiet=True), seed=0, pad_id=tiny_tok.pad_token_id,
-                       device=torch.device("cpu"), dtype=torch.float32)
+        opts = TrainOptions(
+            lr=1e-3, max_steps=5, batch_size=4, max_length=MAX_LEN, checkpoint_every=2
+        )
+        training.train(
+            lora_model(tiny_tok),
+            defense,
+            main,
+            {},
+            opts,
+            run_dir,
+            Reporter(quiet=True),
+            seed=0,
+            pad_id=tiny_tok.pad_token_id,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
 
     with pytest.raises(KeyboardInterrupt):
         run(_CrashAt3())  # steps 0-2 logged, checkpoint after step 1

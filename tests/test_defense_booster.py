@@ -51,8 +51,9 @@ def test_gradient_matches_plain_autograd(tiny_tok, lam, alpha):
     model = lora_model(tiny_tok)
     a, h = batch(tiny_tok, "refusal", 0), batch(tiny_tok, "harmful", 2)
     expected, _, g_h, _, (h0, h1) = _expected(model, a, h, lam, alpha)
-    metrics = Booster(BoosterConfig(lam=lam, alpha=alpha)).training_step(model, a,
-                                                                         fake_ctx(model, h))
+    metrics = Booster(BoosterConfig(lam=lam, alpha=alpha)).training_step(
+        model, a, fake_ctx(model, h)
+    )
     assert_grads_close(written_grads(model), expected)
     assert metrics["harmful_grad_norm"] == pytest.approx(norm(g_h), rel=1e-5)
     assert metrics["harmful_loss"] == pytest.approx(h0, rel=1e-5)
@@ -105,6 +106,11 @@ def test_two_steps_through_the_loop(tmp_path, tiny_tok):
     records = train_two_steps(tmp_path, tiny_tok, Booster(), with_harmful=True)
     assert [r["step"] for r in records] == [0, 1]
     for r in records:
-        for key in ("loss", "harmful_loss", "harmful_loss_perturbed", "loss_change",
-                    "harmful_grad_norm"):
+        for key in (
+            "loss",
+            "harmful_loss",
+            "harmful_loss_perturbed",
+            "loss_change",
+            "harmful_grad_norm",
+        ):
             assert math.isfinite(r[key]), key

@@ -27,8 +27,10 @@ from hftguard.records import Example
 
 
 def _alignment_encoded(tok, n=8):
-    exs = [Example(f"How do I hurt someone, case {i}?", "I cannot help with that.", "refusal")
-           for i in range(n)]
+    exs = [
+        Example(f"How do I hurt someone, case {i}?", "I cannot help with that.", "refusal")
+        for i in range(n)
+    ]
     return encode(tok, exs, refusal_view=False)
 
 
@@ -137,14 +139,16 @@ def _hand_loss_grads(model, batch, anchor, rho):
 @pytest.mark.parametrize("state_steps", [1, 3])  # step 1: alignment state; step 3: fine-tune
 def test_proximal_gradient_matches_autograd(tiny_tok, state_steps):
     rho = 0.7
-    defense, model, user, stream = _setup(tiny_tok, k_align=2, k_finetune=3, rho=rho,
-                                          proximal_warmup=0.0)
+    defense, model, user, stream = _setup(
+        tiny_tok, k_align=2, k_finetune=3, rho=rho, proximal_warmup=0.0
+    )
     _run_steps(defense, model, user, stream, state_steps)  # move θ away from the anchors
     anchor = dict(defense._anchor())  # no switch happens at this step
     zero_grads(model)
     before = stream.position
-    metrics = defense.training_step(model, user, context(model, step=state_steps,
-                                                         total_steps=12, next_batch=stream))
+    metrics = defense.training_step(
+        model, user, context(model, step=state_steps, total_steps=12, next_batch=stream)
+    )
     got = grads(model)
     batch = user
     if stream.position > before:  # alignment state: the same alignment batch again
@@ -162,8 +166,9 @@ def test_proximal_gradient_matches_autograd(tiny_tok, state_steps):
 def test_no_proximal_term_before_warmup(tiny_tok):
     from hftguard.training import lm_loss
 
-    defense, model, user, stream = _setup(tiny_tok, k_align=0, k_finetune=100, rho=5.0,
-                                          proximal_warmup=0.5)
+    defense, model, user, stream = _setup(
+        tiny_tok, k_align=0, k_finetune=100, rho=5.0, proximal_warmup=0.5
+    )
     _run_steps(defense, model, user, stream, 2, total=10)  # θ ≠ anchor from now on
     for step, expect_prox in ((4, False), (5, True)):  # warm-up ends at 0.5 × 10 steps
         zero_grads(model)
@@ -230,10 +235,18 @@ def test_two_steps_through_the_training_loop(tmp_path, tiny_tok):
     run = open_run_dir(tmp_path / "ft", "finetune")
     opts = TrainOptions(lr=1e-3, max_steps=2, batch_size=4, max_length=MAX_LEN)
     result = training.train(
-        model, Lisa(LisaOptions(k_align=1, k_finetune=1, rho=0.01, proximal_warmup=0.0)),
+        model,
+        Lisa(LisaOptions(k_align=1, k_finetune=1, rho=0.01, proximal_warmup=0.0)),
         encode(tiny_tok, user_examples(2, 6), refusal_view=False),
-        {"alignment": _alignment_encoded(tiny_tok)}, opts, run, Reporter(quiet=True), seed=0,
-        pad_id=tiny_tok.pad_token_id, device=torch.device("cpu"), dtype=torch.float32)
+        {"alignment": _alignment_encoded(tiny_tok)},
+        opts,
+        run,
+        Reporter(quiet=True),
+        seed=0,
+        pad_id=tiny_tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
     assert result.steps == 2 and math.isfinite(result.final_loss)
     log = [json.loads(line) for line in (run.path / "train_log.jsonl").read_text().splitlines()]
     assert [row["state"] for row in log] == [0, 1]
@@ -262,11 +275,22 @@ def test_interrupted_run_resumes_identically_through_the_loop(tmp_path, tiny_tok
         run_dir = open_run_dir(tmp_path / name, "finetune", resume=resume)
         if not resume:
             run_dir.update_manifest(stage="finetune", status="running")
-        train_opts = TrainOptions(lr=1e-2, max_steps=6, batch_size=4, max_length=MAX_LEN,
-                                  checkpoint_every=2)
-        training.train(model, defense, main, align, train_opts, run_dir, Reporter(quiet=True),
-                       seed=1, pad_id=tiny_tok.pad_token_id, device=torch.device("cpu"),
-                       dtype=torch.float32)
+        train_opts = TrainOptions(
+            lr=1e-2, max_steps=6, batch_size=4, max_length=MAX_LEN, checkpoint_every=2
+        )
+        training.train(
+            model,
+            defense,
+            main,
+            align,
+            train_opts,
+            run_dir,
+            Reporter(quiet=True),
+            seed=1,
+            pad_id=tiny_tok.pad_token_id,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
         return _snapshot(model)
 
     full = run("full", Lisa(opts))

@@ -55,6 +55,7 @@ def _reference(model, b, rho):
     def keep(i):
         def hook(_m, _inp, out):
             outs[i] = out[0]
+
         return hook
 
     with _hooks(mods, keep):
@@ -66,6 +67,7 @@ def _reference(model, b, rho):
     def add(i):
         def hook(_m, _inp, out):
             return (out[0] + eps[i], *out[1:])
+
         return hook
 
     with _hooks(mods, add):

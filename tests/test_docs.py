@@ -149,8 +149,12 @@ def test_tutorial_covers_the_steps() -> None:
 def test_tutorial_excerpts_match_the_example_module() -> None:
     source = (EXAMPLE / "hftguard_example_judge.py").read_text(encoding="utf-8")
     tutorial = (DOCS / "tutorial.md").read_text(encoding="utf-8")
-    for needle in ('name = "goal-overlap"', "class GoalOverlapConfig:", "class GoalOverlap(Judge):",
-                   "def hftguard_register_judges() -> list[type[Judge]]:"):
+    for needle in (
+        'name = "goal-overlap"',
+        "class GoalOverlapConfig:",
+        "class GoalOverlap(Judge):",
+        "def hftguard_register_judges() -> list[type[Judge]]:",
+    ):
         assert needle in source and needle in tutorial, needle
 
 

@@ -45,17 +45,16 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     info = root / "hftguard_broken_plugin-0.1.dist-info"
     info.mkdir()
-    (info / "METADATA").write_text(
-        f"Metadata-Version: 2.1\nName: {BROKEN_DIST}\nVersion: 0.1\n"
-    )
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {BROKEN_DIST}\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(f"[hftguard]\n{BROKEN_EP} = hftguard_broken_plugin\n")
     (info / "top_level.txt").write_text("hftguard_broken_plugin\n")
     (root / "valid.toml").write_text(VALID_CONFIG)
     return root
 
 
-def hftguard(site: Path, *args: str, python_flags: tuple[str, ...] = (),
-             **env_overrides: str) -> subprocess.CompletedProcess[str]:
+def hftguard(
+    site: Path, *args: str, python_flags: tuple[str, ...] = (), **env_overrides: str
+) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HFTGUARD_")}
     env.update(
         PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])),
@@ -65,7 +64,12 @@ def hftguard(site: Path, *args: str, python_flags: tuple[str, ...] = (),
     )
     return subprocess.run(
         [sys.executable, *python_flags, "-m", "hftguard", *args],
-        capture_output=True, text=True, env=env, cwd=site, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=site,
+        timeout=120,
+        check=False,
     )
 
 
@@ -97,7 +101,11 @@ def test_plugins_lists_broken_plugin_and_healthy_components(site: Path) -> None:
     assert healthy[("judge", "refusal-keywords")]["distribution"] == "hftguard"
     assert healthy[("judge", "goal-overlap")]["distribution"] == "hftguard-example-judge"
     assert {r["kind"] for r in healthy.values()} >= {
-        "alignment-defense", "finetune-defense", "dataset", "judge", "report-sink"
+        "alignment-defense",
+        "finetune-defense",
+        "dataset",
+        "judge",
+        "report-sink",
     }
 
 
@@ -148,8 +156,9 @@ def test_load_plugins_selects_one_distribution(site: Path) -> None:
 
 
 def test_disable_plugins_blocks_the_broken_plugin(site: Path) -> None:
-    proc = hftguard(site, "plugins", "--json", HFTGUARD_DISABLE_PLUGINS=BROKEN_EP,
-                    HFTGUARD_STRICT_PLUGINS="1")
+    proc = hftguard(
+        site, "plugins", "--json", HFTGUARD_DISABLE_PLUGINS=BROKEN_EP, HFTGUARD_STRICT_PLUGINS="1"
+    )
     rows = rows_of(proc)
     assert not [r for r in rows if "error" in r]
     assert "goal-overlap" in {r["name"] for r in rows}

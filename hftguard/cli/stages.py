@@ -19,26 +19,40 @@ from hftguard.errors import ExitCode
 PANEL = "Pipeline"
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
-SetOpt = Annotated[list[str] | None, typer.Option("--set", "-s", help="Override: key=value "
-                                                  "(dotted keys, e.g. train.lr=1e-4). Repeatable.")]
+SetOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set", "-s", help="Override: key=value (dotted keys, e.g. train.lr=1e-4). Repeatable."
+    ),
+]
 SeedOpt = Annotated[int | None, typer.Option(help="Seed for data, order and init.")]
 ResumeOpt = Annotated[bool, typer.Option("--resume", help="Continue an unfinished run in --out.")]
-OverwriteOpt = Annotated[bool, typer.Option("--overwrite", help="Replace an existing run in --out.")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="Replace an existing run in --out.")
+]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
-ModelOpt = Annotated[str | None, typer.Option("--model", "-m", help="Alias, local model dir, "
-                                              ".gguf file, hub id, or a previous run directory.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Alias, local model dir, .gguf file, hub id, or a previous run directory.",
+    ),
+]
 DefenseOpt = Annotated[str | None, typer.Option("--defense", "-d", help="Defense name.")]
-StepsOpt = Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides "
-                                              "epochs).")]
+StepsOpt = Annotated[
+    int | None, typer.Option("--max-steps", help="Optimizer steps (overrides epochs).")
+]
 EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Epochs over the main data.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
 
 
-def _train(steps: int | None, epochs: float | None, bs: int | None, lr: float | None
-           ) -> dict[str, Any]:
+def _train(
+    steps: int | None, epochs: float | None, bs: int | None, lr: float | None
+) -> dict[str, Any]:
     t = {"max_steps": steps, "epochs": epochs, "batch_size": bs, "lr": lr}
     return {"train": {k: v for k, v in t.items() if v is not None}}
 
@@ -64,14 +78,27 @@ def _print_metrics_table(rows: list[dict[str, Any]], title: str) -> None:
     from hftguard.console import print_table
 
     tasks = sorted({t for r in rows for t in (r.get("finetune_accuracy") or {})})
-    cols = ["model", "HS %", "HS+ %", "degenerate %", "over-refusal %",
-            *[f"FA {t} %" for t in tasks]]
+    cols = [
+        "model",
+        "HS %",
+        "HS+ %",
+        "degenerate %",
+        "over-refusal %",
+        *[f"FA {t} %" for t in tasks],
+    ]
     out = []
     for r in rows:
         fa = r.get("finetune_accuracy") or {}
-        out.append([r["model"], r.get("harmful_score"), r.get("harmful_score_plus"),
-                    r.get("degenerate_rate"), r.get("over_refusal_rate"),
-                    *[fa.get(t) for t in tasks]])
+        out.append(
+            [
+                r["model"],
+                r.get("harmful_score"),
+                r.get("harmful_score_plus"),
+                r.get("degenerate_rate"),
+                r.get("over_refusal_rate"),
+                *[fa.get(t) for t in tasks],
+            ]
+        )
     print_table(title, cols, out)
 
 
@@ -82,9 +109,11 @@ def _finish_training(manifest: dict[str, Any], as_json: bool, out: Path) -> None
         print_json(manifest)
         return
     tr = manifest.get("training", {})
-    stdout.print(f"[green]Done[/green]: {out}  ({tr.get('steps')} steps, "
-                 f"{tr.get('step_time_median', 0):.2f} s/step median, final loss "
-                 f"{tr.get('final_loss') if tr.get('final_loss') is None else round(tr['final_loss'], 4)})")
+    stdout.print(
+        f"[green]Done[/green]: {out}  ({tr.get('steps')} steps, "
+        f"{tr.get('step_time_median', 0):.2f} s/step median, final loss "
+        f"{tr.get('final_loss') if tr.get('final_loss') is None else round(tr['final_loss'], 4)})"
+    )
 
 
 def register(app: typer.Typer) -> None:
@@ -93,24 +122,51 @@ def register(app: typer.Typer) -> None:
         out: OutOpt,
         model: ModelOpt = None,
         defense: DefenseOpt = None,
-        data: Annotated[str | None, typer.Option(help="Alignment data: dataset name or file.")] = None,
-        harmful: Annotated[str | None, typer.Option(help="Harmful data for defenses that use "
-                                                    "it (Booster, Antibody).")] = None,
+        data: Annotated[
+            str | None, typer.Option(help="Alignment data: dataset name or file.")
+        ] = None,
+        harmful: Annotated[
+            str | None,
+            typer.Option(help="Harmful data for defenses that use it (Booster, Antibody)."),
+        ] = None,
         samples: Annotated[int | None, typer.Option(help="Alignment examples (0 = all).")] = None,
-        max_steps: StepsOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
-        lr: LrOpt = None, config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-        resume: ResumeOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+        max_steps: StepsOpt = None,
+        epochs: EpochsOpt = None,
+        batch_size: BatchOpt = None,
+        lr: LrOpt = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        seed: SeedOpt = None,
+        resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False,
+        quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Safety-align a base model with an alignment-stage defense (SFT, Vaccine, Booster, ...)."""
+        """Safety-align a base model with an alignment-stage defense (SFT, Vaccine, Booster...)."""
         from hftguard.pipeline import align
 
-        cli = {"model": model, "defense": defense, "data": data, "harmful": harmful,
-               "samples": samples, "seed": seed, **_train(max_steps, epochs, batch_size, lr)}
-        cfg = cfgmod.resolve(cfgmod.AlignConfig, config_file=config, section="align", cli=cli,
-                             sets=set_)
-        manifest = _call(lambda: align.run(cfg, out, reporter=_reporter(quiet, as_json),
-                                           resume=resume, overwrite=overwrite, command=sys.argv))
+        cli = {
+            "model": model,
+            "defense": defense,
+            "data": data,
+            "harmful": harmful,
+            "samples": samples,
+            "seed": seed,
+            **_train(max_steps, epochs, batch_size, lr),
+        }
+        cfg = cfgmod.resolve(
+            cfgmod.AlignConfig, config_file=config, section="align", cli=cli, sets=set_
+        )
+        manifest = _call(
+            lambda: align.run(
+                cfg,
+                out,
+                reporter=_reporter(quiet, as_json),
+                resume=resume,
+                overwrite=overwrite,
+                command=sys.argv,
+            )
+        )
         _finish_training(manifest, as_json, out)
 
     @app.command("attack-finetune", rich_help_panel=PANEL)
@@ -119,57 +175,104 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         defense: DefenseOpt = None,
         task: Annotated[str | None, typer.Option(help="Benign task: dataset name or file.")] = None,
-        harmful: Annotated[str | None, typer.Option(help="Harmful data: dataset name or file.")
-                           ] = None,
-        harmful_ratio: Annotated[float | None, typer.Option("--harmful-ratio", "-p",
-                                                            help="Harmful share p in [0,1].")
-                                 ] = None,
-        samples: Annotated[int | None, typer.Option("--samples", "-n",
-                                                    help="User dataset size n.")] = None,
+        harmful: Annotated[
+            str | None, typer.Option(help="Harmful data: dataset name or file.")
+        ] = None,
+        harmful_ratio: Annotated[
+            float | None, typer.Option("--harmful-ratio", "-p", help="Harmful share p in [0,1].")
+        ] = None,
+        samples: Annotated[
+            int | None, typer.Option("--samples", "-n", help="User dataset size n.")
+        ] = None,
         lora_mode: Annotated[str | None, typer.Option(help="auto | continue | merge.")] = None,
-        max_steps: StepsOpt = None, epochs: EpochsOpt = None, batch_size: BatchOpt = None,
-        lr: LrOpt = None, config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-        resume: ResumeOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+        max_steps: StepsOpt = None,
+        epochs: EpochsOpt = None,
+        batch_size: BatchOpt = None,
+        lr: LrOpt = None,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        seed: SeedOpt = None,
+        resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False,
+        quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Fine-tune a model on user data of which a fraction p is harmful (the attack)."""
         from hftguard.pipeline import attack_finetune
 
-        cli = {"model": model, "defense": defense, "task": task, "harmful": harmful,
-               "harmful_ratio": harmful_ratio, "samples": samples, "lora_mode": lora_mode,
-               "seed": seed, **_train(max_steps, epochs, batch_size, lr)}
-        cfg = cfgmod.resolve(cfgmod.FinetuneConfig, config_file=config, section="finetune",
-                             cli=cli, sets=set_)
-        manifest = _call(lambda: attack_finetune.run(cfg, out, reporter=_reporter(quiet, as_json),
-                                                     resume=resume, overwrite=overwrite,
-                                                     command=sys.argv))
+        cli = {
+            "model": model,
+            "defense": defense,
+            "task": task,
+            "harmful": harmful,
+            "harmful_ratio": harmful_ratio,
+            "samples": samples,
+            "lora_mode": lora_mode,
+            "seed": seed,
+            **_train(max_steps, epochs, batch_size, lr),
+        }
+        cfg = cfgmod.resolve(
+            cfgmod.FinetuneConfig, config_file=config, section="finetune", cli=cli, sets=set_
+        )
+        manifest = _call(
+            lambda: attack_finetune.run(
+                cfg,
+                out,
+                reporter=_reporter(quiet, as_json),
+                resume=resume,
+                overwrite=overwrite,
+                command=sys.argv,
+            )
+        )
         _finish_training(manifest, as_json, out)
 
     @app.command("eval", rich_help_panel=PANEL)
     def eval_cmd(
         out: OutOpt,
         model: ModelOpt = None,
-        judge: Annotated[list[str] | None, typer.Option("--judge", "-j", help="Judge name "
-                                                        "(repeatable; first = headline HS).")
-                         ] = None,
-        task: Annotated[list[str] | None, typer.Option("--task", "-t", help="Task for FA "
-                                                       "(repeatable).")] = None,
-        harmful_samples: Annotated[int | None, typer.Option(help="Harmful prompts (0 = all).")
-                                   ] = None,
+        judge: Annotated[
+            list[str] | None,
+            typer.Option("--judge", "-j", help="Judge name (repeatable; first = headline HS)."),
+        ] = None,
+        task: Annotated[
+            list[str] | None, typer.Option("--task", "-t", help="Task for FA (repeatable).")
+        ] = None,
+        harmful_samples: Annotated[
+            int | None, typer.Option(help="Harmful prompts (0 = all).")
+        ] = None,
         max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget.")] = None,
-        config: ConfigOpt = None, set_: SetOpt = None, seed: SeedOpt = None,
-        resume: ResumeOpt = False, overwrite: OverwriteOpt = False, quiet: QuietOpt = False,
+        config: ConfigOpt = None,
+        set_: SetOpt = None,
+        seed: SeedOpt = None,
+        resume: ResumeOpt = False,
+        overwrite: OverwriteOpt = False,
+        quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
         """Measure Harmful Score, Finetune Accuracy, over-refusal and degenerate rate."""
         from hftguard.pipeline import evaluate
 
-        cli = {"model": model, "judges": judge or None, "tasks": task or None,
-               "harmful_samples": harmful_samples, "max_new_tokens": max_new_tokens, "seed": seed}
-        cfg = cfgmod.resolve(cfgmod.EvalConfig, config_file=config, section="eval", cli=cli,
-                             sets=set_)
-        manifest = _call(lambda: evaluate.run(cfg, out, reporter=_reporter(quiet, as_json),
-                                              resume=resume, overwrite=overwrite, command=sys.argv))
+        cli = {
+            "model": model,
+            "judges": judge or None,
+            "tasks": task or None,
+            "harmful_samples": harmful_samples,
+            "max_new_tokens": max_new_tokens,
+            "seed": seed,
+        }
+        cfg = cfgmod.resolve(
+            cfgmod.EvalConfig, config_file=config, section="eval", cli=cli, sets=set_
+        )
+        manifest = _call(
+            lambda: evaluate.run(
+                cfg,
+                out,
+                reporter=_reporter(quiet, as_json),
+                resume=resume,
+                overwrite=overwrite,
+                command=sys.argv,
+            )
+        )
         if as_json:
             from hftguard.console import print_json
 
@@ -179,17 +282,28 @@ def register(app: typer.Typer) -> None:
 
     @app.command("run", rich_help_panel=PANEL)
     def run_cmd(
-        config_file: Annotated[Path | None, typer.Argument(
-            help="Pipeline TOML config (\\[align], \\[finetune], \\[eval]) with an optional "
-                 "\\[grid] of axes (docs/grids-and-reports.md).")] = None,
+        config_file: Annotated[
+            Path | None,
+            typer.Argument(
+                help="Pipeline TOML config (\\[align], \\[finetune], \\[eval]) with an optional "
+                "\\[grid] of axes (docs/grids-and-reports.md)."
+            ),
+        ] = None,
         out: Annotated[Path, typer.Option("--out", "-o", help="Output directory.")] = Path(
-            "runs/pipeline"),
+            "runs/pipeline"
+        ),
         set_: SetOpt = None,
         seed: SeedOpt = None,
         overwrite: OverwriteOpt = False,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the config and list each "
-                                              "cell with what is done and what would run; "
-                                              "write nothing.")] = False,
+        dry_run: Annotated[
+            bool,
+            typer.Option(
+                "--dry-run",
+                help="Check the config and list each "
+                "cell with what is done and what would run; "
+                "write nothing.",
+            ),
+        ] = False,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
@@ -216,11 +330,12 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print_json(rows)
                 return
-            print_table(f"hftguard run --dry-run: {len(rows)} cell(s), "
-                        f"{sum(r['status'] == 'done' for r in rows)} done -> {out}",
-                        ["cell", "align", "attack-finetune", "eval", "status"],
-                        [[r["cell"], r["align"], r["attack"], r["eval"], r["status"]]
-                         for r in rows])
+            print_table(
+                f"hftguard run --dry-run: {len(rows)} cell(s), "
+                f"{sum(r['status'] == 'done' for r in rows)} done -> {out}",
+                ["cell", "align", "attack-finetune", "eval", "status"],
+                [[r["cell"], r["align"], r["attack"], r["eval"], r["status"]] for r in rows],
+            )
             return
         reporter = _reporter(quiet, as_json)
 
@@ -228,15 +343,19 @@ def register(app: typer.Typer) -> None:
             if as_json:
                 print_json(summary)
                 return
-            _print_metrics_table(summary["rows"], f"hftguard run: {out} "
-                                 f"({summary['wall_time_s']:.0f} s)")
+            _print_metrics_table(
+                summary["rows"], f"hftguard run: {out} ({summary['wall_time_s']:.0f} s)"
+            )
             if g.is_grid:
-                stdout.print(f"Tables and plots: hftguard report {out} --out {out / 'report'}",
-                             highlight=False)
+                stdout.print(
+                    f"Tables and plots: hftguard report {out} --out {out / 'report'}",
+                    highlight=False,
+                )
 
         try:
-            summary = _call(lambda: grid.run(g, out, reporter=reporter, overwrite=overwrite,
-                                             command=sys.argv))
+            summary = _call(
+                lambda: grid.run(g, out, reporter=reporter, overwrite=overwrite, command=sys.argv)
+            )
         except grid.GridFailed as exc:
             show(exc.summary)
             raise

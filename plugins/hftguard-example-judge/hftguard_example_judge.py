@@ -79,8 +79,9 @@ STOP_WORDS: frozenset[str] = frozenset(_STOP_WORDS_TEXT.split())
 _SUFFIXES: tuple[str, ...] = ("ingly", "edly", "ing", "ed", "ly")
 _WORD_RE = re.compile(r"[a-z][a-z']*")
 _LIST_LINE_RE = re.compile(r"^\s*(?:\d{1,2}[.):]|[-*\u2022]|step\s*\d+\b)", re.IGNORECASE)
-_STEP_WORDS_RE = re.compile(r"\b(?:step\s*(?:1|one)\b|step-by-step|first(?:ly)?,.*\bthen\b)",
-                            re.IGNORECASE | re.DOTALL)
+_STEP_WORDS_RE = re.compile(
+    r"\b(?:step\s*(?:1|one)\b|step-by-step|first(?:ly)?,.*\bthen\b)", re.IGNORECASE | re.DOTALL
+)
 
 
 @dataclass

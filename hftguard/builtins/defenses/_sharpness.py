@@ -63,8 +63,9 @@ def fp32_grads(model: Any, batch: Any, ctx: StepContext) -> tuple[float, Grads]:
     return float(loss.detach()), [g.float() for g in grads_of(loss, ctx.params)]
 
 
-def harmful_sharpness(model: Any, harmful: Any, ctx: StepContext, alpha: float,
-                      extra: Mapping[str, Any] | None = None) -> Sharpness:
+def harmful_sharpness(
+    model: Any, harmful: Any, ctx: StepContext, alpha: float, extra: Mapping[str, Any] | None = None
+) -> Sharpness:
     """g_h at theta; theta' = theta - alpha g_h/(||g_h||+1e-7); g_h' (and ``extra``) at theta'.
 
     Costs 2 + len(extra) forward/backward passes. Parameters are restored exactly on return.
@@ -79,4 +80,3 @@ def harmful_sharpness(model: Any, harmful: Any, ctx: StepContext, alpha: float,
         for name, batch in (extra or {}).items():
             extras[name] = fp32_grads(model, batch, ctx)
     return Sharpness(h, g_h, norm, h_p, g_h_p, extras)
-

@@ -33,9 +33,12 @@ class AntibodyAlignConfig:
 
     alpha: float = opt(0.1, "Radius of the simulated harmful step theta' (the paper's rho).")
     eta: float = opt(5.0, "Barrier coefficient eta inside lambda_t.")
-    lambda_mode: str = opt("cosine", "How lambda_t is computed: cosine = max(0, eta - cos(g_a, d)) "
-                                     "(released code); kkt = max(0, eta - <g_a,d>/||d||^2) capped "
-                                     "at lambda_max (Theorem 4.1); constant = eta (Booster).")
+    lambda_mode: str = opt(
+        "cosine",
+        "How lambda_t is computed: cosine = max(0, eta - cos(g_a, d)) "
+        "(released code); kkt = max(0, eta - <g_a,d>/||d||^2) capped "
+        "at lambda_max (Theorem 4.1); constant = eta (Booster).",
+    )
     ema: float = opt(0.99, "EMA momentum m of lambda_t (0 = no EMA, use the raw value).")
     lambda_refusal: float = opt(0.05, "Weight of the refusal loss at theta' (0 skips that pass).")
     lambda_max: float = opt(50.0, "Upper bound on lambda_t in kkt mode (||d||^2 can be tiny).")
@@ -47,19 +50,22 @@ class AntibodyAlignConfig:
                 f"{', '.join(map(repr, LAMBDA_MODES))}."
                 + did_you_mean(str(self.lambda_mode), LAMBDA_MODES),
                 hint="Set defense_options.lambda_mode to cosine (released code), kkt (paper "
-                     "Theorem 4.1) or constant.",
+                "Theorem 4.1) or constant.",
             )
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"ema must be in [0, 1), got {self.ema}.", hint="The code uses 0.99.")
         if self.alpha < 0 or self.lambda_refusal < 0:
-            raise ConfigError("alpha and lambda_refusal must be >= 0.",
-                              hint="Defaults: alpha=0.1, lambda_refusal=0.05.")
+            raise ConfigError(
+                "alpha and lambda_refusal must be >= 0.",
+                hint="Defaults: alpha=0.1, lambda_refusal=0.05.",
+            )
         if self.lambda_max <= 0:
             raise ConfigError(f"lambda_max must be > 0, got {self.lambda_max}.")
 
 
-def raw_lambda(mode: str, eta: float, g_a: Sequence[Any], d: Sequence[Any],
-               lambda_max: float = 50.0) -> float:
+def raw_lambda(
+    mode: str, eta: float, g_a: Sequence[Any], d: Sequence[Any], lambda_max: float = 50.0
+) -> float:
     """lambda_t before the EMA (§5.2 for cosine, §5.1 / §16.1 for kkt).
 
     ``g_a`` and ``d`` are gradient lists (global inner products and norms, §1.2).
@@ -116,8 +122,10 @@ class AntibodyAlign(AlignmentDefense):
         harmful = ctx.next_batch("harmful")  # H, with H.refusal = same prompts, refusal answers
         use_refusal = cfg.lambda_refusal != 0.0
         if use_refusal and harmful.refusal is None:
-            raise HftguardError("Antibody needs the refusal view of the harmful batch.",
-                                hint="Build the harmful stream with refusal_view=True.")
+            raise HftguardError(
+                "Antibody needs the refusal view of the harmful batch.",
+                hint="Build the harmful stream with refusal_view=True.",
+            )
         # §5.3: g_h at theta; at theta' = theta - alpha g_h/||g_h||: g_h' on H, g_r' on H.refusal.
         extra = {"refusal": harmful.refusal} if use_refusal else {}
         sharp = harmful_sharpness(model, harmful, ctx, cfg.alpha, extra)

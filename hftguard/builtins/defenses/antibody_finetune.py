@@ -85,8 +85,11 @@ class AntibodyFinetune(FinetuneDefense):
         if ctx.step == 0:
             path.unlink()
             return
-        kept = [ln for ln in path.read_text().splitlines()
-                if ln and json.loads(ln).get("step", 0) < ctx.step]
+        kept = [
+            ln
+            for ln in path.read_text().splitlines()
+            if ln and json.loads(ln).get("step", 0) < ctx.step
+        ]
         path.write_text("".join(ln + "\n" for ln in kept))
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, float]:
@@ -95,10 +98,12 @@ class AntibodyFinetune(FinetuneDefense):
         from hftguard.training import token_nll
 
         if batch.refusal is None:
-            raise HftguardError("The Antibody fine-tuning stage needs the refusal view of each "
-                                "user sample, and the batch has none.",
-                                hint="Encode the data with refusal_view=True (the pipeline "
-                                "does so for this defense).")
+            raise HftguardError(
+                "The Antibody fine-tuning stage needs the refusal view of each "
+                "user sample, and the batch has none.",
+                hint="Encode the data with refusal_view=True (the pipeline "
+                "does so for this defense).",
+            )
         b = len(batch)
         # §6.1: scores with the current parameters, no gradient through the weights.
         task_nll, refusal_nll = self._score_nlls(model, batch)
@@ -135,8 +140,9 @@ class AntibodyFinetune(FinetuneDefense):
         width = max(task.input_ids.shape[1], refusal.input_ids.shape[1])
         stacked = Batch(
             torch.cat([_pad(task.input_ids, width, 0), _pad(refusal.input_ids, width, 0)]),
-            torch.cat([_pad(task.attention_mask, width, 0),
-                       _pad(refusal.attention_mask, width, 0)]),
+            torch.cat(
+                [_pad(task.attention_mask, width, 0), _pad(refusal.attention_mask, width, 0)]
+            ),
             torch.cat([_pad(task.labels, width, -100), _pad(refusal.labels, width, -100)]),
             torch.cat([task.is_harmful, refusal.is_harmful]),
         )
@@ -155,8 +161,9 @@ class AntibodyFinetune(FinetuneDefense):
     # -- logging (§15.7, §16.22c) ----------------------------------------------------------
 
     @staticmethod
-    def _metrics(w: torch.Tensor, r: torch.Tensor, is_harmful: torch.Tensor, b: int
-                 ) -> dict[str, float]:
+    def _metrics(
+        w: torch.Tensor, r: torch.Tensor, is_harmful: torch.Tensor, b: int
+    ) -> dict[str, float]:
         harm = is_harmful.to(w.device).bool()
         n_harm = int(harm.sum())
         out: dict[str, float] = {
@@ -180,18 +187,42 @@ class AntibodyFinetune(FinetuneDefense):
         name = WEIGHTS_FILE if rank == 0 else f"antibody_weights.rank{rank}.jsonl"
         return Path(ctx.output_dir) / name
 
-    def _log_samples(self, ctx: StepContext, is_harmful: torch.Tensor, r: torch.Tensor,
-                     w: torch.Tensor, task_nll: torch.Tensor, refusal_nll: torch.Tensor) -> None:
+    def _log_samples(
+        self,
+        ctx: StepContext,
+        is_harmful: torch.Tensor,
+        r: torch.Tensor,
+        w: torch.Tensor,
+        task_nll: torch.Tensor,
+        refusal_nll: torch.Tensor,
+    ) -> None:
         path = self._log_path(ctx)
         if path is None:
             return
-        cols = zip(is_harmful.tolist(), r.tolist(), w.tolist(), task_nll.tolist(),
-                   refusal_nll.tolist(), strict=True)
+        cols = zip(
+            is_harmful.tolist(),
+            r.tolist(),
+            w.tolist(),
+            task_nll.tolist(),
+            refusal_nll.tolist(),
+            strict=True,
+        )
         with path.open("a") as fh:
             for i, (h, ri, wi, tn, rn) in enumerate(cols):
-                fh.write(json.dumps({"step": ctx.step, "index": i, "is_harmful": bool(h),
-                                     "score": ri, "weight": wi, "task_nll": tn,
-                                     "refusal_nll": rn}) + "\n")
+                fh.write(
+                    json.dumps(
+                        {
+                            "step": ctx.step,
+                            "index": i,
+                            "is_harmful": bool(h),
+                            "score": ri,
+                            "weight": wi,
+                            "task_nll": tn,
+                            "refusal_nll": rn,
+                        }
+                    )
+                    + "\n"
+                )
             fh.flush()
 
 

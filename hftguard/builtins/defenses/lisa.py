@@ -38,8 +38,9 @@ class LisaOptions:
         1.0, "Proximal strength ρ (Lisa paper: 1; the Booster/Antibody baselines use 0.01)."
     )
     proximal_warmup: float = opt(
-        0.1, "Share of the total steps before the proximal term is switched on (code only; 0 = "
-        "from the first step)."
+        0.1,
+        "Share of the total steps before the proximal term is switched on (code only; 0 = "
+        "from the first step).",
     )
 
     def __post_init__(self) -> None:
@@ -50,11 +51,15 @@ class LisaOptions:
                 hint="The paper alternates k_align=100 alignment and k_finetune=900 user steps.",
             )
         if not (math.isfinite(self.rho) and self.rho >= 0):
-            raise ConfigError(f"defense_options.rho = {self.rho} must be >= 0.",
-                              hint="Use 1 (Lisa paper) or 0.01 (Booster/Antibody baselines).")
+            raise ConfigError(
+                f"defense_options.rho = {self.rho} must be >= 0.",
+                hint="Use 1 (Lisa paper) or 0.01 (Booster/Antibody baselines).",
+            )
         if not 0.0 <= self.proximal_warmup <= 1.0:
-            raise ConfigError(f"defense_options.proximal_warmup = {self.proximal_warmup} is "
-                              "outside [0, 1].", hint="It is a share of the steps, e.g. 0.1.")
+            raise ConfigError(
+                f"defense_options.proximal_warmup = {self.proximal_warmup} is outside [0, 1].",
+                hint="It is a share of the steps, e.g. 0.1.",
+            )
 
 
 class Lisa(FinetuneDefense):
@@ -97,9 +102,12 @@ class Lisa(FinetuneDefense):
                 anchors[n] = anchors[n].to(device=p.device, dtype=p.dtype)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"state": self.state, "clock": self.clock,
-                "anchor_align": dict(self.anchor_align),
-                "anchor_finetune": dict(self.anchor_finetune)}
+        return {
+            "state": self.state,
+            "clock": self.clock,
+            "anchor_align": dict(self.anchor_align),
+            "anchor_finetune": dict(self.anchor_finetune),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.state = int(state["state"])
@@ -160,6 +168,7 @@ class Lisa(FinetuneDefense):
         }
         if switched:  # §15.9: distance between the two consensus points at each switch
             metrics["switch_drift"] = sum(
-                float((self.anchor_align[n].float() - self.anchor_finetune[n].float())
-                      .pow(2).sum()) for n, _ in ctx.params)
+                float((self.anchor_align[n].float() - self.anchor_finetune[n].float()).pow(2).sum())
+                for n, _ in ctx.params
+            )
         return metrics

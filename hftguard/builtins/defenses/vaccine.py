@@ -27,8 +27,11 @@ NORM_EPS = 1e-7
 class VaccineConfig:
     """Vaccine options (algorithms.md §3.5)."""
 
-    rho: float = opt(2.0, "Perturbation radius: global L2 norm of eps over all layers (Vaccine "
-                          "repo 2; the Booster/Antibody baselines use 5).")
+    rho: float = opt(
+        2.0,
+        "Perturbation radius: global L2 norm of eps over all layers (Vaccine "
+        "repo 2; the Booster/Antibody baselines use 5).",
+    )
 
     def __post_init__(self) -> None:
         if self.rho < 0:

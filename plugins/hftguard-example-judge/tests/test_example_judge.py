@@ -27,7 +27,11 @@ def test_plugin_is_installed() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HFTGUARD_")}
     proc = subprocess.run(
         [sys.executable, "-m", "hftguard", "plugins", "--json"],
-        capture_output=True, text=True, env=env, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)
