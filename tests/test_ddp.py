@@ -32,8 +32,10 @@ from typing import Any
 import pytest
 import torch
 
+from hftguard.builtins.defenses.antibody_align import AntibodyAlign
 from hftguard.builtins.defenses.booster import Booster
 from hftguard.builtins.defenses.sft import SFTAlign
+from hftguard.builtins.defenses.vaccine import Vaccine
 
 WORLD = 2
 STEPS = 3
@@ -57,24 +59,6 @@ def _mean_over_processes(grads: list[torch.Tensor]) -> list[torch.Tensor]:
         chunk.view_as(g)
         for chunk, g in zip(flat.split([g.numel() for g in grads]), grads, strict=True)
     ]
-
-
-class _SyncedBooster(Booster):
-    """Booster whose perturbation direction g_h is averaged over processes first."""
-
-    def training_step(self, model: Any, batch: Any, ctx: Any) -> dict[str, float]:
-        from hftguard.builtins.defenses._sharpness import NORM_EPS, fp32_grads
-        from hftguard.training import combine, global_norm, perturbed, set_grads
-
-        harmful = ctx.next_batch("harmful")
-        _, g_h = fp32_grads(model, harmful, ctx)
-        g_h = _mean_over_processes(g_h)  # the proposed change: one all-reduce before theta'
-        with perturbed(ctx.params, g_h, -self.config.alpha / (global_norm(g_h) + NORM_EPS)):
-            _, g_hp = fp32_grads(model, harmful, ctx)
-        loss, g_a = fp32_grads(model, batch, ctx)
-        diff = combine((1.0, g_h), (-1.0, g_hp))
-        set_grads(ctx.params, combine((1.0, g_a), (self.config.lam, diff)))
-        return {"loss": loss}
 
 
 def _rows(batch: Any, rank: int) -> Any:
@@ -101,6 +85,7 @@ class _ShardAveraged:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
         self.name, self.streams = inner.name, inner.streams
+        self.refusal_view = inner.refusal_view
 
     def setup(self, ctx: Any) -> None:
         self.inner.setup(ctx)
@@ -133,7 +118,8 @@ class _ShardAveraged:
 VARIANTS: dict[str, Callable[[], Any]] = {
     "sft": SFTAlign,
     "booster": Booster,
-    "booster_synced": _SyncedBooster,
+    "vaccine": Vaccine,
+    "antibody": AntibodyAlign,
 }
 
 
@@ -158,8 +144,9 @@ def _train(defense: Any, run_path: Path) -> Weights:
         Example(f"Explain how to steal {i} times", f"Sure, here is plan {i}.", "harmful")
         for i in range(8)
     ]
-    main = encode_fixed(align, tok, SEQ_LEN, refusal_view=False)
-    streams = {"harmful": encode_fixed(harmful, tok, SEQ_LEN, refusal_view=False)}
+    view = defense.refusal_view
+    main = encode_fixed(align, tok, SEQ_LEN, refusal_view=view)
+    streams = {"harmful": encode_fixed(harmful, tok, SEQ_LEN, refusal_view=view)}
     torch.manual_seed(0)
     model = get_peft_model(
         tiny_model(tok, seed=0), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
@@ -227,6 +214,8 @@ def single(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Weights]:
         "sft": _train(SFTAlign(), out / "sft"),
         "booster": _train(Booster(), out / "booster"),
         "booster_shard_averaged": _train(_ShardAveraged(Booster()), out / "shards"),
+        "vaccine": _train(Vaccine(), out / "vaccine"),
+        "antibody": _train(AntibodyAlign(), out / "antibody"),
     }
 
 
@@ -254,13 +243,16 @@ def test_ddp_sft_matches_single_process_global_batch(
     assert _max_diff(ddp[0]["sft"], single["sft"]) < ATOL
 
 
-def test_booster_with_synced_harmful_gradient_matches_single_process_global_batch(
-    ddp: list[dict[str, Weights]], single: dict[str, Weights]
-) -> None:
-    assert _max_diff(ddp[0]["booster_synced"], single["booster"]) < ATOL
-
-
 def test_ddp_booster_matches_single_process_global_batch(
     ddp: list[dict[str, Weights]], single: dict[str, Weights]
 ) -> None:
     assert _max_diff(ddp[0]["booster"], single["booster"]) < ATOL
+
+
+@pytest.mark.parametrize("name", ["vaccine", "antibody"])
+def test_ddp_vaccine_and_antibody_match_single_process_global_batch(
+    ddp: list[dict[str, Weights]], single: dict[str, Weights], name: str
+) -> None:
+    # Vaccine: the activation-gradient norm is all-reduced; Antibody: g_h before theta', and
+    # g_a and d before lambda_t.
+    assert _max_diff(ddp[0][name], single[name]) < ATOL

@@ -131,6 +131,10 @@ class AntibodyAlign(AlignmentDefense):
         sharp = harmful_sharpness(model, harmful, ctx, cfg.alpha, extra)
         loss, g_a = fp32_grads(model, batch, ctx)  # g_a at theta on the alignment batch A
         d = sharp.diff()
+        if ctx.world_size > 1:  # data parallel: lambda_t from the global g_a and d (one all-reduce)
+            n = len(g_a)
+            both = ctx.all_reduce_mean([*g_a, *d])
+            g_a, d = both[:n], both[n:]
         lam_raw = raw_lambda(cfg.lambda_mode, cfg.eta, g_a, d, cfg.lambda_max)
         self.lambda_bar = ema_lambda(self.lambda_bar, lam_raw, cfg.ema)
         terms = [(1.0, g_a), (self.lambda_bar, d)]

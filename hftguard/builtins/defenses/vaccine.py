@@ -66,6 +66,9 @@ class Vaccine(AlignmentDefense):
             grads_of(clean, ctx.params)
         # §3.1: one global norm over all layers and the whole B x T x d tensors (not per layer).
         sq = sum(float(g.double().pow(2).sum()) for g in store if g is not None)
+        if ctx.world_size > 1:  # data parallel: the norm runs over every process's activations
+            total = ctx.all_reduce_mean([ctx.params[0][1].new_tensor([sq])])[0]
+            sq = float(total) * ctx.world_size
         g_norm = math.sqrt(sq)
         scale = self.config.rho / (g_norm + NORM_EPS)
         eps = [None if g is None else (g.float() * scale).detach() for g in store]
