@@ -321,17 +321,10 @@ def attach_lora(
     Returns (peft model, trainable params in a fixed order, {name: saved initial tensor}).
     """
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    torch.manual_seed(seed)
-    cfg = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(base, cfg)
+    from hftguard.models import attach_lora as fresh_adapter
+
+    model = fresh_adapter(base, lora, seed)
     for _, p in model.named_parameters():
         if p.requires_grad:
             p.data = p.data.to(device=device, dtype=torch.float32)

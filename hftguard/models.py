@@ -318,7 +318,7 @@ def load_for_training(
     Returns:
         (peft model, tokenizer, the recipe of the adapters merged underneath the trainable one).
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
+    from peft import PeftModel
 
     tok = load_tokenizer(recipe.base)
     base = load_base(recipe.base, torch.float32)
@@ -329,21 +329,7 @@ def load_for_training(
         underneath = adapters[:-1]
     else:
         base = _merge_adapters(base, adapters)
-        torch.manual_seed(seed)
-        cfg = LoraConfig(
-            r=lora.r,
-            lora_alpha=lora.alpha,
-            lora_dropout=lora.dropout,
-            target_modules=list(lora.target_modules),
-            task_type="CAUSAL_LM",
-        )
-        try:
-            model = get_peft_model(base, cfg)
-        except ValueError as exc:
-            raise ModelError(
-                f"Cannot attach LoRA: {exc}",
-                hint="Set lora.target_modules to module names of this model.",
-            ) from exc
+        model = attach_lora(base, lora, seed)
         underneath = adapters
     # Frozen base weights in the compute dtype; trainable LoRA weights stay fp32 for stable AdamW.
     for _name, p in model.named_parameters():
@@ -351,6 +337,27 @@ def load_for_training(
     model.to(device)
     model.train()
     return model, tok, ModelRecipe(recipe.base, recipe.base_spec, underneath)
+
+
+def attach_lora(base: Any, lora: Any, seed: int) -> Any:
+    """A fresh LoRA adapter (``LoraOptions``) on ``base``, initialised from ``seed``."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type="CAUSAL_LM",
+    )
+    try:
+        return get_peft_model(base, cfg)
+    except ValueError as exc:
+        raise ModelError(
+            f"Cannot attach LoRA: {exc}",
+            hint="Set lora.target_modules to module names of this model.",
+        ) from exc
 
 
 def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
