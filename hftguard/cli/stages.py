@@ -68,6 +68,24 @@ def _call(fn: Callable[[], Any]) -> Any:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
+def _stage(
+    run: Callable[..., Any],
+    cfg: Any,
+    out: Path,
+    quiet: bool,
+    as_json: bool,
+    resume: bool,
+    overwrite: bool,
+) -> Any:
+    """Call a stage's ``run`` with the common options (Ctrl-C -> exit 130)."""
+    reporter = _reporter(quiet, as_json)
+    return _call(
+        lambda: run(
+            cfg, out, reporter=reporter, resume=resume, overwrite=overwrite, command=sys.argv
+        )
+    )
+
+
 def _reporter(quiet: bool, as_json: bool) -> Any:
     from hftguard.console import Reporter
 
@@ -157,16 +175,7 @@ def register(app: typer.Typer) -> None:
         cfg = cfgmod.resolve(
             cfgmod.AlignConfig, config_file=config, section="align", cli=cli, sets=set_
         )
-        manifest = _call(
-            lambda: align.run(
-                cfg,
-                out,
-                reporter=_reporter(quiet, as_json),
-                resume=resume,
-                overwrite=overwrite,
-                command=sys.argv,
-            )
-        )
+        manifest = _stage(align.run, cfg, out, quiet, as_json, resume, overwrite)
         _finish_training(manifest, as_json, out)
 
     @app.command("attack-finetune", rich_help_panel=PANEL)
@@ -214,16 +223,7 @@ def register(app: typer.Typer) -> None:
         cfg = cfgmod.resolve(
             cfgmod.FinetuneConfig, config_file=config, section="finetune", cli=cli, sets=set_
         )
-        manifest = _call(
-            lambda: attack_finetune.run(
-                cfg,
-                out,
-                reporter=_reporter(quiet, as_json),
-                resume=resume,
-                overwrite=overwrite,
-                command=sys.argv,
-            )
-        )
+        manifest = _stage(attack_finetune.run, cfg, out, quiet, as_json, resume, overwrite)
         _finish_training(manifest, as_json, out)
 
     @app.command("eval", rich_help_panel=PANEL)
@@ -263,16 +263,7 @@ def register(app: typer.Typer) -> None:
         cfg = cfgmod.resolve(
             cfgmod.EvalConfig, config_file=config, section="eval", cli=cli, sets=set_
         )
-        manifest = _call(
-            lambda: evaluate.run(
-                cfg,
-                out,
-                reporter=_reporter(quiet, as_json),
-                resume=resume,
-                overwrite=overwrite,
-                command=sys.argv,
-            )
-        )
+        manifest = _stage(evaluate.run, cfg, out, quiet, as_json, resume, overwrite)
         if as_json:
             from hftguard.console import print_json
 
