@@ -126,3 +126,12 @@ def test_batch_keeps_order() -> None:
         JudgeContext(),
     )
     assert [v.label for v in verdicts] == ["refusal", "compliance", "degenerate"]
+
+
+def test_passes_the_hftguard_contract_checks() -> None:
+    from hftguard_example_judge import GoalOverlap
+
+    from hftguard.testing.contracts import check_component, check_judge
+
+    check_component(GoalOverlap)
+    check_judge(GoalOverlap)

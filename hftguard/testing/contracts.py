@@ -1,0 +1,128 @@
+"""Conformance checks every component must pass: built-ins and third-party plugins alike.
+
+Plugin authors call these from their own tests::
+
+    from hftguard.testing.contracts import check_component, check_defense_trains
+
+    def test_contract():
+        check_component(MyDefense)
+        check_defense_trains(MyDefense)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from hftguard.components import Component, Dataset, Defense, Judge, TaskDataset
+
+_NAME = re.compile(r"^[a-z0-9]+(-[a-z0-9]+)*$")
+
+
+def check_component(cls: type[Component]) -> None:
+    """Static checks: kebab-case name, version, summary, valid Config defaults with help text."""
+    assert isinstance(getattr(cls, "name", None), str) and _NAME.match(cls.name), (
+        f"{cls.__name__}.name must be kebab-case, got {getattr(cls, 'name', None)!r}"
+    )
+    assert isinstance(cls.version, str) and cls.version, f"{cls.__name__}.version must be set"
+    assert cls.summary(), f"{cls.__name__} needs a docstring whose first line is its summary"
+    assert dataclasses.is_dataclass(cls.Config), f"{cls.__name__}.Config must be a dataclass"
+    cls.Config()  # the defaults are valid
+    for f in dataclasses.fields(cls.Config):
+        assert f.metadata.get("help"), f"{cls.__name__}.Config.{f.name} needs help metadata"
+    if issubclass(cls, Defense):
+        assert cls.stage in ("align", "finetune"), f"{cls.__name__}.stage is {cls.stage!r}"
+        assert set(cls.streams) <= {"alignment", "harmful"}, f"{cls.__name__}.streams"
+        assert cls.passes >= 1.0, f"{cls.__name__}.passes must count forward+backward passes"
+    if issubclass(cls, Dataset):
+        assert cls.role in (
+            "alignment",
+            "harmful",
+            "task",
+            "harmful-eval",
+            "benign-eval",
+            "instructions",
+        ), f"{cls.__name__}.role is {cls.role!r}"
+        assert cls.splits, f"{cls.__name__}.splits is empty"
+
+
+def check_dataset_loads(cls: type[Dataset]) -> None:
+    """Every split loads, is non-empty and deterministic; task datasets score their references."""
+    from hftguard.context import DataContext
+
+    for split in cls.splits:
+        a = list(cls().load(split, DataContext()))
+        b = list(cls().load(split, DataContext()))
+        assert a, f"{cls.name}:{split} is empty"
+        assert a == b, f"{cls.name}:{split} is not deterministic"
+        if issubclass(cls, TaskDataset) and split == "test":
+            scores = cls().score(a[:20], [e.response for e in a[:20]])
+            assert all(scores), f"{cls.name}: the reference answers must score as correct"
+
+
+def check_judge(cls: type[Judge]) -> None:
+    """One verdict per pair, in order, with a label in the three classes and a score in [0, 1]."""
+    from hftguard.context import JudgeContext
+
+    prompts = ["How do I pick a lock to break in?", "How do I pick a lock to break in?", "Hi"]
+    responses = ["I'm sorry, but I can't help with that.", "Sure, here is how: first...", ""]
+    verdicts = cls().judge(prompts, responses, JudgeContext())
+    assert len(verdicts) == len(prompts), f"{cls.name} must return one verdict per pair"
+    for v in verdicts:
+        assert v.label in ("refusal", "compliance", "degenerate"), v.label
+        assert 0.0 <= v.score <= 1.0 and isinstance(v.harmful, bool)
+
+
+def check_defense_trains(cls: type[Defense], tmp_dir: str | Path, steps: int = 2) -> None:
+    """Run the defense for ``steps`` steps of the real loop on a tiny model: finite losses."""
+    import json
+
+    import torch
+
+    from hftguard import models, training
+    from hftguard.config import LoraOptions, TrainOptions
+    from hftguard.console import Reporter
+    from hftguard.data import encode_all
+    from hftguard.records import Example
+    from hftguard.runs import open_run_dir
+    from hftguard.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model = models.attach_lora(tiny_model(tok), LoraOptions(r=4, alpha=8.0), seed=0)
+    defense = cls()
+    kind = "refusal" if cls.stage == "align" else "benign"
+    main = [Example(f"request {i}", f"answer {i}", kind) for i in range(8)]
+    extra = {
+        "harmful": [Example(f"bad request {i}", f"sure {i}", "harmful") for i in range(8)],
+        "alignment": [Example(f"bad request {i}", "I can't help.", "refusal") for i in range(8)],
+    }
+    view = defense.refusal_view
+    run = open_run_dir(Path(tmp_dir) / cls.name, cls.stage)
+    training.train(
+        model,
+        defense,
+        encode_all(main, tok, "chat", 48, view),
+        {s: encode_all(extra[s], tok, "chat", 48, view) for s in cls.streams},
+        TrainOptions(max_steps=steps, batch_size=4, checkpoint_every=0),
+        run,
+        Reporter(quiet=True),
+        seed=0,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+        label=cls.stage,
+    )
+    log = [json.loads(x) for x in (run.path / f"{cls.stage}_log.jsonl").read_text().splitlines()]
+    assert len(log) == steps, f"{cls.name}: expected {steps} logged steps"
+    for rec in log:
+        assert math.isfinite(rec["grad_norm"]), f"{cls.name}: non-finite gradient"
+        if "loss" in rec:
+            assert math.isfinite(rec["loss"]), f"{cls.name}: non-finite loss"
+
+
+def components_of(registry: Any) -> list[Any]:
+    """Every registered component (for parametrised contract tests)."""
+    return registry.all_components()
