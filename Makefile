@@ -29,6 +29,7 @@ demo: install
 
 lint: install
 	$(VENV)/bin/ruff check hftguard plugins tests
+	$(VENV)/bin/ruff format --check hftguard plugins tests
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
