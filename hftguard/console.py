@@ -152,6 +152,17 @@ def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]
     stdout.print(table)
 
 
+def print_listing(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A left-aligned listing to stdout; only the last column wraps in a narrow terminal."""
+    table = Table(title=title, title_justify="left")
+    for col in columns[:-1]:
+        table.add_column(col, no_wrap=True)
+    table.add_column(columns[-1], ratio=1)
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    stdout.print(table)
+
+
 def _cell(v: Any) -> str:
     if v is None:
         return "-"

@@ -61,35 +61,42 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """List every component by kind (with provenance) and every plugin that failed to load."""
-        from hftguard.console import print_json, stdout
+        from hftguard.console import print_json, print_listing, stdout
         from hftguard.registry import KIND_LABELS
 
         rows = plugin_rows(verbose)
         if as_json:
             print_json(rows)
             return
-        from rich.table import Table  # console-level rendering lives here only for this listing
-
-        table = Table(title="hftguard components", title_justify="left")
-        for col in ("kind", "name", "stage/role", "version", "distribution", "summary"):
-            table.add_column(col)
-        for r in rows:
-            if "error" in r:
-                continue
-            table.add_row(
-                KIND_LABELS.get(r["kind"], r["kind"]),
-                r["name"],
-                r["stage"] or "",
-                r["version"],
-                r["distribution"],
-                r["summary"]
-                + (f" [yellow]({r['license_note']})[/yellow]" if r.get("license_note") else ""),
-            )
-            for opt in r.get("options", []):
-                table.add_row(
-                    "", f"  --set {opt['name']}", opt["type"], "", repr(opt["default"]), opt["help"]
+        for kind, label in KIND_LABELS.items():
+            listing = []
+            for r in (r for r in rows if r["kind"] == kind and "error" not in r):
+                note = f" ({r['license_note']})" if r.get("license_note") else ""
+                listing.append(
+                    [
+                        r["name"],
+                        r["stage"] or "",
+                        r["version"],
+                        r["distribution"],
+                        r["summary"] + note,
+                    ]
                 )
-        stdout.print(table)
+                for opt in r.get("options", []):
+                    listing.append(
+                        [
+                            f"  --set {opt['name']}",
+                            opt["type"],
+                            "",
+                            repr(opt["default"]),
+                            opt["help"],
+                        ]
+                    )
+            if listing:
+                print_listing(
+                    f"{label}s",
+                    ["name", "stage/role", "version", "distribution", "summary"],
+                    listing,
+                )
         broken = [r for r in rows if "error" in r]
         if broken:
             stdout.print("[bold red]Broken or conflicting plugins:[/bold red]")
