@@ -154,7 +154,8 @@ def open_run_dir(
 
 def _status(path: Path) -> str | None:
     try:
-        return str(read_manifest(path).get("status"))
+        status = read_manifest(path).get("status")
+        return str(status) if status else None
     except RunDirError:
         return None
 
