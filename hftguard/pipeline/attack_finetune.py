@@ -5,16 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from hftguard.config import FinetuneConfig, validate_stage
+from hftguard.config import FinetuneConfig
 from hftguard.console import Reporter
 from hftguard.pipeline.common import (
     StageInputs,
-    check_components,
-    check_streams,
     data_ctx,
-    get_registry,
     guard,
-    start_run,
+    open_training_stage,
     train_stage,
 )
 from hftguard.registry import Registry
@@ -34,19 +31,20 @@ def run(
     from hftguard.data import is_file_spec, load_examples, mix_poison
 
     reporter = reporter or Reporter()
-    reg = get_registry(registry)
-    validate_stage(cfg)
-    info = reg.get("finetune-defense", cfg.defense)
-    defense = reg.instantiate(
-        "finetune-defense", cfg.defense, cfg.defense_options, where="defense_options"
+    opened = open_training_stage(
+        cfg,
+        out,
+        kind="finetune-defense",
+        stage="finetune",
+        streams=("alignment", "harmful"),
+        registry=registry,
+        reporter=reporter,
+        resume=resume,
+        overwrite=overwrite,
+        command=command,
     )
-    check_streams(defense, ("alignment", "harmful"))
-    check_components(cfg, reg)
-    run_dir, done = start_run(
-        out, "finetune", cfg, resume=resume, overwrite=overwrite, command=command
-    )
-    if done:
-        reporter.info(f"{run_dir.path} is already complete; nothing to do.")
+    reg, info, defense, run_dir = opened.registry, opened.info, opened.defense, opened.run
+    if opened.done:
         return run_dir.read_manifest()
 
     def body() -> dict[str, Any]:

@@ -101,6 +101,46 @@ def check_streams(defense: Any, available: Sequence[str]) -> None:
         )
 
 
+@dataclass
+class OpenedStage:
+    """A training stage whose inputs are checked and whose run directory is open."""
+
+    registry: Registry
+    info: ComponentInfo
+    defense: Any
+    run: RunDir
+    done: bool
+
+
+def open_training_stage(
+    cfg: Any,
+    out: str | Path,
+    *,
+    kind: str,
+    stage: str,
+    streams: Sequence[str],
+    registry: Registry | None,
+    reporter: Reporter,
+    resume: bool,
+    overwrite: bool,
+    command: list[str] | None,
+) -> OpenedStage:
+    """Validate ``cfg``, build the defense, check every name, then open the run directory.
+
+    Everything that can be wrong with the input fails here, before the run directory exists.
+    """
+    reg = get_registry(registry)
+    cfgmod.validate_stage(cfg)
+    info = reg.get(kind, cfg.defense)
+    defense = reg.instantiate(kind, cfg.defense, cfg.defense_options, where="defense_options")
+    check_streams(defense, streams)
+    check_components(cfg, reg)
+    run, done = start_run(out, stage, cfg, resume=resume, overwrite=overwrite, command=command)
+    if done:
+        reporter.info(f"{run.path} is already complete; nothing to do.")
+    return OpenedStage(reg, info, defense, run, done)
+
+
 def train_stage(
     *,
     stage: str,
