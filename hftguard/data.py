@@ -8,6 +8,11 @@ an input, ending in ``"### Response:\\n"`` as in the Booster/Antibody code; ``al
 ends at ``"### Response:"`` as in the Vaccine/Lisa code (training and evaluation). The target is the
 response followed by the end-of-sequence token; prompt tokens get label -100 so the loss is on the
 response only.
+
+Prompts are tokenised as the papers' code does, ``tokenizer(prompt)`` with the tokenizer's default
+special tokens: a tokenizer that prepends a BOS token (Llama-2's) gets one at the start of every
+prompt, in training, scoring and generation alike (:func:`prompt_ids`), but not a second one when a
+chat template already rendered it, and never a trailing EOS. Answers get no BOS of their own.
 """
 
 from __future__ import annotations
@@ -88,21 +93,69 @@ class Encoded:
     refusal: Encoded | None = None
 
 
-def encode(ex: Example, tokenizer: Any, template: str, max_length: int) -> Encoded:
-    """Tokenise prompt and response separately so the label mask falls exactly on the answer."""
-    prompt_ids = tokenizer(format_prompt(ex, tokenizer, template), add_special_tokens=False)[
-        "input_ids"
-    ]
-    answer_ids = tokenizer(ex.response, add_special_tokens=False)["input_ids"]
-    answer_ids = [*answer_ids, tokenizer.eos_token_id]
-    # Keep at least a few answer tokens: cut the prompt from the left if it is too long.
-    keep_answer = min(len(answer_ids), max(1, max_length // 4))
-    if len(prompt_ids) + keep_answer > max_length:
-        prompt_ids = prompt_ids[len(prompt_ids) + keep_answer - max_length :]
-    answer_ids = answer_ids[: max_length - len(prompt_ids)]
+def bos_ids(tokenizer: Any) -> list[int]:
+    """The ids ``tokenizer(text)`` puts before the text by default: ``[BOS]`` for a tokenizer that
+    adds one (Llama-2: ``add_bos_token=True``), ``[]`` for one that does not (SmolLM2's).
+
+    Read off the tokenizer itself (with and without its default special tokens), so whatever its
+    post-processor does is what counts; a trailing EOS it may also add is ignored."""
+    with_specials = list(tokenizer("x")["input_ids"])
+    plain = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+    if not plain:
+        return []
+    for start in range(len(with_specials) - len(plain) + 1):
+        if with_specials[start : start + len(plain)] == plain:
+            return with_specials[:start]
+    bos = getattr(tokenizer, "bos_token_id", None)  # the specials changed how the text split
+    return [bos] if bos is not None and with_specials[:1] == [bos] != plain[:1] else []
+
+
+def prompt_ids(tokenizer: Any, text: str, bos: list[int] | None = None) -> list[int]:
+    """Token ids of a formatted prompt as the model's own code feeds it: :func:`bos_ids` first,
+    unless the text already starts with them (a chat template that renders the BOS token), then
+    the text. Never an EOS. ``bos``: :func:`bos_ids` of ``tokenizer``, when already known."""
+    head = bos_ids(tokenizer) if bos is None else bos
+    ids = list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    if head and ids[: len(head)] != head:
+        ids = head + ids
+    return ids
+
+
+def bos_prepended(tokenizer: Any, texts: Sequence[str]) -> bool:
+    """Whether :func:`prompt_ids` puts a BOS before any of ``texts`` that the text does not have.
+
+    Caches of generated answers key on it, so answers generated before prompts got their BOS are
+    never served for them, while the keys of tokenizers without a BOS stay as they were."""
+    head = bos_ids(tokenizer)
+    return bool(head) and any(
+        tokenizer(t, add_special_tokens=False)["input_ids"][: len(head)] != head for t in texts
+    )
+
+
+def encode(
+    ex: Example, tokenizer: Any, template: str, max_length: int, bos: list[int] | None = None
+) -> Encoded:
+    """Tokenise prompt and response separately so the label mask falls exactly on the answer.
+
+    The prompt starts with the tokenizer's BOS when it adds one (:func:`prompt_ids`), which is
+    masked like the rest of the prompt; the answer is the response's tokens and the EOS token.
+    ``bos``: :func:`bos_ids` of ``tokenizer``, when already known."""
+    head = bos_ids(tokenizer) if bos is None else bos
+    prompt = prompt_ids(tokenizer, format_prompt(ex, tokenizer, template), head)
+    answer = tokenizer(ex.response, add_special_tokens=False)["input_ids"]  # no BOS of its own
+    answer = [*answer, tokenizer.eos_token_id]
+    # Keep at least a few answer tokens: cut the prompt from the left if it is too long, after its
+    # leading BOS, which stays.
+    keep_answer = min(len(answer), max(1, max_length // 4))
+    if len(prompt) + keep_answer > max_length:
+        room = max(0, max_length - keep_answer)
+        lead = min(len(head) if head and prompt[: len(head)] == head else 0, room)
+        tail = room - lead
+        prompt = prompt[:lead] + (prompt[len(prompt) - tail :] if tail else [])
+    answer = answer[: max_length - len(prompt)]
     return Encoded(
-        input_ids=prompt_ids + answer_ids,
-        labels=[IGNORE_INDEX] * len(prompt_ids) + answer_ids,
+        input_ids=prompt + answer,
+        labels=[IGNORE_INDEX] * len(prompt) + answer,
         is_harmful=ex.kind == "harmful",
     )
 
@@ -116,10 +169,11 @@ def encode_all(
 ) -> list[Encoded]:
     """Encode examples; with ``refusal_view`` each also carries its refusal view (same prompt)."""
     out = []
+    bos = bos_ids(tokenizer)
     for i, ex in enumerate(examples):
-        enc = encode(ex, tokenizer, template, max_length)
+        enc = encode(ex, tokenizer, template, max_length, bos)
         if refusal_view:
-            enc.refusal = encode(refusal_example(ex, i), tokenizer, template, max_length)
+            enc.refusal = encode(refusal_example(ex, i), tokenizer, template, max_length, bos)
         out.append(enc)
     return out
 

@@ -29,15 +29,19 @@ def distill(
     from hftguard import models
     from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
     from hftguard.context import JudgeContext
-    from hftguard.data import format_prompt
+    from hftguard.data import bos_prepended, format_prompt
     from hftguard.generation import generate
 
+    tok = models.load_tokenizer(recipe.base)
+    prompts = [format_prompt(e, tok, template) for e in examples]
     key = sha256_text(
         [
             models.model_fingerprint(recipe),
             template,
             str(max_new_tokens),
             *(f"{e.prompt}\x1f{e.input}" for e in examples),
+            # prompts that get the tokenizer's BOS (hftguard.data.prompt_ids) get a key of their own
+            *(["prompt-bos"] if bos_prepended(tok, prompts) else []),
         ]
     )
     cache = models.hftguard_home() / "distill" / f"{key[:32]}.jsonl"
@@ -47,7 +51,6 @@ def distill(
         return [Example(r["prompt"], r["response"], "benign", r["input"], r["meta"]) for r in rows]
     device = models.pick_device("auto")
     model, tok = models.load_for_eval(recipe, device, models.pick_dtype("auto", device))
-    prompts = [format_prompt(e, tok, template) for e in examples]
     answers = generate(
         model,
         tok,

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from hftguard.console import Reporter
+from hftguard.data import bos_ids, prompt_ids
 
 
 @torch.no_grad()
@@ -29,9 +30,13 @@ def generate(
     top_p: float = 1.0,
     sort_by_length: bool = True,
 ) -> list[str]:
-    """Complete each prompt (already formatted) and return the decoded continuations, in order."""
+    """Complete each prompt (already formatted) and return the decoded continuations, in order.
+
+    Prompts are tokenised by :func:`hftguard.data.prompt_ids` (with the tokenizer's BOS when it
+    adds one, exactly once), as in training, and left-padded so the BOS follows the pads."""
     device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    bos = bos_ids(tokenizer)
+    encoded = [prompt_ids(tokenizer, p, bos) for p in prompts]
     order = (
         sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
         if sort_by_length

@@ -19,7 +19,7 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
     padding-dependent rounding decided the token, not a bug).
     """
     from hftguard.context import DataContext
-    from hftguard.data import format_prompt, load_examples
+    from hftguard.data import format_prompt, load_examples, prompt_ids
     from hftguard.generation import generate
 
     examples = load_examples(
@@ -54,8 +54,8 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
         "max_new_tokens": opts.max_new_tokens,
         "decoding": "greedy",
         "prompt_tokens": [
-            min(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts),
-            max(len(tok(p, add_special_tokens=False)["input_ids"]) for p in prompts),
+            min(len(prompt_ids(tok, p)) for p in prompts),
+            max(len(prompt_ids(tok, p)) for p in prompts),
         ],
         "time_basis": basis,
         "one_at_a_time_s": t_single.median(basis),
@@ -80,9 +80,9 @@ def _explain_mismatch(
     """Where two completions part and how close the greedy choice was in the unpadded decode."""
     import torch
 
-    ids = torch.tensor(
-        [tok(prompt, add_special_tokens=False)["input_ids"]], device=next(model.parameters()).device
-    )
+    from hftguard.data import prompt_ids
+
+    ids = torch.tensor([prompt_ids(tok, prompt)], device=next(model.parameters()).device)
     pad_id = _pad_id(tok)
     with torch.no_grad():
         out = model.generate(

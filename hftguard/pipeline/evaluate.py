@@ -98,7 +98,7 @@ def run(
 
     def body() -> dict[str, Any]:
         from hftguard import models
-        from hftguard.data import format_prompt
+        from hftguard.data import bos_prepended, format_prompt
         from hftguard.generation import generate
 
         t0 = time.time()
@@ -137,16 +137,20 @@ def run(
         reporter.info(f"eval: loading {cfg.model} on {device}")
         model, tok = models.load_for_eval(resolved.recipe, device, dtype)
         model_fp = cache.model_key(resolved.recipe)
+        bos_added: list[bool] = []  # per gen() call: did the prompts get the tokenizer's BOS?
 
         def gen(exs: list[Example], budget: int, label: str) -> list[str]:
             prompts = [format_prompt(e, tok, cfg.template) for e in exs]
-            decoding = {
+            decoding: dict[str, Any] = {
                 "max_new_tokens": budget,
                 "do_sample": False,
                 "batch_size": cfg.batch_size,
                 "dtype": str(dtype),
                 "device": device.type,
             }
+            bos_added.append(bos_prepended(tok, prompts))
+            if bos_added[-1]:  # a new key: no answer generated without the BOS is reused
+                decoding["prompt_bos"] = True
             return cache.cached_generate(
                 model_fp,
                 prompts,
@@ -257,6 +261,7 @@ def run(
                 k: getattr(v[0], "max_new_tokens", 32) for k, v in tasks.items()
             },
             "template": cfg.template,
+            **({"prompt_bos": True} if any(bos_added) else {}),
         }
         metrics["model"] = {"spec": cfg.model, "recipe": resolved.recipe.as_dict()}
         metrics["schema_version"] = 1

@@ -397,7 +397,8 @@ def generate_scored(
 ) -> tuple[list[str], list[dict[str, float] | None]]:
     """Greedy completions of already formatted prompts, plus first-answer-token probabilities.
 
-    Batched with left padding, sorted by length, order restored (as
+    Tokenised (with the tokenizer's BOS when it adds one and the prompt does not start with it)
+    and batched with left padding, sorted by length, order restored (as
     :func:`hftguard.generation.generate`). For each row, ``probes`` (``{name: token ids}``) are
     read from the softmax at the first generated token that is not whitespace (Llama Guard 3 may
     emit a blank line before its verdict): ``{name: summed probability}``, or None when the row
@@ -405,8 +406,11 @@ def generate_scored(
     """
     import torch
 
+    from hftguard.data import bos_ids, prompt_ids
+
     device = next(model.parameters()).device
-    encoded = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    bos = bos_ids(tokenizer)  # BOS once, as in hftguard.generation (none added if already there)
+    encoded = [prompt_ids(tokenizer, p, bos) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     stop = _stop_ids(tokenizer, model)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (stop or [0])[0]
