@@ -12,6 +12,7 @@ tables here and are checked against the component's own ``Config`` dataclass by 
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 import types
 import typing
@@ -184,6 +185,14 @@ class PipelineConfig:
                 stage.dataset_options[name] = {**options, **stage.dataset_options.get(name, {})}
 
 
+#: The section of a pipeline config that holds each stage's config.
+STAGE_SECTIONS: dict[type, str] = {
+    AlignConfig: "align",
+    FinetuneConfig: "finetune",
+    EvalConfig: "eval",
+}
+
+
 # ---------------------------------------------------------------------------------------------
 # Building dataclasses from untyped mappings
 
@@ -249,13 +258,21 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             except ValueError:
                 pass
     elif tp is float:
+        number: float | None = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            if not math.isfinite(number):
+                raise ConfigError(
+                    f"{where} = {number} is not a finite number.",
+                    hint=f"Give {where} a finite value (nan and inf are never valid options).",
+                )
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -283,7 +300,12 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
                 f"Unknown option '{prefix}{key}'.{did_you_mean(norm, fields)}",
                 hint=f"Valid options{' of ' + where if where else ''}: {', '.join(fields)}.",
             )
-        kwargs[norm] = _coerce(value, hints[norm], f"{prefix}{norm}")
+        tp = hints[norm]
+        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+            # A nested table overrides the field's OWN default, not its class's defaults: a
+            # [finetune.train] table (or an empty one) keeps the fine-tuning stage's lr 1e-5.
+            value = merge(as_dict(_default(fields[norm])), value, f"{prefix}{norm}")
+        kwargs[norm] = _coerce(value, tp, f"{prefix}{norm}")
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -291,12 +313,32 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
     return obj
 
 
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Recursive dict merge: tables merge, other values replace."""
+def _default(f: dataclasses.Field) -> Any:  # type: ignore[type-arg]
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
+
+
+def merge(base: dict[str, Any], override: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """Recursive dict merge: tables merge, other values replace.
+
+    A table meeting a plain value (``train = 5`` in a file, ``--set train.lr=...`` on the command
+    line) is an error: silently keeping either would drop what the user wrote.
+    """
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
+        path = f"{where}.{key}" if where else str(key)
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            out[key] = merge(old, value, path)
+        elif key in out and (isinstance(value, dict) != isinstance(old, dict)) and old is not None:
+            table, scalar = (value, old) if isinstance(value, dict) else (old, value)
+            raise ConfigError(
+                f"'{path}' is given both as a table of options ({table!r}) and as the value "
+                f"{scalar!r}.",
+                hint=f"'{path}' is a table: write its options as {path}.<option> = value "
+                f"(e.g. [{path}] in a TOML file, or --set {path}.<option>=value).",
+            )
         else:
             out[key] = value
     return out
@@ -327,6 +369,8 @@ def parse_sets(items: list[str] | None) -> dict[str, Any]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"--set {item!r}: '{part}' is set both as a value and a table.")
+        if isinstance(node.get(parts[-1]), dict):
+            raise ConfigError(f"--set {item!r}: '{key}' is set both as a value and a table.")
         node[parts[-1]] = parse_value(value.strip())
     return out
 
@@ -353,6 +397,46 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         ) from exc
 
 
+#: Keys that only a pipeline config (``hftguard run``) has: a file with any of them is in pipeline
+#: form, one without them holds a single stage's options at top level.
+PIPELINE_ONLY_KEYS = ("align", "finetune", "eval", "grid", "evaluate_base", "skip_align")
+
+
+def layered(
+    *,
+    preset: str | None = None,
+    config_file: str | Path | None = None,
+    section: str | None = None,
+    cli: dict[str, Any] | None = None,
+    sets: list[str] | None = None,
+) -> dict[str, Any]:
+    """The one precedence of every entry point, as pipeline-form data.
+
+    defaults < preset < config file < command-line options < ``--set``. ``section`` names the
+    stage a stage command resolves (``align``, ``finetune``, ``eval``): its options and ``--set``
+    keys are relative to that stage, and a config file without pipeline sections is read as that
+    stage's table. ``hftguard run`` passes no section. Options whose value is ``None`` were not
+    given.
+    """
+    data: dict[str, Any] = {}
+    if preset:
+        from hftguard import presets
+
+        data = presets.load(preset).pipeline()
+    if config_file:
+        raw = load_toml(config_file)
+        if section and not any(k in raw for k in PIPELINE_ONLY_KEYS):
+            raw = {section: raw}
+        data = merge(data, raw)
+    given = {k: v for k, v in (cli or {}).items() if v is not None}
+    if given:
+        data = merge(data, {section: given} if section else given)
+    overrides = parse_sets(sets)
+    if overrides:
+        data = merge(data, {section: overrides} if section else overrides)
+    return data
+
+
 def resolve(
     cls: type[T],
     *,
@@ -362,21 +446,32 @@ def resolve(
     sets: list[str] | None = None,
     preset: str | None = None,
 ) -> T:
-    """Defaults < preset < config file (optionally one [section]) < CLI options < --set."""
-    data: dict[str, Any] = {}
-    if preset:
-        from hftguard import presets
+    """Resolve a stage config (or the pipeline's) the way every entry point does.
 
-        p = presets.load(preset)
-        data = p.stage(section) if section else p.pipeline()
-    if config_file:
-        raw = load_toml(config_file)
-        if section and section in raw and isinstance(raw[section], dict):
-            raw = raw[section]
-        data = merge(data, raw)
-    data = merge(data, {k: v for k, v in (cli or {}).items() if v is not None})
-    data = merge(data, parse_sets(sets))
-    return build(cls, data)
+    A stage is resolved as the matching section of the pipeline config that ``hftguard run`` would
+    build from the same preset, file and overrides, so ``hftguard align --config F`` and
+    ``hftguard run F`` train the same model (pipeline-wide ``dataset_options`` and the preset
+    reference included). Another dataclass is built from the layered data directly.
+    """
+    if cls is PipelineConfig:
+        data = layered(preset=preset, config_file=config_file, cli=cli, sets=sets)
+        data.pop("grid", None)
+        return build(cls, data)
+    section = section or STAGE_SECTIONS.get(cls)
+    if section is None:
+        data = layered(preset=preset, config_file=config_file, cli=cli, sets=sets)
+        return build(cls, data)
+    data = layered(preset=preset, config_file=config_file, section=section, cli=cli, sets=sets)
+    table = data.get(section, {})
+    if not isinstance(table, dict):
+        raise ConfigError(
+            f"'{section}' must be a table of options, got {table!r}.",
+            hint=f"Write the stage's options under [{section}].",
+        )
+    stage = build(cls, table)  # errors name keys relative to the stage, as its options are given
+    # the pipeline-wide keys (dataset_options, preset) reach the stage exactly as under `run`
+    shared = {k: v for k, v in data.items() if k not in PIPELINE_ONLY_KEYS}
+    return getattr(build(PipelineConfig, {**shared, section: stage}), section)  # type: ignore[no-any-return]
 
 
 def as_dict(obj: Any) -> dict[str, Any]:
@@ -419,7 +514,11 @@ def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:
 
 
 def check_range(where: str, value: float, lo: float | None = None, hi: float | None = None) -> None:
-    """Raise a ConfigError when ``value`` is outside [lo, hi]."""
+    """Raise a ConfigError when ``value`` is outside [lo, hi] (nan is outside every range)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(
+            f"{where} = {value} is not a finite number.", hint=f"Give {where} a finite value."
+        )
     if (lo is not None and value < lo) or (hi is not None and value > hi):
         bounds = f"[{lo if lo is not None else '-inf'}, {hi if hi is not None else 'inf'}]"
         raise ConfigError(
@@ -427,8 +526,12 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
         )
 
 
+#: The largest float32 (torch.finfo(torch.float32).max, written out to keep this module torch-free).
+FLOAT32_MAX = 3.4028234663852886e38
+
+
 def _validate_train(t: TrainOptions, where: str) -> None:
-    check_range(f"{where}.lr", t.lr, 0.0)
+    check_range(f"{where}.lr", t.lr, 0.0, FLOAT32_MAX)  # beyond it the optimizer cannot step
     check_range(f"{where}.epochs", t.epochs, 0.0)
     check_range(f"{where}.max_steps", t.max_steps, 0)
     check_range(f"{where}.batch_size", t.batch_size, 1)

@@ -182,12 +182,13 @@ def register(app: typer.Typer) -> None:
         if kind == "pipeline":  # a pipeline config, or a grid of them
             from hftguard.pipeline import grid
 
-            g = grid.load(c.load_toml(config_file))
+            g = grid.load(c.layered(config_file=config_file))
             grid.check(g, default_registry())
             cells = f" ({len(g.cells)} cells)" if g.is_grid else ""
             stdout.print(f"[green]OK[/green]: {config_file} is a valid pipeline config{cells}.")
             return
-        cfg = c.build(classes[kind], c.load_toml(config_file))
+        # the stage as `hftguard KIND --config FILE` resolves it (a pipeline file's section too)
+        cfg = c.resolve(classes[kind], config_file=config_file)
         c.validate_stage(cfg)
         check_components(cfg, default_registry())
         stdout.print(f"[green]OK[/green]: {config_file} is a valid {kind} config.")

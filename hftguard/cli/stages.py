@@ -62,7 +62,9 @@ def _train(
     steps: int | None, epochs: float | None, bs: int | None, lr: float | None
 ) -> dict[str, Any]:
     t = {"max_steps": steps, "epochs": epochs, "batch_size": bs, "lr": lr}
-    return {"train": {k: v for k, v in t.items() if v is not None}}
+    given = {k: v for k, v in t.items() if v is not None}
+    # no table at all when no option was given: an empty one would still meet a file's value
+    return {"train": given} if given else {}
 
 
 def _call(fn: Callable[[], Any]) -> Any:
@@ -348,16 +350,12 @@ def register(app: typer.Typer) -> None:
                 "run eval (or hftguard run) in one process.",
             )
         sets = list(set_ or [])
-        data = cfgmod.load_toml(config_file) if config_file else {}
-        if preset:
-            from hftguard import presets
-
-            data = cfgmod.merge(presets.load(preset).pipeline(), data)
         if seed is not None:
             sets += [f"align.seed={seed}", f"finetune.seed={seed}", f"eval.seed={seed}"]
-            if "grid" in data:
-                sets.append(f"grid.seed=[{seed}]")
-        g = grid.load(cfgmod.merge(data, cfgmod.parse_sets(sets)))
+        data = cfgmod.layered(preset=preset, config_file=config_file, sets=sets)
+        if seed is not None and "grid" in data:
+            data = cfgmod.merge(data, {"grid": {"seed": [seed]}})
+        g = grid.load(data)
         if dry_run:
             grid.check(g)
             rows = grid.plan(g, out)

@@ -298,8 +298,7 @@ def single(cfg: PipelineConfig) -> Grid:
 
 def load_file(path: str | Path, sets: list[str] | None = None) -> Grid:
     """Read a grid (or plain pipeline) TOML file with ``--set`` overrides applied."""
-    data = cfgmod.load_toml(path)
-    return load(cfgmod.merge(data, cfgmod.parse_sets(sets)))
+    return load(cfgmod.layered(config_file=path, sets=sets))
 
 
 def check(grid: Grid, registry: Registry | None = None) -> None:
