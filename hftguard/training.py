@@ -241,14 +241,14 @@ def train(
             total_norm = _clip(params, opts.max_grad_norm)
             optimizer.step()
             scheduler.step()
-            # The one host synchronisation of the step: every metric to a Python number at once.
-            values = _step_metrics({"grad_norm": total_norm, **metrics}, device, shard[1])
-            grad_norm = values.pop("grad_norm")
-            if not math.isfinite(grad_norm):  # the run stops; the update just made is not saved
-                raise HftguardError(
-                    f"The gradient became {grad_norm} at step {step} ({defense.name}).",
-                    hint="Lower train.lr, or use precision=fp32.",
-                )
+            # The one host synchronisation of the step: every metric to a Python number at once,
+            # with the updated parameters' norm (finite unless the update broke them).
+            weights = torch.stack(torch._foreach_norm([p.detach() for _, p in params])).sum()
+            values = _step_metrics(
+                {"grad_norm": total_norm, "_weights": weights, **metrics}, device, shard[1]
+            )
+            grad_norm, weight_norm = values.pop("grad_norm"), values.pop("_weights")
+            _check_finite(step, defense.name, grad_norm, weight_norm, values.get("loss"))
             dt = time.perf_counter() - t0
             times.append(dt)
             last_loss = values.get("loss", last_loss)
@@ -299,6 +299,25 @@ class _nullcontext:
 
     def __exit__(self, *exc: Any) -> None:
         return None
+
+
+def _check_finite(step: int, defense: str, grad_norm: float, weight_norm: float, loss: Any) -> None:
+    """Stop the run (as failed: the caller's manifest says so) when a step produced non-finite
+    numbers; the update just made is not saved. A run whose weights hold inf/nan must never end
+    as completed: its evaluation would report a meaningless HS (0 % for a model that emits
+    nothing)."""
+    broken = [
+        f"{what} {value}"
+        for what, value in (("the gradient norm is", grad_norm), ("the loss is", loss))
+        if isinstance(value, float) and not math.isfinite(value)
+    ]
+    if not math.isfinite(weight_norm):
+        broken.append(f"the trainable weights hold inf/nan (norm {weight_norm})")
+    if broken:
+        raise HftguardError(
+            f"Training diverged at step {step} ({defense}): {'; '.join(broken)}.",
+            hint="Lower train.lr (and check train.max_grad_norm > 0), or use precision=fp32.",
+        )
 
 
 def _clip(params: Params, max_norm: float) -> torch.Tensor:

@@ -182,7 +182,7 @@ def test_a_metric_that_is_not_a_number_is_a_clear_error(tmp_path, tiny_tok):
 def test_a_non_finite_gradient_stops_the_run_at_its_step(tmp_path, tiny_tok):
     from hftguard.errors import HftguardError
 
-    with pytest.raises(HftguardError, match="became nan at step 1"):
+    with pytest.raises(HftguardError, match=r"diverged at step 1.*gradient norm is nan"):
         _run(tmp_path, tiny_tok, "t", _TensorMetrics(blow_up_at=1), steps=4)
     assert len((tmp_path / "t" / "train_log.jsonl").read_text().splitlines()) == 1
 
@@ -294,3 +294,161 @@ def test_builtin_steps_read_nothing_back_from_the_device(name, tmp_path, tiny_to
     assert len(per_step) == 3
     for reads in per_step:
         assert len(reads) <= allowed, reads
+
+
+# ---- clipping of the assembled gradient (algorithms.md §1.5.3, §16.9) ---------------------------
+
+
+def _recording_adamw(monkeypatch):
+    """Patch the loop's AdamW so that every step records the gradient it is about to apply."""
+    seen: list[list[torch.Tensor]] = []
+
+    class RecordingAdamW(torch.optim.AdamW):
+        def step(self, closure=None):
+            seen.append([p.grad.detach().clone() for g in self.param_groups for p in g["params"]])
+            return super().step(closure)
+
+    monkeypatch.setattr(torch.optim, "AdamW", RecordingAdamW)
+    return seen
+
+
+def _clipped_by_hand(grads, max_norm):
+    """torch/HF clipping written out: g * min(1, c / (||g||_global + 1e-6))."""
+    total = sum(float((g.double() ** 2).sum()) for g in grads) ** 0.5
+    coef = min(1.0, max_norm / (total + 1e-6)) if max_norm > 0 else 1.0
+    return [g * coef for g in grads], total
+
+
+class _ScaledGrad(SFTAlign):
+    """Writes a fixed unit-norm direction times a per-step scale, so the pre-clip norm is known."""
+
+    def __init__(self, scales):
+        super().__init__()
+        self.scales = scales
+        self.written: list[list[torch.Tensor]] = []
+
+    def training_step(self, model, batch, ctx):
+        gen = torch.Generator().manual_seed(100 + ctx.step)
+        raw = [torch.randn(p.shape, generator=gen) for _, p in ctx.params]
+        unit = sum(float((g**2).sum()) for g in raw) ** 0.5
+        grads = [g * (self.scales[ctx.step] / unit) for g in raw]
+        training.set_grads(ctx.params, [g.clone() for g in grads])
+        self.written.append(grads)
+        return {"loss": torch.tensor(0.0)}
+
+
+def _train_recorded(tmp_path, tok, model, defense, streams, max_grad_norm, steps, name="clip"):
+    import json
+
+    from hftguard.console import Reporter
+
+    run = open_run_dir(tmp_path / name, "align")
+    run.update_manifest(stage="align", status="running")
+    main = encode_all(
+        [Example(f"question {i}", f"answer number {i}", "refusal") for i in range(12)],
+        tok,
+        "chat",
+        64,
+    )
+    opts = TrainOptions(
+        lr=1e-2,
+        max_steps=steps,
+        batch_size=4,
+        weight_decay=0.1,
+        max_grad_norm=max_grad_norm,
+        checkpoint_every=0,
+    )
+    training.train(
+        model,
+        defense,
+        main,
+        streams,
+        opts,
+        run,
+        Reporter(quiet=True),
+        seed=3,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    return opts, [json.loads(x) for x in (run.path / "train_log.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("max_grad_norm", [1.0, 0.0])
+def test_the_applied_update_is_the_clipped_gradient(
+    monkeypatch, tmp_path, tiny_lm, tiny_tok, max_grad_norm
+):
+    """With max_grad_norm = 1 a large gradient is scaled to norm 1 before AdamW (a small one is
+    left alone); with 0 nothing is clipped. Checked on the gradient the optimizer sees and on the
+    weights: replaying plain AdamW on the hand-clipped gradients gives the loop's weights (Adam's
+    update depends on the *relative* scale of successive gradients, so it sees the clipping)."""
+    real_adamw = torch.optim.AdamW
+    seen = _recording_adamw(monkeypatch)
+    model = _peft(tiny_lm)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    start = [p.detach().clone() for _, p in params]
+    scales = [100.0, 0.3, 20.0]
+    defense = _ScaledGrad(scales)
+    opts, rows = _train_recorded(tmp_path, tiny_tok, model, defense, {}, max_grad_norm, 3)
+
+    replay = [s.clone().requires_grad_(True) for s in start]
+    ref = real_adamw(replay, lr=opts.lr, weight_decay=opts.weight_decay)
+    for step, (written, applied) in enumerate(zip(defense.written, seen, strict=True)):
+        expected, total = _clipped_by_hand(written, max_grad_norm)
+        assert total == pytest.approx(scales[step], rel=1e-6)
+        assert rows[step]["grad_norm"] == pytest.approx(total, rel=1e-5)  # logged before clipping
+        for a, e in zip(applied, expected, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)
+        if max_grad_norm > 0 and total > max_grad_norm:
+            assert sum(float((a.double() ** 2).sum()) for a in applied) ** 0.5 == pytest.approx(
+                max_grad_norm, rel=1e-5
+            )
+        for p, e in zip(replay, expected, strict=True):
+            p.grad = e.clone()
+        ref.step()
+    for (_, p), q in zip(params, replay, strict=True):
+        torch.testing.assert_close(p.detach(), q.detach(), rtol=1e-5, atol=1e-7)
+
+
+def test_a_multi_pass_gradient_is_clipped_once_as_a_whole(monkeypatch, tmp_path, tiny_tok):
+    """Booster's three passes assemble g_a + lam (g_h - g_h'); the loop clips that sum, with one
+    global norm over all tensors, after the step, and never the passes themselves: the assembled
+    gradient equals an independent plain-autograd computation, and the optimizer sees it scaled
+    by one coefficient to norm 1."""
+    import dataclasses
+
+    from defense_helpers import encoded, lora_model, moved_copy, norm, ref_grads
+
+    from hftguard.builtins.defenses.booster import Booster, BoosterConfig
+
+    seen = _recording_adamw(monkeypatch)
+    lam, alpha = 25.0, 0.1
+    assembled, expected_raw = [], []
+
+    class Recorded(Booster):
+        def training_step(self, model, batch, ctx):
+            h = ctx.next_batch("harmful")
+            g_h = ref_grads(model, h)  # independent: explicit theta', HF loss, plain autograd
+            g_hp = ref_grads(moved_copy(model, g_h, -alpha / (norm(g_h) + 1e-7)), h)
+            g_a = ref_grads(model, batch)
+            expected_raw.append([a + lam * (x - y) for a, x, y in zip(g_a, g_h, g_hp, strict=True)])
+            out = super().training_step(
+                model, batch, dataclasses.replace(ctx, next_batch=lambda _: h)
+            )
+            assembled.append([p.grad.detach().clone() for _, p in ctx.params])
+            return out
+
+    model = lora_model(tiny_tok)
+    streams = {"harmful": encoded(tiny_tok, "harmful", 0, 6, refusal_view=False)}
+    _, rows = _train_recorded(
+        tmp_path, tiny_tok, model, Recorded(BoosterConfig(lam=lam, alpha=alpha)), streams, 1.0, 2
+    )
+    assert len(seen) == len(assembled) == 2
+    for row, raw, whole, applied in zip(rows, expected_raw, assembled, seen, strict=True):
+        for a, e in zip(whole, raw, strict=True):  # the passes are not clipped
+            torch.testing.assert_close(a, e, rtol=1e-4, atol=1e-6)
+        expected, total = _clipped_by_hand(whole, 1.0)
+        assert total > 1.2  # large enough that clipping matters
+        assert row["grad_norm"] == pytest.approx(total, rel=1e-5)
+        for a, e in zip(applied, expected, strict=True):
+            torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)
