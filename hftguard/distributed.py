@@ -204,6 +204,10 @@ def join(cpu: Callable[[], bool]) -> Team:
         rank, world = launch_rank()
         if world > 1:
             _join(cpu())
+            # Python API users (no CLI main): still tear the group down before static destructors
+            import atexit
+
+            atexit.register(leave, False)
         _TEAM = Team(rank, world)
     return _TEAM
 
@@ -211,6 +215,31 @@ def join(cpu: Callable[[], bool]) -> Team:
 def current() -> Team:
     """The team a training stage joined, or a team of one (no stage joined one)."""
     return _TEAM if _TEAM is not None else Team()
+
+
+def leave(ok: bool) -> None:
+    """Tear the process group down before the interpreter exits (several processes only).
+
+    Without this, the group is destroyed by the interpreter's shutdown, while a gloo worker
+    thread may still hold an all-gather's buffers: the process then aborts ("terminate called
+    without an active exception") after the command has finished, in a few percent of runs.
+    After a successful command every process first meets at a barrier, so no process tears down
+    while another is still inside a collective with it; after a failure there is no barrier (the
+    others may never arrive), the group is just destroyed.
+    """
+    global _TEAM
+    if _TEAM is None or not _TEAM.multi:
+        return
+    _TEAM = None
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        if ok:
+            dist.barrier()
+    finally:
+        dist.destroy_process_group()
 
 
 def _join(cpu: bool) -> None:

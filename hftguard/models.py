@@ -199,21 +199,30 @@ def _convert_gguf(gguf: Path, name: str) -> Path:
 
 
 def _publish(tmp: Path, target: Path) -> None:
-    """Move a finished cache directory into place; keep one another process finished first.
+    """Move a finished cache directory into place, under the entry's lock (see :func:`_cache_lock`).
 
-    Several processes of one launch (torchrun) may build the same cache entry at once.
+    A complete entry (one with config.json) is never replaced or deleted: another process may be
+    reading it. An incomplete one (a crash while publishing) is moved aside, then removed.
     """
-    if (target / "config.json").is_file():
-        shutil.rmtree(tmp, ignore_errors=True)
-        return
-    if target.exists():
-        shutil.rmtree(target)  # an incomplete entry (no config.json)
-    try:
+    with _cache_lock(target):
+        if (target / "config.json").is_file():
+            shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
+            return
+        if target.exists():
+            aside = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.stale."))
+            os.replace(target, aside / "entry")
+            shutil.rmtree(aside, ignore_errors=True)
         os.replace(tmp, target)
-    except OSError:
-        if not (target / "config.json").is_file():
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)  # another process published it meanwhile
+
+
+def _cache_lock(target: Path) -> Any:
+    """An inter-process lock for one cache entry: the processes of one launch (torchrun) build the
+    same entry at once; without it one process could delete an entry another had just published
+    and was loading (seen as "Unrecognized model ... config.json" on the other process)."""
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(target.parent / f".{target.name}.lock"))
 
 
 def _tiny_random_dir() -> Path:

@@ -78,15 +78,33 @@ def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the process exit code."""
     from hftguard.registry import default_registry
 
+    code = 1
     try:
         host = default_registry().host
         app = build_app(host)
         app(args=argv, prog_name="hftguard", standalone_mode=True)
+        code = 0
     except HftguardError as exc:
-        return _report(exc)
+        code = _report(exc)
     except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-    return 0
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        _leave_process_group(code == 0)
+    return code
+
+
+def _leave_process_group(ok: bool) -> None:
+    """Several processes (torchrun): tear the group down here, not at interpreter exit."""
+    if "hftguard.distributed" not in sys.modules:
+        return  # no stage joined a group (and no torch import just for this)
+    from hftguard.distributed import leave
+
+    try:
+        leave(ok)
+    except Exception as exc:  # a peer died meanwhile: the command's own outcome stands
+        from hftguard.console import stderr
+
+        stderr.print(f"Warning: leaving the process group failed: {type(exc).__name__}: {exc}")
 
 
 def run() -> None:
