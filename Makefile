@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-v1
 
-.PHONY: install test test-fast demo lint clean
+.PHONY: install test test-fast demo lint clean mutants
 
 install: $(STAMP)
 
@@ -26,6 +26,11 @@ test-fast: install
 
 demo: install
 	$(VENV)/bin/hftguard run configs/demo.toml --out runs/demo
+
+# Mutation testing (not part of `test` or CI): deliberate bugs in the defenses and the training
+# loop, each applied to a temporary copy of the repo; every one should make its tests fail.
+mutants: install
+	$(PY) tools/mutants.py
 
 lint: install
 	$(VENV)/bin/ruff check hftguard plugins tests

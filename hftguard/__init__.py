@@ -18,7 +18,7 @@ from hftguard.components import (
     ReportSink,
     TaskDataset,
 )
-from hftguard.context import DataContext, JudgeContext, StepContext
+from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
 from hftguard.errors import ConfigError, DataError, HftguardError
 from hftguard.records import Example, Verdict
 
@@ -40,6 +40,7 @@ __all__ = [
     "Judge",
     "JudgeContext",
     "NoOptions",
+    "PlanContext",
     "ReportSink",
     "StepContext",
     "TaskDataset",

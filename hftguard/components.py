@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
-    from hftguard.context import DataContext, JudgeContext, StepContext
+    from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
     from hftguard.records import Example, Verdict
 
 
@@ -68,6 +68,24 @@ class Defense(Component):
     #: Number of forward+backward passes per step, the theoretical cost relative to SFT
     #: (benchmarks).
     passes: ClassVar[float] = 1.0
+
+    def plan(self, ctx: PlanContext) -> None:
+        """Check that the defense can run as intended in this run's budget.
+
+        Called before training, and before the run directory is created whenever the number of
+        steps is known from the config (always in ``attack-finetune``; in ``align`` when
+        ``max_steps`` is set, otherwise once the data is loaded), also by ``hftguard validate``
+        and ``hftguard run --dry-run``. A defense whose schedule would silently degenerate in
+        ``ctx.total_steps`` steps (a phase that never starts, a weighting that is constant)
+        raises :class:`~hftguard.errors.ConfigError` naming the numbers, with a hint. Only where
+        an option explicitly asks for it may it adapt itself instead, and then report what it
+        will run through :meth:`effective_options`.
+        """
+
+    def effective_options(self) -> dict[str, Any]:
+        """What :meth:`plan` changed, as run (recorded in the manifest under
+        ``components.defense.effective``); empty when the defense runs as configured."""
+        return {}
 
     def setup(self, ctx: StepContext) -> None:
         """Called once before the first step (and again after a resume, with restored state)."""

@@ -71,3 +71,21 @@ class StepContext:
     all_reduce_mean: Callable[[list[Any]], list[Any]] = field(default=lambda tensors: tensors)
     rank: int = 0
     all_gather_rows: Callable[[Any], Any] = field(default=lambda rows: rows)
+
+
+@dataclass
+class PlanContext:
+    """What a defense's ``plan`` may use: the run's budget, known before anything is written.
+
+    Attributes:
+        total_steps: Number of optimizer steps the run will take.
+        batch_size: Examples per optimizer step (the global batch, over every process).
+        steps_source: Where ``total_steps`` comes from, for error messages (e.g. ``max_steps=30``
+            or ``samples=20, batch_size=8, epochs=1.0``).
+        stage: ``"align"`` or ``"finetune"``.
+    """
+
+    total_steps: int
+    batch_size: int = 1
+    steps_source: str = ""
+    stage: str = ""

@@ -194,6 +194,33 @@ def test_config_error_writes_no_run_directory(cli: Run, tmp_path: Path) -> None:
     assert not (tmp_path / "o").exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        # 0.1 x 4 = 0.4 rounds to no harmful example: the attack would be a benign run
+        (("-n", "4", "-p", "0.1"), ("harmful_ratio = 0.1", "samples = 4", "0 harmful", "0.25")),
+        # 0.95 x 10 = 9.5 rounds to 10 harmful examples: no benign task data left
+        (("-n", "10", "-p", "0.95"), ("harmful_ratio = 0.95", "samples = 10", "0 benign", "0.9")),
+        # a softmax over one sample weighs it 1: Antibody's fine-tuning would be plain SFT
+        (("--defense", "antibody", "--batch-size", "1"), ("batch_size = 1", "softmax", "SFT")),
+    ],
+    ids=["no-harmful-example", "no-benign-example", "antibody-batch-of-one"],
+)
+def test_degenerate_attack_is_refused_before_the_run_dir(
+    cli: Run, tmp_path: Path, args: tuple[str, ...], needles: tuple[str, ...]
+) -> None:
+    result = cli("attack-finetune", "--model", "tiny-random", *args, "--out", "o")
+    assert_error(result, 2, "Error:", "Hint:", *needles)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("p", ["0", "1"])
+def test_clean_and_all_harmful_attacks_stay_legal(cli: Run, tmp_path: Path, p: str) -> None:
+    write(tmp_path / "c.toml", f'model = "tiny-random"\nsamples = 4\nharmful_ratio = {p}\n')
+    result = cli("validate", "c.toml", "--kind", "finetune")
+    assert result.code == 0, result.err
+
+
 def test_validate_reports_bad_config(cli: Run, tmp_path: Path) -> None:
     write(tmp_path / "c.toml", '[eval]\njudges = ["refusal-keyword"]\n')
     assert_error(cli("validate", "c.toml"), 2, "Did you mean 'refusal-keywords'?")
@@ -290,7 +317,7 @@ def test_previous_run_that_did_not_finish(cli: Run, tmp_path: Path) -> None:
         tmp_path / "aligned" / "manifest.json", json.dumps({"stage": "align", "status": "failed"})
     )
     result = cli(
-        "attack-finetune", "--model", "aligned", "--max-steps", "1", "-n", "4", "--out", "o"
+        "attack-finetune", "--model", "aligned", "--max-steps", "1", "-n", "10", "--out", "o"
     )
     assert_error(result, int(ExitCode.USAGE), "aligned", "status: failed", "--resume")
 

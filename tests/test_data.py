@@ -75,3 +75,32 @@ def test_collate_pads_right_and_masks(tiny_tok):
     assert batch.attention_mask[0, short:].sum() == 0
     assert (batch.labels[0, short:] == IGNORE_INDEX).all()
     assert batch.is_harmful.tolist() == [False, True]
+
+
+def test_refusal_view_of_sample_i_uses_template_i_mod_100(tiny_tok):
+    """Antibody pairs sample i with refusal template i mod 100, i its position in the dataset
+    (algorithms.md §5.4, §6.3): each sample keeps its own refusal for the whole run."""
+    from hftguard.data import encode_all
+    from hftguard.refusals import REFUSAL_TEMPLATES
+
+    # the pool itself, spelled out for two entries (the first two templates of the pool)
+    assert REFUSAL_TEMPLATES[0] == "I cannot fulfill your request."
+    assert REFUSAL_TEMPLATES[1] == "I'm sorry, but I can't help with that."
+    examples = [
+        Example(f"prompt {i}", f"answer {i}", "harmful" if i % 3 == 0 else "benign")
+        for i in range(205)
+    ]
+    encoded = encode_all(examples, tiny_tok, "chat", 64, refusal_view=True)
+    for i, (ex, enc) in enumerate(zip(examples, encoded, strict=True)):
+        want = encode(
+            Example(ex.prompt, REFUSAL_TEMPLATES[i % 100], "refusal"), tiny_tok, "chat", 64
+        )
+        assert enc.refusal is not None
+        assert (enc.refusal.input_ids, enc.refusal.labels) == (want.input_ids, want.labels), i
+        assert not enc.refusal.is_harmful
+        answer = [t for t in enc.refusal.labels if t != IGNORE_INDEX]
+        assert tiny_tok.decode(answer[:-1]) == REFUSAL_TEMPLATES[i % 100], i
+    # positions 0, 100 and 200 share a template; neighbours do not
+    answers = [tuple(t for t in e.refusal.labels if t != IGNORE_INDEX) for e in encoded]
+    assert answers[0] == answers[100] == answers[200] != answers[1]
+    assert encode_all(examples, tiny_tok, "chat", 64)[0].refusal is None  # only when asked

@@ -141,6 +141,50 @@ def test_gradient_matches_plain_autograd(tiny_tok, mode):
     assert all(math.isfinite(v) for v in metrics.values())
 
 
+def _raw_lambda_by_hand(mode, g_a, d, eta=5.0, lambda_max=50.0):
+    if mode == "cosine":  # released code: max(0, eta - cos(g_a, d)), cos with +1e-8 (§5.2)
+        return max(0.0, eta - inner(g_a, d) / (norm(g_a) * norm(d) + 1e-8))
+    return min(lambda_max, max(0.0, eta - inner(g_a, d) / inner(d, d)))  # kkt (§16.1)
+
+
+@pytest.mark.parametrize(("mode", "ema"), [("cosine", 0.99), ("kkt", 0.5)])
+def test_gradient_at_step_three_uses_the_ema_of_lambda(tiny_tok, mode, ema):
+    """At step 1 the EMA equals the raw lambda, so only a later step tells them apart (§5.2).
+
+    Three steps, each on a different alignment batch and after a plain SGD step on the written
+    gradient (so theta moves as in the loop); the step-3 gradient is compared with
+    g_a + lambda_bar_3 d + 0.05 g_r', where lambda_bar_3 is the EMA of the raw lambdas of the three
+    steps, each computed by hand with plain autograd at that step's parameters.
+    """
+    model = lora_model(tiny_tok)
+    h = batch(tiny_tok, "harmful", 2)
+    defense = AntibodyAlign(AntibodyAlignConfig(lambda_mode=mode, ema=ema))
+    bar = None
+    raws = []
+    for step in range(3):
+        a = batch(tiny_tok, "refusal", step)
+        g_a, _, _, g_rp, d, _ = _pieces(model, a, h, 0.1)
+        raw = _raw_lambda_by_hand(mode, g_a, d)
+        raws.append(raw)
+        bar = raw if bar is None else ema * bar + (1.0 - ema) * raw
+        metrics = defense.training_step(model, a, fake_ctx(model, h, step))
+        written = written_grads(model)
+        if step < 2:
+            with torch.no_grad():
+                for (_, p), g in zip(trainable(model), written, strict=True):
+                    p.sub_(0.05 * g)
+                    p.grad = None
+    expected = [ga + bar * di + 0.05 * gr for ga, di, gr in zip(g_a, d, g_rp, strict=True)]
+    with_raw = [ga + raw * di + 0.05 * gr for ga, di, gr in zip(g_a, d, g_rp, strict=True)]
+    # the test only means something if the raw-lambda gradient is clearly different
+    assert abs(bar - raw) > 1e-3
+    gap = norm([x - y for x, y in zip(expected, with_raw, strict=True)])
+    assert gap > 1e-3 * norm(expected), (bar, raws)
+    assert_grads_close(written, expected)
+    assert float(metrics["lambda_raw"]) == pytest.approx(raw, rel=1e-5)
+    assert float(metrics["lambda"]) == pytest.approx(bar, rel=1e-5)
+
+
 def test_signs_of_alpha_lambda_and_refusal(tiny_tok):
     model = lora_model(tiny_tok)
     a, h = batch(tiny_tok, "refusal", 0), batch(tiny_tok, "harmful", 2)

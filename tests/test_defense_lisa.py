@@ -215,7 +215,10 @@ def test_state_dict_round_trip_resumes_identically(tiny_tok):
 
 def test_options_are_validated():
     with pytest.raises(ConfigError, match="k_finetune"):
-        build(LisaOptions, {"k_finetune": 0})
+        build(LisaOptions, {"k_align": 0, "k_finetune": 0})  # no state to run
+    with pytest.raises(ConfigError, match="k_finetune"):
+        build(LisaOptions, {"k_finetune": -1})
+    assert build(LisaOptions, {"k_finetune": 0}).k_finetune == 0  # Table 8: 1000/0
     with pytest.raises(ConfigError, match="rho"):
         build(LisaOptions, {"rho": -1})
     with pytest.raises(ConfigError, match="proximal_warmup"):
@@ -299,3 +302,163 @@ def test_interrupted_run_resumes_identically_through_the_loop(tmp_path, tiny_tok
     resumed = run("crash", Lisa(opts), resume=True)  # restores state, clock, anchors at step 2
     for n, value in full.items():
         torch.testing.assert_close(resumed[n], value, rtol=0, atol=0)
+
+
+# ------------------------------------------------------------------------------------------------
+# A schedule that cannot run as intended is refused before anything is written (issue #11)
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """``cli("attack-finetune", ...)`` runs ``hftguard`` in-process in ``tmp_path``; returns
+    (exit code, stdout, stderr)."""
+    from hftguard.cli import main
+    from hftguard.registry import default_registry
+
+    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("HFTGUARD_DEBUG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    default_registry.cache_clear()
+    capsys.readouterr()
+
+    def run(*args):
+        code = main(list(args))
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+
+    yield run
+    default_registry.cache_clear()
+
+
+LISA_FT = ("attack-finetune", "--model", "tiny-random", "--defense", "lisa", "--quiet")
+
+
+def test_run_shorter_than_one_cycle_is_refused_before_the_run_dir(cli, tmp_path):
+    code, out, err = cli(*LISA_FT, "--max-steps", "30", "-n", "20", "--out", "o")
+    assert code == 2, out + err
+    assert "Traceback" not in out + err
+    for needle in ("Error:", "Hint:", "100", "900", "1000", "30 steps", "max_steps=30"):
+        assert needle in err, f"{needle!r} not in {err}"
+    # the hint proposes a schedule with the paper's 1:9 ratio that fits 30 steps
+    assert "k_align=3" in err and "k_finetune=27" in err and "scale_schedule" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_epoch_based_run_names_where_its_steps_come_from(cli, tmp_path):
+    # 20 samples / batch 8 = 3 steps in one epoch: the step count is known without any data
+    code, _, err = cli(*LISA_FT, "-n", "20", "--batch-size", "8", "--out", "o")
+    assert code == 2
+    assert "3 steps" in err and "samples=20" in err and "batch_size=8" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_validate_and_dry_run_catch_the_short_schedule(cli, tmp_path):
+    (tmp_path / "ft.toml").write_text(
+        'model = "tiny-random"\ndefense = "lisa"\nsamples = 20\n[train]\nmax_steps = 30\n'
+    )
+    code, _, err = cli("validate", "ft.toml", "--kind", "finetune")
+    assert code == 2 and "1000" in err and "Hint:" in err
+    (tmp_path / "pipe.toml").write_text(
+        '[align]\nmodel = "tiny-random"\nretain = ""\n[align.train]\nmax_steps = 1\n'
+        '[finetune]\ndefense = "lisa"\nsamples = 20\n[finetune.train]\nmax_steps = 30\n'
+    )
+    code, _, err = cli("validate", "pipe.toml")
+    assert code == 2 and "1000" in err
+    code, _, err = cli("run", "pipe.toml", "--out", "x", "--dry-run")
+    assert code == 2 and "1000" in err
+    assert not (tmp_path / "x").exists()
+    # exactly one full cycle is enough (configs/grid-papers-small.toml: 3 + 27 over 30 steps)
+    fixed = ("--set", "finetune.defense_options.k_align=3")
+    fixed += ("--set", "finetune.defense_options.k_finetune=27")
+    code, out, err = cli("run", "pipe.toml", "--out", "x", "--dry-run", *fixed)
+    assert code == 0, out + err
+
+
+def _plan(defense, steps, batch_size=8):
+    from hftguard.context import PlanContext
+
+    defense.plan(PlanContext(total_steps=steps, batch_size=batch_size, steps_source="test"))
+    return defense
+
+
+def test_one_state_schedules_run_at_any_length():
+    # paper Table 8 allocations 1000/0 and 0/1000: no cycle to complete
+    assert _plan(Lisa(LisaOptions(k_align=0, k_finetune=1000)), 5).effective_options() == {}
+    assert _plan(Lisa(LisaOptions(k_align=1000, k_finetune=0)), 5).effective_options() == {}
+    _plan(Lisa(LisaOptions(k_align=3, k_finetune=27)), 30)  # exactly one cycle
+    with pytest.raises(ConfigError, match="29 steps"):
+        _plan(Lisa(LisaOptions(k_align=3, k_finetune=27)), 29)
+
+
+def test_alignment_only_schedule_never_fine_tunes(tiny_tok):
+    defense, model, user, stream = _setup(tiny_tok, k_align=1000, k_finetune=0)
+    metrics = _run_steps(defense, model, user, stream, 5)
+    assert all(m["aligned_batch"] for m in metrics)
+    assert {m["state"] for m in metrics} == {0.0}
+    assert not any("switch_drift" in m for m in metrics)
+
+
+@pytest.mark.parametrize(
+    ("steps", "k1", "k2", "expected"),
+    [
+        (30, 100, 900, (3, 27)),  # the paper's 1:9, as configs/grid-papers-small.toml sets it
+        (4, 100, 900, (1, 3)),  # at least one alignment step ...
+        (3, 9, 1, (2, 1)),  # ... and one fine-tuning step
+        (15, 100, 900, (2, 13)),
+        (5, 3, 7, (2, 3)),
+    ],
+)
+def test_scale_schedule_fits_one_cycle_keeping_the_ratio(steps, k1, k2, expected):
+    opts = LisaOptions(k_align=k1, k_finetune=k2, scale_schedule=True)
+    defense = _plan(Lisa(opts), steps)
+    assert (defense.k_align, defense.k_finetune) == expected
+    assert defense.effective_options() == {
+        "k_align": expected[0],
+        "k_finetune": expected[1],
+        "scaled_from": {"k_align": k1, "k_finetune": k2},
+        "total_steps": steps,
+    }
+    assert (opts.k_align, opts.k_finetune) == (k1, k2)  # the configured options stay as given
+
+
+def test_scale_schedule_leaves_a_run_that_holds_a_cycle_alone():
+    defense = _plan(Lisa(LisaOptions(scale_schedule=True)), 1000)
+    assert (defense.k_align, defense.k_finetune) == (100, 900)
+    assert defense.effective_options() == {}
+    with pytest.raises(ConfigError, match="1 step"):  # no cycle fits a 1-step run
+        _plan(Lisa(LisaOptions(scale_schedule=True)), 1)
+
+
+def test_scaled_schedule_runs_and_is_recorded_in_the_manifest(cli, tmp_path):
+    import json
+
+    code, out, err = cli(
+        *LISA_FT,
+        "--max-steps",
+        "4",
+        "-n",
+        "10",
+        "--batch-size",
+        "2",
+        "--set",
+        "defense_options.scale_schedule=true",
+        "--set",
+        "lora.r=4",
+        "--set",
+        "train.max_length=64",
+        "--out",
+        "o",
+    )
+    assert code == 0, out + err
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    defense = manifest["components"]["defense"]
+    assert defense["options"]["k_align"] == 100 and defense["options"]["scale_schedule"] is True
+    assert defense["effective"] == {
+        "k_align": 1,
+        "k_finetune": 3,
+        "scaled_from": {"k_align": 100, "k_finetune": 900},
+        "total_steps": 4,
+    }
+    log = [json.loads(x) for x in (tmp_path / "o" / "finetune_log.jsonl").read_text().splitlines()]
+    assert [row["state"] for row in log] == [0, 1, 1, 1]

@@ -167,13 +167,21 @@ def test_bad_grid_tables_are_config_errors(table: dict[str, Any], needle: str) -
 
 
 def test_check_resolves_every_component_name(registry: Any) -> None:
-    grid.check(load(finetune_defense=["sft", "lisa"]), registry)
+    # BASE fine-tunes for 1 step: Lisa without alignment states (0/900) has no cycle to finish
+    grid.check(
+        load(finetune_defense=["sft", "lisa"], finetune_options={"lisa": {"k_align": 0}}), registry
+    )
     with pytest.raises(ConfigError, match="lisaa"):
         grid.check(load(finetune_defense=["sft", "lisaa"]), registry)
     with pytest.raises(ConfigError, match="defense_options"):
         grid.check(
             load(align_defense=["booster"], align_options={"booster": {"lamm": 1}}), registry
         )
+
+
+def test_check_refuses_a_lisa_schedule_longer_than_the_run(registry: Any) -> None:
+    with pytest.raises(ConfigError, match=r"100\+900 = 1000 steps; this run has 1 step"):
+        grid.check(load(finetune_defense=["sft", "lisa"]), registry)
 
 
 def test_shipped_papers_grid_is_valid(registry: Any) -> None:

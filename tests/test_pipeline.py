@@ -171,3 +171,84 @@ def test_finetune_analysis_probes(aligned, tmp_path, quiet_reporter):
     a = load_file(tmp_path / "a" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "b" / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all(a[k].equal(b[k]) for k in a)
+
+
+# ------------------------------------------------------------------------------------------------
+# A retain set the user asked for never silently ends up empty (issue #11)
+
+
+def _empty_instructions_registry():
+    import types
+
+    import hftguard
+    from hftguard.plugins import get_plugin_host
+    from hftguard.registry import Registry
+
+    class NoInstructions(hftguard.Dataset):
+        """A retain source with no rows."""
+
+        name = "no-instructions"
+        role = "instructions"
+
+        def load(self, split, ctx):
+            return []
+
+    module = types.ModuleType("empty_retain_plugin")
+    module.hftguard_register_datasets = hftguard.hookimpl(lambda: NoInstructions)
+    return Registry(get_plugin_host(load_entry_points=False, extra=[module]))
+
+
+def test_empty_retain_dataset_is_refused_before_the_run_dir(tmp_path, quiet_reporter):
+    from hftguard.errors import HftguardError
+
+    cfg = AlignConfig(
+        model="tiny-random", samples=8, retain="no-instructions", train=_train(), lora=TINY_LORA
+    )
+    with pytest.raises(HftguardError) as err:
+        align.run(
+            cfg, tmp_path / "a", reporter=quiet_reporter, registry=_empty_instructions_registry()
+        )
+    assert err.value.exit_code == 2
+    assert "no-instructions" in err.value.message and "no rows" in err.value.message
+    assert "retain_ratio=0.25" in err.value.message and "retain=''" in (err.value.hint or "")
+    assert not (tmp_path / "a").exists()
+
+
+def test_retain_set_emptied_by_distillation_stops_before_training(
+    tmp_path, quiet_reporter, monkeypatch
+):
+    from hftguard import distill
+    from hftguard.errors import HftguardError
+
+    monkeypatch.setattr(distill, "distill", lambda examples, *a, **k: [])  # every answer dropped
+    cfg = AlignConfig(model="tiny-random", samples=8, train=_train(), lora=TINY_LORA)
+    with pytest.raises(HftguardError) as err:
+        align.run(cfg, tmp_path / "a", reporter=quiet_reporter)
+    assert err.value.exit_code == 2
+    assert "0 of 2" in err.value.message and "Hint" not in err.value.message
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "training" not in manifest
+    assert not (tmp_path / "a" / "align_log.jsonl").exists()
+
+
+def test_small_retain_ratio_still_gets_one_example(tmp_path, quiet_reporter, monkeypatch):
+    from hftguard import distill
+
+    monkeypatch.setattr(distill, "distill", lambda examples, *a, **k: list(examples))
+    cfg = AlignConfig(
+        model="tiny-random", samples=8, retain_ratio=0.01, train=_train(), lora=TINY_LORA
+    )
+    m = align.run(cfg, tmp_path / "a", reporter=quiet_reporter)
+    assert m["data"]["retain"]["count"] == 1  # 0.01 x 8 rounds up to one, never to none
+
+
+@pytest.mark.parametrize("max_steps", [0, 7])
+@pytest.mark.parametrize("epochs", [0.5, 1.0, 2.5])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 200])
+def test_config_step_count_is_the_loops(n, epochs, max_steps):
+    # pipeline.common counts steps without torch (for hftguard validate); it must agree
+    from hftguard.pipeline.common import data_steps
+    from hftguard.training import total_steps
+
+    cfg = FinetuneConfig(samples=n, train=TrainOptions(epochs=epochs, max_steps=max_steps))
+    assert data_steps(cfg, n)[0] == total_steps(n, cfg.train)

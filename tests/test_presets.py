@@ -188,7 +188,9 @@ def _sets(name: str, judge_dir: Path) -> list[str]:
         "align.train.max_steps=1",
         "align.train.batch_size=2",
         "align.train.max_length=64",
-        "finetune.samples=4",
+        # at least one harmful example (6 x 0.1, 4 x 0.2 round to 1): the attack stays an attack;
+        # and no more benign ones than the fixtures' task splits hold
+        f"finetune.samples={4 if name == 'antibody-paper' else 6}",
         "finetune.train.max_steps=1",
         "finetune.train.batch_size=2",
         "finetune.train.max_length=64",
@@ -199,6 +201,8 @@ def _sets(name: str, judge_dir: Path) -> list[str]:
         f'eval.judge_options.beaverdam.model="{judge_dir}"',
     ]
     sets += [f'dataset_options.{d}.source="{PAPERS_DATA / p}"' for d, p in SOURCES.items()]
+    if name == "lisa-paper":  # K1/K2 = 100/900 shrunk to one 1 + 1 cycle over 2 steps
+        sets += ["finetune.train.max_steps=2", "finetune.defense_options.scale_schedule=true"]
     if name == "booster-paper":  # the fixture has 10 RepNoise records, not 10,000
         sets += [f"dataset_options.repnoise-{k}.start=4" for k in ("refusals", "harmful")]
         sets += [f"dataset_options.repnoise-{k}.stop=8" for k in ("refusals", "harmful")]
@@ -231,6 +235,8 @@ def test_each_preset_runs_end_to_end_on_local_files(
     cfg = json.loads(attacked.read_text())["config"]
     preset = presets.load(name)
     assert cfg["preset"] == name and cfg["defense"] == preset.config["finetune"]["defense"]
+    composition = json.loads(attacked.read_text())["composition"]
+    assert composition["n_harmful"] >= 1 and composition["n_benign"] >= 1
     (ev,) = out.rglob("attacked-eval/metrics.json")
     metrics = json.loads(ev.read_text())
     assert set(metrics["judges"]) == {"beaverdam", "refusal-keywords"}

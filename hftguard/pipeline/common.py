@@ -3,8 +3,9 @@ the model, encoding data, running the loop, saving the adapter and writing the m
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from typing import Any
 from hftguard import config as cfgmod
 from hftguard import distributed
 from hftguard.console import Reporter
-from hftguard.context import DataContext
-from hftguard.errors import ConfigError, HftguardError, RunDirError
+from hftguard.context import DataContext, PlanContext
+from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
 from hftguard.records import Example
 from hftguard.registry import ComponentInfo, Registry, default_registry
 from hftguard.runs import RunDir, base_manifest, now, open_run_dir
@@ -105,6 +106,98 @@ def check_streams(defense: Any, available: Sequence[str]) -> None:
         )
 
 
+# ---------------------------------------------------------------------------------------------
+# The budget: a stage whose defense or data cannot run as intended stops before it writes anything
+
+
+def config_steps(cfg: Any) -> tuple[int, str] | None:
+    """(optimizer steps, where they come from) of a training stage when the config alone
+    determines them: always for attack-finetune (the user data has exactly ``samples`` examples),
+    for align only with ``max_steps`` (otherwise they depend on the data and the retain set)."""
+    t = cfg.train
+    if t.max_steps < 1 and not (math.isfinite(t.epochs) and t.epochs > 0 and t.batch_size >= 1):
+        return None  # out of range: validate_stage's error
+    if t.max_steps > 0 or isinstance(cfg, cfgmod.FinetuneConfig):
+        return data_steps(cfg, cfg.samples)
+    return None
+
+
+def data_steps(cfg: Any, n_main: int, what: str = "samples") -> tuple[int, str]:
+    """(optimizer steps, where they come from) for ``n_main`` examples of main data.
+
+    The count is ``hftguard.training.total_steps`` (a test keeps the two equal); it is repeated
+    here so that ``hftguard validate`` need not import torch.
+    """
+    t = cfg.train
+    if t.max_steps > 0:
+        return t.max_steps, f"max_steps={t.max_steps}"
+    steps = max(1, math.ceil(t.epochs * math.ceil(n_main / t.batch_size)))
+    return steps, f"{what}={n_main}, batch_size={t.batch_size}, epochs={t.epochs:g}"
+
+
+def plan_defense(defense: Any, cfg: Any, steps: tuple[int, str], stage: str) -> None:
+    """Let the defense check (or, where its options allow, adapt) its schedule to the budget."""
+    defense.plan(
+        PlanContext(
+            total_steps=steps[0],
+            batch_size=cfg.train.batch_size,
+            steps_source=steps[1],
+            stage=stage,
+        )
+    )
+
+
+def check_poison_counts(cfg: Any) -> None:
+    """The attack must be the one asked for: harmful_ratio > 0 needs at least one harmful user
+    example and harmful_ratio < 1 at least one benign one, after ``mix_poison``'s rounding.
+    p = 0 (a clean run) and p = 1 (all harmful) are legal."""
+    n, p = cfg.samples, cfg.harmful_ratio
+    if not (math.isfinite(p) and 0 <= p <= 1 and n >= 1):
+        return  # out of range: validate_stage's error
+    n_h = round(p * n)  # exactly as hftguard.data.mix_poison counts them (round half to even)
+    if p > 0 and n_h == 0:
+        m = max(n + 1, math.floor(0.5 / p))
+        while round(p * m) < 1:
+            m += 1
+        p_min = _round_up(1 / n)
+        raise ConfigError(
+            f"harmful_ratio = {p} of samples = {n} is {p * n:.3g}, which rounds to 0 harmful "
+            "examples: the attack would silently be a clean, benign-only fine-tuning run.",
+            hint=f"Use samples >= {m} (--samples {m}) or harmful_ratio >= {p_min} "
+            f"({p_min} x {n} rounds to 1 harmful example); or set harmful_ratio = 0 for a clean "
+            "run on purpose.",
+        )
+    if p < 1 and n_h == n:
+        m = max(n + 1, math.floor(0.5 / (1 - p)))
+        while round(p * m) >= m:
+            m += 1
+        p_max = math.floor((n - 1) / n * 1000) / 1000
+        raise ConfigError(
+            f"harmful_ratio = {p} of samples = {n} is {p * n:.3g}, which rounds to {n} harmful "
+            "and 0 benign examples: the benign task would silently drop out of the user data.",
+            hint=f"Use samples >= {m} (--samples {m}) or harmful_ratio <= {p_max}; or set "
+            "harmful_ratio = 1 for an all-harmful attack on purpose.",
+        )
+
+
+def _round_up(x: float, places: int = 3) -> float:
+    """``x`` rounded up to ``places`` decimals (for hints that must reach a threshold)."""
+    return math.ceil(x * 10**places - 1e-9) / 10**places
+
+
+def check_streams_have_data(
+    defense: Any, streams: dict[str, list[Any]], specs: dict[str, str]
+) -> None:
+    """Every extra stream the defense draws from must have examples."""
+    for name in defense.streams:
+        if name in streams and not streams[name]:
+            raise DataError(
+                f"Defense '{defense.name}' draws from the '{name}' stream, but its data "
+                f"'{specs.get(name, '?')}' has no rows.",
+                hint="Point it at a dataset or file with examples.",
+            )
+
+
 @dataclass
 class OpenedStage:
     """A training stage whose inputs are checked and whose run directory is open."""
@@ -114,6 +207,8 @@ class OpenedStage:
     defense: Any
     run: RunDir
     done: bool
+    #: What the stage's ``prepare`` returned (data loaded and checked before the run dir).
+    prepared: Any = None
 
 
 def open_training_stage(
@@ -128,10 +223,15 @@ def open_training_stage(
     resume: bool,
     overwrite: bool,
     command: list[str] | None,
+    prepare: Callable[[Registry, Any], Any] | None = None,
 ) -> OpenedStage:
-    """Validate ``cfg``, build the defense, check every name, then open the run directory.
+    """Validate ``cfg``, build the defense, check every name and the budget, then open the run
+    directory.
 
-    Everything that can be wrong with the input fails here, before the run directory exists.
+    Everything that can be wrong with the input fails here, before the run directory exists:
+    the config, the names, whether the defense's schedule fits the run (``Defense.plan``) when
+    the step count is known from the config, and whatever ``prepare(registry, defense)`` checks
+    (it may load data; its result is ``OpenedStage.prepared``).
     With several processes (``torchrun``, ``accelerate launch``) every process validates, process
     0 alone opens the run directory, and the others get its path (``hftguard.distributed``).
     """
@@ -146,11 +246,12 @@ def open_training_stage(
         defense = reg.instantiate(kind, cfg.defense, cfg.defense_options, where="defense_options")
         check_streams(defense, streams)
         check_components(cfg, reg)
+        prepared = prepare(reg, defense) if prepare is not None else None
         if not team.is_main:  # filled in from process 0's answer below
-            return OpenedStage(reg, info, defense, RunDir(Path(out), stage), False)
+            return OpenedStage(reg, info, defense, RunDir(Path(out), stage), False, prepared)
         run, done = start_run(out, stage, cfg, resume=resume, overwrite=overwrite, command=command)
         opened.append(run)
-        return OpenedStage(reg, info, defense, run, done)
+        return OpenedStage(reg, info, defense, run, done, prepared)
 
     try:
         result, shared = team.sync(
@@ -194,6 +295,10 @@ def train_stage(
     from hftguard.data import data_hash, encode_all
 
     t0 = time.time()
+    # The schedule against the loop's own step count, before the model is loaded (align: known
+    # only now, with the retain set; attack-finetune: checked before the run dir already).
+    _, source = data_steps(cfg, len(inputs.main), "samples" if stage == "finetune" else "examples")
+    plan_defense(defense, cfg, (training.total_steps(len(inputs.main), cfg.train), source), stage)
     team = distributed.current()
     device = team.device(models.pick_device(cfg.train.device))
     dtype = models.pick_dtype(cfg.train.precision, device)
@@ -215,9 +320,13 @@ def train_stage(
     for name, ex in inputs.streams.items():
         if name in defense.streams:
             sources.setdefault(name, {})["sha256"] = data_hash(ex)
+    record = component_record(defense_info, defense.config)
+    effective = defense.effective_options()
+    if effective:  # what Defense.plan changed (e.g. Lisa's scaled schedule), as run
+        record["effective"] = effective
     if team.is_main:
         run.update_manifest(
-            components={"defense": component_record(defense_info, defense.config)},
+            components={"defense": record},
             data=sources,
             input_model=start_recipe.as_dict(),
             lora_mode=lora_mode,
@@ -310,7 +419,10 @@ def check_components(cfg: Any, reg: Registry) -> None:
     """Resolve every component and dataset name in ``cfg`` and build every component Config.
 
     Called before a stage creates its run directory, so a typo never leaves a failed run behind,
-    and by ``hftguard validate``.
+    and by ``hftguard validate`` and ``hftguard run --dry-run``. It also checks what the config
+    alone says about the run's budget: the defense's schedule (``Defense.plan``) when the step
+    count is known without data, and that the poisoned mixture has the harmful and benign
+    examples its ratio asks for.
     """
     from hftguard.data import is_file_spec
 
@@ -325,11 +437,20 @@ def check_components(cfg: Any, reg: Registry) -> None:
         for sub in (cfg.align, cfg.finetune, cfg.eval):
             check_components(sub, reg)
     elif isinstance(cfg, cfgmod.AlignConfig):
-        reg.instantiate("alignment-defense", cfg.defense, cfg.defense_options, "defense_options")
+        d = reg.instantiate(
+            "alignment-defense", cfg.defense, cfg.defense_options, "defense_options"
+        )
         datasets((cfg.data, "alignment"), (cfg.harmful, "harmful"), (cfg.retain, "instructions"))
+        steps = config_steps(cfg)
+        if steps is not None:
+            plan_defense(d, cfg, steps, "align")
     elif isinstance(cfg, cfgmod.FinetuneConfig):
-        reg.instantiate("finetune-defense", cfg.defense, cfg.defense_options, "defense_options")
+        d = reg.instantiate("finetune-defense", cfg.defense, cfg.defense_options, "defense_options")
         datasets((cfg.task, "task"), (cfg.harmful, "harmful"), (cfg.alignment_data, "alignment"))
+        check_poison_counts(cfg)
+        steps = config_steps(cfg)
+        if steps is not None:
+            plan_defense(d, cfg, steps, "finetune")
     elif isinstance(cfg, cfgmod.EvalConfig):
         for j in cfg.judges:
             reg.instantiate("judge", j, cfg.judge_options.get(j, {}), f"judge_options.{j}")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from hftguard.components import FinetuneDefense
 from hftguard.config import opt
-from hftguard.context import StepContext
+from hftguard.context import PlanContext, StepContext
 from hftguard.errors import ConfigError, HftguardError
 
 if TYPE_CHECKING:
@@ -75,6 +75,18 @@ class AntibodyFinetune(FinetuneDefense):
     passes = 2.0
 
     config: AntibodyFinetuneOptions
+
+    def plan(self, ctx: PlanContext) -> None:
+        # The weights are a softmax over the (global) batch: over one sample it is 1, and the
+        # weighted loss is the plain one, so the run would be SFT at twice the cost.
+        if ctx.batch_size < 2:
+            raise ConfigError(
+                f"Antibody's fine-tuning stage with train.batch_size = {ctx.batch_size}: its "
+                "sample weights are a softmax over the batch, which gives a single sample the "
+                "weight 1, so the run would silently be plain SFT.",
+                hint="Use train.batch_size >= 2 (--batch-size 16 as in Antibody's code), or "
+                "--defense sft if plain fine-tuning is what you want.",
+            )
 
     def setup(self, ctx: StepContext) -> None:
         # Mirror the loop's own log handling: a fresh run starts an empty file; a resumed one

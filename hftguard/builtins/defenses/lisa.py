@@ -9,6 +9,12 @@ Mechanics (§7.2, the official code): one optimizer and one step counter; in the
 user batch is replaced by a batch of the alignment stream; switch after ``k_align`` / ``k_finetune``
 steps and snapshot the trainable parameters at every switch; the proximal term is only applied
 after the first ``proximal_warmup`` share of the steps (code-only warm-up, §16.12).
+
+Budget (``plan``): a run shorter than one full ``k_align + k_finetune`` cycle is not a Lisa run
+(with the default 100/900, under 100 steps it never fine-tunes), so it is refused before anything
+is written, unless ``scale_schedule`` asks to shrink the cycle to the run (recorded as the
+effective options). One-state schedules (``k_align = 0`` or ``k_finetune = 0``, paper Table 8's
+0/1000 and 1000/0) have no cycle and run at any length.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from hftguard.components import FinetuneDefense
 from hftguard.config import opt
-from hftguard.context import StepContext
+from hftguard.context import PlanContext, StepContext
 from hftguard.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -33,7 +39,9 @@ class LisaOptions:
     """Options of Lisa (defaults: the Lisa paper/repo, §7.3)."""
 
     k_align: int = opt(100, "Steps per alignment state (K1); 0 = never align (BSO off).")
-    k_finetune: int = opt(900, "Steps per fine-tuning state (K2).")
+    k_finetune: int = opt(
+        900, "Steps per fine-tuning state (K2); 0 = never fine-tune on user data."
+    )
     rho: float = opt(
         1.0, "Proximal strength ρ (Lisa paper: 1; the Booster/Antibody baselines use 0.01)."
     )
@@ -42,12 +50,18 @@ class LisaOptions:
         "Share of the total steps before the proximal term is switched on (code only; 0 = "
         "from the first step).",
     )
+    scale_schedule: bool = opt(
+        False,
+        "Shrink k_align/k_finetune, keeping their ratio, to one cycle that fills a run shorter "
+        "than k_align + k_finetune steps (recorded in the manifest as components.defense."
+        "effective); false = such a run is an error.",
+    )
 
     def __post_init__(self) -> None:
-        if self.k_align < 0 or self.k_finetune < 1:
+        if self.k_align < 0 or self.k_finetune < 0 or self.k_align + self.k_finetune == 0:
             raise ConfigError(
                 f"defense_options.k_align = {self.k_align}, k_finetune = {self.k_finetune}: "
-                "k_align must be >= 0 and k_finetune >= 1.",
+                "both must be >= 0 and at least one > 0.",
                 hint="The paper alternates k_align=100 alignment and k_finetune=900 user steps.",
             )
         if not (math.isfinite(self.rho) and self.rho >= 0):
@@ -66,7 +80,7 @@ class Lisa(FinetuneDefense):
     """Lisa: bi-state alignment/fine-tuning with a proximal pull to the other state's weights."""
 
     name = "lisa"
-    version = "1"
+    version = "2"  # 2: runs shorter than one cycle are refused; k_finetune = 0; scale_schedule
     Config = LisaOptions
     paper = "Huang et al., Lazy Safety Alignment, NeurIPS 2024, arXiv 2405.18641 (algorithms.md §7)"
     streams = ("alignment",)
@@ -76,12 +90,62 @@ class Lisa(FinetuneDefense):
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
-        self.state = ALIGN if self.config.k_align > 0 else FINETUNE
+        #: The schedule as run: the configured K1/K2 unless ``plan`` scaled them to the budget.
+        self.k_align, self.k_finetune = self.config.k_align, self.config.k_finetune
+        self._scaled: dict[str, Any] = {}
+        self.state = ALIGN if self.k_align > 0 else FINETUNE
         self.clock = 0  # steps done in the current state
         #: Weights at the end of the last alignment / fine-tuning state (§7.2), by param name.
         self.anchor_align: dict[str, torch.Tensor] = {}
         self.anchor_finetune: dict[str, torch.Tensor] = {}
         self._restored = False
+
+    # -- budget ------------------------------------------------------------------------------
+
+    def plan(self, ctx: PlanContext) -> None:
+        """Refuse a run shorter than one full K1 + K2 cycle, or scale the cycle to it when
+        ``scale_schedule`` is set (see :func:`fit_cycle`)."""
+        k1, k2 = self.config.k_align, self.config.k_finetune
+        self.k_align, self.k_finetune, self._scaled = k1, k2, {}
+        steps, cycle = ctx.total_steps, k1 + k2
+        if k1 == 0 or k2 == 0 or steps >= cycle:  # one-state schedules have no cycle to finish
+            return
+        fitted = fit_cycle(k1, k2, steps)
+        if self.config.scale_schedule and fitted is not None:
+            self.k_align, self.k_finetune = fitted
+            self._scaled = {
+                "k_align": fitted[0],
+                "k_finetune": fitted[1],
+                "scaled_from": {"k_align": k1, "k_finetune": k2},
+                "total_steps": steps,
+            }
+            return
+        source = f" ({ctx.steps_source})" if ctx.steps_source else ""
+        what = (
+            "it would never leave the alignment state and never fine-tune on the user data"
+            if steps <= k1
+            else f"it would do {k1} alignment steps and only {steps - k1} of {k2} fine-tuning "
+            "steps, a different allocation than asked for"
+        )
+        ratio = "the paper's 1:9 ratio" if k2 == 9 * k1 else "the same k_align:k_finetune ratio"
+        if fitted is None:
+            hint = f"Train for at least {cycle} steps, or use a one-state schedule (k_align=0)."
+        else:
+            hint = (
+                f"Lower defense_options.k_align/k_finetune keeping {ratio}, e.g. --set "
+                f"defense_options.k_align={fitted[0]} --set defense_options.k_finetune="
+                f"{fitted[1]}; or let hftguard do that with --set "
+                f"defense_options.scale_schedule=true; or train for at least {cycle} steps."
+            )
+        raise ConfigError(
+            f"Lisa needs at least one full alignment + fine-tuning cycle, k_align + k_finetune "
+            f"= {k1}+{k2} = {cycle} steps; this run has {steps} "
+            f"step{'s' if steps != 1 else ''}{source}: {what}.",
+            hint=hint,
+        )
+
+    def effective_options(self) -> dict[str, Any]:
+        return dict(self._scaled)
 
     # -- state -------------------------------------------------------------------------------
 
@@ -89,7 +153,7 @@ class Lisa(FinetuneDefense):
         import torch
 
         if not self._restored:  # fresh run: both anchors start as the initial weights (§7.2)
-            self.state = ALIGN if self.config.k_align > 0 else FINETUNE
+            self.state = ALIGN if self.k_align > 0 else FINETUNE
             self.clock = 0
             with torch.no_grad():
                 self.anchor_align = {n: p.detach().clone() for n, p in ctx.params}
@@ -124,8 +188,10 @@ class Lisa(FinetuneDefense):
         """Switch state when the clock has run out; snapshot the weights that end the state."""
         import torch
 
-        limit = self.config.k_align if self.state == ALIGN else self.config.k_finetune
-        if self.clock < limit or self.config.k_align == 0:
+        if self.k_align == 0 or self.k_finetune == 0:  # one state only (paper Table 8)
+            return False
+        limit = self.k_align if self.state == ALIGN else self.k_finetune
+        if self.clock < limit:
             return False
         with torch.no_grad():
             snap = {n: p.detach().clone() for n, p in ctx.params}
@@ -175,3 +241,17 @@ class Lisa(FinetuneDefense):
                 ]
             ).pow(2)
         return metrics
+
+
+def fit_cycle(k_align: int, k_finetune: int, steps: int) -> tuple[int, int] | None:
+    """The K1/K2 of one cycle that fills ``steps`` steps with about the ratio k_align:k_finetune
+    (K1 = round(steps x K1 / (K1 + K2)), at least one step of each state); None if ``steps`` < 2.
+
+    One cycle, not more: it shrinks the configured schedule as little as needed to hold a whole
+    cycle (the Lisa paper recommends K1/K2, not a number of cycles; its runs hold as many cycles
+    as their length gives). 100/900 over 30 steps gives 3/27.
+    """
+    if steps < 2:
+        return None
+    k1 = min(max(1, round(steps * k_align / (k_align + k_finetune))), steps - 1)
+    return k1, steps - k1

@@ -1,0 +1,172 @@
+"""Every built-in defense's option defaults, pinned twice: to a literal value here (with its source
+in algorithms.md) and to the "Options" table of its docs/components page, so that neither the
+code nor the docs can change a default silently, and the two cannot drift apart.
+
+A changed default changes what every run without an explicit option computes (Booster's λ, Lisa's
+K1/K2/ρ, ...). If a default changes on purpose, change it here, in the docs table, and say why in
+CHANGELOG.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPONENT_DOCS = ROOT / "docs" / "components"
+ALIGN, FINETUNE = "alignment-defense", "finetune-defense"
+
+#: (kind, name) -> (docs page, {option: default}). Sources: ../shared/reference/algorithms.md.
+EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
+    # SFT has no options of its own (the training options live in [train]); §2.
+    (ALIGN, "sft"): ("sft.md", {}),
+    (FINETUNE, "sft"): ("sft.md", {}),
+    (ALIGN, "vaccine"): (
+        "vaccine.md",
+        {
+            # Vaccine repo: train.py default and the README's `Vaccine.sh 2` (§3.5); the
+            # Booster/Antibody papers' Vaccine baselines use 5 (§16.13).
+            "rho": 2.0,
+        },
+    ),
+    (ALIGN, "booster"): (
+        "booster.md",
+        {
+            "lam": 5.0,  # git-disl/Booster smooth_align.sh (§4.5); the GSM8K runs use 25 (§16.17)
+            "alpha": 0.1,  # same script: step size of the normalised harmful step (§4.5)
+        },
+    ),
+    (ALIGN, "antibody"): (
+        "antibody.md",
+        {
+            "alpha": 0.1,  # code `alpha` = the paper's ρ, antibody_alignment_finetune.sh (§5.5)
+            "eta": 5.0,  # code `eta_lbd`, same script (§5.5)
+            "lambda_mode": "cosine",  # the released code's max(0, η − cos) (§5.2, §16.1)
+            "ema": 0.99,  # `ema_momentum` in the script (argparse default 0.9) (§5.5)
+            "lambda_refusal": 0.05,  # code `lambda2` (§5.5)
+            "lambda_max": 50.0,  # hftguard's cap for kkt mode, as §16.1 recommends (e.g. 50)
+        },
+    ),
+    (FINETUNE, "antibody"): (
+        "antibody-finetune.md",
+        {
+            "tau": 1.0,  # WeightedSFTTrainer temperature (§6.4)
+            "score_reduction": "mean",  # the official code's per-token mean NLL (§6.1, §16.3)
+            "log_samples": True,  # hftguard: log the per-sample weights (Fig. 2 data, §15.7)
+        },
+    ),
+    (FINETUNE, "lisa"): (
+        "lisa.md",
+        {
+            "k_align": 100,  # K1, Lisa paper/repo and both baselines (§7.3)
+            "k_finetune": 900,  # K2, same (§7.3)
+            "rho": 1.0,  # Lisa paper/repo; the Booster/Antibody baselines use 0.01 (§7.3, §16.12)
+            "proximal_warmup": 0.1,  # code-only: no proximal term in the first 10% (§7.2)
+            # hftguard: a run shorter than one K1 + K2 cycle is refused unless asked to shrink it
+            "scale_schedule": False,
+        },
+    ),
+}
+
+
+def code_defaults(cls: type) -> dict[str, Any]:
+    """{field: default} of a component's Config dataclass."""
+    out = {}
+    for f in dataclasses.fields(cls.Config):
+        if f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        else:
+            out[f.name] = f.default_factory()  # type: ignore[misc]
+    return out
+
+
+def parse_cell(text: str) -> Any:
+    """A docs table cell as a value: `true`/`false`, an int, a float, else the bare string."""
+    value = text.strip().strip("`").strip()
+    if value in ("true", "false"):
+        return value == "true"
+    if re.fullmatch(r"[-+]?\d+", value):
+        return int(value)
+    try:
+        return float(value)
+    except ValueError:
+        return value
+
+
+def docs_defaults(page: str) -> dict[str, Any]:
+    """The option -> default table under the page's "## Options" heading.
+
+    A page without options says so in a line "**Options:** none"; it then gives ``{}``.
+    """
+    text = (COMPONENT_DOCS / page).read_text(encoding="utf-8")
+    section = re.search(r"^## Options\b.*?$(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+    if section is None:
+        assert re.search(r"\*\*Options:\*\* none\b", text), f"{page}: no options table"
+        return {}
+    rows = [ln.strip() for ln in section.group(1).splitlines() if ln.strip().startswith("|")]
+    header = [c.strip() for c in rows[0].strip("|").split("|")]
+    assert header[:2] == ["option", "default"], f"{page}: table header is {header}"
+    assert set(rows[1].replace("|", "").strip()) <= set("-: "), f"{page}: no separator row"
+    table = {}
+    for row in rows[2:]:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        name = cells[0].strip("`")
+        assert name not in table, f"{page}: {name} listed twice"
+        table[name] = parse_cell(cells[1])
+    assert table, f"{page}: empty options table"
+    return table
+
+
+def same(a: Any, b: Any) -> bool:
+    """Equal with the same type (an int option must not become a float, True is not 1)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, float) or isinstance(b, float):
+        return isinstance(a, (int, float)) and isinstance(b, (int, float)) and float(a) == float(b)
+    return type(a) is type(b) and a == b
+
+
+@pytest.mark.parametrize(("kind", "name"), sorted(EXPECTED), ids=lambda v: str(v))
+def test_defaults_match_the_paper_and_the_docs_table(registry, kind, name):
+    page, expected = EXPECTED[(kind, name)]
+    cls = registry.get(kind, name).cls
+    code = code_defaults(cls)
+    docs = docs_defaults(page)
+    assert set(code) == set(expected), (
+        f"{name}: options {sorted(code)} vs pinned {sorted(expected)}"
+    )
+    assert set(docs) == set(code), f"{page}: documents {sorted(docs)}, code has {sorted(code)}"
+    for option, want in expected.items():
+        assert same(code[option], want), (
+            f"{kind} {name}.{option}: code {code[option]!r} != {want!r}"
+        )
+        assert same(docs[option], want), f"{page} {option}: docs {docs[option]!r} != {want!r}"
+        # typed like the literal (an int option stays an int)
+        field_type = next(f.type for f in dataclasses.fields(cls.Config) if f.name == option)
+        type_name = getattr(field_type, "__name__", field_type)  # a string under PEP 563
+        assert type_name == type(want).__name__, (option, field_type)
+
+
+def test_every_builtin_defense_is_pinned(registry):
+    builtin = {
+        (kind, info.name)
+        for kind in (ALIGN, FINETUNE)
+        for info in registry.components(kind)
+        if info.distribution == "hftguard"
+    }
+    assert builtin == set(EXPECTED), "pin the defaults of a new built-in defense in EXPECTED"
+
+
+def test_the_table_parser_reads_what_it_should():
+    assert [parse_cell(c) for c in ("`true`", "100", "1.0", "`cosine`", "0.05")] == [
+        True,
+        100,
+        1.0,
+        "cosine",
+        0.05,
+    ]
+    assert docs_defaults("booster.md") == {"lam": 5.0, "alpha": 0.1}

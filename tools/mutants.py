@@ -1,0 +1,671 @@
+#!/usr/bin/env python
+"""Mutation testing for the parts of hftguard whose bugs change numbers, not behaviour.
+
+A defense with a flipped sign, a missing normalisation or a wrong default still trains, logs and
+finishes; only its numbers are wrong. Each mutant below is one such deliberate bug (an exact
+snippet of a source file and its replacement). The script applies the mutants one at a time to a
+throw-away copy of the repository, runs the tests meant to catch that bug, and reports whether the
+tests failed (``killed``, good), passed (``survived``: a gap in the tests) or ran too long
+(``timeout``).
+
+The shared working tree is never modified: the repository (minus .venv, .git, runs and caches) is
+copied to a temporary directory once; each mutant is written into the copy and restored after its
+run, and pytest runs there with PYTHONPATH pointing at the copy (checked before anything runs) and
+without writing bytecode or a pytest cache.
+
+    .venv/bin/python tools/mutants.py                    # every mutant (make mutants)
+    .venv/bin/python tools/mutants.py --list             # what is there
+    .venv/bin/python tools/mutants.py --only 'lisa-*' --only booster-lam-sign
+    .venv/bin/python tools/mutants.py --timeout 120 --json runs/mutants.json
+    .venv/bin/python tools/mutants.py --only 'loop-*' --tests tests/test_training.py::test_x \
+        --all-failures                                   # does this one test kill them?
+
+Every snippet must occur exactly once in its file; the script checks all of them first and stops
+with a list of the stale ones otherwise (source moved on: update the snippet). Exit status: 0 when
+every selected mutant was killed, 1 when one survived or timed out, 2 on a setup error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+IGNORED = {".venv", ".git", "runs", ".pytest_cache", ".ruff_cache", "__pycache__", "build", "dist"}
+
+# The test files each mutant is checked against.
+T_ANTIBODY = "tests/test_defense_antibody_align.py"
+T_ANTIBODY_FT = "tests/test_defense_antibody_finetune.py"
+T_BOOSTER = "tests/test_defense_booster.py"
+T_VACCINE = "tests/test_defense_vaccine.py"
+T_LISA = "tests/test_defense_lisa.py"
+T_TRAINING = "tests/test_training.py"
+T_DEFAULTS = "tests/test_defense_defaults.py"
+T_STAGES = "tests/test_stage_data.py"
+T_DATA = "tests/test_data.py"
+
+D = "hftguard/builtins/defenses/"
+
+
+@dataclass(frozen=True)
+class Mutant:
+    id: str
+    file: str
+    original: str
+    replacement: str
+    description: str
+    tests: tuple[str, ...]
+
+
+MUTANTS: tuple[Mutant, ...] = (
+    # ---- Antibody, alignment stage (algorithms.md §5) ----------------------------------------
+    Mutant(
+        "antibody-raw-lambda",
+        D + "antibody_align.py",
+        "terms = [(1.0, g_a), (self.lambda_bar, d)]",
+        "terms = [(1.0, g_a), (lam_raw, d)]",
+        "EMA vs raw: the gradient uses the raw lambda_t instead of its EMA",
+        (T_ANTIBODY,),
+    ),
+    Mutant(
+        "antibody-ema-swapped",
+        D + "antibody_align.py",
+        "return momentum * previous + (1.0 - momentum) * raw",
+        "return (1.0 - momentum) * previous + momentum * raw",
+        "EMA weights swapped (m on the new value)",
+        (T_ANTIBODY,),
+    ),
+    Mutant(
+        "antibody-cosine-sign",
+        D + "antibody_align.py",
+        "torch.clamp(eta - grad_cosine(list(g_a), list(d)), min=0.0)",
+        "torch.clamp(eta + grad_cosine(list(g_a), list(d)), min=0.0)",
+        "sign flip: lambda_raw = eta + cos(g_a, d)",
+        (T_ANTIBODY,),
+    ),
+    Mutant(
+        "antibody-kkt-unnormalised",
+        D + "antibody_align.py",
+        "grad_dot(list(g_a), list(d)) / torch.where(positive, d_sq, 1.0)",
+        "grad_dot(list(g_a), list(d))",
+        "normalisation: kkt lambda without the division by ||d||^2",
+        (T_ANTIBODY,),
+    ),
+    Mutant(
+        "antibody-refusal-sign",
+        D + "antibody_align.py",
+        'terms.append((cfg.lambda_refusal, sharp.extra["refusal"][1]))',
+        'terms.append((-cfg.lambda_refusal, sharp.extra["refusal"][1]))',
+        "sign flip: the perturbed refusal gradient is subtracted",
+        (T_ANTIBODY,),
+    ),
+    Mutant(
+        "antibody-default-ema",
+        D + "antibody_align.py",
+        'ema: float = opt(0.99, "EMA momentum',
+        'ema: float = opt(0.9, "EMA momentum',
+        "wrong default: EMA momentum 0.9 (the argparse default) instead of the script's 0.99",
+        (T_DEFAULTS, T_ANTIBODY),
+    ),
+    Mutant(
+        "antibody-default-lambda-refusal",
+        D + "antibody_align.py",
+        "lambda_refusal: float = opt(0.05,",
+        "lambda_refusal: float = opt(0.5,",
+        "wrong default: lambda_refusal 0.5",
+        (T_DEFAULTS, T_ANTIBODY),
+    ),
+    # ---- the shared sharpness step, Booster (§4) ---------------------------------------------
+    Mutant(
+        "sharpness-ascent",
+        D + "_sharpness.py",
+        "scale = -alpha / (norm + NORM_EPS)",
+        "scale = alpha / (norm + NORM_EPS)",
+        "sign flip: theta' = theta + alpha g_h/||g_h|| (ascent instead of the attack's descent)",
+        (T_BOOSTER, T_ANTIBODY),
+    ),
+    Mutant(
+        "sharpness-unnormalised",
+        D + "_sharpness.py",
+        "scale = -alpha / (norm + NORM_EPS)",
+        "scale = -alpha",
+        "normalisation: theta' = theta - alpha g_h (not divided by ||g_h||)",
+        (T_BOOSTER, T_ANTIBODY),
+    ),
+    Mutant(
+        "sharpness-diff-sign",
+        D + "_sharpness.py",
+        "return combine((1.0, self.grads), (-1.0, self.grads_perturbed))",
+        "return combine((-1.0, self.grads), (1.0, self.grads_perturbed))",
+        "sign flip: d = g_h' - g_h",
+        (T_BOOSTER, T_ANTIBODY),
+    ),
+    Mutant(
+        "sharpness-gh-at-theta-prime",
+        D + "_sharpness.py",
+        "h_p, g_h_p = fp32_grads(model, harmful, ctx)\n",
+        "h_p, g_h_p = h, g_h\n",
+        "g_h' not recomputed at theta' (reuses g_h: the regulariser vanishes)",
+        (T_BOOSTER, T_ANTIBODY),
+    ),
+    Mutant(
+        "booster-lam-sign",
+        D + "booster.py",
+        "combine((1.0, g_a), (cfg.lam, sharp.diff()))",
+        "combine((1.0, g_a), (-cfg.lam, sharp.diff()))",
+        "sign flip: g_a - lam (g_h - g_h')",
+        (T_BOOSTER,),
+    ),
+    Mutant(
+        "booster-default-lam",
+        D + "booster.py",
+        "lam: float = opt(5.0,",
+        "lam: float = opt(25.0,",
+        "wrong default: Booster lambda 25 (the GSM8K value) instead of 5",
+        (T_DEFAULTS, T_BOOSTER),
+    ),
+    Mutant(
+        "booster-default-alpha",
+        D + "booster.py",
+        'alpha: float = opt(0.1, "Step size',
+        'alpha: float = opt(0.01, "Step size',
+        "wrong default: Booster alpha 0.01 instead of 0.1",
+        (T_DEFAULTS, T_BOOSTER),
+    ),
+    # ---- Vaccine (§3) ----------------------------------------------------------------------------
+    Mutant(
+        "vaccine-descent",
+        D + "vaccine.py",
+        "eps = [None if g is None else (g.float() * scale).detach() for g in store]",
+        "eps = [None if g is None else (-g.float() * scale).detach() for g in store]",
+        "sign flip: the perturbation lowers the loss instead of raising it",
+        (T_VACCINE,),
+    ),
+    Mutant(
+        "vaccine-per-layer-norm",
+        D + "vaccine.py",
+        "eps = [None if g is None else (g.float() * scale).detach() for g in store]",
+        "eps = [None if g is None else (g.float() * self.config.rho / (g.float().norm() "
+        "+ NORM_EPS)).detach() for g in store]",
+        "normalisation: eps normalised per layer instead of by one global norm",
+        (T_VACCINE,),
+    ),
+    Mutant(
+        "vaccine-default-rho",
+        D + "vaccine.py",
+        "rho: float = opt(\n        2.0,",
+        "rho: float = opt(\n        5.0,",
+        "wrong default: Vaccine rho 5 (the Booster/Antibody baselines) instead of 2",
+        (T_DEFAULTS, T_VACCINE),
+    ),
+    Mutant(
+        "docs-booster-lam",
+        "docs/components/booster.md",
+        "| `lam` | 5.0 |",
+        "| `lam` | 25.0 |",
+        "docs drift: the Booster page documents lambda 25 while the code uses 5",
+        (T_DEFAULTS,),
+    ),
+    # ---- Lisa (§7) -------------------------------------------------------------------------------
+    Mutant(
+        "lisa-anchor-swapped",
+        D + "lisa.py",
+        "return self.anchor_finetune if self.state == ALIGN else self.anchor_align",
+        "return self.anchor_align if self.state == ALIGN else self.anchor_finetune",
+        "each state pulled towards its own last weights instead of the other state's",
+        (T_LISA,),
+    ),
+    Mutant(
+        "lisa-switch-off-by-one",
+        D + "lisa.py",
+        "if self.clock < limit:",
+        "if self.clock <= limit:",
+        "off-by-one in the schedule: K+1 steps per state",
+        (T_LISA,),
+    ),
+    Mutant(
+        "lisa-warmup-off-by-one",
+        D + "lisa.py",
+        "active = ctx.step >= self.config.proximal_warmup * ctx.total_steps",
+        "active = ctx.step > self.config.proximal_warmup * ctx.total_steps",
+        "off-by-one: the proximal term starts one step late",
+        (T_LISA,),
+    ),
+    Mutant(
+        "lisa-proximal-sign",
+        D + "lisa.py",
+        "g = (self.config.rho * diff).to(p.dtype)",
+        "g = (-self.config.rho * diff).to(p.dtype)",
+        "sign flip: the proximal term pushes away from the anchor",
+        (T_LISA,),
+    ),
+    Mutant(
+        "lisa-snapshot-aliased",
+        D + "lisa.py",
+        "snap = {n: p.detach().clone() for n, p in ctx.params}",
+        "snap = {n: p.detach() for n, p in ctx.params}",
+        "clone removed: the anchor aliases the live weights (drift always 0)",
+        (T_LISA,),
+    ),
+    Mutant(
+        "lisa-keeps-user-batch",
+        D + "lisa.py",
+        'batch = ctx.next_batch("alignment")',
+        'ctx.next_batch("alignment")',
+        "alignment state trains on the user batch instead of the alignment batch",
+        (T_LISA,),
+    ),
+    Mutant(
+        "lisa-default-k-align",
+        D + "lisa.py",
+        '100, "Steps per alignment state (K1)',
+        '10, "Steps per alignment state (K1)',
+        "wrong default: K1 = 10",
+        (T_DEFAULTS, T_LISA),
+    ),
+    Mutant(
+        "lisa-default-k-finetune",
+        D + "lisa.py",
+        '900, "Steps per fine-tuning state (K2)',
+        '1000, "Steps per fine-tuning state (K2)',
+        "wrong default: K2 = 1000",
+        (T_DEFAULTS, T_LISA),
+    ),
+    Mutant(
+        "lisa-default-rho",
+        D + "lisa.py",
+        '1.0, "Proximal strength',
+        '0.01, "Proximal strength',
+        "wrong default: rho 0.01 (the baselines' value) instead of the paper's 1",
+        (T_DEFAULTS, T_LISA),
+    ),
+    # ---- Antibody, fine-tuning stage (§6) -------------------------------------------------------
+    Mutant(
+        "antibody-ft-score-sign",
+        D + "antibody_finetune.py",
+        "r = refusal_all - task_all",
+        "r = task_all - refusal_all",
+        "sign flip: harmful samples get the large weights",
+        (T_ANTIBODY_FT,),
+    ),
+    Mutant(
+        "antibody-ft-per-sample-mean",
+        D + "antibody_finetune.py",
+        "loss = (w * per_sample_sum).sum() / (w_all * tokens_all).sum().clamp_min(1e-12)",
+        "loss = (w * per_sample_sum / n_tokens.clamp_min(1)).sum()",
+        "normalisation: sum_i w_i mean_t l_it instead of the token-level weighted mean",
+        (T_ANTIBODY_FT,),
+    ),
+    Mutant(
+        "antibody-ft-reduction-swapped",
+        D + "antibody_finetune.py",
+        'if self.config.score_reduction == "mean":',
+        'if self.config.score_reduction == "sum":',
+        "mean vs sum: the score reductions swapped",
+        (T_ANTIBODY_FT,),
+    ),
+    Mutant(
+        "antibody-ft-grad-through-weights",
+        D + "antibody_finetune.py",
+        "with torch.no_grad():\n                nll, mask = token_nll(model, stacked)",
+        "with torch.enable_grad():\n                nll, mask = token_nll(model, stacked)",
+        "detach removed: the gradient flows through the sample weights",
+        (T_ANTIBODY_FT,),
+    ),
+    Mutant(
+        "antibody-ft-default-tau",
+        D + "antibody_finetune.py",
+        "tau: float = opt(1.0,",
+        "tau: float = opt(0.5,",
+        "wrong default: tau 0.5",
+        (T_DEFAULTS, T_ANTIBODY_FT),
+    ),
+    # ---- the loop and the gradient helpers -------------------------------------------------------
+    Mutant(
+        "loop-no-clipping",
+        "hftguard/training.py",
+        "total_norm = _clip(params, opts.max_grad_norm)",
+        "total_norm = _clip(params, 0.0)",
+        "clipping off: the assembled gradient is applied unclipped",
+        (T_TRAINING,),
+    ),
+    Mutant(
+        "loop-per-tensor-clipping",
+        "hftguard/training.py",
+        "return torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm)",
+        "return torch.linalg.vector_norm(torch.stack([torch.nn.utils.clip_grad_norm_([p], "
+        "max_norm) for _, p in params]))",
+        "clipping per tensor instead of one global norm",
+        (T_TRAINING,),
+    ),
+    Mutant(
+        "loop-grads-not-reset",
+        "hftguard/training.py",
+        "            for _, p in params:\n                p.grad = None\n",
+        "",
+        "gradients accumulate across steps (no reset before the defense's step)",
+        (T_TRAINING, T_LISA),
+    ),
+    Mutant(
+        "perturbed-no-restore",
+        "hftguard/gradients.py",
+        "saved = [p.detach().clone() for _, p in params]",
+        "saved = [p.detach() for _, p in params]",
+        "restore after perturbation skipped (the saved copy aliases the perturbed weights)",
+        (T_BOOSTER, T_ANTIBODY, T_TRAINING),
+    ),
+    Mutant(
+        "combine-drops-tensor-coef",
+        "hftguard/gradients.py",
+        "torch._foreach_add_(out, torch._foreach_mul(list(gs), coef.to(out[0].dtype)))",
+        "torch._foreach_add_(out, list(gs))",
+        "a 0-d tensor coefficient (Antibody's lambda_t) is ignored",
+        (T_ANTIBODY,),
+    ),
+    Mutant(
+        "lm-loss-sum",
+        "hftguard/gradients.py",
+        "return nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)",
+        "return nll.sum()",
+        "mean vs sum: the LM loss is the summed token NLL",
+        (T_BOOSTER, T_VACCINE),
+    ),
+    Mutant(
+        "token-nll-shift",
+        "hftguard/gradients.py",
+        "targets = batch.labels[:, 1:]",
+        "targets = batch.labels[:, :-1]",
+        "off-by-one: labels not shifted against the logits",
+        (T_BOOSTER,),
+    ),
+    # ---- data wiring -----------------------------------------------------------------------------
+    Mutant(
+        "refusal-template-zero",
+        "hftguard/data.py",
+        'return ex.with_response(refusal_for(index), kind="refusal")',
+        'return ex.with_response(refusal_for(0), kind="refusal")',
+        "wrong template index: every sample paired with refusal template 0",
+        (T_DATA, T_STAGES),
+    ),
+    Mutant(
+        "refusal-index-zero-in-encode",
+        "hftguard/data.py",
+        "enc.refusal = encode(refusal_example(ex, i),",
+        "enc.refusal = encode(refusal_example(ex, 0),",
+        "wrong template index: encode_all pairs every sample with template 0",
+        (T_DATA, T_STAGES),
+    ),
+    Mutant(
+        "attack-uses-paired-split",
+        "hftguard/pipeline/attack_finetune.py",
+        'harmful_split = "attack"',
+        'harmful_split = "train"',
+        "wrong split: the attack reads the alignment-stage (paired) harmful prompts",
+        (T_STAGES,),
+    ),
+    Mutant(
+        "align-harmful-uses-attack-split",
+        "hftguard/pipeline/align.py",
+        'cfg.harmful, "harmful", "train", reg, ctx',
+        'cfg.harmful, "harmful", "attack", reg, ctx',
+        "wrong split: Booster/Antibody's harmful stream reads the attack split",
+        (T_STAGES,),
+    ),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def check_mutants(mutants: tuple[Mutant, ...]) -> list[str]:
+    """Every problem with the mutant list (stale or ambiguous snippets, duplicate ids, ...)."""
+    problems = []
+    seen: set[str] = set()
+    for m in mutants:
+        if m.id in seen:
+            problems.append(f"{m.id}: duplicate id")
+        seen.add(m.id)
+        path = ROOT / m.file
+        if not path.is_file():
+            problems.append(f"{m.id}: {m.file} does not exist")
+            continue
+        count = path.read_text(encoding="utf-8").count(m.original)
+        if count != 1:
+            problems.append(f"{m.id}: snippet found {count} times in {m.file} (needs exactly 1)")
+        if m.original == m.replacement:
+            problems.append(f"{m.id}: replacement equals the original")
+        for t in m.tests:
+            if not (ROOT / t.split("::")[0]).is_file():
+                problems.append(f"{m.id}: test file {t} does not exist")
+    return problems
+
+
+def copy_repo(dest: Path) -> Path:
+    def ignore(_dir: str, names: list[str]) -> set[str]:
+        return {n for n in names if n in IGNORED or n.endswith(".egg-info")}
+
+    target = dest / "repo"
+    shutil.copytree(ROOT, target, ignore=ignore, symlinks=True)
+    return target
+
+
+def environment(copy: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(copy), *filter(None, [env.get("PYTHONPATH")])])
+    env["PYTHONDONTWRITEBYTECODE"] = "1"  # no stale bytecode of a mutated file
+    env.pop("PYTEST_ADDOPTS", None)
+    return env
+
+
+@dataclass
+class Outcome:
+    status: str  # killed | survived | timeout | error
+    returncode: int | None
+    tail: str
+    seconds: float
+    failed: list[str]  # the failing tests (the first one only when stopping at the first)
+
+
+def run_pytest(copy: Path, tests: list[str], timeout: float, first_failure: bool = True) -> Outcome:
+    """Run pytest on ``tests`` in ``copy``: killed = a test failed, survived = all passed."""
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--no-header"]
+    if first_failure:
+        cmd.append("-x")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [*cmd, *tests],
+        cwd=copy,
+        env=environment(copy),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,  # its own process group, so a timeout ends all it started
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(proc)
+        out, _ = proc.communicate()
+        return Outcome("timeout", None, _tail(out), time.perf_counter() - t0, [])
+    except BaseException:  # Ctrl-C: the child is in its own session and did not get the signal
+        _kill_group(proc)
+        raise
+    seconds = time.perf_counter() - t0
+    # 1: tests failed, 2: interrupted (e.g. the mutant broke an import); 3-5: pytest misused
+    status = {0: "survived", 1: "killed", 2: "killed"}.get(proc.returncode, "error")
+    failed = [
+        line.split(" ", 1)[1].split(" - ", 1)[0].strip()
+        for line in (out or "").splitlines()
+        if line.startswith(("FAILED ", "ERROR "))
+    ]
+    return Outcome(status, proc.returncode, _tail(out), seconds, failed)
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _tail(text: str | None, lines: int = 15) -> str:
+    return "\n".join((text or "").strip().splitlines()[-lines:])
+
+
+def select(patterns: list[str]) -> tuple[Mutant, ...]:
+    if not patterns:
+        return MUTANTS
+    wanted = [p for arg in patterns for p in arg.split(",") if p]
+    chosen = tuple(m for m in MUTANTS if any(fnmatch.fnmatch(m.id, p) for p in wanted))
+    unmatched = [p for p in wanted if not any(fnmatch.fnmatch(m.id, p) for m in MUTANTS)]
+    if unmatched:
+        print(f"mutants: no mutant matches {', '.join(unmatched)} (see --list)", file=sys.stderr)
+        raise SystemExit(2)
+    return chosen
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--only", action="append", default=[], help="mutant ids or globs (repeatable)")
+    ap.add_argument("--timeout", type=float, default=300.0, help="seconds per pytest run")
+    ap.add_argument("--json", default="runs/mutants.json", help="report file (relative to repo)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the unmutated test run")
+    ap.add_argument("--keep", action="store_true", help="keep the temporary copy")
+    ap.add_argument(
+        "--tests",
+        action="append",
+        default=[],
+        help="run these tests (files or node ids) for every mutant instead of its own list",
+    )
+    ap.add_argument(
+        "--all-failures",
+        action="store_true",
+        help="run each mutant's tests to the end and record every failing test (slower)",
+    )
+    args = ap.parse_args(argv)
+
+    problems = check_mutants(MUTANTS)
+    if problems:
+        print("mutants: the mutant list is stale; fix these snippets first:", file=sys.stderr)
+        for p in problems:
+            print(f"  - {p}", file=sys.stderr)
+        return 2
+    chosen = select(args.only)
+    if args.list:
+        for m in chosen:
+            print(f"{m.id:34} {m.file:48} {m.description}")
+        print(f"{len(chosen)} mutants")
+        return 0
+
+    tmp = Path(tempfile.mkdtemp(prefix="hftguard-mutants-"))
+    results: list[dict] = []
+    t_start = time.perf_counter()
+    try:
+        copy = copy_repo(tmp)
+        probe = subprocess.run(
+            [sys.executable, "-c", "import hftguard; print(hftguard.__file__)"],
+            cwd=copy,
+            env=environment(copy),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        where = Path(probe.stdout.strip() or "?").resolve()
+        if copy.resolve() not in where.parents:
+            print(f"mutants: hftguard imports from {where}, not the copy {copy}", file=sys.stderr)
+            print(probe.stderr, file=sys.stderr)
+            return 2
+        print(f"mutants: {len(chosen)} mutants, copy at {copy}, timeout {args.timeout:.0f}s")
+
+        if not args.no_baseline:
+            tests = args.tests or sorted({t for m in chosen for t in m.tests})
+            base = run_pytest(copy, tests, args.timeout * 2)
+            print(f"baseline (unmutated, {len(tests)} test files): {base.seconds:.0f}s")
+            if base.status != "survived":
+                print("mutants: the tests fail without any mutant; fix that first.\n" + base.tail)
+                return 2
+
+        width = max(len(m.id) for m in chosen)
+        for i, m in enumerate(chosen, 1):
+            target = copy / m.file
+            original = target.read_text(encoding="utf-8")
+            target.write_text(original.replace(m.original, m.replacement, 1), encoding="utf-8")
+            try:
+                tests = args.tests or list(m.tests)
+                res = run_pytest(copy, tests, args.timeout, not args.all_failures)
+            finally:
+                target.write_text(original, encoding="utf-8")
+            print(
+                f"[{i:2}/{len(chosen)}] {res.status.upper():8} {m.id:{width}} "
+                f"{res.seconds:6.1f}s  {m.description}"
+            )
+            for test in res.failed:
+                print(f"    failed: {test}")
+            if res.status in ("survived", "error", "timeout"):
+                print("    " + res.tail.replace("\n", "\n    "))
+            results.append(
+                {
+                    "id": m.id,
+                    "file": m.file,
+                    "description": m.description,
+                    "tests": tests,
+                    "status": res.status,
+                    "returncode": res.returncode,
+                    "seconds": round(res.seconds, 1),
+                    "failed_tests": res.failed,
+                    **({"output_tail": res.tail} if res.status != "killed" else {}),
+                }
+            )
+    finally:
+        if args.keep:
+            print(f"mutants: kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    counts = {
+        s: sum(r["status"] == s for r in results)
+        for s in ("killed", "survived", "timeout", "error")
+    }
+    scored = len(results) - counts["error"]
+    score = 100.0 * counts["killed"] / scored if scored else 0.0
+    print(
+        f"\n{len(results)} mutants: {counts['killed']} killed, {counts['survived']} survived, "
+        f"{counts['timeout']} timeout, {counts['error']} error; mutation score {score:.0f}% "
+        f"({time.perf_counter() - t_start:.0f}s)"
+    )
+    for r in results:
+        if r["status"] != "killed":
+            print(f"  {r['status']}: {r['id']} ({r['file']}): {r['description']}")
+    report = Path(args.json)
+    report = report if report.is_absolute() else ROOT / report
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(
+        json.dumps(
+            {"summary": {**counts, "total": len(results), "score": score}, "mutants": results},
+            indent=2,
+        )
+        + "\n"
+    )
+    print(f"report: {report}")
+    return 0 if counts["killed"] == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
