@@ -348,6 +348,8 @@ ALIGN_ARGS = [
     "4",
     "--set",
     "train.checkpoint_every=2",
+    "--set",
+    "retain=''",  # tiny-random's self-distilled answers are all dropped: no retain set
 ]
 FINETUNE_ARGS = ["attack-finetune", "--defense", "antibody", "--max-steps", "2"]
 FINETUNE_ARGS += ["--batch-size", "5"]  # shards of 3 and 2 samples
