@@ -28,6 +28,8 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     "response": ("response", "output", "answer", "completion"),
     "label": ("label",),
     "category": ("category",),
+    # a reference refusal of a harmful prompt (kept in meta; eval's likelihood margin uses it)
+    "refusal": ("refusal",),
 }
 FORMATS: dict[str, str] = {
     ".jsonl": "jsonl",
@@ -90,8 +92,9 @@ def load_examples_file(
             compressed (``.jsonl.xz``, ``.jsonl.gz``, ...). Labels and categories are
             kept as text in ``meta`` whatever the format.
         kind: ``benign``, ``harmful`` or ``refusal``.
-        fields: Maps our field names (prompt, input, response, label, category) to the file's
-            column names; unmapped fields use the usual names (see :data:`FIELD_ALIASES`).
+        fields: Maps our field names (prompt, input, response, label, category, refusal) to the
+            file's column names; unmapped fields use the usual names (see
+            :data:`FIELD_ALIASES`). ``label``, ``category`` and ``refusal`` go to ``meta``.
         limit: Keep only the first ``limit`` records.
         require_response: False for evaluation prompts, which need no reference answer.
     """
@@ -298,7 +301,7 @@ def _example(
                 else f"give every record a non-empty {ours}",
             )
     meta: dict[str, Any] = {"source": str(path), "id": f"{path.name}:{number}"}
-    for extra in ("label", "category"):
+    for extra in ("label", "category", "refusal"):
         if values[extra] is not None:
             meta[extra] = values[extra]
     return Example(

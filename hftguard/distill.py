@@ -64,7 +64,7 @@ def distill(
     kept = [
         Example(e.prompt, a, "benign", e.input, {**e.meta, "distilled": True})
         for e, a, v in zip(examples, answers, verdicts, strict=True)
-        if v.label == "compliance" and a.strip()
+        if v.label not in ("refusal", "degenerate") and a.strip()  # off-topic is kept too
     ]
     atomic_write_text(cache, "".join(json.dumps(e.to_dict()) + "\n" for e in kept))
     reporter.info(f"retain set: kept {len(kept)}/{len(examples)} self-distilled answers")

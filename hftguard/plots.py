@@ -103,7 +103,7 @@ def _marker(xs: Sequence[Any]) -> dict[str, Any]:
 
 
 def metric_vs_axis(rep: Report, path: Path) -> Path:
-    """HS and FA against p (or n) per method, with 95% bootstrap intervals; bars for tasks."""
+    """HS and FA against p (or n) per method, with the report's 95% intervals; bars for tasks."""
     fig, (ax_hs, ax_fa) = _figure(2)
     numeric = rep.axis in ("p", "n")
     width = 0.8 / max(1, len(rep.rows))
@@ -156,7 +156,7 @@ def metric_vs_axis(rep: Report, path: Path) -> Path:
     ax_fa.set_title(f"FA vs {rep.axis}")
     ax_fa.legend(fontsize=8, loc="best")
     fig.suptitle(
-        "Error bars: 95% bootstrap interval over prompts"
+        "Error bars: 95% interval (Wilson for one seed, seeds × prompts bootstrap for several)"
         + (f"; mean over seeds {', '.join(map(str, rep.seeds))}" if len(rep.seeds) > 1 else ""),
         fontsize=9,
     )

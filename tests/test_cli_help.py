@@ -29,6 +29,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     ),
     "eval": ("--model", "--judge", "--task", "--harmful-samples", "--max-new-tokens", *COMMON),
     "run": ("--out", "--set", "--seed", "--overwrite", "config_file"),
+    "judge": ("--judge", "--field", "--out", "--set", "--resume", "--overwrite", "--json", "file"),
     "plugins": ("--json", "--verbose"),
     "validate": ("--kind", "config_file"),
 }

@@ -23,6 +23,7 @@ from hftguard.pipeline import report
 from hftguard.pipeline.grid import Cell
 from hftguard.registry import default_registry
 from hftguard.runs import atomic_write_json, write_jsonl
+from hftguard.stats import wilson
 
 # ------------------------------------------------------------------------------------------------
 # A synthetic grid with known numbers
@@ -31,6 +32,8 @@ METHODS = {"sft/sft": "SFT", "booster/sft": "Booster", "antibody/antibody": "Ant
 PS = [0.0, 0.1, 0.2]
 SEEDS = [1, 2]
 M_HARMFUL, M_TASK = 20, 10
+#: harm category of harmful prompt i: CATEGORIES[i % 4] (BeaverTails-style "a|b" = both)
+CATEGORIES = ["violence", "privacy", "fraud|privacy", "violence"]
 
 
 def n_harmful(method: int, p: float, seed: int) -> int:
@@ -65,6 +68,7 @@ def _eval_dir(
                 "set": "harmful",
                 "prompt": f"h{i}",
                 "response": "r",
+                "category": CATEGORIES[i % 4],
                 "verdicts": {
                     "refusal-keywords": {"label": label, "harmful": i < k_harm, "score": 1.0},
                     "other": {"label": "refusal", "harmful": i < 2, "score": 0.0},
@@ -350,7 +354,11 @@ def test_markdown_layout(synthetic: Path) -> None:
         "## Harmful Score / Finetune Accuracy by p",
         "## Over-refusal / degenerate",
         "## Before fine-tuning",
-        "## Intervals (95% percentile bootstrap",
+        "## Intervals",
+        "## Paired comparison vs SFT: ΔHS",
+        "## Attack effect: HS(p) − HS(p=0)",
+        "## Paired comparisons per seed",
+        "## HS by harm category",
     ):
         assert section in md
     before_head, before = report.before_table(rep)
@@ -415,10 +423,13 @@ def test_other_axes_become_row_qualifiers_and_columns(tmp_path: Path) -> None:
 
 
 def test_another_headline_judge(synthetic: Path) -> None:
-    rep = report.build(report.collect([synthetic]), judge="other", n_boot=20)
+    rep = report.build(report.collect([synthetic]), judge="other", n_boot=400)
     c = rep.cell(rep.rows[0], 0.2)
     assert c.hs.mean == 10.0 and c.hs.std == 0.0  # two of 20 prompts, the same for every seed
     assert c.hs.ci[0] == 0.0 and 20.0 <= c.hs.ci[1] <= 30.0  # ...which the prompts make uncertain
+    # the same verdicts for every method: no paired difference, no attack effect, p = 1
+    for comp in (c for c in rep.comparisons if c.metric == "hs"):
+        assert comp.judge == "other" and (comp.diff, comp.b, comp.c, comp.p_value) == (0, 0, 0, 1)
     assert c.degenerate.mean == 0.0
 
 
@@ -438,6 +449,400 @@ def test_single_eval_dirs_are_identified_by_provenance(synthetic: Path, tmp_path
         2,
     )
     assert run.label == "booster/sft"  # no grid labels
+
+
+# ------------------------------------------------------------------------------------------------
+# Intervals, paired comparisons, attack effects, harm categories, report.json
+
+
+def mcnemar_by_hand(b: int, c: int) -> float:
+    m = b + c
+    if m == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m)
+
+
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fake_grid(tmp_path_factory.mktemp("one_seed") / "grid", seeds=[1])
+
+
+def test_single_run_intervals_are_wilson(one_seed: Path) -> None:
+    rep = report.build(report.collect([one_seed]), n_boot=100)
+    for mi, row in enumerate(rep.rows):
+        for p in PS:
+            c = rep.cell(row, p)
+            k, kt = n_harmful(mi, p, 1), n_correct(mi, p, 1)
+            assert c.hs.ci == pytest.approx(wilson(k, M_HARMFUL)) and c.hs.ci_method == "wilson"
+            assert c.fa.ci == pytest.approx(wilson(kt, M_TASK))
+            assert c.degenerate.ci == pytest.approx(wilson(2, M_HARMFUL))
+    # 0 of 20 harmful (Booster, p = 0, seed 1): a bootstrap gives [0, 0]; Wilson does not
+    zero = rep.cell(rep.rows[1], 0.0)
+    assert zero.hs.mean == 0.0 and zero.hs.ci[0] == 0.0 and zero.hs.ci[1] > 15.0
+    base = rep.before[0][1]  # the base model: 0 of 20
+    assert base.hs.ci == pytest.approx(wilson(0, 20))
+
+
+def test_several_seeds_get_the_two_level_bootstrap(synthetic: Path) -> None:
+    rep = report.build(report.collect([synthetic]), n_boot=300)
+    c = rep.cell(rep.rows[0], 0.1)
+    assert c.hs.ci_method == "bootstrap" and c.hs.ci[0] < c.hs.mean < c.hs.ci[1]
+    assert report.build(report.collect([synthetic]), n_boot=0).cell(rep.rows[0], 0.1).hs.ci is None
+
+
+def test_paired_differences_vs_the_baseline_by_hand(synthetic: Path) -> None:
+    rep = report.build(report.collect([synthetic]), n_boot=300)
+    assert rep.baseline == "sft/sft" and rep.baseline_label == "SFT" and rep.skipped == []
+    comps = [c for c in rep.comparisons if c.kind == "vs_baseline"]
+    assert len(comps) == 2 * 3 * 2 * 2  # methods besides SFT × p × seeds × (HS, FA)
+    for c in comps:
+        mi = list(METHODS).index(c.run.method)
+        assert c.ref.method == "sft/sft" and (c.ref.p, c.ref.seed) == (c.run.p, c.run.seed)
+        if c.metric == "hs":  # prompt i harmful iff i < k: the discordant prompts are the excess
+            k, k_ref, unit = (
+                n_harmful(mi, c.run.p, c.run.seed),
+                n_harmful(0, c.run.p, c.run.seed),
+                5,
+            )
+        else:
+            k, k_ref, unit = (
+                n_correct(mi, c.run.p, c.run.seed),
+                n_correct(0, c.run.p, c.run.seed),
+                10,
+            )
+        assert c.diff == pytest.approx(unit * (k - k_ref))  # method − baseline, not the reverse
+        assert (c.b, c.c) == (max(0, k - k_ref), max(0, k_ref - k))
+        assert c.p_value == pytest.approx(mcnemar_by_hand(c.b, c.c))
+        assert c.ci[0] <= c.diff <= c.ci[1] and c.ci[1] <= 0.0  # every prompt moves one way
+    # the table cell: mean ± sd over the two seeds of the per-seed differences
+    cell = rep.cell(rep.rows[2], 0.2)  # Antibody
+    diffs = [5.0 * (n_harmful(2, 0.2, s) - n_harmful(0, 0.2, s)) for s in SEEDS]
+    hs = cell.vs_baseline["hs"]
+    assert (hs.mean, hs.sd) == (statistics.mean(diffs), pytest.approx(statistics.stdev(diffs)))
+    assert hs.ci_method == "bootstrap" and hs.ci[0] <= hs.mean <= hs.ci[1] < 0
+    assert hs.p_values == [pytest.approx(mcnemar_by_hand(0, int(-d / 5))) for d in diffs]
+    assert rep.cell(rep.rows[0], 0.2).vs_baseline == {}  # the baseline row itself
+
+
+def test_attack_effect_by_hand(synthetic: Path) -> None:
+    rep = report.build(report.collect([synthetic]), n_boot=300)
+    effects = [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
+    assert len(effects) == 3 * 2 * 2  # methods × (p = 0.1, 0.2) × seeds
+    for c in effects:
+        mi = list(METHODS).index(c.run.method)
+        assert c.ref.method == c.run.method and c.ref.p == 0.0 and c.ref.seed == c.run.seed
+        k, k0 = n_harmful(mi, c.run.p, c.run.seed), n_harmful(mi, 0.0, c.run.seed)
+        assert c.diff == pytest.approx(5.0 * (k - k0)) and (c.b, c.c) == (k - k0, 0)
+        assert c.p_value == pytest.approx(mcnemar_by_hand(k - k0, 0))
+    sft = rep.rows[0]
+    assert rep.cell(sft, 0.0).attack_effect == {}
+    eff = rep.cell(sft, 0.2).attack_effect["hs"]
+    assert eff.mean == pytest.approx(5.0 * (12 - 1)) and eff.ci[0] > 0  # harmful data did something
+    _, body = report.comparison_table(rep, "attack_effect")
+    assert body[0][0] == "SFT" and body[0][1] == "–" and body[0][3].startswith("+55.0")
+
+
+def test_baseline_option(synthetic: Path, cli: Any) -> None:
+    col = report.collect([synthetic])
+    for name in ("Booster", "booster/sft"):
+        rep = report.build(col, baseline=name, n_boot=50)
+        assert rep.baseline == "booster/sft"
+        c = next(
+            c
+            for c in rep.comparisons
+            if c.kind == "vs_baseline" and c.run.method == "sft/sft" and c.metric == "hs"
+        )
+        k, k_ref = n_harmful(0, c.run.p, c.run.seed), n_harmful(1, c.run.p, c.run.seed)
+        assert c.ref.method == "booster/sft" and c.diff == pytest.approx(5.0 * (k - k_ref))
+    rep = report.build(col, baseline=None, n_boot=50)
+    assert rep.baseline is None and {c.kind for c in rep.comparisons} == {"attack_effect"}
+    res = cli("report", str(synthetic), "--baseline", "nope", "--out", "x", "--no-plots")
+    assert res.code == 2 and "--baseline" in res.err and "booster/sft" in res.err
+    res = cli("report", str(synthetic), "--baseline", "Antibody", "--out", "y", "--no-plots")
+    assert res.code == 0 and "## Paired comparison vs Antibody: ΔHS" in res.out
+
+
+def test_pairs_by_prompt_id_not_position(tmp_path: Path) -> None:
+    def write(path: Path, order: list[int], harmful: set[int], sha: str = "s") -> report.EvalRun:
+        path.mkdir(parents=True)
+        rows = [
+            {
+                "set": "harmful",
+                "id": f"q{i}",
+                "prompt": f"prompt {i}",
+                "verdicts": {"j": {"label": "x", "harmful": i in harmful}},
+            }
+            for i in order
+        ]
+        write_jsonl(path / "generations.jsonl", rows)
+        metrics = {"judges": {"j": {}}, "test_sets": {"harmful": {"sha256": sha}}}
+        return report.EvalRun(path, "attacked", p=0.1, seed=1, metrics=metrics)
+
+    a = write(tmp_path / "a", [0, 1, 2, 3, 4, 5], {0, 1, 2})
+    b = write(tmp_path / "b", [5, 4, 3, 2, 1, 0], {2, 3})  # same prompts, another order
+    c = report.compare(a, b, "hs", "vs_baseline", n_boot=200)
+    assert (c.b, c.c) == (2, 1) and c.diff == pytest.approx(100 / 6) and c.n_items == 6
+    assert c.p_value == pytest.approx(mcnemar_by_hand(2, 1))
+    other = write(tmp_path / "c", [0, 1, 2, 3, 4, 5], {2, 3}, sha="t")
+    skip = report.compare(a, other, "hs", "vs_baseline")
+    assert isinstance(skip, report.Skipped) and "sha256" in skip.reason
+    fewer = write(tmp_path / "d", [0, 1, 2, 3, 9, 5], {2, 3})
+    skip = report.compare(a, fewer, "hs", "vs_baseline")
+    assert isinstance(skip, report.Skipped) and "5 of 6" in skip.reason
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    return dst
+
+
+def test_mismatched_prompt_sets_are_not_paired(synthetic: Path, tmp_path: Path, cli: Any) -> None:
+    root = _copy(synthetic, tmp_path / "g")
+    cell = Cell("booster", "sft", 0.1, 100, "sentiment", 1)
+    for method, sha in (("sft/sft", "aaa"), ("booster/sft", "bbb")):
+        a, f = method.split("/")
+        path = root / "cells" / Cell(a, f, 0.1, 100, "sentiment", 1).name / "eval" / "metrics.json"
+        m = json.loads(path.read_text())
+        m["test_sets"] = {"harmful": {"sha256": sha}, "task:sentiment": {"sha256": "t"}}
+        atomic_write_json(path, m)
+    rep = report.build(report.collect([root]), n_boot=50)
+    (skip,) = rep.skipped
+    assert (skip.kind, skip.metric, skip.run.method, skip.run.seed) == (
+        "vs_baseline",
+        "hs",
+        "booster/sft",
+        1,
+    )
+    assert "harmful prompt sets differ" in skip.reason
+    assert not any(
+        c.kind == "vs_baseline" and c.metric == "hs" and c.run.path == skip.run.path
+        for c in rep.comparisons
+    )  # FA (same task set) is still compared
+    assert any(c.run.path == skip.run.path and c.metric == "fa" for c in rep.comparisons)
+    # the cell is summarised from the seed that could be paired
+    assert rep.cell(rep.rows[1], 0.1).vs_baseline["hs"].seeds == [2]
+    res = cli("report", str(root), "--out", "r", "--no-plots")
+    assert res.code == 0 and "not paired" in res.err and cell.name in str(skip.run.path)
+    assert "## Not paired" in (tmp_path / "r" / "report.md").read_text()
+    # prompts that differ without any sha256 (older metrics.json): refused by the prompt texts
+    gen = root / "cells" / Cell("antibody", "antibody", 0.2, 100, "sentiment", 2).name / "eval"
+    rows = [json.loads(x) for x in (gen / "generations.jsonl").read_text().splitlines()]
+    rows[0]["prompt"] = "something else"
+    write_jsonl(gen / "generations.jsonl", rows)
+    rep = report.build(report.collect([root]), n_boot=50)
+    reasons = [s.reason for s in rep.skipped if s.run.path == gen.resolve()]
+    assert len(reasons) == 2 and all("19 of 20" in r for r in reasons)  # vs SFT and vs p = 0
+
+
+def test_hs_by_harm_category(one_seed: Path) -> None:
+    rep = report.build(report.collect([one_seed]), n_boot=50)
+    c = rep.cell(rep.rows[0], 0.2)
+    k = n_harmful(0, 0.2, 1)
+    members = {
+        cat: [i for i in range(M_HARMFUL) if cat in CATEGORIES[i % 4].split("|")]
+        for cat in ("fraud", "privacy", "violence")
+    }
+    assert sorted(c.by_category) == ["fraud", "privacy", "violence"]
+    for cat, idx in members.items():
+        hits = sum(i < k for i in idx)
+        s = c.by_category[cat]
+        assert s.mean == pytest.approx(100 * hits / len(idx)) and s.n_items == len(idx)
+        assert s.ci == pytest.approx(wilson(hits, len(idx)))
+    head, body = report.category_table(rep)
+    assert head == ["Method", "p", "fraud", "privacy", "violence"] and len(body) == 9
+
+
+def test_eval_hs_by_category_and_intervals() -> None:
+    from hftguard.pipeline.evaluate import hs_by_category, hs_metrics
+    from hftguard.records import Example, Verdict
+
+    exs = [Example("q", meta={"category": c}) for c in ["a", "a|b", "b", None, "a"]]
+    vs = [Verdict(h, "compliance" if h else "refusal", 1.0) for h in [1, 0, 1, 1, 0]]
+    assert hs_by_category(exs, vs) == {
+        "a": {"hs": pytest.approx(100 / 3), "n": 3, "ci": pytest.approx(list(wilson(1, 3)))},
+        "b": {"hs": 50.0, "n": 2, "ci": pytest.approx(list(wilson(1, 2)))},
+    }
+    assert hs_by_category(exs[3:4], vs[3:4]) is None
+    m = hs_metrics(vs)
+    assert m["harmful_score_ci"] == pytest.approx(list(wilson(3, 5)))
+    assert m["degenerate_rate_ci"] == pytest.approx(list(wilson(0, 5)))
+
+
+def test_old_evaluations_without_records_still_report(one_seed: Path, tmp_path: Path) -> None:
+    root = _copy(one_seed, tmp_path / "g")
+    ev = root / "cells" / Cell("booster", "sft", 0.2, 100, "sentiment", 1).name / "eval"
+    (ev / "generations.jsonl").unlink()
+    m = json.loads((ev / "metrics.json").read_text())
+    m["counts"] = {"harmful": 20, "benign": 4, "tasks": {"sentiment": 10}}
+    atomic_write_json(ev / "metrics.json", m)
+    rep = report.build(report.collect([root]), n_boot=50)
+    c = rep.cell(rep.rows[1], 0.2)
+    k = n_harmful(1, 0.2, 1)
+    assert c.hs.mean == 5.0 * k and c.hs.ci == pytest.approx(wilson(k, 20))  # from rate × n
+    assert c.over_refusal.ci == pytest.approx(wilson(1, 4))
+    assert c.vs_baseline == {} and c.by_category == {}
+    assert {s.reason for s in rep.skipped if s.run.path == ev.resolve()} == {
+        "no per-prompt outcomes (generations.jsonl missing or without verdicts)"
+    }
+    assert json.loads(report.to_json(rep))["cells"][4]["hs"]["ci_method"] == "wilson"
+
+
+def test_off_topic_and_likelihood_margin_when_present(one_seed: Path, tmp_path: Path) -> None:
+    root = _copy(one_seed, tmp_path / "g")
+    ev = root / "cells" / Cell("sft", "sft", 0.1, 100, "sentiment", 1).name / "eval"
+    m = json.loads((ev / "metrics.json").read_text())
+    m["off_topic_rate"] = 15.0
+    m["judges"]["refusal-keywords"]["off_topic_rate"] = 15.0
+    m["likelihood_margin"] = {"mean": 0.42, "ci": [0.3, 0.55], "n": 20, "harmful_loss": 2.0}
+    atomic_write_json(ev / "metrics.json", m)
+    rep = report.build(report.collect([root]), n_boot=50)
+    head, body = report.main_table(rep)
+    assert head[-2:] == ["Off-topic", "Likelihood margin"]
+    assert body[0][-2:] == ["15.0", "0.420"] and body[1][-2:] == ["–", "–"]
+    c = rep.cell(rep.rows[0], 0.1)
+    assert c.off_topic.mean == 15.0 and c.off_topic.ci == pytest.approx(wilson(3, 20))
+    assert c.margin.mean == 0.42 and c.margin.ci == (0.3, 0.55)
+    assert rep.cell(rep.rows[0], 0.2).off_topic is None
+    cell = json.loads(report.to_json(rep))["cells"][1]
+    assert cell["off_topic"]["mean"] == 15.0 and cell["likelihood_margin"]["ci"] == [0.3, 0.55]
+    assert "Off-topic" in report.intervals_table(rep)[0]
+    assert "15.0 [" in report.to_markdown(rep)
+    assert not any(c.metric == "margin" for c in rep.comparisons) and rep.skipped == []
+
+
+def test_paired_likelihood_margin(one_seed: Path, tmp_path: Path) -> None:
+    root = _copy(one_seed, tmp_path / "g")
+    for method, shift in (("sft/sft", 0.0), ("booster/sft", 0.5)):
+        a, f = method.split("/")
+        ev = root / "cells" / Cell(a, f, 0.1, 100, "sentiment", 1).name / "eval"
+        rows = [json.loads(x) for x in (ev / "generations.jsonl").read_text().splitlines()]
+        margins = []
+        for i, r in enumerate(x for x in rows if x["set"] == "harmful"):
+            r["likelihood_margin"] = {"margin": i / 10 + shift, "refusal_logp": -1.0}
+            margins.append(i / 10 + shift)
+        write_jsonl(ev / "generations.jsonl", rows)
+        m = json.loads((ev / "metrics.json").read_text())
+        m["likelihood_margin"] = {"mean": statistics.mean(margins), "ci": [0.0, 2.0], "n": 20}
+        atomic_write_json(ev / "metrics.json", m)
+    rep = report.build(report.collect([root]), n_boot=100)
+    (comp,) = [c for c in rep.comparisons if c.metric == "margin"]
+    assert (comp.kind, comp.run.method, comp.ref.method) == (
+        "vs_baseline",
+        "booster/sft",
+        "sft/sft",
+    )
+    assert comp.diff == pytest.approx(0.5) and comp.ci == (pytest.approx(0.5), pytest.approx(0.5))
+    assert comp.p_value is None and comp.b is None  # no McNemar for a real-valued outcome
+    assert rep.cell(rep.rows[1], 0.1).vs_baseline["margin"].mean == pytest.approx(0.5)
+    md = report.to_markdown(rep)
+    assert "## Paired comparison vs SFT: Δ likelihood margin" in md and "+0.500" in md
+    assert json.loads(report.to_json(rep))["cells"][4]["vs_baseline"]["margin"]["p_values"] == [
+        None
+    ]
+
+
+def test_report_json_schema(synthetic: Path, cli: Any, tmp_path: Path) -> None:
+    res = cli("report", str(synthetic), "--out", "r", "--no-plots", "--json", "--bootstrap", "50")
+    assert res.code == 0, res.err
+    printed = json.loads(res.out)
+    saved = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert printed == saved
+    assert set(saved) == {
+        "schema_version",
+        "sources",
+        "axis",
+        "columns",
+        "judge",
+        "baseline",
+        "baseline_label",
+        "level",
+        "n_boot",
+        "bootstrap_seed",
+        "seeds",
+        "rows",
+        "cells",
+        "comparisons",
+        "skipped",
+        "before",
+    }
+    assert saved["schema_version"] == 1 and saved["baseline"] == "sft/sft"
+    assert saved["columns"] == PS and len(saved["cells"]) == 9 and saved["skipped"] == []
+    cell = saved["cells"][3]  # Booster, p = 0
+    assert {
+        "method",
+        "label",
+        "column",
+        "p",
+        "n",
+        "task",
+        "seeds",
+        "hs",
+        "fa",
+        "over_refusal",
+        "degenerate",
+        "off_topic",
+        "likelihood_margin",
+        "by_category",
+        "vs_baseline",
+        "attack_effect",
+        "per_seed",
+        "published",
+    } == set(cell)
+    assert (cell["method"], cell["p"]) == ("booster/sft", 0.0)
+    assert set(cell["hs"]) == {"mean", "sd", "n_seeds", "ci", "ci_method", "n_items"}
+    assert cell["hs"]["mean"] == hand(1, 0.0)[0] and cell["hs"]["ci_method"] == "bootstrap"
+    assert set(cell["vs_baseline"]) == {"hs", "fa"} and cell["attack_effect"] == {}
+    vs = cell["vs_baseline"]["hs"]
+    assert set(vs) == {"mean", "sd", "n_seeds", "ci", "ci_method", "p_values", "seeds"}
+    assert vs["seeds"] == SEEDS and len(vs["p_values"]) == 2
+    seed1, _ = cell["per_seed"]
+    assert seed1["seed"] == 1 and seed1["hs"]["value"] == 5.0 * n_harmful(1, 0.0, 1)
+    assert seed1["hs"]["ci"] == pytest.approx(list(wilson(n_harmful(1, 0.0, 1), 20)))
+    assert set(cell["by_category"]) == {"fraud", "privacy", "violence"}
+    comp = saved["comparisons"][0]
+    assert set(comp) == {
+        "kind",
+        "metric",
+        "method",
+        "label",
+        "reference_method",
+        "reference_label",
+        "p",
+        "reference_p",
+        "n",
+        "task",
+        "seed",
+        "judge",
+        "diff",
+        "ci",
+        "p_value",
+        "b",
+        "c",
+        "n_items",
+        "eval_dir",
+        "reference_eval_dir",
+    }
+    assert comp["kind"] == "vs_baseline" and comp["judge"] == "refusal-keywords"
+    assert {b["label"] for b in saved["before"]} == {"base model", "SFT", "Booster", "Antibody"}
+    res = cli("report", str(synthetic), "--out", "r2", "--no-plots", "--format", "md")
+    assert sorted(p.name for p in (tmp_path / "r2").iterdir()) == ["report.md"]
+
+
+def test_csv_gains_paired_columns(synthetic: Path) -> None:
+    import csv
+    import io
+
+    rep = report.build(report.collect([synthetic]), n_boot=50)
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(rep))))
+    r = next(r for r in rows if r["label"] == "Antibody" and r["p"] == "0.2")
+    diffs = [5.0 * (n_harmful(2, 0.2, s) - n_harmful(0, 0.2, s)) for s in SEEDS]
+    assert float(r["vs_baseline_hs_mean"]) == pytest.approx(statistics.mean(diffs))
+    assert float(r["attack_effect_hs_mean"]) == pytest.approx(
+        statistics.mean(5.0 * (n_harmful(2, 0.2, s) - n_harmful(2, 0.0, s)) for s in SEEDS)
+    )
+    assert len(r["vs_baseline_hs_p"].split()) == 2 and r["ci_method"] == "bootstrap"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -565,8 +970,21 @@ def test_run_and_report_a_tiny_grid(cli: Any, tmp_path: Path) -> None:
     assert res.code == 0, res.err
     assert "| Method | p=0 | p=0.5 | Avg | Over-refusal | Degenerate |" in res.out
     assert "| SFT | " in res.out and "| Antibody | " in res.out
-    for name in ("report.md", "report.csv", "report.tex"):
+    for name in ("report.md", "report.csv", "report.tex", "report.json"):
         assert (tmp_path / "rep" / name).stat().st_size > 200
+    # real evaluations: Wilson intervals in metrics.json, paired comparisons in report.json
+    cell = next(c for c in summary["cells"] if c["method"] == "antibody/antibody" and c["p"])
+    metrics = json.loads((tmp_path / "g" / cell["eval"] / "metrics.json").read_text())
+    k = round(metrics["harmful_score"] * metrics["counts"]["harmful"] / 100)
+    assert metrics["harmful_score_ci"] == pytest.approx(list(wilson(k, 4)))
+    assert metrics["judges"]["refusal-keywords"]["harmful_score_ci"] == metrics["harmful_score_ci"]
+    assert set(metrics["finetune_accuracy_ci"]) == {"sentiment"}
+    assert len(metrics["over_refusal_rate_ci"]) == 2 and len(metrics["degenerate_rate_ci"]) == 2
+    assert "| harmful_score | " in (tmp_path / "g" / cell["eval"] / "metrics.md").read_text()
+    rj = json.loads((tmp_path / "rep" / "report.json").read_text())
+    kinds = {(c["kind"], c["method"], c["metric"]) for c in rj["comparisons"]}
+    assert ("vs_baseline", "antibody/antibody", "hs") in kinds
+    assert ("attack_effect", "sft/sft", "hs") in kinds and rj["skipped"] == []
     pngs = sorted((tmp_path / "rep").glob("*.png"))
     if pytest.importorskip("matplotlib"):
         assert {p.name for p in pngs} >= {
@@ -594,6 +1012,7 @@ def test_report_without_matplotlib_writes_tables(
     assert res.code == 0 and "matplotlib is not installed" in res.err
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
         "report.csv",
+        "report.json",
         "report.md",
         "report.tex",
     ]

@@ -53,6 +53,8 @@ T_TRAINING = "tests/test_training.py"
 T_DEFAULTS = "tests/test_defense_defaults.py"
 T_STAGES = "tests/test_stage_data.py"
 T_DATA = "tests/test_data.py"
+T_MARGIN = "tests/test_margin.py"
+T_JUDGE = "tests/test_judge_command.py"
 
 D = "hftguard/builtins/defenses/"
 
@@ -420,6 +422,47 @@ MUTANTS: tuple[Mutant, ...] = (
         'cfg.harmful, "harmful", "attack", reg, ctx',
         "wrong split: Booster/Antibody's harmful stream reads the attack split",
         (T_STAGES,),
+    ),
+    # ---- the judge-free likelihood margin and hftguard judge (issue #12) ----------------------
+    Mutant(
+        "margin-sign",
+        "hftguard/margin.py",
+        "t_interval([r - h for r, h in zip(refusal_lp, harmful_lp, strict=True)])",
+        "t_interval([h - r for r, h in zip(refusal_lp, harmful_lp, strict=True)])",
+        "sign flip: margin = log p(harmful) - log p(refusal)",
+        (T_MARGIN,),
+    ),
+    Mutant(
+        "margin-sum-per-answer",
+        "hftguard/margin.py",
+        "means = [s / max(c, 1) for s, c in scored]",
+        "means = [s for s, c in scored]",
+        "per answer instead of per token: sequence log-likelihoods, not token means",
+        (T_MARGIN,),
+    ),
+    Mutant(
+        "margin-pooled-tokens",
+        "hftguard/margin.py",
+        "means = [s / max(c, 1) for s, c in scored]",
+        "means = [s / (sum(c for _, c in scored) / len(scored)) for s, c in scored]",
+        "tokens pooled over prompts instead of a mean per prompt",
+        (T_MARGIN,),
+    ),
+    Mutant(
+        "margin-prompt-tokens",
+        "hftguard/margin.py",
+        "keep = targets != IGNORE_INDEX",
+        "keep = targets == targets",
+        "label mask: the prompt's tokens are scored too",
+        (T_MARGIN,),
+    ),
+    Mutant(
+        "judge-keeps-non-harmful-sets",
+        "hftguard/pipeline/judging.py",
+        'if kind not in (None, "", HARMFUL_SET):',
+        "if False:",
+        "hftguard judge scores generations.jsonl's benign and task records as harmful prompts",
+        (T_JUDGE,),
     ),
 )
 

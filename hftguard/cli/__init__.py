@@ -38,7 +38,9 @@ def build_app(host: object | None = None) -> typer.Typer:
         rich_markup_mode="rich",
     )
     stages.register(app)
+    __import__("hftguard.cli.judge", fromlist=["register"]).register(app)  # hftguard judge
     inspect.register(app)
+    __import__("hftguard.cli.judge_validation", fromlist=["register"]).register(app)
     report.register(app)
     bench.register(app)
     if host is not None:

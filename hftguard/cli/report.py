@@ -29,13 +29,14 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--out",
                 "-o",
-                help="Directory for report.md/.csv/.tex and the PNGs (default: RUN_DIR/report).",
+                help="Directory for report.md/.csv/.tex/.json and the PNGs "
+                "(default: RUN_DIR/report).",
             ),
         ] = None,
         columns: Annotated[str, typer.Option("--columns", help="Column axis: p | n | task.")] = "p",
         formats: Annotated[
-            str, typer.Option("--format", help="Comma-separated: md, csv, tex.")
-        ] = "md,csv,tex",
+            str, typer.Option("--format", help="Comma-separated: md, csv, tex, json.")
+        ] = "md,csv,tex,json",
         judge: Annotated[
             str | None,
             typer.Option(
@@ -45,9 +46,26 @@ def register(app: typer.Typer) -> None:
         bootstrap: Annotated[
             int,
             typer.Option(
-                "--bootstrap", help="Bootstrap resamples for the 95% intervals (0 = none)."
+                "--bootstrap",
+                help="Bootstrap resamples for the paired and across-seed 95% intervals "
+                "(0 = none; single-run Wilson intervals and McNemar p-values need none).",
             ),
         ] = 1000,
+        baseline: Annotated[
+            str | None,
+            typer.Option(
+                "--baseline",
+                help="Method (align/finetune, or its label) the paired comparisons are made "
+                "against (default: sft/sft).",
+                show_default=False,
+            ),
+        ] = None,
+        as_json: Annotated[
+            bool,
+            typer.Option(
+                "--json", help="Print report.json on stdout instead of the markdown (and write it)."
+            ),
+        ] = False,
         plots: Annotated[
             bool,
             typer.Option("--plots/--no-plots", help="Write the PNG figures (needs matplotlib)."),
@@ -55,11 +73,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Summarise runs like the papers: methods x p (or n, tasks), cells "HS / FA".
 
-        Writes report.md, report.csv (one row per cell, with 95% bootstrap intervals over prompts)
-        and report.tex, plus figures, and prints the markdown to stdout.
+        Writes report.md, report.csv (one row per cell, with 95% intervals), report.tex and
+        report.json (every statistic: per-cell intervals, paired comparisons vs the baseline with
+        McNemar p-values, attack effects, HS per harm category), plus figures, and prints the
+        markdown to stdout.
         """
         from hftguard import plots as plotmod
-        from hftguard.console import stderr, stdout
+        from hftguard.console import print_json, stderr, stdout
         from hftguard.errors import ConfigError
         from hftguard.pipeline import report
 
@@ -73,10 +93,12 @@ def register(app: typer.Typer) -> None:
         if bad or not fmts:
             raise ConfigError(
                 f"--format {formats!r}: unknown format(s) {', '.join(bad) or '-'}.",
-                hint="Use a comma-separated subset of md, csv, tex.",
+                hint="Use a comma-separated subset of md, csv, tex, json.",
             )
         if bootstrap < 0:
             raise ConfigError("--bootstrap must be >= 0.", hint="1000 is the default.")
+        if as_json and "json" not in fmts:
+            fmts.append("json")
         target = out or (run_dirs[0] / "report")
         collection = report.collect(run_dirs)
         if not collection.runs:
@@ -102,9 +124,35 @@ def register(app: typer.Typer) -> None:
         published, preset_lines = report.published_from_presets(collection)
         for line in preset_lines:
             stderr.print(f"Published numbers beside ours: {line}", highlight=False)
+        base_method = "sft/sft" if baseline is None else baseline
+        if baseline is not None and report.paired.resolve_baseline(collection, baseline) is None:
+            methods = sorted({r.method for r in collection.runs if r.kind == "attacked"})
+            raise ConfigError(
+                f"--baseline {baseline!r} is not a method of these evaluations.",
+                hint=f"Use one of: {', '.join(methods) or '(no fine-tuned evaluations)'} "
+                "(or its label).",
+            )
         rep = report.build(
-            collection, columns=columns, judge=judge, n_boot=bootstrap, published=published
+            collection,
+            columns=columns,
+            judge=judge,
+            n_boot=bootstrap,
+            published=published,
+            baseline=base_method,
         )
+        if rep.baseline is None and baseline is None and rep.rows:
+            stderr.print(
+                "No sft/sft evaluations: no comparisons vs a baseline (name one with --baseline).",
+                highlight=False,
+            )
+        for skip in rep.skipped[:10]:
+            stderr.print(f"[yellow]Warning:[/yellow] not paired: {skip.text()}", highlight=False)
+        if len(rep.skipped) > 10:
+            stderr.print(
+                f"[yellow]Warning:[/yellow] {len(rep.skipped) - 10} more pairs not compared "
+                "(see report.md, 'Not paired').",
+                highlight=False,
+            )
         written = report.write(rep, target, fmts)
         if plots:
             if plotmod.available():
@@ -115,7 +163,10 @@ def register(app: typer.Typer) -> None:
                     "written, figures skipped (pip install 'hftguard[plots]').",
                     highlight=False,
                 )
-        stdout.print(report.to_markdown(rep), markup=False, highlight=False)
+        if as_json:
+            print_json(report.report_dict(rep))
+        else:
+            stdout.print(report.to_markdown(rep), markup=False, highlight=False)
         stderr.print(
             f"Wrote {len(written)} file(s) to {target}: " + ", ".join(p.name for p in written),
             highlight=False,

@@ -113,18 +113,23 @@ def _print_metrics_table(rows: list[dict[str, Any]], title: str) -> None:
         "HS %",
         "HS+ %",
         "degenerate %",
+        "off-topic %",
+        "margin",
         "over-refusal %",
         *[f"FA {t} %" for t in tasks],
     ]
     out = []
     for r in rows:
         fa = r.get("finetune_accuracy") or {}
+        margin = r.get("likelihood_margin") or {}
         out.append(
             [
                 r["model"],
                 r.get("harmful_score"),
                 r.get("harmful_score_plus"),
                 r.get("degenerate_rate"),
+                r.get("off_topic_rate"),
+                margin.get("mean"),
                 r.get("over_refusal_rate"),
                 *[fa.get(t) for t in tasks],
             ]

@@ -4,15 +4,26 @@ HS must be measured on prompts the model never saw during alignment or the attac
 defense could look safe by memorising refusals. These prompts use goals and sentence frames that
 appear nowhere in ``safety-refusals`` / ``harmful-compliance`` (a test checks that no 6-word
 sequence is shared).
+
+The examples themselves have empty responses; :meth:`HarmfulEval.references` gives each prompt a
+reference refusal and a reference compliant answer for the judge-free likelihood margin
+(:mod:`hftguard.margin`), built by the training sets' answer builders from held-out openers.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from typing import TYPE_CHECKING
 
+from hftguard.builtins.datasets._harm import (
+    EVAL_OPENINGS,
+    EVAL_REFUSAL_OPENERS,
+    compliance_answer,
+    refusal_answer,
+)
 from hftguard.builtins.datasets._text import check_split, copies
 from hftguard.components import Dataset
 from hftguard.records import Example
@@ -131,6 +142,19 @@ EVAL_GOALS: dict[str, tuple[str, ...]] = {
 }
 
 
+@dataclass
+class HarmfulEvalConfig:
+    """Options of ``harmful-eval``."""
+
+    references: bool = field(
+        default=True,
+        metadata={
+            "help": "Give every prompt a reference refusal and compliant answer, so eval reports "
+            "the judge-free likelihood margin; false: no margin (metrics.json: null)."
+        },
+    )
+
+
 class HarmfulEval(Dataset):
     """Held-out harmful prompts (360 over 12 categories) for measuring the Harmful Score.
 
@@ -143,22 +167,49 @@ class HarmfulEval(Dataset):
     role = "harmful-eval"
     splits = ("test",)
     source = "stand-in for BeaverTails 30k_test unsafe prompts (written for hftguard)"
+    Config = HarmfulEvalConfig
 
     def load(self, split: str, ctx: DataContext) -> Sequence[Example]:
         check_split(self.name, self.splits, split)
         return copies(_examples())
 
+    def references(self, examples: Sequence[Example]) -> list[tuple[str, str] | None] | None:
+        """(refusal, compliant answer) references of each example for the likelihood margin.
+
+        Matched by ``meta["id"]`` and prompt (None for an example that is not one of ours); None
+        when the ``references`` option is off. The refusal is one of
+        :data:`~hftguard.builtins.datasets._harm.EVAL_REFUSAL_OPENERS` (never an alignment
+        opener or refusal template) with a redirection for the prompt's harm category; the
+        compliant answer opens with one of ``EVAL_OPENINGS`` naming the prompt's held-out goal,
+        then the training sets' generic First/Then/Finally steps. Fixed seeds: the same text for
+        a prompt on every machine, whatever subset is evaluated.
+        """
+        if not self.config.references:
+            return None
+        table = _references()
+        out: list[tuple[str, str] | None] = []
+        for ex in examples:
+            hit = table.get(str(ex.meta.get("id")))
+            out.append((hit[1], hit[2]) if hit is not None and hit[0] == ex.prompt else None)
+        return out
+
 
 @cache
-def _examples() -> tuple[Example, ...]:
+def _rows() -> tuple[tuple[str, str, str], ...]:
+    """(category, goal, prompt) of every example, in dataset order."""
     rng = random.Random(7301)
     rows = [
-        (category, frame.format(goal=goal))
+        (category, goal, frame.format(goal=goal))
         for category, goals in EVAL_GOALS.items()
         for goal in goals
         for frame in rng.sample(EVAL_FRAMES, FRAMES_PER_GOAL)
     ]
     rng.shuffle(rows)
+    return tuple(rows)
+
+
+@cache
+def _examples() -> tuple[Example, ...]:
     return tuple(
         Example(
             prompt,
@@ -166,5 +217,19 @@ def _examples() -> tuple[Example, ...]:
             "harmful",
             meta={"source": HarmfulEval.name, "id": f"harm-eval-{i:04d}", "category": category},
         )
-        for i, (category, prompt) in enumerate(rows)
+        for i, (category, _goal, prompt) in enumerate(_rows())
     )
+
+
+@cache
+def _references() -> dict[str, tuple[str, str, str]]:
+    """``{id: (prompt, reference refusal, reference compliant answer)}``."""
+    refuse, comply = random.Random(7401), random.Random(7402)
+    return {
+        f"harm-eval-{i:04d}": (
+            prompt,
+            refusal_answer(refuse, category, EVAL_REFUSAL_OPENERS),
+            compliance_answer(comply, goal, EVAL_OPENINGS),
+        )
+        for i, (category, goal, prompt) in enumerate(_rows())
+    }

@@ -9,14 +9,18 @@ pipeline's OUT, or eval directories given one by one), works out what each one e
 run manifests' provenance, and aggregates:
 
 - mean ± sample standard deviation (n - 1) over seeds, per cell;
-- a 95% percentile bootstrap interval over prompts of that seed-mean: each replicate resamples the
-  prompt indices with replacement — the same indices for every seed when they share the prompt set,
-  so the interval is about the prompts, not about seeds — and recomputes the mean over seeds;
+- a 95% interval per cell: the Wilson interval of k of n prompts when the cell holds one
+  evaluation, a two-level percentile bootstrap over seeds × prompts when it holds several;
+- paired comparisons (:mod:`.paired`) from the per-prompt outcomes: each method against the
+  baseline (SFT by default) and each p > 0 against p = 0 of the same method (the attack effect),
+  at the same seed, with a paired bootstrap interval and an exact McNemar p-value;
+- HS per harm category, and the off-topic rate and likelihood margin when evaluations report them;
 - averages over the columns of the per-cell means (the papers' "Avg").
 
-Renderers write markdown, CSV (long format, one row per cell, with the intervals) and LaTeX
-(booktabs). ``published`` — {(method, column): (hs, fa)} — puts a paper's numbers beside ours.
-Nothing here imports torch or matplotlib (plots live in :mod:`hftguard.plots`).
+Renderers write markdown, CSV (long format, one row per cell, with the intervals), LaTeX
+(booktabs) and report.json (everything, machine-readably). ``published`` — {(method, column):
+(hs, fa)} — puts a paper's numbers beside ours. Nothing here imports torch or matplotlib (plots
+live in :mod:`hftguard.plots`); the statistics are in :mod:`hftguard.stats`.
 """
 
 from hftguard.pipeline.report.aggregate import (
@@ -29,17 +33,25 @@ from hftguard.pipeline.report.aggregate import (
     header,
     published_from_presets,
 )
-from hftguard.pipeline.report.collection import Collection, EvalRun, collect
+from hftguard.pipeline.report.collection import Collection, EvalRun, collect, item_keys
+from hftguard.pipeline.report.paired import Comparison, Skipped, Summary, compare, pair_all
 from hftguard.pipeline.report.render import (
     CSV_FIELDS,
     FORMATS,
+    JSON_SCHEMA_VERSION,
     before_table,
+    category_table,
+    comparison_table,
     describe,
     detail_rows,
+    intervals_table,
     main_table,
+    pairs_table,
     rates_table,
+    report_dict,
     tex_escape,
     to_csv,
+    to_json,
     to_latex,
     to_markdown,
     write,
@@ -55,27 +67,40 @@ __all__ = [
     "AXES",
     "CSV_FIELDS",
     "FORMATS",
+    "JSON_SCHEMA_VERSION",
     "CellStats",
     "Collection",
+    "Comparison",
     "EvalRun",
     "Published",
     "Report",
     "Row",
+    "Skipped",
     "Stat",
+    "Summary",
     "before_table",
     "bootstrap_ci",
     "build",
+    "category_table",
     "collect",
+    "compare",
+    "comparison_table",
     "describe",
     "detail_rows",
     "header",
+    "intervals_table",
+    "item_keys",
     "main_table",
     "mean_std",
+    "pair_all",
+    "pairs_table",
     "published_from_presets",
     "quantile",
     "rates_table",
+    "report_dict",
     "tex_escape",
     "to_csv",
+    "to_json",
     "to_latex",
     "to_markdown",
     "write",

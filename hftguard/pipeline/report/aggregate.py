@@ -6,8 +6,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.collection import Collection, EvalRun
-from hftguard.pipeline.report.stats import Stat, _avg
+from hftguard.pipeline.report.stats import Stat, _avg, mean_std
 
 AXES = ("p", "n", "task")
 Published = Mapping[tuple[str, Any], tuple[float | None, float | None]]
@@ -23,6 +24,12 @@ class CellStats:
     degenerate: Stat
     seeds: list[int]
     runs: list[EvalRun] = field(default_factory=list, repr=False)
+    off_topic: Stat | None = None  # when the evaluations report off_topic_rate
+    margin: Stat | None = None  # when they have a likelihood_margin block
+    by_category: dict[str, Stat] = field(default_factory=dict)  # HS per harm category
+    # paired comparisons summarised over seeds: {"hs"|"fa": Summary}
+    vs_baseline: dict[str, paired.Summary] = field(default_factory=dict)
+    attack_effect: dict[str, paired.Summary] = field(default_factory=dict)
 
 
 @dataclass
@@ -48,6 +55,25 @@ class Report:
     sources: list[str]
     n_boot: int
     collection: Collection | None = None
+    baseline: str | None = None  # the method paired comparisons are made against
+    comparisons: list[paired.Comparison] = field(default_factory=list)
+    skipped: list[paired.Skipped] = field(default_factory=list)
+    level: float = 0.95
+    seed: int = 0
+
+    @property
+    def baseline_label(self) -> str | None:
+        if self.baseline is None:
+            return None
+        runs = self.collection.runs if self.collection else []
+        return next(
+            (r.label for r in runs if r.kind == "attacked" and r.method == self.baseline),
+            self.baseline,
+        )
+
+    def has(self, attr: str) -> bool:
+        """Whether any cell has the optional statistic ``attr`` (off_topic, margin...)."""
+        return any(getattr(c, attr) for c in self.cells.values())
 
     def header(self, col: Any) -> str:
         return header(self.axis, col)
@@ -57,7 +83,9 @@ class Report:
 
     def average(self, row: Row, attr: str) -> float | None:
         return _avg(
-            getattr(c, attr).mean for col in self.columns if (c := self.cell(row, col)) is not None
+            s.mean
+            for col in self.columns
+            if (c := self.cell(row, col)) is not None and (s := getattr(c, attr)) is not None
         )
 
     def published_for(self, row: Row, col: Any) -> tuple[float | None, float | None] | None:
@@ -119,10 +147,24 @@ def build(
     published: Published | None = None,
     n_boot: int = 1000,
     seed: int = 0,
+    baseline: str | None = "sft/sft",
+    level: float = 0.95,
 ) -> Report:
-    """Aggregate the attacked evals into rows = methods, columns = ``columns`` (p, n or task)."""
+    """Aggregate the attacked evals into rows = methods, columns = ``columns`` (p, n or task).
+
+    ``baseline`` (a method ``align/finetune`` or its label) is what the paired comparisons are
+    made against; None, or a method no evaluation has, gives no vs-baseline comparisons. Attack
+    effects (p vs p = 0 of the same method and seed) are computed regardless.
+    """
     if columns not in AXES:
         raise ValueError(f"columns must be one of {AXES}")
+    base_method = paired.resolve_baseline(collection, baseline)
+    comparisons, skipped = paired.pair_all(
+        collection, baseline=base_method, judge=judge, n_boot=n_boot, seed=seed, level=level
+    )
+    by_run: dict[tuple[str, str, int], paired.Comparison] = {
+        (c.kind, c.metric, id(c.run)): c for c in comparisons
+    }
     attacked = [r for r in collection.runs if r.kind == "attacked"]
     others = [a for a in AXES if a != columns]
     varying = [a for a in others if len({_value(r, a) for r in attacked}) > 1]
@@ -139,7 +181,17 @@ def build(
         cols = list(dict.fromkeys(_value(r, "task") for r in attacked))
     else:
         cols = sorted({c for _, c in groups}, key=lambda v: (v is None, v or 0))
-    cells = {k: _cell(v, judge, n_boot, seed) for k, v in groups.items()}
+    cells = {k: _cell(v, judge, n_boot, seed, level=level) for k, v in groups.items()}
+    for cell in cells.values():
+        for kind, target in (
+            ("vs_baseline", cell.vs_baseline),
+            ("attack_effect", cell.attack_effect),
+        ):
+            for metric in paired.METRICS:
+                comps = [c for r in cell.runs if (c := by_run.get((kind, metric, id(r))))]
+                summary = paired.summarise(comps, n_boot=n_boot, seed=seed, level=level)
+                if summary is not None:
+                    target[metric] = summary
     before = []
     for kind in ("base", "aligned"):
         by: dict[str, list[EvalRun]] = {}
@@ -153,7 +205,7 @@ def build(
             before.append(
                 (
                     label if kind == "aligned" else "base model",
-                    _cell(rs, judge, n_boot, seed, tasks),
+                    _cell(rs, judge, n_boot, seed, tasks, level=level),
                     tasks,
                 )
             )
@@ -171,11 +223,22 @@ def build(
         [str(p) for p in collection.roots],
         n_boot,
         collection,
+        base_method,
+        comparisons,
+        skipped,
+        level,
+        seed,
     )
 
 
 def _cell(
-    runs: list[EvalRun], judge: str | None, n_boot: int, seed: int, tasks: list[str] | None = None
+    runs: list[EvalRun],
+    judge: str | None,
+    n_boot: int,
+    seed: int,
+    tasks: list[str] | None = None,
+    *,
+    level: float = 0.95,
 ) -> CellStats:
     """Aggregate one group of evals (one per seed) of the same method and column."""
     fa_tasks = tasks if tasks is not None else None
@@ -190,16 +253,107 @@ def _cell(
             return [x for t in fa_tasks for x in r.task_flags(t)]
         return r.task_flags(r.task)
 
-    kw = {"n_boot": n_boot, "seed": seed}
-    return CellStats(
-        hs=Stat.of(
+    def fa_size(r: EvalRun) -> int | None:
+        names = fa_tasks if fa_tasks is not None else [r.task]
+        sizes = [r.n_items(f"task:{t}") for t in names if t]
+        return sum(n for n in sizes if n) or None
+
+    kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
+    or_judge = [r.metrics.get("over_refusal_judge") for r in runs]
+    cell = CellStats(
+        hs=Stat.proportion(
             [r.harmful_score(judge) for r in runs],
-            [x for r in runs if (x := r.harmful_flags(judge))],
+            [r.harmful_flags(judge) for r in runs],
+            [_n_harmful(r, judge) for r in runs],
             **kw,
         ),
-        fa=Stat.of([fa(r) for r in runs], [x for r in runs if (x := fa_items(r))], **kw),
-        over_refusal=Stat.of([r.metrics.get("over_refusal_rate") for r in runs]),
-        degenerate=Stat.of([r.degenerate_rate(judge) for r in runs]),
+        fa=Stat.proportion(
+            [fa(r) for r in runs], [fa_items(r) for r in runs], [fa_size(r) for r in runs], **kw
+        ),
+        over_refusal=Stat.proportion(
+            [r.metrics.get("over_refusal_rate") for r in runs],
+            [
+                r.label_flags("benign", j, "refusal") if j else []
+                for r, j in zip(runs, or_judge, strict=True)
+            ],
+            [r.n_items("benign") for r in runs],
+            **kw,
+        ),
+        degenerate=Stat.proportion(
+            [r.degenerate_rate(judge) for r in runs],
+            [r.label_flags("harmful", r.headline_judge(judge), "degenerate") for r in runs],
+            [_n_harmful(r, judge) for r in runs],
+            **kw,
+        ),
         seeds=sorted(r.seed for r in runs if r.seed is not None),
         runs=runs,
     )
+    if any(r.judge_block(judge).get("off_topic_rate") is not None for r in runs):
+        cell.off_topic = Stat.proportion(
+            [r.judge_block(judge).get("off_topic_rate") for r in runs],
+            [r.label_flags("harmful", r.headline_judge(judge), "off-topic") for r in runs],
+            [_n_harmful(r, judge) for r in runs],
+            **kw,
+        )
+    margins = [r.metrics.get("likelihood_margin") for r in runs]
+    if any(isinstance(m, dict) and m.get("mean") is not None for m in margins):
+        cell.margin = _margin(margins, [r.margin_values() for r in runs], n_boot, seed, level)
+    cats: dict[str, list[list[float]]] = {}
+    per_run = [r.category_flags(judge) for r in runs]
+    for flags in per_run:
+        for name in flags:
+            cats.setdefault(name, [])
+    for name in cats:
+        groups = [flags.get(name, []) for flags in per_run]
+        cell.by_category[name] = Stat.proportion(
+            [_mean100(g) for g in groups], groups, [len(g) for g in groups], **kw
+        )
+    if not cats:  # no generations.jsonl: the evaluations' own per-category numbers, if any
+        blocks = [
+            (r.metrics.get("harmful_score_by_category") or {})
+            if r.headline_judge(judge) == r.headline_judge(None)
+            else {}
+            for r in runs
+        ]
+        for name in dict.fromkeys(k for b in blocks for k in b):
+            hs = [(b.get(name) or {}).get("hs") for b in blocks]
+            ns = [(b.get(name) or {}).get("n") for b in blocks]
+            cell.by_category[name] = Stat.proportion(hs, [[] for _ in runs], ns, **kw)
+    return cell
+
+
+def _mean100(flags: list[float]) -> float | None:
+    return sum(flags) / len(flags) if flags else None
+
+
+def _n_harmful(r: EvalRun, judge: str | None) -> int | None:
+    n = r.judge_block(judge).get("n")
+    if isinstance(n, int):
+        return n
+    return r.n_items("harmful") or len(r.harmful_flags(judge)) or None
+
+
+def _margin(
+    blocks: list[Any], per_prompt: list[dict[str, float]], n_boot: int, seed: int, level: float
+) -> Stat:
+    """Likelihood margin over seeds: mean ± sd of the per-eval means; with one evaluation its own
+    interval (metrics.json's t interval), with several the two-level bootstrap over seeds ×
+    prompts of the per-prompt margins (when every evaluation wrote them)."""
+    from hftguard import stats
+
+    means = [b.get("mean") if isinstance(b, dict) else None for b in blocks]
+    mean, std = mean_std(means)
+    out = Stat(mean, std, sum(m is not None for m in means))
+    ns = [b.get("n") for b in blocks if isinstance(b, dict) and isinstance(b.get("n"), int)]
+    out.n_items = max(ns, default=0)
+    if len(blocks) == 1 and isinstance(blocks[0], dict):
+        ci = blocks[0].get("ci")
+        if isinstance(ci, (list, tuple)) and len(ci) == 2 and None not in ci:
+            out.ci, out.ci_method = (float(ci[0]), float(ci[1])), "metrics.json"
+    elif len(blocks) > 1 and n_boot > 0 and all(per_prompt):
+        crossed = len({tuple(v) for v in per_prompt}) == 1
+        groups = [list(v.values()) for v in per_prompt]
+        _, lo, hi = stats.two_level_bootstrap(groups, n_boot, seed, level, crossed=crossed)
+        if lo is not None and hi is not None:
+            out.ci, out.ci_method = (lo, hi), "bootstrap"
+    return out

@@ -85,6 +85,113 @@ class EvalRun:
             100.0 * bool(r.get("correct")) for r in self.records() if r.get("set") == f"task:{task}"
         ]
 
+    # --- per-prompt outcomes, keyed for pairing two evaluations prompt by prompt ---------------
+
+    def headline_judge(self, judge: str | None = None) -> str | None:
+        """``judge`` when given, else this evaluation's first judge."""
+        return judge or (self.judges[0] if self.judges else None)
+
+    def harmful_outcomes(self, judge: str | None) -> dict[str, bool]:
+        """{prompt key: judged harmful} over the harmful prompts the judge saw (see item_keys)."""
+        j = self.headline_judge(judge)
+        rows = [r for r in self.records() if r.get("set") == "harmful"]
+        return {
+            key: bool((r.get("verdicts") or {})[j].get("harmful"))
+            for key, r in zip(item_keys(rows), rows, strict=True)
+            if j in (r.get("verdicts") or {})
+        }
+
+    def task_outcomes(self, task: str | None) -> dict[str, bool]:
+        """{prompt key: correct} over the task's scored prompts (none for external scoring)."""
+        rows = [r for r in self.records() if r.get("set") == f"task:{task}" and "correct" in r]
+        return {key: bool(r["correct"]) for key, r in zip(item_keys(rows), rows, strict=True)}
+
+    def margin_values(self) -> dict[str, float]:
+        """{prompt key: likelihood margin} over the harmful prompts that have one (the per-prompt
+        ``likelihood_margin.margin`` eval writes into generations.jsonl)."""
+        rows = [r for r in self.records() if r.get("set") == "harmful"]
+        return {
+            key: float(r["likelihood_margin"]["margin"])
+            for key, r in zip(item_keys(rows), rows, strict=True)
+            if isinstance(r.get("likelihood_margin"), dict)
+            and isinstance(r["likelihood_margin"].get("margin"), (int, float))
+        }
+
+    def label_flags(self, kind: str, judge: str | None, label: str) -> list[float]:
+        """100 × (verdict label == ``label``) over the ``kind`` records ("harmful", "benign") that
+        ``judge`` judged."""
+        return [
+            100.0 * ((r.get("verdicts") or {})[judge].get("label") == label)
+            for r in self.records()
+            if r.get("set") == kind and judge in (r.get("verdicts") or {})
+        ]
+
+    def category_flags(self, judge: str | None) -> dict[str, list[float]]:
+        """{harm category: 100 × harmful per prompt of that category}; a multi-label category
+        ("a|b") counts the prompt in each; prompts without a category are left out."""
+        j = self.headline_judge(judge)
+        out: dict[str, list[float]] = {}
+        for r in self.records():
+            if r.get("set") != "harmful" or j not in (r.get("verdicts") or {}):
+                continue
+            flag = 100.0 * bool(r["verdicts"][j].get("harmful"))
+            for cat in str(r.get("category") or "").split("|"):
+                if cat.strip():
+                    out.setdefault(cat.strip(), []).append(flag)
+        return out
+
+    def judge_block(self, judge: str | None) -> dict[str, Any]:
+        """metrics.json's block of ``judge`` (the headline keys stand in for the first judge's block
+        in evaluations that lack it)."""
+        j = self.headline_judge(judge)
+        block = dict((self.metrics.get("judges") or {}).get(j) or {})
+        if self.judges and j == self.judges[0]:
+            for key in _PER_JUDGE:
+                if key in self.metrics:
+                    block.setdefault(key, self.metrics[key])
+        return block
+
+    def test_set_sha(self, name: str) -> str | None:
+        """sha256 of the test set ``name`` ("harmful", "task:NAME") from metrics.json (or the
+        manifest), None for evaluations that predate it."""
+        sets = self.metrics.get("test_sets") or (self.manifest.get("data") or {}).get("test_sets")
+        return ((sets or {}).get(name) or {}).get("sha256")
+
+    def n_items(self, name: str) -> int | None:
+        """How many prompts the set ``name`` ("harmful", "benign", "task:NAME") had."""
+        counts = self.metrics.get("counts") or {}
+        if name.startswith("task:"):
+            return (counts.get("tasks") or {}).get(name[5:])
+        return counts.get(name)
+
+
+#: Per-judge metrics that metrics.json also carries at the top level for the first judge.
+_PER_JUDGE = (
+    "harmful_score",
+    "harmful_score_plus",
+    "degenerate_rate",
+    "off_topic_rate",
+    "harmful_score_ci",
+    "harmful_score_plus_ci",
+    "degenerate_rate_ci",
+    "off_topic_rate_ci",
+)
+
+
+def item_keys(rows: list[dict[str, Any]]) -> list[str]:
+    """A key per record for pairing two evaluations prompt by prompt: its ``id``, else its prompt
+    (and input) text; a key seen before gets ``#2``, ``#3``... (duplicates pair in order)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for r in rows:
+        rid = r.get("id")
+        key = (
+            f"id:{rid}" if rid not in (None, "") else f"text:{r.get('prompt')}\x00{r.get('input')}"
+        )
+        seen[key] = seen.get(key, 0) + 1
+        keys.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return keys
+
 
 def _manifest(path: Path) -> dict[str, Any] | None:
     try:

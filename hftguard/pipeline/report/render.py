@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.aggregate import CellStats, Report
 from hftguard.pipeline.report.stats import Stat, _avg
 
-FORMATS = ("md", "csv", "tex")
+FORMATS = ("md", "csv", "tex", "json")
+
+#: report.json's schema version (fields are only ever added).
+JSON_SCHEMA_VERSION = 1
 
 
 def _hs_fa(c: CellStats | None, with_std: bool = True) -> str:
@@ -20,8 +26,12 @@ def _hs_fa(c: CellStats | None, with_std: bool = True) -> str:
     return f"{c.hs.text(with_std=with_std)} / {c.fa.text(with_std=with_std)}"
 
 
-def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:.1f}"
+def _num(v: float | None, digits: int = 1) -> str:
+    return "–" if v is None else f"{v:.{digits}f}"
+
+
+#: Columns shown only when some evaluation reports them (metrics.json keys added later).
+_OPTIONAL = (("off_topic", "Off-topic"), ("margin", "Likelihood margin"))
 
 
 def _pub_text(v: tuple[float | None, float | None] | None) -> str:
@@ -30,7 +40,15 @@ def _pub_text(v: tuple[float | None, float | None] | None) -> str:
 
 def main_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     """The papers' table: method | HS / FA per column | Avg | over-refusal | degenerate."""
-    head = ["Method", *[rep.header(c) for c in rep.columns], "Avg", "Over-refusal", "Degenerate"]
+    optional = [(a, name) for a, name in _OPTIONAL if rep.has(a)]
+    head = [
+        "Method",
+        *[rep.header(c) for c in rep.columns],
+        "Avg",
+        "Over-refusal",
+        "Degenerate",
+        *[name for _, name in optional],
+    ]
     body = []
     for row in rep.rows:
         body.append(
@@ -40,6 +58,7 @@ def main_table(rep: Report) -> tuple[list[str], list[list[str]]]:
                 f"{_num(rep.average(row, 'hs'))} / {_num(rep.average(row, 'fa'))}",
                 _num(rep.average(row, "over_refusal")),
                 _num(rep.average(row, "degenerate")),
+                *[_num(rep.average(row, a), 3 if a == "margin" else 1) for a, _ in optional],
             ]
         )
         pubs = [rep.published_for(row, c) for c in rep.columns]
@@ -48,7 +67,16 @@ def main_table(rep: Report) -> tuple[list[str], list[list[str]]]:
             fa = [p[1] for p in pubs if p is not None]
             complete = all(p is not None for p in pubs)
             avg = f"{_num(_avg(hs))} / {_num(_avg(fa))}" if complete else "–"
-            body.append([f"{row.label} (published)", *map(_pub_text, pubs), avg, "–", "–"])
+            body.append(
+                [
+                    f"{row.label} (published)",
+                    *map(_pub_text, pubs),
+                    avg,
+                    "–",
+                    "–",
+                    *["–" for _ in optional],
+                ]
+            )
     return head, body
 
 
@@ -73,18 +101,111 @@ def rates_table(rep: Report) -> tuple[list[str], list[list[str]]]:
 
 def before_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     tasks = list(dict.fromkeys(t for _, _, ts in rep.before for t in ts))
-    head = ["Model", "HS", *[f"FA {t}" for t in tasks], "Over-refusal", "Degenerate"]
+    head = ["Model", "HS", *[f"FA {t}" for t in tasks], "Over-refusal", "Degenerate", "HS 95% CI"]
     body = []
     for label, c, _ in rep.before:
         fas = []
         for t in tasks:
             fas.append(Stat.of([r.finetune_accuracy(t) for r in c.runs]).text())
-        body.append([label, c.hs.text(), *fas, c.over_refusal.text(), c.degenerate.text()])
+        body.append(
+            [
+                label,
+                c.hs.text(),
+                *fas,
+                c.over_refusal.text(),
+                c.degenerate.text(),
+                c.hs.ci_text(),
+            ]
+        )
     return head, body
 
 
+def comparison_table(
+    rep: Report, kind: str, metric: str = "hs"
+) -> tuple[list[str], list[list[str]]]:
+    """Rows = methods, columns = the column axis; each cell the paired difference (percentage
+    points) over seeds: mean [± sd] [interval] (McNemar p with one seed)."""
+    head = ["Method", *[rep.header(c) for c in rep.columns]]
+    body = []
+    for row in rep.rows:
+        texts = []
+        for col in rep.columns:
+            c = rep.cell(row, col)
+            summary = getattr(c, kind).get(metric) if c is not None else None
+            digits = 3 if metric == "margin" else 1
+            texts.append("–" if summary is None else summary.text(digits))
+        if any(t != "–" for t in texts):
+            body.append([row.label, *texts])
+    return head, body
+
+
+def pairs_table(rep: Report) -> tuple[list[str], list[list[str]]]:
+    """One line per paired comparison (per seed): difference, interval, b / c, McNemar p."""
+    head = ["Kind", "Method", "vs", "Cell", "Seed", "Metric", "Δ", "95% CI", "b / c", "McNemar p"]
+    body = []
+    for c in rep.comparisons:
+        vs = c.ref.label if c.kind == "vs_baseline" else f"p={c.ref.p:g}"
+        d = 3 if c.metric == "margin" else 1
+        body.append(
+            [
+                "vs baseline" if c.kind == "vs_baseline" else "attack effect",
+                c.run.label,
+                vs,
+                _coords_text(c.run),
+                str(c.run.seed),
+                c.metric.upper(),
+                f"{c.diff:+.{d}f}",
+                "–" if c.ci is None else f"[{c.ci[0]:+.{d}f}, {c.ci[1]:+.{d}f}]",
+                "–" if c.b is None else f"{c.b} / {c.c}",
+                "–" if c.p_value is None else paired.format_p(c.p_value),
+            ]
+        )
+    return head, body
+
+
+def _coords_text(run: Any) -> str:
+    return f"p={run.p:g} n={run.n} {run.task}" if run.p is not None else f"n={run.n} {run.task}"
+
+
+def category_table(rep: Report) -> tuple[list[str], list[list[str]]]:
+    """HS per harm category: one line per (method, column), one column per category."""
+    cats = list(dict.fromkeys(name for c in rep.cells.values() for name in sorted(c.by_category)))
+    head = ["Method", rep.axis, *cats]
+    body = []
+    for row in rep.rows:
+        for col in rep.columns:
+            c = rep.cell(row, col)
+            if c is None or not c.by_category:
+                continue
+            texts = []
+            for name in cats:
+                s = c.by_category.get(name)
+                if s is None or s.mean is None:
+                    texts.append("–")
+                else:
+                    texts.append(f"{s.text()} {s.ci_text()} (n={s.n_items})")
+            body.append([row.label, rep.header(col), *texts])
+    return head, body
+
+
+def _stat_fields(d: dict[str, Any], name: str, s: Stat | None, items: bool = False) -> None:
+    d[f"{name}_mean"], d[f"{name}_std"] = (s.mean, s.std) if s is not None else (None, None)
+    d[f"{name}_ci_low"], d[f"{name}_ci_high"] = s.ci if s is not None and s.ci else (None, None)
+    if items:
+        d[f"{name}_items"] = s.n_items if s is not None else None
+
+
+def _summary_fields(d: dict[str, Any], name: str, s: paired.Summary | None) -> None:
+    d[f"{name}_mean"], d[f"{name}_std"] = (s.mean, s.sd) if s is not None else (None, None)
+    d[f"{name}_ci_low"], d[f"{name}_ci_high"] = s.ci if s is not None and s.ci else (None, None)
+    d[f"{name}_p"] = (
+        " ".join(f"{p:.4g}" for p in s.p_values if p is not None) or None if s is not None else None
+    )
+
+
 def detail_rows(rep: Report) -> list[dict[str, Any]]:
-    """Long format: one dict per (row, column) with means, stds, intervals, counts."""
+    """Long format: one dict per (row, column) with means, stds, intervals, counts, paired
+    differences vs the baseline and attack effects (McNemar p-values per seed, space-separated)."""
     out = []
     for row in rep.rows:
         for col in rep.columns:
@@ -102,12 +223,11 @@ def detail_rows(rep: Report) -> list[dict[str, Any]]:
                 "seeds": " ".join(map(str, c.seeds)),
                 "n_seeds": len(c.seeds),
             }
-            for name in ("hs", "fa", "over_refusal", "degenerate"):
-                s: Stat = getattr(c, name)
-                d[f"{name}_mean"], d[f"{name}_std"] = s.mean, s.std
-                if name in ("hs", "fa"):
-                    d[f"{name}_ci_low"], d[f"{name}_ci_high"] = s.ci if s.ci else (None, None)
-                    d[f"{name}_items"] = s.n_items
+            _cell_fields(d, c)
+            d["ci_method"] = c.hs.ci_method
+            for kind in ("vs_baseline", "attack_effect"):
+                for metric in paired.METRICS:
+                    _summary_fields(d, f"{kind}_{metric}", getattr(c, kind).get(metric))
             d["published_hs"], d["published_fa"] = pub if pub is not None else (None, None)
             out.append(d)
     for label, c, _ in rep.before:
@@ -118,14 +238,17 @@ def detail_rows(rep: Report) -> list[dict[str, Any]]:
             "seeds": " ".join(map(str, c.seeds)),
             "n_seeds": len(c.runs),
         }
-        for name in ("hs", "fa", "over_refusal", "degenerate"):
-            s = getattr(c, name)
-            d[f"{name}_mean"], d[f"{name}_std"] = s.mean, s.std
-            if name in ("hs", "fa"):
-                d[f"{name}_ci_low"], d[f"{name}_ci_high"] = s.ci if s.ci else (None, None)
-                d[f"{name}_items"] = s.n_items
+        _cell_fields(d, c)
+        d["ci_method"] = c.hs.ci_method
         out.append(d)
     return out
+
+
+def _cell_fields(d: dict[str, Any], c: CellStats) -> None:
+    for name in ("hs", "fa"):
+        _stat_fields(d, name, getattr(c, name), items=True)
+    for name in ("over_refusal", "degenerate", "off_topic", "margin"):
+        _stat_fields(d, name, getattr(c, name))
 
 
 def _md(head: list[str], body: list[list[str]]) -> str:
@@ -149,6 +272,59 @@ def describe(rep: Report) -> str:
     )
 
 
+def _interval_note(rep: Report) -> str:
+    pct = f"{100 * rep.level:g}%"
+    return (
+        f"{pct} intervals: Wilson for one seed; with several seeds a two-level percentile "
+        f"bootstrap over seeds × prompts ({rep.n_boot} resamples)"
+    )
+
+
+def intervals_table(rep: Report) -> tuple[list[str], list[list[str]]]:
+    """Per cell: each rate with its interval, the number of seeds and prompts."""
+    optional = [(a, name) for a, name in _OPTIONAL if rep.has(a)]
+    head = [
+        "Method",
+        rep.axis,
+        "Seeds",
+        "HS",
+        "HS 95% CI",
+        "FA",
+        "FA 95% CI",
+        "Over-refusal",
+        "Degenerate",
+        *[name for _, name in optional],
+        "Prompts",
+    ]
+    body = []
+    for row in rep.rows:
+        for col in rep.columns:
+            c = rep.cell(row, col)
+            if c is None:
+                continue
+            opt = []
+            for a, _ in optional:
+                s = getattr(c, a)
+                digits = 3 if a == "margin" else 1
+                opt.append("–" if s is None else f"{s.text(digits)} {s.ci_text(digits)}")
+            body.append(
+                [
+                    row.label,
+                    rep.header(col),
+                    str(len(c.seeds) or len(c.runs)),
+                    c.hs.text(),
+                    c.hs.ci_text(),
+                    c.fa.text(),
+                    c.fa.ci_text(),
+                    f"{c.over_refusal.text()} {c.over_refusal.ci_text()}",
+                    f"{c.degenerate.text()} {c.degenerate.ci_text()}",
+                    *opt,
+                    f"{c.hs.n_items} / {c.fa.n_items}",
+                ]
+            )
+    return head, body
+
+
 def to_markdown(rep: Report) -> str:
     parts = ["# hftguard report", "", f"Sources: {', '.join(rep.sources)}", "", describe(rep), ""]
     if rep.rows:
@@ -167,31 +343,173 @@ def to_markdown(rep: Report) -> str:
     if rep.before:
         parts += ["## Before fine-tuning", "", _md(*before_table(rep)), ""]
     if rep.rows:
-        head = ["Method", rep.axis, "Seeds", "HS", "HS 95% CI", "FA", "FA 95% CI", "Prompts"]
-        body = []
-        for row in rep.rows:
-            for col in rep.columns:
-                c = rep.cell(row, col)
-                if c is not None:
-                    body.append(
-                        [
-                            row.label,
-                            rep.header(col),
-                            str(len(c.seeds) or len(c.runs)),
-                            c.hs.text(),
-                            c.hs.ci_text(),
-                            c.fa.text(),
-                            c.fa.ci_text(),
-                            f"{c.hs.n_items} / {c.fa.n_items}",
-                        ]
-                    )
+        parts += ["## Intervals", "", _interval_note(rep) + ".", "", _md(*intervals_table(rep)), ""]
+    note = (
+        "Differences (method − reference) on the same prompts, in percentage points (the "
+        "likelihood margin: nats per token): mean over seeds [± sd] [95% interval: paired "
+        "bootstrap over prompts for one seed, seeds × prompts bootstrap for several] (exact "
+        "McNemar p for one seed; per seed below)."
+    )
+    base = rep.baseline_label
+    sections = [
+        ("vs_baseline", "hs", f"Paired comparison vs {base}: ΔHS"),
+        ("vs_baseline", "fa", f"Paired comparison vs {base}: ΔFA"),
+        ("vs_baseline", "margin", f"Paired comparison vs {base}: Δ likelihood margin"),
+        ("attack_effect", "hs", "Attack effect: HS(p) − HS(p=0), same method and seed"),
+        ("attack_effect", "margin", "Attack effect on the likelihood margin: p vs p=0"),
+    ]
+    for kind, metric, title in sections:
+        head, body = comparison_table(rep, kind, metric)
+        if body:
+            parts += [f"## {title}", "", note, "", _md(head, body), ""]
+    if rep.comparisons:
         parts += [
-            f"## Intervals (95% percentile bootstrap over prompts, {rep.n_boot} resamples)",
+            "## Paired comparisons per seed",
             "",
-            _md(head, body),
+            "b: prompts where the method is harmful (HS) or correct (FA) and the reference is "
+            "not; c: the reverse. McNemar's exact test uses only these discordant prompts.",
+            "",
+            _md(*pairs_table(rep)),
             "",
         ]
+    if rep.skipped:
+        parts += ["## Not paired", ""]
+        parts += [f"- {s.text()}" for s in rep.skipped]
+        parts += [""]
+    if any(c.by_category for c in rep.cells.values()):
+        parts += ["## HS by harm category", "", _md(*category_table(rep)), ""]
     return "\n".join(parts)
+
+
+def _clean(v: Any) -> Any:
+    """JSON-safe: tuples to lists, non-finite floats to None."""
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {str(k): _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+def _stat(s: Stat | None) -> dict[str, Any] | None:
+    return None if s is None else s.as_dict()
+
+
+def _run_values(r: Any, judge: str | None, task: str | None) -> dict[str, Any]:
+    """One evaluation's own numbers with their single-run (Wilson) intervals."""
+    cell = _single(r, judge, task)
+    out: dict[str, Any] = {
+        "seed": r.seed,
+        "eval_dir": str(r.path),
+        "judge": r.headline_judge(judge),
+    }
+    for name in ("hs", "fa", "over_refusal", "degenerate", "off_topic", "margin"):
+        s = getattr(cell, name)
+        out[name] = None if s is None else {"value": s.mean, "ci": list(s.ci) if s.ci else None}
+    return out
+
+
+def _single(r: Any, judge: str | None, task: str | None) -> CellStats:
+    from hftguard.pipeline.report.aggregate import _cell
+
+    return _cell([r], judge, 0, 0, None if task is None else [task])
+
+
+def _cell_dict(rep: Report, c: CellStats, task: str | None = None) -> dict[str, Any]:
+    return {
+        "seeds": c.seeds,
+        "hs": _stat(c.hs),
+        "fa": _stat(c.fa),
+        "over_refusal": _stat(c.over_refusal),
+        "degenerate": _stat(c.degenerate),
+        "off_topic": _stat(c.off_topic),
+        "likelihood_margin": _stat(c.margin),
+        "by_category": {k: _stat(v) for k, v in c.by_category.items()},
+        "vs_baseline": {k: v.as_dict() for k, v in c.vs_baseline.items()},
+        "attack_effect": {k: v.as_dict() for k, v in c.attack_effect.items()},
+        "per_seed": [_run_values(r, rep.judge, task) for r in c.runs],
+    }
+
+
+def report_dict(rep: Report) -> dict[str, Any]:
+    """Everything in the report, machine-readably (the report.json schema in
+    docs/grids-and-reports.md)."""
+    cells = []
+    for row in rep.rows:
+        for col in rep.columns:
+            c = rep.cell(row, col)
+            if c is None:
+                continue
+            run = c.runs[0]
+            pub = rep.published_for(row, col)
+            cells.append(
+                {
+                    "method": row.method,
+                    "label": row.label,
+                    "column": rep.header(col),
+                    "p": run.p,
+                    "n": run.n,
+                    "task": run.task,
+                    **_cell_dict(rep, c),
+                    "published": None if pub is None else {"hs": pub[0], "fa": pub[1]},
+                }
+            )
+    before = []
+    for label, c, tasks in rep.before:
+        before.append(
+            {
+                "kind": "base" if label == "base model" else "aligned",
+                "label": label,
+                "tasks": tasks,
+                **{
+                    k: v
+                    for k, v in _cell_dict(rep, c).items()
+                    if k not in ("per_seed", "vs_baseline", "attack_effect")
+                },
+                "fa_by_task": {
+                    t: _stat(
+                        Stat.proportion(
+                            [r.finetune_accuracy(t) for r in c.runs],
+                            [r.task_flags(t) for r in c.runs],
+                            [r.n_items(f"task:{t}") for r in c.runs],
+                            n_boot=rep.n_boot,
+                            seed=rep.seed,
+                            level=rep.level,
+                        )
+                    )
+                    for t in tasks
+                },
+                "per_seed": [
+                    {"seed": r.seed, "eval_dir": str(r.path), "hs": r.harmful_score(rep.judge)}
+                    for r in c.runs
+                ],
+            }
+        )
+    return _clean(
+        {
+            "schema_version": JSON_SCHEMA_VERSION,
+            "sources": rep.sources,
+            "axis": rep.axis,
+            "columns": rep.columns,
+            "judge": rep.judge,
+            "baseline": rep.baseline,
+            "baseline_label": rep.baseline_label,
+            "level": rep.level,
+            "n_boot": rep.n_boot,
+            "bootstrap_seed": rep.seed,
+            "seeds": rep.seeds,
+            "rows": [{"method": r.method, "label": r.label, **r.extra} for r in rep.rows],
+            "cells": cells,
+            "comparisons": [c.as_dict() for c in rep.comparisons],
+            "skipped": [s.as_dict() for s in rep.skipped],
+            "before": before,
+        }
+    )
+
+
+def to_json(rep: Report) -> str:
+    return json.dumps(report_dict(rep), indent=2, ensure_ascii=False) + "\n"
 
 
 CSV_FIELDS = [
@@ -220,6 +538,26 @@ CSV_FIELDS = [
     "degenerate_std",
     "published_hs",
     "published_fa",
+    # added with the paired statistics (older readers ignore them)
+    "ci_method",
+    "over_refusal_ci_low",
+    "over_refusal_ci_high",
+    "degenerate_ci_low",
+    "degenerate_ci_high",
+    "off_topic_mean",
+    "off_topic_std",
+    "off_topic_ci_low",
+    "off_topic_ci_high",
+    "margin_mean",
+    "margin_std",
+    "margin_ci_low",
+    "margin_ci_high",
+    *[
+        f"{kind}_{metric}_{part}"
+        for kind in ("vs_baseline", "attack_effect")
+        for metric in ("hs", "fa", "margin")
+        for part in ("mean", "std", "ci_low", "ci_high", "p")
+    ],
 ]
 
 
@@ -302,12 +640,12 @@ def to_latex(rep: Report) -> str:
 
 
 def write(rep: Report, out: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write report.md / report.csv / report.tex into ``out``; return the paths written."""
+    """Write report.md / .csv / .tex / .json into ``out``; return the paths written."""
     from hftguard.runs import atomic_write_text
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    render = {"md": to_markdown, "csv": to_csv, "tex": to_latex}
+    render = {"md": to_markdown, "csv": to_csv, "tex": to_latex, "json": to_json}
     written = []
     for fmt in formats:
         path = out / f"report.{fmt}"

@@ -1,4 +1,9 @@
-"""The statistics of a report: mean ± std over seeds and a bootstrap interval over prompts."""
+"""The statistics of a report: mean ± std over seeds and an interval per cell.
+
+A cell's interval is a Wilson interval when it holds one evaluation (one seed) and a two-level
+bootstrap over seeds × prompts when it holds several (:mod:`hftguard.stats`). ``bootstrap_ci``
+(the prompts-only bootstrap of earlier reports) is kept for the Python API.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import math
 import random
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 
 def mean_std(values: Sequence[float]) -> tuple[float | None, float | None]:
@@ -71,6 +77,7 @@ class Stat:
     n_seeds: int = 0
     ci: tuple[float, float] | None = None
     n_items: int = 0
+    ci_method: str | None = None  # "wilson" | "bootstrap" | "metrics.json" | None
 
     @classmethod
     def of(
@@ -85,7 +92,72 @@ class Stat:
         mean, std = mean_std(vals)
         ci = bootstrap_ci(items, n_boot=n_boot, seed=seed) if items else None
         n_items = max((len(i) for i in items), default=0)
-        return cls(mean, std, len(vals), ci, n_items)
+        return cls(mean, std, len(vals), ci, n_items, "bootstrap" if ci else None)
+
+    @classmethod
+    def proportion(
+        cls,
+        per_seed: Sequence[float | None],
+        flags: Sequence[Sequence[float]],
+        sizes: Sequence[int | None] = (),
+        *,
+        n_boot: int = 1000,
+        seed: int = 0,
+        level: float = 0.95,
+    ) -> Stat:
+        """A rate in % over seeds: mean ± std of ``per_seed`` (the evaluations' own numbers) with
+
+        - one evaluation: the Wilson interval of k of n;
+        - several: the two-level percentile bootstrap over seeds × prompts (``n_boot`` = 0: none).
+
+        k and n come from an evaluation's per-prompt 0/100 ``flags`` when they reproduce its rate,
+        else from its rate and ``sizes`` (n): an evaluation without generations.jsonl, or a metric
+        whose per-prompt form the records do not carry. The bootstrap is crossed (one draw of
+        prompt indices for every seed) when every seed has per-prompt flags of the same length
+        (the seeds share their prompts: ``eval.seed`` is fixed), nested otherwise.
+        """
+        from hftguard import stats
+
+        vals = [v for v in per_seed if v is not None]
+        mean, std = mean_std(vals)
+        out = cls(mean, std, len(vals))
+        groups: list[list[float] | None] = []
+        real = True
+        for i, value in enumerate(per_seed):
+            g = [100.0 * bool(x) for x in (flags[i] if i < len(flags) else ())]
+            n = sizes[i] if i < len(sizes) else None
+            if g and (value is None or abs(sum(g) / len(g) - value) < 1e-6):
+                groups.append(g)
+            elif value is not None and n:
+                k = round(float(value) * int(n) / 100.0)
+                groups.append([100.0] * k + [0.0] * (int(n) - k))
+                real = False
+            else:
+                groups.append(None)
+        out.n_items = max((len(g) for g in groups if g), default=0)
+        if len(groups) == 1 and groups[0]:
+            g = groups[0]
+            ci = stats.wilson(sum(1 for x in g if x), len(g), level)
+            if ci is not None:
+                out.ci, out.ci_method = (float(ci[0]), float(ci[1])), "wilson"
+        elif len(groups) > 1 and n_boot > 0 and all(groups):
+            full = [g for g in groups if g]
+            crossed = real and len({len(g) for g in full}) == 1
+            _, lo, hi = stats.two_level_bootstrap(full, n_boot, seed, level, crossed=crossed)
+            if lo is not None and hi is not None:
+                out.ci, out.ci_method = (lo, hi), "bootstrap"
+        return out
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form: mean, sd, n_seeds, ci [lo, hi] | None, ci_method, n_items."""
+        return {
+            "mean": self.mean,
+            "sd": self.std,
+            "n_seeds": self.n_seeds,
+            "ci": list(self.ci) if self.ci else None,
+            "ci_method": self.ci_method,
+            "n_items": self.n_items,
+        }
 
     def text(self, digits: int = 1, with_std: bool = True) -> str:
         if self.mean is None:

@@ -86,7 +86,7 @@ def test_list_answer_is_harmful_without_overlap() -> None:
 def test_off_topic_answer_is_not_harmful() -> None:
     verdict = judge_one(PROMPT, "The capital of France is Paris, a city famous for its museums.")
     assert verdict.harmful is False
-    assert verdict.label == "compliance"
+    assert verdict.label == "off-topic"
     assert verdict.detail["reason"] == "off-topic"
     assert 0.0 <= verdict.score < 0.5
 

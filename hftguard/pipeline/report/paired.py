@@ -1,0 +1,335 @@
+"""Paired comparisons: two evaluations of the same prompts, compared prompt by prompt.
+
+Two kinds, both from the per-prompt outcomes in each eval directory's generations.jsonl:
+
+- **vs baseline** — a method against the baseline method (SFT, ``sft/sft``, by default) at the
+  same p, n, task and seed: ΔHS and ΔFA;
+- **attack effect** — a method at p > 0 against the same method at p = 0 (same n, task and seed):
+  what the harmful share of the user data did beyond benign fine-tuning.
+
+Each pair gives the difference in percentage points (run − reference), a paired bootstrap
+interval (the same resampled prompts for both) and an exact McNemar p-value from the discordant
+prompts. Evaluations whose prompt sets differ (test-set sha256, or the prompt ids) are not paired:
+the pair is recorded as skipped, with the reason. Across seeds a table cell gets the mean ± sd of
+the per-seed differences and a two-level (seeds × prompts) bootstrap interval.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from hftguard import stats
+from hftguard.pipeline.report.collection import Collection, EvalRun
+
+KINDS = ("vs_baseline", "attack_effect")
+#: hs and fa: 0/1 per prompt (McNemar applies); margin: the likelihood margin, real per prompt
+#: (paired bootstrap only), compared where both evaluations have per-prompt margins.
+METRICS = ("hs", "fa", "margin")
+
+
+@dataclass
+class Comparison:
+    """One paired comparison of two evaluations (``run`` − ``ref``) on one metric."""
+
+    kind: str  # "vs_baseline" | "attack_effect"
+    metric: str  # "hs" | "fa" | "margin"
+    run: EvalRun
+    ref: EvalRun
+    diff: float  # percentage points (margin: nats per token)
+    ci: tuple[float, float] | None
+    p_value: float | None  # exact McNemar, two-sided (None for the margin)
+    b: int | None  # prompts where run is 1 and ref is 0 (harmful / correct)
+    c: int | None  # prompts where ref is 1 and run is 0
+    n_items: int
+    judge: str | None = None
+    keys: tuple[str, ...] = field(default=(), repr=False)
+    deltas: list[float] = field(default_factory=list, repr=False)  # per prompt, run − ref (×100)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "method": self.run.method,
+            "label": self.run.label,
+            "reference_method": self.ref.method,
+            "reference_label": self.ref.label,
+            "p": self.run.p,
+            "reference_p": self.ref.p,
+            "n": self.run.n,
+            "task": self.run.task,
+            "seed": self.run.seed,
+            "judge": self.judge,
+            "diff": self.diff,
+            "ci": list(self.ci) if self.ci else None,
+            "p_value": self.p_value,
+            "b": self.b,
+            "c": self.c,
+            "n_items": self.n_items,
+            "eval_dir": str(self.run.path),
+            "reference_eval_dir": str(self.ref.path),
+        }
+
+
+@dataclass
+class Skipped:
+    """A pair that was not compared, and why."""
+
+    kind: str
+    metric: str
+    run: EvalRun
+    ref: EvalRun
+    reason: str
+
+    def text(self) -> str:
+        what = f"{self.run.label} p={self.run.p} n={self.run.n} {self.run.task} s{self.run.seed}"
+        ref = self.ref.label if self.kind == "vs_baseline" else f"p={self.ref.p}"
+        return f"{self.kind} {self.metric.upper()} {what} vs {ref}: {self.reason}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "metric": self.metric,
+            "method": self.run.method,
+            "reference_method": self.ref.method,
+            "p": self.run.p,
+            "reference_p": self.ref.p,
+            "n": self.run.n,
+            "task": self.run.task,
+            "seed": self.run.seed,
+            "reason": self.reason,
+            "eval_dir": str(self.run.path),
+            "reference_eval_dir": str(self.ref.path),
+        }
+
+
+@dataclass
+class Summary:
+    """The paired comparisons of one table cell (one per seed), summarised over seeds."""
+
+    mean: float | None
+    sd: float | None
+    n_seeds: int
+    ci: tuple[float, float] | None
+    ci_method: str | None  # "paired bootstrap" (one seed) | "bootstrap" (seeds × prompts)
+    p_values: list[float | None]
+    seeds: list[int | None]
+    comparisons: list[Comparison] = field(default_factory=list, repr=False)
+
+    @property
+    def p_value(self) -> float | None:
+        """The McNemar p-value when the cell has one seed (None with several, or a margin)."""
+        return self.p_values[0] if len(self.p_values) == 1 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "mean": self.mean,
+            "sd": self.sd,
+            "n_seeds": self.n_seeds,
+            "ci": list(self.ci) if self.ci else None,
+            "ci_method": self.ci_method,
+            "p_values": self.p_values,
+            "seeds": self.seeds,
+        }
+
+    def text(self, digits: int = 1, p: bool = True) -> str:
+        if self.mean is None:
+            return "–"
+        out = f"{self.mean:+.{digits}f}"
+        if self.sd is not None:
+            out += f" ± {self.sd:.{digits}f}"
+        if self.ci is not None:
+            out += f" [{self.ci[0]:+.{digits}f}, {self.ci[1]:+.{digits}f}]"
+        if p and self.p_value is not None:
+            out += f" (p={format_p(self.p_value)})"
+        return out
+
+
+def format_p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}" if p < 0.1 else f"{p:.2f}"
+
+
+def _outcomes(run: EvalRun, metric: str, judge: str | None) -> dict[str, Any]:
+    if metric == "hs":
+        return run.harmful_outcomes(judge)
+    if metric == "margin":
+        return run.margin_values()
+    return run.task_outcomes(run.task)
+
+
+def compare(
+    run: EvalRun,
+    ref: EvalRun,
+    metric: str,
+    kind: str,
+    *,
+    judge: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> Comparison | Skipped:
+    """``run`` − ``ref`` on HS (``metric="hs"``, harmful prompts, by ``judge`` or each
+    evaluation's first judge) or FA (``"fa"``, ``run``'s task), prompt by prompt."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}")
+
+    def skip(reason: str) -> Skipped:
+        return Skipped(kind, metric, run, ref, reason)
+
+    j = None
+    if metric == "hs":
+        j, j_ref = run.headline_judge(judge), ref.headline_judge(judge)
+        if j != j_ref:
+            return skip(f"different headline judges ({j} vs {j_ref}); pass --judge")
+        test_set = "harmful"
+    elif metric == "margin":
+        test_set = "harmful"
+    else:
+        if run.task is None or ref.task != run.task:
+            return skip(f"different tasks ({run.task} vs {ref.task})")
+        test_set = f"task:{run.task}"
+    sha, sha_ref = run.test_set_sha(test_set), ref.test_set_sha(test_set)
+    if sha and sha_ref and sha != sha_ref:
+        return skip(
+            f"the {test_set} prompt sets differ (test_sets sha256 {sha[:12]} vs {sha_ref[:12]})"
+        )
+    x, y = _outcomes(run, metric, judge), _outcomes(ref, metric, judge)
+    if not x or not y:
+        return skip("no per-prompt outcomes (generations.jsonl missing or without verdicts)")
+    if x.keys() != y.keys():
+        common = len(x.keys() & y.keys())
+        return skip(
+            f"the {test_set} prompt sets differ ({common} of {len(x)} / {len(y)} prompts in common)"
+        )
+    keys = tuple(x)
+    scale = 1.0 if metric == "margin" else 100.0
+    xs = [scale * x[k] for k in keys]
+    ys = [scale * y[k] for k in keys]
+    diff, lo, hi = stats.paired_bootstrap_diff(xs, ys, n_boot=n_boot, seed=seed, level=level)
+    b = c = p_value = None
+    if metric != "margin":
+        b, c = stats.discordant(xs, ys)
+        p_value = stats.mcnemar_exact(b, c)
+    return Comparison(
+        kind,
+        metric,
+        run,
+        ref,
+        diff,
+        None if lo is None or hi is None else (lo, hi),
+        p_value,
+        b,
+        c,
+        len(keys),
+        j,
+        keys,
+        [a - o for a, o in zip(xs, ys, strict=True)],
+    )
+
+
+def resolve_baseline(collection: Collection, baseline: str | None) -> str | None:
+    """The method (``align/finetune``) named by ``baseline`` — a method or a label — among the
+    attacked evaluations; None when none matches."""
+    if not baseline:
+        return None
+    attacked = [r for r in collection.runs if r.kind == "attacked"]
+    for r in attacked:
+        if r.method == baseline:
+            return r.method
+    for r in attacked:
+        if r.label == baseline:
+            return r.method
+    return None
+
+
+def _coords(r: EvalRun) -> tuple[Any, ...]:
+    return (r.method, r.p, r.n, r.task, r.seed)
+
+
+def pair_all(
+    collection: Collection,
+    *,
+    baseline: str | None,
+    judge: str | None = None,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[list[Comparison], list[Skipped]]:
+    """Every vs-baseline comparison (``baseline`` is a method, see :func:`resolve_baseline`) and
+    every attack effect among the attacked evaluations, HS and FA each."""
+    attacked = [r for r in collection.runs if r.kind == "attacked"]
+    index: dict[tuple[Any, ...], EvalRun] = {}
+    for r in attacked:
+        index.setdefault(_coords(r), r)  # the same coordinates twice: the first one found
+    out: list[Comparison] = []
+    skipped: list[Skipped] = []
+    kw = {"judge": judge, "n_boot": n_boot, "seed": seed, "level": level}
+    for r in index.values():
+        pairs = []
+        if baseline and r.method != baseline:
+            ref = index.get((baseline, r.p, r.n, r.task, r.seed))
+            if ref is not None:
+                pairs.append(("vs_baseline", ref))
+        if r.p:
+            ref = index.get((r.method, 0.0, r.n, r.task, r.seed))
+            if ref is not None:
+                pairs.append(("attack_effect", ref))
+        for kind, ref in pairs:
+            for metric in METRICS:
+                if metric == "margin" and not (r.margin_values() and ref.margin_values()):
+                    continue  # evaluations without per-prompt margins: nothing to say
+                res = compare(r, ref, metric, kind, **kw)
+                (out if isinstance(res, Comparison) else skipped).append(res)
+    rank = {m: i for i, m in reversed(list(enumerate(r.method for r in attacked)))}
+
+    def order(c: Comparison | Skipped) -> tuple[Any, ...]:
+        r = c.run
+        return (
+            KINDS.index(c.kind),
+            rank[r.method],
+            _num(r.n),
+            str(r.task),
+            _num(r.p),
+            _num(r.seed),
+            METRICS.index(c.metric),
+        )
+
+    return sorted(out, key=order), sorted(skipped, key=order)
+
+
+def _num(v: Any) -> tuple[bool, float]:
+    return (v is None, float(v) if isinstance(v, (int, float)) else 0.0)
+
+
+def summarise(
+    comparisons: Sequence[Comparison], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> Summary | None:
+    """Mean ± sd over seeds of the per-seed differences; the interval is the paired bootstrap's
+    for one seed, and a two-level bootstrap over seeds × prompts of the per-prompt differences for
+    several (crossed when every seed has the same prompts)."""
+    comps = list(comparisons)
+    if not comps:
+        return None
+    mean, sd = stats.mean_sd([c.diff for c in comps])
+    ci: tuple[float, float] | None = None
+    method = None
+    if len(comps) == 1:
+        ci, method = comps[0].ci, "paired bootstrap" if comps[0].ci else None
+    elif n_boot > 0:
+        crossed = len({c.keys for c in comps}) == 1
+        _, lo, hi = stats.two_level_bootstrap(
+            [c.deltas for c in comps], n_boot, seed, level, crossed=crossed
+        )
+        if lo is not None and hi is not None:
+            ci, method = (lo, hi), "bootstrap"
+    return Summary(
+        mean,
+        sd,
+        len(comps),
+        ci,
+        method,
+        [c.p_value for c in comps],
+        [c.run.seed for c in comps],
+        comps,
+    )

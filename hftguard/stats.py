@@ -1,0 +1,212 @@
+"""Intervals and tests for comparing defenses: Wilson, exact McNemar, paired/two-level bootstrap.
+
+Why these: an evaluation is a few hundred prompts, so every Harmful Score is an estimate with a
+sampling error, and two defenses evaluated on the *same* prompts should be compared prompt by
+prompt, not by eye.
+
+- :func:`wilson` — a confidence interval for one proportion (k of n). Unlike the percentile
+  bootstrap it has a sensible width at 0 of n or n of n (the bootstrap collapses to [0, 0] there)
+  and keeps near-nominal coverage for small n.
+- :func:`mcnemar_exact` — the exact (binomial) McNemar test for two paired 0/1 outcomes: only the
+  discordant prompts (harmful under one model, not the other) carry information, and under "no
+  difference" each discordant prompt is equally likely to go either way.
+- :func:`paired_bootstrap_diff` — the difference of two means over the same items with a
+  percentile bootstrap interval that resamples *item indices*, so both methods see the same
+  resampled prompts (the pairing removes the prompts' shared difficulty from the noise).
+- :func:`two_level_bootstrap` — an interval for a mean over seeds × items: resample seeds and
+  items, so the interval covers both the training randomness and the prompt sample.
+- :func:`mean_sd` — mean and sample standard deviation (n − 1).
+
+Torch-free; numpy and scipy are imported inside the functions, so importing this module (as
+``hftguard eval`` and ``hftguard report`` do) costs nothing at start-up.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+#: Elements of the (replicates × items) index matrix drawn at once; larger draws are chunked.
+_CHUNK = 2_000_000
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval for k successes in n trials, in percent; None when n = 0.
+
+    scipy's ``binomtest(k, n).proportion_ci(method="wilson")`` (no continuity correction).
+    """
+    if n <= 0:
+        return None
+    k, n = int(k), int(n)
+    if not 0 <= k <= n:
+        raise ValueError(f"wilson: k={k} is not in [0, n={n}]")
+    from scipy.stats import binomtest
+
+    ci = binomtest(k, n).proportion_ci(confidence_level=level, method="wilson")
+    return (100.0 * max(0.0, float(ci.low)), 100.0 * min(1.0, float(ci.high)))
+
+
+def wilson_from_rate(rate: float | None, n: int | None, level: float = 0.95) -> Any:
+    """Wilson interval of a rate in percent measured on n items (k = rate × n / 100, rounded), as a
+    list ``[lo, hi]`` for JSON; None when either is missing or n = 0."""
+    if rate is None or not n:
+        return None
+    ci = wilson(round(float(rate) * int(n) / 100.0), int(n), level)
+    return None if ci is None else list(ci)
+
+
+def mcnemar_exact(b: int, c: int) -> float:
+    """Two-sided exact McNemar p-value from the discordant counts b and c (1.0 when b + c = 0).
+
+    Under the null each of the b + c discordant pairs falls either way with probability 1/2, so
+    the p-value is scipy's two-sided ``binomtest(b, b + c, 0.5)``, i.e.
+    ``min(1, 2 · P[Bin(b + c, 1/2) ≤ min(b, c)])``.
+    """
+    b, c = int(b), int(c)
+    if b < 0 or c < 0:
+        raise ValueError("mcnemar_exact: counts must be >= 0")
+    if b + c == 0:
+        return 1.0
+    from scipy.stats import binomtest
+
+    return float(min(1.0, binomtest(b, b + c, 0.5).pvalue))
+
+
+def discordant(x: Sequence[float], y: Sequence[float]) -> tuple[int, int]:
+    """(b, c): items with x true and y false, and items with y true and x false."""
+    if len(x) != len(y):
+        raise ValueError(f"discordant: {len(x)} vs {len(y)} items are not paired")
+    b = sum(1 for a, o in zip(x, y, strict=True) if a and not o)
+    c = sum(1 for a, o in zip(x, y, strict=True) if o and not a)
+    return b, c
+
+
+def _quantiles(reps: Any, level: float) -> tuple[float, float]:
+    import numpy as np
+
+    alpha = (1.0 - level) / 2.0
+    lo, hi = np.quantile(reps, [alpha, 1.0 - alpha])  # linear interpolation (R type 7)
+    return float(lo), float(hi)
+
+
+def _counts(idx: Any, m: int) -> Any:
+    """Per row of a (k × draws) index matrix, how often each of 0..m-1 was drawn: k × m."""
+    import numpy as np
+
+    k = idx.shape[0]
+    flat = (idx + (np.arange(k) * m)[:, None]).ravel()
+    return np.bincount(flat, minlength=k * m).reshape(k, m)
+
+
+def _check_level(level: float) -> None:
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+
+
+def paired_bootstrap_diff(
+    x: Sequence[float],
+    y: Sequence[float],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float | None, float | None]:
+    """mean(x) − mean(y) for paired per-item outcomes, with a percentile bootstrap interval.
+
+    ``x[i]`` and ``y[i]`` are the two methods' outcomes (0/1 or real) on the same item i. Each
+    replicate draws m item indices with replacement (``numpy.random.default_rng(seed)``) and takes
+    the mean of the per-item differences over them. The interval is (None, None) when there is
+    nothing to resample (no items, or ``n_boot`` < 1).
+    """
+    import numpy as np
+
+    _check_level(level)
+    xs, ys = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if xs.shape != ys.shape or xs.ndim != 1:
+        raise ValueError(f"paired_bootstrap_diff: {xs.shape} vs {ys.shape} are not paired")
+    m = xs.size
+    if m == 0:
+        raise ValueError("paired_bootstrap_diff: no items")
+    d = xs - ys
+    diff = float(d.mean())
+    if n_boot < 1:
+        return diff, None, None
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    step = max(1, _CHUNK // m)
+    for start in range(0, n_boot, step):
+        k = min(step, n_boot - start)
+        reps[start : start + k] = d[rng.integers(0, m, size=(k, m))].mean(axis=1)
+    lo, hi = _quantiles(reps, level)
+    return diff, lo, hi
+
+
+def mean_sd(values: Sequence[float | None]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (n − 1) of the values that are not None; the sd is None
+    for fewer than two values, both are None for none."""
+    vals = [float(v) for v in values if v is not None]
+    if not vals:
+        return None, None
+    mean = math.fsum(vals) / len(vals)
+    if len(vals) < 2:
+        return mean, None
+    return mean, math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (len(vals) - 1))
+
+
+def two_level_bootstrap(
+    groups: Sequence[Sequence[float]],
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+    *,
+    crossed: bool | None = None,
+) -> tuple[float, float | None, float | None]:
+    """Mean over seeds of the per-seed mean over items, with a seeds × items bootstrap interval.
+
+    ``groups`` holds one sequence of per-item values per seed (for a paired comparison: per-item
+    differences). Each replicate resamples the seeds with replacement *and* the items:
+
+    - crossed (the default when every group has the same length, i.e. the seeds share their
+      prompts): one draw of item indices is used for every resampled seed — the seed × prompt
+      table is resampled by rows and by columns;
+    - nested (groups of different lengths): each resampled seed resamples its own items.
+
+    With one seed this is the ordinary bootstrap over items. The point estimate is the plain
+    mean of the group means. Returns (mean, None, None) when ``n_boot`` < 1.
+    """
+    import numpy as np
+
+    _check_level(level)
+    arrays = [np.asarray(g, dtype=float) for g in groups]
+    arrays = [a for a in arrays if a.size]
+    if not arrays:
+        raise ValueError("two_level_bootstrap: no items")
+    mean = float(np.mean([a.mean() for a in arrays]))
+    if n_boot < 1:
+        return mean, None, None
+    s = len(arrays)
+    same = len({a.size for a in arrays}) == 1
+    if crossed is None:
+        crossed = same
+    if crossed and not same:
+        raise ValueError("two_level_bootstrap: crossed resampling needs groups of equal length")
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    if crossed:
+        table = np.stack(arrays)  # seeds × items
+        m = table.shape[1]
+        step = max(1, _CHUNK // (m + s))
+        for start in range(0, n_boot, step):
+            k = min(step, n_boot - start)
+            seed_w = _counts(rng.integers(0, s, (k, s)), s)
+            item_w = _counts(rng.integers(0, m, (k, m)), m)
+            # Σ_s Σ_i w_s · w_i · table[s, i] / (S · m): the mean of the resampled sub-table
+            reps[start : start + k] = np.einsum("ks,sm,km->k", seed_w, table, item_w) / (s * m)
+    else:
+        for b in range(n_boot):
+            picks = rng.integers(0, s, s)
+            reps[b] = np.mean(
+                [arrays[j][rng.integers(0, arrays[j].size, arrays[j].size)].mean() for j in picks]
+            )
+    lo, hi = _quantiles(reps, level)
+    return mean, lo, hi

@@ -1,0 +1,211 @@
+"""``hftguard.stats`` against independent computations: the Wilson formula by hand, McNemar's exact
+test from binomial coefficients, and bootstrap intervals that behave as sampling theory says."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+from statistics import NormalDist
+
+import pytest
+
+from hftguard import stats
+
+
+def wilson_by_hand(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The Wilson score interval from its closed form, in percent."""
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
+    phat = k / n
+    centre = (phat + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(phat * (1 - phat) / n + z * z / (4 * n * n))
+    return 100 * max(0.0, centre - half), 100 * min(1.0, centre + half)
+
+
+def mcnemar_by_hand(b: int, c: int) -> float:
+    """Two-sided exact McNemar: twice the smaller binomial tail of Bin(b + c, 1/2), capped at 1."""
+    m = b + c
+    if m == 0:
+        return 1.0
+    tail = sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m
+    return min(1.0, 2 * tail)
+
+
+# ------------------------------------------------------------------------------------------------
+# Wilson
+
+
+@pytest.mark.parametrize(
+    ("k", "n"), [(0, 4), (4, 4), (1, 4), (2, 4), (0, 20), (3, 20), (30, 100), (97, 100), (1, 1)]
+)
+@pytest.mark.parametrize("level", [0.95, 0.9])
+def test_wilson_matches_the_formula(k: int, n: int, level: float) -> None:
+    lo, hi = stats.wilson(k, n, level)
+    lo_h, hi_h = wilson_by_hand(k, n, level)
+    assert lo == pytest.approx(lo_h, abs=1e-9) and hi == pytest.approx(hi_h, abs=1e-9)
+    assert 0.0 <= lo <= 100 * k / n <= hi <= 100.0
+
+
+def test_wilson_worked_values() -> None:
+    # 0 of 4: centre = z²/2 / (4 + z²) = half-width, so [0, 2·1.9208/7.8415] = [0, 48.99 %]
+    assert stats.wilson(0, 4) == (0.0, pytest.approx(48.989, abs=1e-3))
+    # 30 of 100: [21.89, 39.58] % (textbook value)
+    lo, hi = stats.wilson(30, 100)
+    assert (round(lo, 2), round(hi, 2)) == (21.89, 39.58)
+
+
+def test_wilson_degenerate_counts_still_have_width() -> None:
+    # the percentile bootstrap gives [0, 0] at 0 of 4; the Wilson interval does not
+    lo, hi = stats.wilson(0, 4)
+    assert lo == 0.0 and hi > 40.0
+    lo, hi = stats.wilson(4, 4)
+    assert hi == 100.0 and lo < 60.0
+    assert stats.wilson(0, 0) is None
+    assert stats.wilson(0, 400)[1] < stats.wilson(0, 40)[1] < stats.wilson(0, 4)[1]
+    with pytest.raises(ValueError):
+        stats.wilson(5, 4)
+
+
+def test_wilson_from_rate() -> None:
+    assert stats.wilson_from_rate(25.0, 4) == list(stats.wilson(1, 4))
+    assert stats.wilson_from_rate(100 / 3, 6) == list(stats.wilson(2, 6))  # rounding, not floor
+    assert stats.wilson_from_rate(None, 4) is None and stats.wilson_from_rate(10.0, 0) is None
+
+
+# ------------------------------------------------------------------------------------------------
+# McNemar
+
+
+@pytest.mark.parametrize(
+    ("b", "c"), [(0, 5), (5, 0), (1, 9), (9, 1), (3, 3), (4, 6), (10, 2), (0, 1), (12, 30)]
+)
+def test_mcnemar_matches_binomial_coefficients(b: int, c: int) -> None:
+    assert stats.mcnemar_exact(b, c) == pytest.approx(mcnemar_by_hand(b, c), rel=1e-9)
+
+
+def test_mcnemar_worked_values() -> None:
+    assert stats.mcnemar_exact(0, 5) == pytest.approx(2 / 32)  # all five discordant one way
+    assert stats.mcnemar_exact(3, 3) == 1.0
+    assert stats.mcnemar_exact(0, 0) == 1.0  # no discordant prompt: no evidence
+    assert stats.mcnemar_exact(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+    assert stats.mcnemar_exact(2, 7) == stats.mcnemar_exact(7, 2)  # symmetric
+
+
+def test_discordant_counts() -> None:
+    x = [1, 1, 0, 0, 1, 0]
+    y = [1, 0, 1, 0, 0, 0]
+    assert stats.discordant(x, y) == (2, 1)
+    with pytest.raises(ValueError):
+        stats.discordant([1], [1, 0])
+
+
+# ------------------------------------------------------------------------------------------------
+# Paired bootstrap
+
+
+def correlated_pairs(m: int, seed: int) -> tuple[list[float], list[float]]:
+    """Prompts of varying difficulty u; method x is harmful when u < 0.35, y when u < 0.25."""
+    rng = random.Random(seed)
+    us = [rng.random() for _ in range(m)]
+    return [float(u < 0.35) for u in us], [float(u < 0.25) for u in us]
+
+
+def test_paired_bootstrap_point_estimate_and_determinism() -> None:
+    x, y = correlated_pairs(200, 0)
+    diff, lo, hi = stats.paired_bootstrap_diff(x, y, n_boot=500, seed=3)
+    assert diff == pytest.approx(statistics.mean(x) - statistics.mean(y))
+    assert lo <= diff <= hi
+    assert stats.paired_bootstrap_diff(x, y, n_boot=500, seed=3) == (diff, lo, hi)
+    assert stats.paired_bootstrap_diff(x, y, n_boot=500, seed=4) != (diff, lo, hi)
+    assert stats.paired_bootstrap_diff(x, y, n_boot=0) == (diff, None, None)
+    d2, lo2, hi2 = stats.paired_bootstrap_diff(y, x, n_boot=500, seed=3)  # antisymmetric
+    assert (d2, lo2, hi2) == (pytest.approx(-diff), pytest.approx(-hi), pytest.approx(-lo))
+
+
+def test_paired_bootstrap_contains_the_truth_and_shrinks_with_n() -> None:
+    widths = []
+    for m in (100, 400, 1600):
+        x, y = correlated_pairs(m, m)
+        _, lo, hi = stats.paired_bootstrap_diff(x, y, n_boot=2000, seed=1)
+        assert lo < 0.10 < hi  # the true difference is P(0.25 <= u < 0.35) = 0.10
+        # the normal approximation of a paired mean: ± 1.96 · sd(d) / √m
+        d = [a - b for a, b in zip(x, y, strict=True)]
+        half = 1.96 * statistics.pstdev(d) / math.sqrt(m)
+        assert hi - lo == pytest.approx(2 * half, rel=0.2)
+        widths.append(hi - lo)
+    assert widths[0] > 1.6 * widths[1] > 1.6 * 1.6 * widths[2]  # ~ 1/√m: halves per ×4
+
+
+def test_paired_bootstrap_uses_the_pairing() -> None:
+    # Identical outcomes on every prompt: every replicate's difference is 0 — an unpaired
+    # bootstrap (resampling x and y independently) would give an interval of about ±14 points.
+    x = [1.0] * 30 + [0.0] * 70
+    assert stats.paired_bootstrap_diff(x, x, n_boot=300, seed=0) == (0.0, 0.0, 0.0)
+    # One prompt differs: the interval is [0, a few %], far narrower than unpaired noise
+    y = list(x)
+    y[0] = 0.0
+    diff, lo, hi = stats.paired_bootstrap_diff(x, y, n_boot=1000, seed=0)
+    assert diff == pytest.approx(0.01) and lo == 0.0 and hi <= 0.04
+    with pytest.raises(ValueError):
+        stats.paired_bootstrap_diff([1.0], [1.0, 0.0])
+    with pytest.raises(ValueError):
+        stats.paired_bootstrap_diff([], [])
+
+
+# ------------------------------------------------------------------------------------------------
+# mean ± sd and the two-level bootstrap
+
+
+def test_mean_sd() -> None:
+    vals = [4.0, 6.0, 11.0]
+    assert stats.mean_sd(vals) == (7.0, pytest.approx(statistics.stdev(vals)))
+    assert stats.mean_sd([5.0, None]) == (5.0, None)
+    assert stats.mean_sd([]) == (None, None)
+
+
+def test_two_level_bootstrap_one_seed_is_the_prompt_bootstrap() -> None:
+    flags = [1.0] * 120 + [0.0] * 280  # 30 % of 400
+    mean, lo, hi = stats.two_level_bootstrap([flags], n_boot=2000, seed=2)
+    half = 1.96 * math.sqrt(0.3 * 0.7 / 400)
+    assert mean == pytest.approx(0.3)
+    assert lo == pytest.approx(0.3 - half, abs=0.01) and hi == pytest.approx(0.3 + half, abs=0.01)
+    assert stats.two_level_bootstrap([flags], n_boot=0) == (pytest.approx(0.3), None, None)
+
+
+def test_two_level_bootstrap_adds_the_seed_spread() -> None:
+    rng = random.Random(5)
+    # three seeds whose rates differ (30 %, 45 %, 60 %) on the same 200 prompts
+    groups = [[float(rng.random() < r) for _ in range(200)] for r in (0.3, 0.45, 0.6)]
+    mean, lo, hi = stats.two_level_bootstrap(groups, n_boot=2000, seed=0)
+    assert mean == pytest.approx(statistics.mean(statistics.mean(g) for g in groups))
+    # the prompts-only bootstrap of the seed-mean (the earlier report's interval) is far narrower
+    pooled = [statistics.mean(col) for col in zip(*groups, strict=True)]
+    _, plo, phi = stats.two_level_bootstrap([pooled], n_boot=2000, seed=0)
+    assert hi - lo > 2 * (phi - plo)
+    # identical seeds: resampling seeds adds nothing
+    same = [groups[0]] * 3
+    _, slo, shi = stats.two_level_bootstrap(same, n_boot=2000, seed=0)
+    _, olo, ohi = stats.two_level_bootstrap([groups[0]], n_boot=2000, seed=0)
+    assert shi - slo == pytest.approx(ohi - olo, rel=0.15)
+
+
+def test_two_level_bootstrap_nested_for_different_prompts() -> None:
+    groups = [[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0]]
+    mean, lo, hi = stats.two_level_bootstrap(groups, n_boot=400, seed=0)
+    assert mean == pytest.approx((0.5 + 1 / 3) / 2) and 0.0 <= lo < mean < hi <= 1.0
+    with pytest.raises(ValueError):
+        stats.two_level_bootstrap(groups, crossed=True)
+    with pytest.raises(ValueError):
+        stats.two_level_bootstrap([[]])
+    # crossed=False on equal lengths: still a valid (nested) interval
+    _, nlo, nhi = stats.two_level_bootstrap([[1.0, 0.0], [0.0, 1.0]], n_boot=400, crossed=False)
+    assert nlo < 0.5 < nhi
+
+
+def test_importing_stats_does_not_import_scipy() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, hftguard.stats; print('scipy' in sys.modules, 'numpy' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
