@@ -39,7 +39,7 @@ def register(app: typer.Typer) -> None:
                 metavar="[SET.jsonl]",
                 help="Labelled JSONL: prompt, response, label (harmful-compliance, partial, "
                 "refusal, off-topic, degenerate), split (dev, heldout). Default: the set shipped "
-                "as hftguard/data/judge_validation.jsonl.",
+                "as hftguard/resources/judge_validation.jsonl.",
                 show_default=False,
             ),
         ] = None,
