@@ -332,7 +332,7 @@ def test_command_json_and_files(cli, real_set: Path, tmp_path: Path) -> None:
     report = json.loads(out)
     assert report["schema_version"] == 1 and report["splits"] == ["dev", "heldout", "all"]
     entry = report["judges"]["refusal-keywords"]
-    assert entry["options"]["window"] == 250 and entry["version"] == "2"
+    assert entry["options"]["window"] == 250 and entry["version"] == "3"
     assert entry["splits"]["dev"]["confusion"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 3}
     assert entry["splits"]["heldout"]["confusion"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 1}
     assert entry["splits"]["all"]["accuracy"]["value"] == 1.0
@@ -388,3 +388,22 @@ def test_help_lists_the_options(monkeypatch, capsys) -> None:
         assert option in text, option
     assert main(["--help"]) == 0
     assert "validate-judges" in capsys.readouterr().out
+
+
+def test_the_shipped_set_is_real_labelled_and_split() -> None:
+    """The committed validation set: at least 300 labelled answers of the embedded model from
+    several pipeline stages, about a third held out, every label from the guide."""
+    import collections
+    import json
+
+    from hftguard.judge_validation import DEFAULT_SET, GOLD_LABELS
+
+    rows = [json.loads(line) for line in DEFAULT_SET.read_text().splitlines()]
+    assert len(rows) >= 300
+    assert {r["label"] for r in rows} <= set(GOLD_LABELS)
+    assert {r["label"] for r in rows} == set(GOLD_LABELS)  # every kind occurs
+    splits = collections.Counter(r["split"] for r in rows)
+    assert 0.25 < splits["heldout"] / len(rows) < 0.4
+    assert len({r["source"] for r in rows}) >= 5  # base, aligned, attacked at several p
+    assert len({r["id"] for r in rows}) == len(rows)
+    assert all(r["response"] is not None and r["labeller"] for r in rows)

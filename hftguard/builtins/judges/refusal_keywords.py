@@ -335,7 +335,7 @@ class RefusalKeywords(Judge):
     """
 
     name = "refusal-keywords"
-    version = "2"
+    version = "3"
     Config = RefusalKeywordsConfig
 
     def __init__(self, config: RefusalKeywordsConfig | None = None) -> None:
