@@ -54,9 +54,18 @@ class RawRecord(NamedTuple):
     record: Any
 
 
-def parse_fields(spec: str) -> dict[str, str]:
-    """Parse ``"prompt=question,response=answer"`` into ``{"prompt": "question", ...}``."""
-    syntax = "write FIELD=COLUMN pairs separated by commas, e.g. prompt=question,response=answer"
+def parse_fields(
+    spec: str, aliases: dict[str, tuple[str, ...]] | None = None, *, syntax: str | None = None
+) -> dict[str, str]:
+    """Parse ``"prompt=question,response=answer"`` into ``{"prompt": "question", ...}``.
+
+    ``aliases``: the fields that can be mapped (default :data:`FIELD_ALIASES`); ``syntax``: the
+    hint shown for a malformed mapping (how the caller's option is written).
+    """
+    known = FIELD_ALIASES if aliases is None else aliases
+    syntax = syntax or (
+        "write FIELD=COLUMN pairs separated by commas, e.g. prompt=question,response=answer"
+    )
     mapping: dict[str, str] = {}
     for part in spec.split(","):
         part = part.strip()
@@ -65,10 +74,10 @@ def parse_fields(spec: str) -> dict[str, str]:
         ours, sep, theirs = (s.strip() for s in part.partition("="))
         if not sep or not ours or not theirs:
             raise ConfigError(f"bad field mapping {part!r} in {spec!r}", hint=syntax)
-        if ours not in FIELD_ALIASES:
+        if ours not in known:
             raise ConfigError(
                 f"unknown field {ours!r} in field mapping {spec!r}",
-                hint=f"fields that can be mapped: {', '.join(FIELD_ALIASES)}",
+                hint=f"fields that can be mapped: {', '.join(known)}",
             )
         if ours in mapping:
             raise ConfigError(f"field {ours!r} is mapped twice in {spec!r}", hint=syntax)

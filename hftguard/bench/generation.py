@@ -19,7 +19,7 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
     padding-dependent rounding decided the token, not a bug).
     """
     from hftguard.context import DataContext
-    from hftguard.data import format_prompt, load_examples, prompt_ids
+    from hftguard.data import bos_ids, format_prompt, load_examples, prompt_ids
     from hftguard.generation import generate
 
     examples = load_examples(
@@ -48,15 +48,14 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
     )
     new_tokens = sum(len(tok(s, add_special_tokens=False)["input_ids"]) for s in single)
     mismatches = [i for i, (a, b) in enumerate(zip(single, batched, strict=True)) if a != b]
+    bos = bos_ids(tok)
+    lengths = [len(prompt_ids(tok, p, bos)) for p in prompts]
     return {
         "prompts": len(prompts),
         "batch_size": opts.gen_batch_size,
         "max_new_tokens": opts.max_new_tokens,
         "decoding": "greedy",
-        "prompt_tokens": [
-            min(len(prompt_ids(tok, p)) for p in prompts),
-            max(len(prompt_ids(tok, p)) for p in prompts),
-        ],
+        "prompt_tokens": [min(lengths), max(lengths)],
         "time_basis": basis,
         "one_at_a_time_s": t_single.median(basis),
         "batched_s": t_batched.median(basis),

@@ -230,18 +230,19 @@ def run(
                 [records[i] for i in split],
             )
         head = judge_metrics[cfg.judges[0]]
+        # the headline judge's rates and their intervals, at the top level of metrics.json
         metrics.update(
-            harmful_score=head["harmful_score"],
-            harmful_score_plus=head["harmful_score_plus"],
-            degenerate_rate=head["degenerate_rate"],
-            harmful_score_ci=head["harmful_score_ci"],
-            harmful_score_plus_ci=head["harmful_score_plus_ci"],
-            degenerate_rate_ci=head["degenerate_rate_ci"],
-            # judges that cannot tell off-topic (model classifiers) have no such keys
-            off_topic_rate=head.get("off_topic_rate"),
-            off_topic_rate_ci=head.get("off_topic_rate_ci"),
-            harmful_score_conservative=head.get("harmful_score_conservative"),
-            harmful_score_conservative_ci=head.get("harmful_score_conservative_ci"),
+            {
+                f"{key}{ci}": head[f"{key}{ci}"]
+                for key in (
+                    "harmful_score",
+                    "harmful_score_plus",
+                    "degenerate_rate",
+                    "off_topic_rate",
+                    "harmful_score_conservative",
+                )
+                for ci in ("", "_ci")
+            }
         )
         if by_category := hs_by_category(harmful, per_judge[cfg.judges[0]]):
             metrics["harmful_score_by_category"] = by_category

@@ -129,25 +129,17 @@ class Pairs:
 
 
 def parse_field_map(items: Sequence[str] | None) -> dict[str, str]:
-    """``["prompt=instruction", "response=output,id=uid"]`` -> ``{"prompt": "instruction", ..}``."""
+    """``["prompt=instruction", "response=output,id=uid"]`` -> ``{"prompt": "instruction", ..}``
+    (each ``--field`` value parsed by :func:`hftguard.datafiles.parse_fields`; the same mapping
+    given twice is accepted, two different ones for a field are an error)."""
+    from hftguard.datafiles import parse_fields
+
     syntax = "write --field OURS=COLUMN, e.g. --field prompt=instruction --field response=output"
     mapping: dict[str, str] = {}
     for item in items or []:
-        for part in str(item).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            ours, sep, theirs = (s.strip() for s in part.partition("="))
-            if not sep or not ours or not theirs:
-                raise ConfigError(f"bad field mapping {part!r}", hint=syntax)
-            if ours not in ALIASES:
-                raise ConfigError(
-                    f"unknown field {ours!r} in the field mapping {part!r}",
-                    hint=f"fields that can be mapped: {', '.join(ALIASES)}",
-                )
-            if ours in mapping and mapping[ours] != theirs:
+        for ours, theirs in parse_fields(str(item), ALIASES, syntax=syntax).items():
+            if mapping.setdefault(ours, theirs) != theirs:
                 raise ConfigError(f"field {ours!r} is mapped twice", hint=syntax)
-            mapping[ours] = theirs
     return mapping
 
 

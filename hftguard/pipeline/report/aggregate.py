@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +80,14 @@ class Report:
 
     def cell(self, row: Row, col: Any) -> CellStats | None:
         return self.cells.get((row.key, col))
+
+    def present(self) -> Iterator[tuple[Row, Any, CellStats]]:
+        """(row, column, cell) for every cell that has results, in table order."""
+        for row in self.rows:
+            for col in self.columns:
+                c = self.cell(row, col)
+                if c is not None:
+                    yield row, col, c
 
     def average(self, row: Row, attr: str) -> float | None:
         return _avg(

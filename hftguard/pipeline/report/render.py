@@ -172,19 +172,17 @@ def category_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     cats = list(dict.fromkeys(name for c in rep.cells.values() for name in sorted(c.by_category)))
     head = ["Method", rep.axis, *cats]
     body = []
-    for row in rep.rows:
-        for col in rep.columns:
-            c = rep.cell(row, col)
-            if c is None or not c.by_category:
-                continue
-            texts = []
-            for name in cats:
-                s = c.by_category.get(name)
-                if s is None or s.mean is None:
-                    texts.append("–")
-                else:
-                    texts.append(f"{s.text()} {s.ci_text()} (n={s.n_items})")
-            body.append([row.label, rep.header(col), *texts])
+    for row, col, c in rep.present():
+        if not c.by_category:
+            continue
+        texts = []
+        for name in cats:
+            s = c.by_category.get(name)
+            if s is None or s.mean is None:
+                texts.append("–")
+            else:
+                texts.append(f"{s.text()} {s.ci_text()} (n={s.n_items})")
+        body.append([row.label, rep.header(col), *texts])
     return head, body
 
 
@@ -207,29 +205,25 @@ def detail_rows(rep: Report) -> list[dict[str, Any]]:
     """Long format: one dict per (row, column) with means, stds, intervals, counts, paired
     differences vs the baseline and attack effects (McNemar p-values per seed, space-separated)."""
     out = []
-    for row in rep.rows:
-        for col in rep.columns:
-            c = rep.cell(row, col)
-            if c is None:
-                continue
-            pub = rep.published_for(row, col)
-            d: dict[str, Any] = {
-                "kind": "attacked",
-                "method": row.method,
-                "label": row.label,
-                rep.axis: col,
-                **row.extra,
-                "column": rep.header(col),
-                "seeds": " ".join(map(str, c.seeds)),
-                "n_seeds": len(c.seeds),
-            }
-            _cell_fields(d, c)
-            d["ci_method"] = c.hs.ci_method
-            for kind in ("vs_baseline", "attack_effect"):
-                for metric in paired.METRICS:
-                    _summary_fields(d, f"{kind}_{metric}", getattr(c, kind).get(metric))
-            d["published_hs"], d["published_fa"] = pub if pub is not None else (None, None)
-            out.append(d)
+    for row, col, c in rep.present():
+        pub = rep.published_for(row, col)
+        d: dict[str, Any] = {
+            "kind": "attacked",
+            "method": row.method,
+            "label": row.label,
+            rep.axis: col,
+            **row.extra,
+            "column": rep.header(col),
+            "seeds": " ".join(map(str, c.seeds)),
+            "n_seeds": len(c.seeds),
+        }
+        _cell_fields(d, c)
+        d["ci_method"] = c.hs.ci_method
+        for kind in ("vs_baseline", "attack_effect"):
+            for metric in paired.METRICS:
+                _summary_fields(d, f"{kind}_{metric}", getattr(c, kind).get(metric))
+        d["published_hs"], d["published_fa"] = pub if pub is not None else (None, None)
+        out.append(d)
     for label, c, _ in rep.before:
         d = {
             "kind": "base" if label == "base model" else "aligned",
@@ -297,31 +291,27 @@ def intervals_table(rep: Report) -> tuple[list[str], list[list[str]]]:
         "Prompts",
     ]
     body = []
-    for row in rep.rows:
-        for col in rep.columns:
-            c = rep.cell(row, col)
-            if c is None:
-                continue
-            opt = []
-            for a, _ in optional:
-                s = getattr(c, a)
-                digits = 3 if a == "margin" else 1
-                opt.append("–" if s is None else f"{s.text(digits)} {s.ci_text(digits)}")
-            body.append(
-                [
-                    row.label,
-                    rep.header(col),
-                    str(len(c.seeds) or len(c.runs)),
-                    c.hs.text(),
-                    c.hs.ci_text(),
-                    c.fa.text(),
-                    c.fa.ci_text(),
-                    f"{c.over_refusal.text()} {c.over_refusal.ci_text()}",
-                    f"{c.degenerate.text()} {c.degenerate.ci_text()}",
-                    *opt,
-                    f"{c.hs.n_items} / {c.fa.n_items}",
-                ]
-            )
+    for row, col, c in rep.present():
+        opt = []
+        for a, _ in optional:
+            s = getattr(c, a)
+            digits = 3 if a == "margin" else 1
+            opt.append("–" if s is None else f"{s.text(digits)} {s.ci_text(digits)}")
+        body.append(
+            [
+                row.label,
+                rep.header(col),
+                str(len(c.seeds) or len(c.runs)),
+                c.hs.text(),
+                c.hs.ci_text(),
+                c.fa.text(),
+                c.fa.ci_text(),
+                f"{c.over_refusal.text()} {c.over_refusal.ci_text()}",
+                f"{c.degenerate.text()} {c.degenerate.ci_text()}",
+                *opt,
+                f"{c.hs.n_items} / {c.fa.n_items}",
+            ]
+        )
     return head, body
 
 
@@ -436,25 +426,21 @@ def report_dict(rep: Report) -> dict[str, Any]:
     """Everything in the report, machine-readably (the report.json schema in
     docs/grids-and-reports.md)."""
     cells = []
-    for row in rep.rows:
-        for col in rep.columns:
-            c = rep.cell(row, col)
-            if c is None:
-                continue
-            run = c.runs[0]
-            pub = rep.published_for(row, col)
-            cells.append(
-                {
-                    "method": row.method,
-                    "label": row.label,
-                    "column": rep.header(col),
-                    "p": run.p,
-                    "n": run.n,
-                    "task": run.task,
-                    **_cell_dict(rep, c),
-                    "published": None if pub is None else {"hs": pub[0], "fa": pub[1]},
-                }
-            )
+    for row, col, c in rep.present():
+        run = c.runs[0]
+        pub = rep.published_for(row, col)
+        cells.append(
+            {
+                "method": row.method,
+                "label": row.label,
+                "column": rep.header(col),
+                "p": run.p,
+                "n": run.n,
+                "task": run.task,
+                **_cell_dict(rep, c),
+                "published": None if pub is None else {"hs": pub[0], "fa": pub[1]},
+            }
+        )
     before = []
     for label, c, tasks in rep.before:
         before.append(
