@@ -24,8 +24,22 @@ from hftguard.runs import RunDir, atomic_write_json
 # Data streams
 
 
+#: Length grouping sorts the examples by length within windows ("megabatches") of this many
+#: batches of the epoch's seeded permutation: long enough to group similar lengths, short enough
+#: that the order stays random at the scale of the epoch.
+MEGABATCH_BATCHES = 50
+
+
 class EpochSampler:
-    """Deterministic, resumable batches: a seeded permutation per epoch, position = step."""
+    """Deterministic, resumable batches: a seeded permutation per epoch, position = step.
+
+    With ``group_by_length`` each epoch's permutation is cut into megabatches of
+    ``batch_size * MEGABATCH_BATCHES`` indices, each megabatch is sorted by token length (longest
+    first, stable), cut into batches, and the order of the batches is shuffled with a second
+    generator seeded from (seed, epoch); the last, possibly short, batch stays last. An epoch still
+    holds every example once, and a batch is still a pure function of (seed, epoch, position), so
+    resuming at a stream position is exact.
+    """
 
     def __init__(
         self,
@@ -34,6 +48,7 @@ class EpochSampler:
         seed: int,
         drop_last: bool = False,
         shard: tuple[int, int] = (0, 1),
+        group_by_length: bool = False,
     ) -> None:
         if not items:
             raise HftguardError(
@@ -43,12 +58,14 @@ class EpochSampler:
         self.batch_size = batch_size
         self.seed = seed
         self.shard = shard
+        self.group_by_length = group_by_length
         n = len(items)
         self.per_epoch = (
             n // batch_size if drop_last and n >= batch_size else math.ceil(n / batch_size)
         )
         self._perm_epoch = -1
         self._perm: list[int] = []
+        self._lengths: list[int] | None = None
 
     def batch_indices(self, index: int) -> list[int]:
         rank, world = self.shard
@@ -61,8 +78,28 @@ class EpochSampler:
         if epoch != self._perm_epoch:
             g = torch.Generator().manual_seed(self.seed * 100003 + epoch)
             self._perm = torch.randperm(len(self.items), generator=g).tolist()
+            if self.group_by_length:
+                self._perm = self._grouped(self._perm, epoch)
             self._perm_epoch = epoch
         return self._perm[pos * self.batch_size : (pos + 1) * self.batch_size]
+
+    def _grouped(self, perm: list[int], epoch: int) -> list[int]:
+        """``perm`` reordered into length-grouped batches (concatenated, in the epoch's order)."""
+        bs = self.batch_size
+        mega = bs * MEGABATCH_BATCHES
+        if self._lengths is None:
+            self._lengths = [len(e.input_ids) for e in self.items]
+        lengths = self._lengths
+        batches: list[list[int]] = []
+        for start in range(0, len(perm), mega):
+            window = sorted(perm[start : start + mega], key=lambda i: -lengths[i])
+            batches += [window[j : j + bs] for j in range(0, len(window), bs)]
+        # Only the epoch's last batch can be short (every megabatch but the last is a whole number
+        # of batches); it stays last, so every other batch is full.
+        n_full = len(batches) - (len(batches[-1]) < bs)
+        g = torch.Generator().manual_seed(self.seed * 100003 + epoch + 7_777_777)
+        order = torch.randperm(n_full, generator=g).tolist() + list(range(n_full, len(batches)))
+        return [i for b in order for i in batches[b]]
 
     def batch(self, index: int, pad_id: int) -> Batch:
         batch = collate([self.items[i] for i in self.batch_indices(index)], pad_id)

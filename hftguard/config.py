@@ -62,6 +62,13 @@ class TrainOptions:
     epochs: float = opt(1.0, "Passes over the main data (ignored when max_steps > 0).")
     max_steps: int = opt(0, "Optimizer steps; 0 = derived from epochs.")
     batch_size: int = opt(8, "Examples per optimizer step (global batch, split over processes).")
+    group_by_length: bool = opt(
+        False,
+        "Batch examples of similar token length together within each epoch (fewer pad tokens, "
+        "faster steps); the epoch's set of examples is unchanged. Off by default because it "
+        "changes which samples share a batch, which matters to defenses that compare the samples "
+        "of a batch (e.g. Antibody's fine-tuning softmax).",
+    )
     weight_decay: float = opt(0.1, "AdamW weight decay.")
     max_grad_norm: float = opt(1.0, "Clip the assembled gradient to this global norm; 0 = off.")
     scheduler: Literal["constant", "linear", "cosine"] = opt("constant", "LR schedule.")
@@ -69,7 +76,9 @@ class TrainOptions:
     max_length: int = opt(256, "Max tokens per example (prompt + response).")
     checkpoint_every: int = opt(50, "Save a resumable checkpoint every N steps; 0 = never.")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
-        "auto", "auto = bf16 on CUDA devices that support it, fp32 otherwise."
+        "auto",
+        "auto = bf16 autocast on CUDA devices and CPUs with native bf16 (AVX-512 BF16 or AMX, "
+        "detected), fp32 otherwise.",
     )
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, mps ...")
 
@@ -157,6 +166,11 @@ class EvalConfig:
     template: Template = opt("chat", TEMPLATE_HELP)
     seed: int = opt(42, "Seed (greedy decoding is deterministic; recorded for provenance).")
     device: str = opt("auto", "auto, cpu, cuda ...")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
+        "auto",
+        "Generation dtype: auto = bf16 on CUDA devices and CPUs with native bf16 (detected), "
+        "fp32 otherwise.",
+    )
 
 
 @dataclass

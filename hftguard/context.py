@@ -83,9 +83,12 @@ class PlanContext:
         steps_source: Where ``total_steps`` comes from, for error messages (e.g. ``max_steps=30``
             or ``samples=20, batch_size=8, epochs=1.0``).
         stage: ``"align"`` or ``"finetune"``.
+        group_by_length: Whether batches are grouped by token length (``train.group_by_length``):
+            samples of similar length share a batch instead of a random set.
     """
 
     total_steps: int
     batch_size: int = 1
     steps_source: str = ""
     stage: str = ""
+    group_by_length: bool = False

@@ -34,6 +34,8 @@ def distill(
 
     tok = models.load_tokenizer(recipe.base)
     prompts = [format_prompt(e, tok, template) for e in examples]
+    device = models.pick_device("auto")
+    dtype = models.pick_dtype("auto", device)
     key = sha256_text(
         [
             models.model_fingerprint(recipe),
@@ -42,6 +44,9 @@ def distill(
             *(f"{e.prompt}\x1f{e.input}" for e in examples),
             # prompts that get the tokenizer's BOS (hftguard.data.prompt_ids) get a key of their own
             *(["prompt-bos"] if bos_prepended(tok, prompts) else []),
+            # answers generated in another dtype than fp32 get a key of their own (fp32 keys
+            # are those of earlier versions)
+            *([f"dtype={dtype}"] if str(dtype) != "torch.float32" else []),
         ]
     )
     cache = models.hftguard_home() / "distill" / f"{key[:32]}.jsonl"
@@ -49,8 +54,7 @@ def distill(
         rows = [json.loads(line) for line in cache.read_text().splitlines() if line]
         reporter.info(f"retain set: {len(rows)} self-distilled answers from cache")
         return [Example(r["prompt"], r["response"], "benign", r["input"], r["meta"]) for r in rows]
-    device = models.pick_device("auto")
-    model, tok = models.load_for_eval(recipe, device, models.pick_dtype("auto", device))
+    model, tok = models.load_for_eval(recipe, device, dtype)
     answers = generate(
         model,
         tok,

@@ -145,6 +145,12 @@ def perturbed(params: Params, direction: Grads, scale: float | torch.Tensor) -> 
 
     ``scale`` may be a 0-d tensor (no host synchronisation). Restoring by copying back a clone
     (not by subtracting) is exact in any dtype (algorithms.md §16.20).
+
+    Under ``torch.autocast`` the low-precision copy of every trainable parameter is cached the
+    first time an op casts it, until the outermost autocast region exits; the loop runs a whole
+    step in one region, so a forward at theta' would still see the cached copy of theta (the
+    sharpness term of Booster/Antibody was exactly 0 under bf16). The cache is therefore cleared
+    after each in-place move and after the restore.
     """
     saved = [p.detach().clone() for _, p in params]
     try:
@@ -154,11 +160,19 @@ def perturbed(params: Params, direction: Grads, scale: float | torch.Tensor) -> 
                     p.add_(d.to(p.dtype) * scale.to(p.dtype))
                 else:
                     p.add_(d.to(p.dtype), alpha=scale)
+        _forget_autocast_casts()
         yield
     finally:
         with torch.no_grad():
             for (_, p), s in zip(params, saved, strict=True):
                 p.copy_(s)
+        _forget_autocast_casts()
+
+
+def _forget_autocast_casts() -> None:
+    """Drop autocast's cached low-precision parameter copies (a no-op outside autocast)."""
+    if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda"):
+        torch.clear_autocast_cache()
 
 
 # ---------------------------------------------------------------------------------------------

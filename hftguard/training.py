@@ -168,10 +168,18 @@ def train(
             "The model has no trainable parameters.", hint="Check the LoRA options."
         )
     steps = total_steps(len(main), opts)
-    main_sampler = EpochSampler(main, opts.batch_size, seed, shard=shard)
+    grouped = opts.group_by_length
+    main_sampler = EpochSampler(main, opts.batch_size, seed, shard=shard, group_by_length=grouped)
     stream_objs = {
         name: Stream(
-            EpochSampler(items, opts.batch_size, seed + 7919 * (i + 1), shard=shard), pad_id
+            EpochSampler(
+                items,
+                opts.batch_size,
+                seed + 7919 * (i + 1),
+                shard=shard,
+                group_by_length=grouped,
+            ),
+            pad_id,
         )
         for i, (name, items) in enumerate(sorted(streams.items()))
     }

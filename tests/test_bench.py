@@ -181,3 +181,53 @@ def test_mismatch_explanation(tiny_lm: Any, tiny_tok: Any) -> None:
     )
     assert info["index"] == 3 and info["first_difference_at_char"] == 2
     assert info["min_top2_logit_margin"] >= 0 and 0 <= info["min_margin_at_step"] < 4
+
+
+def test_precisions_side_by_side(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--precision fp32,bf16 runs every section per precision and compares them."""
+    out = tmp_path / "b.json"
+    args = [*TINY, "--defenses", "align:booster", "--skip", "trainer", "--precision", "fp32,bf16"]
+    assert main(["bench", *args, "--quiet", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "Precision side by side" in text and "outputs differing" in text
+    result = json.loads(out.read_text())
+    assert list(result["runs"]) == ["fp32", "bf16"]
+    assert result["runs"]["fp32"]["environment"]["dtype"] == "float32"
+    assert result["runs"]["bf16"]["environment"]["dtype"] == "bfloat16"
+    cmp = result["precision_comparison"]
+    assert cmp["baseline"] == "fp32"
+    rows = {(r["stage"], r["defense"]): r for r in cmp["defenses"]}
+    assert set(rows) == {("align", "sft"), ("align", "booster")}
+    booster = rows[("align", "booster")]
+    fp32_row = next(r for r in result["runs"]["fp32"]["defenses"] if r["defense"] == "booster")
+    bf16_row = next(r for r in result["runs"]["bf16"]["defenses"] if r["defense"] == "booster")
+    assert booster["fp32_step_s"] == fp32_row["median_step_s"]
+    assert booster["bf16_speedup"] == pytest.approx(
+        fp32_row["median_step_s"] / bf16_row["median_step_s"]
+    )
+    assert booster["fp32_speedup"] == 1.0
+    gen = cmp["generation"]
+    assert gen["fp32"]["outputs_differing_from_baseline"] == 0
+    a = result["runs"]["fp32"]["generation"]["batched_outputs"]
+    b = result["runs"]["bf16"]["generation"]["batched_outputs"]
+    assert gen["bf16"]["outputs_differing_from_baseline"] == sum(
+        x != y for x, y in zip(a, b, strict=True)
+    )
+
+
+def test_precision_list_is_validated(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--model", "tiny-random", "--precision", "fp32,bf61"]) == 2
+    assert "unknown bf61" in capsys.readouterr().err
+    assert main(["bench", "--model", "tiny-random", "--precision", "fp32,fp32"]) == 2
+    assert "once" in capsys.readouterr().err
+
+
+def test_padding_section(result: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    pad = result["padding"]
+    assert set(pad["training"]) == {"alignment", "harmful", "user"}
+    for d in pad["training"].values():
+        assert 0 <= d["grouped"]["pad_share"] <= d["random"]["pad_share"] < 1
+    from hftguard.bench import print_report
+
+    print_report(result)
+    assert "Padding" in capsys.readouterr().out

@@ -167,20 +167,75 @@ def test_harmful_flags_are_never_used_for_the_gradient(tiny_tok):
         assert torch.equal(a, b)  # §16.7
 
 
-def test_scoring_is_one_no_grad_forward_then_one_grad_forward(tiny_tok):
-    model, _, batch = _setup(tiny_tok)
-    calls: list[tuple[bool, int]] = []
+def _forward_calls(model, batch, options=None):
+    """(grad enabled, batch rows, first input row) of every model forward during one step."""
+    calls: list[tuple[bool, int, list[int]]] = []
     handle = model.register_forward_hook(
         lambda _m, args, kwargs, _out: calls.append(
-            (torch.is_grad_enabled(), kwargs["input_ids"].shape[0])
+            (
+                torch.is_grad_enabled(),
+                kwargs["input_ids"].shape[0],
+                kwargs["input_ids"][0].tolist(),
+            )
         ),
         with_kwargs=True,
     )
     try:
-        AntibodyFinetune().training_step(model, batch, context(model))
+        AntibodyFinetune(options).training_step(model, batch, context(model))
     finally:
         handle.remove()
-    assert calls == [(False, 2 * len(batch)), (True, len(batch))]  # §6.2 via one 2B forward
+    return calls
+
+
+def test_scoring_reuses_the_training_forward_then_one_no_grad_refusal_forward(tiny_tok):
+    model, _, batch = _setup(tiny_tok)
+    calls = _forward_calls(model, batch)
+    # the training forward on the task view, then the refusal view without gradient: F+B + F
+    assert [(g, n) for g, n, _ in calls] == [(True, len(batch)), (False, len(batch))]
+    assert calls[0][2] == batch.input_ids[0].tolist()
+    assert calls[1][2] == batch.refusal.input_ids[0].tolist()
+    assert AntibodyFinetune.passes == 1.5
+
+
+def test_separate_scoring_is_one_no_grad_2b_forward_then_one_grad_forward(tiny_tok):
+    model, _, batch = _setup(tiny_tok)
+    calls = _forward_calls(model, batch, AntibodyFinetuneOptions(score_pass="separate"))
+    assert [(g, n) for g, n, _ in calls] == [(False, 2 * len(batch)), (True, len(batch))]
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_reused_scores_give_the_weights_and_gradient_of_separate_scoring(
+    tmp_path, tiny_tok, reduction
+):
+    """The reuse is an optimisation only: same weights, same gradient as the official scheme."""
+    results = {}
+    for mode in ("reuse", "separate"):
+        model, _, batch = _setup(tiny_tok, n_harmful=3, n_benign=5)
+        out = tmp_path / mode
+        out.mkdir()
+        options = AntibodyFinetuneOptions(score_pass=mode, score_reduction=reduction)
+        metrics = AntibodyFinetune(options).training_step(
+            model, batch, context(model, output_dir=out)
+        )
+        results[mode] = (grads(model), _read_log(out / "antibody_weights.jsonl"), metrics)
+    (g_reuse, rows_reuse, m_reuse), (g_sep, rows_sep, m_sep) = results["reuse"], results["separate"]
+    _assert_grads_close(g_reuse, g_sep, rtol=1e-5, atol=1e-7)
+    for key in ("weight", "score", "task_nll", "refusal_nll"):
+        a = torch.tensor([r[key] for r in rows_reuse], dtype=torch.float64)
+        b = torch.tensor([r[key] for r in rows_sep], dtype=torch.float64)
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert float(m_reuse["loss"]) == pytest.approx(float(m_sep["loss"]), rel=1e-5)
+
+
+def test_active_dropout_falls_back_to_a_separate_no_grad_scoring_pass(tiny_tok):
+    """With dropout the training forward is noisy, so auto scores in its own eval-mode pass."""
+    model, _, batch = _setup(tiny_tok)
+    model.add_module("_probe_dropout", torch.nn.Dropout(0.1))  # any active dropout counts
+    calls = _forward_calls(model, batch)
+    assert [(g, n) for g, n, _ in calls] == [(False, 2 * len(batch)), (True, len(batch))]
+    model.eval()  # ... but not when the model is not training
+    calls = _forward_calls(model, batch)
+    assert [(g, n) for g, n, _ in calls] == [(True, len(batch)), (False, len(batch))]
 
 
 def test_metrics_omit_an_empty_group_and_stay_finite(tiny_tok):
@@ -196,6 +251,8 @@ def test_metrics_omit_an_empty_group_and_stay_finite(tiny_tok):
 
 
 def test_options_are_validated():
+    with pytest.raises(ConfigError, match="score_pass"):
+        build(AntibodyFinetuneOptions, {"score_pass": "twice"})
     with pytest.raises(ConfigError, match="score_reduction") as info:
         build(AntibodyFinetuneOptions, {"score_reduction": "median"})
     assert info.value.hint

@@ -56,6 +56,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
         {
             "tau": 1.0,  # WeightedSFTTrainer temperature (§6.4)
             "score_reduction": "mean",  # the official code's per-token mean NLL (§6.1, §16.3)
+            "score_pass": "auto",  # ours: the task score from the training forward (same numbers)
             "log_samples": True,  # hftguard: log the per-sample weights (Fig. 2 data, §15.7)
         },
     ),

@@ -40,6 +40,10 @@ def test_align_manifest_records_provenance(aligned):
         assert key in m
     assert m["training"]["peak_memory_mb"] > 0
     assert m["finetune_lora"] == "merge"
+    # what ran and why (auto: fp32 unless the CPU has native bf16; hftguard.models)
+    assert m["precision"]["requested"] == "auto"
+    assert m["precision"]["dtype"] in ("float32", "bfloat16") and m["precision"]["reason"]
+    assert m["dtype"] == "torch." + m["precision"]["dtype"]
 
 
 def test_finetune_merge_and_continue(aligned, tmp_path, quiet_reporter):
@@ -92,6 +96,8 @@ def test_eval_writes_metrics_and_generations(aligned, tmp_path, quiet_reporter):
         100 * sum(r["correct"] for r in task) / 5
     )
     assert (tmp_path / "e" / "metrics.md").is_file()
+    assert m["precision"]["requested"] == "auto"
+    assert metrics["decoding"]["dtype"] == m["precision"]["dtype"]
 
 
 def test_hs_metrics_arithmetic():

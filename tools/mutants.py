@@ -55,6 +55,7 @@ T_STAGES = "tests/test_stage_data.py"
 T_DATA = "tests/test_data.py"
 T_MARGIN = "tests/test_margin.py"
 T_JUDGE = "tests/test_judge_command.py"
+T_BF16 = "tests/test_defense_bf16.py"
 
 D = "hftguard/builtins/defenses/"
 
@@ -325,6 +326,22 @@ MUTANTS: tuple[Mutant, ...] = (
         (T_ANTIBODY_FT,),
     ),
     Mutant(
+        "antibody-ft-reuse-scores-task-as-refusal",
+        D + "antibody_finetune.py",
+        "refusal_nll = self._score_nll(model, batch.refusal)",
+        "refusal_nll = self._score_nll(model, batch)",
+        "wiring: the refusal score read from the task view (r = 0, uniform weights)",
+        (T_ANTIBODY_FT,),
+    ),
+    Mutant(
+        "antibody-ft-reuse-unreduced-task-score",
+        D + "antibody_finetune.py",
+        "task_nll = self._reduce(per_sample_sum.detach(), n_tokens).float()",
+        "task_nll = per_sample_sum.detach().float()",
+        "normalisation: the reused task score summed while the refusal score is a mean",
+        (T_ANTIBODY_FT,),
+    ),
+    Mutant(
         "antibody-ft-default-tau",
         D + "antibody_finetune.py",
         "tau: float = opt(1.0,",
@@ -333,6 +350,14 @@ MUTANTS: tuple[Mutant, ...] = (
         (T_DEFAULTS, T_ANTIBODY_FT),
     ),
     # ---- the loop and the gradient helpers -------------------------------------------------------
+    Mutant(
+        "perturbed-keeps-autocast-cache",
+        "hftguard/gradients.py",
+        "                    p.add_(d.to(p.dtype), alpha=scale)\n        _forget_autocast_casts()",
+        "                    p.add_(d.to(p.dtype), alpha=scale)\n        pass",
+        "bf16: theta' hidden by autocast's cached casts of theta (sharpness term exactly 0)",
+        (T_BF16,),
+    ),
     Mutant(
         "loop-no-clipping",
         "hftguard/training.py",

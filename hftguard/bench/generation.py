@@ -64,6 +64,7 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
         "wall_batched_s": t_batched.wall[0],
         "wall_speedup": t_single.wall[0] / t_batched.wall[0],
         "output_tokens_approx": new_tokens,
+        "batched_outputs": batched,  # for comparing precisions (run.compare_precisions)
         "identical": not mismatches,
         "mismatch_count": len(mismatches),
         "mismatches": [

@@ -7,7 +7,8 @@ from typing import Any
 
 from hftguard.errors import ConfigError
 
-SECTIONS = ("defenses", "trainer", "generation")
+SECTIONS = ("defenses", "trainer", "generation", "padding")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STAGE_KINDS = {"align": "alignment-defense", "finetune": "finetune-defense"}
 
 #: Real architectures' shapes (public configs), random-initialised for ``--llama-shape``.
@@ -73,7 +74,7 @@ class BenchOptions:
     defenses: list[str] = field(default_factory=list)  # empty = every registered defense
     skip: list[str] = field(default_factory=list)
     device: str = "auto"
-    precision: str = "auto"
+    precision: str = "auto"  # one precision, or several comma-separated: run side by side
     lr: float = 5e-4
     gen_prompts: int = 32
     gen_batch_size: int = 16
@@ -103,6 +104,14 @@ class BenchOptions:
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        bad = [p for p in self.precisions if p not in PRECISIONS]
+        if bad or not self.precisions or len(set(self.precisions)) < len(self.precisions):
+            raise ConfigError(
+                f"--precision {self.precision}: "
+                + (f"unknown {', '.join(bad)}." if bad else "name each precision once."),
+                hint=f"One of {', '.join(PRECISIONS)}, or several comma-separated to compare "
+                "them side by side (e.g. fp32,bf16).",
+            )
         if self.warmup < 0:
             raise ConfigError(f"warmup must be >= 0, got {self.warmup}.")
         if self.seq_len < 4:
@@ -110,3 +119,8 @@ class BenchOptions:
                 f"seq_len must be >= 4, got {self.seq_len}.",
                 hint="Half of it is prompt, half response.",
             )
+
+    @property
+    def precisions(self) -> list[str]:
+        """The precisions to measure, in order (``--precision fp32,bf16`` gives two)."""
+        return [p.strip() for p in self.precision.split(",") if p.strip()]

@@ -23,6 +23,11 @@ def print_report(result: dict[str, Any]) -> None:
     """
     from hftguard.console import print_table, stdout
 
+    if "runs" in result:  # several precisions: each run, then the side-by-side comparison
+        for run in result["runs"].values():
+            print_report(run)
+        _print_precision_comparison(result["precision_comparison"])
+        return
     env = result["environment"]
     cuda = env["device"].startswith("cuda")
     stdout.print(
@@ -111,4 +116,89 @@ def print_report(result: dict[str, Any]) -> None:
             f"({g['mismatch_count']} differ)",
             ["mode", f"{g['time_basis']} s", "wall s", "speed-up"],
             rows,
+        )
+
+    if "padding" in result:
+        _print_padding(result["padding"])
+
+
+def _print_padding(pad: dict[str, Any]) -> None:
+    from hftguard.console import print_table
+
+    rows = [
+        [
+            name,
+            str(d["examples"]),
+            f"{100 * d['random']['pad_share']:.1f}%",
+            f"{100 * d['grouped']['pad_share']:.1f}%",
+            _fmt(d["token_ratio"]),
+        ]
+        for name, d in pad["training"].items()
+    ]
+    for name, g in pad["generation"].items():
+        rows.append(
+            [
+                f"generate: {name}",
+                str(g["prompts"]),
+                f"{100 * g['unsorted']['pad_share']:.1f}%",
+                f"{100 * g['sorted']['pad_share']:.1f}%",
+                _fmt(g["sorted"]["tokens"] / g["unsorted"]["tokens"]),
+            ]
+        )
+    print_table(
+        f"Padding (batch {pad['batch_size']}): random vs length-grouped training batches, "
+        "unsorted vs sorted generation batches",
+        ["data", "examples", "pad random", "pad grouped", "tokens grouped/random"],
+        rows,
+    )
+
+
+def _print_precision_comparison(cmp: dict[str, Any]) -> None:
+    from hftguard.console import print_table
+
+    names = list(cmp["dtypes"])
+    base = cmp["baseline"]
+    others = names[1:]
+    if cmp["defenses"]:
+        rows = [
+            [
+                f"{r['stage']}/{r['defense']}",
+                *(_fmt(r[f"{n}_step_s"]) for n in names),
+                *(_fmt(r[f"{n}_speedup"]) for n in others),
+                *(_fmt(r[f"{n}_ratio_to_sft"]) for n in names),
+            ]
+            for r in cmp["defenses"]
+        ]
+        print_table(
+            f"Precision side by side (s/step; speed-up = {base} time / other time)",
+            [
+                "defense",
+                *(f"{n} s" for n in names),
+                *(f"{n} speed-up" for n in others),
+                *(f"x SFT {n}" for n in names),
+            ],
+            rows,
+        )
+    if cmp.get("trainer"):
+        print_table(
+            "Our SFT loop by precision",
+            ["precision", "s/step", "speed-up"],
+            [
+                [n, _fmt(t["hftguard_step_s"]), _fmt(t["speedup"])]
+                for n, t in cmp["trainer"].items()
+            ],
+        )
+    if cmp["generation"]:
+        print_table(
+            f"Batched generation by precision (greedy outputs compared with {base})",
+            ["precision", "batched s", "speed-up", "outputs differing"],
+            [
+                [
+                    n,
+                    _fmt(g["batched_s"]),
+                    _fmt(g["speedup"]),
+                    f"{g['outputs_differing_from_baseline']}/{g['prompts']}",
+                ]
+                for n, g in cmp["generation"].items()
+            ],
         )

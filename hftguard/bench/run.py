@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import platform
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 from hftguard.bench.defenses import bench_defenses
@@ -26,29 +26,105 @@ from hftguard.console import Reporter
 def run_bench(
     opts: BenchOptions, reporter: Reporter | None = None, registry: Any = None
 ) -> dict[str, Any]:
-    """Run every section not in ``opts.skip``; return the results as a JSON-ready dict."""
-    from hftguard import models
+    """Run every section not in ``opts.skip``; return the results as a JSON-ready dict.
+
+    With several precisions (``precision="fp32,bf16"``) every section runs once per precision,
+    one after the other in the same process, on the same data; the result holds each run under
+    ``runs`` and a ``precision_comparison`` of step times and generation outputs against the
+    first precision.
+    """
     from hftguard.registry import default_registry
 
     reporter = reporter or Reporter(quiet=True)
     reg = registry or default_registry()
+    precisions = opts.precisions
+    if len(precisions) == 1:
+        return _run_one(opts, reporter, reg)
+    runs = {p: _run_one(replace(opts, precision=p), reporter, reg) for p in precisions}
+    first = runs[precisions[0]]
+    return {
+        "options": asdict(opts),
+        "environment": {k: v for k, v in first["environment"].items() if k != "dtype"},
+        "model": first["model"],
+        "skipped": first["skipped"],
+        "runs": runs,
+        "precision_comparison": compare_precisions(runs),
+    }
+
+
+def compare_precisions(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Each precision against the first: step-time speed-ups and greedy outputs that differ."""
+    names = list(runs)
+    base = runs[names[0]]
+    out: dict[str, Any] = {"baseline": names[0], "dtypes": {}, "defenses": [], "generation": {}}
+    for name in names:
+        out["dtypes"][name] = runs[name]["environment"]["dtype"]
+    if "defenses" in base:
+        for i, row in enumerate(base["defenses"]):
+            entry: dict[str, Any] = {"stage": row["stage"], "defense": row["defense"]}
+            for name in names:
+                other = runs[name]["defenses"][i]
+                entry[f"{name}_step_s"] = other["median_step_s"]
+                entry[f"{name}_ratio_to_sft"] = other["ratio_to_sft"]
+                entry[f"{name}_speedup"] = row["median_step_s"] / other["median_step_s"]
+            out["defenses"].append(entry)
+    if "trainer" in base:
+        out["trainer"] = {
+            name: {
+                "hftguard_step_s": runs[name]["trainer"]["hftguard"]["median_step_s"],
+                "speedup": base["trainer"]["hftguard"]["median_step_s"]
+                / runs[name]["trainer"]["hftguard"]["median_step_s"],
+            }
+            for name in names
+        }
+    if "generation" in base:
+        ref = base["generation"]["batched_outputs"]
+        for name in names:
+            gen = runs[name]["generation"]
+            differ = [
+                i
+                for i, (a, b) in enumerate(zip(ref, gen["batched_outputs"], strict=True))
+                if a != b
+            ]
+            out["generation"][name] = {
+                "batched_s": gen["batched_s"],
+                "speedup": base["generation"]["batched_s"] / gen["batched_s"],
+                "outputs_differing_from_baseline": len(differ),
+                "differing_indices": differ,
+                "prompts": gen["prompts"],
+            }
+    return out
+
+
+def _run_one(opts: BenchOptions, reporter: Reporter, reg: Any) -> dict[str, Any]:
+    from hftguard import models
+
     specs = select_defenses(reg, opts.defenses) if "defenses" not in opts.skip else []
     device = models.pick_device(opts.device)
-    dtype = models.pick_dtype(opts.precision, device)
+    dtype, reason = models.precision_choice(opts.precision, device)
     reporter.info(
         f"bench: loading {opts.llama_shape or opts.model} on {device} "
-        f"({str(dtype).removeprefix('torch.')})"
+        f"({str(dtype).removeprefix('torch.')}: {reason})"
     )
+    if "emulated" in reason:
+        reporter.warn(
+            "bench: bf16 on a CPU without native bf16 is emulated (measured ~30x slower than "
+            "fp32 on an AVX2 EPYC); expect a long run."
+        )
     base, tok, model_info = build_model(opts, device, dtype)
     result: dict[str, Any] = {
         "options": asdict(opts),
-        "environment": environment(device, dtype),
+        "environment": {**environment(device, dtype), "precision_reason": reason},
         "model": model_info,
         "skipped": [s for s in SECTIONS if s in opts.skip],
     }
     if "generation" not in opts.skip:  # on the base model, before LoRA is attached
         reporter.info("bench: generation, one prompt at a time vs batched")
         result["generation"] = bench_generation(base, tok, opts, reg)
+    if "padding" not in opts.skip:  # tokenising only: the pad share of real batches
+        from hftguard.bench.padding import padding_section
+
+        result["padding"] = padding_section(tok, opts, reg)
     if "defenses" in opts.skip and "trainer" in opts.skip:
         return result
 
@@ -103,6 +179,7 @@ def environment(device: Any, dtype: Any) -> dict[str, Any]:
         ),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "cpu_native_bf16": _native_bf16(),
         "libraries": library_versions(),
     }
     return env
@@ -117,3 +194,9 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def _native_bf16() -> str | None:
+    from hftguard import models
+
+    return models.cpu_native_bf16()

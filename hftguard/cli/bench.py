@@ -57,7 +57,8 @@ def register(app: typer.Typer) -> None:
         skip: Annotated[
             list[str] | None,
             typer.Option(
-                "--skip", help="Sections to skip: defenses, trainer, generation (repeatable)."
+                "--skip",
+                help="Sections to skip: defenses, trainer, generation, padding (repeatable).",
             ),
         ] = None,
         gen_prompts: Annotated[int, typer.Option(help="Prompts for the generation section.")] = 32,
@@ -67,7 +68,11 @@ def register(app: typer.Typer) -> None:
         ] = 64,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
         precision: Annotated[
-            str, typer.Option(help="auto (bf16 on CUDA), fp32, bf16, fp16.")
+            str,
+            typer.Option(
+                help="auto (bf16 on CUDA and on CPUs with native bf16), fp32, bf16, fp16; "
+                "several comma-separated (fp32,bf16) run side by side."
+            ),
         ] = "auto",
         lr: Annotated[float, typer.Option(help="Learning rate of the timed steps.")] = 5e-4,
         peak_tflops: Annotated[

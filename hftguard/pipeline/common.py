@@ -143,6 +143,7 @@ def plan_defense(defense: Any, cfg: Any, steps: tuple[int, str], stage: str) -> 
             batch_size=cfg.train.batch_size,
             steps_source=steps[1],
             stage=stage,
+            group_by_length=cfg.train.group_by_length,
         )
     )
 
@@ -302,6 +303,12 @@ def train_stage(
     team = distributed.current()
     device = team.device(models.pick_device(cfg.train.device))
     dtype = models.pick_dtype(cfg.train.precision, device)
+    precision = models.precision_record(cfg.train.precision, device)
+    if "emulated" in precision["reason"]:
+        reporter.warn(
+            "precision=bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): bf16 is "
+            "emulated there and was measured ~30x slower than fp32; precision=auto picks fp32."
+        )
     reporter.info(
         f"{stage}: loading {start_recipe.base_spec} on {device} ({str(dtype)[6:]}), "
         f"LoRA mode {lora_mode}"
@@ -332,6 +339,7 @@ def train_stage(
             lora_mode=lora_mode,
             device=str(device),
             dtype=str(dtype),
+            precision=precision,
             **inputs.extra_manifest,
             **({"processes": team.world} if team.multi else {}),
         )

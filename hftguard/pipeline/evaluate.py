@@ -178,8 +178,14 @@ def run(
 
         resolved = models.resolve(cfg.model)
         device = models.pick_device(cfg.device)
-        dtype = models.pick_dtype("auto", device)
-        reporter.info(f"eval: loading {cfg.model} on {device}")
+        dtype = models.pick_dtype(cfg.precision, device)
+        precision = models.precision_record(cfg.precision, device)
+        if "emulated" in precision["reason"]:
+            reporter.warn(
+                "precision=bf16 on a CPU without native bf16: generation is emulated and slow; "
+                "precision=auto picks fp32 here."
+            )
+        reporter.info(f"eval: loading {cfg.model} on {device} ({precision['dtype']})")
         model, tok = models.load_for_eval(resolved.recipe, device, dtype)
         model_fp = cache.model_key(resolved.recipe)
         bos_added: list[bool] = []  # per gen() call: did the prompts get the tokenizer's BOS?
@@ -335,6 +341,7 @@ def run(
                 k: getattr(v[0], "max_new_tokens", 32) for k, v in tasks.items()
             },
             "template": cfg.template,
+            "dtype": precision["dtype"],
             **({"prompt_bos": True} if any(bos_added) else {}),
         }
         metrics["model"] = {"spec": cfg.model, "recipe": resolved.recipe.as_dict()}
@@ -359,6 +366,7 @@ def run(
             decoding=metrics["decoding"],
             evaluated_model=resolved.recipe.as_dict(),
             device=str(device),
+            precision=precision,
             ended_at=now(),
             wall_time_s=round(time.time() - t0, 2),
         )

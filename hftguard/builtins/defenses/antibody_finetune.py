@@ -7,8 +7,14 @@ refusal. So the step scores every sample with the current parameters, turns the 
 softmax over the batch and trains on the weighted token-mean loss; harmful samples get little
 weight. ``is_harmful`` travels with the batch for logging only.
 
-Per step (§6.2, with the two scoring forwards batched into one as §6.4b suggests): one no-grad
-forward over the task and refusal views stacked into a 2B batch, then one forward + backward.
+Per step: one forward + backward of the task view (the training forward), and one no-grad
+forward of the refusal view. The task view's score needs the per-sample NLL of its answer under
+the current parameters, which is exactly what the training forward computes (same parameters,
+same inputs, no dropout), so it is read from that forward, detached, instead of from a separate
+no-grad pass; the official code (§6.2, §14.2) scores both views in extra passes. Under LoRA the
+step costs F+B + F ≈ 1.5 SFT steps instead of 2. When the model has active dropout the training
+forward is noisy, so the task view is scored in its own no-grad eval-mode forward as before
+(``score_pass = "separate"`` forces that path; it gives the same weights and gradient).
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ if TYPE_CHECKING:
     from hftguard.data import Batch
 
 SCORE_REDUCTIONS = ("mean", "sum")
+SCORE_PASSES = ("auto", "reuse", "separate")
 WEIGHTS_FILE = "antibody_weights.jsonl"
 
 
@@ -43,6 +50,12 @@ class AntibodyFinetuneOptions:
         "How a score r compares log-likelihoods: 'mean' = per-token mean NLL difference (the "
         "official code, §16.3), 'sum' = summed log-likelihoods (paper Eq. 7).",
     )
+    score_pass: str = opt(
+        "auto",
+        "Where the task answer's score comes from: 'reuse' = the training forward (detached; "
+        "1.5 SFT steps), 'separate' = its own no-grad forward (2 SFT steps, as the official "
+        "code), 'auto' = reuse unless the model has active dropout.",
+    )
     log_samples: bool = opt(
         True, "Append per-sample scores and weights to antibody_weights.jsonl (Fig. 2 data)."
     )
@@ -53,6 +66,12 @@ class AntibodyFinetuneOptions:
                 f"defense_options.score_reduction = {self.score_reduction!r} is not one of "
                 f"{', '.join(map(repr, SCORE_REDUCTIONS))}.",
                 hint="Use 'mean' (official code, the default) or 'sum' (paper Eq. 7).",
+            )
+        if self.score_pass not in SCORE_PASSES:
+            raise ConfigError(
+                f"defense_options.score_pass = {self.score_pass!r} is not one of "
+                f"{', '.join(map(repr, SCORE_PASSES))}.",
+                hint="Use 'auto' (the default), 'reuse' or 'separate'.",
             )
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ConfigError(
@@ -69,10 +88,11 @@ class AntibodyFinetune(FinetuneDefense):
     Config = AntibodyFinetuneOptions
     paper = "Nguyen et al., Antibody, ICLR 2026, arXiv 2603.00498 (algorithms.md §6)"
     refusal_view = True
-    # §14.2 says ≈1.7× assuming backward = 2 forwards; under LoRA the frozen base weights need no
-    # weight gradients, so backward ≈ 1 forward and (2F scoring + F + B) / (F + B) ≈ 2.0 (measured
-    # 1.99× by `hftguard bench`).
-    passes = 2.0
+    # §14.2 says ≈1.7× for the official code assuming backward = 2 forwards; under LoRA the frozen
+    # base weights need no weight gradients, so backward ≈ 1 forward and the official scheme
+    # (2F scoring + F + B) / (F + B) costs ≈ 2.0 (measured 1.99× by `hftguard bench`). Reusing the
+    # training forward for the task score leaves one F: (F + B + F) / (F + B) ≈ 1.5.
+    passes = 1.5
 
     config: AntibodyFinetuneOptions
 
@@ -86,6 +106,17 @@ class AntibodyFinetune(FinetuneDefense):
                 "weight 1, so the run would silently be plain SFT.",
                 hint="Use train.batch_size >= 2 (--batch-size 16 as in Antibody's code), or "
                 "--defense sft if plain fine-tuning is what you want.",
+            )
+        # Length grouping puts samples of similar length together, and harmful and benign samples
+        # differ in length: the softmax would mostly compare harmful samples with each other.
+        if ctx.group_by_length:
+            raise ConfigError(
+                "Antibody's fine-tuning stage with train.group_by_length = true: its sample "
+                "weights are a softmax over the batch, and grouping by length puts harmful and "
+                "benign samples (which differ in length) into different batches, so the defense "
+                "would mostly compare harmful samples with each other.",
+                hint="Turn train.group_by_length off for this defense (--set "
+                "train.group_by_length=false; off is the default).",
             )
 
     def setup(self, ctx: StepContext) -> None:
@@ -119,10 +150,17 @@ class AntibodyFinetune(FinetuneDefense):
             )
         world = ctx.world_size
         # §6.1: scores with the current parameters, no gradient through the weights.
-        task_nll, refusal_nll = self._score_nlls(model, batch)
-        nll, mask = token_nll(model, batch)  # the training forward (its loss is weighted below)
-        per_sample_sum = nll.sum(dim=1)
-        n_tokens = mask.sum(dim=1).to(per_sample_sum.dtype)
+        if self._reuse_training_forward(model):
+            nll, mask = token_nll(model, batch)  # the training forward (weighted below)
+            per_sample_sum = nll.sum(dim=1)
+            n_tokens = mask.sum(dim=1).to(per_sample_sum.dtype)
+            task_nll = self._reduce(per_sample_sum.detach(), n_tokens).float()
+            refusal_nll = self._score_nll(model, batch.refusal)
+        else:
+            task_nll, refusal_nll = self._score_nlls(model, batch)
+            nll, mask = token_nll(model, batch)
+            per_sample_sum = nll.sum(dim=1)
+            n_tokens = mask.sum(dim=1).to(per_sample_sum.dtype)
 
         # The softmax runs over the *global* batch: with several processes every one gathers the
         # few numbers per sample it needs (one all-gather) and computes the same weights.
@@ -161,6 +199,33 @@ class AntibodyFinetune(FinetuneDefense):
 
     # -- scoring ---------------------------------------------------------------------------
 
+    def _reuse_training_forward(self, model: Any) -> bool:
+        """Whether the training forward's per-sample NLL is the score (no dropout is active)."""
+        mode = self.config.score_pass
+        if mode != "auto":
+            return mode == "reuse"
+        return not (model.training and _has_active_dropout(model))
+
+    def _reduce(self, total: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
+        if self.config.score_reduction == "mean":  # §16.3 default: length-normalised
+            return total / n_tokens.clamp_min(1)
+        return total
+
+    def _score_nll(self, model: Any, view: Batch) -> torch.Tensor:
+        """Per-sample NLL (mean or sum over response tokens) of one view, no gradient, eval mode."""
+        import torch
+
+        from hftguard.training import token_nll
+
+        was_training = model.training
+        model.eval()  # §6.4b: score without dropout noise (a no-op for dropout-0 LoRA)
+        try:
+            with torch.no_grad():
+                nll, mask = token_nll(model, view)
+        finally:
+            model.train(was_training)
+        return self._reduce(nll.sum(dim=1), mask.sum(dim=1)).float()
+
     def _score_nlls(self, model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample task and refusal NLLs (mean or sum over response tokens), one forward."""
         import torch
@@ -187,9 +252,7 @@ class AntibodyFinetune(FinetuneDefense):
                 nll, mask = token_nll(model, stacked)
         finally:
             model.train(was_training)
-        total = nll.sum(dim=1)
-        if self.config.score_reduction == "mean":  # §16.3 default: length-normalised
-            total = total / mask.sum(dim=1).clamp_min(1)
+        total = self._reduce(nll.sum(dim=1), mask.sum(dim=1))
         return total[:b].float(), total[b:].float()
 
     # -- logging (§15.7, §16.22c) ----------------------------------------------------------
@@ -251,6 +314,16 @@ class AntibodyFinetune(FinetuneDefense):
                     + "\n"
                 )
             fh.flush()
+
+
+def _has_active_dropout(model: Any) -> bool:
+    """A dropout module with p > 0, or a model config with non-zero attention dropout."""
+    import torch
+
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    config = getattr(model, "config", None)
+    return bool(getattr(config, "attention_dropout", 0.0) or 0.0)
 
 
 def _pad(t: torch.Tensor, width: int, value: int) -> torch.Tensor:
