@@ -247,15 +247,26 @@ def train(
             if shard[1] > 1:
                 _all_reduce_grads(params)
             total_norm = _clip(params, opts.max_grad_norm)
+            before = [p.detach().clone() for _, p in params]
             optimizer.step()
             scheduler.step()
             # The one host synchronisation of the step: every metric to a Python number at once,
-            # with the updated parameters' norm (finite unless the update broke them).
-            weights = torch.stack(torch._foreach_norm([p.detach() for _, p in params])).sum()
+            # with the updated parameters' norm (finite unless the update broke them) and the
+            # global norm of the update ||theta_{t+1} - theta_t|| (the step size a defense's
+            # perturbation radius is compared with, docs/results/calibrated).
+            now = [p.detach() for _, p in params]
+            weights = torch.stack(torch._foreach_norm(now)).sum()
+            update = torch.linalg.vector_norm(
+                torch.stack(torch._foreach_norm(torch._foreach_sub(now, before)))
+            )
+            del before
             values = _step_metrics(
-                {"grad_norm": total_norm, "_weights": weights, **metrics}, device, shard[1]
+                {"grad_norm": total_norm, "_weights": weights, "_update": update, **metrics},
+                device,
+                shard[1],
             )
             grad_norm, weight_norm = values.pop("grad_norm"), values.pop("_weights")
+            update_norm = values.pop("_update")
             _check_finite(step, defense.name, grad_norm, weight_norm, values.get("loss"))
             dt = time.perf_counter() - t0
             times.append(dt)
@@ -264,6 +275,7 @@ def train(
                 "step": step,
                 "lr": scheduler.get_last_lr()[0],
                 "grad_norm": grad_norm,
+                "update_norm": update_norm,
                 "step_time": dt,
                 **values,
             }
