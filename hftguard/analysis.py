@@ -220,16 +220,12 @@ def _append(path: Path, *rows: dict[str, Any]) -> None:
 def trim_logs(out_dir: Path, before: int) -> None:
     """On resume from a checkpoint at step ``before``, drop probe rows from after it (they are
     recomputed), keeping the files consistent with the resumed weights."""
+    from hftguard.checkpoints import trim_log
+
     for name in ("analysis.jsonl", "grad_norms.jsonl"):
         path = out_dir / name
-        if not path.exists():
-            continue
-        keep = [
-            line
-            for line in path.read_text(encoding="utf-8").splitlines()
-            if line and json.loads(line)["step"] <= before
-        ]
-        path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        if path.exists():  # a torn last line (a crash while writing it) is dropped
+            trim_log(path, lambda row: row.get("step", 0) <= before)
 
 
 ProbeFn = Callable[[int], None]

@@ -186,7 +186,7 @@ def _convert_gguf(gguf: Path, name: str) -> Path:
     model = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
     model.load_state_dict(loaded.state_dict())
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{name}."))
+    tmp = runs.make_temp_dir(target.parent, f".{name}.")  # mode 0o777 less the umask
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -204,6 +204,7 @@ def _publish(tmp: Path, target: Path) -> None:
     A complete entry (one with config.json) is never replaced or deleted: another process may be
     reading it. An incomplete one (a crash while publishing) is moved aside, then removed.
     """
+    runs.default_modes(tmp)  # readable as the umask allows (safetensors shards are 0o600)
     with _cache_lock(target):
         if (target / "config.json").is_file():
             shutil.rmtree(tmp, ignore_errors=True)  # another process finished first
@@ -234,7 +235,7 @@ def _tiny_random_dir() -> Path:
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tiny-random."))
+    tmp = runs.make_temp_dir(target.parent, ".tiny-random.")
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
@@ -454,14 +455,20 @@ def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
 
 
 def save_adapter(model: Any, path: Path) -> None:
-    """Save the trainable LoRA adapter as safetensors (atomically, via a temp dir)."""
+    """Save the trainable LoRA adapter as safetensors, atomically (via a temp dir) and durably
+    (its files and both directories fsynced before this returns)."""
+    from hftguard.checkpoints import fsync_dir, fsync_tree
+
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    tmp = runs.make_temp_dir(path.parent, f".{path.name}.")  # mode 0o777 less the umask
     try:
         model.save_pretrained(tmp, safe_serialization=True)
+        runs.default_modes(tmp)  # the safetensors shard is written 0o600
+        fsync_tree(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

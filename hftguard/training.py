@@ -26,9 +26,7 @@ from typing import Any
 
 import torch
 
-from hftguard.checkpoints import EpochSampler, Stream
-from hftguard.checkpoints import latest_checkpoint as _latest_checkpoint
-from hftguard.checkpoints import load_checkpoint as _load_checkpoint
+from hftguard.checkpoints import EpochSampler, Stream, resume_from_checkpoint, trim_log
 from hftguard.checkpoints import save_checkpoint as _save_checkpoint  # tests patch it here
 from hftguard.config import TrainOptions
 from hftguard.console import Reporter
@@ -150,12 +148,18 @@ def train(
     dtype: torch.dtype,
     label: str = "train",
     after_step: Callable[[int], None] | None = None,
+    keep_checkpoints: bool = False,
 ) -> TrainResult:
     """Run ``defense.training_step`` for the configured number of steps; return timing figures.
 
     ``after_step(done)`` (analysis probes) is called once before the first step with the number of
     steps already done (0, or where a resumed run restarts) and after every step, before any
     checkpoint is saved; its time is not counted in the step times.
+
+    The checkpoints are removed when the loop ends, unless ``keep_checkpoints``: then (with
+    ``checkpoint_every`` > 0) one is also saved at the last step, and the caller removes them once
+    its final save is durable (``pipeline.common.train_stage``), so that a crash or a full disk
+    during that save resumes at the end of training instead of losing it.
     """
     from accelerate import PartialState
 
@@ -192,18 +196,23 @@ def train(
     )
 
     start_step = 0
+    last_loss: float | None = None
+    times: list[float] = []  # step times; a resumed run's earlier steps from its log
     log_path = run.path / f"{label}_log.jsonl"
-    ckpt = _latest_checkpoint(run) if run.resumed else None
-    if ckpt is not None:
-        start_step = _load_checkpoint(ckpt, params, optimizer, scheduler, defense, stream_objs)
+    resumed = (
+        resume_from_checkpoint(
+            run, params, optimizer, scheduler, defense, stream_objs, reporter.warn
+        )
+        if run.resumed
+        else None
+    )
+    if resumed is not None:
+        start_step, ckpt = resumed
         reporter.info(f"Resuming {label} from step {start_step} ({ckpt.name}).")
         if writes and log_path.exists():  # keep only the log lines the checkpoint covers
-            lines = [
-                ln
-                for ln in log_path.read_text().splitlines()
-                if ln and json.loads(ln).get("step", 0) < start_step
-            ]
-            log_path.write_text("".join(line + "\n" for line in lines))
+            kept = trim_log(log_path, lambda r: r.get("step", 0) < start_step, reporter.warn)
+            last_loss = next((r["loss"] for r in reversed(kept) if "loss" in r), None)
+            times = [r["step_time"] for r in kept if isinstance(r.get("step_time"), float)]
     elif writes and log_path.exists():
         log_path.unlink()
 
@@ -227,8 +236,6 @@ def train(
     )
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    times: list[float] = []
-    last_loss: float | None = None
     t_run = time.perf_counter()
     log_file = log_path.open("a") if writes else _nowhere()
     with reporter.task(f"{label}: {defense.name}", total=steps) as task, log_file as log:
@@ -289,9 +296,10 @@ def train(
             if after_step is not None:
                 after_step(done)
             every = opts.checkpoint_every
-            if writes and every and done % every == 0 and done < steps:
+            last = done == steps  # saved only if the caller removes them after its final save
+            if writes and every and (keep_checkpoints if last else done % every == 0):
                 _save_checkpoint(run, done, params, optimizer, scheduler, defense, stream_objs)
-    if writes:
+    if writes and not keep_checkpoints:
         shutil.rmtree(run.checkpoints, ignore_errors=True)
     ordered = sorted(times)
     return TrainResult(

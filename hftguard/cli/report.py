@@ -70,17 +70,28 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option("--plots/--no-plots", help="Write the PNG figures (needs matplotlib)."),
         ] = True,
+        strict: Annotated[
+            bool,
+            typer.Option(
+                "--strict",
+                help="Exit with code 1, writing nothing, when a run directory is damaged (its "
+                "manifest unreadable) or an evaluation a grid lists is missing or unfinished.",
+            ),
+        ] = False,
     ) -> None:
         """Summarise runs like the papers: methods x p (or n, tasks), cells "HS / FA".
 
         Writes report.md, report.csv (one row per cell, with 95% intervals), report.tex and
         report.json (every statistic: per-cell intervals, paired comparisons vs the baseline with
         McNemar p-values, attack effects, HS per harm category), plus figures, and prints the
-        markdown to stdout.
+        markdown to stdout. A damaged run directory or a missing evaluation of a grid is named in
+        a warning and left out (--strict: an error).
         """
+        from rich.markup import escape
+
         from hftguard import plots as plotmod
         from hftguard.console import print_json, stderr, stdout
-        from hftguard.errors import ConfigError
+        from hftguard.errors import ConfigError, HftguardError
         from hftguard.pipeline import report
 
         if columns not in report.AXES:
@@ -101,6 +112,34 @@ def register(app: typer.Typer) -> None:
             fmts.append("json")
         target = out or (run_dirs[0] / "report")
         collection = report.collect(run_dirs)
+        for bad in collection.damaged:
+            stderr.print(
+                f"[yellow]Warning:[/yellow] {escape(str(bad.path))} is damaged and left out: "
+                f"{escape(bad.reason)}.",
+                highlight=False,
+            )
+        for gap in collection.missing[:10]:
+            stderr.print(
+                f"[yellow]Warning:[/yellow] no finished evaluation in {escape(str(gap.path))} "
+                f"({escape(gap.reason)}); left out.",
+                highlight=False,
+            )
+        if len(collection.missing) > 10:
+            stderr.print(
+                f"[yellow]Warning:[/yellow] {len(collection.missing) - 10} more evaluations of the "
+                "grid are missing or unfinished.",
+                highlight=False,
+            )
+        if strict and (collection.damaged or collection.missing):
+            n_bad, n_gap = len(collection.damaged), len(collection.missing)
+            raise HftguardError(
+                f"--strict: {n_bad} damaged run director{'y' if n_bad == 1 else 'ies'} and "
+                f"{n_gap} missing or unfinished evaluation{'' if n_gap == 1 else 's'} "
+                f"(warnings above); no report written.",
+                hint="Re-run the grid (hftguard run CONFIG --out DIR redoes what is left; a "
+                "damaged stage directory must be deleted first), or leave out --strict to report "
+                "what is there.",
+            )
         if not collection.runs:
             raise ConfigError(
                 f"No finished evaluations under {', '.join(map(str, run_dirs))}.",

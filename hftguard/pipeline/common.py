@@ -17,7 +17,14 @@ from hftguard.context import DataContext, PlanContext
 from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
 from hftguard.records import Example
 from hftguard.registry import ComponentInfo, Registry, default_registry
-from hftguard.runs import RunDir, base_manifest, now, open_run_dir
+from hftguard.runs import (
+    RunDir,
+    base_manifest,
+    has_checkpoint,
+    now,
+    open_run_dir,
+    settle_replacement,
+)
 
 
 @dataclass
@@ -60,7 +67,12 @@ def start_run(
     overwrite: bool,
     command: list[str] | None,
 ) -> tuple[RunDir, bool]:
-    """Open the run dir. Returns (run, already_done). A resumed run must have the same config."""
+    """Open the run dir. Returns (run, already_done). A resumed run must have the same config.
+
+    With ``overwrite``, the run it replaces waits aside (manifest ``replaces``) until this one
+    completes, and is put back if this one fails first with nothing to resume from
+    (:func:`fail_run`), e.g. on a missing data file or model found only now.
+    """
     run = open_run_dir(out, stage, resume=resume, overwrite=overwrite)
     cfg_dict = cfgmod.as_dict(cfg)
     if run.resumed:
@@ -76,16 +88,29 @@ def start_run(
             return run, True
         run.update_manifest(status="running", resumed_at=now())
         return run, False
-    run.update_manifest(**base_manifest(stage, command, cfg_dict, getattr(cfg, "seed", 0)))
+    manifest = base_manifest(stage, command, cfg_dict, getattr(cfg, "seed", 0))
+    if run.replaced is not None:
+        manifest["replaces"] = run.replaced.name
+    run.update_manifest(**manifest)
     return run, False
 
 
 def fail_run(run: RunDir, exc: BaseException) -> None:
+    """Mark ``run`` failed (or interrupted). If it was replacing a run (``--overwrite``), put that
+    one back unless this one has a checkpoint to resume from (``runs.settle_replacement``)."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
     try:
         run.update_manifest(status=status, error=f"{type(exc).__name__}: {exc}", ended_at=now())
     except Exception:  # never hide the original error
         pass
+    try:
+        note = settle_replacement(run.path, resumable=has_checkpoint(run.path))
+    except Exception as err:  # never hide the original error
+        note = f"Could not put back the run that {run.path} was replacing: {err}"
+    if note:
+        from hftguard.console import stderr
+
+        stderr.print(f"Note: {note}", highlight=False)
 
 
 def data_ctx(seed: int, reporter: Reporter) -> DataContext:
@@ -379,22 +404,32 @@ def train_stage(
         dtype=dtype,
         label=stage,
         after_step=probe,
+        keep_checkpoints=True,
     )
     team.training(False)
     if not team.is_main:
         return {}  # process 0 saves the adapter and the manifest; guard() returns its manifest
+    # The checkpoints (one at the last step) stay until the adapter and the completed manifest
+    # are durable: a crash or a full disk before that resumes at the end of training.
+    import shutil
+
+    from hftguard.checkpoints import fsync_dir
+
     adapter_dir = run.path / "adapter"
-    models.save_adapter(model, adapter_dir)
+    models.save_adapter(model, adapter_dir)  # fsynced
     recipe = models.ModelRecipe(
         underneath.base, underneath.base_spec, [*underneath.adapters, str(adapter_dir.resolve())]
     )
-    return run.update_manifest(
+    manifest = run.update_manifest(
         status="completed",
         model=recipe.as_dict(),
         training=result.as_dict(),
         ended_at=now(),
         wall_time_s=round(time.time() - t0, 2),
     )
+    fsync_dir(run.path)  # the manifest's rename
+    shutil.rmtree(run.checkpoints, ignore_errors=True)
+    return manifest
 
 
 def guard(run: RunDir, fn: Any) -> Any:

@@ -121,20 +121,20 @@ class AntibodyFinetune(FinetuneDefense):
 
     def setup(self, ctx: StepContext) -> None:
         # Mirror the loop's own log handling: a fresh run starts an empty file; a resumed one
-        # keeps only the lines of steps the checkpoint covers. Process 0 alone writes it (the
-        # rows of the whole global batch).
+        # keeps only the lines of steps the checkpoint covers (a torn last line, from a crash
+        # while it was written, is dropped). Process 0 alone writes it (the rows of the whole
+        # global batch).
         path = self._log_path(ctx)
         if path is None or ctx.rank != 0 or not path.exists():
             return
         if ctx.step == 0:
             path.unlink()
             return
-        kept = [
-            ln
-            for ln in path.read_text().splitlines()
-            if ln and json.loads(ln).get("step", 0) < ctx.step
-        ]
-        path.write_text("".join(ln + "\n" for ln in kept))
+        from hftguard.checkpoints import trim_log
+
+        step = ctx.step
+        warn = ctx.reporter.warn if ctx.reporter is not None else None
+        trim_log(path, lambda row: row.get("step", 0) < step, warn)
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         import torch

@@ -11,11 +11,21 @@ from typing import Any
 
 from hftguard.config import EvalConfig, PipelineConfig
 from hftguard.console import Reporter
-from hftguard.errors import HftguardError
+from hftguard.errors import HftguardError, RunDirError
 from hftguard.pipeline.grid.layout import Layout, plan, stage_state
 from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, check, single
 from hftguard.registry import Registry
-from hftguard.runs import atomic_write_json, read_manifest
+from hftguard.runs import (
+    MANIFEST,
+    SCHEMA_VERSION,
+    atomic_write_json,
+    drop_replaced,
+    has_checkpoint,
+    now,
+    read_manifest,
+    run_stage,
+    settle_replacement,
+)
 
 
 class GridFailed(HftguardError):
@@ -231,22 +241,26 @@ def run(
 
     Raises :class:`GridFailed` (carrying the summary) when some cells of a grid failed and the
     others finished; a single-pipeline config stops at, and re-raises, its stage's own error.
-    """
-    from hftguard.runs import open_run_dir
 
+    ``out`` must be new, empty, or the root of an earlier ``hftguard run`` (its manifest's stage is
+    ``pipeline``); ``overwrite`` moves such a root aside until this run completes, and puts it back
+    if this one fails before any stage finished (see :func:`hftguard.runs.open_run_dir`).
+    """
     grid = cfg if isinstance(cfg, Grid) else single(cfg)
     reporter = reporter or Reporter()
     check(grid, registry)
     root = Path(out)
-    if overwrite and root.exists():
-        open_run_dir(root, "pipeline", overwrite=True)  # refuses non-hftguard directories
-    root.mkdir(parents=True, exist_ok=True)
+    replaces = _open_root(root, overwrite)
     t0 = time.time()
     head: dict[str, Any] = {
         "stage": "pipeline",
+        "schema_version": SCHEMA_VERSION,
         "config": dataclasses.asdict(grid.base),
         "command": command,
+        "started_at": now(),
     }
+    if replaces:
+        head["replaces"] = replaces  # the root this one replaces, until it completes
     if grid.is_grid:
         head["grid"] = {
             **grid.axes,
@@ -316,9 +330,15 @@ def run(
     except BaseException as exc:
         stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         atomic_write_json(root / "manifest.json", summary(stopped))
+        if note := _settle(root):
+            reporter.warn(note)
         raise
+    if not runner.failures and "replaces" in head:
+        drop_replaced(root, head.pop("replaces"))
     result = summary("failed" if runner.failures else "completed")
     atomic_write_json(root / "manifest.json", result)
+    if runner.failures and (note := _settle(root)):
+        reporter.warn(note)
     if runner.failures:
         n_failed = sum(v == "failed" for v in runner.status.values())
         first = runner.failures[0]
@@ -331,6 +351,60 @@ def run(
             result,
         )
     return result
+
+
+def _open_root(root: Path, overwrite: bool) -> str | None:
+    """Check that ``root`` may take this run's tree of runs and create it; with ``overwrite``, move
+    an earlier root aside. Returns the name of the root this one replaces (``replaces``, carried
+    over from an earlier ``--overwrite`` that did not complete)."""
+    from hftguard.runs import open_run_dir
+
+    if overwrite and root.exists():
+        run = open_run_dir(root, "pipeline", overwrite=True)  # refuses non-hftguard directories
+        return run.replaced.name if run.replaced is not None else None
+    if root.exists() and not root.is_dir():
+        raise RunDirError(
+            f"Output path {root} exists and is not a directory.", hint="Choose another --out."
+        )
+    if root.is_dir() and any(root.iterdir()):
+        found = run_stage(root)
+        if found != "pipeline":
+            what = (
+                f"it holds a '{found}' run, whose manifest hftguard run would overwrite"
+                if found
+                else "it is not empty and has no hftguard run manifest"
+            )
+            raise RunDirError(
+                f"{root} is not the output directory of hftguard run: {what}.",
+                hint="Choose another --out (a new or empty directory, or the --out of an earlier "
+                "hftguard run to continue it).",
+            )
+        replaces = read_manifest(root).get("replaces")
+        root.mkdir(parents=True, exist_ok=True)
+        return replaces if isinstance(replaces, str) else None
+    root.mkdir(parents=True, exist_ok=True)
+    return None
+
+
+def _settle(root: Path) -> str | None:
+    """After a failed or interrupted run: put back the root it replaces unless some stage under
+    the new root finished or has a checkpoint (then re-running the command continues it)."""
+    progress = False
+    for manifest in root.rglob(MANIFEST):
+        run = manifest.parent
+        if run == root or any(part.startswith(".") for part in run.relative_to(root).parts):
+            continue
+        try:
+            done = read_manifest(run).get("status") == "completed"
+        except HftguardError:
+            continue
+        if done or has_checkpoint(run):
+            progress = True
+            break
+    try:
+        return settle_replacement(root, resumable=progress, how="by re-running the command")
+    except OSError as exc:
+        return f"Could not put back the run that {root} was replacing: {exc}"
 
 
 def summary_rows(out: str | Path) -> list[dict[str, Any]]:

@@ -10,7 +10,7 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report.stats import _avg
-from hftguard.runs import is_run_dir, read_manifest
+from hftguard.runs import MANIFEST, is_run_dir, read_manifest
 
 
 @dataclass
@@ -251,6 +251,14 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
 
 
 @dataclass
+class Problem:
+    """A run directory the report cannot use, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
 class Collection:
     """Every eval run found, with method display names and order from grid manifests."""
 
@@ -258,6 +266,25 @@ class Collection:
     labels: dict[str, str]
     method_order: list[str]
     roots: list[Path]
+    #: Run directories whose manifest.json cannot be read (not JSON, not an object): left out.
+    damaged: list[Problem] = field(default_factory=list)
+    #: Evaluations a grid manifest lists that are not finished (and not damaged): left out.
+    missing: list[Problem] = field(default_factory=list)
+
+
+def _read(path: Path) -> tuple[dict[str, Any] | None, str | None]:
+    """(manifest, None) for a readable run directory, (None, why) for a damaged one, (None, None)
+    for a directory without a manifest."""
+    mpath = path / MANIFEST
+    if not mpath.is_file():
+        return None, None
+    try:
+        data = json.loads(mpath.read_text("utf-8"))
+    except (OSError, ValueError) as exc:
+        return None, f"{MANIFEST} cannot be read ({exc})"
+    if not isinstance(data, dict):
+        return None, f"{MANIFEST} is not a JSON object"
+    return data, None
 
 
 def collect(paths: Sequence[str | Path]) -> Collection:
@@ -266,6 +293,7 @@ def collect(paths: Sequence[str | Path]) -> Collection:
     grid_coords: dict[Path, dict[str, Any]] = {}
     labels: dict[str, str] = {}
     order: list[str] = []
+    damaged: dict[Path, Problem] = {}
     roots = [Path(p) for p in paths]
     for root in roots:
         if not root.is_dir():
@@ -273,9 +301,19 @@ def collect(paths: Sequence[str | Path]) -> Collection:
                 f"{root} is not a directory.",
                 hint="Pass a grid's --out directory or eval run directories.",
             )
-        manifests = [root / "manifest.json", *sorted(root.rglob("*/manifest.json"))]
+        manifests = [
+            root / "manifest.json",
+            *sorted(
+                m
+                for m in root.rglob("*/manifest.json")
+                # hidden directories: runs moved aside by --overwrite (runs.open_run_dir)
+                if not any(part.startswith(".") for part in m.relative_to(root).parts[:-1])
+            ),
+        ]
         for mpath in manifests:
-            m = _manifest(mpath.parent)
+            m, why = _read(mpath.parent)
+            if why is not None:
+                damaged.setdefault(mpath.parent.resolve(), Problem(mpath.parent, why))
             if m is None:
                 continue
             if m.get("stage") == "eval" and m.get("status") == "completed":
@@ -288,12 +326,19 @@ def collect(paths: Sequence[str | Path]) -> Collection:
                     grid_coords[(mpath.parent / c["eval"]).resolve()] = {
                         **c,
                         "attacked_dir": mpath.parent / c["attacked"],
+                        "where": mpath.parent / c["eval"],
                     }
                 for e in m.get("evals", []):
                     grid_coords[(mpath.parent / e["eval"]).resolve()] = {
                         **e,
                         "aligned_dir": mpath.parent / e["aligned"] if "aligned" in e else None,
+                        "where": mpath.parent / e["eval"],
                     }
+    missing = [
+        Problem(Path(str(c["where"])), _why_missing(path))
+        for path, c in grid_coords.items()
+        if path not in found and path not in damaged
+    ]
     runs = []
     for path, m in found.items():
         run = _infer(path, m)
@@ -324,7 +369,17 @@ def collect(paths: Sequence[str | Path]) -> Collection:
                 (v for k, v in labels.items() if k.startswith(f"{run.align}/")), run.method
             )
     runs.sort(key=lambda r: (_order(order, r), str(r.path)))
-    return Collection(runs, labels, order, roots)
+    return Collection(runs, labels, order, roots, list(damaged.values()), missing)
+
+
+def _why_missing(path: Path) -> str:
+    """Why the evaluation a grid manifest lists at ``path`` is not a finished one."""
+    m, _ = _read(path)
+    if m is None:
+        return f"no {MANIFEST}" if path.is_dir() else "no such directory"
+    if m.get("stage") != "eval":
+        return f"a '{m.get('stage')}' run, not an evaluation"
+    return f"status {m.get('status')!r}"
 
 
 def _order(order: list[str], run: EvalRun) -> tuple[int, int, str]:
