@@ -320,6 +320,24 @@ def build(cls: type[T], data: dict[str, Any] | None, where: str = "") -> T:
             # [finetune.train] table (or an empty one) keeps the fine-tuning stage's lr 1e-5.
             value = merge(as_dict(_default(fields[norm])), value, f"{prefix}{norm}")
         kwargs[norm] = _coerce(value, tp, f"{prefix}{norm}")
+    required = [
+        name
+        for name, f in fields.items()
+        if f.init
+        and name not in kwargs
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if required:  # a (plugin) Config field without a default: the user must give it
+        keys = ", ".join(f"'{prefix}{name}'" for name in required)
+        raise ConfigError(
+            f"Option{'s' if len(required) > 1 else ''} {keys} "
+            f"{'are' if len(required) > 1 else 'is'} required ({cls.__name__} has no default "
+            f"for {'them' if len(required) > 1 else 'it'}).",
+            hint="Give "
+            + " and ".join(f"--set {prefix}{name}=VALUE" for name in required)
+            + (f" (or set it in the [{where}] table of a --config file)." if where else "."),
+        )
     obj = cls(**kwargs)
     validate = getattr(obj, "validate", None)
     if callable(validate):
@@ -400,8 +418,18 @@ def load_toml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"Config file {p} is a directory.", hint="Give --config a .toml file.")
     try:
         text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"Config file {p} is not UTF-8 text (byte 0x{exc.object[exc.start]:02x} at offset "
+            f"{exc.start}): it is a binary file or in another encoding.",
+            hint="Check that the path names your TOML config (not a model, archive or other "
+            "binary file); TOML files must be UTF-8, so re-save it as UTF-8 if it is text.",
+        ) from exc
     except OSError as exc:
-        raise ConfigError(f"Cannot read config file {p}: {exc.strerror}.") from exc
+        raise ConfigError(
+            f"Cannot read config file {p}: {exc.strerror or exc}.",
+            hint="Check the file's permissions.",
+        ) from exc
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -544,7 +572,32 @@ def check_range(where: str, value: float, lo: float | None = None, hi: float | N
 FLOAT32_MAX = 3.4028234663852886e38
 
 
+#: torch's device types (``torch.device`` accepts these, with an optional ``:INDEX``), plus
+#: ``npu``, the name Ascend's torch_npu gives torch's private-use backend. Listed here so that
+#: a typo is refused with the config, before a run directory exists and without importing torch.
+DEVICE_TYPES = (
+    *("cpu", "cuda", "mps", "xpu", "hip", "npu", "hpu", "mtia", "maia", "xla", "ipu", "ve"),
+    *("fpga", "lazy", "vulkan", "meta", "privateuseone"),
+)
+
+
+def check_device(where: str, value: str) -> None:
+    """Refuse a device string that ``torch.device`` would not accept (``auto`` is ours)."""
+    kind, sep, index = value.partition(":")
+    if value == "auto" or (kind in DEVICE_TYPES and (not sep or index.isdigit())):
+        return
+    guess = "cuda" if kind.lower() in ("gpu", "nvidia") else kind.lower()
+    example = f"{where} cpu" if where.startswith("--") else f"--set {where}=cpu"
+    raise ConfigError(
+        f"{where} = {value!r} is not a device."
+        + (did_you_mean(guess, DEVICE_TYPES) if kind not in DEVICE_TYPES else ""),
+        hint=f"Use auto (CUDA when available, else CPU), cpu, cuda, cuda:N (the N-th GPU), mps or "
+        f"another torch device type ({', '.join(DEVICE_TYPES[3:])}), e.g. {example}.",
+    )
+
+
 def _validate_train(t: TrainOptions, where: str) -> None:
+    check_device(f"{where}.device", t.device)
     check_range(f"{where}.lr", t.lr, 0.0, FLOAT32_MAX)  # beyond it the optimizer cannot step
     check_range(f"{where}.epochs", t.epochs, 0.0)
     check_range(f"{where}.max_steps", t.max_steps, 0)
@@ -573,6 +626,7 @@ def validate_stage(cfg: Any) -> None:
         check_range("analysis_every", cfg.analysis_every, 0)
         check_range("analysis_samples", cfg.analysis_samples, 1)
     if isinstance(cfg, EvalConfig):
+        check_device("device", cfg.device)
         for key in ("harmful_samples", "task_samples", "benign_samples"):
             check_range(key, getattr(cfg, key), 0)
         check_range("max_new_tokens", cfg.max_new_tokens, 1)

@@ -67,6 +67,30 @@ class RunDirError(HftguardError):
     exit_code = ExitCode.USAGE
 
 
+class RunDirInUse(RunDirError):
+    """Another process is writing the run directory (it holds its lock: ``hftguard.runs``).
+
+    ``holder`` is what that process recorded about itself (pid, host, since), or ``{}``.
+    """
+
+    def __init__(self, path: object, holder: dict[str, object] | None = None) -> None:
+        self.path = path
+        self.holder = dict(holder or {})
+        super().__init__(
+            f"{path} is in use by another hftguard process ({self.who}).",
+            hint="Wait for it to finish (or stop it) and run the command again, or choose "
+            "another --out. --resume and --overwrite are refused too while it runs: they would "
+            "write into the same directory.",
+        )
+
+    @property
+    def who(self) -> str:
+        h = self.holder
+        if not h.get("pid"):
+            return "it has not said who it is yet"
+        return f"pid {h['pid']} on host {h.get('host') or '?'} since {h.get('since') or '?'}"
+
+
 class PluginError(HftguardError):
     """A plugin failed to load, or two plugins provide the same component name."""
 

@@ -90,7 +90,9 @@ def hftguard_register_commands(app: Any) -> None:
 
     Called once when the CLI is built, with the root ``typer.Typer`` application. Use
     ``app.command()`` or ``app.add_typer(sub, name=...)``; give your commands
-    ``rich_help_panel="Plugin commands"`` so ``--help`` groups them. Return nothing.
+    ``rich_help_panel="Plugin commands"`` so ``--help`` groups them. Return nothing. A command
+    whose name is taken (a built-in command, or an earlier plugin's) is ignored and reported as a
+    ``command-clash`` by ``hftguard plugins``.
 
     :param app: the root ``typer.Typer`` application.
     """

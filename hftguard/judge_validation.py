@@ -387,6 +387,7 @@ def run_judges(
     """Judge every item with each named judge (built from the registry with ``judge_options``)."""
     from hftguard.context import JudgeContext
     from hftguard.pipeline.common import component_record
+    from hftguard.pipeline.judging import call_judge
     from hftguard.registry import default_registry
 
     reg = registry or default_registry()
@@ -409,11 +410,7 @@ def run_judges(
     for info, judge in built:
         if reporter is not None:
             reporter.info(f"validate-judges: {info.name} on {len(items)} labelled responses")
-        verdicts = list(judge.judge(prompts, responses, ctx))
-        if len(verdicts) != len(items):
-            raise ConfigError(
-                f"judge {info.name} returned {len(verdicts)} verdicts for {len(items)} responses."
-            )
+        verdicts = call_judge(info, judge, prompts, responses, ctx)  # a crash: named error
         record = component_record(info, judge.config)
         provenance = getattr(judge, "provenance", None)
         if provenance:

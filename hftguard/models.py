@@ -10,6 +10,11 @@ A run directory's model is a *recipe* recorded in its manifest: a base model pat
 list of LoRA adapters. Loading merges every adapter but the last into the base weights; the last one
 is merged for evaluation, continued for single-LoRA fine-tuning, or merged before a fresh adapter is
 attached for double-LoRA fine-tuning (algorithms.md §1.4).
+
+Weights load only as safetensors: a model, adapter or judge directory whose weights are only
+pickles (``pytorch_model.bin``, ``adapter_model.bin``, ``*.pt``) is refused by
+:func:`require_safetensors` before anything is read, because unpickling can run code. A user who
+trusts such a file can set ``HFTGUARD_TRUST_PICKLE=1`` (:func:`trust_pickle`).
 """
 
 from __future__ import annotations
@@ -96,7 +101,8 @@ def resolve(spec: str) -> ResolvedModel:
                 f"Run directory {p} has no finished model (status: {manifest.get('status')}).",
                 hint=f"Finish it first (re-run its stage with --resume --out {p}).",
             )
-        return ResolvedModel(ModelRecipe.from_dict(manifest["model"]), manifest)
+        # adapters found where the run is now (a moved or copied grid): runs.model_recipe
+        return ResolvedModel(ModelRecipe.from_dict(runs.model_recipe(p, manifest)), manifest)
     if spec == "smollm2-135m-instruct":
         return ResolvedModel(ModelRecipe(str(_smollm2_dir()), spec))
     if spec == "tiny-random":
@@ -247,12 +253,80 @@ def _tiny_random_dir() -> Path:
 
 
 # ---------------------------------------------------------------------------------------------
+# Safetensors only
+
+#: Suffixes of weight files written with pickle (``torch.save``): loading one can run code.
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
+#: Pickled files in a model directory that ``from_pretrained`` never loads.
+_NOT_WEIGHTS = ("training_args", "optimizer", "scheduler", "rng_state")
+PEFT_SAFETENSORS = "adapter_model.safetensors"
+
+
+def trust_pickle() -> bool:
+    """True when the user opted in to loading pickled weights (``HFTGUARD_TRUST_PICKLE=1``)."""
+    return os.environ.get("HFTGUARD_TRUST_PICKLE", "").strip().lower() not in ("", "0", "false")
+
+
+def require_safetensors(directory: str | Path, what: str, required: str | None = None) -> None:
+    """Refuse a local weights directory that offers no safetensors weights, before any loading.
+
+    ``required`` names the safetensors file that must exist (``adapter_model.safetensors`` for a
+    LoRA adapter); without it any ``*.safetensors`` file will do, and a directory with no weights
+    at all is left for the loader to report. Raises :class:`ModelError` naming the pickle files.
+    Does nothing when :func:`trust_pickle`.
+    """
+    if trust_pickle():
+        return
+    d = Path(directory).expanduser()
+    if (d / required).is_file() if required else any(d.glob("*.safetensors")):
+        return
+    pickles = sorted(
+        f.name
+        for f in d.iterdir()
+        if f.suffix in PICKLE_SUFFIXES and not f.name.startswith(_NOT_WEIGHTS)
+    )
+    if not pickles:
+        if required:
+            raise ModelError(
+                f"{what} {d} has no {required}.",
+                hint="The run it belongs to is incomplete or was changed; re-run that stage.",
+            )
+        return
+    raise ModelError(
+        f"{what} {d} has only pickle weights ({', '.join(pickles)}) and no safetensors; hftguard "
+        "loads weights only as safetensors, because loading a pickle can execute arbitrary code.",
+        hint=pickle_hint(),
+    )
+
+
+def pickle_hint() -> str:
+    return (
+        "Where you trust the files, re-save them as safetensors: load them once and call "
+        "save_pretrained(path, safe_serialization=True), or convert them with the `safetensors` "
+        "package (safetensors.torch.save_file). To load a pickle you trust as it is, set "
+        "HFTGUARD_TRUST_PICKLE=1 (a pickle can execute code when it is loaded)."
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # Devices and loading
 
 
 def pick_device(name: str = "auto") -> torch.device:
     if name != "auto":
-        dev = torch.device(name)
+        try:
+            dev = torch.device(name)
+        except (RuntimeError, ValueError) as exc:  # checked with the config (config.check_device)
+            raise ModelError(
+                f"'{name}' is not a device: {exc}",
+                hint="Use auto, cpu, cuda, cuda:N or mps: --set train.device=cpu (device=cpu for "
+                "eval).",
+            ) from exc
+        if dev.type == "mps" and not torch.backends.mps.is_available():
+            raise ModelError(
+                f"Device {name} requested but MPS (Apple GPU) is not available.",
+                hint="Use --set train.device=cpu (or device=cpu for eval).",
+            )
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise ModelError(
                 f"Device {name} requested but CUDA is not available.",
@@ -342,52 +416,216 @@ def load_tokenizer(path: str) -> Any:
     quiet_transformers()
     from transformers import AutoTokenizer
 
+    before_loading(path)
     try:
         tok = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-    except OSError as exc:
-        raise ModelError(
-            f"Cannot load the tokenizer of '{path}': {exc}", hint=_hub_hint(path)
-        ) from exc
+    except (OSError, ValueError) as exc:
+        raise load_error(path, "the tokenizer of", exc) from exc
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
 def _hub_hint(path: str) -> str:
+    if Path(path).expanduser().exists():
+        return (
+            "Check that the directory holds a Hugging Face model: config.json, safetensors "
+            "weights and tokenizer files."
+        )
+    download = f"`hf download {path} --local-dir DIR`"
+    if _hub_offline():
+        return (
+            "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, so only the local Hugging Face "
+            f"cache is searched: download the model where the hub is reachable ({download}) and "
+            "pass --model DIR, or unset the variable."
+        )
     return (
-        "If this is a hub id, the Hugging Face Hub must be reachable (it is not offline); "
-        "otherwise download the model elsewhere and pass its local directory."
+        f"Check the hub id (ORG/NAME as on huggingface.co; a gated model also needs `hf auth "
+        f"login`), or download the model ({download}) and pass --model DIR."
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Before loading: an unreachable hub, remote code and damaged files fail at once, with a hint
+
+
+def _hub_offline() -> bool:
+    from hftguard.builtins.judges.model_judge import offline
+
+    return offline()
+
+
+def before_loading(path: str) -> None:
+    """Checks before ``from_pretrained(path)`` that turn slow or cryptic failures into a
+    :class:`ModelError` at once.
+
+    A hub id (``path`` is not on disk) that is not in the Hugging Face cache fails in seconds when
+    the hub is offline (``HF_HUB_OFFLINE``) or does not answer (a quick TCP check of the
+    endpoint), instead of after the hub client's retries (~50 s). One that is cached, on a machine
+    where the hub does not answer, is loaded from the cache: the process switches to offline mode
+    (``HF_HUB_OFFLINE=1``) rather than retrying the hub for every file. A local directory whose
+    model needs its own code is refused (:func:`check_remote_code`).
+    """
+    p = Path(path).expanduser()
+    if p.exists():
+        if p.is_dir():
+            check_remote_code(p)
+        return
+    from hftguard.builtins.judges.model_judge import hub_reachable
+
+    cached = _in_hub_cache(path)
+    if _hub_offline():
+        why = "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
+    elif hub_reachable():
+        return
+    elif cached:
+        import huggingface_hub.constants
+
+        os.environ["HF_HUB_OFFLINE"] = "1"  # in this process: the hub does not answer anyway
+        huggingface_hub.constants.HF_HUB_OFFLINE = True
+        return
+    else:
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+        why = f"the Hugging Face Hub ({endpoint}) cannot be reached from this machine"
+    if not cached:
+        raise ModelError(
+            f"Model '{path}' is not a local path, so it was taken as a hub id; it is not in the "
+            f"local Hugging Face cache, and {why}.",
+            hint=f"Download it where the hub is reachable (`hf download {path} --local-dir DIR`) "
+            "and pass --model DIR; if it is a local path, check it (relative paths start from "
+            "the current directory).",
+        )
+
+
+def _in_hub_cache(repo_id: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        return isinstance(try_to_load_from_cache(repo_id, "config.json"), str)
+    except Exception:  # not a valid repo id, an unreadable cache: not cached
+        return False
+
+
+def check_remote_code(directory: Path) -> None:
+    """Refuse a model directory whose architecture exists only as code shipped with the model
+    (``auto_map`` in config.json, a ``model_type`` transformers does not know): hftguard loads
+    with ``trust_remote_code=False`` and never executes it."""
+    import json
+
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return  # no or unreadable config.json: the loader's own error says so
+    if not isinstance(config, dict) or not config.get("auto_map"):
+        return
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING
+
+    model_type = config.get("model_type")
+    if isinstance(model_type, str) and model_type in CONFIG_MAPPING:
+        return  # transformers has the architecture built in: loaded without the model's code
+    raise remote_code_error(str(directory), model_type, config.get("architectures"))
+
+
+def remote_code_error(path: str, model_type: Any, architectures: Any = None) -> ModelError:
+    import transformers
+
+    arch = f" ({', '.join(map(str, architectures))})" if isinstance(architectures, list) else ""
+    what = f"model_type '{model_type}'{arch}" if model_type else "architecture"
+    return ModelError(
+        f"Model '{path}' needs its own Python code to load: its {what} is not built into "
+        f"transformers {transformers.__version__}, and its config.json points to code shipped "
+        "with the model (auto_map). hftguard loads models with trust_remote_code=False: remote "
+        "code is not executed.",
+        hint="Use a model whose architecture transformers supports natively (a newer "
+        "transformers may know it: pip install -U transformers), or convert the weights to a "
+        "supported architecture and save them with save_pretrained.",
+    )
+
+
+def load_error(path: str, what: str, exc: Exception) -> ModelError:
+    """The ModelError for ``from_pretrained(path)`` raising ``exc`` (``what``: "the tokenizer of",
+    "model")."""
+    text = str(exc)
+    if "trust_remote_code" in text or "custom code" in text:
+        return remote_code_error(path, None)
+    return ModelError(
+        f"Cannot load {what} '{path}': {type(exc).__name__}: {text}", hint=_hub_hint(path)
+    )
+
+
+def check_safetensors(file: Path, what: str, hint: str) -> None:
+    """Read the header of a safetensors file (no tensor is loaded): a truncated or damaged file
+    is a ModelError naming it, not a SafetensorError from deep inside loading."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            f.keys()
+    except (SafetensorError, OSError) as exc:
+        raise ModelError(
+            f"{what} {file} is damaged: it is truncated or not a safetensors file ({exc}).",
+            hint=hint,
+        ) from exc
 
 
 def load_base(path: str, dtype: torch.dtype = torch.float32) -> Any:
     quiet_transformers()
     from transformers import AutoModelForCausalLM
 
+    before_loading(path)
+    if Path(path).expanduser().is_dir():
+        require_safetensors(path, "Model directory")
+        for weights in sorted(Path(path).expanduser().glob("*.safetensors")):
+            check_safetensors(
+                weights,
+                "Model weights",
+                "Restore the model directory (download or convert it again); an interrupted "
+                "copy or a full disk leaves files like this.",
+            )
+    safe_only = None if trust_pickle() else True  # None: transformers' default, .bin allowed
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False, use_safetensors=True
+            path, dtype=dtype, trust_remote_code=False, use_safetensors=safe_only
         )
-    except OSError as exc:
-        raise ModelError(f"Cannot load model '{path}': {exc}", hint=_hub_hint(path)) from exc
+    except (OSError, ValueError) as exc:
+        raise load_error(path, "model", exc) from exc
     return model
+
+
+def _check_adapter(adapter: str) -> None:
+    """An adapter directory exists and holds safetensors weights (checked before any loading)."""
+    if not Path(adapter).is_dir():
+        raise ModelError(
+            f"Adapter directory {adapter} is missing.",
+            hint="The run it belongs to was moved or deleted; re-run that stage.",
+        )
+    require_safetensors(adapter, "Adapter directory", PEFT_SAFETENSORS)
+    weights = Path(adapter) / PEFT_SAFETENSORS
+    if weights.is_file():
+        run = Path(adapter).parent
+        check_safetensors(
+            weights,
+            "Adapter weights",
+            f"The run that wrote it ({run}) must be re-run: its stage again with --overwrite "
+            f"--out {run} (or restore the run from a copy); an interrupted copy or a full disk "
+            "leaves files like this.",
+        )
 
 
 def _merge_adapters(model: Any, adapters: list[str]) -> Any:
     from peft import PeftModel
 
     for adapter in adapters:
-        if not Path(adapter).is_dir():
-            raise ModelError(
-                f"Adapter directory {adapter} is missing.",
-                hint="The run it belongs to was moved or deleted; re-run that stage.",
-            )
+        _check_adapter(adapter)
+    for adapter in adapters:
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     return model
 
 
 def load_for_eval(recipe: ModelRecipe, device: torch.device, dtype: torch.dtype) -> tuple[Any, Any]:
     """Base model with every adapter merged, in eval mode, and its tokenizer."""
+    for adapter in recipe.adapters:
+        _check_adapter(adapter)
     tok = load_tokenizer(recipe.base)
     model = _merge_adapters(load_base(recipe.base, torch.float32), recipe.adapters)
     model.to(device=device, dtype=dtype).eval()
@@ -410,9 +648,11 @@ def load_for_training(
     """
     from peft import PeftModel
 
+    adapters = list(recipe.adapters)
+    for adapter in adapters:
+        _check_adapter(adapter)
     tok = load_tokenizer(recipe.base)
     base = load_base(recipe.base, torch.float32)
-    adapters = list(recipe.adapters)
     if mode == "continue" and adapters:
         base = _merge_adapters(base, adapters[:-1])
         model = PeftModel.from_pretrained(base, adapters[-1], is_trainable=True)

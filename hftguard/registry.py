@@ -3,7 +3,8 @@
 Built from the plugin host's ``hftguard_register_*`` hooks. Each hook implementation is called on
 its own, so a plugin whose hook raises is recorded as broken and its siblings keep working. Two
 providers of one name are kept as a conflict and reported (naming both) only when that name is used
-or listed.
+or listed. A class whose name is not a safe file name (:func:`hftguard.names.check_name`) makes its
+hook's result rejected, like a class of the wrong kind.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from typing import Any
 
 from hftguard.components import KIND_BASES, KIND_HOOKS, Component
 from hftguard.errors import ConfigError, PluginError, UnknownComponentError, did_you_mean
-from hftguard.plugins import PluginHost, get_plugin_host, strict
+from hftguard.names import check_name
+from hftguard.plugins import BROKEN, PluginHost, get_plugin_host
 
 KIND_LABELS = {
     "alignment-defense": "alignment defense",
@@ -73,19 +75,10 @@ class Registry:
         # get_hookimpls() lists in registration order: built-ins first, then entry points.
         for impl in hook.get_hookimpls():
             dist = self.host.provenance.get(impl.plugin_name, ("?", "?"))
-            try:
-                result = impl.function()
-                classes = [] if result is None else result if isinstance(result, list) else [result]
-                for cls in classes:
-                    _check_class(cls, kind, impl.plugin_name)
-            except Exception as exc:
-                if strict():
-                    raise PluginError(
-                        f"Plugin '{impl.plugin_name}' ({dist[0]} {dist[1]}) failed in "
-                        f"{KIND_HOOKS[kind]}: {type(exc).__name__}: {exc}",
-                        hint="Fix the plugin, or unset HFTGUARD_STRICT_PLUGINS to skip it.",
-                    ) from exc
-                self.host.record_failure(impl.plugin_name, exc, dist)
+            ok, classes = self.host.call_plugin(
+                impl.plugin_name, dist, f"in {KIND_HOOKS[kind]}", _hook_classes, impl, kind, dist
+            )
+            if not ok:
                 continue
             for cls in classes:
                 info = ComponentInfo(cls.name, kind, cls, impl.plugin_name, dist[0], dist[1])
@@ -126,7 +119,7 @@ class Registry:
         if name in found:
             return found[name]
         label = KIND_LABELS[kind]
-        broken = [f.name for f in self.host.failures]
+        broken = [f.name for f in self.host.failures if f.kind == BROKEN]
         hint = f"Available: {', '.join(sorted(found)) or '(none)'}. Run `hftguard plugins`."
         if broken:
             hint += f" Broken plugins (which may have provided it): {', '.join(broken)}."
@@ -163,7 +156,16 @@ class Registry:
         return info.cls(cfg)
 
 
-def _check_class(cls: Any, kind: str, plugin: str) -> None:
+def _hook_classes(impl: Any, kind: str, dist: tuple[str, str]) -> list[Any]:
+    """Call one registration hook implementation and check every class it returns."""
+    result = impl.function()
+    classes = [] if result is None else result if isinstance(result, list) else [result]
+    for cls in classes:
+        _check_class(cls, kind, impl.plugin_name, dist)
+    return classes
+
+
+def _check_class(cls: Any, kind: str, plugin: str, dist: tuple[str, str] = ("?", "?")) -> None:
     base = KIND_BASES[kind]
     if not (inspect.isclass(cls) and issubclass(cls, base)):
         raise TypeError(
@@ -171,8 +173,14 @@ def _check_class(cls: Any, kind: str, plugin: str) -> None:
             f"which is not a subclass of {base.__name__}"
         )
     name = getattr(cls, "name", None)
-    if not isinstance(name, str) or not name or name != name.lower() or " " in name:
+    if not isinstance(name, str):
         raise TypeError(f"{cls.__name__} from plugin {plugin} needs a kebab-case `name`")
+    try:
+        check_name(name)
+    except ValueError as exc:
+        raise TypeError(
+            f"{cls.__name__} from plugin {plugin} ({dist[0]} {dist[1]}) has an {exc}"
+        ) from None
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,6 +10,12 @@ other file the user creates. The next stage reads a previous run only through th
 (:func:`run_stage`), and only by moving it aside (``.NAME.replaced-<time>`` next to it) until the
 new run completes; a new run that fails with nothing to resume from puts it back
 (:func:`settle_replacement`).
+
+A run directory is locked while a stage writes it (:class:`RunLock`: ``DIR/.lock``, taken by
+:func:`open_run_dir` before it looks at the directory, released when the stage ends), so a second
+process on the same ``--out`` (a plain start, ``--resume`` or ``--overwrite``) gets
+:class:`~hftguard.errors.RunDirInUse` instead of writing into the run. ``--overwrite`` also takes
+the locks of the runs below the one it moves (a grid's stages).
 """
 
 from __future__ import annotations
@@ -23,12 +29,13 @@ import secrets
 import shutil
 import sys
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftguard.errors import RunDirError
+from hftguard.errors import ModelError, RunDirError, RunDirInUse
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -37,6 +44,11 @@ SCHEMA_VERSION = 1
 STAGES = frozenset({"align", "finetune", "eval", "judge", "pipeline"})
 #: What ``overwrite`` renames a replaced run to, next to it: ``.NAME`` + this + a UTC time.
 REPLACED = ".replaced-"
+#: The lock file of a run directory (:class:`RunLock`), and the record of who holds it.
+LOCK_FILE = ".lock"
+HOLDER_FILE = ".lock.json"
+#: What a lock leaves in a run directory: never content (an empty directory stays empty).
+LOCK_NAMES = frozenset({LOCK_FILE, HOLDER_FILE})
 
 
 def now() -> str:
@@ -151,6 +163,145 @@ def library_versions() -> dict[str, str]:
     return out
 
 
+class RunLock:
+    """The lock a process holds on a run directory while it writes it: ``DIR/.lock``.
+
+    The file is locked with ``filelock.FileLock`` (``flock``), without waiting: a second process
+    gets :class:`~hftguard.errors.RunDirInUse`, naming the holder from ``DIR/.lock.json`` (pid,
+    host, since), which the holder writes once it has the lock. The operating system releases the
+    lock when its process dies, so a lock file left by a killed run is not held: the next run
+    takes it. :meth:`release` removes both files (only while they are still this lock's), so a
+    finished run directory holds neither. Use it as a context manager, or see
+    :func:`lock_run_dir`.
+    """
+
+    #: Attempts before a held lock counts as held: a release removes the lock file, and a process
+    #: that opened the file just before may find the lock it then takes already unlinked.
+    ATTEMPTS = 3
+
+    def __init__(self, directory: str | Path) -> None:
+        self.directory = Path(directory)
+        self._lock: Any = None
+        self._token = ""
+
+    @property
+    def held(self) -> bool:
+        return self._lock is not None
+
+    def acquire(self) -> RunLock:
+        """Take the lock (creating the directory); raise RunDirInUse when another process holds
+        it. Filesystems without ``flock`` fall back to filelock's own behaviour."""
+        from filelock import FileLock, Timeout
+
+        if self._lock is not None:
+            return self
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / LOCK_FILE
+        for attempt in range(self.ATTEMPTS):
+            lock = FileLock(str(path), timeout=0)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                if attempt + 1 < self.ATTEMPTS:
+                    time.sleep(0.02)
+                continue
+            fd = _lock_fd(lock)
+            if fd is not None and not _same_file(fd, path):  # unlinked by its last holder
+                lock.release()
+                continue
+            self._lock, self._token = lock, secrets.token_hex(8)
+            try:
+                holder = {"pid": os.getpid(), "host": platform.node(), "since": now()}
+                atomic_write_json(self.directory / HOLDER_FILE, {**holder, "token": self._token})
+            except OSError:
+                pass  # the lock holds without the record; a contender's message says less
+            return self
+        raise RunDirInUse(self.directory, read_holder(self.directory))
+
+    def release(self) -> None:
+        """Let go of the lock and remove its files if they are still this lock's (the directory
+        may have been moved, deleted or replaced meanwhile). Idempotent."""
+        lock, self._lock = self._lock, None
+        if lock is None:
+            return
+        try:
+            holder = self.directory / HOLDER_FILE
+            if read_holder(self.directory).get("token") == self._token:
+                holder.unlink(missing_ok=True)
+            fd = _lock_fd(lock)
+            if fd is not None and _same_file(fd, self.directory / LOCK_FILE):
+                (self.directory / LOCK_FILE).unlink()  # unlinked while held: see ATTEMPTS
+        except OSError:
+            pass
+        finally:
+            lock.release()
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def lock_run_dir(path: str | Path) -> RunLock:
+    """Lock the run directory ``path`` (created if need be) for this process; raise RunDirInUse
+    when another holds it. ``with lock_run_dir(path): ...`` releases it at the end."""
+    return RunLock(path).acquire()
+
+
+def read_holder(path: str | Path) -> dict[str, Any]:
+    """What the holder of the lock of run directory ``path`` recorded, or {}."""
+    try:
+        data = json.loads((Path(path) / HOLDER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _lock_fd(lock: Any) -> int | None:
+    """The descriptor a held filelock lock holds (filelock 3 and 4 keep it there), or None."""
+    fd = getattr(getattr(lock, "_context", None), "lock_file_fd", None)
+    return fd if isinstance(fd, int) else None
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.fstat(fd)
+        return st.st_nlink > 0 and os.path.samestat(st, os.stat(path))
+    except OSError:
+        return False
+
+
+def _has_content(path: Path) -> bool:
+    """Whether directory ``path`` holds anything but a lock's files."""
+    return path.is_dir() and any(p.name not in LOCK_NAMES for p in path.iterdir())
+
+
+def _lock_below(path: Path) -> list[RunLock]:
+    """Lock every run directory below ``path`` that has a lock file (the stages of a grid root);
+    raise RunDirInUse, holding none, when another process holds one."""
+    held: list[RunLock] = []
+    try:
+        for lock_file in sorted(path.rglob(LOCK_FILE)):
+            if lock_file.parent != path and lock_file.is_file():
+                held.append(RunLock(lock_file.parent).acquire())
+    except BaseException:
+        for lock in held:
+            lock.release()
+        raise
+    return held
+
+
+def busy_below(path: str | Path) -> RunDirInUse | None:
+    """The RunDirInUse of a run directory below ``path`` another process holds, or None."""
+    try:
+        for lock in _lock_below(Path(path)):
+            lock.release()
+    except RunDirInUse as exc:
+        return exc
+    return None
+
+
 @dataclass
 class RunDir:
     """A run directory being written by one stage."""
@@ -160,6 +311,13 @@ class RunDir:
     resumed: bool = False
     #: Where ``overwrite`` moved the run this one replaces (see :func:`open_run_dir`).
     replaced: Path | None = None
+    #: This process's lock on the directory, from :func:`open_run_dir` until :meth:`release`.
+    lock: RunLock | None = None
+
+    def release(self) -> None:
+        """Release the directory's lock (at the end of the stage; idempotent)."""
+        if self.lock is not None:
+            self.lock.release()
 
     @property
     def manifest_path(self) -> Path:
@@ -195,6 +353,10 @@ def open_run_dir(
     (``RunDir.replaced``; the caller records its name as ``replaces`` in the new manifest), deleted
     when the new run completes (:meth:`RunDir.update_manifest`) and put back when the new run fails
     with nothing to resume from (:func:`settle_replacement`).
+
+    The directory is locked (:class:`RunLock`) before anything in it is looked at, and stays
+    locked (``RunDir.lock``) until :meth:`RunDir.release`: another process holding it raises
+    :class:`~hftguard.errors.RunDirInUse`. The caller releases it when the stage ends.
     """
     path = Path(out)
     if resume and overwrite:
@@ -206,31 +368,79 @@ def open_run_dir(
         raise RunDirError(
             f"Output path {path} exists and is not a directory.", hint="Choose another --out."
         )
-    has_content = path.is_dir() and any(path.iterdir())
-    replaced = None
-    if has_content and overwrite:
-        check_replaceable(path, stage)
-        replaced = _move_aside(path)
-        has_content = False
-    if has_content and not resume:
-        status = _status(path)
-        raise RunDirError(
-            f"Output directory {path} already exists"
-            + (f" (status: {status})." if status else "."),
-            hint="Pass --resume to continue it, --overwrite to replace it, or choose another "
-            "--out.",
-        )
-    resumed = False
-    if has_content and resume:
-        manifest = read_manifest(path)
-        if manifest.get("stage") != stage:
+    try:
+        lock: RunLock | None = RunLock(path).acquire()
+    except RunDirInUse:
+        raise
+    except OSError as exc:
+        if not path.is_dir():
+            raise unwritable(path, exc) from exc
+        lock = None  # a directory we cannot write: refused (or failing) below, as before
+    try:
+        has_content = _has_content(path)
+        if lock is None and not has_content:
+            make_out_dir(path)  # a new run would write here: refuse an unwritable one now
+        replaced = None
+        if has_content and overwrite:
+            check_replaceable(path, stage)
+            replaced, lock = _move_aside(path, lock)
+            has_content = False
+        if has_content and not resume:
+            status = _status(path)
             raise RunDirError(
-                f"{path} holds a '{manifest.get('stage')}' run, not a '{stage}' run.",
-                hint="Resume it with the command that created it, or choose another --out.",
+                f"Output directory {path} already exists"
+                + (f" (status: {status})." if status else "."),
+                hint="Pass --resume to continue it, --overwrite to replace it, or choose another "
+                "--out.",
             )
-        resumed = True
-    path.mkdir(parents=True, exist_ok=True)
-    return RunDir(path, stage, resumed, replaced)
+        resumed = False
+        if has_content and resume:
+            manifest = read_manifest(path)
+            if manifest.get("stage") != stage:
+                raise RunDirError(
+                    f"{path} holds a '{manifest.get('stage')}' run, not a '{stage}' run.",
+                    hint="Resume it with the command that created it, or choose another --out.",
+                )
+            resumed = True
+        path.mkdir(parents=True, exist_ok=True)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    return RunDir(path, stage, resumed, replaced, lock)
+
+
+def make_out_dir(path: Path) -> None:
+    """Create the output directory ``path`` (and its parents) and check that files can be created
+    in it: a :class:`RunDirError` saying why not (:func:`unwritable`) before anything is written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = _temp_file(path, ".write-test.", ".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise unwritable(path, exc) from exc
+
+
+def unwritable(path: Path, exc: OSError) -> RunDirError:
+    """The error for an output directory that cannot be created or written (``exc`` says why)."""
+    import errno
+
+    path = Path(path)
+    ancestor = next((p for p in (path, *path.parents) if p.exists()), None)
+    if ancestor is not None and not ancestor.is_dir():
+        why = f"{ancestor} is a file, not a directory"
+    elif isinstance(exc, PermissionError) or exc.errno == errno.EROFS:
+        why = f"{ancestor if ancestor is not None else path} is not writable: {exc.strerror}"
+    else:
+        why = exc.strerror or str(exc)
+        if exc.filename and Path(exc.filename).parent != path:  # not the write probe
+            why = f"cannot create {exc.filename}: {why}"
+    return RunDirError(
+        f"Cannot create or write the output directory {path} ({why}).",
+        hint="Choose an --out in a directory you can write to (or fix its permissions); the "
+        "parent directories are created as needed, but not through a file.",
+    )
 
 
 def run_stage(path: str | Path) -> str | None:
@@ -289,8 +499,15 @@ def check_replaceable(path: Path, stage: str) -> None:
         )
 
 
-def _move_aside(path: Path) -> Path:
-    """Rename the run in ``path`` to ``.NAME.replaced-<UTC time>`` next to it; return that path."""
+def _move_aside(path: Path, lock: RunLock | None) -> tuple[Path, RunLock]:
+    """Rename the run in ``path`` to ``.NAME.replaced-<UTC time>`` next to it and put a new, empty,
+    locked directory in its place; return the old run's new path and the new directory's lock.
+
+    ``lock`` (the old run's, moved with it) is released. The runs below ``path`` (a grid's stages)
+    are locked while it moves: RunDirInUse when another process is writing one of them. The new
+    directory is created and locked first, under a temporary name, so that no other process can
+    take ``path`` between the two renames.
+    """
     target = path.resolve()  # a symlinked --out: move (and later recreate) the directory itself
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     aside = target.parent / f".{target.name}{REPLACED}{stamp}"
@@ -298,15 +515,35 @@ def _move_aside(path: Path) -> Path:
     while aside.exists():
         n += 1
         aside = target.parent / f".{target.name}{REPLACED}{stamp}-{n}"
+    below = _lock_below(target)
+    fresh = make_temp_dir(target.parent, f".{target.name}.new-")
+    new_lock = RunLock(fresh).acquire()  # no other process knows this directory
     try:
-        os.rename(target, aside)
-    except OSError as exc:
-        raise RunDirError(
-            f"Cannot move the run in {path} aside to {aside} to replace it: {exc}.",
-            hint="Delete it yourself, or choose another --out.",
-        ) from exc
-    target.mkdir()
-    return aside
+        try:
+            os.rename(target, aside)
+        except OSError as exc:
+            raise RunDirError(
+                f"Cannot move the run in {path} aside to {aside} to replace it: {exc}.",
+                hint="Delete it yourself, or choose another --out.",
+            ) from exc
+        try:
+            os.rename(fresh, target)
+        except OSError as exc:  # something took the name meanwhile: put the run back
+            os.rename(aside, target)
+            raise RunDirError(
+                f"Cannot replace the run in {path}: {exc}.", hint="Run the command again."
+            ) from exc
+    except BaseException:
+        new_lock.release()
+        shutil.rmtree(fresh, ignore_errors=True)
+        for held in below:
+            held.release()
+        raise
+    for held in [*below, *([lock] if lock is not None else [])]:
+        held.directory = aside / held.directory.resolve().relative_to(target)
+        held.release()
+    new_lock.directory = path
+    return aside, new_lock
 
 
 def _replaced_path(path: Path, name: Any) -> Path | None:
@@ -349,6 +586,8 @@ def settle_replacement(
     aside = _replaced_path(path, name)
     if aside is None:
         return None
+    if not resumable and (busy := busy_below(path)) is not None:
+        resumable, how = True, f"once {busy.path} is no longer in use ({busy.who})"
     if resumable:
         return (
             f"{path} keeps this unfinished run (continue it {how}); the run it replaces is kept "
@@ -395,6 +634,60 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def rooted_model(path: str | Path, manifest: dict[str, Any]) -> Path | None:
+    """Where the input model of the run in ``path`` is when its config names it relative to a
+    grid's root (the manifest's ``model_root``, relative to ``path``: ``hftguard run``); None for
+    a run whose ``config.model`` is spelled as given (a stage command, or an older grid)."""
+    root, model = manifest.get("model_root"), (manifest.get("config") or {}).get("model")
+    if not isinstance(root, str) or not isinstance(model, str) or not model:
+        return None
+    return Path(os.path.normpath(Path(path) / root / model))
+
+
+def model_recipe(path: str | Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The model recipe (``manifest["model"]``) of the run in ``path``, with its adapters found
+    where they are now.
+
+    A recipe records absolute adapter paths, the run's own adapter last (``<run>/adapter``). When
+    the run is no longer where it was written (a grid moved or copied), each adapter recorded under
+    the part of the old path that changed is looked for under the new one: a copied grid loads its
+    own adapters, not the original's. An adapter found in neither place is a ModelError that
+    says how to fix it.
+    """
+    model = dict(manifest["model"])
+    adapters = [str(a) for a in model.get("adapters") or []]
+    if not adapters or Path(adapters[-1]).name != "adapter":
+        return model
+    then, here = Path(adapters[-1]).parent, Path(path).resolve()
+    if then == here:
+        return model
+    a, b = then.parts, here.parts
+    k = 0  # the trailing path parts that stayed the same
+    while k < min(len(a), len(b)) - 1 and a[-1 - k] == b[-1 - k]:
+        k += 1
+    old, new = Path(*a[: len(a) - k]), Path(*b[: len(b) - k])
+    found = []
+    for adapter in adapters:
+        was = Path(adapter)
+        moved = new / was.relative_to(old) if was.is_relative_to(old) else None
+        if moved is not None and moved.is_dir():
+            found.append(str(moved))
+        elif was.is_dir():
+            found.append(adapter)
+        else:
+            raise ModelError(
+                f"The model of {path} needs the adapter {adapter}, which is missing"
+                + (f" (and not at {moved} either)" if moved is not None and moved != was else "")
+                + f": {path} was moved or copied from {then} without the run that adapter "
+                "belongs to.",
+                hint="Move or copy the whole grid (its --out directory), which keeps its stages "
+                "together, or put that run back where it was; otherwise re-run the stages from "
+                "that one on.",
+            )
+    model["adapters"] = found
+    return model
 
 
 def base_manifest(

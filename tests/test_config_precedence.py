@@ -165,6 +165,8 @@ def _other_value(tp: Any, default: Any, name: str) -> Any:
         return default + 3
     if tp is float:
         return round(default / 2 + 0.3, 6) if default <= 1 else default * 2
+    if name == "device":
+        return "cpu"  # a device string is checked (config.check_device)
     if tp is str:
         return f"{default or name}-x"
     if origin is list:

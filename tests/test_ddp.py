@@ -185,19 +185,22 @@ def _train(defense: Any, run_path: Path) -> Weights:
         main, batch_size = _user_data(tok), USER_BATCH
     opts = TrainOptions(lr=1e-2, max_steps=STEPS, batch_size=batch_size, checkpoint_every=0)
     run = open_run_dir(run_path, "align")
-    training.train(
-        model,
-        defense,
-        main,
-        streams if defense.streams else {},
-        opts,
-        run,
-        Reporter(quiet=True),
-        seed=3,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
+    try:
+        training.train(
+            model,
+            defense,
+            main,
+            streams if defense.streams else {},
+            opts,
+            run,
+            Reporter(quiet=True),
+            seed=3,
+            pad_id=tok.pad_token_id,
+            device=torch.device("cpu"),
+            dtype=torch.float32,
+        )
+    finally:
+        run.release()  # the run directory's lock (open_run_dir), as a stage's guard() does
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 

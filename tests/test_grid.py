@@ -242,19 +242,28 @@ class FakeStages:
             self.calls[stage] += 1
             self.log.append((stage, out.as_posix(), {"resume": resume, "overwrite": overwrite}))
             run_dir, done = start_run(
-                out, stage, cfg, resume=resume, overwrite=overwrite, command=None
+                out,
+                stage,
+                cfg,
+                resume=resume,
+                overwrite=overwrite,
+                command=None,
+                model_root=kw.get("model_root"),
             )
             if done:
                 return run_dir.read_manifest()
-            if any(out.as_posix().endswith(f) for f in self.fail):
-                run_dir.update_manifest(status="failed")
-                raise HftguardError(f"boom in {out}")
-            metrics = {"harmful_score": 10.0, "finetune_accuracy": {"s": 50.0}}
-            return run_dir.update_manifest(
-                status="completed",
-                ended_at=now(),
-                **({"metrics": metrics} if stage == "eval" else {}),
-            )
+            try:  # the stage's lock on its run directory is released at its end, as in guard()
+                if any(out.as_posix().endswith(f) for f in self.fail):
+                    run_dir.update_manifest(status="failed")
+                    raise HftguardError(f"boom in {out}")
+                metrics = {"harmful_score": 10.0, "finetune_accuracy": {"s": 50.0}}
+                return run_dir.update_manifest(
+                    status="completed",
+                    ended_at=now(),
+                    **({"metrics": metrics} if stage == "eval" else {}),
+                )
+            finally:
+                run_dir.release()
 
         return run
 
@@ -280,10 +289,7 @@ def test_one_aligned_model_serves_every_p(fake: FakeStages, tmp_path: Path) -> N
         ]
         for c in summary["cells"]
     }
-    assert ft_models == {
-        str(tmp_path / "out" / "aligned" / "sft-s42"),
-        str(tmp_path / "out" / "aligned" / "booster-s42"),
-    }
+    assert ft_models == {"aligned/sft-s42", "aligned/booster-s42"}  # relative to the grid root
     kinds = Counter(r["kind"] for r in summary["rows"])
     assert kinds == {"base": 1, "aligned": 2, "attacked": 6}
     assert {e["kind"] for e in summary["evals"]} == {"base", "aligned"}

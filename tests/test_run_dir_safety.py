@@ -440,9 +440,12 @@ def test_run_overwrite_with_progress_keeps_both_until_it_completes(
             )
             if done_:
                 return run_dir.read_manifest()
-            if stage in failing:
-                raise HftguardError(f"boom in {out}")
-            return run_dir.update_manifest(status="completed", ended_at=now(), metrics={})
+            try:  # released at the end, as the real stages' guard() does
+                if stage in failing:
+                    raise HftguardError(f"boom in {out}")
+                return run_dir.update_manifest(status="completed", ended_at=now(), metrics={})
+            finally:
+                run_dir.release()
 
         return run
 

@@ -41,7 +41,7 @@ def plugin_rows(verbose: bool = False) -> list[dict[str, Any]]:
         rows.append(
             {
                 "name": f.name,
-                "kind": "broken-plugin",
+                "kind": f.kind,
                 "stage": None,
                 "version": f.version,
                 "distribution": f.distribution,
@@ -164,7 +164,11 @@ def register(app: typer.Typer) -> None:
         config_file: Annotated[Path, typer.Argument(help="TOML config to check.")],
         kind: Annotated[str, typer.Option(help="pipeline | align | finetune | eval")] = "pipeline",
     ) -> None:
-        """Check a config file (keys, types, ranges, component names) without loading a model."""
+        """Check a config file (keys, types, ranges, names, paths) without loading a model.
+
+        Every path it names must exist (the model, data files, judge models, datasets' local
+        sources); all missing ones are listed in one error.
+        """
         from hftguard import config as c
         from hftguard.console import stdout
         from hftguard.errors import ConfigError
@@ -183,12 +187,21 @@ def register(app: typer.Typer) -> None:
             from hftguard.pipeline import grid
 
             g = grid.load(c.layered(config_file=config_file))
-            grid.check(g, default_registry())
+            from hftguard.pipeline.preflight import check_grid
+
+            check_grid(g, default_registry())  # every missing path is listed at once
             cells = f" ({len(g.cells)} cells)" if g.is_grid else ""
             stdout.print(f"[green]OK[/green]: {config_file} is a valid pipeline config{cells}.")
             return
         # the stage as `hftguard KIND --config FILE` resolves it (a pipeline file's section too)
+        from hftguard.pipeline.preflight import check_with_paths, stage_problems
+
         cfg = c.resolve(classes[kind], config_file=config_file)
-        c.validate_stage(cfg)
-        check_components(cfg, default_registry())
+        reg = default_registry()
+
+        def checks() -> None:
+            c.validate_stage(cfg)
+            check_components(cfg, reg)
+
+        check_with_paths(checks, stage_problems(cfg, reg))  # every missing path at once
         stdout.print(f"[green]OK[/green]: {config_file} is a valid {kind} config.")

@@ -20,6 +20,9 @@ PANEL = "Inspect"
 def _device(name: str, classes: list[Any]) -> str:
     """``auto``: a GPU when a model judge runs and one is present (torch is imported only then)."""
     if name != "auto":
+        from hftguard.config import check_device
+
+        check_device("--device", name)
         return name
     from hftguard.builtins.judges.model_judge import ModelJudge
 

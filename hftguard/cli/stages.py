@@ -67,14 +67,23 @@ def _train(
     return {"train": given} if given else {}
 
 
-def _call(fn: Callable[[], Any]) -> Any:
-    """Run a pipeline call; turn Ctrl-C into exit code 130 with a resume hint."""
+#: What to do after Ctrl-C: a stage command continues with --resume; ``hftguard run`` (which has
+#: no --resume) continues when the same command is run again.
+RESUME_HINT = "Re-run the same command with --resume to continue."
+RERUN_HINT = (
+    "Re-run the same command to continue: finished stages are skipped and the interrupted one "
+    "resumes."
+)
+
+
+def _call(fn: Callable[[], Any], hint: str = RESUME_HINT) -> Any:
+    """Run a pipeline call; turn Ctrl-C into exit code 130 with ``hint`` on how to continue."""
     try:
         return fn()
     except KeyboardInterrupt:
         from hftguard.console import stderr
 
-        stderr.print("Interrupted. Re-run the same command with --resume to continue.")
+        stderr.print(f"Interrupted. {hint}", highlight=False)
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
@@ -362,7 +371,10 @@ def register(app: typer.Typer) -> None:
             data = cfgmod.merge(data, {"grid": {"seed": [seed]}})
         g = grid.load(data)
         if dry_run:
-            grid.check(g)
+            from hftguard.pipeline.preflight import check_grid
+            from hftguard.registry import default_registry
+
+            check_grid(g, default_registry())  # also every missing path, listed at once
             rows = grid.plan(g, out)
             if as_json:
                 print_json(rows)
@@ -391,7 +403,8 @@ def register(app: typer.Typer) -> None:
 
         try:
             summary = _call(
-                lambda: grid.run(g, out, reporter=reporter, overwrite=overwrite, command=sys.argv)
+                lambda: grid.run(g, out, reporter=reporter, overwrite=overwrite, command=sys.argv),
+                RERUN_HINT,
             )
         except grid.GridFailed as exc:
             show(exc.summary)

@@ -11,6 +11,7 @@ from hftguard.pipeline.common import (
     StageInputs,
     data_ctx,
     guard,
+    model_spec,
     open_training_stage,
     train_stage,
 )
@@ -26,8 +27,12 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     command: list[str] | None = None,
+    model_root: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune ``cfg.model`` (a base model or an aligned run) on a poisoned mixture."""
+    """Fine-tune ``cfg.model`` (a base model or an aligned run) on a poisoned mixture.
+
+    ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
+    """
     from hftguard.data import is_file_spec, load_examples, mix_poison
 
     reporter = reporter or Reporter()
@@ -42,6 +47,7 @@ def run(
         resume=resume,
         overwrite=overwrite,
         command=command,
+        model_root=model_root,
     )
     reg, info, defense, run_dir = opened.registry, opened.info, opened.defense, opened.run
     if opened.done:
@@ -71,13 +77,14 @@ def run(
             )
             sources["alignment"] = {"spec": cfg.alignment_data, "count": len(streams["alignment"])}
         probes = _analysis_probes(cfg, reg, ctx, harmful, mixture) if cfg.analysis_every else {}
-        resolved = models.resolve(cfg.model)
+        spec = model_spec(cfg.model, model_root)
+        resolved = models.resolve(spec)
         mode = cfg.lora_mode
         if mode == "auto":
             mode = (resolved.run_manifest or {}).get("finetune_lora", "merge")
         if resolved.is_run and (resolved.run_manifest or {}).get("stage") != "align":
             reporter.warn(
-                f"{cfg.model} is a '{resolved.run_manifest.get('stage')}' run, not an "
+                f"{spec} is a '{resolved.run_manifest.get('stage')}' run, not an "
                 "aligned one; fine-tuning it anyway."
             )
         reporter.info(
@@ -96,7 +103,7 @@ def run(
                 sources,
                 {
                     "composition": mixture.composition(),
-                    "aligned_run": str(Path(cfg.model).resolve()) if resolved.is_run else None,
+                    "aligned_run": str(Path(spec).resolve()) if resolved.is_run else None,
                     **({"analysis": _probe_record(cfg, probes)} if probes else {}),
                 },
                 probes=probes,

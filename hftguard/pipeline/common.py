@@ -3,7 +3,9 @@ the model, encoding data, running the loop, saving the adapter and writing the m
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +60,25 @@ def component_record(info: ComponentInfo, options: Any = None) -> dict[str, Any]
     return rec
 
 
+def model_spec(model: str, model_root: str | Path | None) -> str:
+    """Where a stage finds its input model: ``model`` itself, or, inside a grid, ``model`` relative
+    to ``model_root`` (the grid's root; the manifest records it as ``model_root``)."""
+    return model if model_root is None else str(Path(model_root) / model)
+
+
+def same_stage_config(recorded: Any, cfg: Any, model_root: str | Path | None = None) -> bool:
+    """``cfgmod.same_config``, for a stage whose ``cfg.model`` is relative to ``model_root``: a
+    run recorded before grids recorded relative paths (its model spelled ``ROOT/model``, ROOT as
+    given to ``hftguard run --out``) is the same run too."""
+    if cfgmod.same_config(recorded, cfg):
+        return True
+    if model_root is None or not isinstance(getattr(cfg, "model", None), str):
+        return False
+    return cfgmod.same_config(
+        recorded, dataclasses.replace(cfg, model=model_spec(cfg.model, model_root))
+    )
+
+
 def start_run(
     out: str | Path,
     stage: str,
@@ -66,32 +87,46 @@ def start_run(
     resume: bool,
     overwrite: bool,
     command: list[str] | None,
+    model_root: str | Path | None = None,
 ) -> tuple[RunDir, bool]:
-    """Open the run dir. Returns (run, already_done). A resumed run must have the same config.
+    """Open (and lock) the run dir. Returns (run, already_done). A resumed run must have the same
+    config.
 
     With ``overwrite``, the run it replaces waits aside (manifest ``replaces``) until this one
     completes, and is put back if this one fails first with nothing to resume from
     (:func:`fail_run`), e.g. on a missing data file or model found only now.
+
+    The run directory stays locked (``runs.RunLock``) until the stage releases it (:func:`guard`);
+    when it is already done, or cannot be opened, it is released here. ``model_root``: the grid
+    root ``cfg.model`` is relative to; recorded as ``model_root``, relative to the run directory,
+    so the grid can move (:func:`model_spec`).
     """
     run = open_run_dir(out, stage, resume=resume, overwrite=overwrite)
-    cfg_dict = cfgmod.as_dict(cfg)
-    if run.resumed:
-        old = run.read_manifest()
-        if not cfgmod.same_config(old.get("config"), cfg):
-            changed = sorted(k for k in cfg_dict if old.get("config", {}).get(k) != cfg_dict[k])
-            raise RunDirError(
-                f"Cannot resume {run.path}: the configuration differs from the original run "
-                f"(changed: {', '.join(changed) or 'format'}).",
-                hint="Resume with the same options, or use --overwrite to start again.",
-            )
-        if old.get("status") == "completed":
-            return run, True
-        run.update_manifest(status="running", resumed_at=now())
-        return run, False
-    manifest = base_manifest(stage, command, cfg_dict, getattr(cfg, "seed", 0))
-    if run.replaced is not None:
-        manifest["replaces"] = run.replaced.name
-    run.update_manifest(**manifest)
+    try:
+        cfg_dict = cfgmod.as_dict(cfg)
+        if run.resumed:
+            old = run.read_manifest()
+            if not same_stage_config(old.get("config"), cfg, model_root):
+                changed = sorted(k for k in cfg_dict if old.get("config", {}).get(k) != cfg_dict[k])
+                raise RunDirError(
+                    f"Cannot resume {run.path}: the configuration differs from the original run "
+                    f"(changed: {', '.join(changed) or 'format'}).",
+                    hint="Resume with the same options, or use --overwrite to start again.",
+                )
+            if old.get("status") == "completed":
+                run.release()
+                return run, True
+            run.update_manifest(status="running", resumed_at=now())
+            return run, False
+        manifest = base_manifest(stage, command, cfg_dict, getattr(cfg, "seed", 0))
+        if model_root is not None:
+            manifest["model_root"] = Path(os.path.relpath(model_root, run.path)).as_posix()
+        if run.replaced is not None:
+            manifest["replaces"] = run.replaced.name
+        run.update_manifest(**manifest)
+    except BaseException:
+        run.release()
+        raise
     return run, False
 
 
@@ -250,6 +285,7 @@ def open_training_stage(
     overwrite: bool,
     command: list[str] | None,
     prepare: Callable[[Registry, Any], Any] | None = None,
+    model_root: str | Path | None = None,
 ) -> OpenedStage:
     """Validate ``cfg``, build the defense, check every name and the budget, then open the run
     directory.
@@ -259,7 +295,8 @@ def open_training_stage(
     the step count is known from the config, and whatever ``prepare(registry, defense)`` checks
     (it may load data; its result is ``OpenedStage.prepared``).
     With several processes (``torchrun``, ``accelerate launch``) every process validates, process
-    0 alone opens the run directory, and the others get its path (``hftguard.distributed``).
+    0 alone opens (and locks) the run directory, and the others get its path
+    (``hftguard.distributed``).
     """
     team = distributed.join(lambda: _trains_on_cpu(cfg))
     team.begin_stage()
@@ -275,7 +312,15 @@ def open_training_stage(
         prepared = prepare(reg, defense) if prepare is not None else None
         if not team.is_main:  # filled in from process 0's answer below
             return OpenedStage(reg, info, defense, RunDir(Path(out), stage), False, prepared)
-        run, done = start_run(out, stage, cfg, resume=resume, overwrite=overwrite, command=command)
+        run, done = start_run(
+            out,
+            stage,
+            cfg,
+            resume=resume,
+            overwrite=overwrite,
+            command=command,
+            model_root=model_root,
+        )
         opened.append(run)
         return OpenedStage(reg, info, defense, run, done, prepared)
 
@@ -286,6 +331,11 @@ def open_training_stage(
     except distributed.PeerFailed as exc:  # another process rejected the input
         if opened:
             fail_run(opened[0], exc)
+            opened[0].release()
+        raise
+    except BaseException:
+        if opened:
+            opened[0].release()
         raise
     if not team.is_main:
         path, resumed, result.done = shared
@@ -433,7 +483,8 @@ def train_stage(
 
 
 def guard(run: RunDir, fn: Any) -> Any:
-    """Run ``fn`` and mark the run failed/interrupted if it raises.
+    """Run ``fn``, mark the run failed/interrupted if it raises, and release the run directory's
+    lock (:func:`start_run`) either way.
 
     In a training stage run by several processes, an error is also reported to the others at the
     next sync point, and every process returns process 0's result.
@@ -445,6 +496,8 @@ def guard(run: RunDir, fn: Any) -> Any:
         except (HftguardError, Exception, KeyboardInterrupt) as exc:
             fail_run(run, exc)
             raise
+        finally:
+            run.release()
     try:
         try:
             result = fn()
@@ -456,6 +509,7 @@ def guard(run: RunDir, fn: Any) -> Any:
         return team.sync("done", lambda: result, share=lambda r: r)[1]
     finally:
         team.end_stage()
+        run.release()
 
 
 def check_components(cfg: Any, reg: Registry) -> None:

@@ -39,6 +39,7 @@ from hftguard import margin
 from hftguard.config import EvalConfig, validate_stage
 from hftguard.console import Reporter
 from hftguard.context import JudgeContext
+from hftguard.names import name_path
 from hftguard.pipeline import agreement, cache, judging
 from hftguard.pipeline.common import (
     check_components,
@@ -46,6 +47,7 @@ from hftguard.pipeline.common import (
     data_ctx,
     get_registry,
     guard,
+    model_spec,
     start_run,
 )
 from hftguard.records import Example, Verdict
@@ -126,8 +128,12 @@ def run(
     resume: bool = False,
     overwrite: bool = False,
     command: list[str] | None = None,
+    model_root: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Evaluate ``cfg.model`` and write metrics.json + generations.jsonl into ``out``."""
+    """Evaluate ``cfg.model`` and write metrics.json + generations.jsonl into ``out``.
+
+    ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
+    """
     from hftguard.data import dataset_instance, load_examples
 
     reporter = reporter or Reporter()
@@ -136,7 +142,15 @@ def run(
     check_components(cfg, reg)
     judges = judging.build_judges(reg, cfg.judges, cfg.judge_options)
     task_infos = [reg.dataset(t, "task") for t in cfg.tasks]
-    run_dir, done = start_run(out, "eval", cfg, resume=resume, overwrite=overwrite, command=command)
+    run_dir, done = start_run(
+        out,
+        "eval",
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        command=command,
+        model_root=model_root,
+    )
     if done:
         reporter.info(f"{run_dir.path} is already complete; nothing to do.")
         return run_dir.read_manifest()
@@ -176,7 +190,7 @@ def run(
             exs = list(task.load("test", ctx))
             tasks[name] = (task, exs[: cfg.task_samples] if cfg.task_samples else exs)
 
-        resolved = models.resolve(cfg.model)
+        resolved = models.resolve(model_spec(cfg.model, model_root))
         device = models.pick_device(cfg.device)
         dtype = models.pick_dtype(cfg.precision, device)
         precision = models.precision_record(cfg.precision, device)
@@ -185,7 +199,8 @@ def run(
                 "precision=bf16 on a CPU without native bf16: generation is emulated and slow; "
                 "precision=auto picks fp32 here."
             )
-        reporter.info(f"eval: loading {cfg.model} on {device} ({precision['dtype']})")
+        spec = model_spec(cfg.model, model_root)
+        reporter.info(f"eval: loading {spec} on {device} ({precision['dtype']})")
         model, tok = models.load_for_eval(resolved.recipe, device, dtype)
         model_fp = cache.model_key(resolved.recipe)
         bos_added: list[bool] = []  # per gen() call: did the prompts get the tokenizer's BOS?
@@ -264,7 +279,7 @@ def run(
                 first.config,
                 b_prompts,
                 b_resp,
-                lambda: first.judge(b_prompts, b_resp, jctx),
+                lambda: judging.call_judge(first_info, first, b_prompts, b_resp, jctx),
             )
             over_refusal = pct(sum(v.label == "refusal" for v in b_verdicts), len(benign))
             benign_degenerate = pct(sum(v.label == "degenerate" for v in b_verdicts), len(benign))
@@ -414,7 +429,7 @@ def _write_external(
         }
         for e, out in zip(exs, outputs, strict=True)
     ]
-    atomic_write_json(run_path / "external" / f"{task}.json", rows)
+    atomic_write_json(name_path(run_path / "external", task, ".json", root=run_path), rows)
 
 
 def _headline(m: dict[str, Any]) -> dict[str, Any]:

@@ -40,10 +40,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftguard.config import check_range, opt
+from hftguard.config import check_device, check_range, opt
 from hftguard.console import Reporter
 from hftguard.context import JudgeContext
-from hftguard.errors import ConfigError, DataError
+from hftguard.errors import ConfigError, DataError, HftguardError, PluginError
 from hftguard.records import Example, Verdict
 from hftguard.registry import ComponentInfo, Registry
 
@@ -91,10 +91,47 @@ def judge_all(
             judge.config,
             prompts,
             responses,
-            lambda j=judge: j.judge(prompts, responses, ctx),
+            lambda i=info, j=judge: call_judge(i, j, prompts, responses, ctx),
         )
         for info, judge in judges
     }
+
+
+def call_judge(
+    info: ComponentInfo,
+    judge: Any,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    ctx: JudgeContext,
+) -> list[Verdict]:
+    """``judge.judge(prompts, responses, ctx)``, with a judge that crashes (or returns the wrong
+    number of verdicts) reported by name and provider: a :class:`PluginError` (exit code 3) for a
+    plugin's judge, a run failure (exit code 1) for a built-in one. Its own HftguardErrors (a
+    model judge's ModelError...) pass through unchanged."""
+    from hftguard.plugins import BUILTIN_DISTRIBUTION
+
+    try:
+        verdicts = list(judge.judge(prompts, responses, ctx))
+        if len(verdicts) != len(prompts):
+            raise ValueError(f"it returned {len(verdicts)} verdicts for {len(prompts)} pairs")
+    except HftguardError:
+        raise
+    except Exception as exc:
+        what = f"{type(exc).__name__}: {exc}"
+        if info.distribution == BUILTIN_DISTRIBUTION:
+            raise HftguardError(
+                f"The built-in judge '{info.name}' failed on {len(prompts)} responses: {what}",
+                hint="This is a bug in hftguard: HFTGUARD_DEBUG=1 shows the traceback to report. "
+                "Meanwhile evaluate with another judge (--judge).",
+            ) from exc
+        raise PluginError(
+            f"Judge '{info.name}' of plugin '{info.plugin}' (distribution {info.distribution} "
+            f"{info.distribution_version}) failed on {len(prompts)} responses: {what}",
+            hint="A bug in that plugin or in its setup (HFTGUARD_DEBUG=1 shows the traceback for "
+            f"its authors). Meanwhile evaluate without it (another --judge), or turn the plugin "
+            f"off with HFTGUARD_DISABLE_PLUGINS={info.plugin}.",
+        ) from exc
+    return verdicts
 
 
 def judge_metrics(
@@ -285,6 +322,7 @@ def validate(cfg: JudgeConfig) -> None:
             hint="Name each judge once; its options go in --set judge_options.NAME.option=value.",
         )
     check_range("batch_size", cfg.batch_size, 1)
+    check_device("device", cfg.device)
     parse_field_map([f"{k}={v}" for k, v in cfg.fields.items()])
 
 

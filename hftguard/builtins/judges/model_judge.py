@@ -129,23 +129,30 @@ def load_pretrained(
     ``TRANSFORMERS_OFFLINE`` is set or the hub endpoint does not answer within seconds. Every
     failure is a :class:`ModelError` with a hint on how to download the model and pass its local
     directory.
-    """
-    from hftguard.models import quiet_transformers
 
+    Weights load only as safetensors (``use_safetensors=True``): a local directory with only pickled
+    weights (``pytorch_model.bin``) is refused before anything is read, unless
+    ``HFTGUARD_TRUST_PICKLE=1`` (see :func:`hftguard.models.require_safetensors`).
+    """
+    from hftguard.models import pickle_hint, quiet_transformers, require_safetensors, trust_pickle
+
+    path, is_hub = locate(spec, judge)
+    if not is_hub:
+        require_safetensors(path, f"judge {judge}: model directory")
     quiet_transformers()
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    path, is_hub = locate(spec, judge)
     auto = AutoModelForSequenceClassification if task == "sequence-classification" else None
     auto = auto or AutoModelForCausalLM
     common: dict[str, Any] = {"trust_remote_code": False}
     if is_hub and revision:
         common["revision"] = revision
+    safe_only = {} if trust_pickle() else {"use_safetensors": True}
 
     def attempt(local_only: bool) -> tuple[Any, Any]:
         kw = {**common, "local_files_only": local_only}
         tok = AutoTokenizer.from_pretrained(path, **kw)
-        model = auto.from_pretrained(path, dtype=dtype, **kw, **(model_kwargs or {}))
+        model = auto.from_pretrained(path, dtype=dtype, **kw, **safe_only, **(model_kwargs or {}))
         return model, tok
 
     errors = (OSError, ValueError, KeyError)
@@ -173,6 +180,12 @@ def load_pretrained(
             "`pip install sentencepiece protobuf`).",
         ) from exc
     except errors as exc:
+        if is_hub and safe_only and "safetensors" in str(exc):
+            raise ModelError(
+                f"judge {judge}: hub model '{spec}' has no safetensors weights; hftguard loads "
+                "weights only as safetensors, because loading a pickle can execute arbitrary code.",
+                hint=pickle_hint(),
+            ) from exc
         where = "hub id" if is_hub else "directory"
         local_hint = "Check the path: it must hold a Hugging Face model (config.json, weights, "
         local_hint += "tokenizer files)."

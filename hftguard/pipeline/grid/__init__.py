@@ -33,7 +33,7 @@ The ``[grid]`` table (every axis a value or a list; a missing axis takes the bas
 """
 
 from hftguard.pipeline.grid.layout import Layout, plan, stage_state
-from hftguard.pipeline.grid.runner import GridFailed, run, summary_rows
+from hftguard.pipeline.grid.runner import GridFailed, GridIncomplete, run, summary_rows
 from hftguard.pipeline.grid.spec import (
     AXES,
     GRID_KEYS,
@@ -55,6 +55,7 @@ __all__ = [
     "Cell",
     "Grid",
     "GridFailed",
+    "GridIncomplete",
     "Layout",
     "check",
     "fmt_num",

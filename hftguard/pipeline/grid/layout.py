@@ -6,18 +6,26 @@ import datetime as _dt
 from pathlib import Path
 from typing import Any
 
-from hftguard import config as cfgmod
 from hftguard.errors import HftguardError
 from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, slug
 from hftguard.runs import is_run_dir, read_manifest
 
 
 class Layout:
-    """Where each stage of a grid lives under OUT."""
+    """Where each stage of a grid lives under OUT.
+
+    A stage whose input model is another stage of the grid names it relative to OUT
+    (:meth:`rel`; the stage gets ``model_root=OUT`` and records ``model_root`` in its manifest), so
+    a grid can be moved or copied: its configs stay the same wherever OUT is.
+    """
 
     def __init__(self, root: Path, grid: Grid) -> None:
         self.root = root
         self.legacy = not grid.is_grid
+
+    def rel(self, path: Path) -> str:
+        """``path`` (a stage's directory under OUT) relative to OUT, as a stage config names it."""
+        return path.relative_to(self.root).as_posix()
 
     def base_eval(self) -> Path:
         return self.root / ("base-eval" if self.legacy else "evals/base")
@@ -43,16 +51,22 @@ def _time(value: Any) -> _dt.datetime | None:
         return None
 
 
-def stage_state(path: Path, cfg: Any, upstream: Path | None = None) -> str:
+def stage_state(
+    path: Path, cfg: Any, upstream: Path | None = None, model_root: Path | None = None
+) -> str:
     """``new``, ``done`` (completed, same config, newer than its input), ``changed`` (config
-    differs), ``stale`` (its input model was rebuilt after it started) or ``unfinished``."""
+    differs), ``stale`` (its input model was rebuilt after it started) or ``unfinished``.
+
+    ``model_root``: the grid root ``cfg.model`` is relative to (``common.same_stage_config``)."""
+    from hftguard.pipeline.common import same_stage_config
+
     if not is_run_dir(path):
         return "new"
     try:
         m = read_manifest(path)
     except HftguardError:
         return "unfinished"
-    if not cfgmod.same_config(m.get("config"), cfg):
+    if not same_stage_config(m.get("config"), cfg, model_root):
         return "changed"
     if upstream is not None and is_run_dir(upstream):
         up_end = _time(read_manifest(upstream).get("ended_at"))
@@ -70,13 +84,17 @@ def plan(grid: Grid, out: str | Path) -> list[dict[str, Any]]:
         start, upstream, a_state = grid.base.align.model, None, "-"
         if align_name != NO_ALIGN:
             upstream = lay.aligned(align_name, seed)
-            start = str(upstream)
+            start = lay.rel(upstream)
             a_state = stage_state(upstream, grid.align_config(align_name, seed))
+        root = lay.root if upstream is not None else None
         for cell in cells:
             attacked = lay.attacked(cell)
-            f_state = stage_state(attacked, grid.finetune_config(cell, start), upstream)
+            f_state = stage_state(attacked, grid.finetune_config(cell, start), upstream, root)
             e_state = stage_state(
-                lay.cell_eval(cell), grid.cell_eval_config(cell, str(attacked)), attacked
+                lay.cell_eval(cell),
+                grid.cell_eval_config(cell, lay.rel(attacked)),
+                attacked,
+                lay.root,
             )
             done = a_state in ("done", "-") and f_state == e_state == "done"
             rows.append(

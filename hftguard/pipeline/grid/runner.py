@@ -1,4 +1,10 @@
-"""Running a grid: shared stages once, skipping, resume, failures kept per cell, progress."""
+"""Running a grid: shared stages once, skipping, resume, failures kept per cell, progress.
+
+Two ``hftguard run`` processes on one grid share it: each stage locks its run directory
+(``hftguard.runs.RunLock``), and a stage another process holds is skipped, with its cells (status
+``held``), instead of failing; the run then ends ``incomplete`` (:class:`GridIncomplete`, exit code
+1) naming them, and re-running the same command once the other process has finished picks them up.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from typing import Any
 
 from hftguard.config import EvalConfig, PipelineConfig
 from hftguard.console import Reporter
-from hftguard.errors import HftguardError, RunDirError
+from hftguard.errors import HftguardError, RunDirError, RunDirInUse
 from hftguard.pipeline.grid.layout import Layout, plan, stage_state
 from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, check, single
 from hftguard.registry import Registry
@@ -34,6 +40,10 @@ class GridFailed(HftguardError):
     def __init__(self, message: str, hint: str, summary: dict[str, Any]) -> None:
         super().__init__(message, hint)
         self.summary = summary
+
+
+class GridIncomplete(GridFailed):
+    """No cell failed, but some were skipped: another process holds their stages."""
 
 
 @dataclass
@@ -61,6 +71,7 @@ class _Runner:
         self.kw: dict[str, Any] = {"reporter": reporter, "registry": registry, "command": command}
         self.rows: list[dict[str, Any]] = []
         self.failures: list[_Failure] = []
+        self.held: list[_Failure] = []  # stages another process holds (skipped, with their cells)
         self.status: dict[str, str] = {c.name: "left" for c in grid.cells}
         self.running: Cell | None = None
         self.fail_fast = not grid.is_grid  # a single pipeline stops at its first error
@@ -75,11 +86,13 @@ class _Runner:
             return
         done = sum(v == "done" for v in self.status.values())
         failed = sum(v == "failed" for v in self.status.values())
-        left = len(self.status) - done - failed - (self.running is not None)
+        held = sum(v == "held" for v in self.status.values())
+        left = len(self.status) - done - failed - held - (self.running is not None)
         where = f"running {self.running.label}" if self.running else "shared stage"
         self.reporter.info(
             f"grid: {done}/{len(self.status)} cells done"
             + (f", {failed} failed" if failed else "")
+            + (f", {held} held by another process" if held else "")
             + f", {left} left; {where}: {what}"
         )
 
@@ -96,8 +109,12 @@ class _Runner:
         derived: bool = False,
     ) -> dict[str, Any]:
         """Run one stage unless it is done. ``derived`` stages (evals) are redone when their
-        config changed; a training stage whose config changed is refused by the stage itself."""
-        state = stage_state(path, cfg, upstream)
+        config changed; a training stage whose config changed is refused by the stage itself.
+
+        A stage built from another stage of the grid (``upstream``) names it relative to the grid
+        root (``Layout.rel``) and gets ``model_root``."""
+        model_root = self.layout.root if upstream is not None else None
+        state = stage_state(path, cfg, upstream, model_root)
         if state == "done" and upstream is not None and upstream in self.ran:
             state = "stale"  # its input was (re)built just now; timestamps may share a second
         if state == "done":
@@ -114,6 +131,7 @@ class _Runner:
             path,
             resume=state in ("unfinished", "changed") and not redo,
             overwrite=redo,
+            **({"model_root": model_root} if model_root is not None else {}),
             **self.kw,
         )
 
@@ -138,6 +156,15 @@ class _Runner:
     def fail(self, where: str, exc: Exception, cells: list[Cell]) -> None:
         if self.fail_fast:
             raise exc
+        if isinstance(exc, RunDirInUse):  # another hftguard run on this grid: skip, keep going
+            self.held.append(_Failure(where, exc.message, [c.name for c in cells], exc))
+            for c in cells:
+                self.status[c.name] = "held"
+            self.reporter.warn(
+                f"{where} skipped: {exc.message}"
+                + (f" ({len(cells)} cell(s) skipped)" if len(cells) > 1 else "")
+            )
+            return
         msg = exc.message if isinstance(exc, HftguardError) else f"{type(exc).__name__}: {exc}"
         self.failures.append(_Failure(where, msg, [c.name for c in cells], exc))
         for c in cells:
@@ -178,7 +205,7 @@ class _Runner:
                     for _ in cells:
                         self.on_cell_end()
                     continue
-                start, upstream = str(path), path
+                start, upstream = lay.rel(path), path
                 label = (
                     f"aligned ({align_name}, s{seed})" if g.is_grid else f"aligned ({acfg.defense})"
                 )
@@ -220,7 +247,7 @@ class _Runner:
         label = cell.label if g.is_grid else f"attacked (p={fcfg.harmful_ratio}, {fcfg.defense})"
         self.evaluate(
             label,
-            g.cell_eval_config(cell, str(attacked)),
+            g.cell_eval_config(cell, lay.rel(attacked)),
             lay.cell_eval(cell),
             attacked,
             {"kind": "attacked", "cell": cell.name, **cell.coords()},
@@ -240,7 +267,9 @@ def run(
     """Run every cell of ``cfg`` into ``out``; return a summary with one row per evaluated model.
 
     Raises :class:`GridFailed` (carrying the summary) when some cells of a grid failed and the
-    others finished; a single-pipeline config stops at, and re-raises, its stage's own error.
+    others finished, :class:`GridIncomplete` when none failed but some were skipped because
+    another process holds their stages (``hftguard run`` twice on one grid); a single-pipeline
+    config stops at, and re-raises, its stage's own error (``RunDirInUse`` included).
 
     ``out`` must be new, empty, or the root of an earlier ``hftguard run`` (its manifest's stage is
     ``pipeline``); ``overwrite`` moves such a root aside until this run completes, and puts it back
@@ -309,6 +338,10 @@ def run(
             result["failures"] = [
                 {"where": f.where, "error": f.error, "cells": f.cells} for f in runner.failures
             ]
+        if runner.held:
+            result["held"] = [
+                {"where": f.where, "reason": f.error, "cells": f.cells} for f in runner.held
+            ]
         return result
 
     try:
@@ -333,34 +366,64 @@ def run(
         if note := _settle(root):
             reporter.warn(note)
         raise
-    if not runner.failures and "replaces" in head:
+    if not runner.failures and not runner.held and "replaces" in head:
         drop_replaced(root, head.pop("replaces"))
-    result = summary("failed" if runner.failures else "completed")
+    status = "failed" if runner.failures else "incomplete" if runner.held else "completed"
+    result = summary(status)
     atomic_write_json(root / "manifest.json", result)
-    if runner.failures and (note := _settle(root)):
+    if (runner.failures or runner.held) and (note := _settle(root)):
         reporter.warn(note)
+    skipped = _skipped(runner.held, len(grid.cells))
     if runner.failures:
         n_failed = sum(v == "failed" for v in runner.status.values())
         first = runner.failures[0]
         raise GridFailed(
             f"{n_failed} of {len(grid.cells)} cells failed"
             + (f" ({len(runner.failures)} failures in all)" if len(runner.failures) > 1 else "")
-            + f"; first: {first.where}: {first.error}",
+            + f"; first: {first.where}: {first.error}"
+            + (f" Also {skipped[0].lower()}{skipped[1:]}" if skipped else ""),
             "Fix the cause and re-run the same command: finished stages are skipped and failed "
             f"ones retried. Every failure is listed in {root / 'manifest.json'}.",
             result,
         )
+    if runner.held:
+        raise GridIncomplete(
+            skipped,
+            "That process is computing them. Re-run the same command once it has finished to "
+            "include them: finished stages are skipped. They are listed in "
+            f'{root / "manifest.json"} (status "held").',
+            result,
+        )
     return result
+
+
+def _skipped(held: list[_Failure], n_cells: int) -> str:
+    """What the stages another process holds kept this run from doing, in a sentence."""
+    if not held:
+        return ""
+    cells = [c for f in held for c in f.cells]
+    shown = ", ".join(cells[:5]) + (f" and {len(cells) - 5} more" if len(cells) > 5 else "")
+    shared = [f.where for f in held if not f.cells]
+    text = (
+        f"{len(cells)} of {n_cells} cells skipped, held by another hftguard process: {shown}"
+        if cells
+        else "Skipped, held by another hftguard process: " + ", ".join(shared)
+    )
+    if cells and shared:
+        text += f"; and the shared stage(s) {', '.join(shared)}"
+    return f"{text} ({held[0].exc.who if isinstance(held[0].exc, RunDirInUse) else '?'})."
 
 
 def _open_root(root: Path, overwrite: bool) -> str | None:
     """Check that ``root`` may take this run's tree of runs and create it; with ``overwrite``, move
     an earlier root aside. Returns the name of the root this one replaces (``replaces``, carried
     over from an earlier ``--overwrite`` that did not complete)."""
-    from hftguard.runs import open_run_dir
+    from hftguard.runs import make_out_dir, open_run_dir
 
     if overwrite and root.exists():
-        run = open_run_dir(root, "pipeline", overwrite=True)  # refuses non-hftguard directories
+        # refuses non-hftguard directories, and a tree another process is writing a stage in
+        run = open_run_dir(root, "pipeline", overwrite=True)
+        run.release()  # the root is shared: each stage below locks its own run directory
         return run.replaced.name if run.replaced is not None else None
     if root.exists() and not root.is_dir():
         raise RunDirError(
@@ -380,9 +443,9 @@ def _open_root(root: Path, overwrite: bool) -> str | None:
                 "hftguard run to continue it).",
             )
         replaces = read_manifest(root).get("replaces")
-        root.mkdir(parents=True, exist_ok=True)
+        make_out_dir(root)
         return replaces if isinstance(replaces, str) else None
-    root.mkdir(parents=True, exist_ok=True)
+    make_out_dir(root)  # a RunDirError that says why when it cannot be created or written
     return None
 
 

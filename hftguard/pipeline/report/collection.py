@@ -10,7 +10,7 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report.stats import _avg
-from hftguard.runs import MANIFEST, is_run_dir, read_manifest
+from hftguard.runs import MANIFEST, is_run_dir, read_manifest, rooted_model
 
 
 @dataclass
@@ -216,7 +216,11 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
     """What an eval directory evaluated, from the manifests of the model's run directories."""
     cfg = manifest.get("config", {})
     adapters = (manifest.get("evaluated_model") or {}).get("adapters") or []
-    model_dir, model_m = _run_dir(cfg.get("model"), Path(adapters[-1]).parent if adapters else None)
+    model_dir, model_m = _run_dir(
+        rooted_model(path, manifest),  # inside a grid: relative to its root, wherever it is now
+        cfg.get("model"),
+        Path(adapters[-1]).parent if adapters else None,
+    )
     run = EvalRun(path, "base", manifest=manifest)
     if model_m is None:
         return run
@@ -239,6 +243,7 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
         run.task, run.seed = mcfg.get("task"), mcfg.get("seed")
         up_adapters = (model_m.get("input_model") or {}).get("adapters") or []
         a_dir, a_m = _run_dir(
+            rooted_model(model_dir, model_m) if model_dir is not None else None,
             model_m.get("aligned_run"),
             mcfg.get("model"),
             Path(up_adapters[-1]).parent if up_adapters else None,
