@@ -239,7 +239,7 @@ def train(
     t_run = time.perf_counter()
     log_file = log_path.open("a") if writes else _nowhere()
     with reporter.task(f"{label}: {defense.name}", total=steps) as task, log_file as log:
-        task.advance(start_step)
+        task.skip(start_step)
         if after_step is not None:
             after_step(start_step)
         for step in range(start_step, steps):

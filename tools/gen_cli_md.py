@@ -19,6 +19,7 @@ COMMANDS = [
     "run",
     "judge",
     "report",
+    "export",
     "validate-judges",
     "bench",
     "plugins",

@@ -18,14 +18,14 @@ class _StepEnds(Reporter):
 
     def __init__(self, clock: _Clock, warmup: int, last: int) -> None:
         super().__init__(quiet=True)
-        self.clock, self.warmup, self.last = clock, warmup, last
+        self.step_clock, self.warmup, self.last = clock, warmup, last
         self.stamps: list[tuple[Any, float]] = []
 
     def metrics(self, step: int, **values: Any) -> None:
         if step in (self.warmup - 1, self.last):
-            self.clock.sync()  # only at the edges of the timed region
+            self.step_clock.sync()  # only at the edges of the timed region
         if step >= self.warmup - 1:
-            self.stamps.append(self.clock.stamp())
+            self.stamps.append(self.step_clock.stamp())
 
 
 def bench_trainer(

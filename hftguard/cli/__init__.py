@@ -42,6 +42,7 @@ def build_app(host: object | None = None) -> typer.Typer:
     inspect.register(app)
     __import__("hftguard.cli.judge_validation", fromlist=["register"]).register(app)
     report.register(app)
+    __import__("hftguard.cli.export", fromlist=["register"]).register(app)  # hftguard export
     bench.register(app)
     if host is not None:
         _add_plugin_commands(app, host)

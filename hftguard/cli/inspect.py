@@ -9,6 +9,34 @@ import typer
 
 PANEL = "Inspect"
 
+#: How each kind's options are set, after the listing of ``hftguard plugins -v``.
+OPTION_NOTES = {
+    "alignment-defense": "on `hftguard align --defense NAME`; under `hftguard run`: "
+    "--set align.defense_options.OPTION=VALUE, or [align.defense_options] in the config file.",
+    "finetune-defense": "on `hftguard attack-finetune --defense NAME`; under `hftguard run`: "
+    "--set finetune.defense_options.OPTION=VALUE, or [finetune.defense_options].",
+    "dataset": "on any stage command and on `hftguard run` (there for every stage), or "
+    "[dataset_options.NAME] in the config file.",
+    "judge": "on `hftguard eval` / `hftguard judge --judge NAME`; under "
+    "`hftguard run`: --set eval.judge_options.NAME.OPTION=VALUE, or [eval.judge_options.NAME].",
+}
+
+
+def set_key(kind: str, name: str, option: str) -> str | None:
+    """The ``--set`` key of a component's option on its stage command (None: not settable).
+
+    Defenses take ``defense_options.OPTION``; judges and datasets are keyed by their name,
+    ``judge_options.NAME.OPTION`` and ``dataset_options.NAME.OPTION``. Report sinks are built
+    with their defaults.
+    """
+    if kind in ("alignment-defense", "finetune-defense"):
+        return f"defense_options.{option}"
+    if kind == "judge":
+        return f"judge_options.{name}.{option}"
+    if kind == "dataset":
+        return f"dataset_options.{name}.{option}"
+    return None
+
 
 def plugin_rows(verbose: bool = False) -> list[dict[str, Any]]:
     from hftguard.config import field_docs
@@ -21,7 +49,13 @@ def plugin_rows(verbose: bool = False) -> list[dict[str, Any]]:
         for row in rows:
             cls = by_key[(row["kind"], row["name"])].cls
             row["options"] = [
-                {"name": n, "type": t, "default": d, "help": h}
+                {
+                    "name": n,
+                    "type": t,
+                    "default": d,
+                    "help": h,
+                    "set": set_key(row["kind"], row["name"], n),
+                }
                 for n, t, d, h in field_docs(cls.Config)
             ]
     for (kind, name), infos in reg.conflicts().items():
@@ -57,7 +91,12 @@ def register(app: typer.Typer) -> None:
     def plugins_cmd(
         as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
         verbose: Annotated[
-            bool, typer.Option("--verbose", "-v", help="Show each component's options.")
+            bool,
+            typer.Option(
+                "--verbose",
+                "-v",
+                help="Show each component's options, as the --set key that sets them.",
+            ),
         ] = False,
     ) -> None:
         """List every component by kind (with provenance) and every plugin that failed to load."""
@@ -70,7 +109,8 @@ def register(app: typer.Typer) -> None:
             return
         for kind, label in KIND_LABELS.items():
             listing = []
-            for r in (r for r in rows if r["kind"] == kind and "error" not in r):
+            same_kind = [r for r in rows if r["kind"] == kind and "error" not in r]
+            for r in same_kind:
                 note = f" ({r['license_note']})" if r.get("license_note") else ""
                 listing.append(
                     [
@@ -82,9 +122,10 @@ def register(app: typer.Typer) -> None:
                     ]
                 )
                 for opt in r.get("options", []):
+                    key = opt["set"]
                     listing.append(
                         [
-                            f"  --set {opt['name']}",
+                            f"  --set {key}=VALUE" if key else f"  {opt['name']} (not settable)",
                             opt["type"],
                             "",
                             repr(opt["default"]),
@@ -97,6 +138,10 @@ def register(app: typer.Typer) -> None:
                     ["name", "stage/role", "version", "distribution", "summary"],
                     listing,
                 )
+                if kind in OPTION_NOTES and any(
+                    r.get("options") for r in rows if r["kind"] == kind
+                ):
+                    stdout.print(f"Options: {OPTION_NOTES[kind]}", highlight=False, markup=False)
         broken = [r for r in rows if "error" in r]
         if broken:
             stdout.print("[bold red]Broken or conflicting plugins:[/bold red]")

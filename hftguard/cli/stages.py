@@ -40,7 +40,13 @@ OverwriteOpt = Annotated[
 ]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory to write.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+JsonOpt = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the result as JSON on stdout; progress goes to stderr as JSON lines.",
+    ),
+]
 ModelOpt = Annotated[
     str | None,
     typer.Option(
@@ -110,7 +116,8 @@ def _reporter(quiet: bool, as_json: bool) -> Any:
     from hftguard.distributed import is_main_process
 
     # Several processes (torchrun): only process 0 shows progress; the others still warn.
-    return Reporter(quiet=quiet or as_json or not is_main_process())
+    # --json: progress and warnings as JSON lines on stderr, stdout kept for the result.
+    return Reporter(quiet=quiet or not is_main_process(), json_events=as_json)
 
 
 def _print_metrics_table(rows: list[dict[str, Any]], title: str) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -114,6 +115,8 @@ def start_run(
                     hint="Resume with the same options, or use --overwrite to start again.",
                 )
             if old.get("status") == "completed":
+                # a kill between the completed manifest and the clean-up leaves checkpoints
+                shutil.rmtree(run.checkpoints, ignore_errors=True)
                 run.release()
                 return run, True
             run.update_manifest(status="running", resumed_at=now())
@@ -134,6 +137,11 @@ def fail_run(run: RunDir, exc: BaseException) -> None:
     """Mark ``run`` failed (or interrupted). If it was replacing a run (``--overwrite``), put that
     one back unless this one has a checkpoint to resume from (``runs.settle_replacement``)."""
     status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+    try:
+        if run.read_manifest().get("status") == "completed":
+            return  # interrupted during the clean-up after completion: the run stays complete
+    except Exception:
+        pass
     try:
         run.update_manifest(status=status, error=f"{type(exc).__name__}: {exc}", ended_at=now())
     except Exception:  # never hide the original error
