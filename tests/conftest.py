@@ -70,3 +70,11 @@ def _one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """``cli("align", "--out", "x")`` runs ``hftguard`` in-process (tests/cli_helpers.py)."""
+    from cli_helpers import cli_runner
+
+    yield from cli_runner(monkeypatch, tmp_path, capsys)

@@ -13,44 +13,18 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import Result, Run, assert_error, write
+from test_cli import Run, assert_error, write
 
 import hftguard
 from hftguard import Judge, JudgeContext, Verdict
-from hftguard.cli import main
 from hftguard.errors import ExitCode
 from hftguard.registry import default_registry
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Run]:
-    """``cli("align", "--out", "x")`` runs ``hftguard`` in-process in ``tmp_path`` (as in
-    ``test_cli.py``)."""
-    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
-    monkeypatch.setenv("COLUMNS", "200")
-    for var in ("HFTGUARD_DEBUG", "HFTGUARD_STRICT_PLUGINS", "HFTGUARD_DISABLE_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    default_registry.cache_clear()
-    capsys.readouterr()
-
-    def run(*args: str) -> Result:
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
-    default_registry.cache_clear()
-
 
 ALIGN = (
     "align",

@@ -8,57 +8,21 @@ interrupted. No traceback unless ``HFTGUARD_DEBUG=1``. Commands run in-process t
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import Result, Run
+from cli_helpers import assert_error as _assert_error
 
-from hftguard.cli import main
 from hftguard.errors import ExitCode
 from hftguard.registry import default_registry
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Run = Callable[..., Result]
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Run]:
-    """``cli("align", "--out", "x")`` runs ``hftguard`` in-process in ``tmp_path``."""
-    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
-    monkeypatch.setenv("COLUMNS", "200")
-    for var in ("HFTGUARD_DEBUG", "HFTGUARD_STRICT_PLUGINS", "HFTGUARD_DISABLE_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    default_registry.cache_clear()
-    capsys.readouterr()
-
-    def run(*args: str) -> Result:
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
-    default_registry.cache_clear()
-
-
 def assert_error(result: Result, code: int, *needles: str) -> None:
-    """A clean user error: the exit code, an ``Error:`` line naming ``needles``, no traceback."""
-    assert result.code == code, result.out + result.err
-    assert "Traceback" not in result.err + result.out
-    for needle in needles:
-        assert needle in result.err, f"{needle!r} not in stderr:\n{result.err}"
+    """A clean user error: the exit code, ``needles`` on stderr, no traceback."""
+    _assert_error(result, code, *needles, require=())
 
 
 def write(path: Path, text: str) -> Path:

@@ -6,66 +6,29 @@ from __future__ import annotations
 import errno
 import json
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from cli_helpers import Result, assert_error
 
 from hftguard import models, training
 from hftguard.builtins.defenses.sft import SFTAlign
-from hftguard.cli import main
 from hftguard.config import AlignConfig, LoraOptions, TrainOptions
 from hftguard.console import Reporter
 from hftguard.data import encode_all
 from hftguard.errors import HftguardError
 from hftguard.pipeline import align
 from hftguard.records import Example
-from hftguard.registry import default_registry
 from hftguard.runs import open_run_dir
 
 # ------------------------------------------------------------------------------------------------
 # The CLI, in-process (as tests/test_cli.py)
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-@pytest.fixture
-def cli(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> Iterator[Any]:
-    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path / "home"))
-    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
-    monkeypatch.setenv("COLUMNS", "200")
-    for var in ("HFTGUARD_DEBUG", "HFTGUARD_STRICT_PLUGINS", "HFTGUARD_DISABLE_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    default_registry.cache_clear()
-    capsys.readouterr()
-
-    def run(*args: str) -> Result:
-        capsys.readouterr()
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
-    default_registry.cache_clear()
-
-
 def assert_clean_error(result: Result, code: int, *needles: str) -> None:
-    assert result.code == code, result.out + result.err
-    assert "Traceback" not in result.err + result.out
-    assert "Error:" in result.err
-    for needle in needles:
-        assert needle in result.err, f"{needle!r} not in stderr:\n{result.err}"
+    assert_error(result, code, *needles, require=("Error:",))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -11,18 +11,16 @@ import os
 import shutil
 import stat
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import Run, assert_error, cli_runner
 
-from hftguard.cli import main
 from hftguard.config import AlignConfig, EvalConfig, FinetuneConfig, LoraOptions, TrainOptions
 from hftguard.console import Reporter
 from hftguard.errors import RunDirError
 from hftguard.pipeline import align, attack_finetune, evaluate
-from hftguard.registry import default_registry
 from hftguard.runs import atomic_write_json, base_manifest, open_run_dir
 
 TINY_LORA = LoraOptions(r=4, alpha=8.0)
@@ -30,43 +28,12 @@ ALIGN = ("align", "--model", "tiny-random", "--max-steps", "1", "--samples", "4"
 ALIGN += ("--set", "retain=", "--quiet")
 
 
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-Run = Callable[..., Result]
-
-
 @pytest.fixture
 def cli(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> Iterator[Run]:
-    """``cli("align", "--out", "x")`` runs ``hftguard`` in-process in ``tmp_path``."""
-    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
-    monkeypatch.setenv("COLUMNS", "200")
-    for var in ("HFTGUARD_DEBUG", "HFTGUARD_STRICT_PLUGINS", "HFTGUARD_DISABLE_PLUGINS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.chdir(tmp_path)
-    default_registry.cache_clear()
-    capsys.readouterr()
-
-    def run(*args: str) -> Result:
-        code = main(list(args))
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    yield run
-    default_registry.cache_clear()
-
-
-def assert_error(result: Result, code: int, *needles: str) -> None:
-    assert result.code == code, result.out + result.err
-    assert "Traceback" not in result.err + result.out
-    for needle in ("Error:", "Hint:", *needles):
-        assert needle in result.err, f"{needle!r} not in stderr:\n{result.err}"
+    """The shared ``cli`` fixture, with the session's HFTGUARD_HOME (tests/cli_helpers.py)."""
+    yield from cli_runner(monkeypatch, tmp_path, capsys, home=False)
 
 
 def snapshot(path: Path) -> dict[str, bytes]:
