@@ -91,10 +91,18 @@ class AlignConfig:
     preset: str = opt("", "Paper preset this config started from (set by --preset; recorded).")
     defense: str = opt("sft", "Alignment defense name (see `hftguard plugins`).")
     defense_options: dict[str, Any] = opt({}, "Options of the defense's Config.")
-    data: str = opt("safety-refusals", "Alignment data: dataset name or a local file.")
+    data: str = opt(
+        "safety-refusals", "Alignment data: dataset name, a local file or hf:ID[:CONFIG][:SPLIT]."
+    )
     harmful: str = opt("harmful-compliance", "Harmful data for defenses that need it.")
     dataset_options: dict[str, Any] = opt(
         {}, "Per-dataset options: {dataset name: {option: value}} (e.g. a local source)."
+    )
+    data_fields: dict[str, Any] = opt(
+        {},
+        "Field mapping per dataset argument (files and hf:ID datasets): {ARG: "
+        "'prompt=COLUMN,response=COLUMN'} or {ARG: {prompt = COLUMN, messages = COLUMN, "
+        "system_prompt = TEXT}}, e.g. data_fields.harmful.prompt=goal.",
     )
     samples: int = opt(0, "Alignment examples to use; 0 = all.")
     retain: str = opt(
@@ -118,11 +126,19 @@ class FinetuneConfig:
     preset: str = opt("", "Paper preset this config started from (set by --preset; recorded).")
     defense: str = opt("sft", "Fine-tuning defense name (see `hftguard plugins`).")
     defense_options: dict[str, Any] = opt({}, "Options of the defense's Config.")
-    task: str = opt("sentiment", "Benign task: dataset name or a local file.")
+    task: str = opt(
+        "sentiment", "Benign task: dataset name, a local file or hf:ID[:CONFIG][:SPLIT]."
+    )
     harmful: str = opt("harmful-compliance", "Harmful data mixed into the user data.")
     alignment_data: str = opt("safety-refusals", "Alignment data for defenses that need it.")
     dataset_options: dict[str, Any] = opt(
         {}, "Per-dataset options: {dataset name: {option: value}} (e.g. a local source)."
+    )
+    data_fields: dict[str, Any] = opt(
+        {},
+        "Field mapping per dataset argument (files and hf:ID datasets): {ARG: "
+        "'prompt=COLUMN,response=COLUMN'} or {ARG: {prompt = COLUMN, messages = COLUMN, "
+        "system_prompt = TEXT}}, e.g. data_fields.harmful.prompt=goal.",
     )
     harmful_ratio: float = opt(0.1, "Share p of harmful examples in the user data.")
     samples: int = opt(200, "User dataset size n.")
@@ -152,7 +168,16 @@ class EvalConfig:
     judges: list[str] = opt(["refusal-keywords"], "Judges for HS (the first is the headline).")
     judge_options: dict[str, Any] = opt({}, "Per-judge options: {judge name: {option: value}}.")
     sinks: list[str] = opt(["markdown"], "Report sinks that also export metrics.json.")
-    tasks: list[str] = opt(["sentiment"], "Benign tasks for Finetune Accuracy.")
+    tasks: list[str] = opt(
+        ["sentiment"], "Benign tasks for Finetune Accuracy: task names or local files ([] = none)."
+    )
+    task_scoring: str = opt(
+        "contains",
+        "Scoring rule of file tasks: exact, contains, number or label (docs/datasets.md).",
+    )
+    task_labels: list[str] = opt(
+        [], "Label set of the 'label' rule; [] = the file's distinct gold answers."
+    )
     harmful_prompts: str = opt("harmful-eval", "Held-out harmful prompts (dataset or file).")
     benign_prompts: str = opt("benign-eval", "Benign prompts for over-refusal ('' = skip).")
     dataset_options: dict[str, Any] = opt(
@@ -631,6 +656,14 @@ def validate_stage(cfg: Any) -> None:
             check_range(key, getattr(cfg, key), 0)
         check_range("max_new_tokens", cfg.max_new_tokens, 1)
         check_range("batch_size", cfg.batch_size, 1)
+        from hftguard.filetask import check_scoring
+
+        check_scoring(cfg.task_scoring)
+        if not cfg.harmful_prompts:
+            raise ConfigError(
+                "harmful_prompts is empty.",
+                hint="Give a dataset name or a file: --harmful-prompts harmful-eval or my.csv.",
+            )
         if not cfg.judges:
             raise ConfigError("No judge given.", hint="Pass --judge refusal-keywords (or another).")
     if isinstance(cfg, PipelineConfig):

@@ -235,7 +235,45 @@ def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
 
 
 def is_file_spec(spec: str) -> bool:
-    return spec.lower().endswith(DATA_SUFFIXES) or Path(spec).is_file()
+    """Whether ``spec`` is data the stage reads itself, not a registered dataset component: a
+    local data file, or a hub dataset by id (``hf:ID[:CONFIG][:SPLIT]``)."""
+    from hftguard.hubdata import is_hf_spec
+
+    return is_hf_spec(spec) or spec.lower().endswith(DATA_SUFFIXES) or Path(spec).is_file()
+
+
+#: The dataset arguments of the stage configs a ``data_fields`` entry may name.
+DATA_KEYS: tuple[str, ...] = (
+    "data",
+    "harmful",
+    "retain",
+    "task",
+    "alignment_data",
+    "harmful_prompts",
+    "benign_prompts",
+)
+
+
+def fields_for(cfg: Any, key: str) -> dict[str, Any] | None:
+    """The ``data_fields`` entry of ``cfg`` for its dataset argument ``key`` (or None)."""
+    table = getattr(cfg, "data_fields", None) or {}
+    value = table.get(key)
+    return None if value in (None, "", {}) else {"_where": f"data_fields.{key}", "_value": value}
+
+
+def check_data_fields(cfg: Any) -> None:
+    """Every ``data_fields`` entry names a dataset argument of ``cfg`` and is a valid mapping."""
+    from hftguard.datafiles import field_mapping
+
+    table = getattr(cfg, "data_fields", None) or {}
+    keys = [k for k in DATA_KEYS if hasattr(cfg, k)]
+    for key, value in table.items():
+        if key not in keys:
+            raise ConfigError(
+                f"data_fields.{key}: {key!r} is not a dataset argument of this stage",
+                hint=f"its dataset arguments: {', '.join(keys)}",
+            )
+        field_mapping(value, f"data_fields.{key}")
 
 
 def load_examples(
@@ -245,21 +283,54 @@ def load_examples(
     registry: Registry,
     ctx: DataContext,
     limit: int = 0,
-    fields: dict[str, str] | None = None,
+    fields: dict[str, Any] | None = None,
     options: dict[str, Any] | None = None,
 ) -> list[Example]:
-    """Load ``spec`` (a dataset name or a local file) for ``role``; ``limit`` > 0 takes the first
-    N. ``options`` is a stage's ``dataset_options`` ({dataset name: {option: value}})."""
-    if is_file_spec(spec):
-        from hftguard.datafiles import load_examples_file
+    """Load ``spec`` (a dataset name, a local file or a hub dataset ``hf:ID[:CONFIG][:SPLIT]``)
+    for ``role``; ``limit`` > 0 takes the first N. ``options`` is a stage's ``dataset_options``
+    ({dataset name: {option: value}}). ``fields`` maps our field names to the data's columns
+    (``{"prompt": "goal"}``), or is :func:`fields_for`'s ``data_fields`` entry (which may also
+    hold ``system_prompt``); files and hub datasets only.
 
+    A hub dataset's examples carry ``meta["hf"]``: its id, configuration, split, revision and
+    content sha256 (the stages record it in the manifest's ``data`` sources)."""
+    from hftguard.datafiles import examples_from_records, field_mapping, load_examples_file
+    from hftguard.hubdata import is_hf_spec, load_hub_spec, parse_hf_spec
+
+    where = "fields"
+    value: Any = fields
+    if fields and "_where" in fields:
+        where, value = fields["_where"], fields["_value"]
+    mapping, system = field_mapping(value, where)
+    require_response = role not in ("harmful-eval", "benign-eval", "instructions")
+    if is_hf_spec(spec):
+        hub = parse_hf_spec(spec)
+        records, provenance = load_hub_spec(hub, split)
+        examples = examples_from_records(
+            ((r.where.rpartition(": ")[2] or r.where, r.index + 1, dict(r)) for r in records),
+            source=f"hf:{hub.id} [{provenance['split']}]",
+            name=f"{hub.id}:{provenance['split']}",
+            kind=ROLE_KIND[role],
+            fields=mapping,
+            require_response=require_response,
+            system_prompt=system,
+            meta={"hf": provenance},
+        )
+    elif is_file_spec(spec):
         examples = load_examples_file(
             spec,
             kind=ROLE_KIND[role],
-            fields=fields,
-            require_response=role not in ("harmful-eval", "benign-eval", "instructions"),
+            fields=mapping,
+            require_response=require_response,
+            system_prompt=system,
         )
     else:
+        if mapping or system:
+            raise ConfigError(
+                f"{where}: '{spec}' is a built-in dataset, which reads its own fields; a field "
+                "mapping applies to files and hf: datasets only.",
+                hint=f"remove {where}, or point the dataset argument at a file or hf:ID.",
+            )
         info = registry.dataset(spec, role)
         if split not in info.cls.splits:
             raise ConfigError(
@@ -273,6 +344,16 @@ def load_examples(
             hint=f"Ask for at most {len(examples)}, or give a larger dataset.",
         )
     return examples[:limit] if limit else examples
+
+
+def hub_sources(examples: Sequence[Example]) -> list[dict[str, Any]]:
+    """The distinct ``meta["hf"]`` provenance records of ``examples`` (hub datasets), in order."""
+    seen: list[dict[str, Any]] = []
+    for ex in examples:
+        hf = ex.meta.get("hf")
+        if hf is not None and all(hf is not s and hf != s for s in seen):
+            seen.append(hf)
+    return seen
 
 
 def dataset_instance(name: str, registry: Registry, options: dict[str, Any] | None) -> Any:

@@ -14,7 +14,8 @@ import importlib.util
 import io
 import json
 import lzma
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -23,7 +24,7 @@ from hftguard.records import KINDS, Example
 
 #: Our field names and the column names tried, in order, when ``fields`` does not map them.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
-    "prompt": ("prompt", "instruction", "question"),
+    "prompt": ("prompt", "instruction", "question", "goal"),  # goal: AdvBench-style CSVs
     "input": ("input",),
     "response": ("response", "output", "answer", "completion"),
     "label": ("label",),
@@ -31,6 +32,14 @@ FIELD_ALIASES: dict[str, tuple[str, ...]] = {
     # a reference refusal of a harmful prompt (kept in meta; eval's likelihood margin uses it)
     "refusal": ("refusal",),
 }
+#: Column names of a chat ``messages`` list (``[{"role": "user", "content": "..."}, ...]``; the
+#: ShareGPT spelling ``{"from": "human", "value": "..."}`` is read too), tried in order.
+MESSAGE_ALIASES: tuple[str, ...] = ("messages", "conversations")
+#: Everything ``fields`` can map: the text fields and ``messages``.
+MAPPABLE: dict[str, tuple[str, ...]] = {**FIELD_ALIASES, "messages": MESSAGE_ALIASES}
+#: Options of a ``data_fields`` table that are no column mapping.
+FIELD_OPTIONS: tuple[str, ...] = ("system_prompt",)
+_ROLES = {"human": "user", "gpt": "assistant", "model": "assistant", "bot": "assistant"}
 FORMATS: dict[str, str] = {
     ".jsonl": "jsonl",
     ".ndjson": "jsonl",
@@ -62,7 +71,7 @@ def parse_fields(
     ``aliases``: the fields that can be mapped (default :data:`FIELD_ALIASES`); ``syntax``: the
     hint shown for a malformed mapping (how the caller's option is written).
     """
-    known = FIELD_ALIASES if aliases is None else aliases
+    known = MAPPABLE if aliases is None else aliases
     syntax = syntax or (
         "write FIELD=COLUMN pairs separated by commas, e.g. prompt=question,response=answer"
     )
@@ -85,6 +94,44 @@ def parse_fields(
     return mapping
 
 
+def field_mapping(value: Any, where: str) -> tuple[dict[str, str], str]:
+    """A ``data_fields`` entry as ``(mapping, system_prompt)``.
+
+    ``value`` is a ``"prompt=goal,response=target"`` string or a table ``{prompt = "goal"}``; a
+    table may also hold ``system_prompt`` (text put before every prompt of that dataset).
+    ``where`` names the config key in messages (``data_fields.task``).
+    """
+    if value is None or value == "":
+        return {}, ""
+    if isinstance(value, str):
+        return parse_fields(
+            value, syntax=f"{where}: write FIELD=COLUMN pairs, e.g. prompt=goal"
+        ), ""
+    if not isinstance(value, dict):
+        raise ConfigError(
+            f"{where}: expected a field mapping, got {value!r}",
+            hint='write "prompt=goal,response=target" or a table {prompt = "goal"}',
+        )
+    mapping: dict[str, str] = {}
+    system = ""
+    for ours, theirs in value.items():
+        if ours in FIELD_OPTIONS:
+            if not isinstance(theirs, str):
+                raise ConfigError(f"{where}.{ours}: expected text, got {theirs!r}")
+            system = theirs
+            continue
+        if ours not in MAPPABLE:
+            raise ConfigError(
+                f"{where}: unknown field {ours!r} in the field mapping",
+                hint=f"fields that can be mapped: {', '.join(MAPPABLE)}; "
+                f"options: {', '.join(FIELD_OPTIONS)}",
+            )
+        if not isinstance(theirs, str) or not theirs.strip():
+            raise ConfigError(f"{where}.{ours}: expected a column name, got {theirs!r}")
+        mapping[ours] = theirs.strip()
+    return mapping, system
+
+
 def load_examples_file(
     path: str | Path,
     *,
@@ -92,6 +139,7 @@ def load_examples_file(
     fields: dict[str, str] | None = None,
     limit: int | None = None,
     require_response: bool = True,
+    system_prompt: str = "",
 ) -> list[Example]:
     """Read ``path`` into examples of ``kind``, in file order.
 
@@ -101,31 +149,68 @@ def load_examples_file(
             compressed (``.jsonl.xz``, ``.jsonl.gz``, ...). Labels and categories are
             kept as text in ``meta`` whatever the format.
         kind: ``benign``, ``harmful`` or ``refusal``.
-        fields: Maps our field names (prompt, input, response, label, category, refusal) to the
-            file's column names; unmapped fields use the usual names (see
-            :data:`FIELD_ALIASES`). ``label``, ``category`` and ``refusal`` go to ``meta``.
+        fields: Maps our field names (prompt, input, response, label, category, refusal,
+            messages) to the file's column names; unmapped fields use the usual names (see
+            :data:`FIELD_ALIASES`). ``label``, ``category`` and ``refusal`` go to ``meta``. A
+            record without a prompt column but with a chat ``messages`` list (or one mapped
+            with ``messages=COLUMN``) is read as a conversation: see :func:`_conversation`.
         limit: Keep only the first ``limit`` records.
         require_response: False for evaluation prompts, which need no reference answer.
+        system_prompt: Text put before every prompt (a blank line between).
+    """
+    path = Path(path)
+    return examples_from_records(
+        read_records(path),
+        source=str(path),
+        name=path.name,
+        kind=kind,
+        fields=fields,
+        limit=limit,
+        require_response=require_response,
+        system_prompt=system_prompt,
+    )
+
+
+def examples_from_records(
+    records: Iterable[tuple[str, int, Any]],
+    *,
+    source: str,
+    name: str,
+    kind: str,
+    fields: dict[str, str] | None = None,
+    limit: int | None = None,
+    require_response: bool = True,
+    system_prompt: str = "",
+    meta: dict[str, Any] | None = None,
+) -> list[Example]:
+    """Examples of ``kind`` from ``(where, number, record)`` triples (a file's or a hub split's).
+
+    ``source`` names the data in messages and ``meta["source"]``; ``name`` prefixes the ids
+    (``name:number``); ``meta`` is added to every example's meta. See :func:`load_examples_file`.
     """
     if kind not in KINDS:
         raise ConfigError(f"unknown example kind {kind!r}", hint=f"use one of: {', '.join(KINDS)}")
     fields = dict(fields or {})
     for ours in fields:
-        if ours not in FIELD_ALIASES:
+        if ours not in MAPPABLE:
             raise ConfigError(
-                f"unknown field {ours!r} in the field mapping for {path}",
-                hint=f"fields that can be mapped: {', '.join(FIELD_ALIASES)}",
+                f"unknown field {ours!r} in the field mapping for {source}",
+                hint=f"fields that can be mapped: {', '.join(MAPPABLE)}",
             )
     if limit is not None and limit < 0:
         raise ConfigError(f"limit must be 0 or more, got {limit}")
-    path = Path(path)
     examples: list[Example] = []
-    for where, number, record in read_records(path):
+    for where, number, record in records:
         if limit is not None and len(examples) >= limit:
             break
-        examples.append(_example(path, where, number, record, kind, fields, require_response))
+        ex = _example(source, where, number, record, kind, fields, require_response, name)
+        if system_prompt:
+            ex = replace(ex, prompt=f"{system_prompt}\n\n{ex.prompt}")
+        if meta:
+            ex.meta.update(meta)
+        examples.append(ex)
     if not examples and limit != 0:
-        raise DataError(f"{path}: the file contains no records", hint="add at least one example")
+        raise DataError(f"{source}: the file contains no records", hint="add at least one example")
     return examples
 
 
@@ -265,7 +350,7 @@ def _parquet(path: Path) -> Iterator[RawRecord]:
 
 
 def _value(
-    path: Path, where: str, record: dict[str, Any], ours: str, fields: dict[str, str]
+    path: Path | str, where: str, record: dict[str, Any], ours: str, fields: dict[str, str]
 ) -> str | None:
     """The value of our field ``ours`` in ``record`` (mapped or by alias), as text, or None."""
     names = (fields[ours],) if ours in fields else FIELD_ALIASES[ours]
@@ -282,14 +367,86 @@ def _value(
     return None
 
 
+def _conversation(
+    path: Path | str, where: str, turns: Any, column: str
+) -> tuple[str, str, dict[str, Any]]:
+    """``(prompt, response, meta)`` of a chat ``messages`` list.
+
+    The response is the final assistant turn (empty when the conversation ends with the user:
+    an evaluation prompt); the prompt is the last user turn before it. System messages and the
+    earlier turns are put before that user turn, as context (``System:``/``User:``/
+    ``Assistant:`` lines are not added for a lone system message: its text comes first, then a
+    blank line, then the user turn), and also kept in ``meta["system"]`` and ``meta["history"]``.
+    """
+    bad = DataError(
+        f"{path}: {where}: field {column!r} must be a list of messages "
+        '[{"role": "user", "content": "..."}, ...]',
+        hint="roles: system, user, assistant (ShareGPT's from/value with human/gpt also works)",
+    )
+    if not isinstance(turns, list) or not turns:
+        raise bad
+    parsed: list[tuple[str, str]] = []
+    for turn in turns:
+        if not isinstance(turn, dict):
+            raise bad
+        role = turn.get("role", turn.get("from"))
+        content = turn.get("content", turn.get("value"))
+        if not isinstance(role, str) or not isinstance(content, str):
+            raise bad
+        role = _ROLES.get(role.strip().lower(), role.strip().lower())
+        if role not in ("system", "user", "assistant"):
+            raise DataError(
+                f"{path}: {where}: unknown message role {role!r} in {column!r}",
+                hint="roles: system, user, assistant",
+            )
+        parsed.append((role, content))
+    response = ""
+    if parsed[-1][0] == "assistant":
+        response = parsed.pop()[1]
+    if not parsed or parsed[-1][0] != "user":
+        raise DataError(
+            f"{path}: {where}: the conversation in {column!r} has no user turn before its final "
+            "answer",
+            hint="end each conversation with a user turn, optionally followed by the assistant's",
+        )
+    prompt = parsed.pop()[1]
+    system = "\n\n".join(c for r, c in parsed if r == "system")
+    history = [{"role": r, "content": c} for r, c in parsed if r != "system"]
+    context = [system] if system else []
+    context += [f"{turn['role'].capitalize()}: {turn['content']}" for turn in history]
+    if history:
+        context.append(f"User: {prompt}")
+        prompt = "\n\n".join(context)
+    elif system:
+        prompt = f"{system}\n\n{prompt}"
+    meta: dict[str, Any] = {}
+    if system:
+        meta["system"] = system
+    if history:
+        meta["history"] = history
+    return prompt, response, meta
+
+
+def _messages(record: dict[str, Any], fields: dict[str, str]) -> tuple[str, Any] | None:
+    """``(column, value)`` of the record's chat messages: the mapped column, or else (when the
+    record has no prompt column) the first of :data:`MESSAGE_ALIASES` it has."""
+    if "messages" in fields:
+        return fields["messages"], record.get(fields["messages"])
+    for name in MESSAGE_ALIASES:
+        if isinstance(record.get(name), list):
+            return name, record[name]
+    return None
+
+
 def _example(
-    path: Path,
+    path: Path | str,
     where: str,
     number: int,
     record: Any,
     kind: str,
     fields: dict[str, str],
     require_response: bool,
+    name: str | None = None,
 ) -> Example:
     if not isinstance(record, dict):
         raise DataError(
@@ -297,6 +454,19 @@ def _example(
             hint='each record must look like {"prompt": "...", "response": "..."}',
         )
     values = {ours: _value(path, where, record, ours, fields) for ours in FIELD_ALIASES}
+    extra_meta: dict[str, Any] = {}
+    chat = _messages(record, fields)
+    if chat is not None and ("messages" in fields or values["prompt"] is None):
+        column, turns = chat
+        if turns is None:
+            raise DataError(
+                f"{path}: {where}: required field 'messages' is missing (looked for: {column})",
+                hint="map the right column with fields, e.g. messages=my_column",
+            )
+        prompt, response, extra_meta = _conversation(path, where, turns, column)
+        values["prompt"] = prompt
+        if response or values["response"] is None:
+            values["response"] = response or None
     for ours, required in (("prompt", True), ("response", require_response)):
         value = values[ours]
         if required and (value is None or not value.strip()):
@@ -309,7 +479,8 @@ def _example(
                 if value is None
                 else f"give every record a non-empty {ours}",
             )
-    meta: dict[str, Any] = {"source": str(path), "id": f"{path.name}:{number}"}
+    label = name if name is not None else Path(path).name
+    meta: dict[str, Any] = {"source": str(path), "id": f"{label}:{number}", **extra_meta}
     for extra in ("label", "category", "refusal"):
         if values[extra] is not None:
             meta[extra] = values[extra]

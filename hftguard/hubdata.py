@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,9 +88,16 @@ def split_file_names(split: str, config: str | None = None) -> list[str]:
     ):
         names.append(f"{split}{ext}")
     names += [f"{split}-*.parquet", f"data/{split}-*.parquet", f"data/{split}.jsonl"]
+    # the hub's layout for JSON Lines / CSV repositories: data/train-00000-of-00001.jsonl
+    names += [f"{split}-*{ext}" for ext in _SHARD_EXTS]
+    names += [f"data/{split}-*{ext}" for ext in _SHARD_EXTS]
     if config:
         names += [f"{config}/{split}-*.parquet", f"{config}/{split}.jsonl"]
+        names += [f"{config}/{split}-*{ext}" for ext in _SHARD_EXTS]
     return names
+
+
+_SHARD_EXTS = (".jsonl", ".jsonl.gz", ".json", ".csv")
 
 
 def load_records(
@@ -138,6 +146,7 @@ def clear_cache() -> None:
     re-read anyway)."""
     _read_file.cache_clear()
     _hub.cache_clear()
+    _hub_load_cached.cache_clear()
 
 
 def _looks_like_path(text: str) -> bool:
@@ -345,3 +354,185 @@ def int_field(record: SourceRecord, name: str, dataset: str, schema: Sequence[st
         f"{record.where}: field {name!r} must be an integer, found {value!r}",
         hint=f"dataset {dataset!r} reads the published schema ({', '.join(schema)})",
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# Any hub dataset by id: ``hf:ID[@REVISION][:CONFIG][:SPLIT]``
+
+#: Prefix of a dataset argument naming a Hugging Face dataset by id.
+HF_PREFIX = "hf:"
+#: Directory (or ``os.pathsep``-separated directories) of local copies of hub datasets, each in
+#: the hub repository's layout under its id: ``$HFTGUARD_HF_DATASETS_DIR/ORG/NAME/data/...``.
+MIRROR_ENV = "HFTGUARD_HF_DATASETS_DIR"
+HF_SPEC_SYNTAX = (
+    "write hf:ID[@REVISION][:CONFIG][:SPLIT], e.g. hf:stanfordnlp/sst2:validation or "
+    "hf:openai/gsm8k:main:test"
+)
+
+
+@dataclass(frozen=True)
+class HubSpec:
+    """A parsed ``hf:`` dataset argument (``text``: as written)."""
+
+    text: str
+    id: str
+    config: str | None
+    split: str | None
+    revision: str | None
+
+
+def is_hf_spec(spec: Any) -> bool:
+    """Whether a dataset argument names a hub dataset (``hf:...``)."""
+    return isinstance(spec, str) and spec.strip().lower().startswith(HF_PREFIX)
+
+
+def parse_hf_spec(spec: str) -> HubSpec:
+    """Parse ``hf:ID[@REVISION][:CONFIG][:SPLIT]``.
+
+    One part after the id is the split (``hf:stanfordnlp/sst2:validation``), two are the
+    configuration and the split (``hf:openai/gsm8k:main:test``); without a split the stage's own
+    (``train`` for training data, ``test`` for evaluation prompts) is read. An empty part keeps
+    the default (``hf:openai/gsm8k:main:`` = configuration ``main``, the stage's split).
+    """
+    text = spec.strip()
+    body = text[len(HF_PREFIX) :]
+    parts = body.split(":")
+    if len(parts) > 3:
+        raise ConfigError(f"bad hub dataset {text!r}: too many ':' parts", hint=HF_SPEC_SYNTAX)
+    hub_id, _, revision = parts[0].strip().partition("@")
+    hub_id = hub_id.strip()
+    names = hub_id.split("/")
+    if not hub_id or len(names) > 2 or not all(names) or any(" " in n for n in names):
+        raise ConfigError(
+            f"bad hub dataset {text!r}: {hub_id!r} is not a hub id (NAME or ORG/NAME)",
+            hint=HF_SPEC_SYNTAX,
+        )
+    rest = [x.strip() or None for x in parts[1:]]
+    config, split = (None, rest[0]) if len(rest) == 1 else [*rest, None, None][:2]
+    return HubSpec(text, hub_id, config, split, revision.strip() or None)
+
+
+def mirror_dir(hub_id: str) -> Path | None:
+    """The local copy of ``hub_id`` under :data:`MIRROR_ENV`, or None."""
+    import os
+
+    for root in os.environ.get(MIRROR_ENV, "").split(os.pathsep):
+        if root.strip():
+            candidate = Path(root.strip()).expanduser() / hub_id
+            if candidate.is_dir():
+                return candidate
+    return None
+
+
+def records_sha256(records: Iterable[dict[str, Any]]) -> str:
+    """sha256 of records' content (canonical JSON lines): the same for a hub split and a local
+    copy of it in any file format."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256()
+    for record in records:
+        line = json.dumps(record, sort_keys=True, ensure_ascii=False, default=str)
+        digest.update(line.encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def load_hub_spec(spec: HubSpec, default_split: str) -> tuple[list[SourceRecord], dict[str, Any]]:
+    """The records of an ``hf:`` dataset and its provenance for the manifest.
+
+    Read from the local copy under :data:`MIRROR_ENV` when there is one (no network, no
+    ``datasets`` package for JSONL/JSON/CSV files), else from the hub with
+    ``datasets.load_dataset(ID, CONFIG, split=SPLIT, revision=REVISION)``. Offline, or without
+    ``datasets``, it fails at once with a :class:`DataError` whose hint says what to do.
+    Provenance: ``{"hf_id", "config", "split", "revision", "sha256", "records"}`` plus
+    ``"mirror"`` (the local copy's directory) when it was read locally.
+    """
+    split = spec.split or default_split
+    local = mirror_dir(spec.id)
+    provenance: dict[str, Any] = {"hf_id": spec.id, "config": spec.config, "split": split}
+    if local is not None:
+        first = (
+            [f"{spec.config}/{split}-*{ext}" for ext in (".parquet", *_SHARD_EXTS)]
+            if spec.config
+            else []
+        )
+        records = list(_directory(local, spec.text, split, spec.config, first))
+        provenance["revision"] = "local mirror"
+        if spec.revision:
+            provenance["requested_revision"] = spec.revision
+        provenance["mirror"] = str(local)
+    else:
+        records, revision = _hub_split(spec.id, spec.config, split, spec.revision, spec.text)
+        provenance["revision"] = revision
+    provenance["sha256"] = records_sha256(records)
+    provenance["records"] = len(records)
+    return records, provenance
+
+
+def _mirror_hint(hub_id: str) -> str:
+    return (
+        f"put a copy in the hub's layout under ${MIRROR_ENV} (e.g. "
+        f"$HFTGUARD_HF_DATASETS_DIR/{hub_id}/data/train-00000-of-00001.jsonl, as `hf download "
+        f"{hub_id} --repo-type dataset --local-dir DIR/{hub_id}` writes it), or pass the "
+        "split's file itself as the dataset argument (see docs/datasets.md)"
+    )
+
+
+def _hub_split(
+    hub_id: str, config: str | None, split: str, revision: str | None, what: str
+) -> tuple[list[SourceRecord], str]:
+    import importlib.util
+
+    from hftguard.builtins.judges.model_judge import hub_reachable, offline
+
+    if importlib.util.find_spec("datasets") is None:
+        raise DataError(
+            f"{what}: no local copy of {hub_id!r} (${MIRROR_ENV} is "
+            f"{'unset' if not _mirror_roots() else 'set but has no ' + hub_id + '/'}), and "
+            "loading it from the Hugging Face hub needs the datasets package",
+            hint=f"{INSTALL_HINT}, or {_mirror_hint(hub_id)}",
+        )
+    if offline() or not hub_reachable():
+        raise DataError(
+            f"{what}: the Hugging Face hub is not reachable (offline) and there is no local "
+            f"copy of {hub_id!r}",
+            hint=_mirror_hint(hub_id),
+        )
+    return _hub_load(hub_id, config, split, revision, what)
+
+
+def _mirror_roots() -> list[str]:
+    import os
+
+    return [r for r in os.environ.get(MIRROR_ENV, "").split(os.pathsep) if r.strip()]
+
+
+@functools.lru_cache(maxsize=8)
+def _hub_load_cached(
+    hub_id: str, config: str | None, split: str, revision: str | None, what: str
+) -> tuple[tuple[SourceRecord, ...], str]:
+    import datasets  # optional dependency (hftguard[hub]); checked by the caller
+
+    try:
+        loaded = datasets.load_dataset(hub_id, config, split=split, revision=revision)
+    except Exception as exc:  # network, unknown id, config or split, auth...
+        raise DataError(
+            f"{what}: cannot load {hub_id} (config {config!r}, split {split!r}) from the "
+            f"Hugging Face hub ({type(exc).__name__}: {_first_line(exc)})",
+            hint=f"check the id, configuration and split on the hub, or {_mirror_hint(hub_id)}",
+        ) from exc
+    resolved = revision or "main"
+    try:  # the commit the hub served, when huggingface_hub can tell
+        from huggingface_hub import HfApi
+
+        resolved = HfApi().dataset_info(hub_id, revision=revision).sha or resolved
+    except Exception:  # the requested revision is recorded instead
+        pass
+    return _rows(loaded, f"{hub_id} [{split}]"), resolved
+
+
+def _hub_load(
+    hub_id: str, config: str | None, split: str, revision: str | None, what: str
+) -> tuple[list[SourceRecord], str]:
+    rows, resolved = _hub_load_cached(hub_id, config, split, revision, what)
+    return list(rows), resolved

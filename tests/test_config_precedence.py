@@ -167,6 +167,8 @@ def _other_value(tp: Any, default: Any, name: str) -> Any:
         return round(default / 2 + 0.3, 6) if default <= 1 else default * 2
     if name == "device":
         return "cpu"  # a device string is checked (config.check_device)
+    if name == "task_scoring":
+        return "number"  # one of the file tasks' scoring rules (hftguard.filetask)
     if tp is str:
         return f"{default or name}-x"
     if origin is list:

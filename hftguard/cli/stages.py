@@ -283,8 +283,41 @@ def register(app: typer.Typer) -> None:
             typer.Option("--judge", "-j", help="Judge name (repeatable; first = headline HS)."),
         ] = None,
         task: Annotated[
-            list[str] | None, typer.Option("--task", "-t", help="Task for FA (repeatable).")
+            list[str] | None,
+            typer.Option(
+                "--task",
+                "-t",
+                help="Task for FA: a task name or a local file (repeatable); a file is scored "
+                "by --task-scoring.",
+            ),
         ] = None,
+        no_tasks: Annotated[
+            bool, typer.Option("--no-tasks", help="Measure no Finetune Accuracy.")
+        ] = False,
+        task_scoring: Annotated[
+            str | None,
+            typer.Option(
+                help="How file tasks are scored: exact, contains (default), number or label."
+            ),
+        ] = None,
+        task_label: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--task-label",
+                help="A label of the 'label' rule (repeatable; default: the file's answers).",
+            ),
+        ] = None,
+        harmful_prompts: Annotated[
+            str | None,
+            typer.Option(help="Harmful prompts for HS: a dataset name or a local file."),
+        ] = None,
+        benign_prompts: Annotated[
+            str | None,
+            typer.Option(help="Benign prompts for over-refusal: a dataset name or a local file."),
+        ] = None,
+        no_benign: Annotated[
+            bool, typer.Option("--no-benign", help="Measure no over-refusal.")
+        ] = False,
         harmful_samples: Annotated[
             int | None, typer.Option(help="Harmful prompts (0 = all).")
         ] = None,
@@ -305,10 +338,24 @@ def register(app: typer.Typer) -> None:
         if not is_main_process():  # several processes (torchrun): process 0 evaluates alone
             return
 
+        from hftguard.errors import ConfigError
+
+        if no_tasks and task:
+            raise ConfigError(
+                "--no-tasks and --task contradict each other.", hint="Give one of them."
+            )
+        if no_benign and benign_prompts is not None:
+            raise ConfigError(
+                "--no-benign and --benign-prompts contradict each other.", hint="Give one of them."
+            )
         cli = {
             "model": model,
             "judges": judge or None,
-            "tasks": task or None,
+            "tasks": [] if no_tasks else task or None,
+            "task_scoring": task_scoring,
+            "task_labels": task_label or None,
+            "harmful_prompts": harmful_prompts,
+            "benign_prompts": "" if no_benign else benign_prompts,
             "harmful_samples": harmful_samples,
             "max_new_tokens": max_new_tokens,
             "seed": seed,

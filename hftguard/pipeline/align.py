@@ -99,11 +99,20 @@ class _AlignData:
 def _load_data(cfg: AlignConfig, reg: Registry, defense: Any, reporter: Reporter) -> _AlignData:
     """Load and check the data before the run directory exists: an empty stream or retain set
     fails here, not as a failed run (or a silently different one)."""
-    from hftguard.data import load_examples
+    from hftguard.data import fields_for, load_examples
 
     ctx = data_ctx(cfg.seed, reporter)
     opts = cfg.dataset_options
-    main = load_examples(cfg.data, "alignment", "train", reg, ctx, limit=cfg.samples, options=opts)
+    main = load_examples(
+        cfg.data,
+        "alignment",
+        "train",
+        reg,
+        ctx,
+        limit=cfg.samples,
+        fields=fields_for(cfg, "data"),
+        options=opts,
+    )
     if not main:
         raise DataError(
             f"The alignment data '{cfg.data}' has no rows.",
@@ -113,7 +122,14 @@ def _load_data(cfg: AlignConfig, reg: Registry, defense: Any, reporter: Reporter
     sources: dict[str, Any] = {"main": {"spec": cfg.data, "count": len(main)}}
     if "harmful" in defense.streams:
         streams["harmful"] = load_examples(
-            cfg.harmful, "harmful", "train", reg, ctx, limit=cfg.samples, options=opts
+            cfg.harmful,
+            "harmful",
+            "train",
+            reg,
+            ctx,
+            limit=cfg.samples,
+            fields=fields_for(cfg, "harmful"),
+            options=opts,
         )
         sources["harmful"] = {"spec": cfg.harmful, "count": len(streams["harmful"])}
     check_streams_have_data(defense, streams, {"harmful": cfg.harmful})
@@ -129,9 +145,17 @@ def _retain_requests(
     """The benign requests of the retain set: retain_ratio x n_align of them (at least one)."""
     import random
 
-    from hftguard.data import load_examples
+    from hftguard.data import fields_for, load_examples
 
-    pool = load_examples(cfg.retain, "instructions", "train", reg, ctx, options=cfg.dataset_options)
+    pool = load_examples(
+        cfg.retain,
+        "instructions",
+        "train",
+        reg,
+        ctx,
+        fields=fields_for(cfg, "retain"),
+        options=cfg.dataset_options,
+    )
     want = max(1, round(cfg.retain_ratio * n_align))
     if not pool:
         raise DataError(

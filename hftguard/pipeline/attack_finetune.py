@@ -33,7 +33,7 @@ def run(
 
     ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
     """
-    from hftguard.data import is_file_spec, load_examples, mix_poison
+    from hftguard.data import fields_for, is_file_spec, load_examples, mix_poison
 
     reporter = reporter or Reporter()
     opened = open_training_stage(
@@ -58,14 +58,24 @@ def run(
 
         ctx = data_ctx(cfg.seed, reporter)
         opts = cfg.dataset_options
-        benign = load_examples(cfg.task, "task", "train", reg, ctx, options=opts)
+        benign = load_examples(
+            cfg.task, "task", "train", reg, ctx, fields=fields_for(cfg, "task"), options=opts
+        )
         harmful_split = "train"
         if (
             not is_file_spec(cfg.harmful)
             and "attack" in reg.dataset(cfg.harmful, "harmful").cls.splits
         ):
             harmful_split = "attack"  # prompts disjoint from the alignment-stage harmful set
-        harmful = load_examples(cfg.harmful, "harmful", harmful_split, reg, ctx, options=opts)
+        harmful = load_examples(
+            cfg.harmful,
+            "harmful",
+            harmful_split,
+            reg,
+            ctx,
+            fields=fields_for(cfg, "harmful"),
+            options=opts,
+        )
         mixture = mix_poison(benign, harmful, cfg.samples, cfg.harmful_ratio, cfg.seed)
         streams = {}
         sources: dict[str, Any] = {
@@ -73,7 +83,13 @@ def run(
         }
         if "alignment" in defense.streams:
             streams["alignment"] = load_examples(
-                cfg.alignment_data, "alignment", "train", reg, ctx, options=opts
+                cfg.alignment_data,
+                "alignment",
+                "train",
+                reg,
+                ctx,
+                fields=fields_for(cfg, "alignment_data"),
+                options=opts,
             )
             sources["alignment"] = {"spec": cfg.alignment_data, "count": len(streams["alignment"])}
         probes = _analysis_probes(cfg, reg, ctx, harmful, mixture) if cfg.analysis_every else {}
@@ -123,11 +139,17 @@ def _analysis_probes(
     """The fixed probe sets of the analysis metrics (hftguard.analysis): refusal answers of the
     alignment data, harmful attack samples the user data does not contain, and a sample of the
     user data itself (harmful first, then benign) for the per-sample gradient norms."""
-    from hftguard.data import load_examples
+    from hftguard.data import fields_for, load_examples
 
     k = cfg.analysis_samples
     alignment = load_examples(
-        cfg.alignment_data, "alignment", "train", reg, ctx, options=cfg.dataset_options
+        cfg.alignment_data,
+        "alignment",
+        "train",
+        reg,
+        ctx,
+        fields=fields_for(cfg, "alignment_data"),
+        options=cfg.dataset_options,
     )[:k]
     used = set(mixture.harmful_ids)
     held_out = [e for e in harmful if str(e.meta.get("id", e.prompt[:40])) not in used][:k]

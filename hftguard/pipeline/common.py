@@ -376,7 +376,7 @@ def train_stage(
 ) -> dict[str, Any]:
     """Load the model, train with the defense, save the adapter, complete the manifest."""
     from hftguard import models, training
-    from hftguard.data import data_hash, encode_all
+    from hftguard.data import data_hash, encode_all, hub_sources
 
     t0 = time.time()
     # The schedule against the loop's own step count, before the model is loaded (align: known
@@ -407,9 +407,13 @@ def train_stage(
     }
     sources = {k: {**v} for k, v in inputs.data_sources.items()}
     sources.setdefault("main", {})["sha256"] = data_hash(inputs.main)
+    if hub_sources(inputs.main):  # hf:ID datasets: id, config, split, revision, content sha256
+        sources["main"]["hf"] = hub_sources(inputs.main)
     for name, ex in inputs.streams.items():
         if name in defense.streams:
             sources.setdefault(name, {})["sha256"] = data_hash(ex)
+            if hub_sources(ex):
+                sources[name]["hf"] = hub_sources(ex)
     record = component_record(defense_info, defense.config)
     effective = defense.effective_options()
     if effective:  # what Defense.plan changed (e.g. Lisa's scaled schedule), as run
@@ -529,7 +533,9 @@ def check_components(cfg: Any, reg: Registry) -> None:
     count is known without data, and that the poisoned mixture has the harmful and benign
     examples its ratio asks for.
     """
-    from hftguard.data import is_file_spec
+    from hftguard.data import check_data_fields, is_file_spec
+
+    check_data_fields(cfg)
 
     def datasets(*pairs: tuple[str, str]) -> None:
         for spec, role in pairs:
@@ -560,7 +566,24 @@ def check_components(cfg: Any, reg: Registry) -> None:
         for j in cfg.judges:
             reg.instantiate("judge", j, cfg.judge_options.get(j, {}), f"judge_options.{j}")
         for t in cfg.tasks:
-            reg.dataset(t, "task")
+            if not is_file_spec(t):  # a file task is scored by task_scoring (hftguard.filetask)
+                reg.dataset(t, "task")
         for sink in cfg.sinks:
             reg.get("report-sink", sink)
         datasets((cfg.harmful_prompts, "harmful-eval"), (cfg.benign_prompts, "benign-eval"))
+
+
+def check_eval_files(cfg: cfgmod.EvalConfig) -> None:
+    """A :class:`DataError` for every eval file (prompts, file tasks) that is not there, so a
+    wrong path fails before the run directory is made or a model is loaded."""
+    from hftguard.pipeline.preflight import data_problem
+
+    named = [("harmful_prompts", cfg.harmful_prompts), ("benign_prompts", cfg.benign_prompts)]
+    named += [(f"tasks[{i}]", t) for i, t in enumerate(cfg.tasks)]
+    problems = [p for key, spec in named if (p := data_problem(spec, key))]
+    if problems:
+        raise DataError(
+            " ".join(problems),
+            hint="Check the path (relative to the current directory), or give a dataset name "
+            "(hftguard datasets).",
+        )

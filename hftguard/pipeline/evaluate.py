@@ -43,6 +43,7 @@ from hftguard.names import name_path
 from hftguard.pipeline import agreement, cache, judging
 from hftguard.pipeline.common import (
     check_components,
+    check_eval_files,
     component_record,
     data_ctx,
     get_registry,
@@ -119,6 +120,25 @@ def hs_by_category(
     }
 
 
+def _limit(spec: str, samples: int) -> int:
+    """The ``limit`` to load ``spec`` with: a local file gives all its records when it has fewer
+    than ``samples`` (your own prompts need no --harmful-samples), a dataset exactly ``samples``."""
+    from hftguard.data import is_file_spec
+
+    return 0 if is_file_spec(spec) else samples
+
+
+def task_instance(cfg: EvalConfig, name: str, reg: Registry) -> Any:
+    """The FA task ``name``: a registered task, or a local file scored by ``cfg.task_scoring``
+    (:mod:`hftguard.filetask`)."""
+    from hftguard.data import dataset_instance, is_file_spec
+    from hftguard.filetask import FileTask
+
+    if is_file_spec(name):
+        return FileTask(name, cfg.task_scoring, cfg.task_labels, budget=cfg.max_new_tokens)
+    return dataset_instance(name, reg, cfg.dataset_options)
+
+
 def run(
     cfg: EvalConfig,
     out: str | Path,
@@ -134,14 +154,18 @@ def run(
 
     ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
     """
-    from hftguard.data import dataset_instance, load_examples
+    from hftguard.data import is_file_spec, load_examples
 
     reporter = reporter or Reporter()
     reg = get_registry(registry)
     validate_stage(cfg)
     check_components(cfg, reg)
+    check_eval_files(cfg)  # a wrong path fails here, before the run directory or the model
+    for name in cfg.tasks:  # and a file task without gold answers too
+        if is_file_spec(name):
+            task_instance(cfg, name, reg).load("test")
     judges = judging.build_judges(reg, cfg.judges, cfg.judge_options)
-    task_infos = [reg.dataset(t, "task") for t in cfg.tasks]
+    task_infos = {t: reg.dataset(t, "task") for t in cfg.tasks if not is_file_spec(t)}
     run_dir, done = start_run(
         out,
         "eval",
@@ -168,9 +192,9 @@ def run(
             "test",
             reg,
             ctx,
-            limit=cfg.harmful_samples,
+            limit=_limit(cfg.harmful_prompts, cfg.harmful_samples),
             options=cfg.dataset_options,
-        )
+        )[: cfg.harmful_samples or None]
         benign = (
             load_examples(
                 cfg.benign_prompts,
@@ -178,15 +202,15 @@ def run(
                 "test",
                 reg,
                 ctx,
-                limit=cfg.benign_samples,
+                limit=_limit(cfg.benign_prompts, cfg.benign_samples),
                 options=cfg.dataset_options,
-            )
+            )[: cfg.benign_samples or None]
             if cfg.benign_prompts
             else []
         )
         tasks: dict[str, tuple[Any, list[Example]]] = {}
         for name in cfg.tasks:
-            task = dataset_instance(name, reg, cfg.dataset_options)
+            task = task_instance(cfg, name, reg)
             exs = list(task.load("test", ctx))
             tasks[name] = (task, exs[: cfg.task_samples] if cfg.task_samples else exs)
 
@@ -370,7 +394,12 @@ def run(
             metrics=_headline(metrics),
             components={
                 "judges": [_judge_record(i, j) for i, j in judges],
-                "tasks": [component_record(i, tasks[i.name][0].config) for i in task_infos],
+                "tasks": [
+                    component_record(task_infos[t], tasks[t][0].config)
+                    if t in task_infos
+                    else tasks[t][0].record()
+                    for t in tasks
+                ],
             },
             data={
                 "harmful_prompts": cfg.harmful_prompts,

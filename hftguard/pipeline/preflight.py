@@ -74,7 +74,14 @@ def data_problem(spec: str, where: str) -> str | None:
     """What is wrong with data ``spec`` when it names a local file (a dataset name is checked by
     the registry), or None."""
     from hftguard.data import is_file_spec
+    from hftguard.hubdata import is_hf_spec, parse_hf_spec
 
+    if is_hf_spec(spec):
+        try:
+            parse_hf_spec(spec)
+        except HftguardError as exc:
+            return f"{where} = '{spec}': {exc}"
+        return None  # read (from a local copy or the hub) when the stage loads it
     if not spec or not is_file_spec(spec):
         return None
     p = Path(spec).expanduser()
@@ -124,6 +131,7 @@ def stage_problems(
             data.append((cfg.alignment_data, "alignment_data"))
     elif isinstance(cfg, cfgmod.EvalConfig):
         data += [(cfg.harmful_prompts, "harmful_prompts"), (cfg.benign_prompts, "benign_prompts")]
+        data += [(t, f"tasks[{i}]") for i, t in enumerate(cfg.tasks)]
         for name in cfg.judges:
             where = f"{prefix}judge_options.{name}"
             try:
