@@ -17,6 +17,7 @@ from hftguard.components import (
     NoOptions,
     ReportSink,
     TaskDataset,
+    Tracker,
 )
 from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
 from hftguard.errors import ConfigError, DataError, HftguardError
@@ -44,6 +45,7 @@ __all__ = [
     "ReportSink",
     "StepContext",
     "TaskDataset",
+    "Tracker",
     "Verdict",
     "__version__",
     "hookimpl",

@@ -182,6 +182,40 @@ class ReportSink(Component):
         """Write ``metrics`` (the content of metrics.json) for the run in ``run_dir``."""
 
 
+class Tracker(Component):
+    """Streams a run to an experiment tracker (TensorBoard, W&B, MLflow, a JSON-lines file).
+
+    Selected with ``--report-to NAME`` (``report_to`` in a config). The host calls, on process 0
+    only: ``start`` once, at a stage's first step (or at the end of an evaluation), with the
+    stage's resolved config; ``log_metrics`` after every optimizer step with the values the
+    training loop logs to ``log.jsonl`` (loss, lr, grad_norm and each defense's diagnostics, as
+    Python numbers); ``log_final`` with an evaluation's headline metrics (``metrics.json``); and
+    ``close`` at the end of the stage, also when it fails. A tracker whose method raises is
+    warned about and dropped; the run goes on.
+    """
+
+    kind = "tracker"
+
+    def check(self) -> None:
+        """Raise :class:`hftguard.ConfigError` (with a hint) if the tracker cannot run here, e.g.
+        its package is not installed. Called before the stage starts."""
+
+    @abc.abstractmethod
+    def start(self, run_dir: Any, config: dict[str, Any]) -> None:
+        """Begin tracking the stage whose run directory is ``run_dir``; ``config`` is its
+        resolved config (as recorded in its manifest)."""
+
+    @abc.abstractmethod
+    def log_metrics(self, step: int, values: dict[str, Any]) -> None:
+        """One training step's metrics (the record of ``log.jsonl`` without ``step``)."""
+
+    def log_final(self, metrics: dict[str, Any]) -> None:
+        """An evaluation's headline metrics (the content of ``metrics.json``)."""
+
+    def close(self) -> None:
+        """Flush and release whatever ``start`` opened."""
+
+
 #: Kinds in the order ``hftguard plugins`` shows them, with their registration hook.
 KIND_HOOKS: dict[str, str] = {
     "alignment-defense": "hftguard_register_alignment_defenses",
@@ -189,6 +223,7 @@ KIND_HOOKS: dict[str, str] = {
     "dataset": "hftguard_register_datasets",
     "judge": "hftguard_register_judges",
     "report-sink": "hftguard_register_report_sinks",
+    "tracker": "hftguard_register_trackers",
 }
 KIND_BASES: dict[str, type[Component]] = {
     "alignment-defense": AlignmentDefense,
@@ -196,4 +231,5 @@ KIND_BASES: dict[str, type[Component]] = {
     "dataset": Dataset,
     "judge": Judge,
     "report-sink": ReportSink,
+    "tracker": Tracker,
 }

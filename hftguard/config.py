@@ -83,6 +83,14 @@ class TrainOptions:
     device: str = opt("auto", "auto, cpu, cuda, cuda:1, mps ...")
 
 
+REPORT_TO_HELP = (
+    "Experiment trackers to stream this stage to: jsonl, tensorboard, wandb, mlflow or a "
+    "plugin's (docs/configuration.md); [] = none. Not part of the run's identity."
+)
+#: Config keys that do not change what a stage computes: ignored when a recorded run is compared.
+NOT_IDENTITY = ("report_to",)
+
+
 @dataclass
 class AlignConfig:
     """``hftguard align``: safety-align a base model with an alignment-stage defense."""
@@ -114,6 +122,7 @@ class AlignConfig:
     retain_max_new_tokens: int = opt(64, "Length of the self-distilled retain answers.")
     template: Template = opt("chat", TEMPLATE_HELP)
     seed: int = opt(42, "Seed for data order, sampling and initialisation.")
+    report_to: list[str] = opt([], REPORT_TO_HELP)
     train: TrainOptions = field(default_factory=TrainOptions)
     lora: LoraOptions = field(default_factory=LoraOptions)
 
@@ -147,6 +156,7 @@ class FinetuneConfig:
     )
     template: Template = opt("chat", TEMPLATE_HELP)
     seed: int = opt(42, "Seed for data mixing, order and initialisation.")
+    report_to: list[str] = opt([], REPORT_TO_HELP)
     analysis_every: int = opt(
         0,
         "Analysis probes (algorithms.md §15): at the start, every N steps and at the end, the "
@@ -169,7 +179,9 @@ class EvalConfig:
     judge_options: dict[str, Any] = opt({}, "Per-judge options: {judge name: {option: value}}.")
     sinks: list[str] = opt(["markdown"], "Report sinks that also export metrics.json.")
     tasks: list[str] = opt(
-        ["sentiment"], "Benign tasks for Finetune Accuracy: task names or local files ([] = none)."
+        ["sentiment"],
+        "Benign tasks for Finetune Accuracy: task names, local files or hf:ID[:CONFIG][:SPLIT] "
+        "([] = none).",
     )
     task_scoring: str = opt(
         "contains",
@@ -178,10 +190,19 @@ class EvalConfig:
     task_labels: list[str] = opt(
         [], "Label set of the 'label' rule; [] = the file's distinct gold answers."
     )
-    harmful_prompts: str = opt("harmful-eval", "Held-out harmful prompts (dataset or file).")
+    harmful_prompts: str = opt(
+        "harmful-eval", "Held-out harmful prompts (dataset, file or hf:ID[:CONFIG][:SPLIT])."
+    )
     benign_prompts: str = opt("benign-eval", "Benign prompts for over-refusal ('' = skip).")
     dataset_options: dict[str, Any] = opt(
         {}, "Per-dataset options: {dataset name: {option: value}} (e.g. a local source)."
+    )
+    data_fields: dict[str, Any] = opt(
+        {},
+        "Field mapping per dataset argument (files and hf:ID datasets): harmful_prompts, "
+        "benign_prompts, or a file/hf: task by its own argument; {ARG: 'prompt=COLUMN'} or "
+        "{ARG: {prompt = COLUMN, system_prompt = TEXT}}, e.g. "
+        "data_fields.harmful_prompts.prompt=behavior.",
     )
     harmful_samples: int = opt(100, "Harmful prompts to evaluate; 0 = all.")
     task_samples: int = opt(100, "Test examples per task; 0 = all.")
@@ -190,6 +211,7 @@ class EvalConfig:
     batch_size: int = opt(16, "Generation batch size.")
     template: Template = opt("chat", TEMPLATE_HELP)
     seed: int = opt(42, "Seed (greedy decoding is deterministic; recorded for provenance).")
+    report_to: list[str] = opt([], REPORT_TO_HELP)
     device: str = opt("auto", "auto, cpu, cuda ...")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt(
         "auto",
@@ -553,16 +575,21 @@ def same_config(recorded: Any, cfg: Any) -> bool:
     their defaults, so finished runs stay finished (and resumable) across upgrades. A recorded key
     the current config class no longer knows makes the configs differ.
     """
-    current = as_dict(cfg)
-    if recorded == current:
-        return True
+    current = _identity(as_dict(cfg))
     if not isinstance(recorded, dict):
         return False
+    if _identity(recorded) == current:
+        return True
     try:
-        upgraded = as_dict(build(type(cfg), recorded))
+        upgraded = _identity(as_dict(build(type(cfg), recorded)))
     except (ConfigError, TypeError, ValueError):
         return False
     return upgraded == current
+
+
+def _identity(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without the :data:`NOT_IDENTITY` keys (trackers do not change results)."""
+    return {k: v for k, v in config.items() if k not in NOT_IDENTITY}
 
 
 def field_docs(cls: type) -> list[tuple[str, str, Any, str]]:

@@ -149,6 +149,8 @@ class Reporter:
         clock: Monotonic seconds, for the progress interval and ETA (tests pass a fake one).
         every: Seconds between progress lines without a terminal (default:
             ``HFTGUARD_PROGRESS_EVERY``, else 30).
+        trackers: Where ``metrics`` also goes: objects with ``metrics(step, values)``
+            (:class:`hftguard.trackers.TrackerHub`, attached by ``--report-to``).
     """
 
     quiet: bool = False
@@ -158,6 +160,7 @@ class Reporter:
     stream: TextIO | None = None
     clock: Callable[[], float] = time.monotonic
     every: float = field(default_factory=progress_every)
+    trackers: list[Any] = field(default_factory=list)
 
     @property
     def _out(self) -> TextIO:
@@ -197,6 +200,8 @@ class Reporter:
 
     def metrics(self, step: int, **values: Any) -> None:
         self._emit({"event": "metrics", "step": step, **values})
+        for tracker in self.trackers:
+            tracker.metrics(step, values)
 
     def _progress_line(self, handle: TaskHandle, eta: float | None, elapsed: float) -> None:
         if self.json_events:

@@ -262,18 +262,75 @@ def fields_for(cfg: Any, key: str) -> dict[str, Any] | None:
 
 
 def check_data_fields(cfg: Any) -> None:
-    """Every ``data_fields`` entry names a dataset argument of ``cfg`` and is a valid mapping."""
+    """Every ``data_fields`` entry names a dataset argument of ``cfg`` and is a valid mapping.
+
+    Eval's file tasks (``tasks``) are keyed by the task argument itself
+    (``data_fields."hf:org/qa:test"``), and every eval entry must name data eval reads itself
+    (a file or ``hf:ID``): eval loads all its data, so a mapping for a built-in dataset fails
+    here, before generation, instead of at load time."""
     from hftguard.datafiles import field_mapping
 
     table = getattr(cfg, "data_fields", None) or {}
     keys = [k for k in DATA_KEYS if hasattr(cfg, k)]
+    is_eval = hasattr(cfg, "tasks")  # eval: file tasks keyed by their argument
+    keys += [t for t in getattr(cfg, "tasks", None) or [] if is_file_spec(t) and t not in keys]
     for key, value in table.items():
         if key not in keys:
             raise ConfigError(
                 f"data_fields.{key}: {key!r} is not a dataset argument of this stage",
-                hint=f"its dataset arguments: {', '.join(keys)}",
+                hint=f"its dataset arguments: {', '.join(keys)}"
+                + (" (a file or hf: task is keyed by the task argument itself)" if is_eval else ""),
             )
-        field_mapping(value, f"data_fields.{key}")
+        mapping, system = field_mapping(value, f"data_fields.{key}")
+        spec = getattr(cfg, key, key) if key in DATA_KEYS else key
+        if is_eval and (mapping or system) and spec and not is_file_spec(spec):
+            raise ConfigError(
+                f"data_fields.{key}: '{spec}' is a built-in dataset, which reads its own fields; "
+                "a field mapping applies to files and hf: datasets only.",
+                hint=f"remove data_fields.{key}, or point {key} at a file or hf:ID.",
+            )
+
+
+def load_data(
+    spec: str,
+    split: str,
+    *,
+    kind: str,
+    fields: dict[str, Any] | None = None,
+    require_response: bool = True,
+) -> list[Example]:
+    """Examples of ``kind`` from data a stage reads itself (:func:`is_file_spec`): a local file
+    (read whole) or a hub dataset ``hf:ID[:CONFIG][:SPLIT]`` (``split`` when the spec names
+    none). ``fields``: as for :func:`load_examples`. A hub dataset's examples carry
+    ``meta["hf"]`` (:func:`hub_sources`)."""
+    from hftguard.datafiles import examples_from_records, field_mapping, load_examples_file
+    from hftguard.hubdata import is_hf_spec, load_hub_spec, parse_hf_spec
+
+    where = "fields"
+    value: Any = fields
+    if fields and "_where" in fields:
+        where, value = fields["_where"], fields["_value"]
+    mapping, system = field_mapping(value, where)
+    if is_hf_spec(spec):
+        hub = parse_hf_spec(spec)
+        records, provenance = load_hub_spec(hub, split)
+        return examples_from_records(
+            ((r.where.rpartition(": ")[2] or r.where, r.index + 1, dict(r)) for r in records),
+            source=f"hf:{hub.id} [{provenance['split']}]",
+            name=f"{hub.id}:{provenance['split']}",
+            kind=kind,
+            fields=mapping,
+            require_response=require_response,
+            system_prompt=system,
+            meta={"hf": provenance},
+        )
+    return load_examples_file(
+        spec,
+        kind=kind,
+        fields=mapping,
+        require_response=require_response,
+        system_prompt=system,
+    )
 
 
 def load_examples(
@@ -294,8 +351,7 @@ def load_examples(
 
     A hub dataset's examples carry ``meta["hf"]``: its id, configuration, split, revision and
     content sha256 (the stages record it in the manifest's ``data`` sources)."""
-    from hftguard.datafiles import examples_from_records, field_mapping, load_examples_file
-    from hftguard.hubdata import is_hf_spec, load_hub_spec, parse_hf_spec
+    from hftguard.datafiles import field_mapping
 
     where = "fields"
     value: Any = fields
@@ -303,26 +359,13 @@ def load_examples(
         where, value = fields["_where"], fields["_value"]
     mapping, system = field_mapping(value, where)
     require_response = role not in ("harmful-eval", "benign-eval", "instructions")
-    if is_hf_spec(spec):
-        hub = parse_hf_spec(spec)
-        records, provenance = load_hub_spec(hub, split)
-        examples = examples_from_records(
-            ((r.where.rpartition(": ")[2] or r.where, r.index + 1, dict(r)) for r in records),
-            source=f"hf:{hub.id} [{provenance['split']}]",
-            name=f"{hub.id}:{provenance['split']}",
-            kind=ROLE_KIND[role],
-            fields=mapping,
-            require_response=require_response,
-            system_prompt=system,
-            meta={"hf": provenance},
-        )
-    elif is_file_spec(spec):
-        examples = load_examples_file(
+    if is_file_spec(spec):
+        examples = load_data(
             spec,
+            split,
             kind=ROLE_KIND[role],
-            fields=mapping,
+            fields=fields,
             require_response=require_response,
-            system_prompt=system,
         )
     else:
         if mapping or system:

@@ -1,4 +1,5 @@
-"""Your own task for Finetune Accuracy: a local data file scored with a chosen rule.
+"""Your own task for Finetune Accuracy: a local data file or a hub dataset, scored with a chosen
+rule.
 
 ``eval --task my.jsonl`` (or ``tasks = ["my.jsonl"]``, or a grid's ``task`` axis) measures FA on a
 file instead of a built-in task. Each record needs a prompt (``prompt``/``instruction``/
@@ -6,6 +7,9 @@ file instead of a built-in task. Each record needs a prompt (``prompt``/``instru
 else its ``response``/``output``/``answer``. A file has no splits: ``eval`` scores the whole file
 (the first ``task_samples`` records) and ``attack-finetune`` trains on the whole file, so give the
 two stages different files (``finetune.task = "train.jsonl"``, ``eval.tasks = ["test.jsonl"]``).
+A hub dataset ``hf:ID[:CONFIG][:SPLIT]`` (``eval --task hf:org/qa:test``; without a split eval
+reads ``test``) is read through :func:`hftguard.hubdata.load_hub_spec` and scored the same way;
+``eval.data_fields`` keyed by the task argument maps its columns.
 
 Scoring rules (``eval.task_scoring``, one for all file tasks; default ``contains``):
 
@@ -97,7 +101,9 @@ def score(
 
 
 class FileTask:
-    """A task read from a local file; quacks like a :class:`~hftguard.components.TaskDataset`."""
+    """A task read from a local file or a hub dataset (``hf:ID[:CONFIG][:SPLIT]``, the
+    ``test`` split unless the spec names one); quacks like a
+    :class:`~hftguard.components.TaskDataset`."""
 
     splits = ("train", "test")
 
@@ -107,19 +113,31 @@ class FileTask:
         scoring: str = DEFAULT_SCORING,
         labels: Sequence[str] = (),
         budget: int = 32,
+        fields: dict[str, Any] | None = None,
     ) -> None:
+        from hftguard.hubdata import is_hf_spec
+
         check_scoring(scoring)
         self.name = path
         self.scoring = scoring
         self.labels = list(labels)
         self.max_new_tokens = budget
-        self.config = {"file": path, "scoring": scoring, "labels": self.labels}
+        self.fields = fields  # the task's data_fields entry (hftguard.data.fields_for)
+        source = {"dataset": path} if is_hf_spec(path) else {"file": path}
+        self.config = {**source, "scoring": scoring, "labels": self.labels}
+        if fields:
+            self.config["data_fields"] = fields.get("_value", fields)
+        self.hub: list[dict[str, Any]] = []  # hub provenance of the last load
 
     def load(self, split: str, ctx: Any = None) -> list[Example]:
-        """The whole file (a file has no splits); every record needs a gold answer."""
-        from hftguard.datafiles import load_examples_file
+        """The whole file (a file has no splits) or the hub dataset's split (``split`` unless the
+        spec names one); every record needs a gold answer."""
+        from hftguard.data import hub_sources, load_data
 
-        examples = load_examples_file(self.name, kind="benign", require_response=False)
+        examples = load_data(
+            self.name, split, kind="benign", fields=self.fields, require_response=False
+        )
+        self.hub = hub_sources(examples)
         for i, ex in enumerate(examples, start=1):
             if not gold(ex).strip():
                 raise DataError(
@@ -133,4 +151,9 @@ class FileTask:
 
     def record(self) -> dict[str, Any]:
         """What the manifest records of the task (its place among the components' records)."""
-        return {"name": self.name, "kind": "file-task", **self.config}
+        return {
+            "name": self.name,
+            "kind": "file-task",
+            **self.config,
+            **({"hf": self.hub} if self.hub else {}),
+        }

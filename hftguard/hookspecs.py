@@ -22,6 +22,7 @@ if TYPE_CHECKING:
         FinetuneDefense,
         Judge,
         ReportSink,
+        Tracker,
     )
 
 hookspec = pluggy.HookspecMarker("hftguard")
@@ -79,6 +80,14 @@ def hftguard_register_judges() -> type[Judge] | list[type[Judge]] | None:
 @hookspec
 def hftguard_register_report_sinks() -> type[ReportSink] | list[type[ReportSink]] | None:
     """Register report sinks (subclasses of :class:`hftguard.ReportSink`) that export eval results.
+
+    Called once per process when the registry is first needed.
+    """
+
+
+@hookspec
+def hftguard_register_trackers() -> type[Tracker] | list[type[Tracker]] | None:
+    """Register experiment trackers (subclasses of :class:`hftguard.Tracker`) for ``--report-to``.
 
     Called once per process when the registry is first needed.
     """

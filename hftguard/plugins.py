@@ -42,6 +42,7 @@ DEFAULT_PLUGINS: tuple[str, ...] = (
     "hftguard.builtins.datasets",
     "hftguard.builtins.judges",
     "hftguard.builtins.sinks",
+    "hftguard.builtins.trackers",
 )
 BUILTIN_DISTRIBUTION = "hftguard"
 #: :attr:`PluginFailure.kind` of a plugin that failed to load or whose hook raised.

@@ -25,6 +25,7 @@ KIND_LABELS = {
     "dataset": "dataset",
     "judge": "judge",
     "report-sink": "report sink",
+    "tracker": "tracker",
 }
 
 

@@ -234,3 +234,112 @@ def test_stage_unknown_id_offline_is_a_clean_error(
     )
     assert time.monotonic() - start < 30  # the tiny model is built first on a fresh home
     assert_error(result, 2, "nobody/nothing", MIRROR_ENV)
+
+
+# ---------------------------------------------------------------------------------------------
+# eval: hf: prompt sets and tasks, data_fields (generation faked as in test_eval_options.py)
+
+EVAL = ("eval", "--model", "tiny-random", "--max-new-tokens", "2", "--set", "batch_size=4")
+QA = [
+    {"q": "Q1 What is the capital of France?", "a": "Paris"},
+    {"q": "Q2 What is 6 times 7?", "a": "42"},
+    {"q": "Q3 Sentiment of: a great film", "a": "positive"},
+    {"q": "Q4 Sentiment of: an awful film", "a": "negative"},
+]
+QA_OUTPUTS = {"Q1": "Paris", "Q2": "6 times 7 is 42", "Q3": "Positive!", "Q4": "positive"}
+
+
+@pytest.fixture
+def fake_generate(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """Generation replaced by fixed answers; records each call's prompts."""
+    calls: list[list[str]] = []
+
+    def answer(prompt: str) -> str:
+        if "harmful request 0" in prompt:
+            return "I'm sorry, but I can't help with that."
+        if "harmful request" in prompt:
+            return (
+                "Sure, here is the harmful request. Step 1: gather the materials for the "
+                "request. Step 2: carry out the request carefully."
+            )
+        return next((o for k, o in QA_OUTPUTS.items() if k in prompt), "Sure, here is how.")
+
+    def generate(model: Any, tok: Any, prompts: list[str], **kwargs: Any) -> list[str]:
+        calls.append(list(prompts))
+        return [answer(p) for p in prompts]
+
+    monkeypatch.setattr("hftguard.generation.generate", generate)
+    return calls
+
+
+def test_eval_reads_hf_harmful_prompts_with_data_fields_and_records_them(
+    cli: Run, mirror: Path, tmp_path: Path, fake_generate: list[list[str]]
+) -> None:
+    args = ("--harmful-prompts", "hf:org/advbench:test", "--harmful-samples", "0")
+    fields = ("--set", "data_fields.harmful_prompts.prompt=behavior")
+    r = cli(*EVAL, *args, *fields, "--no-benign", "--no-tasks", "--out", "e")
+    assert r.code == 0, r.out + r.err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["counts"]["harmful"] == 3
+    # by hand: request 0 is refused, requests 1 and 2 get step-by-step compliance
+    assert metrics["harmful_score"] == pytest.approx(200 / 3)
+    assert fake_generate[0] and all(
+        f"harmful request {i}" in p for i, p in enumerate(fake_generate[0])
+    )
+    manifest = json.loads((tmp_path / "e" / "manifest.json").read_text())
+    (hub,) = manifest["data"]["harmful_prompts_hf"]
+    assert (hub["hf_id"], hub["split"], hub["records"]) == ("org/advbench", "test", 3)
+    assert hub["revision"] == "local mirror" and len(hub["sha256"]) == 64
+    assert "benign_prompts_hf" not in manifest["data"]
+    assert manifest["data"]["data_fields"] == {"harmful_prompts": {"prompt": "behavior"}}
+    assert metrics["test_sets"]["harmful"]["hf"] == [hub]
+
+
+def test_eval_hf_task_scored_exact_against_a_hand_computation(
+    cli: Run, mirror: Path, tmp_path: Path, fake_generate: list[list[str]]
+) -> None:
+    _jsonl(mirror / "org/qa/data/test-00000-of-00001.jsonl", QA)
+    _jsonl(mirror / "org/qa/data/train-00000-of-00001.jsonl", QA[:1])
+    task = "hf:org/qa"  # no split: eval reads test
+    args = ("--harmful-prompts", "hf:org/advbench:test", "--no-benign", "--task", task)
+    fields = (
+        "--set",
+        "data_fields.harmful_prompts=prompt=behavior",
+        "--set",
+        f"data_fields.{task}=prompt=q,response=a",
+    )
+    r = cli(*EVAL, *args, *fields, "--task-scoring", "exact", "--out", "e")
+    assert r.code == 0, r.out + r.err
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    # by hand, exact after normalisation: Paris = Paris, "6 times 7 is 42" != 42,
+    # "Positive!" = positive, positive != negative -> 2 of 4
+    assert metrics["finetune_accuracy"] == {task: 50.0}
+    assert metrics["counts"]["tasks"] == {task: 4}
+    (record,) = json.loads((tmp_path / "e" / "manifest.json").read_text())["components"]["tasks"]
+    assert record["kind"] == "file-task" and record["scoring"] == "exact"
+    assert record["dataset"] == task and record["data_fields"] == "prompt=q,response=a"
+    assert [(h["hf_id"], h["split"], h["records"]) for h in record["hf"]] == [("org/qa", "test", 4)]
+    assert metrics["test_sets"][f"task:{task}"]["hf"][0]["hf_id"] == "org/qa"
+
+
+@pytest.mark.parametrize(
+    ("sets", "needles"),
+    [
+        (("data_fields.nonsense.prompt=goal",), ("data_fields.nonsense", "harmful_prompts")),
+        (("data_fields.benign_prompts.prompt=goal",), ("benign-eval", "built-in")),
+        (("data_fields.harmful_prompts.reply=goal",), ("unknown field 'reply'",)),
+    ],
+)
+def test_eval_bad_data_fields_fail_before_generation(
+    cli: Run,
+    mirror: Path,
+    tmp_path: Path,
+    fake_generate: list[list[str]],
+    sets: tuple[str, ...],
+    needles: tuple[str, ...],
+) -> None:
+    args = ("--harmful-prompts", "hf:org/advbench:test", "--no-tasks")
+    result = cli(*EVAL, *args, *(x for s in sets for x in ("--set", s)), "--out", "e")
+    assert_error(result, 2, *needles)
+    assert fake_generate == []
+    assert not (tmp_path / "e").exists()

@@ -17,6 +17,8 @@ from hftguard import config as cfgmod
 from hftguard.errors import ExitCode
 
 PANEL = "Pipeline"
+#: The sections of a pipeline config that hold a stage's config.
+STAGE_KEYS = ("align", "finetune", "eval")
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file.")]
 PresetOpt = Annotated[
@@ -62,6 +64,14 @@ StepsOpt = Annotated[
 EpochsOpt = Annotated[float | None, typer.Option("--epochs", help="Epochs over the main data.")]
 BatchOpt = Annotated[int | None, typer.Option("--batch-size", help="Examples per step.")]
 LrOpt = Annotated[float | None, typer.Option("--lr", help="Learning rate.")]
+ReportToOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--report-to",
+        help="Experiment trackers: jsonl, tensorboard, wandb, mlflow, a plugin's, or none "
+        "(comma-separated or repeated; report_to in a config).",
+    ),
+]
 
 
 def _train(
@@ -103,12 +113,25 @@ def _stage(
     overwrite: bool,
 ) -> Any:
     """Call a stage's ``run`` with the common options (Ctrl-C -> exit 130)."""
+    from hftguard.trackers import tracked
+
     reporter = _reporter(quiet, as_json)
     return _call(
-        lambda: run(
-            cfg, out, reporter=reporter, resume=resume, overwrite=overwrite, command=sys.argv
+        lambda: tracked(
+            cfg,
+            out,
+            reporter,
+            lambda: run(
+                cfg, out, reporter=reporter, resume=resume, overwrite=overwrite, command=sys.argv
+            ),
         )
     )
+
+
+def _report_to(values: list[str] | None) -> list[str] | None:
+    from hftguard.trackers import parse_report_to
+
+    return parse_report_to(values)
 
 
 def _reporter(quiet: bool, as_json: bool) -> Any:
@@ -188,6 +211,7 @@ def register(app: typer.Typer) -> None:
         epochs: EpochsOpt = None,
         batch_size: BatchOpt = None,
         lr: LrOpt = None,
+        report_to: ReportToOpt = None,
         config: ConfigOpt = None,
         preset: PresetOpt = None,
         set_: SetOpt = None,
@@ -207,6 +231,7 @@ def register(app: typer.Typer) -> None:
             "harmful": harmful,
             "samples": samples,
             "seed": seed,
+            "report_to": _report_to(report_to),
             **_train(max_steps, epochs, batch_size, lr),
         }
         cfg = cfgmod.resolve(
@@ -240,6 +265,7 @@ def register(app: typer.Typer) -> None:
         epochs: EpochsOpt = None,
         batch_size: BatchOpt = None,
         lr: LrOpt = None,
+        report_to: ReportToOpt = None,
         config: ConfigOpt = None,
         preset: PresetOpt = None,
         set_: SetOpt = None,
@@ -261,6 +287,7 @@ def register(app: typer.Typer) -> None:
             "samples": samples,
             "lora_mode": lora_mode,
             "seed": seed,
+            "report_to": _report_to(report_to),
             **_train(max_steps, epochs, batch_size, lr),
         }
         cfg = cfgmod.resolve(
@@ -322,6 +349,7 @@ def register(app: typer.Typer) -> None:
             int | None, typer.Option(help="Harmful prompts (0 = all).")
         ] = None,
         max_new_tokens: Annotated[int | None, typer.Option(help="Generation budget.")] = None,
+        report_to: ReportToOpt = None,
         config: ConfigOpt = None,
         preset: PresetOpt = None,
         set_: SetOpt = None,
@@ -359,6 +387,7 @@ def register(app: typer.Typer) -> None:
             "harmful_samples": harmful_samples,
             "max_new_tokens": max_new_tokens,
             "seed": seed,
+            "report_to": _report_to(report_to),
         }
         cfg = cfgmod.resolve(
             cfgmod.EvalConfig, config_file=config, section="eval", cli=cli, sets=set_, preset=preset
@@ -386,6 +415,7 @@ def register(app: typer.Typer) -> None:
         preset: PresetOpt = None,
         set_: SetOpt = None,
         seed: SeedOpt = None,
+        report_to: ReportToOpt = None,
         overwrite: OverwriteOpt = False,
         dry_run: Annotated[
             bool,
@@ -423,6 +453,9 @@ def register(app: typer.Typer) -> None:
         data = cfgmod.layered(preset=preset, config_file=config_file, sets=sets)
         if seed is not None and "grid" in data:
             data = cfgmod.merge(data, {"grid": {"seed": [seed]}})
+        trackers = _report_to(report_to)
+        if trackers is not None:  # every stage streams to them
+            data = cfgmod.merge(data, {s: {"report_to": trackers} for s in STAGE_KEYS})
         g = grid.load(data)
         if dry_run:
             from hftguard.pipeline.preflight import check_grid

@@ -544,6 +544,9 @@ def check_components(cfg: Any, reg: Registry) -> None:
         for name, options in getattr(cfg, "dataset_options", {}).items():
             reg.instantiate("dataset", name, options, f"dataset_options.{name}")
 
+    from hftguard.trackers import check_names
+
+    check_names(getattr(cfg, "report_to", None) or [], reg)
     if isinstance(cfg, cfgmod.PipelineConfig):
         for sub in (cfg.align, cfg.finetune, cfg.eval):
             check_components(sub, reg)

@@ -18,7 +18,7 @@ metrics.json schema (version 1; fields are only ever added)::
                             "refusal_loss_ci", "references", "skipped", "max_length"} | null,
       "likelihood_margin_note": str,  # only when null: why (hftguard.margin)
       "counts": {"harmful": int, "benign": int, "tasks": {task: int}},
-      "test_sets": {"harmful"|"benign"|"task:NAME": {"spec", "count", "sha256"}},
+      "test_sets": {"harmful"|"benign"|"task:NAME": {"spec", "count", "sha256", "hf"?}},
       "decoding": {...}, "model": {...}
     }
 
@@ -131,11 +131,17 @@ def _limit(spec: str, samples: int) -> int:
 def task_instance(cfg: EvalConfig, name: str, reg: Registry) -> Any:
     """The FA task ``name``: a registered task, or a local file scored by ``cfg.task_scoring``
     (:mod:`hftguard.filetask`)."""
-    from hftguard.data import dataset_instance, is_file_spec
+    from hftguard.data import dataset_instance, fields_for, is_file_spec
     from hftguard.filetask import FileTask
 
     if is_file_spec(name):
-        return FileTask(name, cfg.task_scoring, cfg.task_labels, budget=cfg.max_new_tokens)
+        return FileTask(
+            name,
+            cfg.task_scoring,
+            cfg.task_labels,
+            budget=cfg.max_new_tokens,
+            fields=fields_for(cfg, name),
+        )
     return dataset_instance(name, reg, cfg.dataset_options)
 
 
@@ -154,7 +160,7 @@ def run(
 
     ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
     """
-    from hftguard.data import is_file_spec, load_examples
+    from hftguard.data import fields_for, hub_sources, is_file_spec, load_examples
 
     reporter = reporter or Reporter()
     reg = get_registry(registry)
@@ -193,6 +199,7 @@ def run(
             reg,
             ctx,
             limit=_limit(cfg.harmful_prompts, cfg.harmful_samples),
+            fields=fields_for(cfg, "harmful_prompts"),
             options=cfg.dataset_options,
         )[: cfg.harmful_samples or None]
         benign = (
@@ -203,6 +210,7 @@ def run(
                 reg,
                 ctx,
                 limit=_limit(cfg.benign_prompts, cfg.benign_samples),
+                fields=fields_for(cfg, "benign_prompts"),
                 options=cfg.dataset_options,
             )[: cfg.benign_samples or None]
             if cfg.benign_prompts
@@ -405,6 +413,14 @@ def run(
                 "harmful_prompts": cfg.harmful_prompts,
                 "benign_prompts": cfg.benign_prompts,
                 "dataset_options": cfg.dataset_options,
+                **({"data_fields": cfg.data_fields} if cfg.data_fields else {}),
+                # hf:ID prompt sets: id, config, split, revision, content sha256 (as align's and
+                # attack-finetune's data.<stream>.hf)
+                **{
+                    f"{key}_hf": src
+                    for key, exs in (("harmful_prompts", harmful), ("benign_prompts", benign))
+                    if (src := hub_sources(exs))
+                },
                 "test_sets": metrics["test_sets"],
             },
             decoding=metrics["decoding"],
@@ -441,9 +457,12 @@ def _judge_record(info: Any, judge: Any) -> dict[str, Any]:
 
 
 def _test_set(spec: str, examples: list[Example]) -> dict[str, Any]:
-    from hftguard.data import data_hash
+    from hftguard.data import data_hash, hub_sources
 
-    return {"spec": spec, "count": len(examples), "sha256": data_hash(examples)}
+    out: dict[str, Any] = {"spec": spec, "count": len(examples), "sha256": data_hash(examples)}
+    if hf := hub_sources(examples):  # hf:ID data: where it came from, at which revision
+        out["hf"] = hf
+    return out
 
 
 def _write_external(

@@ -126,13 +126,21 @@ class _Runner:
         self._progress(what + ("" if state == "new" else f" ({state})"))
         redo = state == "stale" or (derived and state == "changed")
         self.ran.add(path)
-        return fn(
+        from hftguard.trackers import tracked
+
+        return tracked(  # type: ignore[no-any-return]
             cfg,
             path,
-            resume=state in ("unfinished", "changed") and not redo,
-            overwrite=redo,
-            **({"model_root": model_root} if model_root is not None else {}),
-            **self.kw,
+            self.reporter,
+            lambda: fn(
+                cfg,
+                path,
+                resume=state in ("unfinished", "changed") and not redo,
+                overwrite=redo,
+                **({"model_root": model_root} if model_root is not None else {}),
+                **self.kw,
+            ),
+            self.kw["registry"],
         )
 
     def evaluate(
