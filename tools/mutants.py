@@ -443,8 +443,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "align-harmful-uses-attack-split",
         "hftguard/pipeline/align.py",
-        'cfg.harmful, "harmful", "train", reg, ctx',
-        'cfg.harmful, "harmful", "attack", reg, ctx',
+        'cfg.harmful,\n            "harmful",\n            "train",',
+        'cfg.harmful,\n            "harmful",\n            "attack",',
         "wrong split: Booster/Antibody's harmful stream reads the attack split",
         (T_STAGES,),
     ),
