@@ -408,8 +408,22 @@ def pick_dtype(precision: str, device: torch.device) -> torch.dtype:
 
 def precision_record(precision: str, device: torch.device) -> dict[str, str]:
     """What the manifest records about precision: requested, what ran, and why."""
+    return setup_precision(precision, device)[1]
+
+
+def setup_precision(
+    precision: str, device: torch.device, warn: Any = None
+) -> tuple[torch.dtype, dict[str, str]]:
+    """The compute dtype and the manifest's precision record; ``warn`` (a reporter's) is told
+    when bf16 was requested on a CPU that only emulates it."""
     dtype, reason = precision_choice(precision, device)
-    return {"requested": precision, "dtype": str(dtype).removeprefix("torch."), "reason": reason}
+    if warn is not None and "emulated" in reason:
+        warn(
+            "precision=bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): bf16 is "
+            "emulated there and was measured ~30x slower than fp32; precision=auto picks fp32."
+        )
+    record = {"requested": precision, "dtype": str(dtype).removeprefix("torch."), "reason": reason}
+    return dtype, record
 
 
 def load_tokenizer(path: str) -> Any:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import math
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import ft_defense_helpers as ft
@@ -30,7 +29,6 @@ from defense_helpers import (
     batch,
     encoded,
     fake_ctx,
-    hf_loss,
     inner,
     lora_model,
     moved_copy,
@@ -41,6 +39,8 @@ from defense_helpers import (
     trainable,
     written_grads,
 )
+from test_defense_vaccine import _attn
+from test_defense_vaccine import _reference as _vaccine_reference
 
 from hftguard import training
 from hftguard.builtins.defenses.antibody_align import AntibodyAlign, AntibodyAlignConfig
@@ -131,45 +131,10 @@ def antibody_combine(g_a, d, g_rp, lam, lam_refusal):
     return [ga + lam * di + lam_refusal * gr for ga, di, gr in zip(g_a, d, g_rp, strict=True)]
 
 
-def _attn(model):
-    return [layer.self_attn for layer in model.base_model.model.model.layers]
-
-
-@contextmanager
-def _hooks(modules, fn):
-    handles = [m.register_forward_hook(fn(i)) for i, m in enumerate(modules)]
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def vaccine_reference(model, b, rho):
-    """Gradient with eps_l = rho G_l / ||G||_global added to each attention output."""
-    mods = _attn(model)
-    outs = [None] * len(mods)
-
-    def keep(i):
-        def hook(_m, _inp, out):
-            outs[i] = out[0]
-
-        return hook
-
-    with _hooks(mods, keep):
-        loss = hf_loss(model, b)
-    g = torch.autograd.grad(loss, outs)
-    total = math.sqrt(sum(float((x.double() ** 2).sum()) for x in g))
-    eps = [rho * x / (total + 1e-7) for x in g]
-
-    def add(i):
-        def hook(_m, _inp, out):
-            return (out[0] + eps[i], *out[1:])
-
-        return hook
-
-    with _hooks(mods, add):
-        return ref_grads(model, b)
+    """Gradient with eps_l = rho G_l / ||G||_global added to each attention output (the fp32
+    reference of tests/test_defense_vaccine.py)."""
+    return _vaccine_reference(model, b, rho)[2]
 
 
 def seq_mean_reference(model, b):

@@ -101,16 +101,12 @@ def _run_one(opts: BenchOptions, reporter: Reporter, reg: Any) -> dict[str, Any]
 
     specs = select_defenses(reg, opts.defenses) if "defenses" not in opts.skip else []
     device = models.pick_device(opts.device)
-    dtype, reason = models.precision_choice(opts.precision, device)
+    dtype, precision = models.setup_precision(opts.precision, device, reporter.warn)
+    reason = precision["reason"]
     reporter.info(
         f"bench: loading {opts.llama_shape or opts.model} on {device} "
         f"({str(dtype).removeprefix('torch.')}: {reason})"
     )
-    if "emulated" in reason:
-        reporter.warn(
-            "bench: bf16 on a CPU without native bf16 is emulated (measured ~30x slower than "
-            "fp32 on an AVX2 EPYC); expect a long run."
-        )
     base, tok, model_info = build_model(opts, device, dtype)
     result: dict[str, Any] = {
         "options": asdict(opts),

@@ -385,13 +385,7 @@ def train_stage(
     plan_defense(defense, cfg, (training.total_steps(len(inputs.main), cfg.train), source), stage)
     team = distributed.current()
     device = team.device(models.pick_device(cfg.train.device))
-    dtype = models.pick_dtype(cfg.train.precision, device)
-    precision = models.precision_record(cfg.train.precision, device)
-    if "emulated" in precision["reason"]:
-        reporter.warn(
-            "precision=bf16 on a CPU without native bf16 (no AVX-512 BF16 or AMX): bf16 is "
-            "emulated there and was measured ~30x slower than fp32; precision=auto picks fp32."
-        )
+    dtype, precision = models.setup_precision(cfg.train.precision, device, reporter.warn)
     reporter.info(
         f"{stage}: loading {start_recipe.base_spec} on {device} ({str(dtype)[6:]}), "
         f"LoRA mode {lora_mode}"

@@ -222,16 +222,10 @@ def run(
             exs = list(task.load("test", ctx))
             tasks[name] = (task, exs[: cfg.task_samples] if cfg.task_samples else exs)
 
-        resolved = models.resolve(model_spec(cfg.model, model_root))
-        device = models.pick_device(cfg.device)
-        dtype = models.pick_dtype(cfg.precision, device)
-        precision = models.precision_record(cfg.precision, device)
-        if "emulated" in precision["reason"]:
-            reporter.warn(
-                "precision=bf16 on a CPU without native bf16: generation is emulated and slow; "
-                "precision=auto picks fp32 here."
-            )
         spec = model_spec(cfg.model, model_root)
+        resolved = models.resolve(spec)
+        device = models.pick_device(cfg.device)
+        dtype, precision = models.setup_precision(cfg.precision, device, reporter.warn)
         reporter.info(f"eval: loading {spec} on {device} ({precision['dtype']})")
         model, tok = models.load_for_eval(resolved.recipe, device, dtype)
         model_fp = cache.model_key(resolved.recipe)
