@@ -2,7 +2,8 @@
 
 Two families: deterministic offline stand-ins for BeaverTails, SST2, AG News and GSM8K, so the
 whole pipeline runs (and is tested) without downloads; and components for the papers' real
-benchmarks, read from the Hugging Face hub or a local copy (:mod:`hftguard.hubdata`). The modules
+benchmarks and the standard evaluation prompt sets (HarmBench, StrongREJECT, XSTest), read from
+the Hugging Face hub or a local copy (:mod:`hftguard.hubdata`). The modules
 are imported only when the hook is called.
 """
 
@@ -23,6 +24,7 @@ def hftguard_register_datasets() -> list[type]:
     from hftguard.builtins.datasets.benign_eval import BenignEval
     from hftguard.builtins.datasets.benign_instructions import BenignInstructions
     from hftguard.builtins.datasets.gsm8k import GSM8K
+    from hftguard.builtins.datasets.harmbench import HarmBench
     from hftguard.builtins.datasets.harmful_compliance import HarmfulCompliance
     from hftguard.builtins.datasets.harmful_eval import HarmfulEval
     from hftguard.builtins.datasets.repnoise_harmful import RepNoiseHarmful
@@ -30,7 +32,9 @@ def hftguard_register_datasets() -> list[type]:
     from hftguard.builtins.datasets.safety_refusals import SafetyRefusals
     from hftguard.builtins.datasets.sentiment import Sentiment
     from hftguard.builtins.datasets.sst2 import SST2
+    from hftguard.builtins.datasets.strongreject import StrongREJECT
     from hftguard.builtins.datasets.topic import Topic
+    from hftguard.builtins.datasets.xstest import XSTest, XSTestUnsafe
 
     return [
         # offline stand-ins
@@ -53,4 +57,9 @@ def hftguard_register_datasets() -> list[type]:
         AGNews,
         GSM8K,
         AlpacaEval,
+        # standard evaluation prompt sets (hub or local copy, see docs/datasets.md)
+        HarmBench,
+        StrongREJECT,
+        XSTest,
+        XSTestUnsafe,
     ]
