@@ -856,7 +856,7 @@ def test_plots_are_nonempty_pngs(synthetic: Path, tmp_path: Path) -> None:
     from hftguard import plots
 
     rep = report.build(report.collect([synthetic]), n_boot=50)
-    files = plots.write_all(rep, tmp_path / "figs")
+    files = plots.write_all(rep, tmp_path / "figs", formats="png")
     names = sorted(f.name for f in files)
     assert {
         "hs_fa_vs_p.png",
@@ -866,11 +866,209 @@ def test_plots_are_nonempty_pngs(synthetic: Path, tmp_path: Path) -> None:
     } <= set(names)
     # one per antibody cell that had harmful samples to tell apart: p > 0, each seed
     assert sum(n.startswith("antibody_weights__") for n in names) == 2 * 2
+    assert sorted(p.name for p in (tmp_path / "figs").iterdir()) == names  # PNG only, as asked
     for f in files:
         data = f.read_bytes()
         assert data.startswith(PNG) and len(data) > 10_000, f
     task_rep = report.build(report.collect([synthetic]), columns="task", n_boot=10)
-    assert plots.metric_vs_axis(task_rep, tmp_path / "t.png").stat().st_size > 10_000
+    path = plots.metric_vs_axis(task_rep, tmp_path / "t.png", formats=["png"])
+    assert path == tmp_path / "t.png" and path.stat().st_size > 10_000
+
+
+def _small_grid(root: Path, methods: dict[str, str] | None = None) -> Path:
+    """Two methods, p ∈ {0, 0.2}, one seed: every figure kind, few files."""
+    return fake_grid(
+        root,
+        methods=methods or {"sft/sft": "SFT", "antibody/antibody": "Antibody"},
+        ps=[0.0, 0.2],
+        seeds=[1],
+    )
+
+
+def test_every_figure_is_written_as_png_svg_and_pdf(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    import xml.etree.ElementTree as ET
+
+    from hftguard import plots
+
+    rep = report.build(report.collect([_small_grid(tmp_path / "g")]), n_boot=20)
+    files = plots.write_all(rep, tmp_path / "figs")
+    # the return value lists every file written, each figure's three together, PNG first
+    assert sorted(files) == sorted((tmp_path / "figs").iterdir())
+    stems = list(dict.fromkeys(f.with_suffix("") for f in files))
+    assert {s.name for s in stems} >= {
+        "hs_fa_vs_p",
+        "hs_fa_tradeoff",
+        "training_curves",
+        "alignment_dynamics",
+        "antibody_weights__antibody-antibody__p0.2__s1",
+    }
+    assert files == [s.with_name(f"{s.name}.{x}") for s in stems for x in ("png", "svg", "pdf")]
+    for stem in stems:
+        png, svg, pdf = (stem.with_name(f"{stem.name}.{x}").read_bytes() for x in plots.FORMATS)
+        assert png.startswith(PNG) and len(png) > 10_000, stem
+        assert pdf.startswith(b"%PDF") and len(pdf) > 5_000, stem
+        root = ET.fromstring(svg)  # well-formed XML
+        assert root.tag == "{http://www.w3.org/2000/svg}svg", stem
+        assert b"<dc:date>" not in svg and b"CreationDate" not in pdf, stem  # no dates
+    # deterministic: the same report gives the same bytes (no dates, fixed SVG ids)
+    again = plots.save(plots.tradeoff_figure(rep), tmp_path / "again" / "hs_fa_tradeoff.png")
+    assert [f.name for f in again] == [
+        "hs_fa_tradeoff.png",
+        "hs_fa_tradeoff.svg",
+        "hs_fa_tradeoff.pdf",
+    ]
+    for f in again:
+        assert f.read_bytes() == (tmp_path / "figs" / f.name).read_bytes(), f.name
+    with pytest.raises(ValueError, match="gif"):
+        plots.write_all(rep, tmp_path / "x", formats="png,gif")
+
+
+def _legend_styles(fig: Any) -> dict[str, tuple[str, str]]:
+    """{label: (colour, marker)} from a figure's method legend."""
+    from matplotlib.colors import to_hex
+
+    leg = fig.legends[0]
+    return {
+        t.get_text(): (to_hex(h.get_color()), h.get_marker())
+        for t, h in zip(leg.get_texts(), leg.legend_handles, strict=True)
+    }
+
+
+def test_a_method_looks_the_same_in_every_figure_and_report(
+    synthetic: Path, tmp_path: Path
+) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_hex
+
+    from hftguard import plots
+
+    full = report.build(report.collect([synthetic]), n_boot=10)  # SFT, Booster, Antibody
+    # another report: other methods, in another order
+    other_root = _small_grid(tmp_path / "g", {"antibody/antibody": "Antibody", "sft/sft": "SFT"})
+    other = report.build(report.collect([other_root]), n_boot=10)
+    assert [r.label for r in full.rows] == ["SFT", "Booster", "Antibody"]
+    assert [r.label for r in other.rows] == ["Antibody", "SFT"]
+    seen: dict[str, set[tuple[str, str]]] = {}
+    for rep in (full, other):
+        for build in (plots.metric_vs_axis_figure, plots.tradeoff_figure):
+            for label, style in _legend_styles(build(rep)).items():
+                seen.setdefault(label, set()).add(style)
+        # the training curves draw each method's lines in its colour and marker too
+        curves = plots.training_curves_figure(rep.collection.runs, axis="p")
+        for ax in curves.axes:
+            for line in ax.get_lines():
+                seen[line.get_label()].add((to_hex(line.get_color()), line.get_marker()))
+    assert seen == {
+        "SFT": {(plots.BLACK.lower(), "o")},
+        "Booster": {(plots.BLUE.lower(), "s")},
+        "Antibody": {(plots.VERMILLION.lower(), "D")},
+    }
+    # and the built-in table does not depend on labels, order or which methods are there
+    assert plots.method_style("booster/sft") == plots.Style(plots.BLUE, "s")
+    assert plots.assign_styles(["sft/lisa", "booster/sft"])["booster/sft"] == plots.Style(
+        plots.BLUE, "s"
+    )
+    assert plots.method_style(" Booster / SFT ") == plots.method_style("booster")
+
+
+def test_other_methods_get_a_stable_hashed_style() -> None:
+    from hftguard import plots
+
+    # pinned: a sha256 of the name, the same in every process and version (not Python's hash())
+    assert plots.method_style("my-defense/sft") == plots.Style(plots.ORANGE, "X")
+    assert plots.method_style("my-defense/sft") not in plots.METHOD_STYLES.values()
+    a = plots.assign_styles(["zeta/sft", "my-defense/sft", "sft/sft"])
+    b = plots.assign_styles(["booster/sft", "my-defense/sft", "alpha/lisa", "zeta/sft"])
+    assert a["my-defense/sft"] == b["my-defense/sft"] == plots.method_style("my-defense/sft")
+    assert a["zeta/sft"] == b["zeta/sft"]
+
+
+def test_distinct_methods_get_distinct_colour_marker_pairs() -> None:
+    from hftguard import plots
+
+    builtin = [m for m in plots.METHOD_STYLES if m != "base"]
+    others = [f"defense{i}/ft{i % 3}" for i in range(40)]
+    styles = plots.assign_styles([*others, *builtin])
+    assert len(set(styles.values())) == len(styles) == len(builtin) + len(others)
+    for m in builtin:
+        assert styles[m] == plots.METHOD_STYLES[m]  # collisions move the others, never these
+    # one method under several names (an alias, case, spaces) is one style
+    same = plots.assign_styles(["sft", "SFT/SFT", "sft/sft"])
+    assert len(set(same.values())) == 1
+
+
+def test_tradeoff_has_x_and_y_error_bars_and_a_legend_not_labels(synthetic: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import ErrorbarContainer
+
+    from hftguard import plots
+
+    rep = report.build(report.collect([synthetic]), n_boot=50)
+    fig = plots.tradeoff_figure(rep)
+    (ax,) = fig.axes
+    bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+    assert [c.get_label() for c in bars] == ["SFT", "Booster", "Antibody"]
+    assert all(c.has_xerr and c.has_yerr for c in bars)
+    # the error bars are the cells' 95% intervals: SFT at p = 0.2, x (HS) then y (FA)
+    cell = rep.cell(rep.rows[0], 0.2)
+    (_, _, (xbars, ybars)) = bars[0].lines
+    (x0, y0), (x1, _) = xbars.get_segments()[2]
+    assert (x0, x1, y0) == pytest.approx((*cell.hs.ci, cell.fa.mean))
+    (_, fy0), (_, fy1) = ybars.get_segments()[2]
+    assert (fy0, fy1) == pytest.approx(cell.fa.ci)
+    # no text on the points (only the note under the axes); methods and columns in legends
+    assert len(ax.texts) == 1 and "95%" in ax.texts[0].get_text()
+    assert list(_legend_styles(fig)) == ["SFT", "Booster", "Antibody"]
+    assert [t.get_text() for t in fig.legends[1].get_texts()] == ["p=0", "p=0.1", "p=0.2"]
+    # the axes fit the data and their intervals, padded, not the whole 0–100 square
+    lo_hs = min(c.hs.ci[0] for _, _, c in rep.present())
+    hi_hs = max(c.hs.ci[1] for _, _, c in rep.present())
+    x_lo, x_hi = ax.get_xlim()
+    assert x_lo < lo_hs and hi_hs < x_hi < 100
+    assert "(%)" in ax.get_xlabel() and "(%)" in ax.get_ylabel()
+
+
+def test_hs_fa_vs_p_has_error_bars_per_method(synthetic: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from matplotlib.container import ErrorbarContainer
+
+    from hftguard import plots
+
+    rep = report.build(report.collect([synthetic]), n_boot=50)
+    fig = plots.metric_vs_axis_figure(rep)
+    for ax in fig.axes:
+        bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
+        assert [c.get_label() for c in bars] == ["SFT", "Booster", "Antibody"]
+        assert all(c.has_yerr and not c.has_xerr for c in bars)
+        assert "(%)" in ax.get_ylabel()
+
+
+def test_training_curves_have_one_axis_per_loss(synthetic: Path) -> None:
+    pytest.importorskip("matplotlib")
+    from hftguard import plots
+
+    rep = report.build(report.collect([synthetic]), n_boot=10)
+    fig = plots.training_curves_figure(rep.collection.runs, axis="p")
+    stages = {sub.get_suptitle().split(" — ")[0]: sub.axes for sub in fig.subfigs}
+    assert {k: [ax.get_title() for ax in v] for k, v in stages.items()} == {
+        "Alignment stage": ["training loss", "harmful loss"],
+        "Fine-tuning stage (p=0.2)": ["training loss", "harmful loss"],
+    }
+    for axes in stages.values():
+        for ax in axes:
+            lines = ax.get_lines()
+            labels = [line.get_label() for line in lines]
+            assert len(labels) == len(set(labels))  # one curve per method, one quantity per axis
+            assert {line.get_gid() for line in lines} == {
+                {"training loss": "loss", "harmful loss": "harmful_loss"}[ax.get_title()]
+            }
+            assert ax.get_shared_x_axes().joined(ax, axes[0])  # a stage's panels share the step
+    assert [ln.get_label() for ln in stages["Alignment stage"][1].get_lines()] == [
+        "Booster",
+        "Antibody",
+    ]  # only Booster/Antibody log a harmful loss while aligning
+    assert plots.training_curves_figure([], axis="p") is None
 
 
 # ------------------------------------------------------------------------------------------------
@@ -997,6 +1195,10 @@ def test_run_and_report_a_tiny_grid(cli: Any, tmp_path: Path) -> None:
             "grad_norms__p0.5.png",
         }
         assert all(p.read_bytes().startswith(PNG) for p in pngs)
+        for p in pngs:  # SVG and PDF beside every PNG, and listed as written
+            assert p.with_suffix(".svg").stat().st_size > 0
+            assert p.with_suffix(".pdf").read_bytes().startswith(b"%PDF")
+            assert p.with_suffix(".pdf").name in res.err
 
     res = cli("report", "g", "--out", "rep2", "--format", "csv", "--no-plots", "--columns", "n")
     assert res.code == 0 and [p.name for p in (tmp_path / "rep2").iterdir()] == ["report.csv"]
@@ -1026,5 +1228,7 @@ def test_report_usage_errors(cli: Any, synthetic: Path, tmp_path: Path) -> None:
     assert res.code == 2 and "--columns" in res.err
     res = cli("report", str(synthetic), "--format", "md,pdf")
     assert res.code == 2 and "pdf" in res.err
+    res = cli("report", str(synthetic), "--plot-format", "png,gif", "--out", "x")
+    assert res.code == 2 and "gif" in res.err and "--plot-format" in res.err
     res = cli("report", str(synthetic), "--judge", "nope", "--out", "x")
     assert res.code == 2 and "nope" in res.err

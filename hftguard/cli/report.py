@@ -29,7 +29,7 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--out",
                 "-o",
-                help="Directory for report.md/.csv/.tex/.json and the PNGs "
+                help="Directory for report.md/.csv/.tex/.json and the figures "
                 "(default: RUN_DIR/report).",
             ),
         ] = None,
@@ -68,8 +68,15 @@ def register(app: typer.Typer) -> None:
         ] = False,
         plots: Annotated[
             bool,
-            typer.Option("--plots/--no-plots", help="Write the PNG figures (needs matplotlib)."),
+            typer.Option("--plots/--no-plots", help="Write the figures (needs matplotlib)."),
         ] = True,
+        plot_formats: Annotated[
+            str,
+            typer.Option(
+                "--plot-format",
+                help="Comma-separated figure formats: png, svg, pdf (each figure in each).",
+            ),
+        ] = "png,svg,pdf",
         strict: Annotated[
             bool,
             typer.Option(
@@ -105,6 +112,13 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--format {formats!r}: unknown format(s) {', '.join(bad) or '-'}.",
                 hint="Use a comma-separated subset of md, csv, tex, json.",
+            )
+        pfmts = [f.strip().lower().lstrip(".") for f in plot_formats.split(",") if f.strip()]
+        bad = [f for f in pfmts if f not in plotmod.FORMATS]
+        if bad or not pfmts:
+            raise ConfigError(
+                f"--plot-format {plot_formats!r}: unknown format(s) {', '.join(bad) or '-'}.",
+                hint="Use a comma-separated subset of png, svg, pdf.",
             )
         if bootstrap < 0:
             raise ConfigError("--bootstrap must be >= 0.", hint="1000 is the default.")
@@ -195,7 +209,7 @@ def register(app: typer.Typer) -> None:
         written = report.write(rep, target, fmts)
         if plots:
             if plotmod.available():
-                written += plotmod.write_all(rep, target)
+                written += plotmod.write_all(rep, target, pfmts)
             else:
                 stderr.print(
                     "[yellow]Warning:[/yellow] matplotlib is not installed; tables "
