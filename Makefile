@@ -5,7 +5,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-v1
 
-.PHONY: install test test-fast demo lint clean mutants
+.PHONY: install test test-fast demo lint clean mutants wheel-check test-lowest
 
 install: $(STAMP)
 
@@ -25,7 +25,15 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install
-	$(VENV)/bin/hftguard run configs/demo.toml --out runs/demo
+	$(VENV)/bin/hftguard run demo --out runs/demo
+
+# The wheel alone in an empty virtualenv, running the README's commands (CI runs it).
+wheel-check:
+	bash .ci/wheel-check
+
+# Every dependency at its lowest allowed version, then the tests (CI runs it).
+test-lowest:
+	bash .ci/lowest
 
 # Mutation testing (not part of `test` or CI): deliberate bugs in the defenses and the training
 # loop, each applied to a temporary copy of the repo; every one should make its tests fail.
@@ -37,4 +45,4 @@ lint: install
 	$(VENV)/bin/ruff format --check hftguard plugins tests
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) .venv-lowest runs .pytest_cache

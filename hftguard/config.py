@@ -458,9 +458,17 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     """Read a TOML config file with errors that name the file and the problem."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(
-            f"Config file {p} does not exist.", hint="Check the path given to --config."
-        )
+        from hftguard import shipped
+
+        packaged = shipped.config_path(str(path))
+        if packaged is None:
+            names = ", ".join(c.name for c in shipped.configs())
+            raise ConfigError(
+                f"Config file {p} does not exist, and no shipped config has that name.",
+                hint=f"Check the path; shipped configs (run them by name): {names} "
+                "(`hftguard configs` lists them).",
+            )
+        p = packaged
     if p.is_dir():
         raise ConfigError(f"Config file {p} is a directory.", hint="Give --config a .toml file.")
     try:

@@ -320,7 +320,27 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def with_docs_command(hint: str) -> str:
+    """A hint that names docs pages (``docs/datasets.md``) also says how a wheel user reads them.
+
+    The pages ship inside the package (hftguard/shipped.py); a user with no checkout reads them
+    with ``hftguard docs TOPIC``, which the hint then names once per page.
+    """
+    import re
+
+    from hftguard import shipped
+
+    topics = set(shipped.doc_topics())
+    named = [
+        t for t in dict.fromkeys(re.findall(r"docs/([A-Za-z0-9/_-]+)\.md", hint)) if t in topics
+    ]
+    missing = [t for t in named if f"hftguard docs {t}`" not in hint]
+    if not missing:
+        return hint
+    return hint + " (" + "; ".join(f"`hftguard docs {t}`" for t in missing) + ")"
+
+
 def print_error(message: str, hint: str | None) -> None:
     stderr.print(f"[bold red]Error:[/bold red] {escape(message)}", highlight=False, markup=True)
     if hint:
-        stderr.print(f"[bold]Hint:[/bold] {escape(hint)}", highlight=False)
+        stderr.print(f"[bold]Hint:[/bold] {escape(with_docs_command(hint))}", highlight=False)

@@ -29,6 +29,11 @@ KIND_LABELS = {
 }
 
 
+#: Components of the repository's example plugin (plugins/hftguard-example-judge), which the docs
+#: use in examples but the hftguard wheel does not contain: their unknown-name hint says so.
+EXAMPLE_PLUGIN_COMPONENTS = {("judge", "goal-overlap")}
+
+
 @dataclass(frozen=True)
 class ComponentInfo:
     """A registered component and where it came from."""
@@ -122,6 +127,12 @@ class Registry:
         label = KIND_LABELS[kind]
         broken = [f.name for f in self.host.failures if f.kind == BROKEN]
         hint = f"Available: {', '.join(sorted(found)) or '(none)'}. Run `hftguard plugins`."
+        if (kind, name) in EXAMPLE_PLUGIN_COMPONENTS:  # named in the docs, not in the wheel
+            hint = (
+                f"'{name}' is the example plugin's {label} (hftguard-example-judge, in the "
+                "repository's plugins/ folder; not part of the hftguard wheel): install it with "
+                "`pip install ./plugins/hftguard-example-judge` from a checkout. " + hint
+            )
         if broken:
             hint += f" Broken plugins (which may have provided it): {', '.join(broken)}."
             if not did_you_mean(name, found):

@@ -354,7 +354,8 @@ def _clip(params: Params, max_norm: float) -> torch.Tensor:
     if not grads:
         raise HftguardError(
             "The defense wrote no gradient into the trainable parameters.",
-            hint="A training_step must set .grad (see docs/plugins/defenses.md).",
+            hint="A training_step must set .grad (see docs/plugins/hooks.md, or "
+            "`hftguard docs plugins/hooks`).",
         )
     if max_norm > 0:
         return torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm)

@@ -23,17 +23,13 @@ EX = Example("Say hi", "positive", "benign", input="the movie was great")
 
 def _llama_tok(add_bos: bool = True, add_eos: bool = False, chat_template: str | None = None):
     """A character-level Llama tokenizer (Metaspace, ``<s>``/``</s>``), built offline."""
-    from transformers import LlamaTokenizer
+    from tokenizer_helpers import char_llama_tokenizer
 
     from hftguard.data import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
     from hftguard.refusals import refusal_for
 
     text = ALPACA_WITH_INPUT + ALPACA_NO_INPUT + BOS_TEMPLATE + refusal_for(0) + refusal_for(1)
-    vocab = {"<unk>": 0, "<s>": BOS, "</s>": EOS, "▁": 3}
-    for ch in sorted(set(text + "abcdefghijklmnopqrstuvwxyz0123456789 .,'?!")):
-        vocab.setdefault("▁" if ch == " " else ch, len(vocab))
-    tok = LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=add_bos, add_eos_token=add_eos)
-    tok.pad_token = tok.unk_token
+    tok = char_llama_tokenizer(text, add_bos=add_bos, add_eos=add_eos, bos=BOS, eos=EOS)
     if chat_template:
         tok.chat_template = chat_template
     return tok

@@ -31,18 +31,13 @@ REFS = [
 
 def _bos_tokenizer():
     """A character-level Llama tokenizer that prepends <s> (as Llama-2's does), built offline."""
-    from transformers import LlamaTokenizer
+    from tokenizer_helpers import char_llama_tokenizer
 
     from hftguard.data import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
     text = ALPACA_WITH_INPUT + ALPACA_NO_INPUT + "".join(p.prompt + p.input for p in PROMPTS)
     text += "".join(r + h for r, h in REFS)
-    vocab = {"<unk>": 0, "<s>": 1, "</s>": 2, "▁": 3}
-    for ch in sorted(set(text)):
-        vocab.setdefault("▁" if ch == " " else ch, len(vocab))
-    tok = LlamaTokenizer(vocab=vocab, merges=[], add_bos_token=True, add_eos_token=False)
-    tok.pad_token = tok.unk_token
-    return tok
+    return char_llama_tokenizer(text, add_bos=True, add_eos=False)
 
 
 def _hand_logp(model, tok, ex: Example, answer: str, template: str) -> float:
@@ -51,7 +46,7 @@ def _hand_logp(model, tok, ex: Example, answer: str, template: str) -> float:
     from hftguard.data import format_prompt
 
     prompt = tok(format_prompt(ex, tok, template), add_special_tokens=False)["input_ids"]
-    if getattr(tok, "add_bos_token", False):
+    if tok("x")["input_ids"][:1] == [tok.bos_token_id]:  # a tokenizer that prepends <s>
         prompt = [tok.bos_token_id, *prompt]
     target = [*tok(answer, add_special_tokens=False)["input_ids"], tok.eos_token_id]
     ids = torch.tensor([prompt + target])

@@ -1212,6 +1212,7 @@ def test_report_without_matplotlib_writes_tables(
     monkeypatch.setattr(plots, "available", lambda: False)
     res = cli("report", str(synthetic), "--out", "r", "--bootstrap", "10")
     assert res.code == 0 and "matplotlib is not installed" in res.err
+    assert "pip install 'hftguard[plots]'" in res.err  # the extra's name is not eaten as markup
     assert sorted(p.name for p in (tmp_path / "r").iterdir()) == [
         "report.csv",
         "report.json",

@@ -25,6 +25,8 @@ COMMANDS = [
     "plugins",
     "presets",
     "validate",
+    "configs",
+    "docs",
 ]
 HEADER = (
     "# CLI reference\n\nGenerated from `--help` (`COLUMNS=100`) by `tools/gen_cli_md.py`. Exit "

@@ -18,7 +18,7 @@ from hftguard.errors import HftguardError
 
 EPILOG = (
     "Examples:\n\n"
-    "  hftguard run configs/demo.toml --out runs/demo\n\n"
+    "  hftguard run demo --out runs/demo        (a shipped config: hftguard configs)\n\n"
     "  hftguard align --model tiny-random --defense sft --out runs/aligned\n\n"
     "  hftguard plugins --json"
 )
@@ -40,6 +40,7 @@ def build_app(host: object | None = None) -> typer.Typer:
     stages.register(app)
     __import__("hftguard.cli.judge", fromlist=["register"]).register(app)  # hftguard judge
     inspect.register(app)
+    __import__("hftguard.cli.shipped", fromlist=["register"]).register(app)  # configs, docs
     __import__("hftguard.cli.judge_validation", fromlist=["register"]).register(app)
     report.register(app)
     __import__("hftguard.cli.export", fromlist=["register"]).register(app)  # hftguard export

@@ -213,7 +213,7 @@ def register(app: typer.Typer) -> None:
             else:
                 stderr.print(
                     "[yellow]Warning:[/yellow] matplotlib is not installed; tables "
-                    "written, figures skipped (pip install 'hftguard[plots]').",
+                    "written, figures skipped (pip install 'hftguard\\[plots]').",  # \[: not markup
                     highlight=False,
                 )
         if as_json:
