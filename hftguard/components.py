@@ -13,7 +13,7 @@ Nothing here imports torch: ``hftguard plugins`` and config validation must stay
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -118,6 +118,18 @@ class FinetuneDefense(Defense):
 
     kind = "finetune-defense"
     stage = "finetune"
+
+    def appended_user_data(self, streams: Mapping[str, Sequence[Example]]) -> list[Example]:
+        """Examples to train on besides the user data, e.g. safety demonstrations mixed in
+        (algorithms.md §9); none by default.
+
+        Called once by ``attack-finetune`` when the data is loaded, with the stage's extra
+        streams (those the defense declares in ``streams``: ``"alignment"`` is the
+        ``alignment_data`` set). The examples join the main data the loop batches from; the user
+        data's composition (n, p) stays as asked, and the manifest records the addition under
+        ``data.main.appended``.
+        """
+        return []
 
 
 class Dataset(Component):

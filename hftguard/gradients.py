@@ -31,8 +31,14 @@ def token_nll(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
 
     Returns ``(nll, mask)`` of shape ``[B, T-1]``; ``nll`` is 0 where ``mask`` is 0.
     """
-    logits = model(**batch.model_inputs()).logits[:, :-1, :].float()
-    targets = batch.labels[:, 1:]
+    return logits_nll(model(**batch.model_inputs()).logits, batch.labels)
+
+
+def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`token_nll` from a forward's logits ``[B, T, V]`` and the labels ``[B, T]``: for a
+    defense that needs the logits of the training forward besides its loss (e.g. a KL term)."""
+    logits = logits[:, :-1, :].float()
+    targets = labels[:, 1:]
     mask = targets != IGNORE_INDEX
     nll = F.cross_entropy(
         logits.reshape(-1, logits.shape[-1]),
@@ -160,6 +166,29 @@ def perturbed(params: Params, direction: Grads, scale: float | torch.Tensor) -> 
                     p.add_(d.to(p.dtype) * scale.to(p.dtype))
                 else:
                     p.add_(d.to(p.dtype), alpha=scale)
+        _forget_autocast_casts()
+        yield
+    finally:
+        with torch.no_grad():
+            for (_, p), s in zip(params, saved, strict=True):
+                p.copy_(s)
+        _forget_autocast_casts()
+
+
+@contextmanager
+def parameters_at(params: Params, values: Sequence[torch.Tensor]) -> Iterator[None]:
+    """Temporarily set the trainable parameters to ``values`` (e.g. a snapshot of the weights at
+    the start of training, for a forward of the frozen reference model); restore them exactly.
+
+    Like :func:`perturbed` it copies the parameters back from saved clones and clears autocast's
+    cached low-precision copies after each move, so a forward inside sees ``values`` and one after
+    it the restored weights.
+    """
+    saved = [p.detach().clone() for _, p in params]
+    try:
+        with torch.no_grad():
+            for (_, p), v in zip(params, values, strict=True):
+                p.copy_(v)
         _forget_autocast_casts()
         yield
     finally:

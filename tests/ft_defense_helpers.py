@@ -114,3 +114,58 @@ def sgd_step(model: Any, lr: float = 0.5) -> None:
             if p.grad is not None:
                 p.sub_(lr * p.grad)
             p.grad = None
+
+
+def alignment_examples(n: int = 8) -> list[Example]:
+    """Harmful prompts with refusal answers: the alignment stream of the fine-tuning defenses."""
+    return [
+        Example(f"How do I hurt someone, case {i}?", f"I cannot help with that ({i}).", "refusal")
+        for i in range(n)
+    ]
+
+
+def train_in_loop(
+    tmp_path: Path,
+    name: str,
+    model: Any,
+    defense: Any,
+    main: Sequence[Encoded],
+    streams: dict[str, Sequence[Encoded]],
+    *,
+    pad_id: int,
+    steps: int,
+    resume: bool = False,
+    checkpoint_every: int = 0,
+    lr: float = 1e-2,
+    batch_size: int = 4,
+) -> dict[str, torch.Tensor]:
+    """Run ``defense`` through the real training loop on CPU/fp32; the final trainable weights."""
+    from hftguard import training
+    from hftguard.config import TrainOptions
+    from hftguard.console import Reporter
+    from hftguard.runs import open_run_dir
+
+    run_dir = open_run_dir(tmp_path / name, "finetune", resume=resume)
+    if not resume:
+        run_dir.update_manifest(stage="finetune", status="running")
+    opts = TrainOptions(
+        lr=lr,
+        max_steps=steps,
+        batch_size=batch_size,
+        max_length=MAX_LEN,
+        checkpoint_every=checkpoint_every,
+    )
+    training.train(
+        model,
+        defense,
+        list(main),
+        {k: list(v) for k, v in streams.items()},
+        opts,
+        run_dir,
+        Reporter(quiet=True),
+        seed=1,
+        pad_id=pad_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    return {n: p.detach().clone() for n, p in trainable(model)}

@@ -71,6 +71,34 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
             "scale_schedule": False,
         },
     ),
+    (FINETUNE, "kl"): (
+        "kl.md",
+        {
+            "lam": 0.1,  # Vaccine repo script/KL_finetune/*.sh `lamb=${3:-0.1}` (§11)
+            "direction": "teacher-student",  # KLTrainer's KLDivLoss(log q_student, p_teacher)
+            "tokens": "all",  # the repo applies it at every position (hftguard drops padding)
+        },
+    ),
+    (FINETUNE, "mixing"): (
+        "mixing.md",
+        {
+            "m": 100,  # Vaccine repo train.py --guide_data_num default (vlguard, §9)
+        },
+    ),
+    (FINETUNE, "mixing-joint"): (
+        "mixing-joint.md",
+        {
+            "lam": 0.1,  # Booster repo script/finetune/united/vlguard_lamb.sh `lamb=${1:-0.1}` (§9)
+            "guide_batch_size": 4,  # Booster VlguardTrainer's alignment DataLoader batch_size=4
+        },
+    ),
+    (FINETUNE, "ewc"): (
+        "ewc.md",
+        {
+            "lam": 0.001,  # Vaccine/Booster train.py --lamb default (§11)
+            "fisher_batches": 400,  # Vaccine repo: 2000 alignment examples / eval batch 5
+        },
+    ),
 }
 
 

@@ -179,6 +179,30 @@ def test_check_resolves_every_component_name(registry: Any) -> None:
         )
 
 
+def test_fine_tuning_baselines_are_grid_methods(registry: Any) -> None:
+    methods = ["sft/kl", "sft/mixing", "sft/mixing-joint", "sft/ewc"]
+    g = load(methods=methods, finetune_options={"ewc": {"fisher_batches": 2}})
+    grid.check(g, registry)
+    assert [c.method for c in g.cells] == methods
+    configs = {c.finetune: g.finetune_config(c, "aligned") for c in g.cells}
+    assert {name: cfg.defense for name, cfg in configs.items()} == {
+        "kl": "kl",
+        "mixing": "mixing",
+        "mixing-joint": "mixing-joint",
+        "ewc": "ewc",
+    }
+    assert configs["ewc"].defense_options == {"fisher_batches": 2}
+    small_batch = grid.load(
+        {
+            **BASE,
+            "finetune": {**BASE["finetune"], "train": {"max_steps": 1, "batch_size": 2}},
+            "grid": {"methods": ["sft/mixing-joint"]},
+        }
+    )
+    with pytest.raises(ConfigError, match="guide_batch_size = 4"):  # before any stage runs
+        grid.check(small_batch, registry)
+
+
 def test_check_refuses_a_lisa_schedule_longer_than_the_run(registry: Any) -> None:
     with pytest.raises(ConfigError, match=r"100\+900 = 1000 steps; this run has 1 step"):
         grid.check(load(finetune_defense=["sft", "lisa"]), registry)

@@ -92,6 +92,7 @@ def run(
                 options=opts,
             )
             sources["alignment"] = {"spec": cfg.alignment_data, "count": len(streams["alignment"])}
+        main = _with_appended(defense, mixture.examples, streams, sources, cfg, reporter)
         probes = _analysis_probes(cfg, reg, ctx, harmful, mixture) if cfg.analysis_every else {}
         spec = model_spec(cfg.model, model_root)
         resolved = models.resolve(spec)
@@ -114,7 +115,7 @@ def run(
             defense=defense,
             defense_info=info,
             inputs=StageInputs(
-                mixture.examples,
+                main,
                 streams,
                 sources,
                 {
@@ -131,6 +132,39 @@ def run(
         )
 
     return guard(run_dir, body)
+
+
+def _with_appended(
+    defense: Any,
+    user: list[Any],
+    streams: dict[str, list[Any]],
+    sources: dict[str, Any],
+    cfg: FinetuneConfig,
+    reporter: Reporter,
+) -> list[Any]:
+    """The main data the loop trains on: the user data plus what the defense appends to it
+    (``FinetuneDefense.appended_user_data``, e.g. safety-data mixing). The user data's
+    bookkeeping (``composition``, ``data.main.count``) stays n; the addition is recorded under
+    ``data.main.appended`` with where it came from, how many and its hash."""
+    from hftguard.data import data_hash
+
+    extra = list(defense.appended_user_data(streams))
+    if not extra:
+        return user
+    sources["main"]["appended"] = {
+        "by": defense.name,
+        "spec": cfg.alignment_data if "alignment" in streams else "",
+        "count": len(extra),
+        "sha256": data_hash(extra),
+    }
+    # train_stage hashes the data trained on as data.main.sha256; this is the user data alone
+    sources["main"]["user_sha256"] = data_hash(user)
+    sources["main"]["trained_count"] = len(user) + len(extra)
+    reporter.info(
+        f"{defense.name}: appended {len(extra)} examples to the user data "
+        f"({len(user)} -> {len(user) + len(extra)} training examples)"
+    )
+    return [*user, *extra]
 
 
 def _analysis_probes(

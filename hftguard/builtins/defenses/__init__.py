@@ -20,7 +20,10 @@ def hftguard_register_alignment_defenses() -> list[Any]:
 @hookimpl
 def hftguard_register_finetune_defenses() -> list[Any]:
     from hftguard.builtins.defenses.antibody_finetune import AntibodyFinetune
+    from hftguard.builtins.defenses.ewc import EWC
+    from hftguard.builtins.defenses.kl import KL
     from hftguard.builtins.defenses.lisa import Lisa
+    from hftguard.builtins.defenses.mixing import Mixing, MixingJoint
     from hftguard.builtins.defenses.sft import SFTFinetune
 
-    return [SFTFinetune, AntibodyFinetune, Lisa]
+    return [SFTFinetune, AntibodyFinetune, Lisa, KL, Mixing, MixingJoint, EWC]
