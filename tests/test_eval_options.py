@@ -182,3 +182,26 @@ def test_validate_accepts_file_task_and_options(cli: Run, tmp_path: Path) -> Non
     assert r.code == 0, r.out + r.err
     cfg.write_text(cfg.read_text().replace(str(task), "gone.jsonl"))
     assert_error(cli("validate", str(cfg), "--kind", "eval"), 2, "gone.jsonl")
+
+
+def test_a_grid_that_trains_and_scores_on_one_task_file_warns(cli: Run, tmp_path: Path) -> None:
+    """A file has no splits: a grid whose task axis is a file scores FA on its training records."""
+    from hftguard.pipeline.grid import spec
+
+    task = write_task(tmp_path / "my.jsonl")
+    cfg = tmp_path / "grid.toml"
+    body = (
+        '[grid]\nmethods = ["sft/sft"]\nharmful_ratio = [0.2]\nsamples = [8]\n'
+        'task = [{tasks}]\n\n[align]\nmodel = "tiny-random"\nretain = ""\n'
+        '[eval]\ntask_scoring = "label"\n'
+    )
+    cfg.write_text(body.format(tasks=f'"{task}", "sentiment"'), encoding="utf-8")
+    r = cli("run", str(cfg), "--out", "g", "--dry-run")
+    assert r.code == 0, r.out + r.err
+    assert "Warning:" in r.err and str(task) in r.err and "same records" in r.err
+    assert "sentiment" not in r.err.split("Warning:")[1].split("same records")[0]
+    cfg.write_text(body.format(tasks='"sentiment"'), encoding="utf-8")
+    r = cli("run", str(cfg), "--out", "g2", "--dry-run")
+    assert r.code == 0 and "Warning:" not in r.err
+    g = spec.load({"grid": {"methods": ["sft/sft"], "task": ["hf:org/qa", "a.csv"]}})
+    assert g.same_file_tasks() == ["a.csv"]  # a hub dataset has train/test splits

@@ -462,6 +462,12 @@ def register(app: typer.Typer) -> None:
             from hftguard.registry import default_registry
 
             check_grid(g, default_registry())  # also every missing path, listed at once
+            if warning := grid.spec.same_file_warning(g):
+                from rich.markup import escape
+
+                from hftguard.console import stderr
+
+                stderr.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
             rows = grid.plan(g, out)
             if as_json:
                 print_json(rows)

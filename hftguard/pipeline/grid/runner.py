@@ -19,7 +19,7 @@ from hftguard.config import EvalConfig, PipelineConfig
 from hftguard.console import Reporter
 from hftguard.errors import HftguardError, RunDirError, RunDirInUse
 from hftguard.pipeline.grid.layout import Layout, plan, stage_state
-from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, check, single
+from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, check, same_file_warning, single
 from hftguard.registry import Registry
 from hftguard.runs import (
     MANIFEST,
@@ -359,6 +359,8 @@ def run(
                 if row["status"] == "done":
                     runner.status[cell.name] = "done"
             done = sum(r["status"] == "done" for r in planned)
+            if warning := same_file_warning(grid):
+                reporter.warn(warning)
             reporter.info(
                 f"grid: {len(grid.cells)} cells ({done} already done), "
                 f"{len(grid.groups())} aligned model(s) -> {root}"

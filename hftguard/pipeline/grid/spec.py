@@ -103,6 +103,21 @@ class Grid:
             return list(self.base.eval.tasks)
         return list(dict.fromkeys(c.task for c in self.cells))
 
+    def same_file_tasks(self) -> list[str]:
+        """Local-file tasks that a cell both fine-tunes on and scores FA on.
+
+        A file has no splits (hftguard.filetask), so such a cell's FA is measured on the records
+        it trained on: fitting, not held-out accuracy. A hub dataset (``hf:ID``) is not listed:
+        attack-finetune reads its train split and eval its test split.
+        """
+        from hftguard.hubdata import is_hf_spec
+
+        if not self.task_axis:
+            return []
+        from hftguard.data import DATA_SUFFIXES
+
+        return [t for t in self.tasks if t.lower().endswith(DATA_SUFFIXES) and not is_hf_spec(t)]
+
     def align_config(self, align: str, seed: int) -> AlignConfig:
         return dataclasses.replace(
             self.base.align,
@@ -299,6 +314,20 @@ def single(cfg: PipelineConfig) -> Grid:
 def load_file(path: str | Path, sets: list[str] | None = None) -> Grid:
     """Read a grid (or plain pipeline) TOML file with ``--set`` overrides applied."""
     return load(cfgmod.layered(config_file=path, sets=sets))
+
+
+def same_file_warning(grid: Grid) -> str | None:
+    """The warning for :meth:`Grid.same_file_tasks`, or None."""
+    files = grid.same_file_tasks()
+    if not files:
+        return None
+    return (
+        f"The task axis names the file(s) {', '.join(files)}: each such cell fine-tunes on the "
+        "file and scores its FA on the same records (a file has no train/test split), so FA "
+        "measures fitting, not held-out accuracy. For held-out FA use a hub-layout copy with "
+        "train and test splits (hf:ID, docs/datasets.md), or run attack-finetune and eval "
+        "with separate files."
+    )
 
 
 def check(grid: Grid, registry: Registry | None = None) -> None:
