@@ -85,6 +85,32 @@ def test_explicit_methods_and_labels() -> None:
     assert g.method_label("sft/lisa") == "Lisa" and g.method_label("sft/sft") == "sft/sft"
 
 
+def test_align_seed_fixes_the_alignment_and_the_seed_axis_varies_fine_tuning_only() -> None:
+    g = load(align_defense=["sft", "booster"], harmful_ratio=[0.2], seed=[42, 43, 44], align_seed=7)
+    # one aligned model per alignment defense, at seed 7, serving all three fine-tuning seeds
+    groups = g.groups()
+    assert [k for k, _ in groups] == [("sft", 7), ("booster", 7)]
+    assert [[c.seed for c in cells] for _, cells in groups] == [[42, 43, 44], [42, 43, 44]]
+    assert g.align_config("booster", g.align_seed(g.cells[4])).seed == 7
+    f = g.finetune_config(g.cells[4], "OUT/aligned/booster-s7")
+    assert (f.seed, f.model) == (43, "OUT/aligned/booster-s7")
+    # without it the seed axis sets both stages' seeds
+    assert [k for k, _ in load(harmful_ratio=[0.2], seed=[42, 43]).groups()] == [
+        ("sft", 42),
+        ("sft", 43),
+    ]
+
+
+def test_align_seed_runs_each_alignment_once(fake: FakeStages, tmp_path: Path) -> None:
+    g = load(harmful_ratio=[0.0, 0.2], seed=[1, 2, 3], align_seed=9)
+    summary = grid.run(g, tmp_path / "out", reporter=quiet())
+    assert fake.calls == {"align": 1, "finetune": 6, "eval": 1 + 1 + 6}
+    assert (tmp_path / "out" / "aligned" / "sft-s9").is_dir()
+    assert {r.get("seed") for r in summary["rows"] if r["kind"] == "attacked"} == {1, 2, 3}
+    on_disk = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert on_disk["grid"]["align_seed"] == 9
+
+
 def test_cell_configs() -> None:
     data = {
         **BASE,
@@ -155,6 +181,8 @@ def test_skip_align_and_none_fine_tune_the_base_model() -> None:
         ({"harmful_ratio": [0.1, 1.5]}, "grid.harmful_ratio"),
         ({"samples": []}, "empty list"),
         ({"seed": ["x"]}, "grid.seed[0]"),
+        ({"align_seed": [42, 43]}, "grid.align_seed must be one integer"),
+        ({"align_seed": True}, "grid.align_seed must be one integer"),
         ({"methods": ["sft"]}, "align/finetune"),
         ({"methods": ["sft/sft"], "align_defense": ["sft"]}, "cannot be combined"),
         ({"align_options": {"booster": 5}}, "table of tables"),

@@ -301,6 +301,7 @@ def run(
     if grid.is_grid:
         head["grid"] = {
             **grid.axes,
+            **({"align_seed": grid.fixed_align_seed} if grid.fixed_align_seed is not None else {}),
             "align_options": grid.align_options,
             "finetune_options": grid.finetune_options,
             "labels": grid.labels,

@@ -23,7 +23,7 @@ from hftguard.registry import Registry
 
 NO_ALIGN = "none"
 AXES = ("align_defense", "finetune_defense", "harmful_ratio", "samples", "task", "seed")
-GRID_KEYS = (*AXES, "methods", "align_options", "finetune_options", "labels")
+GRID_KEYS = (*AXES, "methods", "align_seed", "align_options", "finetune_options", "labels")
 
 
 def fmt_num(x: float) -> str:
@@ -94,6 +94,9 @@ class Grid:
     is_grid: bool = False  # a [grid] table was given: grid layout
     task_axis: bool = False  # the [grid] table names tasks: cells measure FA on their own task
     seed_axis: bool = False  # the [grid] table names seeds: they set the align and finetune seeds
+    #: ``grid.align_seed``: every alignment uses this seed, so the seed axis (if any) varies only
+    #: the fine-tuning stage and one aligned model per alignment defense serves every seed.
+    fixed_align_seed: int | None = None
     axes: dict[str, list[Any]] = field(default_factory=dict)
 
     @property
@@ -152,6 +155,8 @@ class Grid:
         return self.eval_config(model, [cell.task] if self.task_axis else None)
 
     def align_seed(self, cell: Cell) -> int:
+        if self.fixed_align_seed is not None:
+            return self.fixed_align_seed
         return cell.seed if self.seed_axis else self.base.align.seed
 
     def groups(self) -> list[tuple[tuple[str, int], list[Cell]]]:
@@ -238,6 +243,13 @@ def load(data: dict[str, Any]) -> Grid:
                 else 'Example: [grid.labels] "booster/sft" = "Booster"',
             )
     ax = _axes(raw)
+    align_seed = raw.get("align_seed")
+    if align_seed is not None and (isinstance(align_seed, bool) or not isinstance(align_seed, int)):
+        raise ConfigError(
+            f"grid.align_seed must be one integer, not {align_seed!r}.",
+            hint="Example: align_seed = 42 (every alignment uses seed 42; grid.seed then varies "
+            "only the fine-tuning stage).",
+        )
     if ax.methods is not None:
         if ax.align_defense is not None or ax.finetune_defense is not None:
             raise ConfigError(
@@ -289,6 +301,7 @@ def load(data: dict[str, Any]) -> Grid:
         is_grid=True,
         task_axis="task" in raw,
         seed_axis="seed" in raw,
+        fixed_align_seed=align_seed,
         axes=axes,
     )
 
