@@ -11,10 +11,11 @@ from hftguard import hookimpl
 def hftguard_register_alignment_defenses() -> list[Any]:
     from hftguard.builtins.defenses.antibody_align import AntibodyAlign
     from hftguard.builtins.defenses.booster import Booster
+    from hftguard.builtins.defenses.repnoise import RepNoise
     from hftguard.builtins.defenses.sft import SFTAlign
     from hftguard.builtins.defenses.vaccine import Vaccine
 
-    return [SFTAlign, Vaccine, Booster, AntibodyAlign]
+    return [SFTAlign, Vaccine, Booster, AntibodyAlign, RepNoise]
 
 
 @hookimpl
