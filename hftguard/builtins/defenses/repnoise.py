@@ -67,7 +67,7 @@ class RepNoise(AlignmentDefense):
     name = "repnoise"
     version = "1"
     Config = RepNoiseConfig
-    paper = "Rosati et al., Representation Noising, NeurIPS 2024 (arXiv 2405.14577); algorithms.md §8"
+    paper = "Rosati et al., RepNoise, NeurIPS 2024 (arXiv 2405.14577); algorithms.md §8"
     streams = ("harmful",)
     passes = 2.0  # two forwards, one backward through both, plus the lens heads (docstring)
     finetune_lora = "merge"  # the Booster repo's RepNoise baseline fine-tunes a new adapter (§8.2)
