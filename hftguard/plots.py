@@ -927,6 +927,68 @@ def antibody_weights(
 
 
 @_rc
+def lisa_drift_figure(
+    attacked: Sequence[tuple[str, Path]],
+    title: str = "",
+    styles: Mapping[str, Style] | None = None,
+) -> Any:
+    """Lisa's drift over fine-tuning (``finetune_log.jsonl``): ‖θ − anchor‖² to the current
+    state's anchor, with the alignment states shaded, and the distance between the two anchors at
+    each switch (Lisa's "excess drift", which the proximal term bounds). One line per method."""
+    logs = []
+    for label, p in attacked:
+        rows = [r for r in _read_jsonl(p / "finetune_log.jsonl") if "drift" in r and "state" in r]
+        if rows:
+            logs.append((label, rows))
+    if not logs:
+        return None
+    styles = _styles_for([label for label, _ in logs], styles)
+    fig, (ax_d, ax_s) = _figure(2, width=4.0, sharex=True)
+    handles: dict[str, Any] = {}
+    for k, (label, rows) in enumerate(logs):
+        style = styles[label]
+        xs, ys = _series(rows, "drift")
+        (line,) = ax_d.plot(xs, ys, label=label, **_line(style, xs, lw=1.3))
+        handles.setdefault(label, line)
+        if k == 0:  # shade the first method's alignment states (every Lisa run shares K1/K2)
+            starts = [
+                r["step"]
+                for i, r in enumerate(rows)
+                if r["state"] == 0 and (i == 0 or rows[i - 1]["state"] != 0)
+            ]
+            ends = [
+                r["step"]
+                for i, r in enumerate(rows)
+                if r["state"] == 0 and (i + 1 == len(rows) or rows[i + 1]["state"] != 0)
+            ]
+            for a, b in zip(starts, ends, strict=True):
+                ax_d.axvspan(a - 0.5, b + 0.5, color="0.85", zorder=0, lw=0)
+        sx, sy = _series(rows, "switch_drift")
+        if sx:
+            ax_s.plot(sx, sy, **_line(style, sx, lw=1.3))
+    ax_d.set_title("‖θ − anchor‖² (alignment states shaded)")
+    ax_s.set_title("‖anchor_align − anchor_ft‖² at each switch")
+    for ax in (ax_d, ax_s):
+        _steps_axis(ax, "fine-tuning step")
+    _legend_outside(fig, list(handles.values()), list(handles), title="method")
+    if title:
+        fig.suptitle(title, fontsize=9.5)
+    return fig
+
+
+def lisa_drift(
+    attacked: Sequence[tuple[str, Path]],
+    path: Path,
+    title: str = "",
+    *,
+    formats: Iterable[str] | str = FORMATS,
+    styles: Mapping[str, Style] | None = None,
+) -> Path | None:
+    """:func:`lisa_drift_figure`, saved; None without a Lisa fine-tuning log."""
+    return _save(lisa_drift_figure(attacked, title, styles), path, formats)
+
+
+@_rc
 def alignment_dynamics_figure(
     aligned: Sequence[tuple[str, Path]], styles: Mapping[str, Style] | None = None
 ) -> Any:
@@ -1055,6 +1117,15 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
                 out / f"grad_norms__{tag}.png",
                 f"per-sample gradient norms, {rep.header(value)}",
                 formats=fmts,
+            )
+        )
+        firsts.append(
+            lisa_drift(
+                cells,
+                out / f"lisa_drift__{tag}.png",
+                f"Lisa drift, {rep.header(value)}",
+                formats=fmts,
+                styles=styles,
             )
         )
     for r in runs:

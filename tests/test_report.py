@@ -1233,3 +1233,35 @@ def test_report_usage_errors(cli: Any, synthetic: Path, tmp_path: Path) -> None:
     assert res.code == 2 and "gif" in res.err and "--plot-format" in res.err
     res = cli("report", str(synthetic), "--judge", "nope", "--out", "x")
     assert res.code == 2 and "nope" in res.err
+
+
+def test_lisa_drift_figure_plots_drift_shades_alignment_states_and_marks_switches(
+    tmp_path: Path,
+) -> None:
+    pytest.importorskip("matplotlib")
+    from hftguard import plots
+
+    run = tmp_path / "lisa"
+    run.mkdir()
+    rows = []
+    for step in range(12):  # K1/K2 = 2/4: alignment at 0-1 and 6-7
+        state = 0 if step % 6 < 2 else 1
+        row = {"step": step, "loss": 1.0, "state": state, "drift": 0.1 * (step % 6)}
+        if step in (2, 6, 8):
+            row["switch_drift"] = 0.5 + step
+        rows.append(row)
+    (run / "finetune_log.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    sft = tmp_path / "sft"
+    sft.mkdir()
+    (sft / "finetune_log.jsonl").write_text(json.dumps({"step": 0, "loss": 1.0}) + "\n")
+    fig = plots.lisa_drift_figure([("Lisa", run), ("SFT", sft)])
+    ax_d, ax_s = fig.axes[:2]
+    (drift,) = ax_d.get_lines()
+    assert list(drift.get_ydata()) == pytest.approx([r["drift"] for r in rows])
+    spans = sorted(  # axvspan rectangles: the two alignment states, steps 0-1 and 6-7
+        (round(p.get_x(), 2), round(p.get_x() + p.get_width(), 2)) for p in ax_d.patches
+    )
+    assert spans == [(-0.5, 1.5), (5.5, 7.5)]
+    (switch,) = ax_s.get_lines()
+    assert list(switch.get_xdata()) == [2, 6, 8]
+    assert plots.lisa_drift_figure([("SFT", sft)]) is None  # no Lisa log: no figure

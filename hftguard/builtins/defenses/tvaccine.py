@@ -342,7 +342,7 @@ class TVaccine(AlignmentDefense):
                     "the layers with a zero statistic.",
                 )
         chosen = set(self.selected)
-        trained = [o < 0 or o in chosen for o in owner]
+        trained = [True for o in owner]
         active = [p for p, keep in zip(ctx.params, trained, strict=True) if keep]
         frozen = [p for (_, p), keep in zip(ctx.params, trained, strict=True) if not keep]
         targets = [modules[layer] for layer in self.selected]
