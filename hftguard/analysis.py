@@ -1,16 +1,16 @@
-"""Analysis metrics of the papers during fine-tuning (algorithms.md §15 items 2, 3, 6), on request.
+"""Analysis metrics of the papers during fine-tuning, on request (docs/configuration.md).
 
 - **Alignment loss** f(θ_t): mean token cross-entropy of the refusal answers on a fixed probe of
   the alignment data (Lisa Fig. 2/4/5, Vaccine; Antibody evaluates it every epoch).
 - **Harmful loss** h(θ_t): the same on held-out harmful attack samples, ones the user data did not
   contain (Booster Fig. 3; Antibody's "fine-tuning-harmful" eval set).
-- **Harmful embedding drift** (HED, §3.6): the mean over probe prompts of
+- **Harmful embedding drift** (HED, Vaccine): the mean over probe prompts of
   Σ_l ‖e_l^t(x) − e_l^0(x)‖₂, with e_l the output of decoder layer l's self-attention module on
   the alignment probe (harmful prompts with refusal answers), the Frobenius norm over that
   sample's real (non-padding) tokens,
-  in fp32, against the model at the start of fine-tuning. This is the variant algorithms.md §3.6
-  recommends: not squared (as Booster/Antibody's ``utils.py``), averaged over samples so the number
-  does not grow with the probe size.
+  in fp32, against the model at the start of fine-tuning. Not squared (as Booster/Antibody's
+  ``utils.py``; the Vaccine repo squares it), averaged over samples so the number does not grow
+  with the probe size.
 - **Per-sample gradient norms** ‖∇_θ ℓ(x_i, y_i)‖₂ over the trainable parameters, one backward per
   sample, for harmful and benign user samples at the start of fine-tuning (the Antibody claim: a
   flat alignment makes harmful samples' gradients small) and again at the end.

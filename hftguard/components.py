@@ -121,7 +121,7 @@ class FinetuneDefense(Defense):
 
     def appended_user_data(self, streams: Mapping[str, Sequence[Example]]) -> list[Example]:
         """Examples to train on besides the user data, e.g. safety demonstrations mixed in
-        (algorithms.md §9); none by default.
+        (docs/components/mixing.md); none by default.
 
         Called once by ``attack-finetune`` when the data is loaded, with the stage's extra
         streams (those the defense declares in ``streams``: ``"alignment"`` is the

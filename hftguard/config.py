@@ -46,7 +46,7 @@ def opt(default: Any, help: str) -> Any:
 
 @dataclass
 class LoraOptions:
-    """LoRA adapter settings (Booster/Antibody lineage defaults, algorithms.md §1.4)."""
+    """LoRA adapter settings (the Booster/Antibody defaults; docs/configuration.md)."""
 
     r: int = opt(32, "LoRA rank.")
     alpha: float = opt(4.0, "LoRA alpha (scaling = alpha / r).")
@@ -159,7 +159,7 @@ class FinetuneConfig:
     report_to: list[str] = opt([], REPORT_TO_HELP)
     analysis_every: int = opt(
         0,
-        "Analysis probes (algorithms.md §15): at the start, every N steps and at the end, the "
+        "Analysis probes (docs/configuration.md): at the start, every N steps and at the end, the "
         "alignment loss, held-out harmful loss and harmful embedding drift "
         "(analysis.jsonl), and per-sample gradient norms of harmful vs benign user samples "
         "at the start and end (grad_norms.jsonl). 0 = off.",

@@ -2,12 +2,12 @@
 labels,
 and collation into :class:`Batch` objects.
 
-Prompt formats (algorithms.md §1.3): ``chat`` renders the model's own chat template (one user turn:
-instruction, then the input after a blank line); ``alpaca`` is the Alpaca template with or without
-an input, ending in ``"### Response:\\n"`` as in the Booster/Antibody code; ``alpaca-no-newline``
-ends at ``"### Response:"`` as in the Vaccine/Lisa code (training and evaluation). The target is the
-response followed by the end-of-sequence token; prompt tokens get label -100 so the loss is on the
-response only.
+Prompt formats (docs/configuration.md, "Prompt templates"): ``chat`` renders the model's own chat
+template (one user turn: instruction, then the input after a blank line); ``alpaca`` is the Alpaca
+template with or without an input, ending in ``"### Response:\\n"`` as in the Booster/Antibody code;
+``alpaca-no-newline`` ends at ``"### Response:"`` as in the Vaccine/Lisa code (training and
+evaluation). The target is the response followed by the end-of-sequence token; prompt tokens get
+label -100 so the loss is on the response only.
 
 Prompts are tokenised as the papers' code does, ``tokenizer(prompt)`` with the tokenizer's default
 special tokens: a tokenizer that prepends a BOS token (Llama-2's) gets one at the start of every

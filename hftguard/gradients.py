@@ -109,9 +109,10 @@ def combine(*terms: tuple[float | torch.Tensor, Grads]) -> Grads:
     return out
 
 
-# Inner products and norms over all tensors jointly (§1.2), as 0-d float64 tensors on the
-# gradients' device: computing them costs no host synchronisation, so a defense can use them in
-# its update and return them as metrics (the loop converts its metrics once per step).
+# Inner products and norms over all tensors jointly (global, as every method's official code takes
+# them), as 0-d float64 tensors on the gradients' device: computing them costs no host
+# synchronisation, so a defense can use them in its update and return them as metrics (the loop
+# converts its metrics once per step).
 
 
 def grad_dot(a: Grads, b: Grads) -> torch.Tensor:
@@ -150,7 +151,7 @@ def perturbed(params: Params, direction: Grads, scale: float | torch.Tensor) -> 
     """Temporarily set ``theta <- theta + scale * direction``; restore exactly from saved copies.
 
     ``scale`` may be a 0-d tensor (no host synchronisation). Restoring by copying back a clone
-    (not by subtracting) is exact in any dtype (algorithms.md §16.20).
+    (not by subtracting) is exact in any dtype (docs/components/booster.md, "How it works").
 
     Under ``torch.autocast`` the low-precision copy of every trainable parameter is cached the
     first time an op casts it, until the outermost autocast region exits; the loop runs a whole

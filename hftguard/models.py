@@ -9,7 +9,7 @@ runs load in well under a second.
 A run directory's model is a *recipe* recorded in its manifest: a base model path plus an ordered
 list of LoRA adapters. Loading merges every adapter but the last into the base weights; the last one
 is merged for evaluation, continued for single-LoRA fine-tuning, or merged before a fresh adapter is
-attached for double-LoRA fine-tuning (algorithms.md §1.4).
+attached for double-LoRA fine-tuning (docs/concepts.md, "LoRA: single or double").
 
 Weights load only as safetensors: a model, adapter or judge directory whose weights are only
 pickles (``pytorch_model.bin``, ``adapter_model.bin``, ``*.pt``) is refused by

@@ -116,7 +116,7 @@ def total_steps(n_main: int, opts: TrainOptions) -> int:
 
 
 def lr_lambda(kind: str, warmup: int, total: int) -> Any:
-    """HF semantics: ``constant`` ignores warm-up (algorithms.md §1.5.6)."""
+    """HF semantics: ``constant`` ignores warm-up (docs/configuration.md, "Stage options")."""
 
     def f(step: int) -> float:
         if kind == "constant":
@@ -441,7 +441,15 @@ def _gather_rows(rows: torch.Tensor) -> torch.Tensor:
 
 
 def _all_reduce_grads(params: Params) -> None:
-    """Average the assembled gradient over processes: one collective per step, not per pass."""
+    """Average the assembled gradient over processes: one collective per step, not per pass.
+
+    A parameter that has no gradient on any process (a defense froze it for this step, e.g. the
+    layers T-Vaccine did not select) keeps ``.grad = None``, so AdamW leaves it untouched (no
+    momentum, no weight decay), as in one process; one with a gradient on some process counts as
+    zeros on the others. The flags ride in the same collective; reading them is one host sync."""
+    live = [p.grad is not None for _, p in params]
     grads = [p.grad if p.grad is not None else torch.zeros_like(p) for _, p in params]
-    for (_, p), g in zip(params, _mean_over_processes(grads), strict=True):
-        p.grad = g
+    flags = torch.tensor(live, dtype=grads[0].dtype, device=grads[0].device)
+    *avg, seen = _mean_over_processes([*grads, flags])
+    for (_, p), g, s in zip(params, avg, seen.tolist(), strict=True):
+        p.grad = g if s > 0 else None

@@ -1,5 +1,5 @@
-"""The fine-tuning analysis probes (algorithms.md §15): alignment / harmful loss, harmful embedding
-drift and per-sample gradient norms, against direct computations on a tiny model."""
+"""The fine-tuning analysis probes (docs/configuration.md): alignment / harmful loss, harmful
+embedding drift and per-sample gradient norms, against direct computations on a tiny model."""
 
 from __future__ import annotations
 

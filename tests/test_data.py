@@ -79,7 +79,7 @@ def test_collate_pads_right_and_masks(tiny_tok):
 
 def test_refusal_view_of_sample_i_uses_template_i_mod_100(tiny_tok):
     """Antibody pairs sample i with refusal template i mod 100, i its position in the dataset
-    (algorithms.md §5.4, §6.3): each sample keeps its own refusal for the whole run."""
+    (docs/components/antibody-finetune.md): each sample keeps its own refusal for the whole run."""
     from hftguard.data import encode_all
     from hftguard.refusals import REFUSAL_TEMPLATES
 

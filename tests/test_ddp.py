@@ -44,6 +44,7 @@ from hftguard.builtins.defenses.antibody_align import AntibodyAlign
 from hftguard.builtins.defenses.antibody_finetune import AntibodyFinetune
 from hftguard.builtins.defenses.booster import Booster
 from hftguard.builtins.defenses.sft import SFTAlign
+from hftguard.builtins.defenses.tvaccine import TVaccine, TVaccineConfig
 from hftguard.builtins.defenses.vaccine import Vaccine
 
 WORLD = 2
@@ -130,6 +131,8 @@ VARIANTS: dict[str, Callable[[], Any]] = {
     "vaccine": Vaccine,
     "antibody": AntibodyAlign,
     "antibody_ft": AntibodyFinetune,
+    # the tiny model has 2 layers: one is trained, the other frozen (grad None) at every step
+    "t_vaccine": lambda: TVaccine(TVaccineConfig(layers=1)),
 }
 #: Antibody fine-tuning trains on user samples of different lengths, 5 per global batch: shards of
 #: 3 and 2 rows (then 2 and 1), so its gathered softmax and its sum_i w_i N_i denominator are
@@ -261,6 +264,7 @@ def single(single_dir: Path) -> dict[str, Weights]:
         "booster": _train(Booster(), out / "booster"),
         "booster_shard_averaged": _train(_ShardAveraged(Booster()), out / "shards"),
         "vaccine": _train(Vaccine(), out / "vaccine"),
+        "t_vaccine": _train(TVaccine(TVaccineConfig(layers=1)), out / "t_vaccine"),
         "antibody": _train(AntibodyAlign(), out / "antibody"),
         "antibody_ft": _train(AntibodyFinetune(), out / "antibody_ft"),
         "antibody_ft_shard_softmax": _train(
@@ -301,12 +305,13 @@ def test_ddp_booster_matches_single_process_global_batch(
     assert _max_diff(ddp[0]["booster"], single["booster"]) < ATOL
 
 
-@pytest.mark.parametrize("name", ["vaccine", "antibody"])
+@pytest.mark.parametrize("name", ["vaccine", "antibody", "t_vaccine"])
 def test_ddp_vaccine_and_antibody_match_single_process_global_batch(
     ddp: list[dict[str, Weights]], single: dict[str, Weights], name: str
 ) -> None:
     # Vaccine: the activation-gradient norm is all-reduced; Antibody: g_h before theta', and
-    # g_a and d before lambda_t.
+    # g_a and d before lambda_t; T-Vaccine: the same layers drawn everywhere, and the frozen
+    # layer's .grad stays None through the all-reduce (zeros would let AdamW decay it).
     assert _max_diff(ddp[0][name], single[name]) < ATOL
 
 

@@ -1,4 +1,5 @@
-"""Antibody alignment stage (algorithms.md §5): g_a + lambda_bar d + lambda_refusal g_r'."""
+"""Antibody alignment stage (docs/components/antibody.md):
+g_a + lambda_bar d + lambda_refusal g_r'."""
 
 from __future__ import annotations
 
@@ -62,7 +63,7 @@ def _pieces(model, a, h, alpha):
 
 
 def test_raw_lambda_each_mode_by_hand():
-    # two tensors, so the inner product and norms must be global (§1.2)
+    # two tensors, so the inner product and norms must be global
     g_a = [T([1.0, 0.0]), T([[2.0]])]
     d = [T([1.0, 1.0]), T([[0.0]])]
     # <g_a, d> = 1, ||g_a|| = sqrt(5), ||d|| = sqrt(2)
@@ -142,14 +143,14 @@ def test_gradient_matches_plain_autograd(tiny_tok, mode):
 
 
 def _raw_lambda_by_hand(mode, g_a, d, eta=5.0, lambda_max=50.0):
-    if mode == "cosine":  # released code: max(0, eta - cos(g_a, d)), cos with +1e-8 (§5.2)
+    if mode == "cosine":  # released code: max(0, eta - cos(g_a, d)), cos with +1e-8
         return max(0.0, eta - inner(g_a, d) / (norm(g_a) * norm(d) + 1e-8))
-    return min(lambda_max, max(0.0, eta - inner(g_a, d) / inner(d, d)))  # kkt (§16.1)
+    return min(lambda_max, max(0.0, eta - inner(g_a, d) / inner(d, d)))  # kkt
 
 
 @pytest.mark.parametrize(("mode", "ema"), [("cosine", 0.99), ("kkt", 0.5)])
 def test_gradient_at_step_three_uses_the_ema_of_lambda(tiny_tok, mode, ema):
-    """At step 1 the EMA equals the raw lambda, so only a later step tells them apart (§5.2).
+    """At step 1 the EMA equals the raw lambda, so only a later step tells them apart.
 
     Three steps, each on a different alignment batch and after a plain SGD step on the written
     gradient (so theta moves as in the loop); the step-3 gradient is compared with

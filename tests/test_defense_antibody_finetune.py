@@ -1,4 +1,5 @@
-"""Antibody fine-tuning stage (algorithms.md §6): scores, weights, weighted loss, logging, cost."""
+"""Antibody fine-tuning stage (docs/components/antibody-finetune.md): scores, weights, weighted
+loss, logging, cost."""
 
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ def _hand_nlls(model, enc, reduction="mean"):
 
 
 def _hand_weighted_grad(model, enc, w):
-    """Autograd of L = Σ_i w_i Σ_t ℓ_it / Σ_i w_i N_i, one example at a time (§6.1)."""
+    """Autograd of L = Σ_i w_i Σ_t ℓ_it / Σ_i w_i N_i, one example at a time."""
     zero_grads(model)
     num, den = 0.0, 0.0
     for wi, e in zip(w.tolist(), enc, strict=True):
@@ -67,7 +68,7 @@ def test_weights_match_hand_computation_and_are_logged(tmp_path, tiny_tok):
     model, enc, batch = _setup(tiny_tok)
     metrics = AntibodyFinetune().training_step(model, batch, context(model, output_dir=tmp_path))
     task, refusal = _hand_nlls(model, enc)
-    r = refusal - task  # §6.1: mean NLL(refusal) − mean NLL(task answer)
+    r = refusal - task  # mean NLL(refusal) − mean NLL(task answer)
     w = torch.softmax(r, dim=0)
     rows = _read_log(tmp_path / "antibody_weights.jsonl")
     assert [row["index"] for row in rows] == list(range(len(enc)))
@@ -81,7 +82,7 @@ def test_weights_match_hand_computation_and_are_logged(tmp_path, tiny_tok):
     torch.testing.assert_close(got["refusal_nll"], refusal, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got["score"], r, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(got["weight"], w, rtol=1e-5, atol=1e-6)
-    # batch metrics (§15.7, §16.22c) agree with the same weights
+    # the logged batch metrics agree with the same weights
     harm = torch.tensor([e.is_harmful for e in enc])
     assert metrics["weight_harmful_avg"] == pytest.approx(float(w[harm].mean()), rel=1e-4)
     assert metrics["weight_benign_avg"] == pytest.approx(float(w[~harm].mean()), rel=1e-4)
@@ -110,7 +111,7 @@ def test_gradient_is_that_of_the_weighted_token_mean_loss(tiny_tok):
 
 def test_uniform_scores_give_the_plain_token_mean_loss(tiny_tok):
     model, _, batch = _setup(tiny_tok)
-    # Refusal view = task view ⇒ r = 0 for every sample ⇒ w = 1/B (§6.1: equals the HF loss).
+    # Refusal view = task view ⇒ r = 0 for every sample ⇒ w = 1/B (then L_w equals the HF loss).
     batch.refusal = batch_of(tiny_tok, encode(tiny_tok, user_examples(2, 4), refusal_view=False))
     metrics = AntibodyFinetune().training_step(model, batch, context(model))
     got = grads(model)
@@ -164,7 +165,7 @@ def test_harmful_flags_are_never_used_for_the_gradient(tiny_tok):
     batch.refusal.is_harmful = ~batch.refusal.is_harmful
     AntibodyFinetune().training_step(model, batch, context(model))
     for a, b in zip(before, grads(model), strict=True):
-        assert torch.equal(a, b)  # §16.7
+        assert torch.equal(a, b)  # flipping the flags changes nothing
 
 
 def _forward_calls(model, batch, options=None):
@@ -261,7 +262,7 @@ def test_options_are_validated():
 
 
 def test_refusal_aligned_model_gives_harmful_samples_less_weight(tiny_tok):
-    """The paper's claim (§6.1 intuition): after safety alignment harmful samples weigh less."""
+    """The paper's claim: after safety alignment harmful samples weigh less."""
     from hftguard.builtins.datasets.safety_refusals import SafetyRefusals
     from hftguard.builtins.datasets.sentiment import Sentiment
     from hftguard.context import DataContext

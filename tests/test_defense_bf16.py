@@ -161,7 +161,7 @@ def ft_scores(model, enc):
 
 
 def ft_weighted_grad(model, enc, w):
-    """Autograd of L = sum_i w_i sum_t l_it / sum_i w_i N_i, one example at a time (§6.1)."""
+    """Autograd of L = sum_i w_i sum_t l_it / sum_i w_i N_i, one example at a time."""
     params = [p for _, p in trainable(model)]
     num, den = 0.0, 0.0
     for wi, e in zip(w.tolist(), enc, strict=True):

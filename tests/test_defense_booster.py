@@ -1,4 +1,5 @@
-"""Booster (algorithms.md §4): grad = g_a + lam (g_h - g_h'), theta' = theta - alpha g_h/||g_h||."""
+"""Booster (docs/components/booster.md): grad = g_a + lam (g_h - g_h'),
+theta' = theta - alpha g_h/||g_h||."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
-"""Every built-in defense's option defaults, pinned twice: to a literal value here (with its source
-in algorithms.md) and to the "Options" table of its docs/components page, so that neither the
-code nor the docs can change a default silently, and the two cannot drift apart.
+"""Every built-in defense's option defaults, pinned twice: to a literal value here (with the paper,
+script or repository it comes from) and to the "Options" table of its docs/components page, so that
+neither the code nor the docs can change a default silently, and the two cannot drift apart.
 
 A changed default changes what every run without an explicit option computes (Booster's λ, Lisa's
 K1/K2/ρ, ...). If a default changes on purpose, change it here, in the docs table, and say why in
@@ -20,53 +20,71 @@ ROOT = Path(__file__).resolve().parents[1]
 COMPONENT_DOCS = ROOT / "docs" / "components"
 ALIGN, FINETUNE = "alignment-defense", "finetune-defense"
 
-#: (kind, name) -> (docs page, {option: default}). Sources: ../shared/reference/algorithms.md.
+#: (kind, name) -> (docs page, {option: default}). Each page's Options table names the sources.
 EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
-    # SFT has no options of its own (the training options live in [train]); §2.
+    # SFT has no options of its own (the training options live in [train]).
     (ALIGN, "sft"): ("sft.md", {}),
     (FINETUNE, "sft"): ("sft.md", {}),
     (ALIGN, "vaccine"): (
         "vaccine.md",
         {
-            # Vaccine repo: train.py default and the README's `Vaccine.sh 2` (§3.5); the
-            # Booster/Antibody papers' Vaccine baselines use 5 (§16.13).
+            # Vaccine repo: train.py default and the README's `Vaccine.sh 2`; the
+            # Booster/Antibody papers' Vaccine baselines use 5.
             "rho": 2.0,
+        },
+    ),
+    (ALIGN, "repnoise"): (
+        "repnoise.md",
+        {
+            "alpha": 1.0,  # official representation-noising repo; the Booster baseline uses 0.1
+            "beta": 0.001,  # both sources
+        },
+    ),
+    (ALIGN, "t-vaccine"): (
+        "t-vaccine.md",
+        {
+            "rho": 3.0,  # T-Vaccine README/script `T-Vaccine.sh 3`
+            "layers": 8,  # S, `lisa_activated_layers=8` in script/alignment/T-Vaccine.sh
+            "resample_every": 20,  # J, `lisa_interval_steps=20`
+            "probability_every": 200,  # K, `probability_steps=200`
+            "scope": "attention",  # the official code freezes only attention-module params
+            "seed": 0,  # hftguard: seed of the (seed, step)-seeded layer draws
         },
     ),
     (ALIGN, "booster"): (
         "booster.md",
         {
-            "lam": 5.0,  # git-disl/Booster smooth_align.sh (§4.5); the GSM8K runs use 25 (§16.17)
-            "alpha": 0.1,  # same script: step size of the normalised harmful step (§4.5)
+            "lam": 5.0,  # git-disl/Booster smooth_align.sh; the GSM8K runs use 25 (issue #3)
+            "alpha": 0.1,  # same script: step size of the normalised harmful step
         },
     ),
     (ALIGN, "antibody"): (
         "antibody.md",
         {
-            "alpha": 0.1,  # code `alpha` = the paper's ρ, antibody_alignment_finetune.sh (§5.5)
-            "eta": 5.0,  # code `eta_lbd`, same script (§5.5)
-            "lambda_mode": "cosine",  # the released code's max(0, η − cos) (§5.2, §16.1)
-            "ema": 0.99,  # `ema_momentum` in the script (argparse default 0.9) (§5.5)
-            "lambda_refusal": 0.05,  # code `lambda2` (§5.5)
-            "lambda_max": 50.0,  # hftguard's cap for kkt mode, as §16.1 recommends (e.g. 50)
+            "alpha": 0.1,  # code `alpha` = the paper's ρ, antibody_alignment_finetune.sh
+            "eta": 5.0,  # code `eta_lbd`, same script
+            "lambda_mode": "cosine",  # the released code's max(0, η − cos)
+            "ema": 0.99,  # `ema_momentum` in the script (argparse default 0.9)
+            "lambda_refusal": 0.05,  # code `lambda2`, same script
+            "lambda_max": 50.0,  # hftguard's cap for kkt mode (‖d‖² can be tiny)
         },
     ),
     (FINETUNE, "antibody"): (
         "antibody-finetune.md",
         {
-            "tau": 1.0,  # WeightedSFTTrainer temperature (§6.4)
-            "score_reduction": "mean",  # the official code's per-token mean NLL (§6.1, §16.3)
+            "tau": 1.0,  # WeightedSFTTrainer temperature
+            "score_reduction": "mean",  # the official code's per-token mean NLL
             "score_pass": "auto",  # ours: the task score from the training forward (same numbers)
-            "log_samples": True,  # hftguard: log the per-sample weights (Fig. 2 data, §15.7)
+            "log_samples": True,  # hftguard: log the per-sample weights (Fig. 2 data)
         },
     ),
     (FINETUNE, "lisa"): (
         "lisa.md",
         {
-            "k_align": 100,  # K1, Lisa paper/repo and both baselines (§7.3)
-            "k_finetune": 900,  # K2, same (§7.3)
-            "rho": 1.0,  # Lisa paper/repo; the Booster/Antibody baselines use 0.01 (§7.3, §16.12)
-            "proximal_warmup": 0.1,  # code-only: no proximal term in the first 10% (§7.2)
+            "k_align": 100,  # K1, Lisa paper/repo and both baselines
+            "k_finetune": 900,  # K2, same
+            "rho": 1.0,  # Lisa paper/repo; the Booster/Antibody baselines use 0.01
+            "proximal_warmup": 0.1,  # code-only: no proximal term in the first 10%
             # hftguard: a run shorter than one K1 + K2 cycle is refused unless asked to shrink it
             "scale_schedule": False,
         },
@@ -74,7 +92,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     (FINETUNE, "kl"): (
         "kl.md",
         {
-            "lam": 0.1,  # Vaccine repo script/KL_finetune/*.sh `lamb=${3:-0.1}` (§11)
+            "lam": 0.1,  # Vaccine repo script/KL_finetune/*.sh `lamb=${3:-0.1}`
             "direction": "teacher-student",  # KLTrainer's KLDivLoss(log q_student, p_teacher)
             "tokens": "all",  # the repo applies it at every position (hftguard drops padding)
         },
@@ -82,20 +100,20 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
     (FINETUNE, "mixing"): (
         "mixing.md",
         {
-            "m": 100,  # Vaccine repo train.py --guide_data_num default (vlguard, §9)
+            "m": 100,  # Vaccine repo train.py --guide_data_num default (vlguard)
         },
     ),
     (FINETUNE, "mixing-joint"): (
         "mixing-joint.md",
         {
-            "lam": 0.1,  # Booster repo script/finetune/united/vlguard_lamb.sh `lamb=${1:-0.1}` (§9)
+            "lam": 0.1,  # Booster repo script/finetune/united/vlguard_lamb.sh `lamb=${1:-0.1}`
             "guide_batch_size": 4,  # Booster VlguardTrainer's alignment DataLoader batch_size=4
         },
     ),
     (FINETUNE, "ewc"): (
         "ewc.md",
         {
-            "lam": 0.001,  # Vaccine/Booster train.py --lamb default (§11)
+            "lam": 0.001,  # Vaccine/Booster train.py --lamb default
             "fisher_batches": 400,  # Vaccine repo: 2000 alignment examples / eval batch 5
         },
     ),

@@ -1,4 +1,4 @@
-"""EWC (algorithms.md §11): the diagonal Fisher against autograd on the same alignment batches,
+"""EWC (docs/components/ewc.md): the diagonal Fisher against autograd on the same alignment batches,
 the penalty gradient 2λF(θ − θ₀) against autograd of the written-out penalty, resume, the CLI in
 both LoRA modes."""
 

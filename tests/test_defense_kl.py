@@ -1,4 +1,4 @@
-"""KL to the aligned model (algorithms.md §11): the gradient of CE + λ·KL against a hand-written
+"""KL to the aligned model (docs/components/kl.md): the gradient of CE + λ·KL against a hand-written
 KL on a frozen copy of the starting model, the teacher, resume, options, the CLI."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Lisa (algorithms.md §7): bi-state schedule, anchors, proximal gradient, warm-up, resume."""
+"""Lisa (docs/components/lisa.md): bi-state schedule, anchors, proximal gradient, warm-up,
+resume."""
 
 from __future__ import annotations
 
@@ -112,7 +113,7 @@ def test_schedule_and_anchors_at_each_switch(tiny_tok):
     # end of fine-tune state (weights entering step 5 / 10) becomes the alignment anchor
     assert same(anchors[5][1], starts[5]) and same(anchors[5][0], starts[2])
     assert same(anchors[10][1], starts[10]) and same(anchors[10][0], starts[7])
-    # drift is measured to the anchor of the current state (§15.9)
+    # drift is measured to the anchor of the current state
     d = sum(float((starts[3][n] - starts[2][n]).pow(2).sum()) for n in initial)
     assert metrics[3]["drift"] == pytest.approx(d, rel=1e-5)
 
@@ -125,7 +126,7 @@ def test_without_alignment_steps_it_only_fine_tunes(tiny_tok):
 
 
 def _hand_loss_grads(model, batch, anchor, rho):
-    """Autograd of CE + (ρ/2) Σ_p ‖θ_p − anchor_p‖² (§7.2)."""
+    """Autograd of CE + (ρ/2) Σ_p ‖θ_p − anchor_p‖²."""
     from hftguard.training import lm_loss
 
     zero_grads(model)

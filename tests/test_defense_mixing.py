@@ -1,6 +1,7 @@
-"""Safety-data mixing (algorithms.md §9): ``mixing`` appends the first m alignment examples to the
-user data (the run records it, the user's n/p stay), ``mixing-joint`` adds λ·ℓ(4 alignment
-examples) to every step (its gradient against the Hugging Face loss, data-parallel rows)."""
+"""Safety-data mixing (docs/components/mixing.md): ``mixing`` appends the first m alignment
+examples to the user data (the run records it, the user's n/p stay), ``mixing-joint`` adds
+λ·ℓ(4 alignment examples) to every step (its gradient against the Hugging Face loss, data-parallel
+rows)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""RepNoise (algorithms.md §8): the MMD against a direct double sum, the step's gradient against a
-hand-written loss on HF's own hidden states, the wiring of the two batches, options, the CLI."""
+"""RepNoise (docs/components/repnoise.md): the MMD against a direct double sum, the step's gradient
+against a hand-written loss on HF's own hidden states, the wiring of the two batches, options, the
+CLI."""
 
 from __future__ import annotations
 

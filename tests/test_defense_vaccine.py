@@ -1,4 +1,5 @@
-"""Vaccine (algorithms.md §3): the update is the gradient under eps_l = rho G_l / ||G||_global."""
+"""Vaccine (docs/components/vaccine.md): the update is the gradient under
+eps_l = rho G_l / ||G||_global."""
 
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ def test_builtin_presets_are_listed_and_complete():
         assert cfg.preset == cfg.align.preset == cfg.finetune.preset == cfg.eval.preset == name
         assert cfg.align.retain == ""  # the papers align on refusal data only
         assert cfg.eval.template == cfg.align.template == cfg.finetune.template
-        assert cfg.eval.template.startswith("alpaca")  # base models, Alpaca prompts (§1.3)
+        assert cfg.eval.template.startswith("alpaca")  # base models, Alpaca prompts
         assert cfg.eval.judges[0] == "beaverdam"
         for row in p.published:
             assert row["column"].startswith("p=") and "/" in row["method"]

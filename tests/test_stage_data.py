@@ -1,5 +1,5 @@
-"""Which dataset split feeds which stream of each training stage (algorithms.md §4.4, §5.4, §6.3,
-§7.2, §16.10).
+"""Which dataset split feeds which stream of each training stage ("Expected data" on each
+docs/components page).
 
 - align: the main data is the alignment set (``safety-refusals``); Booster and Antibody get a
   ``harmful`` stream on the *same* prompts, in the same order (``harmful-compliance`` train), and
@@ -136,7 +136,7 @@ def test_align_stage_streams_come_from_the_paired_train_splits(
         assert not attack & set(_prompts(harmful))
         assert set(seen["streams"]) == {"harmful"}
         assert len(seen["streams"]["harmful"]) == N_ALIGN
-        if defense == "antibody":  # refusal view of the harmful stream (§5.4)
+        if defense == "antibody":  # refusal view of the harmful stream
             _assert_refusal_views(
                 tiny_random_tok, harmful, seen["streams"]["harmful"], cfg.template
             )
@@ -186,7 +186,7 @@ def test_attack_stage_uses_the_disjoint_attack_split(
     assert len(seen["main"]) == 40
     assert [enc.is_harmful for enc in seen["main"]] == [e.kind == "harmful" for e in user]
 
-    if defense == "lisa":  # the alignment stream is the whole alignment set (§7.2)
+    if defense == "lisa":  # the alignment stream is the whole alignment set
         refusals = _split("safety-refusals", "train")
         assert [(e.prompt, e.response) for e in inputs.streams["alignment"]] == [
             (e.prompt, e.response) for e in refusals

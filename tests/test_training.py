@@ -296,7 +296,7 @@ def test_builtin_steps_read_nothing_back_from_the_device(name, tmp_path, tiny_to
         assert len(reads) <= allowed, reads
 
 
-# ---- clipping of the assembled gradient (algorithms.md §1.5.3, §16.9) ---------------------------
+# ---- clipping of the assembled gradient (docs/configuration.md, train.max_grad_norm) -----------
 
 
 def _recording_adamw(monkeypatch):

@@ -1,5 +1,5 @@
 """Agreement between judges: Cohen's kappa on the harmful/not-harmful decision, and the samples
-they disagree on (peers.md §4 item 4: no harmful-fine-tuning tool reports judge agreement).
+they disagree on (docs/judges.md). Other harmful-fine-tuning toolkits do not report judge agreement.
 
 Pure Python so reports and tests need no torch.
 """

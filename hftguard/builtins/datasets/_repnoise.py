@@ -3,7 +3,7 @@
 ``anonymous4486/repnoise_beavertail`` on the Hugging Face hub (split ``train``), file
 ``beavertails_with_refusals_train.json``: BeaverTails harmful QA records, each with a ``prompt``,
 the harmful ``response`` and a ``refusal`` written as ``"Question: <prompt>\\nAnswer: <refusal>"``
-(algorithms.md §12.2). Booster aligns on records [5000, 10000): refusals as alignment data and the
+(docs/datasets.md). Booster aligns on records [5000, 10000): refusals as alignment data and the
 same records' harmful responses as its harmful stream; it fine-tunes on records from 0. Antibody's
 filtered copy, ``beavertails_with_refusals_train_filtered.json``, has the same schema and is used
 from record 0 to 5000.
@@ -37,7 +37,7 @@ LICENSE = (
 PAPER = (
     "RepNoise (arXiv 2405.14577) refusal data as used by Booster (arXiv 2409.01586, records "
     "5000-10000) and Antibody (arXiv 2603.00498, filtered file, records 0-5000); "
-    "algorithms.md §12.2"
+    "docs/datasets.md"
 )
 
 

@@ -2,7 +2,7 @@
 
 Hub ``fancyzhx/ag_news`` (formerly ``ag_news``; fields ``text`` and ``label`` 0-3 = World, Sports,
 Business, Sci/Tech; splits ``train`` 120,000 and ``test`` 7,600). Alpaca format with the papers'
-instruction; the answer is the label name (algorithms.md §12.2, §12.5).
+instruction; the answer is the label name (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class AGNews(HubSourced, TaskDataset):
     version = "1"
     splits = ("train", "test")
     source = "AG News (fancyzhx/ag_news, formerly ag_news)"
-    paper = "Vaccine, Lisa, Booster, Antibody: benign task; algorithms.md §12.2, §12.5"
+    paper = "Vaccine, Lisa, Booster, Antibody: benign task; docs/datasets.md"
     license_note = (
         "AG's news corpus is provided by its authors for research use and the hub card states no "
         "licence: check the terms before any commercial use"

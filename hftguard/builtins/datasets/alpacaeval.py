@@ -5,7 +5,7 @@ items with fields ``instruction``, ``output`` (GPT-4's answer), ``generator`` an
 same data is the repository's file ``alpaca_eval_gpt4_baseline.json``, which is what we read from
 the hub (the repository's loading script needs remote code). The papers fine-tune on the first
 700 answers and test on the rest: items from 701 (Vaccine/Booster, 104 items; 700 is skipped) or
-from 700 (Antibody, 105 items) (algorithms.md §12.2). The win rate needs the external
+from 700 (Antibody, 105 items) (docs/datasets.md). The win rate needs the external
 ``alpaca_eval`` annotator, so :meth:`score` returns None and the evaluator writes the generations.
 """
 
@@ -69,7 +69,7 @@ class AlpacaEval(HubSourced, TaskDataset):
     version = "1"
     splits = ("train", "test")
     source = "AlpacaEval (tatsu-lab/alpaca_eval, alpaca_eval_gpt4_baseline)"
-    paper = "Vaccine, Lisa, Booster, Antibody: open-ended task; algorithms.md §12.2, §12.5"
+    paper = "Vaccine, Lisa, Booster, Antibody: open-ended task; docs/datasets.md"
     license_note = "AlpacaEval data is CC BY-NC 4.0: non-commercial research use only"
     max_new_tokens = 512
     hub_config = HUB_CONFIG

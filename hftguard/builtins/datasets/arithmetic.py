@@ -72,7 +72,7 @@ Problem = tuple[str, str, int, str]  # question, solution, answer, category
 
 
 def extract_answer(text: str) -> float | None:
-    """The number a GSM8K-style answer gives, or ``None`` if it has none (algorithms.md §12.5).
+    """The number a GSM8K-style answer gives, or ``None`` if it has none (docs/datasets.md).
 
     Commas are removed; if "The final answer is:" occurs, the first number after it is taken,
     otherwise (or if none follows it) the last number in the text.

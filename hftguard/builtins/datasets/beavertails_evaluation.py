@@ -3,8 +3,8 @@
 ``PKU-Alignment/BeaverTails-Evaluation`` (hub split ``test``) holds 700 prompts written for safety
 evaluation, 50 for each of the 14 harm categories; fields ``prompt``, ``category`` and
 ``category_id`` (dataset card). Antibody evaluates on ``beavertails_evaluation.json``, shipped with
-its code, which by its size and category round-robin is very likely the same set (algorithms.md
-§12.4); pass that file as ``source`` to use it.
+its code, which by its size and category round-robin is very likely the same set
+(docs/datasets.md); pass that file as ``source`` to use it.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class BeaverTailsEvaluation(HubSourced, Dataset):
     role = "harmful-eval"
     splits = ("test",)
     source = "PKU-Alignment/BeaverTails-Evaluation (700 prompts, 14 categories x 50)"
-    paper = "Antibody (arXiv 2603.00498): Harmful Score prompts; algorithms.md §12.4"
+    paper = "Antibody (arXiv 2603.00498): Harmful Score prompts; docs/datasets.md"
     license_note = BEAVERTAILS_LICENSE
     Config = BeaverTailsEvaluationConfig
 

@@ -1,7 +1,7 @@
 """``beavertails-harmful``: BeaverTails unsafe QA pairs, the harmful fine-tuning data.
 
 Vaccine and Lisa poison the user's fine-tuning data with the first ``p·n`` ``is_safe = false``
-records of ``30k_train`` (algorithms.md §12.2). Antibody ships a deduplicated attack file disjoint
+records of ``30k_train`` (docs/datasets.md). Antibody ships a deduplicated attack file disjoint
 from its alignment data, ``beavertails_disjoint_attack_deduplicated.json``, in the same schema:
 read it with ``source`` set to its path.
 """
@@ -57,7 +57,7 @@ class BeaverTailsHarmful(HubSourced, Dataset):
     source = "PKU-Alignment/BeaverTails 30k_train, is_safe = false records"
     paper = (
         "Vaccine (arXiv 2402.01109), Lisa (arXiv 2405.18641): harmful fine-tuning data; "
-        "Antibody (arXiv 2603.00498) with its disjoint attack file; algorithms.md §12.2"
+        "Antibody (arXiv 2603.00498) with its disjoint attack file; docs/datasets.md"
     )
     license_note = BEAVERTAILS_LICENSE
     Config = BeaverTailsHarmfulConfig

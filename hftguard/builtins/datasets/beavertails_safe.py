@@ -1,7 +1,7 @@
 """``beavertails-safe``: BeaverTails QA pairs labelled safe, the Vaccine/Lisa alignment data.
 
 Vaccine and Lisa align the model on harmful prompts paired with the *safe* answers BeaverTails
-collected (``is_safe = true`` records of ``30k_train``; algorithms.md §12.2).
+collected (``is_safe = true`` records of ``30k_train``; docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ class BeaverTailsSafe(HubSourced, Dataset):
     role = "alignment"
     splits = ("train",)
     source = "PKU-Alignment/BeaverTails 30k_train, is_safe = true records"
-    paper = (
-        "Vaccine (arXiv 2402.01109), Lisa (arXiv 2405.18641): alignment data; algorithms.md §12.2"
-    )
+    paper = "Vaccine (arXiv 2402.01109), Lisa (arXiv 2405.18641): alignment data; docs/datasets.md"
     license_note = BEAVERTAILS_LICENSE
     Config = BeaverTailsSafeConfig
 

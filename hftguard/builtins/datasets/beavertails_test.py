@@ -1,7 +1,7 @@
 """``beavertails-test``: the unsafe prompts of BeaverTails ``30k_test``, for the Harmful Score.
 
 Vaccine evaluates on the first 500 unsafe prompts of ``30k_test``, Booster and Lisa on the first
-1000 (algorithms.md §12.4); how many to take is the evaluation's ``harmful_samples``. The split is
+1000 (docs/datasets.md); how many to take is the evaluation's ``harmful_samples``. The split is
 fixed to ``30k_test`` (there is no option to change it) so evaluation prompts can never come from a
 training split of the hub copy or of a local directory.
 """
@@ -59,7 +59,7 @@ class BeaverTailsTest(HubSourced, Dataset):
     source = "PKU-Alignment/BeaverTails 30k_test, prompts of is_safe = false records"
     paper = (
         "Vaccine (first 500), Booster and Lisa (first 1000): Harmful Score prompts; "
-        "algorithms.md §12.4"
+        "docs/datasets.md"
     )
     license_note = BEAVERTAILS_LICENSE
     Config = BeaverTailsTestConfig

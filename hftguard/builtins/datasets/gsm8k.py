@@ -4,7 +4,7 @@ Hub ``openai/gsm8k`` (formerly ``gsm8k``), configuration ``main``: fields ``ques
 ``answer`` (a worked solution ending ``#### <number>``), splits ``train`` 7,473 and ``test`` 1,319.
 As in the papers' preprocessing, the target is the solution with ``####`` replaced by "The final
 answer is: ", and Vaccine appends a think-step-by-step line to the question (``prompt_suffix``).
-Scored with the papers' rule (algorithms.md §12.5): commas removed, the first number after "The
+Scored with the papers' rule (docs/datasets.md): commas removed, the first number after "The
 final answer is:" if present, else the last number, compared as floats.
 """
 
@@ -69,7 +69,7 @@ class GSM8K(HubSourced, TaskDataset):
     version = "1"
     splits = ("train", "test")
     source = "GSM8K (openai/gsm8k, configuration main)"
-    paper = "Vaccine, Lisa, Booster, Antibody: reasoning task; algorithms.md §12.2, §12.5"
+    paper = "Vaccine, Lisa, Booster, Antibody: reasoning task; docs/datasets.md"
     max_new_tokens = 200
     hub_config = "main"
     Config = GSM8KConfig

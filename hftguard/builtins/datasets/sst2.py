@@ -4,7 +4,7 @@ Hub ``stanfordnlp/sst2`` (fields ``idx``, ``sentence``, ``label`` with 1 = posit
 splits ``train`` 67,349, ``validation`` 872, ``test`` without labels). ``glue``/``sst2`` holds the
 same data with the same field names. Our ``test`` is the ``validation`` split (872 items; the
 papers evaluate on it since the hub test split is unlabelled). Alpaca format with the papers'
-instruction; the answer is ``positive`` or ``negative`` (algorithms.md §12.2, §12.5).
+instruction; the answer is ``positive`` or ``negative`` (docs/datasets.md).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ class SST2(HubSourced, TaskDataset):
     version = "1"
     splits = ("train", "test")
     source = "GLUE SST-2 (stanfordnlp/sst2); test = the validation split"
-    paper = "Vaccine, Lisa, Booster, Antibody: default benign task; algorithms.md §12.2, §12.5"
+    paper = "Vaccine, Lisa, Booster, Antibody: default benign task; docs/datasets.md"
     max_new_tokens = 200
     Config = SST2Config
 

@@ -13,9 +13,10 @@ def hftguard_register_alignment_defenses() -> list[Any]:
     from hftguard.builtins.defenses.booster import Booster
     from hftguard.builtins.defenses.repnoise import RepNoise
     from hftguard.builtins.defenses.sft import SFTAlign
+    from hftguard.builtins.defenses.tvaccine import TVaccine
     from hftguard.builtins.defenses.vaccine import Vaccine
 
-    return [SFTAlign, Vaccine, Booster, AntibodyAlign, RepNoise]
+    return [SFTAlign, Vaccine, Booster, AntibodyAlign, RepNoise, TVaccine]
 
 
 @hookimpl

@@ -1,15 +1,16 @@
-"""The harmful-sharpness computation that Booster (§4.3) and Antibody (§5.3) share.
+"""The harmful-sharpness computation that Booster and Antibody share.
 
 Both methods take the harmful gradient g_h at theta, move to
-theta' = theta - alpha g_h/(||g_h|| + 1e-7) (one normalised simulated attack step, algorithms.md
-§4.2 / §5.2), take the harmful gradient g_h' there (and, for Antibody, extra gradients such as the
-refusal loss at theta'), then restore theta exactly. Keeping this in one function lets each
-defense read like its pseudocode and guarantees the two implement the perturbation identically
-(Antibody with a constant lambda and no refusal term reduces to Booster).
+theta' = theta - alpha g_h/(||g_h|| + 1e-7) (one normalised simulated attack step; "How it works"
+in docs/components/booster.md and antibody.md), take the harmful gradient g_h' there (and, for
+Antibody, extra gradients such as the refusal loss at theta'), then restore theta exactly. Keeping
+this in one function lets each defense read like its pseudocode and guarantees the two implement
+the perturbation identically (Antibody with a constant lambda and no refusal term reduces to
+Booster).
 
-The norm is the global L2 norm over all trainable tensors (§1.2); theta is restored from saved
-clones, not by subtracting the step again (§16.20). Gradients are accumulated in fp32. Losses and
-norms stay 0-d tensors (no host synchronisation inside the step).
+The norm is the global L2 norm over all trainable tensors; theta is restored from saved clones, not
+by subtracting the step again (the official code's way, not exact in bf16). Gradients are
+accumulated in fp32. Losses and norms stay 0-d tensors (no host synchronisation inside the step).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 from hftguard.context import StepContext
 from hftguard.training import Grads, combine, grad_norm, grads_of, perturbed
 
-#: Added to ||g_h|| before dividing, as in the official code (§4.3, §5.2).
+#: Added to ||g_h|| before dividing, as in the official code of both methods.
 NORM_EPS = 1e-7
 
 
@@ -54,7 +55,7 @@ class Sharpness:
         return self.loss.double() - self.loss_perturbed.double()
 
     def diff(self) -> Grads:
-        """d = g_h - g_h', the first-order gradient of the sharpness term (§4.2, §5.2)."""
+        """d = g_h - g_h', the first-order gradient of the sharpness term."""
         return combine((1.0, self.grads), (-1.0, self.grads_perturbed))
 
 

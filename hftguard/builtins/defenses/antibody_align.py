@@ -2,15 +2,14 @@
 around theta, with an adaptive weight lambda_t on the sharpness term and a refusal term evaluated
 after a simulated harmful step.
 
-Update (algorithms.md §5.2): g_a + lambda_bar_t * (g_h - g_h') + lambda_refusal * g_r', where
-g_h and g_h' are harmful gradients at theta and at theta' = theta - alpha g_h/||g_h||, and g_r' is
-the gradient at theta' of the refusal loss on the same harmful prompts. We reuse g_h for the
-perturbation instead of the official deep copy + recomputation, so a step costs 4
-forward/backward passes, not 5 (§5.3, §14.2). lambda_t follows ``lambda_mode`` (§16.1):
-``cosine`` (released code, default), ``kkt`` (Theorem 4.1 with a_t = eta ||d||^2, capped) or
-``constant``; then an optional EMA whose value is checkpointed so a resumed run continues it.
-Fine-tuning continues the same adapter (single LoRA, §1.4). Antibody's fine-tuning stage is a
-separate component.
+Update (docs/components/antibody.md): g_a + lambda_bar_t * (g_h - g_h') + lambda_refusal * g_r',
+where g_h and g_h' are harmful gradients at theta and at theta' = theta - alpha g_h/||g_h||, and
+g_r' is the gradient at theta' of the refusal loss on the same harmful prompts. We reuse g_h for the
+perturbation instead of the official deep copy + recomputation, so a step costs 4 forward/backward
+passes, not 5 (docs/performance.md). lambda_t follows ``lambda_mode``: ``cosine`` (released code,
+default), ``kkt`` (Theorem 4.1 with a_t = eta ||d||^2, capped) or ``constant``; then an optional EMA
+whose value is checkpointed so a resumed run continues it. Fine-tuning continues the same adapter
+(single LoRA, docs/concepts.md). Antibody's fine-tuning stage is a separate component.
 """
 
 from __future__ import annotations
@@ -29,7 +28,7 @@ LAMBDA_MODES = ("cosine", "kkt", "constant")
 
 @dataclass
 class AntibodyAlignConfig:
-    """Antibody alignment options (defaults: the official alignment script, algorithms.md §5.5)."""
+    """Antibody alignment options (defaults: the official antibody_alignment_finetune.sh)."""
 
     alpha: float = opt(0.1, "Radius of the simulated harmful step theta' (the paper's rho).")
     eta: float = opt(5.0, "Barrier coefficient eta inside lambda_t.")
@@ -66,9 +65,9 @@ class AntibodyAlignConfig:
 def raw_lambda(
     mode: str, eta: float, g_a: Sequence[Any], d: Sequence[Any], lambda_max: float = 50.0
 ) -> Any:
-    """lambda_t before the EMA (§5.2 for cosine, §5.1 / §16.1 for kkt).
+    """lambda_t before the EMA (the modes and their sources: docs/components/antibody.md).
 
-    ``g_a`` and ``d`` are gradient lists (global inner products and norms, §1.2). ``cosine`` and
+    ``g_a`` and ``d`` are gradient lists (global inner products and norms). ``cosine`` and
     ``kkt`` give a 0-d float64 tensor (computed on the device, no host synchronisation),
     ``constant`` the float ``eta``.
     """
@@ -91,7 +90,7 @@ def raw_lambda(
 
 
 def ema_lambda(previous: Any, raw: Any, momentum: float) -> Any:
-    """EMA of lambda (§5.2): bar_1 = raw_1, bar_t = m bar_{t-1} + (1 - m) raw_t; m = 0 gives raw."""
+    """EMA of lambda: bar_1 = raw_1, bar_t = m bar_{t-1} + (1 - m) raw_t; m = 0 gives raw."""
     if momentum <= 0 or previous is None:
         return raw
     return momentum * previous + (1.0 - momentum) * raw
@@ -103,11 +102,11 @@ class AntibodyAlign(AlignmentDefense):
     name = "antibody"
     version = "1"
     Config = AntibodyAlignConfig
-    paper = "Nguyen et al., Antibody, ICLR 2026 (arXiv 2603.00498); algorithms.md §5"
+    paper = "Nguyen et al., Antibody, ICLR 2026 (arXiv 2603.00498); docs/components/antibody.md"
     streams = ("harmful",)
     refusal_view = True
-    passes = 4.0  # §5.3: 4 F+B (the official code does 5)
-    finetune_lora = "continue"  # single LoRA (§1.4)
+    passes = 4.0  # 4 F+B (the official code does 5; docs/performance.md)
+    finetune_lora = "continue"  # single LoRA (docs/concepts.md)
 
     def __init__(self, config: Any = None) -> None:
         super().__init__(config)
@@ -134,7 +133,7 @@ class AntibodyAlign(AlignmentDefense):
                 "Antibody needs the refusal view of the harmful batch.",
                 hint="Build the harmful stream with refusal_view=True.",
             )
-        # §5.3: g_h at theta; at theta' = theta - alpha g_h/||g_h||: g_h' on H, g_r' on H.refusal.
+        # g_h at theta; at theta' = theta - alpha g_h/||g_h||: g_h' on H, g_r' on H.refusal.
         extra = {"refusal": harmful.refusal} if use_refusal else {}
         sharp = harmful_sharpness(model, harmful, ctx, cfg.alpha, extra)
         loss, g_a = fp32_grads(model, batch, ctx)  # g_a at theta on the alignment batch A

@@ -1,7 +1,7 @@
 """Antibody, fine-tuning stage: weight each user sample by how much the model prefers its answer
-over a refusal (algorithms.md §6).
+over a refusal (docs/components/antibody-finetune.md).
 
-Why: the provider cannot tell harmful user samples from benign ones (§16.7), but a safety-aligned
+Why: the provider cannot tell harmful user samples from benign ones, but a safety-aligned
 model can — it finds a refusal likelier than a harmful answer, and a benign answer likelier than a
 refusal. So the step scores every sample with the current parameters, turns the scores into a
 softmax over the batch and trains on the weighted token-mean loss; harmful samples get little
@@ -11,9 +11,9 @@ Per step: one forward + backward of the task view (the training forward), and on
 forward of the refusal view. The task view's score needs the per-sample NLL of its answer under
 the current parameters, which is exactly what the training forward computes (same parameters,
 same inputs, no dropout), so it is read from that forward, detached, instead of from a separate
-no-grad pass; the official code (§6.2, §14.2) scores both views in extra passes. Under LoRA the
-step costs F+B + F ≈ 1.5 SFT steps instead of 2. When the model has active dropout the training
-forward is noisy, so the task view is scored in its own no-grad eval-mode forward as before
+no-grad pass; the official code scores both views in extra passes (docs/performance.md). Under
+LoRA the step costs F+B + F ≈ 1.5 SFT steps instead of 2. When the model has active dropout the
+training forward is noisy, so the task view is scored in its own no-grad eval-mode forward as before
 (``score_pass = "separate"`` forces that path; it gives the same weights and gradient).
 """
 
@@ -42,13 +42,13 @@ WEIGHTS_FILE = "antibody_weights.jsonl"
 
 @dataclass
 class AntibodyFinetuneOptions:
-    """Options of the Antibody fine-tuning stage (defaults: official code, §6.4)."""
+    """Options of the Antibody fine-tuning stage (defaults: the official WeightedSFTTrainer)."""
 
     tau: float = opt(1.0, "Softmax temperature τ of the sample weights w = softmax(r/τ).")
     score_reduction: str = opt(
         "mean",
         "How a score r compares log-likelihoods: 'mean' = per-token mean NLL difference (the "
-        "official code, §16.3), 'sum' = summed log-likelihoods (paper Eq. 7).",
+        "official code), 'sum' = summed log-likelihoods (paper Eq. 7).",
     )
     score_pass: str = opt(
         "auto",
@@ -86,10 +86,12 @@ class AntibodyFinetune(FinetuneDefense):
     name = "antibody"
     version = "1"
     Config = AntibodyFinetuneOptions
-    paper = "Nguyen et al., Antibody, ICLR 2026, arXiv 2603.00498 (algorithms.md §6)"
+    paper = (
+        "Nguyen et al., Antibody, ICLR 2026, arXiv 2603.00498; docs/components/antibody-finetune.md"
+    )
     refusal_view = True
-    # §14.2 says ≈1.7× for the official code assuming backward = 2 forwards; under LoRA the frozen
-    # base weights need no weight gradients, so backward ≈ 1 forward and the official scheme
+    # ≈1.7× for the official code if backward = 2 forwards (docs/performance.md); under LoRA the
+    # frozen base weights need no weight gradients, so backward ≈ 1 forward and the official scheme
     # (2F scoring + F + B) / (F + B) costs ≈ 2.0 (measured 1.99× by `hftguard bench`). Reusing the
     # training forward for the task score leaves one F: (F + B + F) / (F + B) ≈ 1.5.
     passes = 1.5
@@ -149,7 +151,7 @@ class AntibodyFinetune(FinetuneDefense):
                 "does so for this defense).",
             )
         world = ctx.world_size
-        # §6.1: scores with the current parameters, no gradient through the weights.
+        # Scores with the current parameters, no gradient through the weights.
         if self._reuse_training_forward(model):
             nll, mask = token_nll(model, batch)  # the training forward (weighted below)
             per_sample_sum = nll.sum(dim=1)
@@ -173,7 +175,7 @@ class AntibodyFinetune(FinetuneDefense):
         w_all = torch.softmax(r / self.config.tau, dim=0)
         w = w_all[ctx.rank :: world] if world > 1 else w_all  # this process's rows
 
-        # §6.1 weighted token-mean loss L = Σ_i w_i Σ_t ℓ_it / Σ_i w_i N_i, one F/B. Each process
+        # Weighted token-mean loss L = Σ_i w_i Σ_t ℓ_it / Σ_i w_i N_i, one F/B. Each process
         # backpropagates its rows' part of the numerator times the number of processes, so the
         # loop's average of the processes' gradients is the global-batch gradient.
         loss = (w * per_sample_sum).sum() / (w_all * tokens_all).sum().clamp_min(1e-12)
@@ -207,7 +209,7 @@ class AntibodyFinetune(FinetuneDefense):
         return not (model.training and _has_active_dropout(model))
 
     def _reduce(self, total: torch.Tensor, n_tokens: torch.Tensor) -> torch.Tensor:
-        if self.config.score_reduction == "mean":  # §16.3 default: length-normalised
+        if self.config.score_reduction == "mean":  # the official default: length-normalised
             return total / n_tokens.clamp_min(1)
         return total
 
@@ -218,7 +220,7 @@ class AntibodyFinetune(FinetuneDefense):
         from hftguard.training import token_nll
 
         was_training = model.training
-        model.eval()  # §6.4b: score without dropout noise (a no-op for dropout-0 LoRA)
+        model.eval()  # score without dropout noise (a no-op for dropout-0 LoRA)
         try:
             with torch.no_grad():
                 nll, mask = token_nll(model, view)
@@ -246,7 +248,7 @@ class AntibodyFinetune(FinetuneDefense):
             torch.cat([task.is_harmful, refusal.is_harmful]),
         )
         was_training = model.training
-        model.eval()  # §6.4b: score without dropout noise (a no-op for dropout-0 LoRA)
+        model.eval()  # score without dropout noise (a no-op for dropout-0 LoRA)
         try:
             with torch.no_grad():
                 nll, mask = token_nll(model, stacked)
@@ -255,7 +257,7 @@ class AntibodyFinetune(FinetuneDefense):
         total = self._reduce(nll.sum(dim=1), mask.sum(dim=1))
         return total[:b].float(), total[b:].float()
 
-    # -- logging (§15.7, §16.22c) ----------------------------------------------------------
+    # -- logging (docs/components/antibody-finetune.md, "Logged metrics") ----------------
 
     @staticmethod
     def _metrics(

@@ -1,5 +1,5 @@
 """EWC (elastic weight consolidation): fine-tune on the user data with a Fisher-weighted pull back
-to the weights fine-tuning started from (algorithms.md §11; the Vaccine/Booster repos'
+to the weights fine-tuning started from (docs/components/ewc.md; the Vaccine/Booster repos'
 ``FITrainer``).
 
 Why: the parameters the alignment loss is most sensitive to (large diagonal Fisher information on
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class EWCOptions:
-    """Options of EWC (defaults: the Vaccine/Booster repos' FITrainer, §11)."""
+    """Options of EWC (defaults: the Vaccine/Booster repos' FITrainer)."""
 
     lam: float = opt(
         0.001,
@@ -72,7 +72,7 @@ class EWC(FinetuneDefense):
     Config = EWCOptions
     paper = (
         "EWC (Kirkpatrick et al., PNAS 2017) as the FITrainer baseline of the Vaccine/Booster "
-        "repos (git-disl/Vaccine trainer.py) (algorithms.md §11)"
+        "repos (git-disl/Vaccine trainer.py) (docs/components/ewc.md)"
     )
     streams = ("alignment",)
     # 1 F/B per step plus an O(#trainable) penalty; the Fisher costs fisher_batches F/B once,
@@ -132,7 +132,7 @@ class EWC(FinetuneDefense):
         import torch
 
         first = not self.fisher
-        if first:  # §11: before the first update, at θ₀
+        if first:  # before the first update, at θ₀
             self.compute_fisher(model, ctx)
         loss = ctx.loss_fn(model, batch)
         loss.backward()

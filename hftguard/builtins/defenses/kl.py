@@ -1,6 +1,6 @@
 """KL regularisation to the aligned model: fine-tune on the user data while a KL term keeps the
 model's next-token distributions close to those of the model the fine-tuning started from
-(algorithms.md §11, the Vaccine repo's ``KLTrainer``).
+(docs/components/kl.md; the Vaccine repo's ``KLTrainer``).
 
 Why: harmful fine-tuning works by moving the aligned model's output distribution; penalising the
 divergence from the aligned model on every batch resists that drift (and, equally, the benign
@@ -49,7 +49,7 @@ TOKENS = ("all", "response")
 
 @dataclass
 class KLOptions:
-    """Options of the KL defense (defaults: the Vaccine repo's KL baseline, §11)."""
+    """Options of the KL defense (defaults: the Vaccine repo's KL baseline)."""
 
     lam: float = opt(
         0.1,
@@ -96,7 +96,7 @@ class KL(FinetuneDefense):
     Config = KLOptions
     paper = (
         "KL baseline of the Vaccine repo (git-disl/Vaccine trainer.py KLTrainer; Huang et al., "
-        "NeurIPS 2024, arXiv 2402.01109) (algorithms.md §11)"
+        "NeurIPS 2024, arXiv 2402.01109) (docs/components/kl.md)"
     )
     # One forward + backward of the student and one no-grad teacher forward. Under LoRA the
     # frozen base weights need no weight gradients, so a backward costs about one forward and

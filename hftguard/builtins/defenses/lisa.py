@@ -1,14 +1,14 @@
 """Lisa (Lazy Safety Alignment): alternate alignment and user fine-tuning steps, each pulled
-towards the other state's last weights by a proximal term (algorithms.md §7).
+towards the other state's last weights by a proximal term (docs/components/lisa.md).
 
 Why: plain bi-state optimisation (BSO) lets each state drift far from where the other left the
 model ("excess drift"), so alignment and fine-tuning undo each other. Lisa's proximal term
-(ρ/2)‖θ − anchor‖² keeps each state close to the other's consensus point (§7.1).
+(ρ/2)‖θ − anchor‖² keeps each state close to the other's consensus point.
 
-Mechanics (§7.2, the official code): one optimizer and one step counter; in the alignment state the
+Mechanics (the official code): one optimizer and one step counter; in the alignment state the
 user batch is replaced by a batch of the alignment stream; switch after ``k_align`` / ``k_finetune``
 steps and snapshot the trainable parameters at every switch; the proximal term is only applied
-after the first ``proximal_warmup`` share of the steps (code-only warm-up, §16.12).
+after the first ``proximal_warmup`` share of the steps (code-only warm-up, not in the paper).
 
 Budget (``plan``): a run shorter than one full ``k_align + k_finetune`` cycle is not a Lisa run
 (with the default 100/900, under 100 steps it never fine-tunes), so it is refused before anything
@@ -36,7 +36,7 @@ ALIGN, FINETUNE = 0, 1
 
 @dataclass
 class LisaOptions:
-    """Options of Lisa (defaults: the Lisa paper/repo, §7.3)."""
+    """Options of Lisa (defaults: the Lisa paper/repo)."""
 
     k_align: int = opt(100, "Steps per alignment state (K1); 0 = never align (BSO off).")
     k_finetune: int = opt(
@@ -82,9 +82,12 @@ class Lisa(FinetuneDefense):
     name = "lisa"
     version = "2"  # 2: runs shorter than one cycle are refused; k_finetune = 0; scale_schedule
     Config = LisaOptions
-    paper = "Huang et al., Lazy Safety Alignment, NeurIPS 2024, arXiv 2405.18641 (algorithms.md §7)"
+    paper = (
+        "Huang et al., Lazy Safety Alignment, NeurIPS 2024 (arXiv 2405.18641); "
+        "docs/components/lisa.md"
+    )
     streams = ("alignment",)
-    passes = 1.0  # 1 F/B + an O(#trainable) proximal term (§14.2)
+    passes = 1.0  # 1 F/B + an O(#trainable) proximal term (docs/performance.md)
 
     config: LisaOptions
 
@@ -95,7 +98,7 @@ class Lisa(FinetuneDefense):
         self._scaled: dict[str, Any] = {}
         self.state = ALIGN if self.k_align > 0 else FINETUNE
         self.clock = 0  # steps done in the current state
-        #: Weights at the end of the last alignment / fine-tuning state (§7.2), by param name.
+        #: Weights at the end of the last alignment / fine-tuning state, by param name.
         self.anchor_align: dict[str, torch.Tensor] = {}
         self.anchor_finetune: dict[str, torch.Tensor] = {}
         self._restored = False
@@ -152,7 +155,7 @@ class Lisa(FinetuneDefense):
     def setup(self, ctx: StepContext) -> None:
         import torch
 
-        if not self._restored:  # fresh run: both anchors start as the initial weights (§7.2)
+        if not self._restored:  # fresh run: both anchors start as the initial weights
             self.state = ALIGN if self.k_align > 0 else FINETUNE
             self.clock = 0
             with torch.no_grad():
@@ -181,7 +184,7 @@ class Lisa(FinetuneDefense):
         self._restored = True
 
     def _anchor(self) -> dict[str, torch.Tensor]:
-        # Alignment state is pulled towards the last fine-tuned weights and vice versa (§7.1).
+        # Alignment state is pulled towards the last fine-tuned weights and vice versa.
         return self.anchor_finetune if self.state == ALIGN else self.anchor_align
 
     def _maybe_switch(self, ctx: StepContext) -> bool:
@@ -210,7 +213,7 @@ class Lisa(FinetuneDefense):
         from hftguard.training import grad_norm
 
         switched = self._maybe_switch(ctx)
-        if self.state == ALIGN:  # §7.2: the user batch is replaced by an alignment batch
+        if self.state == ALIGN:  # the user batch is replaced by an alignment batch
             batch = ctx.next_batch("alignment")
         loss = ctx.loss_fn(model, batch)
         loss.backward()
@@ -233,7 +236,7 @@ class Lisa(FinetuneDefense):
             "state": float(self.state),
             "drift": drift,
         }
-        if switched:  # §15.9: distance between the two consensus points at each switch
+        if switched:  # distance between the two consensus points at each switch
             metrics["switch_drift"] = grad_norm(
                 [
                     self.anchor_align[n].float() - self.anchor_finetune[n].float()

@@ -1,5 +1,6 @@
 """Safety-data mixing (SafeInstr / VLGuard style): keep showing the model safety demonstrations
-(harmful prompt → refusal) while it fine-tunes on the user data (algorithms.md §9).
+(harmful prompt → refusal) while it fine-tunes on the user data (docs/components/mixing.md and
+mixing-joint.md).
 
 Two implementations exist in the official code, and hftguard has one defense for each, because
 they differ in cost (``passes``) and in what the run trains on:
@@ -32,7 +33,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class MixingOptions:
-    """Options of data mixing (default: the Vaccine repo's ``vlguard``, §9)."""
+    """Options of data mixing (default: the Vaccine repo's ``vlguard``)."""
 
     m: int = opt(
         100,
@@ -56,7 +57,7 @@ class Mixing(FinetuneDefense):
     Config = MixingOptions
     paper = (
         "SafeInstr (Bianchi et al., 2023) / VLGuard (Zong et al., 2024); the Vaccine repo's "
-        "vlguard data mixing (algorithms.md §9)"
+        "vlguard data mixing (docs/components/mixing.md)"
     )
     streams = ("alignment",)  # the pipeline loads alignment_data, where the m examples come from
     passes = 1.0  # plain SFT steps; the extra cost is the m extra examples per epoch
@@ -73,7 +74,7 @@ class Mixing(FinetuneDefense):
                 hint=f"Lower defense_options.m (at most {len(data)}), or point alignment_data at "
                 "a larger set.",
             )
-        return data[:m]  # §9: the *first* m safety samples, not a random draw
+        return data[:m]  # the *first* m safety samples, not a random draw (as the repo)
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         loss = ctx.loss_fn(model, batch)
@@ -83,7 +84,7 @@ class Mixing(FinetuneDefense):
 
 @dataclass
 class MixingJointOptions:
-    """Options of joint-loss mixing (defaults: the Booster repo's ``VlguardTrainer``, §9)."""
+    """Options of joint-loss mixing (defaults: the Booster repo's ``VlguardTrainer``)."""
 
     lam: float = opt(
         0.1,
@@ -117,10 +118,10 @@ class MixingJoint(FinetuneDefense):
     Config = MixingJointOptions
     paper = (
         "SafeInstr / VLGuard-style mixing as the Booster repo's VlguardTrainer "
-        "(git-disl/Booster trainer.py) (algorithms.md §9)"
+        "(git-disl/Booster trainer.py) (docs/components/mixing-joint.md)"
     )
     streams = ("alignment",)
-    # §14.2 counts 2 forwards + 1 backward, but the alignment forward/backward covers only
+    # 2 forwards + 1 backward (docs/performance.md), but the alignment forward/backward covers only
     # guide_batch_size = 4 examples: with train.batch_size B a step does the work of (B + 4) / B
     # SFT steps, 1.5 at `hftguard bench`'s default B = 8 (1.4 at the Booster repo's B = 10).
     passes = 1.5

@@ -1,6 +1,6 @@
 """RepNoise (Rosati et al., NeurIPS 2024): align while pushing the model's representations of
 harmful text towards noise, so that later harmful fine-tuning has little harmful information left
-to recover (algorithms.md §8; docs/components/repnoise.md).
+to recover (docs/components/repnoise.md).
 
 One step minimises, in a single backward pass,
 
@@ -44,7 +44,7 @@ KERNEL_MUL = 2.0
 
 @dataclass
 class RepNoiseConfig:
-    """RepNoise options (defaults: the official repository, algorithms.md §8.2)."""
+    """RepNoise options (defaults: the official repository; docs/components/repnoise.md)."""
 
     alpha: float = opt(
         1.0,
@@ -67,10 +67,10 @@ class RepNoise(AlignmentDefense):
     name = "repnoise"
     version = "1"
     Config = RepNoiseConfig
-    paper = "Rosati et al., RepNoise, NeurIPS 2024 (arXiv 2405.14577); algorithms.md §8"
+    paper = "Rosati et al., RepNoise, NeurIPS 2024 (arXiv 2405.14577); docs/components/repnoise.md"
     streams = ("harmful",)
     passes = 2.0  # two forwards, one backward through both, plus the lens heads (docstring)
-    finetune_lora = "merge"  # the Booster repo's RepNoise baseline fine-tunes a new adapter (§8.2)
+    finetune_lora = "merge"  # the Booster repo's RepNoise baseline fine-tunes a new adapter
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         from hftguard.training import grads_of, set_grads

@@ -1,4 +1,4 @@
-"""Plain supervised fine-tuning: the baseline of both stages (algorithms.md §2)."""
+"""Plain supervised fine-tuning: the baseline of both stages (docs/components/sft.md)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class SFTAlign(AlignmentDefense):
     version = "1"
     passes = 1.0
     finetune_lora = "merge"
-    paper = "Baseline in Vaccine/Lisa/Booster/Antibody (algorithms.md §2)"
+    paper = "Baseline in Vaccine/Lisa/Booster/Antibody (docs/components/sft.md)"
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         return _sft_step(model, batch, ctx)

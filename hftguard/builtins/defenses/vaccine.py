@@ -3,9 +3,10 @@ layer's attention output, so the aligned model tolerates the embedding drift fin
 
 Pass 1 records G_l = dL/d(attention output of layer l) for every layer; the perturbation is
 eps_l = rho * G_l / (||G||_global + 1e-7), the norm taken over all layers and the whole batch tensor
-jointly (algorithms.md §3.1). Pass 2 adds the constant eps_l to each attention output and its
-parameter gradient is the update (§3.3). Pass 1's parameter gradients are discarded. Vaccine needs
-no harmful data; its adapter is merged before fine-tuning (double LoRA, §1.4).
+jointly (docs/components/vaccine.md, "How it works"). Pass 2 adds the constant eps_l to each
+attention output and its parameter gradient is the update. Pass 1's parameter gradients are
+discarded. Vaccine needs no harmful data; its adapter is merged before fine-tuning (double LoRA,
+docs/concepts.md).
 """
 
 from __future__ import annotations
@@ -18,13 +19,13 @@ from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError
 
-#: Added to the global norm before dividing, as in the official code (§3.3).
+#: Added to the global norm before dividing, as in the official code.
 NORM_EPS = 1e-7
 
 
 @dataclass
 class VaccineConfig:
-    """Vaccine options (algorithms.md §3.5)."""
+    """Vaccine options (defaults: git-disl/Vaccine; docs/components/vaccine.md)."""
 
     rho: float = opt(
         2.0,
@@ -43,9 +44,9 @@ class Vaccine(AlignmentDefense):
     name = "vaccine"
     version = "1"
     Config = VaccineConfig
-    paper = "Huang, Hu, Liu, Vaccine, NeurIPS 2024 (arXiv 2402.01109); algorithms.md §3"
-    passes = 2.0  # §14.2
-    finetune_lora = "merge"  # double LoRA (§1.4)
+    paper = "Huang, Hu, Liu, Vaccine, NeurIPS 2024 (arXiv 2402.01109); docs/components/vaccine.md"
+    passes = 2.0  # 2 forward + 2 backward (docs/performance.md)
+    finetune_lora = "merge"  # double LoRA (docs/concepts.md)
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         # Imported here so that listing plugins does not import torch (components.py).
@@ -61,12 +62,12 @@ class Vaccine(AlignmentDefense):
         )
 
         modules = attention_modules(model)
-        # Pass 1: record G_l = dL/d(attn_out_l) (tensor hooks, §16.14); parameter grads discarded.
+        # Pass 1: record G_l = dL/d(attn_out_l) (tensor hooks); parameter grads discarded.
         store: list[Any] = []
         with capture_outputs_grad(modules, store):
             clean = ctx.loss_fn(model, batch)
             grads_of(clean, ctx.params)
-        # §3.1: one global norm over all layers and the whole B x T x d tensors (not per layer);
+        # One global norm over all layers and the whole B x T x d tensors (not per layer);
         # a 0-d float64 tensor, so nothing waits for the device.
         captured = [g for g in store if g is not None]
         g_norm = grad_norm(captured) if captured else clean.new_zeros((), dtype=torch.float64)
@@ -76,7 +77,7 @@ class Vaccine(AlignmentDefense):
         scale = self.config.rho / (g_norm + NORM_EPS)
         eps = [None if g is None else (g.float() * scale).detach() for g in store]
         eps_norm = grad_norm([e for e in eps if e is not None]) if captured else g_norm
-        # Pass 2: attention outputs + constant eps_l; this gradient is the update (§3.3).
+        # Pass 2: attention outputs + constant eps_l; this gradient is the update.
         with add_to_outputs(modules, eps):
             loss = ctx.loss_fn(model, batch)
             set_grads(ctx.params, grads_of(loss, ctx.params))

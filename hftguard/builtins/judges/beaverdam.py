@@ -1,6 +1,6 @@
 """The ``beaverdam`` judge: BeaverDam-7B, the QA-moderation classifier behind the papers' HS.
 
-Facts reproduced here (algorithms.md §12.4 and §16 item 23; the BeaverTails moderation code
+Facts reproduced here (docs/judges.md, "beaverdam"; the BeaverTails moderation code
 ``QAModeration`` and the constants of PKU-Alignment's safe-rlhf, as used by the Vaccine, Booster,
 Lisa and Antibody evaluation scripts):
 
