@@ -160,16 +160,14 @@ def entropy(probs: Sequence[float]) -> float:
     return -sum(p * math.log(p) for p in probs if p > 0)
 
 
-def _first(output: Any) -> Any:
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
 @contextmanager
 def _kept_outputs(modules: Sequence[Any], outs: list[Any]) -> Iterator[None]:
     """Keep each module's (first) output of the next forward in ``outs``, as a tensor autograd can
     differentiate with respect to: an output that does not require grad (nothing below it is
     trainable) is replaced by a detached leaf that does, which changes no value and no other
     gradient (there was no graph below it)."""
+    from hftguard.gradients import _first, _replace_first
+
     outs[:] = [None] * len(modules)
 
     def make(i: int) -> Any:
@@ -180,11 +178,7 @@ def _kept_outputs(modules: Sequence[Any], outs: list[Any]) -> Iterator[None]:
                 return None
             leaf = out.detach().requires_grad_(True)
             outs[i] = leaf
-            if isinstance(output, tuple):
-                return (leaf, *output[1:])
-            if isinstance(output, list):
-                return [leaf, *output[1:]]
-            return leaf
+            return _replace_first(output, leaf)
 
         return hook
 
