@@ -1258,10 +1258,14 @@ def test_lisa_drift_figure_plots_drift_shades_alignment_states_and_marks_switche
     ax_d, ax_s = fig.axes[:2]
     (drift,) = ax_d.get_lines()
     assert list(drift.get_ydata()) == pytest.approx([r["drift"] for r in rows])
-    spans = sorted(  # axvspan rectangles: the two alignment states, steps 0-1 and 6-7
-        (round(p.get_x(), 2), round(p.get_x() + p.get_width(), 2)) for p in ax_d.patches
-    )
-    assert spans == [(-0.5, 1.5), (5.5, 7.5)]
+    to_data = ax_d.transData.inverted()  # axvspan: a Rectangle, or a Polygon before Matplotlib 3.9
+
+    def x_range(patch):
+        xs = to_data.transform(patch.get_verts())[:, 0]
+        return (round(float(xs.min()), 2), round(float(xs.max()), 2))
+
+    spans = sorted(x_range(p) for p in ax_d.patches)
+    assert spans == [(-0.5, 1.5), (5.5, 7.5)]  # the two alignment states, steps 0-1 and 6-7
     (switch,) = ax_s.get_lines()
     assert list(switch.get_xdata()) == [2, 6, 8]
     assert plots.lisa_drift_figure([("SFT", sft)]) is None  # no Lisa log: no figure

@@ -210,13 +210,27 @@ def _mlp_of(layer: Any) -> Any:
     )
 
 
+_NORM_NAMES = ("norm", "final_layernorm", "ln_f")
+
+
 def _final_norm(model: Any) -> Any:
-    """The norm applied to the last hidden state before the LM head."""
+    """The norm applied to the last hidden state before the LM head: that of ``get_decoder()``,
+    or else of the module holding the decoder layers (transformers 4.56's ``get_decoder`` returns
+    None for Llama)."""
+    import torch
+
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    for name in ("norm", "final_layernorm", "ln_f"):
-        module = getattr(decoder, name, None)
-        if module is not None:
-            return module
+    candidates = [decoder] if decoder is not None else []
+    candidates += [
+        m
+        for _, m in model.named_modules()
+        if isinstance(getattr(m, "layers", None), torch.nn.ModuleList)
+    ]
+    for module in candidates:
+        for name in _NORM_NAMES:
+            norm = getattr(module, name, None)
+            if norm is not None:
+                return norm
     raise HftguardError(
         "Cannot find the final norm of this model (for RepNoise's logit lens).",
         hint="RepNoise supports decoder-only LMs whose decoder has a 'norm' module (Llama family).",
