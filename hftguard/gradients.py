@@ -26,12 +26,47 @@ Params = list[tuple[str, torch.nn.Parameter]]
 # Losses
 
 
+#: Architectures whose causal LM is ``lm_head(model(...).last_hidden_state)`` and nothing more
+#: (no logit soft-capping or scaling), so the head may be applied to some positions only.
+HEAD_SPLIT_TYPES = frozenset({"llama", "mistral", "qwen2", "qwen3"})
+
+
+def decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, LM head) of a causal LM (PEFT-wrapped or not) whose logits are exactly
+    ``head(decoder(...).last_hidden_state)``; None for any other model."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    cfg = getattr(base, "config", None)
+    if getattr(cfg, "model_type", None) not in HEAD_SPLIT_TYPES:
+        return None
+    if any(getattr(cfg, k, None) for k in ("final_logit_softcapping", "logit_scale")):
+        return None
+    decoder, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    if not isinstance(decoder, torch.nn.Module) or not isinstance(head, torch.nn.Module):
+        return None
+    return decoder, head
+
+
 def token_nll(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-token negative log-likelihood of the labels (shifted) and the response-token mask.
 
     Returns ``(nll, mask)`` of shape ``[B, T-1]``; ``nll`` is 0 where ``mask`` is 0.
+
+    Where the architecture allows it (:func:`decoder_and_head`), the LM head runs only at the
+    response positions: the same values as the full forward's logits there, without the
+    [B, T, vocab] projection of the prompt and padding positions (on SmolLM2, whose head is a
+    fifth of a forward pass, that is most of the head's cost for short answers).
     """
-    return logits_nll(model(**batch.model_inputs()).logits, batch.labels)
+    split = decoder_and_head(model)
+    if split is None:
+        return logits_nll(model(**batch.model_inputs()).logits, batch.labels)
+    decoder, head = split
+    hidden = decoder(**batch.model_inputs()).last_hidden_state
+    targets = batch.labels[:, 1:]
+    mask = targets != IGNORE_INDEX
+    logits = head(hidden[:, :-1][mask]).float()
+    picked = F.cross_entropy(logits, targets[mask], reduction="none")
+    nll = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
+    return nll.masked_scatter(mask, picked), mask
 
 
 def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -194,8 +194,11 @@ def test_scoring_batches_start_with_one_bos(llama):
     assert (batch.refusal.input_ids[:, 0] == BOS).all()
 
     seen: list[torch.Tensor] = []
+    from hftguard.gradients import decoder_and_head
+
     model = tiny_model(llama, hidden_size=16, layers=1)
-    model.register_forward_pre_hook(
+    runs = (decoder_and_head(model) or (model,))[0]  # the decoder, when the loss applies the head
+    runs.register_forward_pre_hook(
         lambda _m, _a, kw: seen.append(kw["input_ids"].clone()), with_kwargs=True
     )
     assert mean_loss(model, items, llama.pad_token_id, "cpu") is not None

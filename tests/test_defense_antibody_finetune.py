@@ -170,8 +170,12 @@ def test_harmful_flags_are_never_used_for_the_gradient(tiny_tok):
 
 def _forward_calls(model, batch, options=None):
     """(grad enabled, batch rows, first input row) of every model forward during one step."""
+    from hftguard.gradients import decoder_and_head
+
     calls: list[tuple[bool, int, list[int]]] = []
-    handle = model.register_forward_hook(
+    # the module every forward runs through: the decoder when the loss applies the head itself
+    runs = (decoder_and_head(model) or (model,))[0]
+    handle = runs.register_forward_hook(
         lambda _m, args, kwargs, _out: calls.append(
             (
                 torch.is_grad_enabled(),

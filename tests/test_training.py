@@ -452,3 +452,38 @@ def test_a_multi_pass_gradient_is_clipped_once_as_a_whole(monkeypatch, tmp_path,
         assert row["grad_norm"] == pytest.approx(total, rel=1e-5)
         for a, e in zip(applied, expected, strict=True):
             torch.testing.assert_close(a, e, rtol=1e-5, atol=1e-7)
+
+
+def test_token_nll_applies_the_head_at_response_positions_only_and_matches_the_full_forward(
+    tiny_tok,
+):
+    """The head-at-answers path (Llama family) gives the full forward's per-token NLL and the same
+    gradient; a model type outside the list takes the full forward."""
+    from ft_defense_helpers import batch_of, encode, lora_model, user_examples
+
+    from hftguard import gradients
+
+    model = lora_model(tiny_tok)
+    batch = batch_of(tiny_tok, encode(tiny_tok, user_examples(2, 3), refusal_view=False))
+    assert gradients.decoder_and_head(model) is not None  # a PEFT-wrapped Llama
+    head_calls: list[int] = []
+    _, head = gradients.decoder_and_head(model)
+    handle = head.register_forward_hook(lambda _m, args, _o: head_calls.append(args[0].shape[0]))
+    params = [p for _, p in model.named_parameters() if p.requires_grad]
+    try:
+        nll, mask = gradients.token_nll(model, batch)
+    finally:
+        handle.remove()
+    assert head_calls == [int(mask.sum())]  # one projection, of the response positions alone
+    full, full_mask = gradients.logits_nll(model(**batch.model_inputs()).logits, batch.labels)
+    assert torch.equal(mask, full_mask)
+    torch.testing.assert_close(nll, full, rtol=1e-5, atol=1e-6)
+    assert float(nll.abs().sum()) > 0 and bool((nll[~mask] == 0).all())
+    g_fast = torch.autograd.grad(nll.sum(), params)
+    g_full = torch.autograd.grad(full.sum(), params)
+    for a, b in zip(g_fast, g_full, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    model.get_base_model().config.model_type = "gemma2"  # soft-capped logits: not split
+    assert gradients.decoder_and_head(model) is None
+    nll2, _ = gradients.token_nll(model, batch)
+    torch.testing.assert_close(nll2, full, rtol=1e-5, atol=1e-6)
