@@ -294,6 +294,17 @@ def _replace_first(output: Any, new: torch.Tensor) -> Any:
 
 
 @contextmanager
+def forward_hooks(modules: Sequence[torch.nn.Module], hooks: Sequence[Any]) -> Iterator[None]:
+    """Register ``hooks[i]`` as a forward hook of ``modules[i]`` for the duration of the block."""
+    handles = [m.register_forward_hook(h) for m, h in zip(modules, hooks, strict=True)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
 def capture_outputs_grad(
     modules: Sequence[torch.nn.Module], store: list[torch.Tensor | None]
 ) -> Iterator[None]:
@@ -312,12 +323,8 @@ def capture_outputs_grad(
 
         return hook
 
-    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
-    try:
+    with forward_hooks(modules, [make(i) for i in range(len(modules))]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextmanager
@@ -335,9 +342,5 @@ def add_to_outputs(
 
         return hook
 
-    handles = [m.register_forward_hook(make(d)) for m, d in zip(modules, deltas, strict=True)]
-    try:
+    with forward_hooks(modules, [make(d) for d in deltas]):
         yield
-    finally:
-        for h in handles:
-            h.remove()

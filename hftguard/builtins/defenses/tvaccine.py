@@ -166,7 +166,7 @@ def _kept_outputs(modules: Sequence[Any], outs: list[Any]) -> Iterator[None]:
     differentiate with respect to: an output that does not require grad (nothing below it is
     trainable) is replaced by a detached leaf that does, which changes no value and no other
     gradient (there was no graph below it)."""
-    from hftguard.gradients import _first, _replace_first
+    from hftguard.gradients import _first, _replace_first, forward_hooks
 
     outs[:] = [None] * len(modules)
 
@@ -182,12 +182,8 @@ def _kept_outputs(modules: Sequence[Any], outs: list[Any]) -> Iterator[None]:
 
         return hook
 
-    handles = [m.register_forward_hook(make(i)) for i, m in enumerate(modules)]
-    try:
+    with forward_hooks(modules, [make(i) for i in range(len(modules))]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 def _first_row(batch: Any) -> Any:
