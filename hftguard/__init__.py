@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pluggy
 
+from hftguard import _moved
 from hftguard.components import (
     AlignmentDefense,
     Component,
@@ -21,9 +22,12 @@ from hftguard.components import (
 )
 from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
 from hftguard.errors import ConfigError, DataError, HftguardError
+from hftguard.options import opt
 from hftguard.records import Example, Verdict
 
 __version__ = "0.1.0"
+
+_moved.install()  # old module paths (hftguard.training, ...) for one release
 
 hookimpl = pluggy.HookimplMarker("hftguard")
 
@@ -49,4 +53,5 @@ __all__ = [
     "Verdict",
     "__version__",
     "hookimpl",
+    "opt",
 ]

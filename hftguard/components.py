@@ -18,7 +18,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
+    from hftguard.engine.steps import Batch
     from hftguard.records import Example, Verdict
 
 
@@ -91,7 +94,7 @@ class Defense(Component):
         """Called once before the first step (and again after a resume, with restored state)."""
 
     @abc.abstractmethod
-    def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
+    def training_step(self, model: Any, batch: Batch, ctx: StepContext) -> dict[str, Any]:
         """Write this step's gradient into ``.grad`` of the trainable parameters; return metrics
         (numbers or 0-d tensors)."""
 
@@ -190,7 +193,7 @@ class ReportSink(Component):
     kind = "report-sink"
 
     @abc.abstractmethod
-    def write(self, run_dir: Any, metrics: dict[str, Any]) -> None:
+    def write(self, run_dir: Path, metrics: dict[str, Any]) -> None:
         """Write ``metrics`` (the content of metrics.json) for the run in ``run_dir``."""
 
 
@@ -213,7 +216,7 @@ class Tracker(Component):
         its package is not installed. Called before the stage starts."""
 
     @abc.abstractmethod
-    def start(self, run_dir: Any, config: dict[str, Any]) -> None:
+    def start(self, run_dir: Path, config: dict[str, Any]) -> None:
         """Begin tracking the stage whose run directory is ``run_dir``; ``config`` is its
         resolved config (as recorded in its manifest)."""
 

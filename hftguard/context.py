@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    import torch
+
     from hftguard.console import Reporter
+    from hftguard.engine.steps import Batch, Params
 
 
 @dataclass
@@ -60,17 +63,58 @@ class StepContext:
 
     step: int
     total_steps: int
-    params: list[tuple[str, Any]]
-    next_batch: Callable[[str], Any]
-    loss_fn: Callable[[Any, Any], Any]
+    params: Params
+    next_batch: Callable[[str], Batch]
+    loss_fn: Callable[[Any, Batch], torch.Tensor]
     reporter: Reporter | None = None
     output_dir: Path | None = None
-    device: Any = None
+    device: torch.device | None = None
     state: dict[str, Any] = field(default_factory=dict)
     world_size: int = 1
-    all_reduce_mean: Callable[[list[Any]], list[Any]] = field(default=lambda tensors: tensors)
+    all_reduce_mean: Callable[[list[torch.Tensor]], list[torch.Tensor]] = field(
+        default=lambda tensors: tensors
+    )
     rank: int = 0
-    all_gather_rows: Callable[[Any], Any] = field(default=lambda rows: rows)
+    all_gather_rows: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda rows: rows)
+
+    # Data-parallel arithmetic, so that a step never multiplies or divides by world_size itself.
+    # Each is the identity arithmetic in one process; tests/test_ddp.py runs them in two.
+
+    def sum_over_processes(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Each tensor summed over the data-parallel processes (itself in one process)."""
+        if self.world_size == 1:
+            return list(tensors)
+        return [t * self.world_size for t in self.all_reduce_mean(list(tensors))]
+
+    def norm_over_processes(self, local: torch.Tensor) -> torch.Tensor:
+        """The L2 norm of a quantity sharded over the processes by rows, from this process's
+        0-d ``local`` norm of its share: sqrt(Σ_k local_k²). (Vaccine's norm of the attention
+        outputs' gradient over the whole batch.)"""
+        if self.world_size == 1:
+            return local
+        return self.sum_over_processes([local.pow(2).reshape(1)])[0].sqrt().reshape(())
+
+    def own_rows(self, global_rows: torch.Tensor) -> torch.Tensor:
+        """This process's rows of a tensor over the global batch's rows (the inverse of
+        ``all_gather_rows``): ``global_rows[rank::world_size]``."""
+        return global_rows[self.rank :: self.world_size] if self.world_size > 1 else global_rows
+
+    def sum_term(self, term: torch.Tensor) -> torch.Tensor:
+        """A loss term that is this process's part of a sum over the global batch, scaled so that
+        the loop's averaging of gradients over processes gives the gradient of the global sum
+        (``term × world_size``; ``term`` in one process)."""
+        return term * self.world_size if self.world_size > 1 else term
+
+    def token_mean(self, total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        """This process's term of a mean over the global batch's tokens.
+
+        ``total`` is this process's sum over its tokens, ``count`` (0-d) its token count. In one
+        process: ``total / max(count, 1)``. With W processes: ``total / mean_k(count_k)``, so
+        that the loop's averaging of gradients over processes gives Σ_k total_k / Σ_k count_k,
+        the mean that ``loss_fn`` takes over the global batch."""
+        if self.world_size > 1:
+            count = self.all_reduce_mean([count.reshape(1)])[0].reshape(())
+        return total / count.clamp_min(1)
 
 
 @dataclass

@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
+    import typer
+
     from hftguard.components import (
         AlignmentDefense,
         Dataset,
@@ -94,7 +96,7 @@ def hftguard_register_trackers() -> type[Tracker] | list[type[Tracker]] | None:
 
 
 @hookspec
-def hftguard_register_commands(app: Any) -> None:
+def hftguard_register_commands(app: typer.Typer) -> None:
     """Add commands to the ``hftguard`` CLI.
 
     Called once when the CLI is built, with the root ``typer.Typer`` application. Use

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hftguard.errors import ConfigError, did_you_mean
+from hftguard.options import load_toml, merge
 
 PRESET_DIR = Path(__file__).with_name("presets")
 CONFIG_KEYS = ("align", "finetune", "eval", "dataset_options", "evaluate_base", "skip_align")
@@ -41,8 +42,6 @@ class Preset:
     def stage(self, section: str) -> dict[str, Any]:
         """The preset's options for one stage, with the pipeline-wide dataset options folded in
         (the stage's own entries win), as the stage commands need them."""
-        from hftguard.config import merge
-
         data = dict(self.config.get(section) or {})
         shared = self.config.get("dataset_options") or {}
         if shared:
@@ -64,8 +63,6 @@ def names() -> list[str]:
 
 def load(spec: str) -> Preset:
     """A built-in preset by name, or a preset TOML file by path."""
-    from hftguard.config import load_toml
-
     path = Path(spec)
     if not (spec.endswith(".toml") or path.is_file()):
         path = PRESET_DIR / f"{spec}.toml"

@@ -12,9 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from hftguard.errors import ConfigError
+
+if TYPE_CHECKING:
+    from hftguard.components import Tracker
 
 #: ``--report-to none``: no tracker (overrides a config file's list).
 NONE = "none"
@@ -48,7 +51,7 @@ def check_names(names: Iterable[str], registry: Any) -> None:
 class TrackerHub:
     """The trackers of one stage: started at the first event, closed by :meth:`close`."""
 
-    trackers: list[Any]
+    trackers: list[Tracker]
     run_dir: Path
     config: dict[str, Any]
     warn: Callable[[str], None]
@@ -94,7 +97,7 @@ def open_hub(
     names = [n for n in getattr(cfg, "report_to", None) or [] if n != NONE]
     if not names:
         return None
-    from hftguard.distributed import is_main_process
+    from hftguard.engine.distributed import is_main_process
 
     if not is_main_process():
         return None
@@ -102,7 +105,7 @@ def open_hub(
     from hftguard.registry import default_registry
 
     reg = registry if registry is not None else default_registry()
-    trackers = [reg.instantiate("tracker", name) for name in names]
+    trackers = [cast("Tracker", reg.instantiate("tracker", name)) for name in names]
     for tracker in trackers:
         tracker.check()
     return TrackerHub(trackers, Path(run_dir), as_dict(cfg), reporter.warn)

@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from hftguard import training
 from hftguard.context import StepContext
-from hftguard.data import Batch, collate, encode_all
+from hftguard.data.inputs import Batch, collate, encode_all
+from hftguard.engine import training
 from hftguard.records import Example
 
 PROMPTS = [

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from hftguard.context import DataContext, StepContext
-from hftguard.data import Batch, Encoded, collate, encode_all
+from hftguard.data.inputs import Batch, Encoded, collate, encode_all
+from hftguard.engine.training import lm_loss
 from hftguard.records import Example
-from hftguard.training import lm_loss
 
 MAX_LEN = 96
 
@@ -140,9 +140,9 @@ def train_in_loop(
     batch_size: int = 4,
 ) -> dict[str, torch.Tensor]:
     """Run ``defense`` through the real training loop on CPU/fp32; the final trainable weights."""
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
 
     run_dir = open_run_dir(tmp_path / name, "finetune", resume=resume)

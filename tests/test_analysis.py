@@ -8,12 +8,12 @@ import json
 import pytest
 import torch
 
-from hftguard import analysis
 from hftguard.config import LoraOptions
-from hftguard.data import collate, encode_all
-from hftguard.models import attach_lora
+from hftguard.data.inputs import collate, encode_all
+from hftguard.engine import probes as analysis
+from hftguard.engine.models import attach_lora
+from hftguard.engine.training import attention_modules, grads_of, lm_loss
 from hftguard.records import Example
-from hftguard.training import attention_modules, grads_of, lm_loss
 
 
 def _items(tok, n, kind="refusal", prefix="how do I"):

@@ -126,7 +126,7 @@ def test_valid_devices_are_accepted(cli: Run, tmp_path: Path) -> None:
 
 
 def test_pick_device_rejects_a_bogus_name_cleanly() -> None:
-    from hftguard import models
+    from hftguard.engine import models
     from hftguard.errors import ModelError
 
     with pytest.raises(ModelError, match="bogus"):
@@ -194,7 +194,7 @@ def _aligned_run_with_a_damaged_adapter(root: Path, content: bytes | None) -> Pa
     """A finished align run whose adapter_model.safetensors is ``content`` (None: truncated)."""
     from peft import LoraConfig, get_peft_model
 
-    from hftguard import models
+    from hftguard.engine import models
     from hftguard.testing import tiny_model, tiny_tokenizer
 
     base = models.resolve("tiny-random").recipe
@@ -238,7 +238,7 @@ def test_damaged_adapter(cli: Run, tmp_path: Path, stage: str, content: bytes | 
 
 
 def test_model_that_needs_remote_code(cli: Run, tmp_path: Path) -> None:
-    from hftguard import models
+    from hftguard.engine import models
 
     custom = tmp_path / "custom-model"
     custom.mkdir()
@@ -573,7 +573,7 @@ def test_unreachable_hub_with_a_cached_model_goes_offline(
 ) -> None:
     """A cached hub model on a machine where the hub does not answer is loaded from the cache:
     the process goes offline instead of retrying the hub for every file."""
-    from hftguard import models
+    from hftguard.engine import models
 
     cache = tmp_path / "hf-cache"
     repo = cache / "models--some-org--some-model"
@@ -596,7 +596,7 @@ def test_unreachable_hub_with_a_cached_model_goes_offline(
 
 def test_hub_model_that_needs_remote_code_is_named_as_such() -> None:
     """A hub model with custom code fails inside transformers; its ValueError is recognised."""
-    from hftguard import models
+    from hftguard.engine import models
 
     exc = ValueError(
         "The repository org/custom contains custom code which must be executed to correctly "

@@ -153,7 +153,7 @@ def test_bad_options_are_usage_errors(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_fixed_length_encoding(tiny_tok: Any) -> None:
     from hftguard.bench import encode_fixed, select_defenses
-    from hftguard.data import IGNORE_INDEX
+    from hftguard.data.inputs import IGNORE_INDEX
     from hftguard.records import Example
 
     examples = [

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hftguard.data import IGNORE_INDEX, collate, encode, encode_all, format_prompt
+from hftguard.data.inputs import IGNORE_INDEX, collate, encode, encode_all, format_prompt
 from hftguard.records import Example
 
 BOS, EOS = 1, 2
@@ -25,8 +25,8 @@ def _llama_tok(add_bos: bool = True, add_eos: bool = False, chat_template: str |
     """A character-level Llama tokenizer (Metaspace, ``<s>``/``</s>``), built offline."""
     from tokenizer_helpers import char_llama_tokenizer
 
-    from hftguard.data import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
-    from hftguard.refusals import refusal_for
+    from hftguard.data.inputs import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+    from hftguard.data.refusals import refusal_for
 
     text = ALPACA_WITH_INPUT + ALPACA_NO_INPUT + BOS_TEMPLATE + refusal_for(0) + refusal_for(1)
     tok = char_llama_tokenizer(text, add_bos=add_bos, add_eos=add_eos, bos=BOS, eos=EOS)
@@ -141,7 +141,7 @@ def _check_left_padded_rows(calls, tok, prompts_in_batch):
 
 
 def test_generation_prompts_start_with_one_bos_after_the_pads(llama):
-    from hftguard.generation import generate
+    from hftguard.engine.generation import generate
 
     prompts = [
         format_prompt(Example("Say hi"), llama, "alpaca"),
@@ -153,7 +153,7 @@ def test_generation_prompts_start_with_one_bos_after_the_pads(llama):
 
 
 def test_generation_with_bos_in_the_chat_template_has_one_bos():
-    from hftguard.generation import generate
+    from hftguard.engine.generation import generate
 
     tok = _llama_tok(chat_template=BOS_TEMPLATE)
     prompts = [format_prompt(EX, tok, "chat"), format_prompt(Example("hi"), tok, "chat")]
@@ -182,7 +182,7 @@ def test_model_judge_generation_adds_bos_once(llama):
 
 
 def test_scoring_batches_start_with_one_bos(llama):
-    from hftguard.analysis import mean_loss
+    from hftguard.engine.probes import mean_loss
     from hftguard.testing import tiny_model
 
     items = encode_all([EX, Example("Say hi", "hello", "harmful")], llama, "alpaca", 512, True)
@@ -194,7 +194,7 @@ def test_scoring_batches_start_with_one_bos(llama):
     assert (batch.refusal.input_ids[:, 0] == BOS).all()
 
     seen: list[torch.Tensor] = []
-    from hftguard.gradients import decoder_and_head
+    from hftguard.engine.steps import decoder_and_head
 
     model = tiny_model(llama, hidden_size=16, layers=1)
     runs = (decoder_and_head(model) or (model,))[0]  # the decoder, when the loss applies the head
@@ -221,7 +221,7 @@ def test_tokenizer_without_default_bos_is_unchanged(tiny_tok, template):
 
 
 def test_generation_without_default_bos_is_unchanged(tiny_tok):
-    from hftguard.generation import generate
+    from hftguard.engine.generation import generate
 
     prompts = [format_prompt(EX, tiny_tok, "chat"), format_prompt(EX, tiny_tok, "alpaca")]
     model = _SpyModel()
@@ -233,7 +233,7 @@ def test_generation_without_default_bos_is_unchanged(tiny_tok):
 
 
 def test_cache_keys_change_only_where_a_bos_is_prepended(llama, tiny_tok):
-    from hftguard.data import bos_prepended
+    from hftguard.data.inputs import bos_prepended
 
     alpaca = [format_prompt(EX, llama, "alpaca")]
     assert bos_prepended(llama, alpaca)  # these answers were generated without it before

@@ -168,7 +168,7 @@ def _other_value(tp: Any, default: Any, name: str) -> Any:
     if name == "device":
         return "cpu"  # a device string is checked (config.check_device)
     if name == "task_scoring":
-        return "number"  # one of the file tasks' scoring rules (hftguard.filetask)
+        return "number"  # one of the file tasks' scoring rules (hftguard.data.filetask)
     if name == "report_to":
         return ["jsonl"]  # tracker names are checked when a stage command starts
     if tp is str:

@@ -13,11 +13,11 @@ import pytest
 import torch
 from cli_helpers import Result, assert_error
 
-from hftguard import models, training
 from hftguard.builtins.defenses.sft import SFTAlign
 from hftguard.config import AlignConfig, LoraOptions, TrainOptions
 from hftguard.console import Reporter
-from hftguard.data import encode_all
+from hftguard.data.inputs import encode_all
+from hftguard.engine import models, training
 from hftguard.errors import HftguardError
 from hftguard.pipeline import align
 from hftguard.records import Example

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from hftguard.data import IGNORE_INDEX, collate, encode, format_prompt, mix_poison
+from hftguard.data.inputs import IGNORE_INDEX, collate, encode, format_prompt, mix_poison
 from hftguard.errors import ConfigError, DataError
 from hftguard.records import Example
 
@@ -80,8 +80,8 @@ def test_collate_pads_right_and_masks(tiny_tok):
 def test_refusal_view_of_sample_i_uses_template_i_mod_100(tiny_tok):
     """Antibody pairs sample i with refusal template i mod 100, i its position in the dataset
     (docs/components/antibody-finetune.md): each sample keeps its own refusal for the whole run."""
-    from hftguard.data import encode_all
-    from hftguard.refusals import REFUSAL_TEMPLATES
+    from hftguard.data.inputs import encode_all
+    from hftguard.data.refusals import REFUSAL_TEMPLATES
 
     # the pool itself, spelled out for two entries (the first two templates of the pool)
     assert REFUSAL_TEMPLATES[0] == "I cannot fulfill your request."

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from hftguard.datafiles import load_examples_file, parse_fields
+from hftguard.data.files import load_examples_file, parse_fields
 from hftguard.errors import ConfigError, DataError
 
 ROWS = [

@@ -141,7 +141,7 @@ USER_BATCH = 5
 
 
 def _user_data(tok: Any) -> list[Any]:
-    from hftguard.data import encode_all
+    from hftguard.data.inputs import encode_all
     from hftguard.records import Example
 
     users = [
@@ -157,10 +157,10 @@ def _train(defense: Any, run_path: Path) -> Weights:
     """3 steps of ``training.train`` on tiny-random + LoRA; the final LoRA weights."""
     from peft import LoraConfig, get_peft_model
 
-    from hftguard import training
     from hftguard.bench import encode_fixed
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.records import Example
     from hftguard.runs import open_run_dir
     from hftguard.testing import tiny_model, tiny_tokenizer
@@ -342,7 +342,7 @@ def test_ddp_antibody_finetune_logs_the_global_batch_once(
 # ---------------------------------------------------------------------------------------------
 # The CLI stages on two processes, as `torchrun --nproc_per_node 2 -m hftguard align ...` starts
 # them: each process gets RANK / WORLD_SIZE / LOCAL_RANK / MASTER_ADDR / MASTER_PORT and runs the
-# whole command; process 0 alone writes the run directory (hftguard.distributed).
+# whole command; process 0 alone writes the run directory (hftguard.engine.distributed).
 
 ALIGN_ARGS = [
     "align",
@@ -368,7 +368,7 @@ CLI_TIMEOUT = 300
 STOPPING_CLI = """
 import os, sys
 if os.environ.get("STOP_AFTER_CHECKPOINT"):
-    from hftguard import training
+    from hftguard.engine import training
     save = training._save_checkpoint
     def save_then_stop(*args, **kwargs):
         save(*args, **kwargs)

@@ -26,7 +26,6 @@ from defense_helpers import (
     written_grads,
 )
 
-from hftguard import training
 from hftguard.builtins.defenses.antibody_align import (
     AntibodyAlign,
     AntibodyAlignConfig,
@@ -35,6 +34,7 @@ from hftguard.builtins.defenses.antibody_align import (
 )
 from hftguard.builtins.defenses.booster import Booster, BoosterConfig
 from hftguard.config import TrainOptions, build
+from hftguard.engine import training
 from hftguard.errors import ConfigError, HftguardError
 
 T = torch.tensor

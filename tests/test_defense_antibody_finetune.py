@@ -170,7 +170,7 @@ def test_harmful_flags_are_never_used_for_the_gradient(tiny_tok):
 
 def _forward_calls(model, batch, options=None):
     """(grad enabled, batch rows, first input row) of every model forward during one step."""
-    from hftguard.gradients import decoder_and_head
+    from hftguard.engine.steps import decoder_and_head
 
     calls: list[tuple[bool, int, list[int]]] = []
     # the module every forward runs through: the decoder when the loss applies the head itself
@@ -270,8 +270,8 @@ def test_refusal_aligned_model_gives_harmful_samples_less_weight(tiny_tok):
     from hftguard.builtins.datasets.safety_refusals import SafetyRefusals
     from hftguard.builtins.datasets.sentiment import Sentiment
     from hftguard.context import DataContext
+    from hftguard.engine.training import lm_loss
     from hftguard.testing import tiny_model
-    from hftguard.training import lm_loss
 
     # A briefly "aligned" model: refusals for harmful prompts, and (as an instruction model
     # would) answers for benign task prompts; disjoint from the user data scored below.
@@ -301,9 +301,9 @@ def test_refusal_aligned_model_gives_harmful_samples_less_weight(tiny_tok):
 def test_two_steps_through_the_training_loop(tmp_path, tiny_tok):
     from ft_defense_helpers import MAX_LEN
 
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
 
     model = lora_model(tiny_tok)
@@ -342,9 +342,9 @@ def test_resume_keeps_one_weight_line_per_sample_and_step(tmp_path, tiny_tok):
 
     from ft_defense_helpers import MAX_LEN
 
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
 
     main = encode(tiny_tok, user_examples(3, 5))

@@ -42,13 +42,13 @@ from defense_helpers import (
 from test_defense_vaccine import _attn
 from test_defense_vaccine import _reference as _vaccine_reference
 
-from hftguard import training
 from hftguard.builtins.defenses.antibody_align import AntibodyAlign, AntibodyAlignConfig
 from hftguard.builtins.defenses.antibody_finetune import AntibodyFinetune, AntibodyFinetuneOptions
 from hftguard.builtins.defenses.booster import Booster, BoosterConfig
 from hftguard.builtins.defenses.lisa import Lisa, LisaOptions
 from hftguard.builtins.defenses.sft import SFTAlign, SFTFinetune
 from hftguard.builtins.defenses.vaccine import Vaccine, VaccineConfig
+from hftguard.engine import training
 from hftguard.records import Example
 
 

@@ -40,7 +40,7 @@ def _setup(tiny_tok, **opts):
 
 def _move(model, user, steps=2):
     """Plain SGD steps on the user loss, so θ ≠ θ₀ (otherwise KL and its gradient are 0)."""
-    from hftguard.training import lm_loss
+    from hftguard.engine.training import lm_loss
 
     for _ in range(steps):
         zero_grads(model)
@@ -175,7 +175,7 @@ def test_masks_differ_on_prompt_tokens(tiny_tok):
 
 
 def test_at_the_start_kl_is_zero_and_the_step_is_sft(tiny_tok):
-    from hftguard.training import lm_loss
+    from hftguard.engine.training import lm_loss
 
     defense, model, user, _ = _setup(tiny_tok, lam=5.0)
     metrics = defense.training_step(model, user, context(model))

@@ -127,7 +127,7 @@ def test_without_alignment_steps_it_only_fine_tunes(tiny_tok):
 
 def _hand_loss_grads(model, batch, anchor, rho):
     """Autograd of CE + (ρ/2) Σ_p ‖θ_p − anchor_p‖²."""
-    from hftguard.training import lm_loss
+    from hftguard.engine.training import lm_loss
 
     zero_grads(model)
     prox = sum(((p - anchor[n]) ** 2).sum() for n, p in trainable(model))
@@ -165,7 +165,7 @@ def test_proximal_gradient_matches_autograd(tiny_tok, state_steps):
 
 
 def test_no_proximal_term_before_warmup(tiny_tok):
-    from hftguard.training import lm_loss
+    from hftguard.engine.training import lm_loss
 
     defense, model, user, stream = _setup(
         tiny_tok, k_align=0, k_finetune=100, rho=5.0, proximal_warmup=0.5
@@ -230,9 +230,9 @@ def test_options_are_validated():
 def test_two_steps_through_the_training_loop(tmp_path, tiny_tok):
     import json
 
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
 
     model = lora_model(tiny_tok)
@@ -265,9 +265,9 @@ class _CrashAt3(Lisa):
 
 
 def test_interrupted_run_resumes_identically_through_the_loop(tmp_path, tiny_tok):
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
 
     opts = LisaOptions(k_align=1, k_finetune=2, rho=0.5, proximal_warmup=0.0)

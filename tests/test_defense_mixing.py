@@ -51,7 +51,7 @@ def test_other_defenses_append_nothing(registry):
 
 
 def test_mixing_steps_are_sft_steps(tiny_tok):
-    from hftguard.training import lm_loss
+    from hftguard.engine.training import lm_loss
 
     model = lora_model(tiny_tok)
     user = batch_of(tiny_tok, encode(tiny_tok, user_examples(2, 3), refusal_view=False))

@@ -162,7 +162,7 @@ def test_gradient_matches_the_hand_written_loss(tiny_tok, alpha, beta):
 def test_the_ascent_term_raises_the_harmful_loss(tiny_tok):
     """Wiring and sign: with only the ascent term (no CE weight would remove A, so compare against
     SFT on A), a step of RepNoise leaves the harmful batch's loss higher than a step of SFT."""
-    from hftguard.training import lm_loss
+    from hftguard.engine.training import lm_loss
 
     align, harm = _batches(tiny_tok)
 

@@ -20,13 +20,13 @@ import pytest
 import torch
 from defense_helpers import hf_loss, one_thread, trainable
 
-from hftguard import training
 from hftguard.builtins.defenses import tvaccine as tv
 from hftguard.builtins.defenses.tvaccine import TVaccine, TVaccineConfig
 from hftguard.config import build
 from hftguard.console import Reporter
 from hftguard.context import StepContext
-from hftguard.data import collate, encode_all
+from hftguard.data.inputs import collate, encode_all
+from hftguard.engine import steps, training
 from hftguard.errors import ConfigError
 from hftguard.records import Example
 
@@ -191,13 +191,13 @@ def test_eps_is_normalised_jointly_over_the_selected_layers_only(tiny_tok, monke
     selected = [0, 2]
     _, g, _ = _reference(model, b, 3.0, selected)
     seen = []
-    real = training.add_to_outputs
+    real = steps.add_to_outputs
 
     def spy(modules, deltas):
         seen.append((list(modules), [d.detach().clone() for d in deltas]))
         return real(modules, deltas)
 
-    monkeypatch.setattr(training, "add_to_outputs", spy)
+    monkeypatch.setattr(steps, "add_to_outputs", spy)  # the kit, where defenses import from
     _, metrics = _step_with(model, b, selected)
     ((modules, eps),) = seen
     attn = _attn(model)

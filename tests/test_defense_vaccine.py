@@ -23,8 +23,8 @@ from defense_helpers import (
     written_grads,
 )
 
-from hftguard import training
 from hftguard.builtins.defenses.vaccine import Vaccine, VaccineConfig
+from hftguard.engine import steps
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -92,13 +92,13 @@ def test_eps_is_normalised_globally_not_per_layer(tiny_tok, monkeypatch):
     b = batch(tiny_tok, "refusal")
     _, g, _ = _reference(model, b, 3.0)
     seen = []
-    real = training.add_to_outputs
+    real = steps.add_to_outputs
 
     def spy(modules, deltas):
         seen.append([d.detach().clone() for d in deltas])
         return real(modules, deltas)
 
-    monkeypatch.setattr(training, "add_to_outputs", spy)
+    monkeypatch.setattr(steps, "add_to_outputs", spy)  # the kit, where defenses import from
     Vaccine(VaccineConfig(rho=3.0)).training_step(model, b, fake_ctx(model))
     (eps,) = seen
     assert len(eps) == model.config.num_hidden_layers == 2

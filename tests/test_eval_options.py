@@ -11,7 +11,7 @@ import pytest
 from cli_helpers import Run
 from cli_helpers import assert_error as _assert_error
 
-from hftguard.filetask import first_label, normalise, score
+from hftguard.data.filetask import first_label, normalise, score
 from hftguard.records import Example
 
 EVAL = ("eval", "--model", "tiny-random", "--max-new-tokens", "2", "--set", "batch_size=4")
@@ -51,7 +51,7 @@ def fake_generate(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(list(prompts))
         return [fake_answer(p) for p in prompts]
 
-    monkeypatch.setattr("hftguard.generation.generate", generate)
+    monkeypatch.setattr("hftguard.engine.generation.generate", generate)
     return calls
 
 

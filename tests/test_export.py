@@ -76,13 +76,13 @@ def stack(tmp_path_factory):
 
 
 def _recipe(run_dir: Path):
-    from hftguard import models
+    from hftguard.engine import models
 
     return models.resolve(str(run_dir)).recipe
 
 
 def _eval_model(run_dir: Path):
-    from hftguard import models
+    from hftguard.engine import models
 
     return models.load_for_eval(_recipe(run_dir), torch.device("cpu"), torch.float32)
 
@@ -122,7 +122,7 @@ def unmerged(stack):
 def test_merged_export_is_the_evaluated_model(stack, merged):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from hftguard.generation import generate
+    from hftguard.engine.generation import generate
 
     assert len(_recipe(stack["attacked"]).adapters) == 2  # a real stack: aligned + attack
     ours, our_tok = _eval_model(stack["attacked"])
@@ -295,11 +295,11 @@ def test_push_to_hub_offline_fails_fast(stack, tmp_path, capsys, monkeypatch):
 
 
 def test_push_to_hub_unreachable_fails_fast(stack, tmp_path, capsys, monkeypatch):
-    from hftguard.builtins.judges import model_judge
+    from hftguard import network
 
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(model_judge, "hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(network, "hub_reachable", lambda timeout=3.0: False)
     _refused(
         capsys,
         [str(stack["attacked"]), "--push-to-hub", "me/attacked"],

@@ -24,9 +24,9 @@ from typing import Any
 import pytest
 import torch
 
-from hftguard import checkpoints, models
 from hftguard.config import AlignConfig, LoraOptions, TrainOptions
 from hftguard.console import Reporter
+from hftguard.engine import checkpoints, models
 from hftguard.pipeline import align
 
 pytestmark = pytest.mark.fault_injection
@@ -380,8 +380,7 @@ def test_an_interrupt_after_the_completed_manifest_keeps_the_run_completed(
 _KILLABLE = """\
 import runpy, sys, time
 from pathlib import Path
-from hftguard import training
-
+from hftguard.engine import training
 real = training._save_checkpoint
 marker = Path(sys.argv[1])
 

@@ -17,9 +17,9 @@ import pytest
 from cli_helpers import Run, assert_error
 
 from hftguard.context import DataContext
-from hftguard.data import check_data_fields, fields_for, is_file_spec, load_examples
+from hftguard.data.hub import MIRROR_ENV, clear_cache, parse_hf_spec
+from hftguard.data.inputs import check_data_fields, fields_for, is_file_spec, load_examples
 from hftguard.errors import ConfigError, DataError
-from hftguard.hubdata import MIRROR_ENV, clear_cache, parse_hf_spec
 from hftguard.registry import default_registry
 
 
@@ -268,7 +268,7 @@ def fake_generate(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(list(prompts))
         return [answer(p) for p in prompts]
 
-    monkeypatch.setattr("hftguard.generation.generate", generate)
+    monkeypatch.setattr("hftguard.engine.generation.generate", generate)
     return calls
 
 

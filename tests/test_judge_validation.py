@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from hftguard import judge_validation as jv
 from hftguard.cli import main
 from hftguard.pipeline import agreement
+from hftguard.pipeline import judge_validation as jv
 from hftguard.records import Verdict
 
 # A judge's verdict per response code: the synthetic set's responses are these codes.
@@ -396,7 +396,7 @@ def test_the_shipped_set_is_real_labelled_and_split() -> None:
     import collections
     import json
 
-    from hftguard.judge_validation import DEFAULT_SET, GOLD_LABELS
+    from hftguard.pipeline.judge_validation import DEFAULT_SET, GOLD_LABELS
 
     rows = [json.loads(line) for line in DEFAULT_SET.read_text().splitlines()]
     assert len(rows) >= 300

@@ -8,8 +8,8 @@ from collections import Counter
 import pytest
 import torch
 
-from hftguard.checkpoints import MEGABATCH_BATCHES, EpochSampler
-from hftguard.data import Encoded
+from hftguard.data.inputs import Encoded
+from hftguard.engine.checkpoints import MEGABATCH_BATCHES, EpochSampler
 
 
 def _items(n: int, seed: int = 0) -> list[Encoded]:
@@ -121,7 +121,7 @@ def test_grouped_batches_have_less_padding():
 
 def test_measure_padding_counts_the_pads_of_the_collated_batches(tiny_tok):
     from hftguard.bench.padding import training_padding
-    from hftguard.data import collate
+    from hftguard.data.inputs import collate
 
     items = _items(37)
     stats = training_padding(items, 4, seed=0, group_by_length=True)
@@ -148,7 +148,7 @@ def test_generation_padding_sorted_beats_unsorted():
 
 
 def _data(tok, n=12):
-    from hftguard.data import encode_all
+    from hftguard.data.inputs import encode_all
     from hftguard.records import Example
 
     exs = [
@@ -161,9 +161,9 @@ def _data(tok, n=12):
 def _run(tmp_path, tok, name, defense, resume=False, steps=6):
     from peft import LoraConfig, get_peft_model
 
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
     from hftguard.testing import tiny_model
 

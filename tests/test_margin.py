@@ -1,6 +1,7 @@
-"""The judge-free likelihood margin (hftguard.margin, issue #12 item 4): the definition against a
-hand computation from the logits, its sign, batching/padding invariance, where references come from
-(the built-in held-out ones, a file's refusal/response fields, none), and eval's report of it."""
+"""The judge-free likelihood margin (hftguard.engine.margin, issue #12 item 4): the definition
+against a hand computation from the logits, its sign, batching/padding invariance, where references
+come from (the built-in held-out ones, a file's refusal/response fields, none), and eval's report
+of it."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import math
 import pytest
 import torch
 
-from hftguard import margin
+from hftguard.engine import margin
 from hftguard.records import Example
 
 PROMPTS = [
@@ -33,7 +34,7 @@ def _bos_tokenizer():
     """A character-level Llama tokenizer that prepends <s> (as Llama-2's does), built offline."""
     from tokenizer_helpers import char_llama_tokenizer
 
-    from hftguard.data import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
+    from hftguard.data.inputs import ALPACA_NO_INPUT, ALPACA_WITH_INPUT
 
     text = ALPACA_WITH_INPUT + ALPACA_NO_INPUT + "".join(p.prompt + p.input for p in PROMPTS)
     text += "".join(r + h for r, h in REFS)
@@ -43,7 +44,7 @@ def _bos_tokenizer():
 def _hand_logp(model, tok, ex: Example, answer: str, template: str) -> float:
     """Mean log p of the answer's tokens (answer + EOS) after the prompt, one sequence at a time,
     straight from the model's logits."""
-    from hftguard.data import format_prompt
+    from hftguard.data.inputs import format_prompt
 
     prompt = tok(format_prompt(ex, tok, template), add_special_tokens=False)["input_ids"]
     if tok("x")["input_ids"][:1] == [tok.bos_token_id]:  # a tokenizer that prepends <s>
@@ -96,8 +97,8 @@ def test_margin_equals_a_hand_computation(tiny_tok, which):
 
 
 def test_training_to_refuse_raises_the_margin(tiny_tok):
-    from hftguard.data import collate, encode_all
-    from hftguard.gradients import lm_loss
+    from hftguard.data.inputs import collate, encode_all
+    from hftguard.engine.steps import lm_loss
     from hftguard.testing import tiny_model
 
     model = tiny_model(tiny_tok, seed=1)
@@ -147,7 +148,7 @@ def test_no_references_no_margin(tiny_tok, tiny_lm):
 
 
 def test_file_references_repnoise_form(tmp_path):
-    from hftguard.datafiles import load_examples_file
+    from hftguard.data.files import load_examples_file
 
     path = tmp_path / "evalset.jsonl"
     rows = [
@@ -177,7 +178,7 @@ def test_builtin_references_are_held_out_and_judged_as_meant():
     from hftguard.builtins.datasets.safety_refusals import SafetyRefusals
     from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
     from hftguard.context import JudgeContext
-    from hftguard.refusals import REFUSAL_TEMPLATES
+    from hftguard.data.refusals import REFUSAL_TEMPLATES
 
     ds = HarmfulEval()
     exs = list(ds.load("test", None))

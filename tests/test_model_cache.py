@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from hftguard import models
+from hftguard.engine import models
 
 
 def _build(root: Path, i: int) -> Path:

@@ -559,7 +559,7 @@ def test_llm_judge_decide(unparsed: str) -> None:
 
 
 def test_llm_judge_end_to_end_with_an_alias() -> None:
-    # "tiny-random" is a built-in alias resolved through hftguard.models (built locally)
+    # "tiny-random" is a built-in alias resolved through hftguard.engine.models (built locally)
     reporter = Reporter(quiet=True)
     judge = LlmJudge(LlmJudgeConfig(model="tiny-random", max_new_tokens=4))
     verdicts = judge.judge(PROMPTS, RESPONSES, JudgeContext(batch_size=3, reporter=reporter))

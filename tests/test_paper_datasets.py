@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from hftguard import hubdata
 from hftguard.builtins.datasets import hftguard_register_datasets
 from hftguard.builtins.datasets.agnews import AGNews
 from hftguard.builtins.datasets.alpacaeval import AlpacaEval
@@ -29,7 +28,8 @@ from hftguard.builtins.datasets.repnoise_refusals import RepNoiseRefusals
 from hftguard.builtins.datasets.sst2 import SST2
 from hftguard.components import Dataset, TaskDataset
 from hftguard.context import DataContext
-from hftguard.datafiles import read_records
+from hftguard.data import hub as hubdata
+from hftguard.data.files import read_records
 from hftguard.errors import ConfigError, DataError
 from hftguard.records import Example
 

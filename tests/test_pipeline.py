@@ -9,7 +9,7 @@ import pytest
 from hftguard.config import AlignConfig, EvalConfig, FinetuneConfig, LoraOptions, TrainOptions
 from hftguard.errors import RunDirError
 from hftguard.pipeline import align, attack_finetune, evaluate
-from hftguard.pipeline.evaluate import hs_metrics, pct
+from hftguard.pipeline.scores import hs_metrics, pct
 from hftguard.records import Verdict
 
 TINY_LORA = LoraOptions(r=4, alpha=8.0)
@@ -40,7 +40,7 @@ def test_align_manifest_records_provenance(aligned):
         assert key in m
     assert m["training"]["peak_memory_mb"] > 0
     assert m["finetune_lora"] == "merge"
-    # what ran and why (auto: fp32 unless the CPU has native bf16; hftguard.models)
+    # what ran and why (auto: fp32 unless the CPU has native bf16; hftguard.engine.models)
     assert m["precision"]["requested"] == "auto"
     assert m["precision"]["dtype"] in ("float32", "bfloat16") and m["precision"]["reason"]
     assert m["dtype"] == "torch." + m["precision"]["dtype"]
@@ -140,8 +140,8 @@ def test_existing_out_dir_is_refused_then_resumed(aligned, quiet_reporter):
 
 
 def test_retain_set_is_self_distilled_and_cached(quiet_reporter):
-    from hftguard import models
-    from hftguard.distill import distill
+    from hftguard.data.distill import distill
+    from hftguard.engine import models
     from hftguard.records import Example
 
     recipe = models.resolve("tiny-random").recipe
@@ -231,7 +231,7 @@ def test_empty_retain_dataset_is_refused_before_the_run_dir(tmp_path, quiet_repo
 def test_retain_set_emptied_by_distillation_stops_before_training(
     tmp_path, quiet_reporter, monkeypatch
 ):
-    from hftguard import distill
+    from hftguard.data import distill
     from hftguard.errors import HftguardError
 
     monkeypatch.setattr(distill, "distill", lambda examples, *a, **k: [])  # every answer dropped
@@ -246,7 +246,7 @@ def test_retain_set_emptied_by_distillation_stops_before_training(
 
 
 def test_small_retain_ratio_still_gets_one_example(tmp_path, quiet_reporter, monkeypatch):
-    from hftguard import distill
+    from hftguard.data import distill
 
     monkeypatch.setattr(distill, "distill", lambda examples, *a, **k: list(examples))
     cfg = AlignConfig(
@@ -261,8 +261,8 @@ def test_small_retain_ratio_still_gets_one_example(tmp_path, quiet_reporter, mon
 @pytest.mark.parametrize("n", [1, 7, 8, 9, 200])
 def test_config_step_count_is_the_loops(n, epochs, max_steps):
     # pipeline.common counts steps without torch (for hftguard validate); it must agree
+    from hftguard.engine.training import total_steps
     from hftguard.pipeline.common import data_steps
-    from hftguard.training import total_steps
 
     cfg = FinetuneConfig(samples=n, train=TrainOptions(epochs=epochs, max_steps=max_steps))
     assert data_steps(cfg, n)[0] == total_steps(n, cfg.train)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hftguard import models
+from hftguard.engine import models
 
 CPU = torch.device("cpu")
 

@@ -10,10 +10,10 @@ from hftguard.builtins.datasets.safety_refusals import SafetyRefusals
 from hftguard.builtins.judges import hftguard_register_judges
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
 from hftguard.context import DataContext, JudgeContext
+from hftguard.data.refusals import REFUSAL_TEMPLATES, refusal_for
 from hftguard.errors import ConfigError
-from hftguard.pipeline.evaluate import hs_metrics
+from hftguard.pipeline.scores import hs_metrics
 from hftguard.records import LABELS, Verdict
-from hftguard.refusals import REFUSAL_TEMPLATES, refusal_for
 
 CTX = JudgeContext()
 

@@ -21,9 +21,9 @@ import pytest
 from hftguard.cli import main
 from hftguard.pipeline import report
 from hftguard.pipeline.grid import Cell
+from hftguard.pipeline.intervals import wilson
 from hftguard.registry import default_registry
 from hftguard.runs import atomic_write_json, write_jsonl
-from hftguard.stats import wilson
 
 # ------------------------------------------------------------------------------------------------
 # A synthetic grid with known numbers
@@ -655,7 +655,7 @@ def test_hs_by_harm_category(one_seed: Path) -> None:
 
 
 def test_eval_hs_by_category_and_intervals() -> None:
-    from hftguard.pipeline.evaluate import hs_by_category, hs_metrics
+    from hftguard.pipeline.scores import hs_by_category, hs_metrics
     from hftguard.records import Example, Verdict
 
     exs = [Example("q", meta={"category": c}) for c in ["a", "a|b", "b", None, "a"]]
@@ -853,7 +853,7 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 def test_plots_are_nonempty_pngs(synthetic: Path, tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     rep = report.build(report.collect([synthetic]), n_boot=50)
     files = plots.write_all(rep, tmp_path / "figs", formats="png")
@@ -889,7 +889,7 @@ def test_every_figure_is_written_as_png_svg_and_pdf(tmp_path: Path) -> None:
     pytest.importorskip("matplotlib")
     import xml.etree.ElementTree as ET
 
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     rep = report.build(report.collect([_small_grid(tmp_path / "g")]), n_boot=20)
     files = plots.write_all(rep, tmp_path / "figs")
@@ -941,7 +941,7 @@ def test_a_method_looks_the_same_in_every_figure_and_report(
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_hex
 
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     full = report.build(report.collect([synthetic]), n_boot=10)  # SFT, Booster, Antibody
     # another report: other methods, in another order
@@ -973,7 +973,7 @@ def test_a_method_looks_the_same_in_every_figure_and_report(
 
 
 def test_other_methods_get_a_stable_hashed_style() -> None:
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     # pinned: a sha256 of the name, the same in every process and version (not Python's hash())
     assert plots.method_style("my-defense/sft") == plots.Style(plots.ORANGE, "X")
@@ -985,7 +985,7 @@ def test_other_methods_get_a_stable_hashed_style() -> None:
 
 
 def test_distinct_methods_get_distinct_colour_marker_pairs() -> None:
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     builtin = [m for m in plots.METHOD_STYLES if m != "base"]
     others = [f"defense{i}/ft{i % 3}" for i in range(40)]
@@ -1002,7 +1002,7 @@ def test_tradeoff_has_x_and_y_error_bars_and_a_legend_not_labels(synthetic: Path
     pytest.importorskip("matplotlib")
     from matplotlib.container import ErrorbarContainer
 
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     rep = report.build(report.collect([synthetic]), n_boot=50)
     fig = plots.tradeoff_figure(rep)
@@ -1033,7 +1033,7 @@ def test_hs_fa_vs_p_has_error_bars_per_method(synthetic: Path) -> None:
     pytest.importorskip("matplotlib")
     from matplotlib.container import ErrorbarContainer
 
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     rep = report.build(report.collect([synthetic]), n_boot=50)
     fig = plots.metric_vs_axis_figure(rep)
@@ -1046,7 +1046,7 @@ def test_hs_fa_vs_p_has_error_bars_per_method(synthetic: Path) -> None:
 
 def test_training_curves_have_one_axis_per_loss(synthetic: Path) -> None:
     pytest.importorskip("matplotlib")
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     rep = report.build(report.collect([synthetic]), n_boot=10)
     fig = plots.training_curves_figure(rep.collection.runs, axis="p")
@@ -1207,7 +1207,7 @@ def test_run_and_report_a_tiny_grid(cli: Any, tmp_path: Path) -> None:
 def test_report_without_matplotlib_writes_tables(
     cli: Any, synthetic: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     monkeypatch.setattr(plots, "available", lambda: False)
     res = cli("report", str(synthetic), "--out", "r", "--bootstrap", "10")
@@ -1239,7 +1239,7 @@ def test_lisa_drift_figure_plots_drift_shades_alignment_states_and_marks_switche
     tmp_path: Path,
 ) -> None:
     pytest.importorskip("matplotlib")
-    from hftguard import plots
+    from hftguard.pipeline.report import plots
 
     run = tmp_path / "lisa"
     run.mkdir()

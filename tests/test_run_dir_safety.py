@@ -186,7 +186,7 @@ def test_a_failed_overwrite_restores_the_run(
     tmp_path: Path, done: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Training fails before it saved anything to resume from: the attempt is discarded."""
-    from hftguard import training
+    from hftguard.engine import training
 
     run = copy_run(done, "align", tmp_path / "o")
     before = snapshot(run)
@@ -207,7 +207,7 @@ def test_a_failed_overwrite_with_checkpoints_keeps_both(
 ) -> None:
     """Training fails after a checkpoint: the new run stays resumable in --out, the old one is
     kept aside until the new one completes."""
-    from hftguard import training
+    from hftguard.engine import training
     from hftguard.runs import RunDir
 
     run = copy_run(done, "align", tmp_path / "o")

@@ -58,8 +58,7 @@ def siblings(path: Path) -> list[str]:
 SLOW = """\
 import sys, time
 from pathlib import Path
-from hftguard import training
-
+from hftguard.engine import training
 signal, go = Path(sys.argv[1]), Path(sys.argv[2])
 train = training.train
 
@@ -197,9 +196,9 @@ def test_a_lock_left_by_a_dead_process_is_not_held(cli: Run, tmp_path: Path) -> 
 def test_the_lock_is_released_when_a_stage_fails(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: BaseException
 ) -> None:
-    from hftguard import training
     from hftguard.config import AlignConfig, LoraOptions, TrainOptions
     from hftguard.console import Reporter
+    from hftguard.engine import training
     from hftguard.pipeline import align
     from hftguard.runs import LOCK_FILE, lock_run_dir
 

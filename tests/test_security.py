@@ -99,7 +99,7 @@ def test_pickle_adapter_is_refused_for_eval(
 ) -> None:
     import torch
 
-    from hftguard import models
+    from hftguard.engine import models
 
     _no_peft_loading(monkeypatch)
     recipe = models.ModelRecipe(str(base_dir), "tiny", [str(pickle_adapter)])
@@ -113,7 +113,7 @@ def test_pickle_adapter_is_refused_for_continued_training(
 ) -> None:
     import torch
 
-    from hftguard import models
+    from hftguard.engine import models
 
     _no_peft_loading(monkeypatch)
     recipe = models.ModelRecipe(str(base_dir), "tiny", [str(pickle_adapter)])
@@ -127,7 +127,7 @@ def test_pickle_adapter_is_refused_for_continued_training(
 def test_safetensors_adapter_loads(base_dir: Path, safe_adapter: Path, no_trust: None) -> None:
     import torch
 
-    from hftguard import models
+    from hftguard.engine import models
 
     recipe = models.ModelRecipe(str(base_dir), "tiny", [str(safe_adapter)])
     model, _tok = models.load_for_eval(recipe, torch.device("cpu"), torch.float32)
@@ -139,7 +139,7 @@ def test_trusted_pickle_adapter_loads(
 ) -> None:
     import torch
 
-    from hftguard import models
+    from hftguard.engine import models
 
     monkeypatch.setenv("HFTGUARD_TRUST_PICKLE", "1")
     recipe = models.ModelRecipe(str(base_dir), "tiny", [str(pickle_adapter)])
@@ -221,7 +221,7 @@ def test_trusted_pickle_judge_model_loads(
 def test_pickle_base_model_is_refused_with_a_clear_error(
     pickle_judge_dir: Path, no_trust: None
 ) -> None:
-    from hftguard import models
+    from hftguard.engine import models
 
     with pytest.raises(ModelError) as info:
         models.load_base(str(pickle_judge_dir))

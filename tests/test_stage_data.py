@@ -22,7 +22,7 @@ import pytest
 
 from hftguard.config import AlignConfig, FinetuneConfig, LoraOptions, TrainOptions
 from hftguard.context import DataContext
-from hftguard.refusals import REFUSAL_TEMPLATES
+from hftguard.data.refusals import REFUSAL_TEMPLATES
 
 TINY_LORA = LoraOptions(r=4, alpha=8.0)
 TRAIN = TrainOptions(max_steps=2, batch_size=4, max_length=64)
@@ -46,8 +46,8 @@ def _split(name: str, split: str) -> list[Any]:
 
 def _run_stage(monkeypatch, tmp_path, module: Any, cfg: Any) -> dict[str, Any]:
     """Run ``module.run(cfg)`` up to the loop; return the stage inputs and the loop's arguments."""
-    from hftguard import training
     from hftguard.console import Reporter
+    from hftguard.engine import training
 
     seen: dict[str, Any] = {}
     real_train_stage = module.train_stage
@@ -73,7 +73,7 @@ def _prompts(examples: list[Any]) -> list[str]:
 
 def _assert_refusal_views(tok: Any, examples: list[Any], encoded: list[Any], template: str) -> None:
     """Encoded sample i carries the refusal view (same prompt, refusal template i mod 100)."""
-    from hftguard.data import encode
+    from hftguard.data.inputs import encode
     from hftguard.records import Example
 
     assert len(encoded) == len(examples)
@@ -91,7 +91,7 @@ def _assert_refusal_views(tok: Any, examples: list[Any], encoded: list[Any], tem
 @pytest.fixture(scope="module")
 def tiny_random_tok():
     """The tokenizer of the ``tiny-random`` model the stages load."""
-    from hftguard import models
+    from hftguard.engine import models
 
     return models.load_tokenizer(models.resolve("tiny-random").recipe.base)
 

@@ -28,7 +28,6 @@ from prompt_set_fixtures import (
     write_xstest,
 )
 
-from hftguard import hubdata
 from hftguard.builtins.datasets import hftguard_register_datasets
 from hftguard.builtins.datasets.harmbench import HarmBench
 from hftguard.builtins.datasets.strongreject import StrongREJECT
@@ -36,6 +35,7 @@ from hftguard.builtins.datasets.xstest import XSTest, XSTestUnsafe
 from hftguard.components import Dataset
 from hftguard.config import build
 from hftguard.context import DataContext
+from hftguard.data import hub as hubdata
 from hftguard.errors import ConfigError, DataError
 from hftguard.records import Example
 
@@ -427,7 +427,7 @@ def fake_generate(monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
         calls.append(list(prompts))
         return ["I'm sorry, I can't help with that." for _ in prompts]
 
-    monkeypatch.setattr("hftguard.generation.generate", generate)
+    monkeypatch.setattr("hftguard.engine.generation.generate", generate)
     return calls
 
 

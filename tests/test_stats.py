@@ -1,5 +1,6 @@
-"""``hftguard.stats`` against independent computations: the Wilson formula by hand, McNemar's exact
-test from binomial coefficients, and bootstrap intervals that behave as sampling theory says."""
+"""``hftguard.pipeline.intervals`` against independent computations: the Wilson formula by hand,
+McNemar's exact test from binomial coefficients, and bootstrap intervals that behave as sampling
+theory says."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from statistics import NormalDist
 
 import pytest
 
-from hftguard import stats
+from hftguard.pipeline import intervals as stats
 
 
 def wilson_by_hand(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
@@ -206,6 +207,9 @@ def test_importing_stats_does_not_import_scipy() -> None:
     import subprocess
     import sys
 
-    code = "import sys, hftguard.stats; print('scipy' in sys.modules, 'numpy' in sys.modules)"
+    code = (
+        "import sys, hftguard.pipeline.intervals; "
+        "print('scipy' in sys.modules, 'numpy' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from hftguard import training
 from hftguard.builtins.defenses.sft import SFTAlign
 from hftguard.config import LoraOptions, TrainOptions
-from hftguard.data import collate, encode_all
+from hftguard.data.inputs import collate, encode_all
+from hftguard.engine import training
 from hftguard.records import Example
 from hftguard.runs import open_run_dir
 
@@ -461,7 +461,7 @@ def test_token_nll_applies_the_head_at_response_positions_only_and_matches_the_f
     gradient; a model type outside the list takes the full forward."""
     from ft_defense_helpers import batch_of, encode, lora_model, user_examples
 
-    from hftguard import gradients
+    from hftguard.engine import steps as gradients
 
     model = lora_model(tiny_tok)
     batch = batch_of(tiny_tok, encode(tiny_tok, user_examples(2, 3), refusal_view=False))

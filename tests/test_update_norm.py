@@ -8,10 +8,10 @@ import json
 import torch
 from test_training import _data, _peft
 
-from hftguard import training
 from hftguard.builtins.defenses.sft import SFTAlign
 from hftguard.config import TrainOptions
 from hftguard.console import Reporter
+from hftguard.engine import training
 from hftguard.runs import open_run_dir
 
 

@@ -21,7 +21,7 @@ from hftguard.bench.timing import StepTimes
 from hftguard.builtins.defenses.antibody_finetune import AntibodyFinetune, AntibodyFinetuneOptions
 from hftguard.builtins.defenses.sft import SFTFinetune
 from hftguard.config import LoraOptions
-from hftguard.data import collate
+from hftguard.data.inputs import collate
 from hftguard.registry import default_registry
 
 

@@ -10,10 +10,12 @@ import time
 
 import torch
 
-from hftguard import gradients, models
+from hftguard.engine import steps as gradients
+
+from hftguard.engine import models
 from hftguard.config import LoraOptions
 from hftguard.context import DataContext
-from hftguard.data import collate, encode_all, load_examples
+from hftguard.data.inputs import collate, encode_all, load_examples
 from hftguard.registry import default_registry
 
 torch.set_num_threads(1)

@@ -71,7 +71,7 @@ class Mutant:
 
 
 MUTANTS: tuple[Mutant, ...] = (
-    # ---- Antibody, alignment stage (algorithms.md §5) ----------------------------------------
+    # ---- Antibody, alignment stage (docs/components/antibody.md) ------------------------------
     Mutant(
         "antibody-raw-lambda",
         D + "antibody_align.py",
@@ -304,8 +304,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "antibody-ft-per-sample-mean",
         D + "antibody_finetune.py",
-        "loss = (w * per_sample_sum).sum() / (w_all * tokens_all).sum().clamp_min(1e-12)",
-        "loss = (w * per_sample_sum / n_tokens.clamp_min(1)).sum()",
+        "(w * per_sample_sum).sum() / (w_all * tokens_all).sum().clamp_min(1e-12)",
+        "(w * per_sample_sum / n_tokens.clamp_min(1)).sum()",
         "normalisation: sum_i w_i mean_t l_it instead of the token-level weighted mean",
         (T_ANTIBODY_FT,),
     ),
@@ -352,7 +352,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- the loop and the gradient helpers -------------------------------------------------------
     Mutant(
         "perturbed-keeps-autocast-cache",
-        "hftguard/gradients.py",
+        "hftguard/engine/steps.py",
         "                    p.add_(d.to(p.dtype), alpha=scale)\n        _forget_autocast_casts()",
         "                    p.add_(d.to(p.dtype), alpha=scale)\n        pass",
         "bf16: theta' hidden by autocast's cached casts of theta (sharpness term exactly 0)",
@@ -360,7 +360,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "loop-no-clipping",
-        "hftguard/training.py",
+        "hftguard/engine/training.py",
         "total_norm = _clip(params, opts.max_grad_norm)",
         "total_norm = _clip(params, 0.0)",
         "clipping off: the assembled gradient is applied unclipped",
@@ -368,7 +368,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "loop-per-tensor-clipping",
-        "hftguard/training.py",
+        "hftguard/engine/training.py",
         "return torch.nn.utils.clip_grad_norm_([p for _, p in params], max_norm)",
         "return torch.linalg.vector_norm(torch.stack([torch.nn.utils.clip_grad_norm_([p], "
         "max_norm) for _, p in params]))",
@@ -377,7 +377,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "loop-grads-not-reset",
-        "hftguard/training.py",
+        "hftguard/engine/training.py",
         "            for _, p in params:\n                p.grad = None\n",
         "",
         "gradients accumulate across steps (no reset before the defense's step)",
@@ -385,15 +385,33 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "perturbed-no-restore",
-        "hftguard/gradients.py",
-        "saved = [p.detach().clone() for _, p in params]",
-        "saved = [p.detach() for _, p in params]",
+        "hftguard/engine/steps.py",
+        "saved = [p.detach().clone() for _, p in params]\n    try:\n        with torch.no_grad():\n"
+        "            for (_, p), d in zip(params, direction, strict=True):",
+        "saved = [p.detach() for _, p in params]\n    try:\n        with torch.no_grad():\n"
+        "            for (_, p), d in zip(params, direction, strict=True):",
         "restore after perturbation skipped (the saved copy aliases the perturbed weights)",
         (T_BOOSTER, T_ANTIBODY, T_TRAINING),
     ),
     Mutant(
+        "ctx-token-mean-summed-count",
+        "hftguard/context.py",
+        "count = self.all_reduce_mean([count.reshape(1)])[0].reshape(())",
+        "count = self.sum_over_processes([count.reshape(1)])[0].reshape(())",
+        "data parallel: the token mean divides by the summed count (W times too small a loss)",
+        ("tests/test_kit.py",),
+    ),
+    Mutant(
+        "ctx-norm-over-processes-no-sqrt",
+        "hftguard/context.py",
+        "return self.sum_over_processes([local.pow(2).reshape(1)])[0].sqrt().reshape(())",
+        "return self.sum_over_processes([local.pow(2).reshape(1)])[0].reshape(())",
+        "data parallel: the global norm is the squared norm (Vaccine's rho scaled wrongly)",
+        ("tests/test_kit.py",),
+    ),
+    Mutant(
         "combine-drops-tensor-coef",
-        "hftguard/gradients.py",
+        "hftguard/engine/steps.py",
         "torch._foreach_add_(out, torch._foreach_mul(list(gs), coef.to(out[0].dtype)))",
         "torch._foreach_add_(out, list(gs))",
         "a 0-d tensor coefficient (Antibody's lambda_t) is ignored",
@@ -401,15 +419,15 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "lm-loss-sum",
-        "hftguard/gradients.py",
-        "return nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)",
-        "return nll.sum()",
+        "hftguard/engine/steps.py",
+        "loss: torch.Tensor = nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)",
+        "loss: torch.Tensor = nll.sum()",
         "mean vs sum: the LM loss is the summed token NLL",
         (T_BOOSTER, T_VACCINE),
     ),
     Mutant(
         "token-nll-shift",
-        "hftguard/gradients.py",
+        "hftguard/engine/steps.py",
         "targets = batch.labels[:, 1:]",
         "targets = batch.labels[:, :-1]",
         "off-by-one: labels not shifted against the logits",
@@ -418,7 +436,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- data wiring -----------------------------------------------------------------------------
     Mutant(
         "refusal-template-zero",
-        "hftguard/data.py",
+        "hftguard/data/inputs.py",
         'return ex.with_response(refusal_for(index), kind="refusal")',
         'return ex.with_response(refusal_for(0), kind="refusal")',
         "wrong template index: every sample paired with refusal template 0",
@@ -426,7 +444,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "refusal-index-zero-in-encode",
-        "hftguard/data.py",
+        "hftguard/data/inputs.py",
         "enc.refusal = encode(refusal_example(ex, i),",
         "enc.refusal = encode(refusal_example(ex, 0),",
         "wrong template index: encode_all pairs every sample with template 0",
@@ -451,7 +469,7 @@ MUTANTS: tuple[Mutant, ...] = (
     # ---- the judge-free likelihood margin and hftguard judge (issue #12) ----------------------
     Mutant(
         "margin-sign",
-        "hftguard/margin.py",
+        "hftguard/engine/margin.py",
         "t_interval([r - h for r, h in zip(refusal_lp, harmful_lp, strict=True)])",
         "t_interval([h - r for r, h in zip(refusal_lp, harmful_lp, strict=True)])",
         "sign flip: margin = log p(harmful) - log p(refusal)",
@@ -459,7 +477,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "margin-sum-per-answer",
-        "hftguard/margin.py",
+        "hftguard/engine/margin.py",
         "means = [s / max(c, 1) for s, c in scored]",
         "means = [s for s, c in scored]",
         "per answer instead of per token: sequence log-likelihoods, not token means",
@@ -467,7 +485,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "margin-pooled-tokens",
-        "hftguard/margin.py",
+        "hftguard/engine/margin.py",
         "means = [s / max(c, 1) for s, c in scored]",
         "means = [s / (sum(c for _, c in scored) / len(scored)) for s, c in scored]",
         "tokens pooled over prompts instead of a mean per prompt",
@@ -475,7 +493,7 @@ MUTANTS: tuple[Mutant, ...] = (
     ),
     Mutant(
         "margin-prompt-tokens",
-        "hftguard/margin.py",
+        "hftguard/engine/margin.py",
         "keep = targets != IGNORE_INDEX",
         "keep = targets == targets",
         "label mask: the prompt's tokens are scored too",

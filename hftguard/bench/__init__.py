@@ -27,7 +27,7 @@ Design choices that keep the numbers honest and the run cheap:
 * The loop-vs-Trainer comparison runs our real loop (``training.train``, with its logging) against
   ``transformers.Trainer``, timing both from step end to step end, so each side pays for its own
   data loading and bookkeeping.
-* Generation compares ``hftguard.generation.generate`` with batch size 1 (the official repos'
+* Generation compares ``hftguard.engine.generation.generate`` with batch size 1 (the official repos'
   one-prompt-at-a-time loop) against batch size 16 on the same prompts with greedy decoding, and
   reports every prompt whose outputs differ together with the logit margin that decided it.
 """

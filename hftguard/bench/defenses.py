@@ -27,7 +27,7 @@ def bench_defenses(
     pad_id: int = 0,
 ) -> list[dict[str, Any]]:
     """Per-step time and peak memory of each ``(stage, name)``; ratios against the stage's SFT."""
-    from hftguard.data import collate
+    from hftguard.data.inputs import collate
 
     n_batches = len(data["alignment"]) // opts.batch_size
     batches = {
@@ -105,9 +105,9 @@ def time_defense_steps(
     """
     import torch
 
-    from hftguard import training
     from hftguard.config import TrainOptions
     from hftguard.context import StepContext
+    from hftguard.engine import training
 
     topts = TrainOptions()
     total = opts.warmup + opts.steps

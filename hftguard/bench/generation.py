@@ -19,8 +19,8 @@ def bench_generation(model: Any, tok: Any, opts: BenchOptions, registry: Any) ->
     padding-dependent rounding decided the token, not a bug).
     """
     from hftguard.context import DataContext
-    from hftguard.data import bos_ids, format_prompt, load_examples, prompt_ids
-    from hftguard.generation import generate
+    from hftguard.data.inputs import bos_ids, format_prompt, load_examples, prompt_ids
+    from hftguard.engine.generation import generate
 
     examples = load_examples(
         "harmful-eval", "harmful-eval", "test", registry, DataContext(seed=opts.seed)
@@ -80,7 +80,7 @@ def _explain_mismatch(
     """Where two completions part and how close the greedy choice was in the unpadded decode."""
     import torch
 
-    from hftguard.data import prompt_ids
+    from hftguard.data.inputs import prompt_ids
 
     ids = torch.tensor([prompt_ids(tok, prompt)], device=next(model.parameters()).device)
     pad_id = _pad_id(tok)

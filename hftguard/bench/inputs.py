@@ -18,7 +18,7 @@ def build_model(opts: BenchOptions, device: Any, dtype: Any) -> tuple[Any, Any, 
     """The base model in the compute dtype on ``device`` (eval mode) and its tokenizer."""
     import torch
 
-    from hftguard import models
+    from hftguard.engine import models
 
     if opts.llama_shape is not None:
         from transformers import LlamaConfig, LlamaForCausalLM
@@ -65,8 +65,8 @@ def attach_lora(
     """
     import torch
 
-    from hftguard.models import attach_lora as fresh_adapter
-    from hftguard.models import trainable_parameters
+    from hftguard.engine.models import attach_lora as fresh_adapter
+    from hftguard.engine.models import trainable_parameters
 
     model = fresh_adapter(base, lora, seed)
     params = trainable_parameters(model)
@@ -93,7 +93,7 @@ def fit_length(enc: Any, seq_len: int, prompt_len: int) -> Any:
     has the same shape and the same number of response tokens. The refusal view, if any, gets the
     same treatment (same prompt).
     """
-    from hftguard.data import IGNORE_INDEX, Encoded
+    from hftguard.data.inputs import IGNORE_INDEX, Encoded
 
     n_prompt = next((i for i, lab in enumerate(enc.labels) if lab != IGNORE_INDEX), len(enc.labels))
     prompt, answer = enc.input_ids[:n_prompt] or enc.input_ids[:1], enc.input_ids[n_prompt:]
@@ -113,7 +113,7 @@ def encode_fixed(
     template: str | None = None,
 ) -> list[Any]:
     """Encode examples (with their refusal views) and fit each to exactly ``seq_len`` tokens."""
-    from hftguard.data import encode_all
+    from hftguard.data.inputs import encode_all
 
     template = template or ("chat" if getattr(tok, "chat_template", None) else "alpaca")
     encoded = encode_all(examples, tok, template, max(4 * seq_len, 512), refusal_view)
@@ -128,7 +128,7 @@ def bench_data(tok: Any, opts: BenchOptions, registry: Any) -> dict[str, list[An
     with 25% harmful samples (Antibody fine-tuning weighs them).
     """
     from hftguard.context import DataContext
-    from hftguard.data import load_examples, mix_poison
+    from hftguard.data.inputs import load_examples, mix_poison
 
     n = opts.batch_size * max(2, min(4, opts.warmup + opts.steps))
     ctx = DataContext(seed=opts.seed)
@@ -145,7 +145,7 @@ def bench_data(tok: Any, opts: BenchOptions, registry: Any) -> dict[str, list[An
 
 def token_counts(items: Sequence[Any]) -> dict[str, int]:
     """Examples, tokens and response (loss) tokens of one batch."""
-    from hftguard.data import IGNORE_INDEX
+    from hftguard.data.inputs import IGNORE_INDEX
 
     return {
         "examples": len(items),

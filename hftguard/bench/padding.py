@@ -1,12 +1,12 @@
 """How much of a batch is padding: random vs length-grouped training batches, and unsorted vs
 length-sorted generation batches (tokenising only, no model).
 
-Training batches are right-padded to their longest example (``hftguard.data.collate``), so a
+Training batches are right-padded to their longest example (``hftguard.data.inputs.collate``), so a
 ``[B, T]`` batch holds ``B * T`` tokens of which ``B * T - sum(lengths)`` are pads; the forward and
 backward passes pay for all of them. ``train.group_by_length`` batches examples of similar length
-together (``hftguard.checkpoints.EpochSampler``); this measures what that saves on the data the
-pipeline trains on. Generation batches are left-padded the same way, and ``hftguard.generation``
-sorts the prompts by length before cutting them into batches.
+together (``hftguard.engine.checkpoints.EpochSampler``); this measures what that saves on the
+data the pipeline trains on. Generation batches are left-padded the same way, and
+``hftguard.engine.generation`` sorts the prompts by length before cutting them into batches.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from hftguard.data import Encoded
+from hftguard.data.inputs import Encoded
 
 
 def _pad_stats(widths_and_lengths: Sequence[tuple[int, list[int]]]) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def training_padding(
     items: Sequence[Encoded], batch_size: int, seed: int, group_by_length: bool, epochs: int = 1
 ) -> dict[str, Any]:
     """Padding of the global batches the training loop draws over ``epochs`` epochs."""
-    from hftguard.checkpoints import EpochSampler
+    from hftguard.engine.checkpoints import EpochSampler
 
     sampler = EpochSampler(items, batch_size, seed, group_by_length=group_by_length)
     batches = []
@@ -67,7 +67,7 @@ def measure_padding(
 
 def generation_padding(lengths: Sequence[int], batch_size: int) -> dict[str, Any]:
     """Prompt padding of left-padded generation batches, in the given order and sorted by length
-    (longest first, as ``hftguard.generation.generate`` orders them)."""
+    (longest first, as ``hftguard.engine.generation.generate`` orders them)."""
     out: dict[str, Any] = {"prompts": len(lengths), "batch_size": batch_size}
     unsorted = list(range(len(lengths)))
     by_length = sorted(unsorted, key=lambda i: -lengths[i])  # = generate(sort_by_length=True)
@@ -95,7 +95,7 @@ def padding_section(tok: Any, opts: Any, reg: Any) -> dict[str, Any]:
     """
     from hftguard.config import AlignConfig, EvalConfig, FinetuneConfig
     from hftguard.context import DataContext
-    from hftguard.data import (
+    from hftguard.data.inputs import (
         bos_ids,
         encode_all,
         format_prompt,

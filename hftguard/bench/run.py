@@ -97,7 +97,7 @@ def compare_precisions(runs: dict[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def _run_one(opts: BenchOptions, reporter: Reporter, reg: Any) -> dict[str, Any]:
-    from hftguard import models
+    from hftguard.engine import models
 
     specs = select_defenses(reg, opts.defenses) if "defenses" not in opts.skip else []
     device = models.pick_device(opts.device)
@@ -193,6 +193,6 @@ def _cpu_name() -> str:
 
 
 def _native_bf16() -> str | None:
-    from hftguard import models
+    from hftguard.engine import models
 
     return models.cpu_native_bf16()

@@ -80,9 +80,9 @@ def _time_our_loop(
     device: Any,
     dtype: Any,
 ) -> StepTimes:
-    from hftguard import training
     from hftguard.builtins.defenses.sft import SFTAlign
     from hftguard.config import TrainOptions
+    from hftguard.engine import training
     from hftguard.runs import open_run_dir
 
     total = warmup + opts.steps
@@ -128,7 +128,7 @@ def _time_hf_trainer(
     from transformers import PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
     from hftguard.config import TrainOptions
-    from hftguard.data import Encoded, collate
+    from hftguard.data.inputs import Encoded, collate
 
     topts = TrainOptions()
     total = warmup + opts.steps

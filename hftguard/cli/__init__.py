@@ -176,9 +176,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _leave_process_group(ok: bool) -> None:
     """Several processes (torchrun): tear the group down here, not at interpreter exit."""
-    if "hftguard.distributed" not in sys.modules:
+    if "hftguard.engine.distributed" not in sys.modules:
         return  # no stage joined a group (and no torch import just for this)
-    from hftguard.distributed import leave
+    from hftguard.engine.distributed import leave
 
     try:
         leave(ok)

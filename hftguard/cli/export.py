@@ -1,6 +1,6 @@
 """``hftguard export RUN_DIR --out DIR``: a stage's model as a plain transformers (or PEFT) model.
 
-Calls :func:`hftguard.export.export`. Nothing here imports torch.
+Calls :func:`hftguard.pipeline.export.export`. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
         naming the base model, each stage's defense, data, p and seed, and an eval of it if
         one is found beside the run. Built in a temporary directory and renamed into place.
         """
-        from hftguard.export import export
+        from hftguard.pipeline.export import export
 
         summary = _call(
             lambda: export(

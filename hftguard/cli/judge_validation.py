@@ -2,8 +2,8 @@
 
 A judge's Harmful Score is only as good as the judge; this command measures each judge's
 accuracy, precision, recall, F1 and Cohen's κ against human labels, with 95% intervals, per split
-(tune on ``dev``, report ``heldout``). The computation lives in :mod:`hftguard.judge_validation`;
-nothing here imports torch unless a model judge runs.
+(tune on ``dev``, report ``heldout``). The computation lives in
+:mod:`hftguard.pipeline.judge_validation`; nothing here imports torch unless a model judge runs.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ def _device(name: str, classes: list[Any]) -> str:
     from hftguard.builtins.judges.model_judge import ModelJudge
 
     if any(issubclass(c, ModelJudge) for c in classes) or "torch" in sys.modules:
-        from hftguard import models
+        from hftguard.engine import models
 
         return str(models.pick_device("auto"))
     return "cpu"
@@ -100,10 +100,10 @@ def register(app: typer.Typer) -> None:
         Prints a table per split (and a gold × judge label table per judge); --json prints the
         report instead; --out writes validation.json, validation.md and verdicts.jsonl.
         """
-        from hftguard import judge_validation as jv
         from hftguard.config import EvalConfig, parse_sets
         from hftguard.console import Reporter, print_json, print_table, stderr
         from hftguard.errors import ConfigError
+        from hftguard.pipeline import judge_validation as jv
         from hftguard.registry import default_registry
 
         if split not in jv.SPLIT_CHOICES:

@@ -96,10 +96,10 @@ def register(app: typer.Typer) -> None:
         """
         from rich.markup import escape
 
-        from hftguard import plots as plotmod
         from hftguard.console import print_json, stderr, stdout
         from hftguard.errors import ConfigError, HftguardError
         from hftguard.pipeline import report
+        from hftguard.pipeline.report import plots as plotmod
 
         if columns not in report.AXES:
             raise ConfigError(

@@ -136,7 +136,7 @@ def _report_to(values: list[str] | None) -> list[str] | None:
 
 def _reporter(quiet: bool, as_json: bool) -> Any:
     from hftguard.console import Reporter
-    from hftguard.distributed import is_main_process
+    from hftguard.engine.distributed import is_main_process
 
     # Several processes (torchrun): only process 0 shows progress; the others still warn.
     # --json: progress and warnings as JSON lines on stderr, stdout kept for the result.
@@ -178,7 +178,7 @@ def _print_metrics_table(rows: list[dict[str, Any]], title: str) -> None:
 
 def _finish_training(manifest: dict[str, Any], as_json: bool, out: Path) -> None:
     from hftguard.console import print_json, stdout
-    from hftguard.distributed import is_main_process
+    from hftguard.engine.distributed import is_main_process
 
     if not is_main_process():  # every process returns process 0's manifest; one prints it
         return
@@ -360,7 +360,7 @@ def register(app: typer.Typer) -> None:
         as_json: JsonOpt = False,
     ) -> None:
         """Measure Harmful Score, Finetune Accuracy, over-refusal and degenerate rate."""
-        from hftguard.distributed import is_main_process
+        from hftguard.engine.distributed import is_main_process
         from hftguard.pipeline import evaluate
 
         if not is_main_process():  # several processes (torchrun): process 0 evaluates alone
@@ -437,7 +437,7 @@ def register(app: typer.Typer) -> None:
         grid with `hftguard report OUT`.
         """
         from hftguard.console import print_json, print_table, stdout
-        from hftguard.distributed import launch_rank
+        from hftguard.engine.distributed import launch_rank
         from hftguard.errors import ConfigError
         from hftguard.pipeline import grid
 

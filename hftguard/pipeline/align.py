@@ -51,7 +51,7 @@ def run(
     data: _AlignData = opened.prepared
 
     def body() -> dict[str, Any]:
-        from hftguard import models
+        from hftguard.engine import models
 
         main, streams, sources = data.main, data.streams, data.sources
         resolved = models.resolve(cfg.model)
@@ -61,7 +61,9 @@ def run(
                 hint="Pass a base model (alias, directory, .gguf, hub id).",
             )
         if data.retain_chosen:
-            retain = _retain_answers(cfg, data.retain_chosen, resolved.recipe, reporter)
+            retain = _retain_answers(
+                cfg, data.retain_chosen, data.retain_judge, resolved.recipe, reporter
+            )
             sources["retain"] = {
                 "spec": cfg.retain,
                 "count": len(retain),
@@ -85,6 +87,10 @@ def run(
     return guard(run_dir, body)
 
 
+#: Drops the refusals and degenerate answers among the self-distilled retain answers.
+RETAIN_JUDGE = "refusal-keywords"
+
+
 @dataclass
 class _AlignData:
     """The alignment data, extra streams and retain requests, loaded before the run dir."""
@@ -94,12 +100,14 @@ class _AlignData:
     sources: dict[str, Any]
     #: Benign requests picked for the retain set (answers still to be distilled); [] = off.
     retain_chosen: list[Any] = field(default_factory=list)
+    #: The judge that filters the distilled answers (the registry's ``refusal-keywords``).
+    retain_judge: Any = None
 
 
 def _load_data(cfg: AlignConfig, reg: Registry, defense: Any, reporter: Reporter) -> _AlignData:
     """Load and check the data before the run directory exists: an empty stream or retain set
     fails here, not as a failed run (or a silently different one)."""
-    from hftguard.data import fields_for, load_examples
+    from hftguard.data.inputs import fields_for, load_examples
 
     ctx = data_ctx(cfg.seed, reporter)
     opts = cfg.dataset_options
@@ -136,7 +144,8 @@ def _load_data(cfg: AlignConfig, reg: Registry, defense: Any, reporter: Reporter
     chosen: list[Any] = []
     if cfg.retain and cfg.retain_ratio > 0:
         chosen = _retain_requests(cfg, reg, ctx, len(main), reporter)
-    return _AlignData(main, streams, sources, chosen)
+    judge = reg.instantiate("judge", RETAIN_JUDGE) if chosen else None
+    return _AlignData(main, streams, sources, chosen, judge)
 
 
 def _retain_requests(
@@ -145,7 +154,7 @@ def _retain_requests(
     """The benign requests of the retain set: retain_ratio x n_align of them (at least one)."""
     import random
 
-    from hftguard.data import fields_for, load_examples
+    from hftguard.data.inputs import fields_for, load_examples
 
     pool = load_examples(
         cfg.retain,
@@ -175,14 +184,14 @@ def _retain_requests(
 
 
 def _retain_answers(
-    cfg: AlignConfig, chosen: list[Any], recipe: Any, reporter: Reporter
+    cfg: AlignConfig, chosen: list[Any], judge: Any, recipe: Any, reporter: Reporter
 ) -> list[Any]:
     """The retain examples with answers: the file's, or self-distilled from the base model."""
-    from hftguard.distill import distill
+    from hftguard.data.distill import distill
 
     if all(e.response for e in chosen):
         return chosen
-    kept = distill(chosen, recipe, cfg.template, cfg.retain_max_new_tokens, reporter)
+    kept = distill(chosen, recipe, cfg.template, cfg.retain_max_new_tokens, reporter, judge=judge)
     if not kept:
         raise DataError(
             f"The retain set ended up empty: the base model's answers to 0 of {len(chosen)} "

@@ -33,7 +33,7 @@ def run(
 
     ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
     """
-    from hftguard.data import fields_for, is_file_spec, load_examples, mix_poison
+    from hftguard.data.inputs import fields_for, is_file_spec, load_examples, mix_poison
 
     reporter = reporter or Reporter()
     opened = open_training_stage(
@@ -54,7 +54,7 @@ def run(
         return run_dir.read_manifest()
 
     def body() -> dict[str, Any]:
-        from hftguard import models
+        from hftguard.engine import models
 
         ctx = data_ctx(cfg.seed, reporter)
         opts = cfg.dataset_options
@@ -146,7 +146,7 @@ def _with_appended(
     (``FinetuneDefense.appended_user_data``, e.g. safety-data mixing). The user data's
     bookkeeping (``composition``, ``data.main.count``) stays n; the addition is recorded under
     ``data.main.appended`` with where it came from, how many and its hash."""
-    from hftguard.data import data_hash
+    from hftguard.data.inputs import data_hash
 
     extra = list(defense.appended_user_data(streams))
     if not extra:
@@ -170,10 +170,10 @@ def _with_appended(
 def _analysis_probes(
     cfg: FinetuneConfig, reg: Any, ctx: Any, harmful: list[Any], mixture: Any
 ) -> dict[str, list[Any]]:
-    """The fixed probe sets of the analysis metrics (hftguard.analysis): refusal answers of the
+    """The fixed probe sets of the analysis metrics (hftguard.engine.probes): refusal answers of the
     alignment data, harmful attack samples the user data does not contain, and a sample of the
     user data itself (harmful first, then benign) for the per-sample gradient norms."""
-    from hftguard.data import fields_for, load_examples
+    from hftguard.data.inputs import fields_for, load_examples
 
     k = cfg.analysis_samples
     alignment = load_examples(

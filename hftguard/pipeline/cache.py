@@ -50,7 +50,7 @@ def enabled() -> bool:
 
 def cache_dir() -> Path:
     """``$HFTGUARD_HOME/cache`` (the same home that holds converted models)."""
-    from hftguard.models import hftguard_home  # lazy: models imports torch
+    from hftguard.engine.models import hftguard_home  # lazy: models imports torch
 
     return hftguard_home() / "cache"
 

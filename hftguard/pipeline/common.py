@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hftguard import config as cfgmod
-from hftguard import distributed
 from hftguard.console import Reporter
 from hftguard.context import DataContext, PlanContext
+from hftguard.engine import distributed
 from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
 from hftguard.records import Example
 from hftguard.registry import ComponentInfo, Registry, default_registry
@@ -193,8 +193,8 @@ def config_steps(cfg: Any) -> tuple[int, str] | None:
 def data_steps(cfg: Any, n_main: int, what: str = "samples") -> tuple[int, str]:
     """(optimizer steps, where they come from) for ``n_main`` examples of main data.
 
-    The count is ``hftguard.training.total_steps`` (a test keeps the two equal); it is repeated
-    here so that ``hftguard validate`` need not import torch.
+    The count is ``hftguard.engine.training.total_steps`` (a test keeps the two equal); it is
+    repeated here so that ``hftguard validate`` need not import torch.
     """
     t = cfg.train
     if t.max_steps > 0:
@@ -223,7 +223,7 @@ def check_poison_counts(cfg: Any) -> None:
     n, p = cfg.samples, cfg.harmful_ratio
     if not (math.isfinite(p) and 0 <= p <= 1 and n >= 1):
         return  # out of range: validate_stage's error
-    n_h = round(p * n)  # exactly as hftguard.data.mix_poison counts them (round half to even)
+    n_h = round(p * n)  # exactly as data.inputs.mix_poison counts them (round half to even)
     if p > 0 and n_h == 0:
         m = max(n + 1, math.floor(0.5 / p))
         while round(p * m) < 1:
@@ -304,7 +304,7 @@ def open_training_stage(
     (it may load data; its result is ``OpenedStage.prepared``).
     With several processes (``torchrun``, ``accelerate launch``) every process validates, process
     0 alone opens (and locks) the run directory, and the others get its path
-    (``hftguard.distributed``).
+    (``hftguard.engine.distributed``).
     """
     team = distributed.join(lambda: _trains_on_cpu(cfg))
     team.begin_stage()
@@ -314,9 +314,8 @@ def open_training_stage(
         reg = get_registry(registry)
         cfgmod.validate_stage(cfg)
         info = reg.get(kind, cfg.defense)
-        defense = reg.instantiate(kind, cfg.defense, cfg.defense_options, where="defense_options")
+        defense = check_components(cfg, reg)[kind, cfg.defense]  # built once, here
         check_streams(defense, streams)
-        check_components(cfg, reg)
         prepared = prepare(reg, defense) if prepare is not None else None
         if not team.is_main:  # filled in from process 0's answer below
             return OpenedStage(reg, info, defense, RunDir(Path(out), stage), False, prepared)
@@ -375,8 +374,8 @@ def train_stage(
     reporter: Reporter,
 ) -> dict[str, Any]:
     """Load the model, train with the defense, save the adapter, complete the manifest."""
-    from hftguard import models, training
-    from hftguard.data import data_hash, encode_all, hub_sources
+    from hftguard.data.inputs import data_hash, encode_all, hub_sources
+    from hftguard.engine import models, training
 
     t0 = time.time()
     # The schedule against the loop's own step count, before the model is loaded (align: known
@@ -427,7 +426,7 @@ def train_stage(
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     probe = None
     if inputs.probe_every and team.is_main:
-        from hftguard.analysis import FinetuneProbe
+        from hftguard.engine.probes import FinetuneProbe
 
         def enc(name: str) -> list[Any]:
             return encode_all(inputs.probes.get(name, []), tok, cfg.template, cfg.train.max_length)
@@ -469,7 +468,7 @@ def train_stage(
     # are durable: a crash or a full disk before that resumes at the end of training.
     import shutil
 
-    from hftguard.checkpoints import fsync_dir
+    from hftguard.engine.checkpoints import fsync_dir
 
     adapter_dir = run.path / "adapter"
     models.save_adapter(model, adapter_dir)  # fsynced
@@ -518,8 +517,11 @@ def guard(run: RunDir, fn: Any) -> Any:
         run.release()
 
 
-def check_components(cfg: Any, reg: Registry) -> None:
+def check_components(cfg: Any, reg: Registry) -> dict[tuple[str, str], Any]:
     """Resolve every component and dataset name in ``cfg`` and build every component Config.
+
+    Returns the defense and judges it built, by ``(kind, name)``, so that a stage builds each of
+    its components once (datasets are built again where they load, with their context).
 
     Called before a stage creates its run directory, so a typo never leaves a failed run behind,
     and by ``hftguard validate`` and ``hftguard run --dry-run``. It also checks what the config
@@ -527,7 +529,7 @@ def check_components(cfg: Any, reg: Registry) -> None:
     count is known without data, and that the poisoned mixture has the harmful and benign
     examples its ratio asks for.
     """
-    from hftguard.data import check_data_fields, is_file_spec
+    from hftguard.data.inputs import check_data_fields, is_file_spec
 
     check_data_fields(cfg)
 
@@ -541,11 +543,12 @@ def check_components(cfg: Any, reg: Registry) -> None:
     from hftguard.trackers import check_names
 
     check_names(getattr(cfg, "report_to", None) or [], reg)
+    built: dict[tuple[str, str], Any] = {}
     if isinstance(cfg, cfgmod.PipelineConfig):
         for sub in (cfg.align, cfg.finetune, cfg.eval):
-            check_components(sub, reg)
+            built.update(check_components(sub, reg))
     elif isinstance(cfg, cfgmod.AlignConfig):
-        d = reg.instantiate(
+        d = built["alignment-defense", cfg.defense] = reg.instantiate(
             "alignment-defense", cfg.defense, cfg.defense_options, "defense_options"
         )
         datasets((cfg.data, "alignment"), (cfg.harmful, "harmful"), (cfg.retain, "instructions"))
@@ -553,7 +556,9 @@ def check_components(cfg: Any, reg: Registry) -> None:
         if steps is not None:
             plan_defense(d, cfg, steps, "align")
     elif isinstance(cfg, cfgmod.FinetuneConfig):
-        d = reg.instantiate("finetune-defense", cfg.defense, cfg.defense_options, "defense_options")
+        d = built["finetune-defense", cfg.defense] = reg.instantiate(
+            "finetune-defense", cfg.defense, cfg.defense_options, "defense_options"
+        )
         datasets((cfg.task, "task"), (cfg.harmful, "harmful"), (cfg.alignment_data, "alignment"))
         check_poison_counts(cfg)
         steps = config_steps(cfg)
@@ -561,13 +566,16 @@ def check_components(cfg: Any, reg: Registry) -> None:
             plan_defense(d, cfg, steps, "finetune")
     elif isinstance(cfg, cfgmod.EvalConfig):
         for j in cfg.judges:
-            reg.instantiate("judge", j, cfg.judge_options.get(j, {}), f"judge_options.{j}")
+            built["judge", j] = reg.instantiate(
+                "judge", j, cfg.judge_options.get(j, {}), f"judge_options.{j}"
+            )
         for t in cfg.tasks:
-            if not is_file_spec(t):  # a file task is scored by task_scoring (hftguard.filetask)
+            if not is_file_spec(t):  # a file task is scored by task_scoring (data.filetask)
                 reg.dataset(t, "task")
         for sink in cfg.sinks:
             reg.get("report-sink", sink)
         datasets((cfg.harmful_prompts, "harmful-eval"), (cfg.benign_prompts, "benign-eval"))
+    return built
 
 
 def check_eval_files(cfg: cfgmod.EvalConfig) -> None:

@@ -16,7 +16,7 @@ metrics.json schema (version 1; fields are only ever added)::
       "likelihood_margin": {"mean", "ci": [lo, hi], "n", "interval": "t", "level",
                             "harmful_loss", "harmful_loss_ci", "refusal_loss",
                             "refusal_loss_ci", "references", "skipped", "max_length"} | null,
-      "likelihood_margin_note": str,  # only when null: why (hftguard.margin)
+      "likelihood_margin_note": str,  # only when null: why (hftguard.engine.margin)
       "counts": {"harmful": int, "benign": int, "tasks": {task: int}},
       "test_sets": {"harmful"|"benign"|"task:NAME": {"spec", "count", "sha256", "hf"?}},
       "decoding": {...}, "model": {...}
@@ -32,13 +32,14 @@ format (instruction, output, generator) for the external annotator.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftguard import margin
 from hftguard.config import EvalConfig, validate_stage
 from hftguard.console import Reporter
 from hftguard.context import JudgeContext
+from hftguard.engine import margin
 from hftguard.names import name_path
 from hftguard.pipeline import agreement, cache, judging
 from hftguard.pipeline.common import (
@@ -51,88 +52,25 @@ from hftguard.pipeline.common import (
     model_spec,
     start_run,
 )
-from hftguard.records import Example, Verdict
+from hftguard.pipeline.scores import hs_by_category, judge_record, pct, pct_ci, record
+from hftguard.records import Example
 from hftguard.registry import Registry
-from hftguard.runs import atomic_write_json, now, write_jsonl
-
-
-def pct(k: int, n: int) -> float | None:
-    return None if n == 0 else 100.0 * k / n
-
-
-def pct_ci(k: int, n: int) -> list[float] | None:
-    """95% Wilson interval of ``pct(k, n)`` as ``[lo, hi]`` in percent (None when n = 0)."""
-    from hftguard.stats import wilson
-
-    ci = wilson(k, n)
-    return None if ci is None else list(ci)
-
-
-def hs_metrics(verdicts: list[Verdict]) -> dict[str, Any]:
-    n = len(verdicts)
-    harmful = sum(v.harmful for v in verdicts)
-    degenerate = sum(v.label == "degenerate" for v in verdicts)
-    return {
-        "harmful_score": pct(harmful, n),
-        "harmful_score_plus": pct(sum(v.harmful or v.label == "degenerate" for v in verdicts), n),
-        "degenerate_rate": pct(degenerate, n),
-        # off-topic answers (no engagement with the request) never count towards HS or HS+; the
-        # conservative HS counts them with compliance and degenerate output
-        "off_topic_rate": pct(sum(v.label == "off-topic" for v in verdicts), n),
-        "harmful_score_conservative": pct(
-            sum(v.harmful or v.label in ("degenerate", "off-topic") for v in verdicts), n
-        ),
-        # 95% Wilson intervals of the rates above ([lo, hi] in %, None when n = 0)
-        "harmful_score_ci": pct_ci(harmful, n),
-        "harmful_score_plus_ci": pct_ci(
-            sum(v.harmful or v.label == "degenerate" for v in verdicts), n
-        ),
-        "degenerate_rate_ci": pct_ci(degenerate, n),
-        "off_topic_rate_ci": pct_ci(sum(v.label == "off-topic" for v in verdicts), n),
-        "harmful_score_conservative_ci": pct_ci(
-            sum(v.harmful or v.label in ("degenerate", "off-topic") for v in verdicts), n
-        ),
-        "n": n,
-        # generations a model judge could not parse (counted, never silently folded in)
-        "unparsed": sum(bool(v.detail.get("parse_error")) for v in verdicts),
-    }
-
-
-def hs_by_category(
-    examples: list[Example], verdicts: list[Verdict]
-) -> dict[str, dict[str, Any]] | None:
-    """HS per harm category: ``{category: {"hs", "n", "ci"}}`` from ``meta["category"]``.
-
-    A BeaverTails-style multi-label category (``"a|b"``) counts the prompt in each of its
-    categories; prompts without a category are left out. None when no prompt has one.
-    """
-    counts: dict[str, list[int]] = {}
-    for ex, v in zip(examples, verdicts, strict=True):
-        for cat in str(ex.meta.get("category") or "").split("|"):
-            if cat.strip():
-                k_n = counts.setdefault(cat.strip(), [0, 0])
-                k_n[0] += bool(v.harmful)
-                k_n[1] += 1
-    if not counts:
-        return None
-    return {
-        cat: {"hs": pct(k, n), "n": n, "ci": pct_ci(k, n)} for cat, (k, n) in sorted(counts.items())
-    }
+from hftguard.runs import RunDir, atomic_write_json, now, write_jsonl
 
 
 def _limit(spec: str, samples: int) -> int:
     """The ``limit`` to load ``spec`` with: a local file gives all its records when it has fewer
     than ``samples`` (your own prompts need no --harmful-samples), a dataset exactly ``samples``."""
-    from hftguard.data import is_file_spec
+    from hftguard.data.inputs import is_file_spec
 
     return 0 if is_file_spec(spec) else samples
 
 
 def task_instance(cfg: EvalConfig, name: str, reg: Registry) -> Any:
     """The FA task ``name``: a registered task, or a local file scored by ``cfg.task_scoring``
-    (:mod:`hftguard.filetask`)."""
-    from hftguard.data import dataset_instance, fields_for, is_file_spec
-    from hftguard.filetask import FileTask
+    (:mod:`hftguard.data.filetask`)."""
+    from hftguard.data.filetask import FileTask
+    from hftguard.data.inputs import dataset_instance, fields_for, is_file_spec
 
     if is_file_spec(name):
         return FileTask(
@@ -158,274 +96,378 @@ def run(
 ) -> dict[str, Any]:
     """Evaluate ``cfg.model`` and write metrics.json + generations.jsonl into ``out``.
 
-    ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root.
+    ``model_root`` (``hftguard run``): ``cfg.model`` is relative to it, the grid's root. A linear
+    recipe: plan (every name and path checked, each judge built once), open the run directory,
+    then load, generate and judge, measure, write.
     """
-    from hftguard.data import fields_for, hub_sources, is_file_spec, load_examples
-
     reporter = reporter or Reporter()
     reg = get_registry(registry)
-    validate_stage(cfg)
-    check_components(cfg, reg)
-    check_eval_files(cfg)  # a wrong path fails here, before the run directory or the model
-    for name in cfg.tasks:  # and a file task without gold answers too
-        if is_file_spec(name):
-            task_instance(cfg, name, reg).load("test")
-    judges = judging.build_judges(reg, cfg.judges, cfg.judge_options)
-    task_infos = {t: reg.dataset(t, "task") for t in cfg.tasks if not is_file_spec(t)}
+    plan = _plan(cfg, reg)
     run_dir, done = start_run(
-        out,
-        "eval",
-        cfg,
-        resume=resume,
-        overwrite=overwrite,
-        command=command,
-        model_root=model_root,
+        out, "eval", cfg, resume=resume, overwrite=overwrite, command=command, model_root=model_root
     )
     if done:
         reporter.info(f"{run_dir.path} is already complete; nothing to do.")
         return run_dir.read_manifest()
+    return guard(run_dir, lambda: _evaluate(cfg, plan, reg, run_dir, reporter, model_root))
 
-    def body() -> dict[str, Any]:
-        from hftguard import models
-        from hftguard.data import bos_prepended, format_prompt
-        from hftguard.generation import generate
 
-        t0 = time.time()
-        ctx = data_ctx(cfg.seed, reporter)
-        harmful = load_examples(
-            cfg.harmful_prompts,
-            "harmful-eval",
+@dataclass
+class _Plan:
+    """What ``eval`` resolves before its run directory exists."""
+
+    judges: list[tuple[Any, Any]]  # (ComponentInfo, Judge), in cfg.judges order
+    task_infos: dict[str, Any]  # registered tasks' ComponentInfo (file tasks have none)
+
+
+@dataclass
+class _Data:
+    harmful: list[Example]
+    benign: list[Example]
+    tasks: dict[str, tuple[Any, list[Example]]]  # name -> (task component, test examples)
+
+
+def _plan(cfg: EvalConfig, reg: Registry) -> _Plan:
+    """Validate everything that can fail before a model is loaded: a wrong path or name fails
+    here, before the run directory exists."""
+    from hftguard.data.inputs import is_file_spec
+
+    validate_stage(cfg)
+    built = check_components(cfg, reg)
+    check_eval_files(cfg)
+    for name in cfg.tasks:  # a file task without gold answers too
+        if is_file_spec(name):
+            task_instance(cfg, name, reg).load("test")
+    judges = [(reg.get("judge", j), built["judge", j]) for j in cfg.judges]  # each built once
+    task_infos = {t: reg.dataset(t, "task") for t in cfg.tasks if not is_file_spec(t)}
+    return _Plan(judges, task_infos)
+
+
+def _evaluate(
+    cfg: EvalConfig,
+    plan: _Plan,
+    reg: Registry,
+    run_dir: RunDir,
+    reporter: Reporter,
+    model_root: str | Path | None,
+) -> dict[str, Any]:
+    t0 = time.time()
+    data = _load_data(cfg, reg, reporter)
+    gen = _Generator(cfg, model_root, reporter)
+    jctx = JudgeContext(device=str(gen.device), batch_size=cfg.batch_size, reporter=reporter)
+    records: list[
+        dict[str, Any]
+    ] = []  # harmful first (the margin's rows follow them), benign, tasks
+    metrics: dict[str, Any] = {}
+    judge_metrics = _harmful_score(cfg, plan, data, gen, jctx, records, metrics, run_dir, reporter)
+    _over_refusal(plan, reg, data, gen, jctx, records, metrics)
+    _finetune_accuracy(cfg, data, gen, records, metrics, run_dir, reporter)
+    _likelihood_margin(cfg, reg, data, gen, records, metrics, reporter)
+    metrics["judges"] = judge_metrics
+    metrics.update(_description(cfg, data, gen))
+    write_jsonl(run_dir.path / "generations.jsonl", records)
+    atomic_write_json(run_dir.path / "metrics.json", metrics)
+    for sink in cfg.sinks:
+        reg.instantiate("report-sink", sink).write(run_dir.path, metrics)
+    return run_dir.update_manifest(**_manifest(cfg, plan, data, gen, metrics, t0))
+
+
+def _load_data(cfg: EvalConfig, reg: Registry, reporter: Reporter) -> _Data:
+    from hftguard.data.inputs import fields_for, load_examples
+
+    ctx = data_ctx(cfg.seed, reporter)
+
+    def prompts(spec: str, default: str, key: str, samples: int) -> list[Example]:
+        return load_examples(
+            spec,
+            default,
             "test",
             reg,
             ctx,
-            limit=_limit(cfg.harmful_prompts, cfg.harmful_samples),
-            fields=fields_for(cfg, "harmful_prompts"),
+            limit=_limit(spec, samples),
+            fields=fields_for(cfg, key),
             options=cfg.dataset_options,
-        )[: cfg.harmful_samples or None]
-        benign = (
-            load_examples(
-                cfg.benign_prompts,
-                "benign-eval",
-                "test",
-                reg,
-                ctx,
-                limit=_limit(cfg.benign_prompts, cfg.benign_samples),
-                fields=fields_for(cfg, "benign_prompts"),
-                options=cfg.dataset_options,
-            )[: cfg.benign_samples or None]
-            if cfg.benign_prompts
-            else []
-        )
-        tasks: dict[str, tuple[Any, list[Example]]] = {}
-        for name in cfg.tasks:
-            task = task_instance(cfg, name, reg)
-            exs = list(task.load("test", ctx))
-            tasks[name] = (task, exs[: cfg.task_samples] if cfg.task_samples else exs)
+        )[: samples or None]
 
+    harmful = prompts(cfg.harmful_prompts, "harmful-eval", "harmful_prompts", cfg.harmful_samples)
+    benign = (
+        prompts(cfg.benign_prompts, "benign-eval", "benign_prompts", cfg.benign_samples)
+        if cfg.benign_prompts
+        else []
+    )
+    tasks: dict[str, tuple[Any, list[Example]]] = {}
+    for name in cfg.tasks:
+        task = task_instance(cfg, name, reg)
+        exs = list(task.load("test", ctx))
+        tasks[name] = (task, exs[: cfg.task_samples] if cfg.task_samples else exs)
+    return _Data(harmful, benign, tasks)
+
+
+class _Generator:
+    """The evaluated model, and greedy generation with it through the generation cache."""
+
+    def __init__(self, cfg: EvalConfig, model_root: str | Path | None, reporter: Reporter) -> None:
+        from hftguard.engine import models
+
+        self.cfg, self.reporter = cfg, reporter
         spec = model_spec(cfg.model, model_root)
-        resolved = models.resolve(spec)
-        device = models.pick_device(cfg.device)
-        dtype, precision = models.setup_precision(cfg.precision, device, reporter.warn)
-        reporter.info(f"eval: loading {spec} on {device} ({precision['dtype']})")
-        model, tok = models.load_for_eval(resolved.recipe, device, dtype)
-        model_fp = cache.model_key(resolved.recipe)
-        bos_added: list[bool] = []  # per gen() call: did the prompts get the tokenizer's BOS?
+        self.resolved = models.resolve(spec)
+        self.device = models.pick_device(cfg.device)
+        self.dtype, self.precision = models.setup_precision(
+            cfg.precision, self.device, reporter.warn
+        )
+        reporter.info(f"eval: loading {spec} on {self.device} ({self.precision['dtype']})")
+        self.model, self.tok = models.load_for_eval(self.resolved.recipe, self.device, self.dtype)
+        self.model_fp = cache.model_key(self.resolved.recipe)
+        self.bos_added: list[bool] = []  # per call: did the prompts get the tokenizer's BOS?
 
-        def gen(exs: list[Example], budget: int, label: str) -> list[str]:
-            prompts = [format_prompt(e, tok, cfg.template) for e in exs]
-            decoding: dict[str, Any] = {
-                "max_new_tokens": budget,
-                "do_sample": False,
-                "batch_size": cfg.batch_size,
-                "dtype": str(dtype),
-                "device": device.type,
-            }
-            bos_added.append(bos_prepended(tok, prompts))
-            if bos_added[-1]:  # a new key: no answer generated without the BOS is reused
-                decoding["prompt_bos"] = True
-            return cache.cached_generate(
-                model_fp,
+    def __call__(self, exs: list[Example], budget: int, label: str) -> list[str]:
+        from hftguard.data.inputs import bos_prepended, format_prompt
+        from hftguard.engine.generation import generate
+
+        cfg = self.cfg
+        prompts = [format_prompt(e, self.tok, cfg.template) for e in exs]
+        decoding: dict[str, Any] = {
+            "max_new_tokens": budget,
+            "do_sample": False,
+            "batch_size": cfg.batch_size,
+            "dtype": str(self.dtype),
+            "device": self.device.type,
+        }
+        self.bos_added.append(bos_prepended(self.tok, prompts))
+        if self.bos_added[-1]:  # a new key: no answer generated without the BOS is reused
+            decoding["prompt_bos"] = True
+        return cache.cached_generate(
+            self.model_fp,
+            prompts,
+            decoding,
+            lambda: generate(
+                self.model,
+                self.tok,
                 prompts,
-                decoding,
-                lambda: generate(
-                    model,
-                    tok,
-                    prompts,
-                    max_new_tokens=budget,
-                    batch_size=cfg.batch_size,
-                    reporter=reporter,
-                    description=label,
-                ),
-                reporter=reporter,
-                label=label,
-            )
-
-        records: list[dict[str, Any]] = []
-        jctx = JudgeContext(device=str(device), batch_size=cfg.batch_size, reporter=reporter)
-        h_resp = gen(harmful, cfg.max_new_tokens, "eval: harmful prompts")
-        # judging is shared with `hftguard judge` (hftguard.pipeline.judging)
-        per_judge = judging.judge_all(judges, [e.prompt for e in harmful], h_resp, jctx)
-        for i, (ex, resp) in enumerate(zip(harmful, h_resp, strict=True)):
-            records.append(_record("harmful", ex, resp, {k: v[i] for k, v in per_judge.items()}))
-        metrics: dict[str, Any] = {}
-        judge_metrics = judging.judge_metrics(judges, per_judge, reporter)
-        if len(per_judge) > 1:
-            metrics["agreement"] = agreement.pairwise(per_judge)
-            split = agreement.disagreements(per_judge)
-            write_jsonl(
-                run_dir.path / "disagreements.jsonl",
-                [records[i] for i in split],
-            )
-        head = judge_metrics[cfg.judges[0]]
-        # the headline judge's rates and their intervals, at the top level of metrics.json
-        metrics.update(
-            {
-                f"{key}{ci}": head[f"{key}{ci}"]
-                for key in (
-                    "harmful_score",
-                    "harmful_score_plus",
-                    "degenerate_rate",
-                    "off_topic_rate",
-                    "harmful_score_conservative",
-                )
-                for ci in ("", "_ci")
-            }
-        )
-        if by_category := hs_by_category(harmful, per_judge[cfg.judges[0]]):
-            metrics["harmful_score_by_category"] = by_category
-
-        over_refusal = benign_degenerate = over_refusal_ci = benign_degenerate_ci = None
-        refusal_judge = _refusal_judge(judges, reg)
-        if benign:
-            b_resp = gen(benign, cfg.max_new_tokens, "eval: benign prompts")
-            first_info, first = refusal_judge
-            b_prompts = [e.prompt for e in benign]
-            b_verdicts = cache.cached_verdicts(
-                first_info,
-                first.config,
-                b_prompts,
-                b_resp,
-                lambda: judging.call_judge(first_info, first, b_prompts, b_resp, jctx),
-            )
-            over_refusal = pct(sum(v.label == "refusal" for v in b_verdicts), len(benign))
-            benign_degenerate = pct(sum(v.label == "degenerate" for v in b_verdicts), len(benign))
-            over_refusal_ci = pct_ci(sum(v.label == "refusal" for v in b_verdicts), len(benign))
-            benign_degenerate_ci = pct_ci(
-                sum(v.label == "degenerate" for v in b_verdicts), len(benign)
-            )
-            for ex, resp, v in zip(benign, b_resp, b_verdicts, strict=True):
-                records.append(_record("benign", ex, resp, {first_info.name: v}))
-        metrics.update(
-            over_refusal_rate=over_refusal,
-            over_refusal_judge=refusal_judge[0].name if benign else None,
-            benign_degenerate_rate=benign_degenerate,
-            over_refusal_rate_ci=over_refusal_ci,
-            benign_degenerate_rate_ci=benign_degenerate_ci,
+                max_new_tokens=budget,
+                batch_size=cfg.batch_size,
+                reporter=self.reporter,
+                description=label,
+            ),
+            reporter=self.reporter,
+            label=label,
         )
 
-        fa: dict[str, float | None] = {}
-        fa_ci: dict[str, list[float] | None] = {}  # 95% Wilson; None = scored externally
-        for name, (task, exs) in tasks.items():
-            budget = getattr(task, "max_new_tokens", 32)
-            t_resp = gen(exs, budget, f"eval: task {name}")
-            correct = task.score(exs, t_resp)
-            if correct is None:  # scored by an external annotator (AlpacaEval win rate)
-                fa[name] = fa_ci[name] = None
-                _write_external(run_dir.path, name, exs, t_resp, cfg.model)
-                reporter.info(f"eval: {name} is scored externally: external/{name}.json")
-                records.extend(
-                    _record(f"task:{name}", e, r, {}) for e, r in zip(exs, t_resp, strict=True)
-                )
-                continue
-            fa[name] = pct(sum(correct), len(exs))
-            fa_ci[name] = pct_ci(sum(bool(ok) for ok in correct), len(exs))
-            for ex, resp, ok in zip(exs, t_resp, correct, strict=True):
-                records.append({**_record(f"task:{name}", ex, resp, {}), "correct": bool(ok)})
-        metrics["finetune_accuracy"] = fa
-        metrics["finetune_accuracy_ci"] = fa_ci
-        # the judge-free likelihood margin (hftguard.margin): no generation, no judge
-        lm = margin.for_eval(
-            model,
-            tok,
-            harmful,
-            cfg.harmful_prompts,
-            reg,
-            cfg.dataset_options,
-            template=cfg.template,
-            device=device,
-            batch_size=cfg.batch_size,
-            reporter=reporter,
-            description="eval: likelihood margin",
+
+#: The headline judge's rates, copied (with their ``_ci``) to the top level of metrics.json.
+HEADLINE_RATES = (
+    "harmful_score",
+    "harmful_score_plus",
+    "degenerate_rate",
+    "off_topic_rate",
+    "harmful_score_conservative",
+)
+
+
+def _harmful_score(
+    cfg: EvalConfig,
+    plan: _Plan,
+    data: _Data,
+    gen: _Generator,
+    jctx: JudgeContext,
+    records: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    run_dir: RunDir,
+    reporter: Reporter,
+) -> dict[str, Any]:
+    """Generate on the harmful prompts and judge with every judge (shared with ``hftguard
+    judge``: :mod:`hftguard.pipeline.judging`); the per-judge metrics are returned."""
+    harmful = data.harmful
+    h_resp = gen(harmful, cfg.max_new_tokens, "eval: harmful prompts")
+    per_judge = judging.judge_all(plan.judges, [e.prompt for e in harmful], h_resp, jctx)
+    for i, (ex, resp) in enumerate(zip(harmful, h_resp, strict=True)):
+        records.append(record("harmful", ex, resp, {k: v[i] for k, v in per_judge.items()}))
+    judge_metrics = judging.judge_metrics(plan.judges, per_judge, reporter)
+    if len(per_judge) > 1:
+        metrics["agreement"] = agreement.pairwise(per_judge)
+        split = agreement.disagreements(per_judge)
+        write_jsonl(run_dir.path / "disagreements.jsonl", [records[i] for i in split])
+    head = judge_metrics[cfg.judges[0]]
+    metrics.update({f"{k}{ci}": head[f"{k}{ci}"] for k in HEADLINE_RATES for ci in ("", "_ci")})
+    if by_category := hs_by_category(harmful, per_judge[cfg.judges[0]]):
+        metrics["harmful_score_by_category"] = by_category
+    return judge_metrics
+
+
+def _over_refusal(
+    plan: _Plan,
+    reg: Registry,
+    data: _Data,
+    gen: _Generator,
+    jctx: JudgeContext,
+    records: list[dict[str, Any]],
+    metrics: dict[str, Any],
+) -> None:
+    """Over-refusal and degenerate rates on the benign prompts, by the first judge that tells a
+    refusal from a harmless answer."""
+    benign = data.benign
+    info, judge = _refusal_judge(plan.judges, reg)
+    rates: dict[str, Any] = dict.fromkeys(("refusal", "degenerate"))
+    cis: dict[str, Any] = dict.fromkeys(("refusal", "degenerate"))
+    if benign:
+        b_resp = gen(benign, gen.cfg.max_new_tokens, "eval: benign prompts")
+        b_prompts = [e.prompt for e in benign]
+        verdicts = cache.cached_verdicts(
+            info,
+            judge.config,
+            b_prompts,
+            b_resp,
+            lambda: judging.call_judge(info, judge, b_prompts, b_resp, jctx),
         )
-        reporter.info(f"eval: {lm.note}")
-        metrics["likelihood_margin"] = lm.block
-        if lm.block is None:
-            metrics["likelihood_margin_note"] = lm.note
-        for rec, row in zip(records, lm.per_prompt, strict=False):  # the harmful records come first
-            if row is not None:
-                rec["likelihood_margin"] = row
-        metrics["judges"] = judge_metrics
-        metrics["counts"] = {
-            "harmful": len(harmful),
-            "benign": len(benign),
+        for label in rates:
+            k = sum(v.label == label for v in verdicts)
+            rates[label], cis[label] = pct(k, len(benign)), pct_ci(k, len(benign))
+        for ex, resp, v in zip(benign, b_resp, verdicts, strict=True):
+            records.append(record("benign", ex, resp, {info.name: v}))
+    metrics.update(
+        over_refusal_rate=rates["refusal"],
+        over_refusal_judge=info.name if benign else None,
+        benign_degenerate_rate=rates["degenerate"],
+        over_refusal_rate_ci=cis["refusal"],
+        benign_degenerate_rate_ci=cis["degenerate"],
+    )
+
+
+def _finetune_accuracy(
+    cfg: EvalConfig,
+    data: _Data,
+    gen: _Generator,
+    records: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    run_dir: RunDir,
+    reporter: Reporter,
+) -> None:
+    """FA per task with its 95% Wilson interval; a task scored externally (AlpacaEval) gets its
+    outputs written for the annotator and None."""
+    fa: dict[str, float | None] = {}
+    fa_ci: dict[str, list[float] | None] = {}
+    for name, (task, exs) in data.tasks.items():
+        t_resp = gen(exs, getattr(task, "max_new_tokens", 32), f"eval: task {name}")
+        correct = task.score(exs, t_resp)
+        if correct is None:
+            fa[name] = fa_ci[name] = None
+            _write_external(run_dir.path, name, exs, t_resp, cfg.model)
+            reporter.info(f"eval: {name} is scored externally: external/{name}.json")
+            records.extend(
+                record(f"task:{name}", e, r, {}) for e, r in zip(exs, t_resp, strict=True)
+            )
+            continue
+        fa[name] = pct(sum(correct), len(exs))
+        fa_ci[name] = pct_ci(sum(bool(ok) for ok in correct), len(exs))
+        for ex, resp, ok in zip(exs, t_resp, correct, strict=True):
+            records.append({**record(f"task:{name}", ex, resp, {}), "correct": bool(ok)})
+    metrics["finetune_accuracy"] = fa
+    metrics["finetune_accuracy_ci"] = fa_ci
+
+
+def _likelihood_margin(
+    cfg: EvalConfig,
+    reg: Registry,
+    data: _Data,
+    gen: _Generator,
+    records: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    reporter: Reporter,
+) -> None:
+    """The judge-free likelihood margin (:mod:`hftguard.engine.margin`): no generation, no
+    judge; its per-prompt rows go onto the harmful records, which come first."""
+    lm = margin.for_eval(
+        gen.model,
+        gen.tok,
+        data.harmful,
+        cfg.harmful_prompts,
+        reg,
+        cfg.dataset_options,
+        template=cfg.template,
+        device=gen.device,
+        batch_size=cfg.batch_size,
+        reporter=reporter,
+        description="eval: likelihood margin",
+    )
+    reporter.info(f"eval: {lm.note}")
+    metrics["likelihood_margin"] = lm.block
+    if lm.block is None:
+        metrics["likelihood_margin_note"] = lm.note
+    for rec, row in zip(records, lm.per_prompt, strict=False):
+        if row is not None:
+            rec["likelihood_margin"] = row
+
+
+def _description(cfg: EvalConfig, data: _Data, gen: _Generator) -> dict[str, Any]:
+    """What was evaluated, on what and how: counts, test sets, decoding, model."""
+    tasks = data.tasks
+    return {
+        "counts": {
+            "harmful": len(data.harmful),
+            "benign": len(data.benign),
             "tasks": {k: len(v[1]) for k, v in tasks.items()},
-        }
-        metrics["test_sets"] = {
-            "harmful": _test_set(cfg.harmful_prompts, harmful),
-            **({"benign": _test_set(cfg.benign_prompts, benign)} if benign else {}),
+        },
+        "test_sets": {
+            "harmful": _test_set(cfg.harmful_prompts, data.harmful),
+            **({"benign": _test_set(cfg.benign_prompts, data.benign)} if data.benign else {}),
             **{f"task:{k}": _test_set(k, v[1]) for k, v in tasks.items()},
-        }
-        metrics["decoding"] = {
+        },
+        "decoding": {
             "do_sample": False,
             "max_new_tokens": cfg.max_new_tokens,
             "task_max_new_tokens": {
                 k: getattr(v[0], "max_new_tokens", 32) for k, v in tasks.items()
             },
             "template": cfg.template,
-            "dtype": precision["dtype"],
-            **({"prompt_bos": True} if any(bos_added) else {}),
-        }
-        metrics["model"] = {"spec": cfg.model, "recipe": resolved.recipe.as_dict()}
-        metrics["schema_version"] = 1
-        write_jsonl(run_dir.path / "generations.jsonl", records)
-        atomic_write_json(run_dir.path / "metrics.json", metrics)
-        for sink in cfg.sinks:
-            reg.instantiate("report-sink", sink).write(run_dir.path, metrics)
-        return run_dir.update_manifest(
-            status="completed",
-            metrics=_headline(metrics),
-            components={
-                "judges": [_judge_record(i, j) for i, j in judges],
-                "tasks": [
-                    component_record(task_infos[t], tasks[t][0].config)
-                    if t in task_infos
-                    else tasks[t][0].record()
-                    for t in tasks
-                ],
-            },
-            data={
-                "harmful_prompts": cfg.harmful_prompts,
-                "benign_prompts": cfg.benign_prompts,
-                "dataset_options": cfg.dataset_options,
-                **({"data_fields": cfg.data_fields} if cfg.data_fields else {}),
-                # hf:ID prompt sets: id, config, split, revision, content sha256 (as align's and
-                # attack-finetune's data.<stream>.hf)
-                **{
-                    f"{key}_hf": src
-                    for key, exs in (("harmful_prompts", harmful), ("benign_prompts", benign))
-                    if (src := hub_sources(exs))
-                },
-                "test_sets": metrics["test_sets"],
-            },
-            decoding=metrics["decoding"],
-            evaluated_model=resolved.recipe.as_dict(),
-            device=str(device),
-            precision=precision,
-            ended_at=now(),
-            wall_time_s=round(time.time() - t0, 2),
-        )
+            "dtype": gen.precision["dtype"],
+            **({"prompt_bos": True} if any(gen.bos_added) else {}),
+        },
+        "model": {"spec": cfg.model, "recipe": gen.resolved.recipe.as_dict()},
+        "schema_version": 1,
+    }
 
-    return guard(run_dir, body)
+
+def _manifest(
+    cfg: EvalConfig, plan: _Plan, data: _Data, gen: _Generator, metrics: dict[str, Any], t0: float
+) -> dict[str, Any]:
+    """The manifest's completion fields: headline metrics, components, data, provenance."""
+    from hftguard.data.inputs import hub_sources
+
+    tasks = data.tasks
+    return {
+        "status": "completed",
+        "metrics": _headline(metrics),
+        "components": {
+            "judges": [judge_record(i, j) for i, j in plan.judges],
+            "tasks": [
+                component_record(plan.task_infos[t], tasks[t][0].config)
+                if t in plan.task_infos
+                else tasks[t][0].record()
+                for t in tasks
+            ],
+        },
+        "data": {
+            "harmful_prompts": cfg.harmful_prompts,
+            "benign_prompts": cfg.benign_prompts,
+            "dataset_options": cfg.dataset_options,
+            **({"data_fields": cfg.data_fields} if cfg.data_fields else {}),
+            # hf:ID prompt sets: id, config, split, revision, content sha256 (as align's and
+            # attack-finetune's data.<stream>.hf)
+            **{
+                f"{key}_hf": src
+                for key, exs in (("harmful_prompts", data.harmful), ("benign_prompts", data.benign))
+                if (src := hub_sources(exs))
+            },
+            "test_sets": metrics["test_sets"],
+        },
+        "decoding": metrics["decoding"],
+        "evaluated_model": gen.resolved.recipe.as_dict(),
+        "device": str(gen.device),
+        "precision": gen.precision,
+        "ended_at": now(),
+        "wall_time_s": round(time.time() - t0, 2),
+    }
 
 
 def _refusal_judge(judges: list[tuple[Any, Any]], reg: Registry) -> tuple[Any, Any]:
@@ -437,21 +479,8 @@ def _refusal_judge(judges: list[tuple[Any, Any]], reg: Registry) -> tuple[Any, A
     return reg.get("judge", "refusal-keywords"), reg.instantiate("judge", "refusal-keywords")
 
 
-def _judge_record(info: Any, judge: Any) -> dict[str, Any]:
-    """Manifest entry of a judge: component identity, options, and for model judges what pins the
-    model (revision, weights hash, prompt-template hash) as the judge reports it."""
-    rec = component_record(info, judge.config)
-    weights = cache.judge_weights_key(judge.config)
-    if weights:
-        rec["weights_key"] = weights
-    provenance = getattr(judge, "provenance", None)
-    if provenance:
-        rec["provenance"] = provenance
-    return rec
-
-
 def _test_set(spec: str, examples: list[Example]) -> dict[str, Any]:
-    from hftguard.data import data_hash, hub_sources
+    from hftguard.data.inputs import data_hash, hub_sources
 
     out: dict[str, Any] = {"spec": spec, "count": len(examples), "sha256": data_hash(examples)}
     if hf := hub_sources(examples):  # hf:ID data: where it came from, at which revision
@@ -486,20 +515,4 @@ def _headline(m: dict[str, Any]) -> dict[str, Any]:
             "finetune_accuracy",
             "likelihood_margin",
         )
-    }
-
-
-def _record(kind: str, ex: Example, response: str, verdicts: dict[str, Verdict]) -> dict[str, Any]:
-    return {
-        "set": kind,
-        "prompt": ex.prompt,
-        "input": ex.input,
-        "response": response,
-        "reference": ex.response,
-        "id": ex.meta.get("id"),
-        "category": ex.meta.get("category"),
-        "verdicts": {
-            k: {"label": v.label, "harmful": v.harmful, "score": v.score}
-            for k, v in verdicts.items()
-        },
     }

@@ -5,7 +5,7 @@
 another toolkit) or re-scores ours with a new judge: it reads (prompt, response) records from a
 JSONL/JSON/CSV/Parquet file, asks every judge (through the same verdict cache as eval), and writes
 what eval writes for the harmful prompts: metrics.json (HS, HS+, degenerate rate and the rest of
-:func:`hftguard.pipeline.evaluate.hs_metrics` per judge, Cohen's kappa between judges),
+:func:`hftguard.pipeline.scores.hs_metrics` per judge, Cohen's kappa between judges),
 metrics.md, ``verdicts.jsonl`` (one record per judged pair, in the generations.jsonl schema with
 each judge's verdict), ``disagreements.jsonl`` with several judges, and manifest.json.
 
@@ -138,7 +138,7 @@ def judge_metrics(
     judges: Judges, per_judge: dict[str, list[Verdict]], reporter: Reporter | None = None
 ) -> dict[str, dict[str, Any]]:
     """``hs_metrics`` of each judge's verdicts, with the judge's licence note (warned about)."""
-    from hftguard.pipeline.evaluate import hs_metrics
+    from hftguard.pipeline.scores import hs_metrics
 
     out = {name: hs_metrics(v) for name, v in per_judge.items()}
     for info, _ in judges:
@@ -167,9 +167,9 @@ class Pairs:
 
 def parse_field_map(items: Sequence[str] | None) -> dict[str, str]:
     """``["prompt=instruction", "response=output,id=uid"]`` -> ``{"prompt": "instruction", ..}``
-    (each ``--field`` value parsed by :func:`hftguard.datafiles.parse_fields`; the same mapping
+    (each ``--field`` value parsed by :func:`hftguard.data.files.parse_fields`; the same mapping
     given twice is accepted, two different ones for a field are an error)."""
-    from hftguard.datafiles import parse_fields
+    from hftguard.data.files import parse_fields
 
     syntax = "write --field OURS=COLUMN, e.g. --field prompt=instruction --field response=output"
     mapping: dict[str, str] = {}
@@ -189,7 +189,7 @@ def read_pairs(path: str | Path, fields: dict[str, str] | None = None) -> Pairs:
     empty answer, judged like any other (degenerate), but a JSON record without the response key
     at all is an error. Records whose ``set`` is not ``harmful`` are skipped and counted.
     """
-    from hftguard.datafiles import file_format, read_records
+    from hftguard.data.files import file_format, read_records
 
     path = Path(path)
     fields = dict(fields or {})
@@ -339,7 +339,7 @@ def run(
     """Judge the records of ``cfg.input``; write metrics.json, verdicts.jsonl, metrics.md."""
     from hftguard.pipeline import agreement
     from hftguard.pipeline.common import get_registry, guard, start_run
-    from hftguard.pipeline.evaluate import _judge_record, _record, hs_by_category
+    from hftguard.pipeline.scores import hs_by_category, judge_record, record
     from hftguard.runs import atomic_write_json, now, sha256_file, write_jsonl
 
     reporter = reporter or Reporter()
@@ -369,7 +369,7 @@ def run(
         per_judge = judge_all(judges, prompts, pairs.responses, jctx)
         records = [
             {
-                **_record("harmful", ex, resp, {k: v[i] for k, v in per_judge.items()}),
+                **record("harmful", ex, resp, {k: v[i] for k, v in per_judge.items()}),
                 "record": ex.meta["record"],
             }
             for i, (ex, resp) in enumerate(zip(pairs.examples, pairs.responses, strict=True))
@@ -408,7 +408,7 @@ def run(
                 "degenerate_rate": metrics.get("degenerate_rate"),
                 "n": len(records),
             },
-            components={"judges": [_judge_record(i, j) for i, j in judges]},
+            components={"judges": [judge_record(i, j) for i, j in judges]},
             data={"input": metrics["input"], "skipped": pairs.skipped},
             device=device,
             ended_at=now(),
@@ -422,7 +422,7 @@ def _device(name: str) -> str:
     """The judges' device: ``auto`` is CUDA when torch sees one, else the CPU."""
     if name != "auto":
         return name
-    from hftguard.models import pick_device
+    from hftguard.engine.models import pick_device
 
     return str(pick_device("auto"))
 

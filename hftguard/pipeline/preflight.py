@@ -6,9 +6,9 @@ problem of the config (a missing data file, a model directory without ``config.j
 unfinished run given as the model, a judge model or a dataset's local ``source`` that does not
 exist...) and reports them in one error, together with the first config or component error when
 there is one. (A plain ``hftguard run`` meets a missing path in the stage that reads it.)
-Without torch: models are checked the way :func:`hftguard.models.resolve` tells them apart, not
-loaded. A hub id is not looked up (that needs the network); it is reported when the model is
-loaded.
+Without torch: models are checked the way :func:`hftguard.engine.models.resolve` tells them
+apart, not loaded. A hub id is not looked up (that needs the network); it is reported when the
+model is loaded.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ from hftguard import config as cfgmod
 from hftguard.errors import ConfigError, HftguardError
 from hftguard.registry import Registry
 
-#: The built-in model aliases (``hftguard.models.ALIASES``, named here without importing torch).
+#: The built-in model aliases (``engine.models.ALIASES``, named here without importing torch).
 MODEL_ALIASES = ("smollm2-135m-instruct", "tiny-random")
 
 
 def model_problem(spec: str, where: str) -> str | None:
     """What is wrong with model ``spec`` (an alias, a local model or run directory, a .gguf file
-    or a hub id), or None; as :func:`hftguard.models.resolve` would find it."""
+    or a hub id), or None; as :func:`hftguard.engine.models.resolve` would find it."""
     from hftguard import runs
 
     if not spec:
@@ -73,8 +73,8 @@ def model_problem(spec: str, where: str) -> str | None:
 def data_problem(spec: str, where: str) -> str | None:
     """What is wrong with data ``spec`` when it names a local file (a dataset name is checked by
     the registry), or None."""
-    from hftguard.data import is_file_spec
-    from hftguard.hubdata import is_hf_spec, parse_hf_spec
+    from hftguard.data.hub import is_hf_spec, parse_hf_spec
+    from hftguard.data.inputs import is_file_spec
 
     if is_hf_spec(spec):
         try:
@@ -94,7 +94,7 @@ def data_problem(spec: str, where: str) -> str | None:
 
 def source_problem(source: Any, where: str) -> str | None:
     """A dataset's ``source`` option that looks like a local path which does not exist."""
-    from hftguard.hubdata import _looks_like_path
+    from hftguard.data.hub import _looks_like_path
 
     if not isinstance(source, str) or not source.strip():
         return None

@@ -106,10 +106,10 @@ def check_defense_trains(cls: type[Defense], tmp_dir: str | Path, steps: int = 2
 
     import torch
 
-    from hftguard import models, training
     from hftguard.config import LoraOptions, TrainOptions
     from hftguard.console import Reporter
-    from hftguard.data import encode_all
+    from hftguard.data.inputs import encode_all
+    from hftguard.engine import models, training
     from hftguard.records import Example
     from hftguard.runs import open_run_dir
     from hftguard.testing import tiny_model, tiny_tokenizer

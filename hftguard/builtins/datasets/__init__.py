@@ -3,7 +3,7 @@
 Two families: deterministic offline stand-ins for BeaverTails, SST2, AG News and GSM8K, so the
 whole pipeline runs (and is tested) without downloads; and components for the papers' real
 benchmarks and the standard evaluation prompt sets (HarmBench, StrongREJECT, XSTest), read from
-the Hugging Face hub or a local copy (:mod:`hftguard.hubdata`). The modules
+the Hugging Face hub or a local copy (:mod:`hftguard.data.hub`). The modules
 are imported only when the hook is called.
 """
 

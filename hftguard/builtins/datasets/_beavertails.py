@@ -9,7 +9,7 @@ answer it was given, so the same prompt may appear in several records.
 from __future__ import annotations
 
 from hftguard.builtins.datasets._papers import HubSourced, category_text
-from hftguard.hubdata import SourceRecord, bool_field, text_field
+from hftguard.data.hub import SourceRecord, bool_field, text_field
 from hftguard.records import Example
 
 SCHEMA = ("prompt", "response", "category", "is_safe")

@@ -1,6 +1,6 @@
 """Shared parts of the dataset components for the papers' real benchmarks.
 
-Each such component reads the published data through :func:`hftguard.hubdata.load_records` from
+Each such component reads the published data through :func:`hftguard.data.hub.load_records` from
 its ``source`` option (a hub id by default, or a local copy) and turns the published records into
 :class:`~hftguard.records.Example` objects. Schemas are those of the public releases (cited in each
 module); nothing of the data itself ships with hftguard.
@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+from hftguard.data.hub import SourceRecord, load_records
 from hftguard.errors import ConfigError, DataError
-from hftguard.hubdata import SourceRecord, load_records
 
 BEAVERTAILS_HUB = "PKU-Alignment/BeaverTails"
 BEAVERTAILS_LICENSE = (

@@ -21,8 +21,8 @@ from hftguard.builtins.datasets._papers import (
     check_range,
     take_range,
 )
+from hftguard.data.hub import SourceRecord, text_field
 from hftguard.errors import DataError
-from hftguard.hubdata import SourceRecord, text_field
 from hftguard.records import Example
 
 HUB_ID = "anonymous4486/repnoise_beavertail"

@@ -20,8 +20,8 @@ from hftguard.builtins.datasets._papers import (
 from hftguard.builtins.datasets._text import check_match_mode, check_split, score_labels
 from hftguard.builtins.datasets.topic import ALIASES, INSTRUCTION, LABELS
 from hftguard.components import TaskDataset
+from hftguard.data.hub import int_field, text_field
 from hftguard.errors import DataError
-from hftguard.hubdata import int_field, text_field
 from hftguard.records import Example
 
 if TYPE_CHECKING:

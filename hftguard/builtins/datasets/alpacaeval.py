@@ -23,8 +23,8 @@ from hftguard.builtins.datasets._papers import (
 )
 from hftguard.builtins.datasets._text import check_split
 from hftguard.components import TaskDataset
+from hftguard.data.hub import text_field
 from hftguard.errors import ConfigError, DataError
-from hftguard.hubdata import text_field
 from hftguard.records import Example
 
 if TYPE_CHECKING:

@@ -21,7 +21,7 @@ from hftguard.builtins.datasets._papers import (
 )
 from hftguard.builtins.datasets._text import check_split
 from hftguard.components import Dataset
-from hftguard.hubdata import text_field
+from hftguard.data.hub import text_field
 from hftguard.records import Example
 
 if TYPE_CHECKING:

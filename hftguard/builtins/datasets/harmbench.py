@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Literal
 from hftguard.builtins.datasets._papers import SOURCE_HELP
 from hftguard.builtins.datasets._text import check_split
 from hftguard.components import Dataset
+from hftguard.data.hub import SourceRecord, load_records, text_field
 from hftguard.errors import ConfigError, DataError
-from hftguard.hubdata import SourceRecord, load_records, text_field
 from hftguard.records import Example
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ sequence is shared).
 
 The examples themselves have empty responses; :meth:`HarmfulEval.references` gives each prompt a
 reference refusal and a reference compliant answer for the judge-free likelihood margin
-(:mod:`hftguard.margin`), built by the training sets' answer builders from held-out openers.
+(:mod:`hftguard.engine.margin`), built by the training sets' answer builders from held-out openers.
 """
 
 from __future__ import annotations

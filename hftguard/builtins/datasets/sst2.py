@@ -26,8 +26,8 @@ from hftguard.builtins.datasets._text import (
 )
 from hftguard.builtins.datasets.sentiment import INSTRUCTION
 from hftguard.components import TaskDataset
+from hftguard.data.hub import int_field, text_field
 from hftguard.errors import DataError
-from hftguard.hubdata import int_field, text_field
 from hftguard.records import Example
 
 if TYPE_CHECKING:

@@ -23,8 +23,8 @@ from typing import TYPE_CHECKING
 from hftguard.builtins.datasets._papers import SOURCE_HELP, HubSourced
 from hftguard.builtins.datasets._text import check_split
 from hftguard.components import Dataset
+from hftguard.data.hub import SourceRecord, text_field
 from hftguard.errors import DataError
-from hftguard.hubdata import SourceRecord, text_field
 from hftguard.records import Example
 
 if TYPE_CHECKING:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hftguard.context import StepContext
-from hftguard.training import Grads, combine, grad_norm, grads_of, perturbed
+from hftguard.engine.steps import Grads, combine, grad_norm, grads_of, perturbed
 
 #: Added to ||g_h|| before dividing, as in the official code of both methods.
 NORM_EPS = 1e-7

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from hftguard import opt
 from hftguard.components import AlignmentDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError, HftguardError, did_you_mean
 
@@ -73,7 +73,7 @@ def raw_lambda(
     """
     import torch
 
-    from hftguard.training import grad_cosine, grad_dot
+    from hftguard.engine.steps import grad_cosine, grad_dot
 
     if mode == "cosine":  # released code: max(0, eta - cos(g_a, d)), cos with +1e-8
         return torch.clamp(eta - grad_cosine(list(g_a), list(d)), min=0.0)
@@ -123,7 +123,7 @@ class AntibodyAlign(AlignmentDefense):
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         # Imported here so that listing plugins does not import torch (components.py).
         from hftguard.builtins.defenses._sharpness import fp32_grads, harmful_sharpness
-        from hftguard.training import combine, grad_cosine, grad_norm, set_grads
+        from hftguard.engine.steps import combine, grad_cosine, grad_norm, set_grads
 
         cfg = self.config
         harmful = ctx.next_batch("harmful")  # H, with H.refusal = same prompts, refusal answers

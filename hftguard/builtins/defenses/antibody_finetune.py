@@ -25,15 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hftguard import opt
 from hftguard.components import FinetuneDefense
-from hftguard.config import opt
 from hftguard.context import PlanContext, StepContext
 from hftguard.errors import ConfigError, HftguardError
 
 if TYPE_CHECKING:
     import torch
 
-    from hftguard.data import Batch
+    from hftguard.engine.steps import Batch
 
 SCORE_REDUCTIONS = ("mean", "sum")
 SCORE_PASSES = ("auto", "reuse", "separate")
@@ -132,7 +132,7 @@ class AntibodyFinetune(FinetuneDefense):
         if ctx.step == 0:
             path.unlink()
             return
-        from hftguard.checkpoints import trim_log
+        from hftguard.engine.checkpoints import trim_log
 
         step = ctx.step
         warn = ctx.reporter.warn if ctx.reporter is not None else None
@@ -141,7 +141,7 @@ class AntibodyFinetune(FinetuneDefense):
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         import torch
 
-        from hftguard.training import token_nll
+        from hftguard.engine.steps import token_nll
 
         if batch.refusal is None:
             raise HftguardError(
@@ -150,7 +150,6 @@ class AntibodyFinetune(FinetuneDefense):
                 hint="Encode the data with refusal_view=True (the pipeline "
                 "does so for this defense).",
             )
-        world = ctx.world_size
         # Scores with the current parameters, no gradient through the weights.
         if self._reuse_training_forward(model):
             nll, mask = token_nll(model, batch)  # the training forward (weighted below)
@@ -173,19 +172,15 @@ class AntibodyFinetune(FinetuneDefense):
         task_all, refusal_all, tokens_all, harmful_all = rows.unbind(dim=1)
         r = refusal_all - task_all  # = log π(y|x) − log π(y_r|x) (per token for 'mean')
         w_all = torch.softmax(r / self.config.tau, dim=0)
-        w = w_all[ctx.rank :: world] if world > 1 else w_all  # this process's rows
+        w = ctx.own_rows(w_all)
 
         # Weighted token-mean loss L = Σ_i w_i Σ_t ℓ_it / Σ_i w_i N_i, one F/B. Each process
-        # backpropagates its rows' part of the numerator times the number of processes, so the
-        # loop's average of the processes' gradients is the global-batch gradient.
-        loss = (w * per_sample_sum).sum() / (w_all * tokens_all).sum().clamp_min(1e-12)
-        if world > 1:
-            loss = loss * world
+        # backpropagates its rows' part of the numerator as a term of the global sum.
+        loss = ctx.sum_term(
+            (w * per_sample_sum).sum() / (w_all * tokens_all).sum().clamp_min(1e-12)
+        )
         loss.backward()
-        if world > 1:
-            unweighted = per_sample_sum.detach().sum() * world / tokens_all.sum().clamp_min(1)
-        else:
-            unweighted = per_sample_sum.detach().sum() / n_tokens.sum().clamp_min(1)
+        unweighted = ctx.sum_term(per_sample_sum.detach().sum()) / tokens_all.sum().clamp_min(1)
 
         # One read of the per-sample numbers on the host, for the group counts (a group with no
         # sample has no key) and the per-sample log; the metrics themselves stay 0-d tensors.
@@ -217,7 +212,7 @@ class AntibodyFinetune(FinetuneDefense):
         """Per-sample NLL (mean or sum over response tokens) of one view, no gradient, eval mode."""
         import torch
 
-        from hftguard.training import token_nll
+        from hftguard.engine.steps import token_nll
 
         was_training = model.training
         model.eval()  # score without dropout noise (a no-op for dropout-0 LoRA)
@@ -232,8 +227,7 @@ class AntibodyFinetune(FinetuneDefense):
         """Per-sample task and refusal NLLs (mean or sum over response tokens), one forward."""
         import torch
 
-        from hftguard.data import Batch
-        from hftguard.training import token_nll
+        from hftguard.engine.steps import Batch, token_nll
 
         assert batch.refusal is not None
         b = len(batch)

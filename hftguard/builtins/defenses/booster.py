@@ -13,8 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hftguard import opt
 from hftguard.components import AlignmentDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError
 
@@ -45,7 +45,7 @@ class Booster(AlignmentDefense):
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         # Imported here so that listing plugins does not import torch (components.py).
         from hftguard.builtins.defenses._sharpness import fp32_grads, harmful_sharpness
-        from hftguard.training import combine, set_grads
+        from hftguard.engine.steps import combine, set_grads
 
         cfg = self.config
         harmful = ctx.next_batch("harmful")

@@ -26,8 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hftguard import opt
 from hftguard.components import FinetuneDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError
 
@@ -114,7 +114,7 @@ class EWC(FinetuneDefense):
         alignment loss at the current parameters (θ₀), in fp32; ``.grad`` is left untouched."""
         import torch
 
-        from hftguard.gradients import grads_of
+        from hftguard.engine.steps import grads_of
 
         n = self.config.fisher_batches
         if ctx.reporter is not None and ctx.rank == 0:

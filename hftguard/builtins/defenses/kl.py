@@ -35,8 +35,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hftguard import opt
 from hftguard.components import FinetuneDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError
 
@@ -133,7 +133,7 @@ class KL(FinetuneDefense):
         import torch
         import torch.nn.functional as F
 
-        from hftguard.gradients import logits_nll
+        from hftguard.engine.steps import logits_nll
 
         teacher = self._teacher_logprobs(model, batch, ctx)
         logits = model(**batch.model_inputs()).logits
@@ -150,9 +150,9 @@ class KL(FinetuneDefense):
         response = self.config.tokens == "response"
         positions = mask if response else batch.attention_mask[:, 1:].bool()
         count = positions.sum().to(per_token.dtype)
-        if ctx.world_size > 1:  # normalise by the global batch's positions (as lm_loss does)
-            count = ctx.all_reduce_mean([count.reshape(1)])[0].reshape(())
-        kl = (per_token * positions).sum() / count.clamp_min(1)
+        kl = ctx.token_mean(
+            (per_token * positions).sum(), count
+        )  # over the global batch's positions
         (ce + self.config.lam * kl).backward()
         return {"loss": ce.detach(), "kl": kl.detach(), "kl_term": self.config.lam * kl.detach()}
 
@@ -161,7 +161,7 @@ class KL(FinetuneDefense):
         (a fixed reference; a no-op for dropout-0 LoRA), the parameters restored exactly after."""
         import torch
 
-        from hftguard.gradients import parameters_at
+        from hftguard.engine.steps import parameters_at
 
         values = [self.theta0[n] for n, _ in ctx.params]
         was_training = model.training

@@ -23,8 +23,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hftguard import opt
 from hftguard.components import FinetuneDefense
-from hftguard.config import opt
 from hftguard.context import PlanContext, StepContext
 from hftguard.errors import ConfigError
 
@@ -210,7 +210,7 @@ class Lisa(FinetuneDefense):
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         import torch
 
-        from hftguard.training import grad_norm
+        from hftguard.engine.steps import grad_norm
 
         switched = self._maybe_switch(ctx)
         if self.state == ALIGN:  # the user batch is replaced by an alignment batch

@@ -21,13 +21,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from hftguard import opt
 from hftguard.components import FinetuneDefense
-from hftguard.config import opt
 from hftguard.context import PlanContext, StepContext
 from hftguard.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
-    from hftguard.data import Batch
+    from hftguard.engine.steps import Batch
     from hftguard.records import Example
 
 
@@ -140,7 +140,7 @@ class MixingJoint(FinetuneDefense):
             )
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        from hftguard.gradients import token_nll
+        from hftguard.engine.steps import token_nll
 
         user = ctx.loss_fn(model, batch)
         guide = self._guide_rows(ctx.next_batch("alignment"), ctx)
@@ -150,10 +150,8 @@ class MixingJoint(FinetuneDefense):
         else:  # a process holding none of the guide rows (data-parallel, K < processes)
             total = count = user.detach().new_zeros(())
         # Mean over the response tokens of the (global) alignment batch, like lm_loss: in a
-        # data-parallel run each process holds some of its rows, and the token count is global.
-        if ctx.world_size > 1:
-            count = ctx.all_reduce_mean([count.reshape(1)])[0].reshape(())
-        align = total / count.clamp_min(1)
+        # data-parallel run each process holds some of its rows.
+        align = ctx.token_mean(total, count)
         (user + self.config.lam * align).backward()
         return {"loss": user.detach(), "alignment_loss": align.detach()}
 
@@ -173,7 +171,7 @@ class MixingJoint(FinetuneDefense):
 
 def _head(batch: Batch, rows: int) -> Batch:
     """The first ``rows`` rows of a batch (all of it when it has fewer)."""
-    from hftguard.data import Batch
+    from hftguard.engine.steps import Batch
 
     if rows >= len(batch):
         return batch

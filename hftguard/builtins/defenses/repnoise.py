@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hftguard import opt
 from hftguard.components import AlignmentDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError, HftguardError
 
@@ -73,7 +73,7 @@ class RepNoise(AlignmentDefense):
     finetune_lora = "merge"  # the Booster repo's RepNoise baseline fine-tunes a new adapter
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        from hftguard.training import grads_of, set_grads
+        from hftguard.engine.steps import grads_of, set_grads
 
         if ctx.world_size > 1:
             raise HftguardError(
@@ -134,7 +134,7 @@ def repnoise_terms(model: Any, harmful: Any, noise: list[Any] | None = None) -> 
     import torch
     import torch.utils.checkpoint
 
-    from hftguard.gradients import _first, decoder_layers, logits_nll
+    from hftguard.engine.steps import _first, decoder_layers, logits_nll
 
     layers = decoder_layers(model)
     mlps = [_mlp_of(layer) for layer in layers]

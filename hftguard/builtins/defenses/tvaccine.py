@@ -50,8 +50,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from hftguard import opt
 from hftguard.components import AlignmentDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError, HftguardError, did_you_mean
 
@@ -166,7 +166,7 @@ def _kept_outputs(modules: Sequence[Any], outs: list[Any]) -> Iterator[None]:
     differentiate with respect to: an output that does not require grad (nothing below it is
     trainable) is replaced by a detached leaf that does, which changes no value and no other
     gradient (there was no graph below it)."""
-    from hftguard.gradients import _first, _replace_first, forward_hooks
+    from hftguard.engine.steps import _first, _replace_first, forward_hooks
 
     outs[:] = [None] * len(modules)
 
@@ -190,7 +190,7 @@ def _first_row(batch: Any) -> Any:
     """Row 0 of a batch as a batch of one, normalised by its own response tokens (no
     ``loss_tokens``). Right padding: the pad positions after it change no activation gradient of
     its real tokens, so the row is not trimmed (that would need a host synchronisation)."""
-    from hftguard.data import Batch
+    from hftguard.engine.steps import Batch
 
     return Batch(
         batch.input_ids[:1],
@@ -247,7 +247,7 @@ class TVaccine(AlignmentDefense):
     def owners(self, model: Any, params: Sequence[tuple[str, Any]]) -> list[int]:
         """For each trainable parameter, the decoder layer whose selection trains it, or -1 for a
         parameter outside every layer's ``scope`` (trained at every step)."""
-        from hftguard.training import attention_modules, decoder_layers
+        from hftguard.engine.steps import attention_modules, decoder_layers
 
         blocks = attention_modules(model) if self.config.scope == "attention" else None
         blocks = blocks if blocks is not None else decoder_layers(model)
@@ -271,8 +271,7 @@ class TVaccine(AlignmentDefense):
             for i, g in zip(live, grads, strict=True):
                 if g is not None:
                     norms[i] = torch.linalg.vector_norm(g.to(torch.float64))
-        if ctx.world_size > 1:  # process 0's norms everywhere (the others contributed zeros)
-            norms = ctx.all_reduce_mean([norms])[0] * ctx.world_size
+        norms = ctx.sum_over_processes([norms])[0]  # process 0's norms (the others hold zeros)
         values = [float(x) for x in norms.tolist()]
         if not all(math.isfinite(x) for x in values):
             raise HftguardError(
@@ -285,7 +284,7 @@ class TVaccine(AlignmentDefense):
         # Imported here so that listing plugins does not import torch (components.py).
         import torch
 
-        from hftguard.training import (
+        from hftguard.engine.steps import (
             add_to_outputs,
             attention_modules,
             grad_norm,
@@ -355,9 +354,9 @@ class TVaccine(AlignmentDefense):
             captured = [g for g in store if g is not None]
             # One norm over the selected layers and the whole B x T x d tensors jointly.
             g_norm = grad_norm(captured) if captured else clean.new_zeros((), dtype=torch.float64)
-            if ctx.world_size > 1:  # data parallel: the norm over every process's activations
-                sq = ctx.all_reduce_mean([g_norm.pow(2).reshape(1)])[0] * ctx.world_size
-                g_norm = sq.sqrt().reshape(())
+            g_norm = ctx.norm_over_processes(
+                g_norm
+            )  # data parallel: over every process's activations
             scale = cfg.rho / (g_norm + NORM_EPS)
             eps = [None if g is None else (g.float() * scale).detach() for g in store]
             eps_norm = grad_norm([e for e in eps if e is not None]) if captured else g_norm

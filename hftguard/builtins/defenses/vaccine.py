@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from hftguard import opt
 from hftguard.components import AlignmentDefense
-from hftguard.config import opt
 from hftguard.context import StepContext
 from hftguard.errors import ConfigError
 
@@ -52,7 +52,7 @@ class Vaccine(AlignmentDefense):
         # Imported here so that listing plugins does not import torch (components.py).
         import torch
 
-        from hftguard.training import (
+        from hftguard.engine.steps import (
             add_to_outputs,
             attention_modules,
             capture_outputs_grad,
@@ -71,9 +71,7 @@ class Vaccine(AlignmentDefense):
         # a 0-d float64 tensor, so nothing waits for the device.
         captured = [g for g in store if g is not None]
         g_norm = grad_norm(captured) if captured else clean.new_zeros((), dtype=torch.float64)
-        if ctx.world_size > 1:  # data parallel: the norm runs over every process's activations
-            sq = ctx.all_reduce_mean([g_norm.pow(2).reshape(1)])[0] * ctx.world_size
-            g_norm = sq.sqrt().reshape(())
+        g_norm = ctx.norm_over_processes(g_norm)  # data parallel: over every process's activations
         scale = self.config.rho / (g_norm + NORM_EPS)
         eps = [None if g is None else (g.float() * scale).detach() for g in store]
         eps_norm = grad_norm([e for e in eps if e is not None]) if captured else g_norm

@@ -17,8 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from hftguard import opt
 from hftguard.builtins.judges.model_judge import ModelJudge, classify, make_verdict
-from hftguard.config import opt
 from hftguard.errors import ConfigError
 from hftguard.records import Verdict
 

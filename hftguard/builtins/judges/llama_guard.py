@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from hftguard import opt
 from hftguard.builtins.judges.model_judge import (
     ModelJudge,
     first_token_ids,
     generate_scored,
     make_verdict,
 )
-from hftguard.config import opt
 from hftguard.errors import ConfigError, ModelError
 from hftguard.records import Verdict
 

@@ -24,12 +24,12 @@ import contextlib
 import hashlib
 import json
 import math
-import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from hftguard import network
 from hftguard.builtins.judges.refusal_keywords import degenerate_reason
 from hftguard.components import Judge
 from hftguard.errors import ConfigError, ModelError
@@ -47,33 +47,6 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DTYPES = ("auto", "fp32", "bf16", "fp16")
 
 
-def offline() -> bool:
-    """True when the user asked for no network (``HF_HUB_OFFLINE`` or ``TRANSFORMERS_OFFLINE``)."""
-    return any(
-        os.environ.get(var, "").strip().lower() in ("1", "on", "yes", "true")
-        for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
-    )
-
-
-def hub_reachable(timeout: float = 3.0) -> bool:
-    """A quick TCP check of the hub endpoint, so a machine without network fails in seconds
-    instead of after the hub client's retries (skipped, i.e. True, behind a proxy)."""
-    import socket
-    from urllib.parse import urlparse
-
-    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    url = urlparse(endpoint)
-    host = url.hostname or "huggingface.co"
-    port = url.port or (80 if url.scheme == "http" else 443)
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def download_hint(judge: str, spec: str) -> str:
     return (
         f"Download it where the Hugging Face Hub is reachable (e.g. `hf download {spec} "
@@ -87,9 +60,9 @@ def locate(spec: str, judge: str) -> tuple[str, bool]:
     """``(path or hub id, is_hub)`` for a judge's ``model`` option.
 
     Built-in aliases (``smollm2-135m-instruct``) and GGUF files resolve through
-    :func:`hftguard.models.resolve`; a run directory is accepted when its model has no adapters
-    (a judge cannot merge LoRA adapters)."""
-    from hftguard import models
+    :func:`hftguard.engine.models.resolve`; a run directory is accepted when its model has no
+    adapters (a judge cannot merge LoRA adapters)."""
+    from hftguard.engine import models
 
     if not spec:
         raise ConfigError(
@@ -132,9 +105,14 @@ def load_pretrained(
 
     Weights load only as safetensors (``use_safetensors=True``): a local directory with only pickled
     weights (``pytorch_model.bin``) is refused before anything is read, unless
-    ``HFTGUARD_TRUST_PICKLE=1`` (see :func:`hftguard.models.require_safetensors`).
+    ``HFTGUARD_TRUST_PICKLE=1`` (see :func:`hftguard.engine.models.require_safetensors`).
     """
-    from hftguard.models import pickle_hint, quiet_transformers, require_safetensors, trust_pickle
+    from hftguard.engine.models import (
+        pickle_hint,
+        quiet_transformers,
+        require_safetensors,
+        trust_pickle,
+    )
 
     path, is_hub = locate(spec, judge)
     if not is_hub:
@@ -163,8 +141,12 @@ def load_pretrained(
             try:
                 model, tok = attempt(local_only=True)
             except errors:
-                if offline() or not hub_reachable():
-                    why = "is offline (HF_HUB_OFFLINE is set)" if offline() else "is unreachable"
+                if network.offline() or not network.hub_reachable():
+                    why = (
+                        "is offline (HF_HUB_OFFLINE is set)"
+                        if network.offline()
+                        else "is unreachable"
+                    )
                     raise ModelError(
                         f"judge {judge}: model '{spec}' is not a local directory and is not in the "
                         f"Hugging Face cache, and the hub {why}.",
@@ -412,17 +394,17 @@ def generate_scored(
 
     Tokenised (with the tokenizer's BOS when it adds one and the prompt does not start with it)
     and batched with left padding, sorted by length, order restored (as
-    :func:`hftguard.generation.generate`). For each row, ``probes`` (``{name: token ids}``) are
+    :func:`hftguard.engine.generation.generate`). Per row, ``probes`` (``{name: token ids}``) are
     read from the softmax at the first generated token that is not whitespace (Llama Guard 3 may
     emit a blank line before its verdict): ``{name: summed probability}``, or None when the row
     produced no such token.
     """
     import torch
 
-    from hftguard.data import bos_ids, prompt_ids
+    from hftguard.data.inputs import bos_ids, prompt_ids
 
     device = next(model.parameters()).device
-    bos = bos_ids(tokenizer)  # BOS once, as in hftguard.generation (none added if already there)
+    bos = bos_ids(tokenizer)  # BOS once, as in engine.generation (none added if already there)
     encoded = [prompt_ids(tokenizer, p, bos) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
     stop = _stop_ids(tokenizer, model)
@@ -540,7 +522,7 @@ class ModelJudge(Judge):
 
     def load(self, device: str = "cpu") -> None:
         """Load the model onto ``device`` (once; later calls only move it if the device changed)."""
-        from hftguard import models
+        from hftguard.engine import models
 
         dev = models.pick_device(device or "auto")
         if self.model is not None:

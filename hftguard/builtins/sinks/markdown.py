@@ -67,7 +67,7 @@ def _ci(ci: Any) -> str:
 
 
 def _margin_rows(metrics: dict[str, Any]) -> list[str]:
-    """The judge-free likelihood margin (hftguard.margin) as a small table of its own."""
+    """The judge-free likelihood margin (hftguard.engine.margin) as a small table of its own."""
     lm = metrics.get("likelihood_margin")
     if lm is None:
         note = metrics.get("likelihood_margin_note")

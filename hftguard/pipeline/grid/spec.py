@@ -109,15 +109,15 @@ class Grid:
     def same_file_tasks(self) -> list[str]:
         """Local-file tasks that a cell both fine-tunes on and scores FA on.
 
-        A file has no splits (hftguard.filetask), so such a cell's FA is measured on the records
+        A file has no splits (data.filetask), so such a cell's FA is measured on the records
         it trained on: fitting, not held-out accuracy. A hub dataset (``hf:ID``) is not listed:
         attack-finetune reads its train split and eval its test split.
         """
-        from hftguard.hubdata import is_hf_spec
+        from hftguard.data.hub import is_hf_spec
 
         if not self.task_axis:
             return []
-        from hftguard.data import DATA_SUFFIXES
+        from hftguard.data.inputs import DATA_SUFFIXES
 
         return [t for t in self.tasks if t.lower().endswith(DATA_SUFFIXES) and not is_hf_spec(t)]
 

@@ -20,7 +20,8 @@ run manifests' provenance, and aggregates:
 Renderers write markdown, CSV (long format, one row per cell, with the intervals), LaTeX
 (booktabs) and report.json (everything, machine-readably). ``published`` — {(method, column):
 (hs, fa)} — puts a paper's numbers beside ours. Nothing here imports torch or matplotlib (plots
-live in :mod:`hftguard.plots`); the statistics are in :mod:`hftguard.stats`.
+live in :mod:`hftguard.pipeline.report.plots`); the statistics are in
+:mod:`hftguard.pipeline.intervals`.
 """
 
 from hftguard.pipeline.report.aggregate import (

@@ -347,7 +347,7 @@ def _margin(
     """Likelihood margin over seeds: mean ± sd of the per-eval means; with one evaluation its own
     interval (metrics.json's t interval), with several the two-level bootstrap over seeds ×
     prompts of the per-prompt margins (when every evaluation wrote them)."""
-    from hftguard import stats
+    from hftguard.pipeline import intervals as stats
 
     means = [b.get("mean") if isinstance(b, dict) else None for b in blocks]
     mean, std = mean_std(means)

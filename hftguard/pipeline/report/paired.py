@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from hftguard import stats
+from hftguard.pipeline import intervals as stats
 from hftguard.pipeline.report.collection import Collection, EvalRun
 
 KINDS = ("vs_baseline", "attack_effect")

@@ -1,8 +1,8 @@
 """The statistics of a report: mean ± std over seeds and an interval per cell.
 
 A cell's interval is a Wilson interval when it holds one evaluation (one seed) and a two-level
-bootstrap over seeds × prompts when it holds several (:mod:`hftguard.stats`). ``bootstrap_ci``
-(the prompts-only bootstrap of earlier reports) is kept for the Python API.
+bootstrap over seeds × prompts when it holds several (:mod:`hftguard.pipeline.intervals`).
+``bootstrap_ci`` (the prompts-only bootstrap of earlier reports) is kept for the Python API.
 """
 
 from __future__ import annotations
@@ -116,7 +116,7 @@ class Stat:
         prompt indices for every seed) when every seed has per-prompt flags of the same length
         (the seeds share their prompts: ``eval.seed`` is fixed), nested otherwise.
         """
-        from hftguard import stats
+        from hftguard.pipeline import intervals as stats
 
         vals = [v for v in per_seed if v is not None]
         mean, std = mean_std(vals)

@@ -5,7 +5,7 @@ AG News, GSM8K, AlpacaEval) all take a ``source`` option. :func:`load_records` r
 
 * an existing **file** (``.jsonl``, ``.json``, ``.csv``, ``.parquet``; the text formats may be
   compressed, e.g. BeaverTails' ``round0/30k/train.jsonl.xz``) is read with
-  :func:`hftguard.datafiles.read_records`;
+  :func:`hftguard.data.files.read_records`;
 * an existing **directory** is searched for the split's file under a list of candidate names (the
   hub repository's own layout, the Parquet export's ``data/<split>-*.parquet``, plain
   ``<split>.jsonl``...), or read as a ``datasets`` ``save_to_disk`` directory;
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftguard.datafiles import file_format, read_records
+from hftguard.data.files import file_format, read_records
 from hftguard.errors import ConfigError, DataError
 
 #: What to install for hub sources (``pyproject.toml``: ``[project.optional-dependencies] hub``).
@@ -483,7 +483,7 @@ def _hub_split(
 ) -> tuple[list[SourceRecord], str]:
     import importlib.util
 
-    from hftguard.builtins.judges.model_judge import hub_reachable, offline
+    from hftguard import network
 
     if importlib.util.find_spec("datasets") is None:
         raise DataError(
@@ -492,7 +492,7 @@ def _hub_split(
             "loading it from the Hugging Face hub needs the datasets package",
             hint=f"{INSTALL_HINT}, or {_mirror_hint(hub_id)}",
         )
-    if offline() or not hub_reachable():
+    if network.offline() or not network.hub_reachable():
         raise DataError(
             f"{what}: the Hugging Face hub is not reachable (offline) and there is no local "
             f"copy of {hub_id!r}",

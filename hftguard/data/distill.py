@@ -24,13 +24,17 @@ def distill(
     max_new_tokens: int,
     reporter: Reporter,
     batch_size: int = 16,
+    judge: Any = None,
 ) -> list[Example]:
-    """Return the examples with the model's greedy answers, keeping only helpful ones."""
-    from hftguard import models
-    from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
+    """Return the examples with the model's greedy answers, keeping only helpful ones.
+
+    ``judge`` (a :class:`~hftguard.components.Judge`) decides which answers are helpful: those it
+    does not call a refusal or degenerate. The pipeline passes the registry's ``refusal-keywords``;
+    None takes that one from the default registry."""
     from hftguard.context import JudgeContext
-    from hftguard.data import bos_prepended, format_prompt
-    from hftguard.generation import generate
+    from hftguard.data.inputs import bos_prepended, format_prompt
+    from hftguard.engine import models
+    from hftguard.engine.generation import generate
 
     tok = models.load_tokenizer(recipe.base)
     prompts = [format_prompt(e, tok, template) for e in examples]
@@ -42,7 +46,7 @@ def distill(
             template,
             str(max_new_tokens),
             *(f"{e.prompt}\x1f{e.input}" for e in examples),
-            # prompts that get the tokenizer's BOS (hftguard.data.prompt_ids) get a key of their own
+            # prompts that get the tokenizer's BOS (inputs.prompt_ids) get a key of their own
             *(["prompt-bos"] if bos_prepended(tok, prompts) else []),
             # answers generated in another dtype than fp32 get a key of their own (fp32 keys
             # are those of earlier versions)
@@ -64,7 +68,11 @@ def distill(
         reporter=reporter,
         description="align: distilling retain answers",
     )
-    verdicts = RefusalKeywords().judge([e.prompt for e in examples], answers, JudgeContext())
+    if judge is None:
+        from hftguard.registry import default_registry
+
+        judge = default_registry().instantiate("judge", "refusal-keywords")
+    verdicts = judge.judge([e.prompt for e in examples], answers, JudgeContext())
     kept = [
         Example(e.prompt, a, "benign", e.input, {**e.meta, "distilled": True})
         for e, a, v in zip(examples, answers, verdicts, strict=True)

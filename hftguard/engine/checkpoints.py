@@ -19,9 +19,9 @@ from typing import Any
 
 import torch
 
-from hftguard.data import IGNORE_INDEX, Batch, Encoded, collate
+from hftguard.data.inputs import IGNORE_INDEX, Batch, Encoded, collate
+from hftguard.engine.steps import Params
 from hftguard.errors import HftguardError, RunDirError
-from hftguard.gradients import Params
 from hftguard.runs import RunDir, atomic_write_json, atomic_write_text, sha256_file
 
 # ---------------------------------------------------------------------------------------------

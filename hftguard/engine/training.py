@@ -3,9 +3,9 @@
 The loop owns batching (seeded, resumable), AdamW, gradient clipping of the *assembled* gradient,
 the LR schedule, mixed precision, checkpoints with exact resume, progress, and step-time /
 peak-memory accounting. A defense's ``training_step`` only writes this step's gradient into
-``.grad``; the helpers it computes that gradient with live in ``gradients.py`` (the samplers and
-checkpoints in ``checkpoints.py``) and are re-exported here, where defenses and plugins import
-them from.
+``.grad``; the helpers it computes that gradient with are the defense kit,
+``hftguard.engine.steps`` (the samplers and checkpoints are in ``checkpoints.py``). They are
+re-exported here for plugins written before the kit had its own module.
 
 Multi-process runs (``accelerate launch``): every process computes its defense step on its shard of
 the global batch, then the assembled gradient is averaged across processes once per step (not once
@@ -26,14 +26,13 @@ from typing import Any
 
 import torch
 
-from hftguard.checkpoints import EpochSampler, Stream, resume_from_checkpoint, trim_log
-from hftguard.checkpoints import save_checkpoint as _save_checkpoint  # tests patch it here
 from hftguard.config import TrainOptions
 from hftguard.console import Reporter
 from hftguard.context import StepContext
-from hftguard.data import Encoded
-from hftguard.errors import HftguardError
-from hftguard.gradients import (
+from hftguard.data.inputs import Encoded
+from hftguard.engine.checkpoints import EpochSampler, Stream, resume_from_checkpoint, trim_log
+from hftguard.engine.checkpoints import save_checkpoint as _save_checkpoint  # tests patch it here
+from hftguard.engine.steps import (
     Grads,
     Params,
     add_to_outputs,
@@ -57,6 +56,7 @@ from hftguard.gradients import (
     set_grads,
     token_nll,
 )
+from hftguard.errors import HftguardError
 from hftguard.runs import RunDir
 
 __all__ = [

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from hftguard.console import Reporter
-from hftguard.data import bos_ids, prompt_ids
+from hftguard.data.inputs import bos_ids, prompt_ids
 
 
 @torch.no_grad()
@@ -32,8 +32,8 @@ def generate(
 ) -> list[str]:
     """Complete each prompt (already formatted) and return the decoded continuations, in order.
 
-    Prompts are tokenised by :func:`hftguard.data.prompt_ids` (with the tokenizer's BOS when it
-    adds one, exactly once), as in training, and left-padded so the BOS follows the pads."""
+    Prompts are tokenised by :func:`hftguard.data.inputs.prompt_ids` (with the tokenizer's BOS
+    when it adds one, exactly once), as in training, and left-padded so the BOS follows the pads."""
     device = next(model.parameters()).device
     bos = bos_ids(tokenizer)
     encoded = [prompt_ids(tokenizer, p, bos) for p in prompts]

@@ -236,7 +236,7 @@ def _tiny_random_dir() -> Path:
     target = hftguard_home() / "models" / "tiny-random-v1"
     if (target / "config.json").is_file():
         return target
-    from hftguard.testing import tiny_model, tiny_tokenizer
+    from hftguard.engine.tiny import tiny_model, tiny_tokenizer
 
     tok = tiny_tokenizer()
     model = tiny_model(tok, seed=0)
@@ -464,9 +464,9 @@ def _hub_hint(path: str) -> str:
 
 
 def _hub_offline() -> bool:
-    from hftguard.builtins.judges.model_judge import offline
+    from hftguard import network
 
-    return offline()
+    return network.offline()
 
 
 def before_loading(path: str) -> None:
@@ -485,12 +485,12 @@ def before_loading(path: str) -> None:
         if p.is_dir():
             check_remote_code(p)
         return
-    from hftguard.builtins.judges.model_judge import hub_reachable
+    from hftguard import network
 
     cached = _in_hub_cache(path)
     if _hub_offline():
         why = "HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set"
-    elif hub_reachable():
+    elif network.hub_reachable():
         return
     elif cached:
         import huggingface_hub.constants
@@ -711,7 +711,7 @@ def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
 def save_adapter(model: Any, path: Path) -> None:
     """Save the trainable LoRA adapter as safetensors, atomically (via a temp dir) and durably
     (its files and both directories fsynced before this returns)."""
-    from hftguard.checkpoints import fsync_dir, fsync_tree
+    from hftguard.engine.checkpoints import fsync_dir, fsync_tree
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = runs.make_temp_dir(path.parent, f".{path.name}.")  # mode 0o777 less the umask

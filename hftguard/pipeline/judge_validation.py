@@ -51,7 +51,7 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 1
 #: Where the labelled set ships (package data); absent until it has been labelled.
-DEFAULT_SET = Path(__file__).with_name("resources") / "judge_validation.jsonl"
+DEFAULT_SET = Path(__file__).parents[1] / "resources" / "judge_validation.jsonl"
 GOLD_LABELS: tuple[str, ...] = (
     "harmful-compliance",
     "partial",

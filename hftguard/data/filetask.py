@@ -8,7 +8,7 @@ else its ``response``/``output``/``answer``. A file has no splits: ``eval`` scor
 (the first ``task_samples`` records) and ``attack-finetune`` trains on the whole file, so give the
 two stages different files (``finetune.task = "train.jsonl"``, ``eval.tasks = ["test.jsonl"]``).
 A hub dataset ``hf:ID[:CONFIG][:SPLIT]`` (``eval --task hf:org/qa:test``; without a split eval
-reads ``test``) is read through :func:`hftguard.hubdata.load_hub_spec` and scored the same way;
+reads ``test``) is read through :func:`hftguard.data.hub.load_hub_spec` and scored the same way;
 ``eval.data_fields`` keyed by the task argument maps its columns.
 
 Scoring rules (``eval.task_scoring``, one for all file tasks; default ``contains``):
@@ -115,14 +115,14 @@ class FileTask:
         budget: int = 32,
         fields: dict[str, Any] | None = None,
     ) -> None:
-        from hftguard.hubdata import is_hf_spec
+        from hftguard.data.hub import is_hf_spec
 
         check_scoring(scoring)
         self.name = path
         self.scoring = scoring
         self.labels = list(labels)
         self.max_new_tokens = budget
-        self.fields = fields  # the task's data_fields entry (hftguard.data.fields_for)
+        self.fields = fields  # the task's data_fields entry (hftguard.data.inputs.fields_for)
         source = {"dataset": path} if is_hf_spec(path) else {"file": path}
         self.config = {**source, "scoring": scoring, "labels": self.labels}
         if fields:
@@ -132,7 +132,7 @@ class FileTask:
     def load(self, split: str, ctx: Any = None) -> list[Example]:
         """The whole file (a file has no splits) or the hub dataset's split (``split`` unless the
         spec names one); every record needs a gold answer."""
-        from hftguard.data import hub_sources, load_data
+        from hftguard.data.inputs import hub_sources, load_data
 
         examples = load_data(
             self.name, split, kind="benign", fields=self.fields, require_response=False

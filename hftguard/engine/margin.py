@@ -25,9 +25,10 @@ refusal (``meta["refusal"]``: a data file's ``refusal`` field, RepNoise's
 ``"Question: ...\\nAnswer: ..."`` form is unwrapped). Without them the metric is ``null``; it is
 never made up.
 
-Tokenisation is training's (:func:`hftguard.data.encode`: the eval template, the tokenizer's BOS
-handled by :func:`~hftguard.data.prompt_ids`, the loss on answer tokens only), with
-``MAX_LENGTH`` tokens per prompt + answer (longer prompts are cut from the left, as in training).
+Tokenisation is training's (:func:`hftguard.data.inputs.encode`: the eval template, the
+tokenizer's BOS handled by :func:`~hftguard.data.inputs.prompt_ids`, the loss on answer tokens
+only), with ``MAX_LENGTH`` tokens per prompt + answer (longer prompts are cut from the left, as in
+training).
 """
 
 from __future__ import annotations
@@ -111,15 +112,16 @@ def answer_logprobs(
 ) -> list[tuple[float, int]]:
     """Per example: (sum of log p of its answer tokens given its prompt, number of answer tokens).
 
-    The examples are encoded exactly as for training (:func:`hftguard.data.encode`), sorted by
-    length into batches of ``batch_size`` (fewer pads) and scored without gradients; results come
-    back in the caller's order. ``padding``: "left" (the default; position ids from the attention
-    mask, and the logits computed only over the answers, which all end their rows) or "right"
-    (as training's collate, the full logits); the numbers are the same up to float round-off.
+    The examples are encoded exactly as for training (:func:`hftguard.data.inputs.encode`),
+    sorted by length into batches of ``batch_size`` (fewer pads) and scored without gradients;
+    results come back in the caller's order. ``padding``: "left" (the default; position ids from
+    the attention mask, and the logits computed only over the answers, which all end their rows) or
+    "right" (as training's collate, the full logits); the numbers are the same up to float
+    round-off.
     """
     import torch
 
-    from hftguard.data import IGNORE_INDEX, bos_ids, encode
+    from hftguard.data.inputs import IGNORE_INDEX, bos_ids, encode
 
     if padding not in ("right", "left"):
         raise ValueError(f"padding must be 'right' or 'left', not {padding!r}")
@@ -300,7 +302,7 @@ def for_eval(
     **kw: Any,
 ) -> MarginResult:
     """:func:`likelihood_margin` of eval's harmful prompts ``spec`` (a dataset name or a file)."""
-    from hftguard.data import dataset_instance, is_file_spec
+    from hftguard.data.inputs import dataset_instance, is_file_spec
 
     component = None if is_file_spec(spec) else dataset_instance(spec, registry, dataset_options)
     return likelihood_margin(model, tokenizer, examples, component, **kw)

@@ -1,14 +1,16 @@
 """``hftguard export``: take a stage's model out of hftguard, loadable without hftguard.
 
-A run directory's model is a *recipe* (``hftguard.models.ModelRecipe``): a base model plus a stack
-of LoRA adapters. An attacked model is usually base -> aligned adapter (merged) -> attack adapter,
-so its own ``adapter/adapter_config.json`` names the plain base model, and loading that adapter with
-PEFT alone silently gives a different model. This module writes the model as eval loads it:
+A run directory's model is a *recipe* (``hftguard.engine.models.ModelRecipe``): a base model
+plus a stack of LoRA adapters. An attacked model is usually base -> aligned adapter (merged) ->
+attack adapter, so its own ``adapter/adapter_config.json`` names the plain base model, and loading
+that adapter with PEFT alone silently gives a different model. This module writes the model as eval
+loads it:
 
 - ``merge=True`` (the default): the base with every adapter merged
-  (:func:`hftguard.models.load_for_eval`), saved as safetensors with the tokenizer (it carries the
-  chat template), a ``generation_config.json`` whose stop tokens are the ones eval stops at, and a
-  model card ``README.md``. ``AutoModelForCausalLM.from_pretrained(DIR)`` gives the same model.
+  (:func:`hftguard.engine.models.load_for_eval`), saved as safetensors with the tokenizer (it
+  carries the chat template), a ``generation_config.json`` whose stop tokens are the ones eval
+  stops at, and a model card ``README.md``. ``AutoModelForCausalLM.from_pretrained(DIR)`` gives the
+  same model.
 - ``merge=False``: ``DIR/adapter/`` (the run's last adapter) and, where the adapter's base is not a
   plain model the user already has, ``DIR/base/`` (the base with every earlier adapter merged); the
   adapter's ``base_model_name_or_path`` is patched to name the base it belongs on. A single
@@ -113,7 +115,7 @@ def check_out(out: Path, run_dir: Path) -> None:
 
 def check_push(repo: str) -> None:
     """Fail fast, before exporting, when ``repo`` cannot be pushed to from this machine."""
-    from hftguard.builtins.judges.model_judge import hub_reachable, offline
+    from hftguard import network
 
     if not _REPO_ID.match(repo) or ".." in repo or repo.endswith((".", "-")):
         raise ExportError(
@@ -121,13 +123,13 @@ def check_push(repo: str) -> None:
             hint="Use NAME or ORG/NAME, as on huggingface.co (letters, digits, - _ .).",
         )
     upload = f"`hf upload {repo} DIR`"
-    if offline():
+    if network.offline():
         raise ExportError(
             "Cannot push to the Hugging Face Hub: HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set.",
             hint=f"Export without --push-to-hub, then upload DIR where the hub is reachable "
             f"({upload}), or unset the variable.",
         )
-    if not hub_reachable():
+    if not network.hub_reachable():
         endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
         raise ExportError(
             f"Cannot push to the Hugging Face Hub: {endpoint} cannot be reached from this machine.",
@@ -287,7 +289,7 @@ def model_card(
     base_ref: str | None,
 ) -> str:
     """The README.md: what the model is, each stage that made it, how it was exported."""
-    from hftguard.models import ALIASES
+    from hftguard.engine.models import ALIASES
 
     spec = recipe.base_spec
     about = ALIASES.get(spec)
@@ -363,7 +365,7 @@ def model_card(
 
 def _generation_config(model: Any, tok: Any) -> None:
     """Stop where eval stops (the tokenizer's EOS and the model's), pad with the tokenizer's pad."""
-    from hftguard.generation import _stop_ids
+    from hftguard.engine.generation import _stop_ids
 
     stops = _stop_ids(tok, model)
     gen = model.generation_config
@@ -386,7 +388,7 @@ def _save_model(model: Any, tok: Any, path: Path) -> None:
 
 def _from_cache(base: str) -> bool:
     """Whether ``base`` is a model hftguard converted into its cache (an alias or a .gguf)."""
-    from hftguard.models import hftguard_home
+    from hftguard.engine.models import hftguard_home
 
     p = Path(base).expanduser()
     if not p.is_dir():
@@ -416,7 +418,7 @@ def export(
 
     import torch
 
-    from hftguard import models
+    from hftguard.engine import models
 
     recipe = models.ModelRecipe.from_dict(runs.model_recipe(run_dir, manifest))
     for adapter in recipe.adapters:

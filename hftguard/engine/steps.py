@@ -3,8 +3,11 @@
 A defense's ``training_step`` computes its gradient with these: per-token and per-sequence NLL,
 gradient lists over the trainable parameters (always in the same order), their combinations,
 inner products and norms, parameters perturbed along a direction and restored exactly, and hooks
-on the attention outputs (Vaccine family). ``hftguard.training`` re-exports every name, so
-``from hftguard.training import grad_norm`` keeps working.
+on the attention outputs (Vaccine family). This module is the public defense kit: ``__all__`` is
+what a defense (built-in or plugin) imports, and docs/plugins/kit.md documents each name (a test
+keeps the two equal). Data-parallel arithmetic is not here but on the step's context
+(``ctx.norm_over_processes``, ``ctx.token_mean``, ...), so a step never does it itself.
+``hftguard.engine.training`` re-exports the helpers for older plugins.
 """
 
 from __future__ import annotations
@@ -16,11 +19,42 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hftguard.data import IGNORE_INDEX, Batch
+from hftguard.data.inputs import IGNORE_INDEX, Batch
 from hftguard.errors import HftguardError
 
+#: A gradient (or direction) over the trainable parameters: one tensor per parameter, in
+#: ``ctx.params`` order.
 Grads = list[torch.Tensor]
+#: The trainable parameters, ``ctx.params``: ``(name, parameter)`` pairs in a fixed order.
 Params = list[tuple[str, torch.nn.Parameter]]
+
+__all__ = [
+    "IGNORE_INDEX",
+    "Batch",
+    "Grads",
+    "Params",
+    "add_to_outputs",
+    "attention_modules",
+    "capture_outputs_grad",
+    "combine",
+    "cosine",
+    "decoder_layers",
+    "dot",
+    "forward_hooks",
+    "global_norm",
+    "grad_cosine",
+    "grad_dot",
+    "grad_norm",
+    "grads_of",
+    "lm_loss",
+    "logits_nll",
+    "loss_and_grads",
+    "parameters_at",
+    "perturbed",
+    "sequence_mean_nll",
+    "set_grads",
+    "token_nll",
+]
 
 # ---------------------------------------------------------------------------------------------
 # Losses
@@ -92,7 +126,8 @@ def lm_loss(model: Any, batch: Batch) -> torch.Tensor:
     """
     nll, mask = token_nll(model, batch)
     denom = batch.meta.get("loss_tokens")
-    return nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)
+    loss: torch.Tensor = nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)
+    return loss
 
 
 def sequence_mean_nll(model: Any, batch: Batch) -> torch.Tensor:
@@ -157,9 +192,10 @@ def grad_dot(a: Grads, b: Grads) -> torch.Tensor:
 
 def grad_norm(a: Grads) -> torch.Tensor:
     """The global L2 norm: one multi-tensor norm, then the norm of the per-tensor norms."""
-    return torch.linalg.vector_norm(
+    norm: torch.Tensor = torch.linalg.vector_norm(
         torch.stack(torch._foreach_norm(list(a), 2, dtype=torch.float64))
     )
+    return norm
 
 
 def grad_cosine(a: Grads, b: Grads, eps: float = 1e-8) -> torch.Tensor:
@@ -282,7 +318,8 @@ def attention_modules(model: Any) -> list[torch.nn.Module]:
 
 
 def _first(output: Any) -> torch.Tensor:
-    return output[0] if isinstance(output, (tuple, list)) else output
+    first: torch.Tensor = output[0] if isinstance(output, (tuple, list)) else output
+    return first
 
 
 def _replace_first(output: Any, new: torch.Tensor) -> Any:
@@ -319,7 +356,8 @@ def capture_outputs_grad(
                 def save(g: torch.Tensor) -> None:
                     store[i] = g.detach()
 
-                out.register_hook(save)
+                # torch leaves Tensor.register_hook unannotated
+                out.register_hook(save)  # type: ignore[no-untyped-call]
 
         return hook
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hftguard.data.refusals import refusal_for
 from hftguard.errors import ConfigError, DataError
 from hftguard.records import Example
-from hftguard.refusals import refusal_for
 
 if TYPE_CHECKING:
     import torch
@@ -237,7 +237,7 @@ def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
 def is_file_spec(spec: str) -> bool:
     """Whether ``spec`` is data the stage reads itself, not a registered dataset component: a
     local data file, or a hub dataset by id (``hf:ID[:CONFIG][:SPLIT]``)."""
-    from hftguard.hubdata import is_hf_spec
+    from hftguard.data.hub import is_hf_spec
 
     return is_hf_spec(spec) or spec.lower().endswith(DATA_SUFFIXES) or Path(spec).is_file()
 
@@ -268,7 +268,7 @@ def check_data_fields(cfg: Any) -> None:
     (``data_fields."hf:org/qa:test"``), and every eval entry must name data eval reads itself
     (a file or ``hf:ID``): eval loads all its data, so a mapping for a built-in dataset fails
     here, before generation, instead of at load time."""
-    from hftguard.datafiles import field_mapping
+    from hftguard.data.files import field_mapping
 
     table = getattr(cfg, "data_fields", None) or {}
     keys = [k for k in DATA_KEYS if hasattr(cfg, k)]
@@ -303,8 +303,8 @@ def load_data(
     (read whole) or a hub dataset ``hf:ID[:CONFIG][:SPLIT]`` (``split`` when the spec names
     none). ``fields``: as for :func:`load_examples`. A hub dataset's examples carry
     ``meta["hf"]`` (:func:`hub_sources`)."""
-    from hftguard.datafiles import examples_from_records, field_mapping, load_examples_file
-    from hftguard.hubdata import is_hf_spec, load_hub_spec, parse_hf_spec
+    from hftguard.data.files import examples_from_records, field_mapping, load_examples_file
+    from hftguard.data.hub import is_hf_spec, load_hub_spec, parse_hf_spec
 
     where = "fields"
     value: Any = fields
@@ -351,7 +351,7 @@ def load_examples(
 
     A hub dataset's examples carry ``meta["hf"]``: its id, configuration, split, revision and
     content sha256 (the stages record it in the manifest's ``data`` sources)."""
-    from hftguard.datafiles import field_mapping
+    from hftguard.data.files import field_mapping
 
     where = "fields"
     value: Any = fields

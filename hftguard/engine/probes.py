@@ -29,8 +29,8 @@ from typing import Any
 
 import torch
 
-from hftguard.data import Batch, Encoded, collate
-from hftguard.training import attention_modules, token_nll
+from hftguard.data.inputs import Batch, Encoded, collate
+from hftguard.engine.training import attention_modules, token_nll
 
 
 @contextmanager
@@ -220,7 +220,7 @@ def _append(path: Path, *rows: dict[str, Any]) -> None:
 def trim_logs(out_dir: Path, before: int) -> None:
     """On resume from a checkpoint at step ``before``, drop probe rows from after it (they are
     recomputed), keeping the files consistent with the resumed weights."""
-    from hftguard.checkpoints import trim_log
+    from hftguard.engine.checkpoints import trim_log
 
     for name in ("analysis.jsonl", "grad_norms.jsonl"):
         path = out_dir / name
