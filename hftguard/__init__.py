@@ -16,11 +16,12 @@ from hftguard.components import (
     FinetuneDefense,
     Judge,
     NoOptions,
+    RepairDefense,
     ReportSink,
     TaskDataset,
     Tracker,
 )
-from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
+from hftguard.context import DataContext, JudgeContext, PlanContext, RepairContext, StepContext
 from hftguard.errors import ConfigError, DataError, HftguardError
 from hftguard.options import opt
 from hftguard.records import Example, Verdict
@@ -46,6 +47,8 @@ __all__ = [
     "JudgeContext",
     "NoOptions",
     "PlanContext",
+    "RepairContext",
+    "RepairDefense",
     "ReportSink",
     "StepContext",
     "TaskDataset",

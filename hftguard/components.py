@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     from pathlib import Path
 
-    from hftguard.context import DataContext, JudgeContext, PlanContext, StepContext
+    from hftguard.context import DataContext, JudgeContext, PlanContext, RepairContext, StepContext
     from hftguard.engine.steps import Batch
     from hftguard.records import Example, Verdict
 
@@ -135,6 +135,25 @@ class FinetuneDefense(Defense):
         return []
 
 
+class RepairDefense(Component):
+    """Base class of post-fine-tuning repair defenses (the provider repairs the fine-tuned model).
+
+    Not training: ``apply(ctx)`` reads the fine-tuned model's artefacts from a
+    :class:`~hftguard.context.RepairContext` (the fine-tuning LoRA adapter, the adapters and base
+    model under it), writes its repaired adapter into ``ctx.output_dir`` and returns
+    ``{"adapter": path, "metrics": {name: number}}``; the stage replaces the fine-tuning adapter
+    with that one in the model recipe (``hftguard repair``, docs/components/safelora.md).
+    """
+
+    kind = "repair-defense"
+    stage: ClassVar[str] = "repair"
+
+    @abc.abstractmethod
+    def apply(self, ctx: RepairContext) -> dict[str, Any]:
+        """Repair the model; return ``{"adapter": PATH, "metrics": {...}}``, PATH inside
+        ``ctx.output_dir``."""
+
+
 class Dataset(Component):
     """A source of :class:`~hftguard.records.Example` records.
 
@@ -235,6 +254,7 @@ class Tracker(Component):
 KIND_HOOKS: dict[str, str] = {
     "alignment-defense": "hftguard_register_alignment_defenses",
     "finetune-defense": "hftguard_register_finetune_defenses",
+    "repair-defense": "hftguard_register_repair_defenses",
     "dataset": "hftguard_register_datasets",
     "judge": "hftguard_register_judges",
     "report-sink": "hftguard_register_report_sinks",
@@ -243,6 +263,7 @@ KIND_HOOKS: dict[str, str] = {
 KIND_BASES: dict[str, type[Component]] = {
     "alignment-defense": AlignmentDefense,
     "finetune-defense": FinetuneDefense,
+    "repair-defense": RepairDefense,
     "dataset": Dataset,
     "judge": Judge,
     "report-sink": ReportSink,

@@ -236,6 +236,16 @@ class EvalConfig:
 
 
 @dataclass
+class RepairConfig:
+    """``hftguard repair``: repair a fine-tuned model after the user's fine-tuning."""
+
+    model: str = opt("", "The attack-finetune run directory whose model is repaired.")
+    defense: str = opt("safelora", "Repair defense name (see `hftguard plugins`).")
+    defense_options: dict[str, Any] = opt({}, "Options of the defense's Config.")
+    seed: int = opt(42, "Seed, for a repair defense that samples.")
+
+
+@dataclass
 class PipelineConfig:
     """``hftguard run``: align -> attack-finetune -> eval, evaluating each model."""
 
@@ -452,6 +462,11 @@ def validate_stage(cfg: Any) -> None:
             )
         if not cfg.judges:
             raise ConfigError("No judge given.", hint="Pass --judge refusal-keywords (or another).")
+    if isinstance(cfg, RepairConfig) and not cfg.model:
+        raise ConfigError(
+            "No model to repair.",
+            hint="Pass --model RUN_DIR: the run directory of `hftguard attack-finetune`.",
+        )
     if isinstance(cfg, PipelineConfig):
         validate_stage(cfg.align)
         validate_stage(cfg.finetune)

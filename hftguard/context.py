@@ -136,3 +136,29 @@ class PlanContext:
     steps_source: str = ""
     stage: str = ""
     group_by_length: bool = False
+
+
+@dataclass
+class RepairContext:
+    """What a repair defense's ``apply`` may use (``hftguard repair``).
+
+    Attributes:
+        adapter: The fine-tuning LoRA adapter directory to repair (the attacked model's last
+            adapter; read it, never write it).
+        underneath: The adapters merged under it, in order: with ``base`` they make the model the
+            fine-tuning started from (the aligned model).
+        base: The base model directory (the unaligned model).
+        output_dir: The repair's run directory: write the repaired adapter (and any artefact)
+            here.
+        reporter: Where to send info and warnings (components never print).
+        seed: The stage's seed, for a defense that samples.
+        write_json: ``write_json(name, data)`` writes ``output_dir/name`` atomically.
+    """
+
+    adapter: Path
+    underneath: list[str]
+    base: str
+    output_dir: Path
+    reporter: Reporter | None = None
+    seed: int = 0
+    write_json: Callable[[str, Any], None] = field(default=lambda name, data: None)

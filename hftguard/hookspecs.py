@@ -23,6 +23,7 @@ if TYPE_CHECKING:
         Dataset,
         FinetuneDefense,
         Judge,
+        RepairDefense,
         ReportSink,
         Tracker,
     )
@@ -59,6 +60,15 @@ def hftguard_register_finetune_defenses() -> (
 
     Called once per process when the registry is first needed. Return a class, a list of classes,
     or ``None``.
+    """
+
+
+@hookspec
+def hftguard_register_repair_defenses() -> type[RepairDefense] | list[type[RepairDefense]] | None:
+    """Register post-fine-tuning repair defenses (subclasses of :class:`hftguard.RepairDefense`).
+
+    Used by ``hftguard repair --defense NAME``. Called once per process when the registry is first
+    needed. Return a class, a list of classes, or ``None``.
     """
 
 

@@ -22,6 +22,7 @@ from hftguard.plugins import BROKEN, PluginHost, get_plugin_host
 KIND_LABELS = {
     "alignment-defense": "alignment defense",
     "finetune-defense": "fine-tuning defense",
+    "repair-defense": "repair defense",
     "dataset": "dataset",
     "judge": "judge",
     "report-sink": "report sink",

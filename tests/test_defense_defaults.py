@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 COMPONENT_DOCS = ROOT / "docs" / "components"
-ALIGN, FINETUNE = "alignment-defense", "finetune-defense"
+ALIGN, FINETUNE, REPAIR = "alignment-defense", "finetune-defense", "repair-defense"
 
 #: (kind, name) -> (docs page, {option: default}). Each page's Options table names the sources.
 EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
@@ -31,6 +31,15 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
             # Vaccine repo: train.py default and the README's `Vaccine.sh 2`; the
             # Booster/Antibody papers' Vaccine baselines use 5.
             "rho": 2.0,
+        },
+    ),
+    (REPAIR, "safelora"): (
+        "safelora.md",
+        {
+            # IBM/SafeLoRA SafeLoRAConfig: select_layers_type, num_proj_layers, threshold
+            "select": "number",
+            "num_layers": 10,
+            "threshold": 0.5,
         },
     ),
     (ALIGN, "repnoise"): (
@@ -201,7 +210,7 @@ def test_defaults_match_the_paper_and_the_docs_table(registry, kind, name):
 def test_every_builtin_defense_is_pinned(registry):
     builtin = {
         (kind, info.name)
-        for kind in (ALIGN, FINETUNE)
+        for kind in (ALIGN, FINETUNE, REPAIR)
         for info in registry.components(kind)
         if info.distribution == "hftguard"
     }

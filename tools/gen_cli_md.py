@@ -20,6 +20,7 @@ COMMANDS = [
     "judge",
     "report",
     "export",
+    "repair",
     "validate-judges",
     "bench",
     "plugins",

@@ -410,6 +410,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_kit.py",),
     ),
     Mutant(
+        "safelora-no-normalisation",
+        D + "safelora.py",
+        "return (v64 @ v64.T) / torch_norm(v64)",
+        "return v64 @ v64.T",
+        "normalisation: C = V V^T without the division by ||V||_F",
+        ("tests/test_defense_safelora.py",),
+    ),
+    Mutant(
+        "safelora-projects-most-similar",
+        D + "safelora.py",
+        "ranked = sorted(cosines.values())",
+        "ranked = sorted(cosines.values(), reverse=True)",
+        "selection: the layers with the largest cosine are projected, not the smallest",
+        ("tests/test_defense_safelora.py",),
+    ),
+    Mutant(
         "combine-drops-tensor-coef",
         "hftguard/engine/steps.py",
         "torch._foreach_add_(out, torch._foreach_mul(list(gs), coef.to(out[0].dtype)))",

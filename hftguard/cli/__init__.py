@@ -44,6 +44,7 @@ def build_app(host: object | None = None) -> typer.Typer:
     __import__("hftguard.cli.judge_validation", fromlist=["register"]).register(app)
     report.register(app)
     __import__("hftguard.cli.export", fromlist=["register"]).register(app)  # hftguard export
+    __import__("hftguard.cli.repair", fromlist=["register"]).register(app)  # hftguard repair
     bench.register(app)
     if host is not None:
         _add_plugin_commands(app, host)

@@ -15,6 +15,8 @@ OPTION_NOTES = {
     "--set align.defense_options.OPTION=VALUE, or [align.defense_options] in the config file.",
     "finetune-defense": "on `hftguard attack-finetune --defense NAME`; under `hftguard run`: "
     "--set finetune.defense_options.OPTION=VALUE, or [finetune.defense_options].",
+    "repair-defense": "on `hftguard repair --defense NAME`: --set defense_options.OPTION=VALUE, "
+    "or [repair.defense_options] in the config file.",
     "dataset": "on any stage command and on `hftguard run` (there for every stage), or "
     "[dataset_options.NAME] in the config file.",
     "judge": "on `hftguard eval` / `hftguard judge --judge NAME`; under "
@@ -29,7 +31,7 @@ def set_key(kind: str, name: str, option: str) -> str | None:
     ``judge_options.NAME.OPTION`` and ``dataset_options.NAME.OPTION``. Report sinks are built
     with their defaults.
     """
-    if kind in ("alignment-defense", "finetune-defense"):
+    if kind in ("alignment-defense", "finetune-defense", "repair-defense"):
         return f"defense_options.{option}"
     if kind == "judge":
         return f"judge_options.{name}.{option}"

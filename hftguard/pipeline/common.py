@@ -564,6 +564,10 @@ def check_components(cfg: Any, reg: Registry) -> dict[tuple[str, str], Any]:
         steps = config_steps(cfg)
         if steps is not None:
             plan_defense(d, cfg, steps, "finetune")
+    elif isinstance(cfg, cfgmod.RepairConfig):
+        built["repair-defense", cfg.defense] = reg.instantiate(
+            "repair-defense", cfg.defense, cfg.defense_options, "defense_options"
+        )
     elif isinstance(cfg, cfgmod.EvalConfig):
         for j in cfg.judges:
             built["judge", j] = reg.instantiate(

@@ -29,3 +29,10 @@ def hftguard_register_finetune_defenses() -> list[Any]:
     from hftguard.builtins.defenses.sft import SFTFinetune
 
     return [SFTFinetune, AntibodyFinetune, Lisa, KL, Mixing, MixingJoint, EWC]
+
+
+@hookimpl
+def hftguard_register_repair_defenses() -> list[Any]:
+    from hftguard.builtins.defenses.safelora import SafeLoRA
+
+    return [SafeLoRA]

@@ -1,0 +1,143 @@
+"""``hftguard repair``: repair a fine-tuned model after the user's fine-tuning (post-fine-tuning
+defenses: SafeLoRA, ...).
+
+A linear recipe: plan (the config, the defense built once, the attacked run read and checked),
+open the run directory, let the defense write its repaired artefact into it, write the manifest.
+The repaired model is a recipe like every stage's (base + adapters): the attacked model's with its
+fine-tuning adapter replaced by the repaired one, so ``hftguard eval --model DIR`` and
+``hftguard export DIR`` take it as they take an attacked run.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hftguard.config import RepairConfig, validate_stage
+from hftguard.console import Reporter
+from hftguard.context import RepairContext
+from hftguard.errors import ConfigError, ModelError
+from hftguard.pipeline.common import (
+    check_components,
+    component_record,
+    get_registry,
+    guard,
+    model_spec,
+    start_run,
+)
+from hftguard.registry import Registry
+from hftguard.runs import RunDir, atomic_write_json, now
+
+KIND = "repair-defense"
+
+
+@dataclass
+class _Plan:
+    info: Any  # the defense's ComponentInfo
+    defense: Any
+    spec: str  # the attacked run, as given (relative to the grid root inside a grid)
+    recipe: Any  # ModelRecipe of the attacked model
+    underneath: list[str]  # the adapters under the fine-tuning adapter (the aligned model's)
+    manifest: dict[str, Any]  # the attacked run's
+
+
+def run(
+    cfg: RepairConfig,
+    out: str | Path,
+    *,
+    reporter: Reporter | None = None,
+    registry: Registry | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    command: list[str] | None = None,
+    model_root: str | Path | None = None,
+) -> dict[str, Any]:
+    """Repair the fine-tuned model of the run directory ``cfg.model`` into ``out``."""
+    reporter = reporter or Reporter()
+    reg = get_registry(registry)
+    plan = _plan(cfg, reg, model_root)
+    run_dir, done = start_run(
+        out,
+        "repair",
+        cfg,
+        resume=resume,
+        overwrite=overwrite,
+        command=command,
+        model_root=model_root,
+    )
+    if done:
+        reporter.info(f"{run_dir.path} is already complete; nothing to do.")
+        return run_dir.read_manifest()
+    return guard(run_dir, lambda: _repair(cfg, plan, run_dir, reporter))
+
+
+def _plan(cfg: RepairConfig, reg: Registry, model_root: str | Path | None) -> _Plan:
+    """Everything that can be wrong fails here, before the run directory exists."""
+    from hftguard.engine import models
+
+    validate_stage(cfg)
+    if not cfg.defense:
+        raise ConfigError(
+            "No repair defense given.", hint="Pass --defense safelora (see `hftguard plugins`)."
+        )
+    defense = check_components(cfg, reg)[KIND, cfg.defense]
+    spec = model_spec(cfg.model, model_root)
+    resolved = models.resolve(spec)
+    manifest = resolved.run_manifest or {}
+    if not resolved.is_run or manifest.get("stage") != "finetune":
+        raise ModelError(
+            f"--model {spec} is not a finished attack-finetune run: repair works on the model "
+            "a user's fine-tuning produced.",
+            hint="Pass the run directory of `hftguard attack-finetune` (in a grid: "
+            "GRID/cells/CELL/attacked).",
+        )
+    if manifest.get("lora_mode") == "continue":
+        raise ModelError(
+            f"{spec} fine-tuned the alignment adapter itself (lora_mode 'continue'), so its "
+            "fine-tuning update is not a separate adapter that a repair can project.",
+            hint="Repair a run fine-tuned with lora_mode = 'merge' (a new adapter on the "
+            "merged aligned model).",
+        )
+    recipe = resolved.recipe
+    if not recipe.adapters:
+        raise ModelError(f"{spec} has no LoRA adapter to repair.")
+    return _Plan(
+        reg.get(KIND, cfg.defense), defense, spec, recipe, list(recipe.adapters[:-1]), manifest
+    )
+
+
+def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter) -> dict[str, Any]:
+    from hftguard.engine import models
+
+    t0 = time.time()
+    recipe = plan.recipe
+    ctx = RepairContext(
+        adapter=Path(recipe.adapters[-1]),
+        underneath=plan.underneath,
+        base=recipe.base,
+        output_dir=run_dir.path,
+        reporter=reporter,
+        seed=cfg.seed,
+        write_json=lambda name, data: atomic_write_json(run_dir.path / name, data),
+    )
+    result = plan.defense.apply(ctx)
+    adapter = Path(result["adapter"]).resolve()
+    if run_dir.path.resolve() not in adapter.parents:
+        raise ModelError(
+            f"repair defense {cfg.defense} wrote its adapter outside the run directory "
+            f"({adapter}).",
+            hint="A repair defense writes into ctx.output_dir.",
+        )
+    repaired = models.ModelRecipe(recipe.base, recipe.base_spec, [*plan.underneath, str(adapter)])
+    return run_dir.update_manifest(
+        status="completed",
+        model=repaired.as_dict(),
+        input_model=recipe.as_dict(),
+        attacked_run=str(Path(plan.spec).resolve()),
+        components={"defense": component_record(plan.info, plan.defense.config)},
+        repair=result.get("metrics", {}),
+        ended_at=now(),
+        wall_time_s=round(time.time() - t0, 2),
+    )

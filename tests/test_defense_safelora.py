@@ -1,0 +1,209 @@
+"""SafeLoRA and the repair stage (#18): the projection, the cosine and the layer selection against
+direct float64 computations, the repaired adapter against an independent reconstruction of the
+alignment update from the models themselves, the stage's checks, and the CLI end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import assert_error
+
+from hftguard.builtins.defenses.safelora import (
+    SafeLoRAConfig,
+    layer_cosine,
+    projection,
+    selected,
+)
+from hftguard.config import AlignConfig, FinetuneConfig, LoraOptions, RepairConfig, TrainOptions
+from hftguard.errors import ConfigError, HftguardError
+from hftguard.pipeline import align, attack_finetune, repair
+
+TINY_LORA = LoraOptions(r=4, alpha=8.0)
+
+
+def _np(t):
+    return t.detach().to(torch.float64).numpy()
+
+
+def test_projection_is_v_vt_over_the_frobenius_norm():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(6, 5, generator=g)
+    expected = np.zeros((6, 6))
+    vn = _np(v)
+    fro = math.sqrt(sum(x * x for x in vn.ravel()))
+    for i in range(6):
+        for j in range(6):
+            expected[i, j] = sum(vn[i, k] * vn[j, k] for k in range(5)) / fro
+    np.testing.assert_allclose(_np(projection(v)), expected, rtol=1e-12)
+
+
+def test_layer_cosine_is_that_of_the_projected_and_original_updates():
+    g = torch.Generator().manual_seed(1)
+    v, a, b = (
+        torch.randn(6, 5, generator=g),
+        torch.randn(2, 5, generator=g),
+        torch.randn(6, 2, generator=g),
+    )
+    c = projection(v)
+    upd = _np(b) @ _np(a)
+    proj = _np(c) @ upd
+    expected = (proj * upd).sum() / (np.linalg.norm(proj) * np.linalg.norm(upd))
+    assert layer_cosine(c, a, b) == pytest.approx(expected, rel=1e-12)
+    # an update orthogonal to V's column space is projected to zero
+    u = torch.linalg.qr(torch.randn(6, 6, generator=g, dtype=torch.float64))[0]
+    v_in = u[:, :2] @ torch.randn(2, 5, generator=g, dtype=torch.float64)
+    b_out = u[:, 2:4] @ torch.randn(2, 2, generator=g, dtype=torch.float64)
+    assert float(torch.linalg.matrix_norm(projection(v_in) @ b_out)) < 1e-12
+    # and one that is V's own top singular direction keeps its direction: cosine 1
+    s_u, _, s_vt = torch.linalg.svd(v.to(torch.float64))
+    top_b, top_a = s_u[:, :1], s_vt[:1, :]
+    assert layer_cosine(projection(v), top_a, top_b) == pytest.approx(1.0, abs=1e-12)
+
+
+def test_selection_number_takes_the_k_smallest_with_ties_and_threshold_is_inclusive():
+    cos = {"a": 0.9, "b": 0.1, "c": 0.4, "d": 0.4, "e": 0.7}
+    assert selected(cos, SafeLoRAConfig(select="number", num_layers=2)) == ["b", "c", "d"]
+    assert selected(cos, SafeLoRAConfig(select="number", num_layers=1)) == ["b"]
+    assert selected(cos, SafeLoRAConfig(select="number", num_layers=0)) == []
+    assert selected(cos, SafeLoRAConfig(select="number", num_layers=99)) == list(cos)
+    assert selected(cos, SafeLoRAConfig(select="threshold", threshold=0.4)) == ["b", "c", "d"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"select": "most"}, {"num_layers": -1}, {"num_layers": 1.5}, {"threshold": 2.0}],
+)
+def test_bad_options_are_config_errors(options):
+    with pytest.raises(ConfigError):
+        SafeLoRAConfig(**options)
+
+
+def _train():
+    return TrainOptions(max_steps=3, batch_size=4, max_length=64, lr=5e-2)
+
+
+@pytest.fixture(scope="module")
+def attacked(tmp_path_factory):
+    from hftguard.console import Reporter
+
+    quiet = Reporter(quiet=True)
+    root = tmp_path_factory.mktemp("repair")
+    aligned = root / "aligned"
+    align.run(
+        AlignConfig(model="tiny-random", samples=8, retain="", train=_train(), lora=TINY_LORA),
+        aligned,
+        reporter=quiet,
+    )
+    out = root / "attacked"
+    attack_finetune.run(
+        FinetuneConfig(
+            model=str(aligned),
+            samples=8,
+            harmful_ratio=0.5,
+            lora_mode="merge",
+            train=_train(),
+            lora=TINY_LORA,
+            seed=7,
+        ),
+        out,
+        reporter=quiet,
+    )
+    return root, aligned, out
+
+
+def _weights(recipe_dict):
+    """Linear weights of a recipe's model, merged by PEFT: independent of hftguard.engine.repair."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(recipe_dict["base"], dtype=torch.float32)
+    for adapter in recipe_dict["adapters"]:
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return {n: m.weight.detach().clone() for n, m in model.named_modules() if n.endswith("_proj")}
+
+
+def _lora(adapter):
+    from safetensors.torch import load_file
+
+    t = load_file(f"{adapter}/adapter_model.safetensors")
+    pre = "base_model.model."
+    return {
+        k[len(pre) : -len(".lora_A.weight")]: (t[k], t[k.replace("lora_A", "lora_B")])
+        for k in t
+        if k.endswith(".lora_A.weight")
+    }
+
+
+def test_the_repaired_adapter_projects_exactly_the_least_aligned_layers(attacked, tmp_path):
+    from hftguard.console import Reporter
+
+    _, _, out = attacked
+    manifest = repair.run(
+        RepairConfig(model=str(out), defense="safelora", defense_options={"num_layers": 2}),
+        tmp_path / "repaired",
+        reporter=Reporter(quiet=True),
+    )
+    attacked_manifest = json.loads((out / "manifest.json").read_text())
+    start = attacked_manifest["input_model"]  # the aligned model the attack started from
+    w_aligned = _weights(start)
+    w_base = _weights({"base": start["base"], "adapters": []})
+    before, after = (
+        _lora(attacked_manifest["model"]["adapters"][-1]),
+        _lora(manifest["model"]["adapters"][-1]),
+    )
+    assert set(before) == set(after) and len(before) == 6  # q/k/v of 2 layers
+    cos, proj = {}, {}
+    for name, (a, b) in before.items():
+        v = _np(w_aligned[name] - w_base[name])
+        c = v @ v.T / np.linalg.norm(v)  # Frobenius
+        upd = _np(b) @ _np(a)
+        pu = c @ upd
+        cos[name] = (pu * upd).sum() / (np.linalg.norm(pu) * np.linalg.norm(upd))
+        proj[name] = c @ _np(b)
+    want = sorted(cos, key=cos.get)[:2]
+    assert manifest["repair"]["projected"] == 2
+    for name, (a, b) in after.items():
+        np.testing.assert_array_equal(_np(a), _np(before[name][0]))  # A never changes
+        if name in want:
+            np.testing.assert_allclose(_np(b), proj[name], rtol=1e-4, atol=1e-7)
+        else:
+            np.testing.assert_array_equal(_np(b), _np(before[name][1]))
+    report = json.loads((tmp_path / "repaired" / "safelora.json").read_text())
+    assert sorted(report["projected"]) == sorted(want)
+    for name, value in report["cosine"].items():
+        assert value == pytest.approx(cos[name], rel=1e-6)
+    # the recipe: the aligned adapters, then the repaired one (the attack adapter is replaced)
+    assert manifest["model"]["adapters"][:-1] == attacked_manifest["model"]["adapters"][:-1]
+    assert manifest["model"]["adapters"][-1].startswith(str((tmp_path / "repaired").resolve()))
+
+
+def test_repair_refuses_a_run_that_is_not_an_attack(attacked, tmp_path):
+    _, aligned, _ = attacked
+    with pytest.raises(HftguardError, match="not a finished attack-finetune run"):
+        repair.run(RepairConfig(model=str(aligned), defense="safelora"), tmp_path / "r")
+    assert not (tmp_path / "r").exists()  # nothing written before the check
+
+
+def test_cli_repair_then_eval(attacked, cli, tmp_path):
+    _, _, out = attacked
+    r = cli("repair", "--model", str(out), "--defense", "safelora", "--out", "rep", "--set",
+            "defense_options.num_layers=3")  # fmt: skip
+    assert r.code == 0, r.err
+    manifest = json.loads((tmp_path / "rep" / "manifest.json").read_text())
+    assert manifest["status"] == "completed" and manifest["repair"]["projected"] >= 3
+    again = cli("repair", "--model", str(out), "--defense", "safelora", "--out", "rep", "--resume",
+                "--set", "defense_options.num_layers=3")  # fmt: skip
+    assert again.code == 0 and "nothing to do" in again.err + again.out
+    small = ["--set", "task_samples=2", "--set", "benign_samples=0", "--set", "max_new_tokens=2"]
+    ev = cli("eval", "--model", "rep", "--out", "ev", "--harmful-samples", "2", *small)
+    assert ev.code == 0, ev.err
+
+
+def test_cli_repair_unknown_defense_is_a_clear_error(attacked, cli):
+    _, _, out = attacked
+    r = cli("repair", "--model", str(out), "--defense", "safelora2", "--out", "rep")
+    assert_error(r, 2, "Unknown repair defense", "Did you mean 'safelora'")
