@@ -207,3 +207,66 @@ def test_cli_repair_unknown_defense_is_a_clear_error(attacked, cli):
     _, _, out = attacked
     r = cli("repair", "--model", str(out), "--defense", "safelora2", "--out", "rep")
     assert_error(r, 2, "Unknown repair defense", "Did you mean 'safelora'")
+
+
+REPAIR_GRID = """\
+evaluate_base = false
+
+[grid]
+methods = ["sft/sft", "sft/sft/safelora"]
+harmful_ratio = [0.5]
+labels = { "sft/sft" = "SFT", "sft/sft/safelora" = "SFT + SafeLoRA" }
+[grid.repair_options.safelora]
+num_layers = 2
+
+[align]
+model = "tiny-random"
+samples = 8
+retain = ""
+[align.train]
+max_steps = 2
+batch_size = 4
+max_length = 64
+[align.lora]
+r = 4
+alpha = 8.0
+
+[finetune]
+samples = 8
+lora_mode = "merge"
+[finetune.train]
+max_steps = 2
+batch_size = 4
+max_length = 64
+[finetune.lora]
+r = 4
+alpha = 8.0
+
+[eval]
+harmful_samples = 4
+benign_samples = 2
+task_samples = 4
+max_new_tokens = 2
+batch_size = 4
+"""
+
+
+def test_a_grid_with_a_repair_method_runs_reports_and_resumes(cli, tmp_path):
+    (tmp_path / "grid.toml").write_text(REPAIR_GRID)
+    res = cli("run", "grid.toml", "--out", "g")
+    assert res.code == 0, res.err
+    summary = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    plain, fixed = summary["cells"]
+    assert plain["attacked"] == fixed["attacked"]  # one attacked model, repaired once
+    assert fixed["repaired"].endswith("/repaired-safelora") and "repaired" not in plain
+    repaired = json.loads((tmp_path / "g" / fixed["repaired"] / "manifest.json").read_text())
+    assert repaired["repair"]["projected"] == 2
+    res = cli("run", "grid.toml", "--out", "g", "--dry-run")
+    assert res.code == 0 and "2 cell(s), 2 done" in res.out and "repair" in res.out
+    res = cli("report", "g", "--out", "rep", "--bootstrap", "50", "--no-plots")
+    assert res.code == 0, res.err
+    assert "| SFT | " in res.out and "| SFT + SafeLoRA | " in res.out
+    rj = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert ("vs_baseline", "sft/sft/safelora", "hs") in {
+        (c["kind"], c["method"], c["metric"]) for c in rj["comparisons"]
+    }

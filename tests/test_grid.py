@@ -18,7 +18,7 @@ import pytest
 from hftguard import config as cfgmod
 from hftguard.console import Reporter
 from hftguard.errors import ConfigError, HftguardError, RunDirError
-from hftguard.pipeline import align, attack_finetune, cache, evaluate, grid
+from hftguard.pipeline import align, attack_finetune, cache, evaluate, grid, repair
 from hftguard.records import Verdict
 from hftguard.runs import atomic_write_json, now
 
@@ -184,6 +184,8 @@ def test_skip_align_and_none_fine_tune_the_base_model() -> None:
         ({"align_seed": [42, 43]}, "grid.align_seed must be one integer"),
         ({"align_seed": True}, "grid.align_seed must be one integer"),
         ({"methods": ["sft"]}, "align/finetune"),
+        ({"methods": ["sft/sft/safelora/x"]}, "align/finetune/repair"),
+        ({"repair_options": {"safelora": 3}}, "table of tables"),
         ({"methods": ["sft/sft"], "align_defense": ["sft"]}, "cannot be combined"),
         ({"align_options": {"booster": 5}}, "table of tables"),
     ],
@@ -205,6 +207,67 @@ def test_check_resolves_every_component_name(registry: Any) -> None:
         grid.check(
             load(align_defense=["booster"], align_options={"booster": {"lamm": 1}}), registry
         )
+
+
+def test_repair_methods_add_a_third_stage_and_its_options(registry: Any) -> None:
+    g = load(
+        methods=["sft/sft", "sft/sft/safelora"],
+        harmful_ratio=[0.2],
+        repair_options={"safelora": {"num_layers": 3}},
+    )
+    grid.check(g, registry)
+    plain, repaired = g.cells
+    assert (plain.method, repaired.method) == ("sft/sft", "sft/sft/safelora")
+    assert plain.attack_name == plain.name == repaired.attack_name != repaired.name
+    assert "repair" not in plain.coords() and repaired.coords()["repair"] == "safelora"
+    r = g.repair_config(repaired, "OUT/cells/x/attacked")
+    assert (r.model, r.defense, r.defense_options) == (
+        "OUT/cells/x/attacked",
+        "safelora",
+        {"num_layers": 3},
+    )
+    with pytest.raises(ConfigError, match="safeloar"):
+        grid.check(load(methods=["sft/sft/safeloar"]), registry)
+    with pytest.raises(ConfigError, match="num_layer"):
+        grid.check(
+            load(methods=["sft/sft/safelora"], repair_options={"safelora": {"num_layer": 1}}),
+            registry,
+        )
+
+
+def test_repair_cells_share_the_attacked_model_and_rerun_does_no_work(
+    fake: FakeStages, tmp_path: Path
+) -> None:
+    g = load(methods=["sft/sft", "sft/sft/safelora"], harmful_ratio=[0.2], seed=[1])
+    out = tmp_path / "out"
+    summary = grid.run(g, out, reporter=quiet())
+    # one alignment, ONE attack serving both cells, one repair; evals: base, aligned, 2 cells
+    assert fake.calls == {"align": 1, "finetune": 1, "repair": 1, "eval": 4}
+    cell = out / "cells" / g.cells[0].attack_name
+    assert {p.name for p in cell.iterdir()} == {
+        "attacked",
+        "eval",
+        "repaired-safelora",
+        "eval-safelora",
+    }
+    repaired_eval = json.loads((cell / "eval-safelora" / "manifest.json").read_text())
+    assert repaired_eval["config"]["model"] == f"cells/{g.cells[0].attack_name}/repaired-safelora"
+    rows = {r["cell"]: r for r in grid.plan(g, out)}
+    assert [r["repair"] for r in rows.values()] == ["-", "done"]
+    assert all(r["status"] == "done" for r in rows.values())
+    assert [c.get("repaired") for c in summary["cells"]] == [
+        None,
+        f"cells/{g.cells[0].attack_name}/repaired-safelora",
+    ]
+    before = len(fake.log)
+    grid.run(g, out, reporter=quiet())
+    assert len(fake.log) == before  # every stage was done: no stage function was called
+    assert {p.name for p in cell.iterdir()} == {
+        "attacked",
+        "eval",
+        "repaired-safelora",
+        "eval-safelora",
+    }
 
 
 def test_fine_tuning_baselines_are_grid_methods(registry: Any) -> None:
@@ -281,7 +344,12 @@ class FakeStages:
         self.calls: Counter[str] = Counter()
         self.log: list[tuple[str, str, dict[str, Any]]] = []
         self.fail: set[str] = set()  # suffixes of run dirs whose stage raises
-        for name, module in (("align", align), ("finetune", attack_finetune), ("eval", evaluate)):
+        for name, module in (
+            ("align", align),
+            ("finetune", attack_finetune),
+            ("repair", repair),
+            ("eval", evaluate),
+        ):
             monkeypatch.setattr(module, "run", self._fake(name))
 
     def _fake(self, stage: str) -> Any:

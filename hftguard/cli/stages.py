@@ -193,6 +193,14 @@ def _finish_training(manifest: dict[str, Any], as_json: bool, out: Path) -> None
     )
 
 
+def _plan_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """The dry-run table: a repair column only when some cell repairs its attacked model."""
+    repair = any(r.get("repair", "-") != "-" for r in rows)
+    cols = ["cell", "align", "attack-finetune", *(["repair"] if repair else []), "eval", "status"]
+    keys = ["cell", "align", "attack", *(["repair"] if repair else []), "eval", "status"]
+    return cols, [[r[k] for k in keys] for r in rows]
+
+
 def register(app: typer.Typer) -> None:
     @app.command("align", rich_help_panel=PANEL)
     def align_cmd(
@@ -475,8 +483,7 @@ def register(app: typer.Typer) -> None:
             print_table(
                 f"hftguard run --dry-run: {len(rows)} cell(s), "
                 f"{sum(r['status'] == 'done' for r in rows)} done -> {out}",
-                ["cell", "align", "attack-finetune", "eval", "status"],
-                [[r["cell"], r["align"], r["attack"], r["eval"], r["status"]] for r in rows],
+                *_plan_table(rows),
             )
             return
         reporter = _reporter(quiet, as_json)

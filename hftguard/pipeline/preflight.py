@@ -142,7 +142,7 @@ def stage_problems(
             if isinstance(spec, str) and spec:
                 out.append(model_problem(spec, f"{where}.model"))
     out += [data_problem(spec, f"{prefix}{key}") for spec, key in data]
-    for name, options in (cfg.dataset_options or {}).items():
+    for name, options in (getattr(cfg, "dataset_options", None) or {}).items():
         if isinstance(options, dict):
             out.append(source_problem(options.get("source"), f"dataset_options.{name}.source"))
     return [p for p in out if p]
@@ -158,6 +158,7 @@ def grid_problems(grid: Any, reg: Registry) -> list[str]:
         cfgmod.AlignConfig: "align.",
         cfgmod.FinetuneConfig: "finetune.",
         cfgmod.EvalConfig: "eval.",
+        cfgmod.RepairConfig: "grid.repair_options.",  # no data: only its model, a grid run
     }
     problems = [model_problem(grid.base.align.model, "align.model")]
     for cfg in _stage_configs(grid):

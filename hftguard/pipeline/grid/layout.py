@@ -38,10 +38,17 @@ class Layout:
         return self.root / ("aligned-eval" if self.legacy else name)
 
     def attacked(self, cell: Cell) -> Path:
-        return self.root / ("attacked" if self.legacy else f"cells/{cell.name}/attacked")
+        """Shared by the cells that differ only in their repair defense."""
+        return self.root / ("attacked" if self.legacy else f"cells/{cell.attack_name}/attacked")
+
+    def repaired(self, cell: Cell) -> Path:
+        return self.root / f"cells/{cell.attack_name}/repaired-{slug(cell.repair)}"
 
     def cell_eval(self, cell: Cell) -> Path:
-        return self.root / ("attacked-eval" if self.legacy else f"cells/{cell.name}/eval")
+        if self.legacy:
+            return self.root / "attacked-eval"
+        suffix = f"-{slug(cell.repair)}" if cell.repair else ""
+        return self.root / f"cells/{cell.attack_name}/eval{suffix}"
 
 
 def _time(value: Any) -> _dt.datetime | None:
@@ -90,18 +97,25 @@ def plan(grid: Grid, out: str | Path) -> list[dict[str, Any]]:
         for cell in cells:
             attacked = lay.attacked(cell)
             f_state = stage_state(attacked, grid.finetune_config(cell, start), upstream, root)
+            evaluated, r_state = attacked, "-"
+            if cell.repair:
+                evaluated = lay.repaired(cell)
+                rcfg = grid.repair_config(cell, lay.rel(attacked))
+                r_state = stage_state(evaluated, rcfg, attacked, lay.root)
             e_state = stage_state(
                 lay.cell_eval(cell),
-                grid.cell_eval_config(cell, lay.rel(attacked)),
-                attacked,
+                grid.cell_eval_config(cell, lay.rel(evaluated)),
+                evaluated,
                 lay.root,
             )
-            done = a_state in ("done", "-") and f_state == e_state == "done"
+            done = a_state in ("done", "-") and r_state in ("done", "-")
+            done = done and f_state == e_state == "done"
             rows.append(
                 {
                     "cell": cell.label,
                     "align": a_state,
                     "attack": f_state,
+                    "repair": r_state,
                     "eval": e_state,
                     "status": "done" if done else "left",
                     "dir": str(lay.cell_eval(cell).parent if grid.is_grid else lay.root),

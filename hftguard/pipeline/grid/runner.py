@@ -115,8 +115,15 @@ class _Runner:
         root (``Layout.rel``) and gets ``model_root``."""
         model_root = self.layout.root if upstream is not None else None
         state = stage_state(path, cfg, upstream, model_root)
-        if state == "done" and upstream is not None and upstream in self.ran:
-            state = "stale"  # its input was (re)built just now; timestamps may share a second
+        if (
+            state == "done"
+            and upstream is not None
+            and upstream in self.ran
+            and path not in self.ran
+        ):
+            # its input was (re)built just now (timestamps may share a second); a stage that this
+            # run built after it (an attacked model shared by repair cells) is not stale
+            state = "stale"
         if state == "done":
             if not self.grid.is_grid:
                 self.reporter.info(f"== {what}: already complete")
@@ -252,12 +259,24 @@ class _Runner:
             attacked,
             upstream,
         )
+        evaluated = attacked
+        if cell.repair:  # the repair stage on the (shared) attacked model, then eval of it
+            from hftguard.pipeline import repair
+
+            evaluated = lay.repaired(cell)
+            self.stage(
+                f"repair: {cell.repair}",
+                repair.run,
+                g.repair_config(cell, lay.rel(attacked)),
+                evaluated,
+                attacked,
+            )
         label = cell.label if g.is_grid else f"attacked (p={fcfg.harmful_ratio}, {fcfg.defense})"
         self.evaluate(
             label,
-            g.cell_eval_config(cell, lay.rel(attacked)),
+            g.cell_eval_config(cell, lay.rel(evaluated)),
             lay.cell_eval(cell),
-            attacked,
+            evaluated,
             {"kind": "attacked", "cell": cell.name, **cell.coords()},
             what="eval" if g.is_grid else None,
         )
@@ -304,6 +323,7 @@ def run(
             **({"align_seed": grid.fixed_align_seed} if grid.fixed_align_seed is not None else {}),
             "align_options": grid.align_options,
             "finetune_options": grid.finetune_options,
+            **({"repair_options": grid.repair_options} if grid.repair_options else {}),
             "labels": grid.labels,
         }
     atomic_write_json(root / "manifest.json", {**head, "status": "running"})
@@ -324,6 +344,11 @@ def run(
                     **c.coords(),
                     "status": runner.status[c.name],
                     "attacked": lay.attacked(c).relative_to(root).as_posix(),
+                    **(
+                        {"repaired": lay.repaired(c).relative_to(root).as_posix()}
+                        if c.repair
+                        else {}
+                    ),
                     "eval": lay.cell_eval(c).relative_to(root).as_posix(),
                 }
                 for c in grid.cells

@@ -17,13 +17,28 @@ from pathlib import Path
 from typing import Any
 
 from hftguard import config as cfgmod
-from hftguard.config import AlignConfig, EvalConfig, FinetuneConfig, PipelineConfig, validate_stage
+from hftguard.config import (
+    AlignConfig,
+    EvalConfig,
+    FinetuneConfig,
+    PipelineConfig,
+    RepairConfig,
+    validate_stage,
+)
 from hftguard.errors import ConfigError, did_you_mean
 from hftguard.registry import Registry
 
 NO_ALIGN = "none"
 AXES = ("align_defense", "finetune_defense", "harmful_ratio", "samples", "task", "seed")
-GRID_KEYS = (*AXES, "methods", "align_seed", "align_options", "finetune_options", "labels")
+GRID_KEYS = (
+    *AXES,
+    "methods",
+    "align_seed",
+    "align_options",
+    "finetune_options",
+    "repair_options",
+    "labels",
+)
 
 
 def fmt_num(x: float) -> str:
@@ -46,7 +61,8 @@ def slug(text: str) -> str:
 
 @dataclass(frozen=True)
 class Cell:
-    """One point of the grid: an attacked model and its evaluation."""
+    """One point of the grid: an attacked (and, with ``repair``, repaired) model and its
+    evaluation. Cells that differ only in ``repair`` share one attacked model."""
 
     align: str
     finetune: str
@@ -54,17 +70,23 @@ class Cell:
     n: int
     task: str
     seed: int
+    repair: str = ""  # a repair defense run on the attacked model ("" = none)
 
     @property
     def method(self) -> str:
-        return f"{self.align}/{self.finetune}"
+        return f"{self.align}/{self.finetune}" + (f"/{self.repair}" if self.repair else "")
 
     @property
-    def name(self) -> str:
+    def attack_name(self) -> str:
+        """The attacked model's name: the same for every repair of it."""
         return (
             f"{slug(self.align)}__{slug(self.finetune)}__p{fmt_num(self.p)}__n{self.n}__"
             f"{slug(self.task)}__s{self.seed}"
         )
+
+    @property
+    def name(self) -> str:
+        return self.attack_name + (f"__r-{slug(self.repair)}" if self.repair else "")
 
     @property
     def label(self) -> str:
@@ -75,6 +97,7 @@ class Cell:
             "method": self.method,
             "align": self.align,
             "finetune": self.finetune,
+            **({"repair": self.repair} if self.repair else {}),
             "p": self.p,
             "n": self.n,
             "task": self.task,
@@ -91,6 +114,7 @@ class Grid:
     align_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     finetune_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     labels: dict[str, str] = field(default_factory=dict)
+    repair_options: dict[str, dict[str, Any]] = field(default_factory=dict)
     is_grid: bool = False  # a [grid] table was given: grid layout
     task_axis: bool = False  # the [grid] table names tasks: cells measure FA on their own task
     seed_axis: bool = False  # the [grid] table names seeds: they set the align and finetune seeds
@@ -149,6 +173,13 @@ class Grid:
     def eval_config(self, model: str, tasks: list[str] | None = None) -> EvalConfig:
         return dataclasses.replace(
             self.base.eval, model=model, tasks=list(self.tasks if tasks is None else tasks)
+        )
+
+    def repair_config(self, cell: Cell, model: str) -> RepairConfig:
+        """The repair stage of ``cell`` on the attacked model ``model``."""
+        options = self.repair_options.get(cell.repair, {})
+        return RepairConfig(
+            model=model, defense=cell.repair, defense_options=dict(options), seed=cell.seed
         )
 
     def cell_eval_config(self, cell: Cell, model: str) -> EvalConfig:
@@ -230,7 +261,7 @@ def load(data: dict[str, Any]) -> Grid:
                 f"Unknown option 'grid.{key}'.{did_you_mean(key, GRID_KEYS)}",
                 hint=f"Valid options of grid: {', '.join(GRID_KEYS)}.",
             )
-    for key in ("align_options", "finetune_options", "labels"):
+    for key in ("align_options", "finetune_options", "repair_options", "labels"):
         table = raw.get(key, {})
         if not isinstance(table, dict) or (
             key != "labels" and not all(isinstance(v, dict) for v in table.values())
@@ -259,20 +290,22 @@ def load(data: dict[str, Any]) -> Grid:
             )
         methods = []
         for i, m in enumerate(ax.methods):
-            align, sep, ft = m.partition("/")
-            if not sep or not align.strip() or not ft.strip():
+            parts = [x.strip() for x in str(m).split("/")]
+            if len(parts) not in (2, 3) or not all(parts):
                 raise ConfigError(
-                    f"grid.methods[{i}] = {m!r} is not 'align/finetune'.",
-                    hint='Example: methods = ["sft/sft", "booster/sft", "sft/lisa"]',
+                    f"grid.methods[{i}] = {m!r} is not 'align/finetune' or "
+                    "'align/finetune/repair'.",
+                    hint='Example: methods = ["sft/sft", "booster/sft", "sft/sft/safelora"]',
                 )
-            methods.append((align.strip(), ft.strip()))
+            methods.append((parts[0], parts[1], parts[2] if len(parts) == 3 else ""))
     else:
         default_align = NO_ALIGN if base.skip_align else base.align.defense
-        methods = list(
-            itertools.product(
+        methods = [
+            (a, f, "")
+            for a, f in itertools.product(
                 ax.align_defense or [default_align], ax.finetune_defense or [base.finetune.defense]
             )
-        )
+        ]
     ps = ax.harmful_ratio or [base.finetune.harmful_ratio]
     ns = ax.samples or [base.finetune.samples]
     tasks = ax.task or [base.finetune.task]
@@ -282,11 +315,11 @@ def load(data: dict[str, Any]) -> Grid:
     for n in ns:
         cfgmod.check_range("grid.samples", n, 1)
     cells = [
-        Cell(a, f, p, n, t, s)
-        for (a, f), t, n, p, s in itertools.product(methods, tasks, ns, ps, seeds)
+        Cell(a, f, p, n, t, s, r)
+        for (a, f, r), t, n, p, s in itertools.product(methods, tasks, ns, ps, seeds)
     ]
     axes = {
-        "methods": [f"{a}/{f}" for a, f in methods],
+        "methods": [f"{a}/{f}" + (f"/{r}" if r else "") for a, f, r in methods],
         "harmful_ratio": ps,
         "samples": ns,
         "task": tasks,
@@ -298,6 +331,7 @@ def load(data: dict[str, Any]) -> Grid:
         dict(raw.get("align_options", {})),
         dict(raw.get("finetune_options", {})),
         {str(k): str(v) for k, v in raw.get("labels", {}).items()},
+        dict(raw.get("repair_options", {})),
         is_grid=True,
         task_axis="task" in raw,
         seed_axis="seed" in raw,
@@ -372,4 +406,6 @@ def _stage_configs(grid: Grid) -> Iterator[Any]:
             yield grid.eval_config("aligned")
         for cell in cells:
             yield grid.finetune_config(cell, "aligned")
+            if cell.repair:
+                yield grid.repair_config(cell, "attacked")
             yield grid.cell_eval_config(cell, "attacked")

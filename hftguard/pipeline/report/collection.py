@@ -21,6 +21,7 @@ class EvalRun:
     kind: str  # "base" | "aligned" | "attacked"
     align: str | None = None
     finetune: str | None = None
+    repair: str | None = None  # the repair defense run on the attacked model, if any
     p: float | None = None
     n: int | None = None
     task: str | None = None
@@ -35,7 +36,7 @@ class EvalRun:
     @property
     def method(self) -> str:
         if self.kind == "attacked":
-            return f"{self.align}/{self.finetune}"
+            return f"{self.align}/{self.finetune}" + (f"/{self.repair}" if self.repair else "")
         return self.align or "base"
 
     @property
@@ -222,6 +223,12 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
         Path(adapters[-1]).parent if adapters else None,
     )
     run = EvalRun(path, "base", manifest=manifest)
+    if model_m is not None and model_m.get("stage") == "repair":  # a repaired attacked model
+        run.repair = model_m.get("config", {}).get("defense")
+        model_dir, model_m = _run_dir(
+            rooted_model(model_dir, model_m) if model_dir is not None else None,
+            model_m.get("attacked_run"),
+        )
     if model_m is None:
         return run
     mcfg = model_m.get("config", {})
@@ -351,6 +358,7 @@ def collect(paths: Sequence[str | Path]) -> Collection:
         if coords and coords.get("kind", "attacked") == "attacked":
             run.kind = "attacked"
             run.align, run.finetune = coords["align"], coords["finetune"]
+            run.repair = coords.get("repair") or None
             run.p, run.n, run.task, run.seed = (
                 coords["p"],
                 coords["n"],
