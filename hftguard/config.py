@@ -166,6 +166,12 @@ class FinetuneConfig:
     )
     harmful_ratio: float = opt(0.1, "Share p of harmful examples in the user data.")
     samples: int = opt(200, "User dataset size n.")
+    screen: str = opt(
+        "",
+        "Screen the user data with this judge before training and drop what it flags as harmful "
+        "(a provider's moderation filter; the manifest counts what leaked through). '' = off.",
+    )
+    screen_options: dict[str, Any] = opt({}, "Options of the screening judge's Config.")
     lora_mode: Literal["auto", "continue", "merge"] = opt(
         "auto", "continue the aligned adapter (single LoRA) or merge it and add a new one."
     )

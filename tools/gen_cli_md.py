@@ -21,6 +21,7 @@ COMMANDS = [
     "report",
     "export",
     "repair",
+    "screen",
     "validate-judges",
     "bench",
     "plugins",

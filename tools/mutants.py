@@ -426,6 +426,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_defense_safelora.py",),
     ),
     Mutant(
+        "screen-trains-on-flagged",
+        "hftguard/pipeline/screening.py",
+        "kept = [e for e, f in zip(examples, flagged, strict=True) if not f]",
+        "kept = [e for e, f in zip(examples, flagged, strict=True) if f]",
+        "screening keeps the flagged samples and drops the rest",
+        ("tests/test_screening.py",),
+    ),
+    Mutant(
+        "screen-leak-counts-caught",
+        "hftguard/pipeline/screening.py",
+        "leaked = len(harmful) - caught",
+        "leaked = caught",
+        "leak-through counts the harmful samples caught instead of those let through",
+        ("tests/test_screening.py",),
+    ),
+    Mutant(
         "combine-drops-tensor-coef",
         "hftguard/engine/steps.py",
         "torch._foreach_add_(out, torch._foreach_mul(list(gs), coef.to(out[0].dtype)))",

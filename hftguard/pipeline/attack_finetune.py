@@ -81,6 +81,18 @@ def run(
         sources: dict[str, Any] = {
             "main": {"task": cfg.task, "harmful": cfg.harmful, "count": len(mixture.examples)}
         }
+        user = mixture.examples
+        if cfg.screen:  # the provider's filter in front of training (pipeline/screening.py)
+            from hftguard.pipeline.screening import screen_user_data
+
+            user, screening = screen_user_data(user, cfg.screen, cfg.screen_options, reg, reporter)
+            sources["main"]["screening"] = screening
+            sources["main"]["trained_count"] = len(user)
+            reporter.info(
+                f"screening ({cfg.screen}): dropped {screening['flagged']} of {screening['n']} "
+                f"user samples; {screening.get('harmful_leaked', '?')} harmful leaked through, "
+                f"{screening.get('benign_dropped', '?')} benign dropped"
+            )
         if "alignment" in defense.streams:
             streams["alignment"] = load_examples(
                 cfg.alignment_data,
@@ -92,7 +104,7 @@ def run(
                 options=opts,
             )
             sources["alignment"] = {"spec": cfg.alignment_data, "count": len(streams["alignment"])}
-        main = _with_appended(defense, mixture.examples, streams, sources, cfg, reporter)
+        main = _with_appended(defense, user, streams, sources, cfg, reporter)
         probes = _analysis_probes(cfg, reg, ctx, harmful, mixture) if cfg.analysis_every else {}
         spec = model_spec(cfg.model, model_root)
         resolved = models.resolve(spec)

@@ -559,6 +559,8 @@ def check_components(cfg: Any, reg: Registry) -> dict[tuple[str, str], Any]:
         d = built["finetune-defense", cfg.defense] = reg.instantiate(
             "finetune-defense", cfg.defense, cfg.defense_options, "defense_options"
         )
+        if cfg.screen:  # the screening judge's name and options, before anything is written
+            reg.instantiate("judge", cfg.screen, cfg.screen_options, "screen_options")
         datasets((cfg.task, "task"), (cfg.harmful, "harmful"), (cfg.alignment_data, "alignment"))
         check_poison_counts(cfg)
         steps = config_steps(cfg)
