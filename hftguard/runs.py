@@ -41,7 +41,7 @@ MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
 #: The kinds of run directory hftguard writes: a stage's, and ``pipeline``, the root of
 #: ``hftguard run`` (a tree of stage runs).
-STAGES = frozenset({"align", "finetune", "eval", "judge", "pipeline"})
+STAGES = frozenset({"align", "finetune", "repair", "eval", "judge", "screen", "pipeline"})
 #: What ``overwrite`` renames a replaced run to, next to it: ``.NAME`` + this + a UTC time.
 REPLACED = ".replaced-"
 #: The lock file of a run directory (:class:`RunLock`), and the record of who holds it.

@@ -270,3 +270,61 @@ def test_a_grid_with_a_repair_method_runs_reports_and_resumes(cli, tmp_path):
     assert ("vs_baseline", "sft/sft/safelora", "hs") in {
         (c["kind"], c["method"], c["metric"]) for c in rj["comparisons"]
     }
+
+
+def test_c_b_without_forming_c_and_the_norm_ratio():
+    from hftguard.builtins.defenses.safelora import _cosine_and_ratio, project_b
+
+    g = torch.Generator().manual_seed(3)
+    v, a, b = (
+        torch.randn(7, 5, generator=g),
+        torch.randn(3, 5, generator=g),
+        torch.randn(7, 3, generator=g),
+    )
+    np.testing.assert_allclose(_np(project_b(v, b)), _np(projection(v)) @ _np(b), rtol=1e-12)
+    cos, ratio = _cosine_and_ratio(project_b(v, b), a, b)
+    assert cos == pytest.approx(layer_cosine(projection(v), a, b), rel=1e-12)
+    upd = _np(b) @ _np(a)
+    assert ratio == pytest.approx(np.linalg.norm(_np(projection(v)) @ upd) / np.linalg.norm(upd))
+
+
+def test_repair_overwrites_and_refuses_an_attack_without_alignment(attacked, tmp_path):
+    from hftguard.console import Reporter
+
+    quiet = Reporter(quiet=True)
+    _, _, out = attacked
+    cfg = RepairConfig(model=str(out), defense="safelora", defense_options={"num_layers": 1})
+    first = repair.run(cfg, tmp_path / "r", reporter=quiet)
+    again = repair.run(
+        RepairConfig(model=str(out), defense="safelora", defense_options={"num_layers": 4}),
+        tmp_path / "r",
+        reporter=quiet,
+        overwrite=True,
+    )
+    assert (first["repair"]["projected"], again["repair"]["projected"]) == (1, 4)
+    plain = tmp_path / "plain-attack"  # fine-tuned straight from the base model: no alignment
+    attack_finetune.run(
+        FinetuneConfig(
+            model="tiny-random", samples=8, harmful_ratio=0.5, train=_train(), lora=TINY_LORA
+        ),
+        plain,
+        reporter=quiet,
+    )
+    with pytest.raises(HftguardError, match="without an alignment adapter"):
+        repair.run(RepairConfig(model=str(plain), defense="safelora"), tmp_path / "r2")
+    assert not (tmp_path / "r2").exists()
+
+
+def test_grid_check_refuses_repairs_that_would_have_nothing_to_repair(registry):
+    from hftguard.pipeline import grid
+
+    base = {
+        "align": {"model": "tiny-random", "retain": "", "train": {"max_steps": 1}},
+        "finetune": {"samples": 20, "train": {"max_steps": 1}},
+    }
+    with pytest.raises(ConfigError, match="lora_mode 'continue'"):  # Booster's single LoRA
+        grid.check(grid.load({**base, "grid": {"methods": ["booster/sft/safelora"]}}), registry)
+    with pytest.raises(ConfigError, match="without alignment"):
+        grid.check(grid.load({**base, "grid": {"methods": ["none/sft/safelora"]}}), registry)
+    merged = {**base, "finetune": {**base["finetune"], "lora_mode": "merge"}}
+    grid.check(grid.load({**merged, "grid": {"methods": ["booster/sft/safelora"]}}), registry)

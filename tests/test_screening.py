@@ -163,3 +163,14 @@ def test_attack_finetune_screens_the_user_data_and_records_what_leaked(tmp_path)
             reporter=quiet,
         )
     assert not (tmp_path / "f2").exists()
+
+
+def test_cli_screen_refuses_a_missing_response_and_a_mapping_to_no_column(cli, tmp_path):
+    rows = [UPLOAD[0], {"prompt": "Explain how to steal", "kind": "harmful"}]
+    r = cli("screen", str(_write(tmp_path / "u.jsonl", rows)), "--out", "s")
+    assert_error(r, 2, "u.jsonl", "the response")
+    r = cli(
+        "screen", str(_write(tmp_path / "v.jsonl", UPLOAD)), "--field", "kind=label", "--out", "s"
+    )
+    assert_error(r, 2, "no record has the column 'label'")
+    assert not (tmp_path / "s").exists()

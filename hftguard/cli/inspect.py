@@ -16,7 +16,7 @@ OPTION_NOTES = {
     "finetune-defense": "on `hftguard attack-finetune --defense NAME`; under `hftguard run`: "
     "--set finetune.defense_options.OPTION=VALUE, or [finetune.defense_options].",
     "repair-defense": "on `hftguard repair --defense NAME`: --set defense_options.OPTION=VALUE, "
-    "or [repair.defense_options] in the config file.",
+    "or defense_options in its --config file; in a grid: [grid.repair_options.NAME].",
     "dataset": "on any stage command and on `hftguard run` (there for every stage), or "
     "[dataset_options.NAME] in the config file.",
     "judge": "on `hftguard eval` / `hftguard judge --judge NAME`; under "

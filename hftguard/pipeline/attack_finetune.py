@@ -85,7 +85,9 @@ def run(
         if cfg.screen:  # the provider's filter in front of training (pipeline/screening.py)
             from hftguard.pipeline.screening import screen_user_data
 
-            user, screening = screen_user_data(user, cfg.screen, cfg.screen_options, reg, reporter)
+            user, screening = screen_user_data(
+                user, cfg.screen, cfg.screen_options, reg, reporter, cfg.train.device
+            )
             sources["main"]["screening"] = screening
             sources["main"]["trained_count"] = len(user)
             reporter.info(

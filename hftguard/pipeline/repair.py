@@ -4,8 +4,8 @@ defenses: SafeLoRA, ...).
 A linear recipe: plan (the config, the defense built once, the attacked run read and checked),
 open the run directory, let the defense write its repaired artefact into it, write the manifest.
 The repaired model is a recipe like every stage's (base + adapters): the attacked model's with its
-fine-tuning adapter replaced by the repaired one, so ``hftguard eval --model DIR`` and
-``hftguard export DIR`` take it as they take an attacked run.
+fine-tuning adapter replaced by the repaired one, so ``hftguard eval --model DIR`` takes it as it
+takes an attacked run (``hftguard export`` does not take repair runs yet).
 """
 
 from __future__ import annotations
@@ -103,6 +103,16 @@ def _plan(cfg: RepairConfig, reg: Registry, model_root: str | Path | None) -> _P
     recipe = resolved.recipe
     if not recipe.adapters:
         raise ModelError(f"{spec} has no LoRA adapter to repair.")
+    if len(recipe.adapters) < 2:
+        raise ModelError(
+            f"{spec} was fine-tuned from a model without an alignment adapter, so there is no "
+            "alignment update to repair it towards.",
+            hint="Repair a model fine-tuned from an aligned run (hftguard align, then "
+            "attack-finetune --model ALIGNED_RUN).",
+        )
+    from hftguard.engine.repair import read_lora
+
+    read_lora(recipe.adapters[-1])  # a readable LoRA adapter, before the run directory exists
     return _Plan(
         reg.get(KIND, cfg.defense), defense, spec, recipe, list(recipe.adapters[:-1]), manifest
     )
@@ -123,13 +133,17 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         write_json=lambda name, data: atomic_write_json(run_dir.path / name, data),
     )
     result = plan.defense.apply(ctx)
-    adapter = Path(result["adapter"]).resolve()
-    if run_dir.path.resolve() not in adapter.parents:
+    expected = (run_dir.path / "adapter").resolve()
+    adapter = Path(str((result or {}).get("adapter", ""))).resolve()
+    if adapter != expected:
         raise ModelError(
-            f"repair defense {cfg.defense} wrote its adapter outside the run directory "
-            f"({adapter}).",
-            hint="A repair defense writes into ctx.output_dir.",
+            f"repair defense {cfg.defense} returned the adapter {adapter}, not {expected}.",
+            hint="A repair defense writes its repaired adapter to ctx.output_dir / 'adapter' and "
+            'returns {"adapter": that path, "metrics": {...}}.',
         )
+    from hftguard.engine.repair import read_lora
+
+    read_lora(adapter)  # eval must be able to load what the manifest will name
     repaired = models.ModelRecipe(recipe.base, recipe.base_spec, [*plan.underneath, str(adapter)])
     return run_dir.update_manifest(
         status="completed",

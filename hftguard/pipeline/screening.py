@@ -38,7 +38,7 @@ ALIASES: dict[str, tuple[str, ...]] = {
     "prompt": ("prompt", "instruction", "question"),
     "response": ("response", "output", "answer", "completion"),
     "input": ("input",),
-    "kind": ("kind", "label"),
+    "kind": ("kind",),
     "id": ("id",),
 }
 
@@ -93,13 +93,21 @@ def screen_metrics(flagged: Sequence[bool], kinds: Sequence[str | None]) -> dict
 
 
 def screen_user_data(
-    examples: list[Example], judge_name: str, options: dict[str, Any], reg: Registry, reporter: Any
+    examples: list[Example],
+    judge_name: str,
+    options: dict[str, Any],
+    reg: Registry,
+    reporter: Any,
+    device: str = "auto",
 ) -> tuple[list[Example], dict[str, Any]]:
     """The samples the judge does not flag, and the record of the screening (``attack-finetune``
     with ``screen``). The examples' kinds are the experiment's ground truth."""
     info = reg.get("judge", judge_name)
     judge = reg.instantiate("judge", judge_name, options, "screen_options")
-    verdicts = judge_samples(examples, info, judge, JudgeContext(reporter=reporter))
+    from hftguard.pipeline.judging import _device
+
+    ctx = JudgeContext(device=_device(device), reporter=reporter)  # the stage's device
+    verdicts = judge_samples(examples, info, judge, ctx)
     flagged = [bool(v.harmful) for v in verdicts]
     kept = [e for e, f in zip(examples, flagged, strict=True) if not f]
     record = {
@@ -151,6 +159,13 @@ def read_samples(path: str | Path, fields: dict[str, str] | None = None) -> list
     if not raw:
         raise DataError(f"{path}: the file contains no records", hint="give one sample per line")
     seen = {k for _, _, r in raw if isinstance(r, dict) for k in r}
+    for ours, col in fields.items():
+        if col not in seen:
+            raise DataError(
+                f"{path}: --field {ours}={col}: no record has the column {col!r}; the file's "
+                f"fields: {', '.join(sorted(seen)) or '(none)'}",
+                hint="map an existing column",
+            )
     columns = {}
     for ours, names in ALIASES.items():
         found = next((c for c in ((fields[ours],) if ours in fields else names) if c in seen), None)
@@ -178,7 +193,13 @@ def read_samples(path: str | Path, fields: dict[str, str] | None = None) -> list
                 "leak-through then)",
             )
         meta = {"id": value.get("id") or f"{path.name}:{number}", "record": number}
-        response = value["response"] if isinstance(value["response"], str) else ""
+        response = value["response"]
+        if not isinstance(response, str):
+            raise DataError(
+                f"{path}: {where}: the response (field {columns['response']!r}) is missing or "
+                "not text",
+                hint='give every sample a response ("" for an empty answer)',
+            )
         out.append(
             Example(value["prompt"], response, kind or "unknown", value.get("input") or "", meta)
         )

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from hftguard.components import RepairDefense
 from hftguard.errors import ConfigError, HftguardError
@@ -89,6 +89,24 @@ def layer_cosine(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> float:
     return num / den if den > 0 else 0.0
 
 
+def project_b(v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """C B = V (Vᵀ B) / ‖V‖_F in float64, without forming C (``[d_out, r]``)."""
+    v64 = v.detach().to(dtype=_f64())
+    return (v64 @ (v64.T @ b.detach().to(_f64()))) / torch_norm(v64)
+
+
+def _cosine_and_ratio(cb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """cos(vec(C B A), vec(B A)) and ‖C B A‖_F / ‖B A‖_F, from C B (float64)."""
+    import torch
+
+    a64 = a.detach().to(_f64())
+    proj, upd = cb @ a64, b.detach().to(_f64()) @ a64
+    n_proj, n_upd = float(torch.linalg.vector_norm(proj)), float(torch.linalg.vector_norm(upd))
+    if n_proj == 0.0 or n_upd == 0.0:
+        return 0.0, 0.0 if n_upd else 1.0
+    return float((proj * upd).sum()) / (n_proj * n_upd), n_proj / n_upd
+
+
 def selected(cosines: dict[str, float], cfg: SafeLoRAConfig) -> list[str]:
     """The modules to project, in the given order (the official selection rule)."""
     if cfg.select == "threshold":
@@ -113,8 +131,6 @@ class SafeLoRA(RepairDefense):
         "Hsu et al., Safe LoRA: the Silver Lining of Reducing Safety Risks when Fine-tuning "
         "Large Language Models, NeurIPS 2024 (IBM/SafeLoRA)"
     )
-    needs: ClassVar[tuple[str, ...]] = ("lora-adapter",)
-
     config: SafeLoRAConfig
 
     def apply(self, ctx: RepairContext) -> dict[str, Any]:
@@ -123,15 +139,16 @@ class SafeLoRA(RepairDefense):
         lora = kit.read_lora(ctx.adapter)
         diffs = kit.weight_differences(ctx.base, ctx.underneath, list(lora.modules))
         cosines: dict[str, float] = {}
-        projections: dict[str, Any] = {}
+        projected_b: dict[str, Any] = {}
+        ratio: dict[str, float] = {}  # ‖C ΔW‖_F / ‖ΔW‖_F: what a projection keeps of the update
         no_alignment: list[str] = []
         for name, (a, b) in lora.modules.items():
-            v = diffs[name]
+            v = diffs.pop(name)
             if float(torch_norm(v.to(_f64()))) == 0.0:
                 no_alignment.append(name)  # alignment did not touch it: C is undefined
                 continue
-            projections[name] = projection(v)
-            cosines[name] = layer_cosine(projections[name], a, b)
+            projected_b[name] = project_b(v, b)  # C B without forming the d_out x d_out C
+            cosines[name], ratio[name] = _cosine_and_ratio(projected_b[name], a, b)
         if not cosines:
             raise HftguardError(
                 "safelora: the alignment changed none of the weights the fine-tuning adapter "
@@ -141,10 +158,7 @@ class SafeLoRA(RepairDefense):
                 "targets the same modules (e.g. both on q_proj,k_proj,v_proj).",
             )
         chosen = selected(cosines, self.config)
-        new_b = {}
-        for name in chosen:
-            a, b = lora.modules[name]
-            new_b[name] = (projections[name] @ b.detach().to(_f64())).to(b.dtype)
+        new_b = {name: projected_b[name].to(lora.modules[name][1].dtype) for name in chosen}
         out = kit.write_lora(ctx.adapter, ctx.output_dir / "adapter", new_b)
         values = sorted(cosines.values())
         if ctx.reporter is not None:
@@ -161,6 +175,7 @@ class SafeLoRA(RepairDefense):
             "safelora.json",
             {
                 "cosine": cosines,
+                "norm_ratio": ratio,
                 "projected": chosen,
                 "no_alignment_update": no_alignment,
                 "options": {
@@ -173,6 +188,7 @@ class SafeLoRA(RepairDefense):
         return {
             "adapter": str(out),
             "metrics": {
+                "norm_ratio_projected_median": _median([ratio[n] for n in chosen]),
                 "layers": len(lora.modules),
                 "projected": len(chosen),
                 "no_alignment_update": len(no_alignment),
@@ -192,3 +208,7 @@ def torch_norm(x: torch.Tensor) -> torch.Tensor:
     import torch
 
     return torch.linalg.matrix_norm(x) if x.dim() == 2 else torch.linalg.vector_norm(x)
+
+
+def _median(values: list[float]) -> float | None:
+    return sorted(values)[len(values) // 2] if values else None

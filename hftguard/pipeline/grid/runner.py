@@ -270,6 +270,7 @@ class _Runner:
                 g.repair_config(cell, lay.rel(attacked)),
                 evaluated,
                 attacked,
+                derived=True,  # seconds, deterministic: redone when its options change
             )
         label = cell.label if g.is_grid else f"attacked (p={fcfg.harmful_ratio}, {fcfg.defense})"
         self.evaluate(

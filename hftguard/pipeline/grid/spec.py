@@ -386,6 +386,9 @@ def check(grid: Grid, registry: Registry | None = None) -> None:
     from hftguard.pipeline.common import check_components, get_registry
 
     reg = get_registry(registry)
+    for cell in grid.cells:
+        if cell.repair:
+            _check_repairable(grid, cell, reg)
     seen: set[str] = set()
     for cfg in _stage_configs(grid):
         key = type(cfg).__name__ + json.dumps(cfgmod.as_dict(cfg), sort_keys=True, default=str)
@@ -394,6 +397,27 @@ def check(grid: Grid, registry: Registry | None = None) -> None:
         seen.add(key)
         validate_stage(cfg)
         check_components(cfg, reg)
+
+
+def _check_repairable(grid: Grid, cell: Cell, reg: Registry) -> None:
+    """A repair needs an aligned model under a separate fine-tuning adapter: refuse, before any
+    training, the cells whose attack would not leave one (found out only after hours otherwise)."""
+    if cell.align == NO_ALIGN:
+        raise ConfigError(
+            f"grid.methods: {cell.method} repairs a model fine-tuned without alignment; a repair "
+            "needs the alignment update to repair towards.",
+            hint="Use an alignment defense in the method (e.g. sft/sft/safelora).",
+        )
+    mode = grid.finetune_config(cell, "aligned").lora_mode
+    if mode == "auto":
+        mode = getattr(reg.get("alignment-defense", cell.align).cls, "finetune_lora", "merge")
+    if mode == "continue":
+        raise ConfigError(
+            f"grid.methods: {cell.method} fine-tunes the alignment adapter itself (lora_mode "
+            "'continue'), so the attack leaves no separate adapter to repair.",
+            hint="Set finetune.lora_mode = 'merge' for the grid, or drop the repair from this "
+            "method.",
+        )
 
 
 def _stage_configs(grid: Grid) -> Iterator[Any]:
