@@ -12,7 +12,8 @@ import json
 import math
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +166,28 @@ def fsync_tree(path: Path) -> None:
                 os.fsync(fh.fileno())
     for d in reversed(dirs):
         fsync_dir(d)
+
+
+@contextmanager
+def atomic_directory(path: Path) -> Iterator[Path]:
+    """A temporary directory next to ``path`` to write into; when the block ends without an
+    error it is made durable (files and directories fsynced) and renamed to ``path``, replacing
+    what was there. On an error it is removed and ``path`` is untouched."""
+    from hftguard import runs
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = runs.make_temp_dir(path.parent, f".{path.name}.")  # mode 0o777 less the umask
+    try:
+        yield tmp
+        runs.default_modes(tmp)  # e.g. safetensors shards are written 0o600
+        fsync_tree(tmp)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # ---------------------------------------------------------------------------------------------

@@ -711,21 +711,10 @@ def trainable_parameters(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
 def save_adapter(model: Any, path: Path) -> None:
     """Save the trainable LoRA adapter as safetensors, atomically (via a temp dir) and durably
     (its files and both directories fsynced before this returns)."""
-    from hftguard.engine.checkpoints import fsync_dir, fsync_tree
+    from hftguard.engine.checkpoints import atomic_directory
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = runs.make_temp_dir(path.parent, f".{path.name}.")  # mode 0o777 less the umask
-    try:
+    with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
-        runs.default_modes(tmp)  # the safetensors shard is written 0o600
-        fsync_tree(tmp)
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def model_fingerprint(recipe: ModelRecipe) -> str:

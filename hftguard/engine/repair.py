@@ -9,14 +9,12 @@ whose keys are ``base_model.model.<module>.lora_A.weight`` ([r, d_in]) and ``...
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from hftguard import runs
 from hftguard.errors import ModelError
 
 PREFIX = "base_model.model."
@@ -103,7 +101,7 @@ def write_lora(source: Path, target: Path, new_b: dict[str, torch.Tensor]) -> Pa
     written atomically (temp directory, fsync, rename)."""
     from safetensors.torch import load_file, save_file
 
-    from hftguard.engine.checkpoints import fsync_dir, fsync_tree
+    from hftguard.engine.checkpoints import atomic_directory
 
     tensors = load_file(str(Path(source) / WEIGHTS))
     for name, b in new_b.items():
@@ -111,20 +109,9 @@ def write_lora(source: Path, target: Path, new_b: dict[str, torch.Tensor]) -> Pa
         if key not in tensors or tensors[key].shape != b.shape:
             raise ModelError(f"write_lora: {key} is not a B matrix of shape {tuple(b.shape)}.")
         tensors[key] = b.contiguous()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = runs.make_temp_dir(target.parent, f".{target.name}.")
-    try:
+    with atomic_directory(target) as tmp:
         for f in Path(source).iterdir():
             if f.is_file() and f.name != WEIGHTS:
                 shutil.copy2(f, tmp / f.name)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        runs.default_modes(tmp)
-        fsync_tree(tmp)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return target
