@@ -20,7 +20,7 @@ from hftguard.cli.inspect import plugin_rows, set_key
 from hftguard.pipeline.common import check_components
 from hftguard.registry import default_registry
 
-STAGES: dict[str, tuple[type[Any], str, list[str]]] = {
+STAGES: dict[str, tuple[type[Any], str | None, list[str]]] = {
     # kind: (stage config, section, --set selecting the component NAME)
     "alignment-defense": (cfgmod.AlignConfig, "align", ["defense={name!r}"]),
     # Lisa refuses a run shorter than its default cycle (1000 steps)
@@ -29,6 +29,7 @@ STAGES: dict[str, tuple[type[Any], str, list[str]]] = {
         "finetune",
         ["defense={name!r}", "train.max_steps=1000"],
     ),
+    "repair-defense": (cfgmod.RepairConfig, None, ["defense={name!r}", "model='attacked'"]),
     "judge": (cfgmod.EvalConfig, "eval", ["judges=[{name!r}]"]),
     "dataset": (cfgmod.AlignConfig, "align", []),
 }

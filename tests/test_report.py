@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cli_helpers import assert_error
 
 from hftguard.cli import main
 from hftguard.pipeline import report
@@ -1202,6 +1203,17 @@ def test_run_and_report_a_tiny_grid(cli: Any, tmp_path: Path) -> None:
 
     res = cli("report", "g", "--out", "rep2", "--format", "csv", "--no-plots", "--columns", "n")
     assert res.code == 0 and [p.name for p in (tmp_path / "rep2").iterdir()] == ["report.csv"]
+
+
+def test_two_evals_of_one_method_and_seed_are_refused_not_averaged(
+    cli: Any, tmp_path: Path
+) -> None:
+    root = fake_grid(tmp_path / "g", methods={"sft/sft": "SFT"}, ps=[0.1], seeds=[1])
+    cell = next((root / "cells").iterdir())
+    _eval_dir(tmp_path / "again", cell / "attacked", 3, 5)  # the same attacked model, again
+    res = cli("report", str(root), str(tmp_path / "again"))
+    assert_error(res, 2, "2 evaluations of sft/sft with seed 1", "Report them separately")
+    assert cli("report", str(root)).code == 0
 
 
 def test_report_without_matplotlib_writes_tables(

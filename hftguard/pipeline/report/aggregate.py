@@ -6,6 +6,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.collection import Collection, EvalRun
 from hftguard.pipeline.report.stats import Stat, _avg, mean_std
@@ -147,6 +148,27 @@ def _value(run: EvalRun, axis: str) -> Any:
     return {"p": run.p, "n": run.n, "task": run.task}[axis]
 
 
+def _refuse_duplicate_seeds(groups: Mapping[Any, list[EvalRun]]) -> None:
+    """Two evaluations in one cell with the same seed would be averaged as two seeds: refuse.
+
+    It happens when a report is given two evaluations of one method and seed that differ in what
+    the report does not key on (a defense's options, eval settings), or one model evaluated
+    twice."""
+    for runs in groups.values():
+        by_seed: dict[Any, list[EvalRun]] = {}
+        for r in runs:
+            by_seed.setdefault(r.seed, []).append(r)
+        for seed, same in by_seed.items():
+            if len(same) > 1:
+                paths = ", ".join(str(r.path) for r in same)
+                raise RunDirError(
+                    f"{len(same)} evaluations of {same[0].method} with seed {seed} in one cell "
+                    f"({paths}): the report would average them as if they were seeds.",
+                    hint="Report them separately (one `hftguard report` each), or pass only one "
+                    "of them; runs that differ in a defense's options need a grid of their own.",
+                )
+
+
 def build(
     collection: Collection,
     *,
@@ -185,6 +207,7 @@ def build(
             suffix = ", ".join(header(a, v) for a, v in extra.items())
             rows[key] = Row(key, r.label + (f" ({suffix})" if suffix else ""), r.method, extra)
         groups.setdefault((key, _value(r, columns)), []).append(r)
+    _refuse_duplicate_seeds(groups)
     if columns == "task":  # tasks in first-seen order, numbers ascending (unknown last)
         cols = list(dict.fromkeys(_value(r, "task") for r in attacked))
     else:
