@@ -114,9 +114,12 @@ def perturb(model: Any, scale: float = 0.02, seed: int = 7) -> None:
             p.add_(scale * torch.randn(p.shape, generator=g))
 
 
-def setup(tok: Any, layers: int = 2, **options: Any) -> tuple[LDIFS, Any, Any, Batch]:
+def set_up_defense(tok: Any, layers: int = 2, **options: Any) -> tuple[LDIFS, Any, Any, Batch]:
     """A defense set up at the model's start (θ₀), a frozen deep copy of that model (the
-    independent reference), the model moved away from θ₀, and a padded batch."""
+    independent reference), the model moved away from θ₀, and a padded batch.
+
+    Not named ``setup``: pytest < 8.1 runs a module-level ``setup()`` as a nose-style module
+    setup, with the module as its argument."""
     model = lora_model(tok, layers=layers)
     defense = LDIFS(LDIFSConfig(**options))
     defense.setup(context(model))
@@ -215,7 +218,7 @@ def test_gradient_is_that_of_ce_plus_lambda_feature_distance(
     tok: Any, layers: int, every: int
 ) -> None:
     lam = 0.3  # with the perturbation below, the two terms' gradients are of similar size
-    defense, model, reference, b = setup(tok, layers=layers, lam=lam, every=every)
+    defense, model, reference, b = set_up_defense(tok, layers=layers, lam=lam, every=every)
     zero_grads(model)
     metrics = defense.training_step(model, b, context(model, step=3))
     got = grads(model)
@@ -244,7 +247,7 @@ def test_gradient_is_that_of_ce_plus_lambda_feature_distance(
 
 
 def test_lambda_zero_gives_exactly_the_ce_gradient(tok: Any) -> None:
-    defense, model, _, b = setup(tok, lam=0.0)
+    defense, model, _, b = set_up_defense(tok, lam=0.0)
     zero_grads(model)
     metrics = defense.training_step(model, b, context(model))
     got = grads(model)
@@ -275,7 +278,7 @@ def test_at_theta0_the_distance_is_zero_and_the_step_is_sft(tok: Any) -> None:
 def test_data_parallel_shards_average_to_the_global_step(tok: Any) -> None:
     """Two simulated processes (rows rank::2, the sampler's loss_tokens, the all-reduce of the
     position count inside ctx.token_mean) average to the one-process gradient."""
-    defense, model, _, b = setup(tok, lam=0.3)
+    defense, model, _, b = set_up_defense(tok, lam=0.3)
     zero_grads(model)
     defense.training_step(model, b, context(model))
     single = grads(model)
@@ -308,7 +311,7 @@ def test_data_parallel_shards_average_to_the_global_step(tok: Any) -> None:
 
 
 def test_weights_are_restored_bit_for_bit_and_theta0_is_kept(tok: Any) -> None:
-    defense, model, reference, b = setup(tok)
+    defense, model, reference, b = set_up_defense(tok)
     start = [p.detach().clone() for _, p in trainable(reference)]
     before = [p.detach().clone() for _, p in trainable(model)]
     assert any(not torch.equal(x, y) for x, y in zip(before, start, strict=True))
@@ -324,7 +327,7 @@ def test_weights_are_restored_bit_for_bit_and_theta0_is_kept(tok: Any) -> None:
 
 
 def test_state_dict_round_trip_keeps_the_starting_weights(tok: Any, tmp_path: Path) -> None:
-    defense, model, _, b = setup(tok, lam=0.3)
+    defense, model, _, b = set_up_defense(tok, lam=0.3)
     zero_grads(model)
     defense.training_step(model, b, context(model))
     original = grads(model)
