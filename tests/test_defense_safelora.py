@@ -201,6 +201,11 @@ def test_cli_repair_then_eval(attacked, cli, tmp_path):
     small = ["--set", "task_samples=2", "--set", "benign_samples=0", "--set", "max_new_tokens=2"]
     ev = cli("eval", "--model", "rep", "--out", "ev", "--harmful-samples", "2", *small)
     assert ev.code == 0, ev.err
+    exp = cli("export", "rep", "--out", "exp")  # the repaired model, merged, with a model card
+    assert exp.code == 0, exp.err
+    card = (tmp_path / "exp" / "README.md").read_text()
+    assert "then repaired" in card and "**Repair (after fine-tuning)**" in card
+    assert "**Fine-tuning (attack)**" in card and "`safelora`" in card
 
 
 def test_cli_repair_unknown_defense_is_a_clear_error(attacked, cli):

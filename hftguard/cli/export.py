@@ -21,7 +21,7 @@ def register(app: typer.Typer) -> None:
         run_dir: Annotated[
             Path,
             typer.Argument(
-                help="A finished align or attack-finetune run directory (in a grid: "
+                help="A finished align, attack-finetune or repair run directory (in a grid: "
                 "GRID/aligned/NAME or GRID/cells/CELL/attacked)."
             ),
         ],

@@ -40,7 +40,7 @@ from hftguard.errors import ExitCode, HftguardError
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 #: The machine-readable provenance file written beside the model card.
 PROVENANCE = "hftguard_export.json"
-TRAINING_STAGES = ("align", "finetune")
+TRAINING_STAGES = ("align", "finetune", "repair")
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 
 
@@ -59,14 +59,14 @@ def check_run(run_dir: Path) -> dict[str, Any]:
     if not run_dir.is_dir():
         raise ExportError(
             f"{run_dir} is not a directory.",
-            hint="Pass the --out directory of a finished align or attack-finetune stage.",
+            hint="Pass the --out directory of a finished align, attack-finetune or repair stage.",
         )
     stage = runs.run_stage(run_dir)
     if stage is None:
         raise ExportError(
             f"{run_dir} is not an hftguard run directory (no hftguard {runs.MANIFEST}).",
-            hint="Pass the --out directory of a finished align or attack-finetune stage (in a "
-            "grid: GRID/aligned/NAME or GRID/cells/CELL/attacked).",
+            hint="Pass the --out directory of a finished align, attack-finetune or repair stage "
+            "(in a grid: GRID/aligned/NAME or GRID/cells/CELL/attacked).",
         )
     manifest = runs.read_manifest(run_dir)
     if stage not in TRAINING_STAGES:
@@ -83,7 +83,7 @@ def check_run(run_dir: Path) -> dict[str, Any]:
                 "GRID/cells/CELL/attacked."
             )
         else:
-            hint = "Pass the --out directory of a finished align or attack-finetune stage."
+            hint = "Pass the --out directory of a finished align, attack-finetune or repair stage."
         raise ExportError(f"{run_dir} holds a '{stage}' run, which has no model to export.", hint)
     if manifest.get("status") != "completed" or not isinstance(manifest.get("model"), dict):
         raise ExportError(
@@ -225,7 +225,11 @@ def _stage_lines(n: int, stage: dict[str, Any]) -> list[str]:
         return [f"{n}. An earlier stage whose run directory was not found (merged into the base)."]
     cfg = m.get("config") or {}
     defense = (m.get("components") or {}).get("defense") or {}
-    name = {"align": "Alignment", "finetune": "Fine-tuning (attack)"}.get(m.get("stage"), "Stage")
+    name = {
+        "align": "Alignment",
+        "finetune": "Fine-tuning (attack)",
+        "repair": "Repair (after fine-tuning)",
+    }.get(m.get("stage"), "Stage")
     lines = [f"{n}. **{name}** (`{m.get('stage')}`, run `{path}`)"]
     dist = defense.get("distribution")
     lines.append(
@@ -250,6 +254,9 @@ def _stage_lines(n: int, stage: dict[str, Any]) -> list[str]:
             )
             sha = f", sha256 {str(src['sha256'])[:12]}" if src.get("sha256") else ""
             lines.append(f"   - data `{key}`: {what}{sha}")
+    if m.get("stage") == "repair":  # no training: what the repair did instead
+        lines.append(f"   - repair: {_fmt(m.get('repair') or {})}; seed {cfg.get('seed')}")
+        return lines
     lora = cfg.get("lora") or {}
     train = cfg.get("train") or {}
     trained = m.get("training") or {}
@@ -299,7 +306,10 @@ def model_card(
         front.append(f"base_model: {hub_base}")
     front += ["tags:", "- hftguard", "- harmful-fine-tuning", "- lora", "---", ""]
     last = chain[-1]["manifest"]
-    title = "aligned" if last.get("stage") == "align" else "aligned, then fine-tuned (attacked)"
+    title = {
+        "align": "aligned",
+        "repair": "aligned, fine-tuned (attacked), then repaired",
+    }.get(last.get("stage"), "aligned, then fine-tuned (attacked)")
     lines = [*front, f"# {run_dir.name}: {title} model exported by hftguard", ""]
     lines += [
         "Made with hftguard (harmful fine-tuning defenses: align -> "
@@ -312,8 +322,9 @@ def model_card(
         "",
         "## Stages",
         "",
-        "Each stage trained a LoRA adapter; each earlier adapter was merged into the weights "
-        "before the next stage (the model eval measured is the base with every adapter merged).",
+        "Each training stage trained a LoRA adapter (a repair stage replaced the last one with its "
+        "repaired version); each earlier adapter was merged into the weights before the next "
+        "stage (the model eval measured is the base with every adapter merged).",
         "",
     ]
     for i, stage in enumerate(chain, 1):

@@ -5,7 +5,7 @@ A linear recipe: plan (the config, the defense built once, the attacked run read
 open the run directory, let the defense write its repaired artefact into it, write the manifest.
 The repaired model is a recipe like every stage's (base + adapters): the attacked model's with its
 fine-tuning adapter replaced by the repaired one, so ``hftguard eval --model DIR`` takes it as it
-takes an attacked run (``hftguard export`` does not take repair runs yet).
+takes an attacked run, and ``hftguard export DIR`` exports it with the repair in its model card.
 """
 
 from __future__ import annotations
