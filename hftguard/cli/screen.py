@@ -63,15 +63,13 @@ def register(app: typer.Typer) -> None:
         (harmful | benign) it also reports what leaked through, what was wrongly dropped,
         precision and recall (95% Wilson intervals). Per-sample verdicts in DIR/verdicts.jsonl.
         """
+        from hftguard.data.files import parse_fields
         from hftguard.pipeline import screening
-        from hftguard.pipeline.judging import parse_field_map
 
-        fields = {}
+        syntax = "write --field OURS=COLUMN, e.g. --field prompt=instruction --field kind=label"
+        fields: dict[str, str] = {}
         for item in field or []:
-            ours, sep, theirs = item.partition("=")
-            if not sep or not ours.strip() or not theirs.strip():
-                parse_field_map([item])  # the judge command's error for the same syntax
-            fields[ours.strip()] = theirs.strip()
+            fields.update(parse_fields(item, screening.ALIASES, syntax=syntax))
         cli = {"input": str(file), "judge": judge, "fields": fields or None}
         cfg = cfgmod.resolve(screening.ScreenConfig, config_file=config, cli=cli, sets=set_)
         reporter = _reporter(quiet, as_json)

@@ -20,6 +20,7 @@ adapters) and "unaligned" the base model, so V_i is the alignment stage's own up
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -188,7 +189,9 @@ class SafeLoRA(RepairDefense):
         return {
             "adapter": str(out),
             "metrics": {
-                "norm_ratio_projected_median": _median([ratio[n] for n in chosen]),
+                "norm_ratio_projected_median": (
+                    statistics.median_high([ratio[n] for n in chosen]) if chosen else None
+                ),
                 "layers": len(lora.modules),
                 "projected": len(chosen),
                 "no_alignment_update": len(no_alignment),
@@ -208,7 +211,3 @@ def torch_norm(x: torch.Tensor) -> torch.Tensor:
     import torch
 
     return torch.linalg.matrix_norm(x) if x.dim() == 2 else torch.linalg.vector_norm(x)
-
-
-def _median(values: list[float]) -> float | None:
-    return sorted(values)[len(values) // 2] if values else None
