@@ -194,11 +194,13 @@ def _finish_training(manifest: dict[str, Any], as_json: bool, out: Path) -> None
 
 
 def _plan_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    """The dry-run table: a repair column only when some cell repairs its attacked model."""
-    repair = any(r.get("repair", "-") != "-" for r in rows)
-    cols = ["cell", "align", "attack-finetune", *(["repair"] if repair else []), "eval", "status"]
-    keys = ["cell", "align", "attack", *(["repair"] if repair else []), "eval", "status"]
-    return cols, [[r[k] for k in keys] for r in rows]
+    """The dry-run table: a repair column only when some cell repairs its attacked model, an
+    attack-setting column only when the grid has [grid.attack] axes."""
+    repair = ["repair"] if any(r.get("repair", "-") != "-" for r in rows) else []
+    setting = ["attack setting"] if any("attack setting" in r for r in rows) else []
+    cols = ["cell", *setting, "align", "attack-finetune", *repair, "eval", "status"]
+    keys = ["cell", *setting, "align", "attack", *repair, "eval", "status"]
+    return cols, [[r.get(k, "-") for k in keys] for r in rows]
 
 
 def register(app: typer.Typer) -> None:

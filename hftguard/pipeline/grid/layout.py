@@ -113,6 +113,7 @@ def plan(grid: Grid, out: str | Path) -> list[dict[str, Any]]:
             rows.append(
                 {
                     "cell": cell.label,
+                    **({"attack setting": cell.attack_label} if cell.attack else {}),
                     "align": a_state,
                     "attack": f_state,
                     "repair": r_state,

@@ -38,7 +38,22 @@ GRID_KEYS = (
     "finetune_options",
     "repair_options",
     "labels",
+    "attack",
 )
+
+#: ``[grid.attack]``: the attacker's fine-tuning settings swept as axes, in their canonical order
+#: (names and labels list them in this order): key -> (what it sets, the token in a cell's name).
+ATTACK_KEYS: dict[str, tuple[str, str]] = {
+    "lr": ("finetune.train.lr", "lr"),
+    "epochs": ("finetune.train.epochs", "ep"),
+    "max_steps": ("finetune.train.max_steps", "steps"),
+    "batch_size": ("finetune.train.batch_size", "bs"),
+    "lora_r": ("finetune.lora.r", "r"),
+    "lora_alpha": ("finetune.lora.alpha", "a"),
+    "harmful": ("finetune.harmful", "h-"),
+}
+#: The suffix of a fine-tuning defense that screens the user data first: ``sft+screen:JUDGE``.
+SCREEN = "+screen:"
 
 
 def fmt_num(x: float) -> str:
@@ -71,18 +86,37 @@ class Cell:
     task: str
     seed: int
     repair: str = ""  # a repair defense run on the attacked model ("" = none)
+    screen: str = ""  # the judge screening the user data before fine-tuning ("" = none)
+    #: the ``[grid.attack]`` setting: ((key, value), ...) in ATTACK_KEYS order (() = none)
+    attack: tuple[tuple[str, Any], ...] = ()
 
     @property
     def method(self) -> str:
-        return f"{self.align}/{self.finetune}" + (f"/{self.repair}" if self.repair else "")
+        ft = self.finetune + (f"{SCREEN}{self.screen}" if self.screen else "")
+        return f"{self.align}/{ft}" + (f"/{self.repair}" if self.repair else "")
+
+    def attack_dict(self) -> dict[str, Any]:
+        return dict(self.attack)
+
+    @property
+    def attack_label(self) -> str:
+        """``lr=1e-05 lora_r=8``: the attack setting as the labels and reports show it."""
+        return " ".join(f"{k}={_show(v)}" for k, v in self.attack)
 
     @property
     def attack_name(self) -> str:
-        """The attacked model's name: the same for every repair of it."""
-        return (
+        """The attacked model's name: the same for every repair of it. Screening and attack
+        settings are appended, so cells without them keep the names of earlier grids."""
+        out = (
             f"{slug(self.align)}__{slug(self.finetune)}__p{fmt_num(self.p)}__n{self.n}__"
             f"{slug(self.task)}__s{self.seed}"
         )
+        if self.screen:
+            out += f"__screen-{slug(self.screen)}"
+        for key, value in self.attack:
+            token = ATTACK_KEYS[key][1]
+            out += f"__{token}{slug(value) if key == 'harmful' else _show(value)}"
+        return out
 
     @property
     def name(self) -> str:
@@ -90,19 +124,29 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.method} p={fmt_num(self.p)} n={self.n} {self.task} s{self.seed}"
+        out = f"{self.method} p={fmt_num(self.p)} n={self.n} {self.task} s{self.seed}"
+        return out + (f" {self.attack_label}" if self.attack else "")
 
     def coords(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "align": self.align,
             "finetune": self.finetune,
+            **({"screen": self.screen} if self.screen else {}),
             **({"repair": self.repair} if self.repair else {}),
             "p": self.p,
             "n": self.n,
             "task": self.task,
             "seed": self.seed,
+            **({"attack": self.attack_dict()} if self.attack else {}),
         }
+
+
+def _show(value: Any) -> str:
+    """A setting's value in names and labels: numbers as fmt_num writes them."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return fmt_num(value)
+    return str(value)
 
 
 @dataclass
@@ -157,18 +201,30 @@ class Grid:
 
     def finetune_config(self, cell: Cell, model: str) -> FinetuneConfig:
         ft = self.base.finetune
-        return dataclasses.replace(
-            ft,
-            model=model,
-            defense=cell.finetune,
-            harmful_ratio=cell.p,
-            samples=cell.n,
-            task=cell.task,
-            seed=cell.seed,
-            defense_options=_options(
+        changes: dict[str, Any] = {
+            "model": model,
+            "defense": cell.finetune,
+            "harmful_ratio": cell.p,
+            "samples": cell.n,
+            "task": cell.task,
+            "seed": cell.seed,
+            "defense_options": _options(
                 ft.defense, ft.defense_options, self.finetune_options, cell.finetune
             ),
-        )
+        }
+        if cell.screen:  # the base config's screen_options apply to its own judge only
+            changes["screen"] = cell.screen
+            changes["screen_options"] = ft.screen_options if ft.screen in ("", cell.screen) else {}
+        attack = cell.attack_dict()
+        train = {k: attack[k] for k in ("lr", "epochs", "max_steps", "batch_size") if k in attack}
+        lora = {k[5:]: attack[k] for k in ("lora_r", "lora_alpha") if k in attack}
+        if train:
+            changes["train"] = dataclasses.replace(ft.train, **train)
+        if lora:
+            changes["lora"] = dataclasses.replace(ft.lora, **lora)
+        if "harmful" in attack:
+            changes["harmful"] = attack["harmful"]
+        return dataclasses.replace(ft, **changes)
 
     def eval_config(self, model: str, tasks: list[str] | None = None) -> EvalConfig:
         return dataclasses.replace(
@@ -297,14 +353,17 @@ def load(data: dict[str, Any]) -> Grid:
                     "'align/finetune/repair'.",
                     hint='Example: methods = ["sft/sft", "booster/sft", "sft/sft/safelora"]',
                 )
-            methods.append((parts[0], parts[1], parts[2] if len(parts) == 3 else ""))
+            ft, screen = _screened(parts[1], f"grid.methods[{i}]")
+            methods.append((parts[0], ft, screen, parts[2] if len(parts) == 3 else ""))
     else:
         default_align = NO_ALIGN if base.skip_align else base.align.defense
+        fts = [
+            _screened(f, f"grid.finetune_defense[{i}]")
+            for i, f in enumerate(ax.finetune_defense or [base.finetune.defense])
+        ]
         methods = [
-            (a, f, "")
-            for a, f in itertools.product(
-                ax.align_defense or [default_align], ax.finetune_defense or [base.finetune.defense]
-            )
+            (a, f, scr, "")
+            for a, (f, scr) in itertools.product(ax.align_defense or [default_align], fts)
         ]
     ps = ax.harmful_ratio or [base.finetune.harmful_ratio]
     ns = ax.samples or [base.finetune.samples]
@@ -314,17 +373,26 @@ def load(data: dict[str, Any]) -> Grid:
         cfgmod.check_range("grid.harmful_ratio", p, 0.0, 1.0)
     for n in ns:
         cfgmod.check_range("grid.samples", n, 1)
-    cells = [
-        Cell(a, f, p, n, t, s, r)
-        for (a, f, r), t, n, p, s in itertools.product(methods, tasks, ns, ps, seeds)
+    attack_axes = _attack_axes(raw.get("attack"), base)
+    attacks = [
+        tuple(zip(attack_axes, values, strict=True))
+        for values in itertools.product(*attack_axes.values())
     ]
-    axes = {
-        "methods": [f"{a}/{f}" + (f"/{r}" if r else "") for a, f, r in methods],
+    cells = [
+        Cell(a, f, p, n, t, s, r, scr, at)
+        for (a, f, scr, r), t, n, p, at, s in itertools.product(
+            methods, tasks, ns, ps, attacks, seeds
+        )
+    ]
+    axes: dict[str, Any] = {
+        "methods": [Cell(a, f, 0, 0, "", 0, r, scr).method for a, f, scr, r in methods],
         "harmful_ratio": ps,
         "samples": ns,
         "task": tasks,
         "seed": seeds,
     }
+    if attack_axes:
+        axes["attack"] = attack_axes
     return Grid(
         base,
         cells,
@@ -338,6 +406,90 @@ def load(data: dict[str, Any]) -> Grid:
         fixed_align_seed=align_seed,
         axes=axes,
     )
+
+
+def _screened(defense: str, where: str) -> tuple[str, str]:
+    """``sft+screen:JUDGE`` -> ("sft", "JUDGE"); a defense without the suffix -> (it, "")."""
+    name, plus, rest = defense.partition("+")
+    if not plus:
+        return defense, ""
+    judge = ("+" + rest)[len(SCREEN) :].strip() if ("+" + rest).startswith(SCREEN) else ""
+    if not name.strip() or not judge:
+        raise ConfigError(
+            f"{where} = {defense!r}: a fine-tuning defense takes one suffix, '+screen:JUDGE' "
+            "(screen the user data with the judge JUDGE before fine-tuning).",
+            hint='Example: methods = ["sft/sft", "sft/sft+screen:refusal-keywords"] '
+            "(`hftguard plugins` lists the judges).",
+        )
+    return name.strip(), judge
+
+
+@dataclass
+class _Attack:
+    """``[grid.attack]``: typed lists, so ``config.build`` coerces and names errors."""
+
+    lr: list[float] | None = None
+    epochs: list[float] | None = None
+    max_steps: list[int] | None = None
+    batch_size: list[int] | None = None
+    lora_r: list[int] | None = None
+    lora_alpha: list[float] | None = None
+    harmful: list[str] | None = None
+
+
+def _attack_axes(raw: Any, base: PipelineConfig) -> dict[str, list[Any]]:
+    """The ``[grid.attack]`` table checked: {key: values} in ATTACK_KEYS order ({} = none)."""
+    if raw is None:
+        return {}
+    example = "Example:\n  [grid.attack]\n  lr = [1e-5, 1e-4]\n  lora_r = [8, 32]"
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            "grid.attack must be a table of lists, one per fine-tuning setting.", hint=example
+        )
+    for key, value in raw.items():
+        if key in ("harmful_ratio", "samples"):
+            raise ConfigError(
+                f"grid.attack.{key}: {key} is already an axis of the grid.",
+                hint=f"Sweep it with grid.{key} = [...] (outside [grid.attack]).",
+            )
+        if key in ATTACK_KEYS and not isinstance(value, list):
+            raise ConfigError(
+                f"grid.attack.{key} must be a list of values, not {value!r}.",
+                hint=f"Write {key} = [{value!r}], or set {ATTACK_KEYS[key][0]} for one fixed "
+                "value that does not name the cells.",
+            )
+        if isinstance(value, list) and not value:
+            raise ConfigError(
+                f"grid.attack.{key} is an empty list.",
+                hint=f"Give grid.attack.{key} at least one value, or leave it out.",
+            )
+    table = cfgmod.build(_Attack, raw, "grid.attack")  # unknown keys, types
+    out: dict[str, list[Any]] = {}
+    for key in ATTACK_KEYS:
+        values = getattr(table, key)
+        if values is not None:
+            out[key] = list(dict.fromkeys(values))
+    lows = {"lr": 0.0, "epochs": 0.0, "max_steps": 0, "batch_size": 1, "lora_r": 1}
+    for key, lo in lows.items():
+        for v in out.get(key, []):
+            cfgmod.check_range(f"grid.attack.{key}", v, lo, cfgmod.FLOAT32_MAX)
+    for v in out.get("lora_alpha", []):
+        cfgmod.check_range("grid.attack.lora_alpha", v, None, None)
+    if any(not str(h).strip() for h in out.get("harmful", [])):
+        raise ConfigError(
+            "grid.attack.harmful has an empty name.",
+            hint="Give dataset names, local files or hf:ID specs, e.g. harmful = "
+            '["harmful-compliance", "data/my-harmful.jsonl"].',
+        )
+    steps = out.get("max_steps", [base.finetune.train.max_steps])
+    if "epochs" in out and any(s > 0 for s in steps):
+        raise ConfigError(
+            "grid.attack.epochs has no effect on cells that train a fixed number of steps "
+            "(finetune.train.max_steps > 0, or a max_steps value in grid.attack).",
+            hint="Set finetune.train.max_steps = 0 to train by epochs, or sweep "
+            "grid.attack.max_steps instead of epochs.",
+        )
+    return out
 
 
 def single(cfg: PipelineConfig) -> Grid:
