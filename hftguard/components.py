@@ -147,6 +147,12 @@ class RepairDefense(Component):
 
     kind = "repair-defense"
     stage: ClassVar[str] = "repair"
+    #: Data the defense needs, loaded by the stage into ``ctx.streams``: ``"harmful"`` (the
+    #: repair config's ``harmful`` data, its train split). () = none (SafeLoRA).
+    streams: ClassVar[tuple[str, ...]] = ()
+    #: Whether the defense repairs towards the alignment update, so that the attacked model must
+    #: have been fine-tuned from an aligned model (SafeLoRA); the stage refuses others first.
+    needs_alignment: ClassVar[bool] = True
 
     @abc.abstractmethod
     def apply(self, ctx: RepairContext) -> dict[str, Any]:

@@ -248,6 +248,22 @@ class RepairConfig:
     model: str = opt("", "The attack-finetune run directory whose model is repaired.")
     defense: str = opt("safelora", "Repair defense name (see `hftguard plugins`).")
     defense_options: dict[str, Any] = opt({}, "Options of the defense's Config.")
+    harmful: str = opt(
+        "harmful-compliance",
+        "Harmful data for repair defenses that need it (Antidote's calibration set; the train "
+        "split, which the attack's data never uses): dataset name, a local file or hf:ID.",
+    )
+    samples: int = opt(0, "Harmful examples to load for defenses that need them; 0 = all.")
+    dataset_options: dict[str, Any] = opt(
+        {}, "Per-dataset options: {dataset name: {option: value}} (e.g. a local source)."
+    )
+    data_fields: dict[str, Any] = opt(
+        {},
+        "Field mapping per dataset argument (files and hf:ID datasets): {harmful: "
+        "'prompt=COLUMN,response=COLUMN'}.",
+    )
+    template: Template = opt("chat", TEMPLATE_HELP)
+    device: str = opt("auto", "Device for repair defenses that run the model: auto, cpu, cuda, ...")
     seed: int = opt(42, "Seed, for a repair defense that samples.")
 
 
@@ -468,11 +484,14 @@ def validate_stage(cfg: Any) -> None:
             )
         if not cfg.judges:
             raise ConfigError("No judge given.", hint="Pass --judge refusal-keywords (or another).")
-    if isinstance(cfg, RepairConfig) and not cfg.model:
-        raise ConfigError(
-            "No model to repair.",
-            hint="Pass --model RUN_DIR: the run directory of `hftguard attack-finetune`.",
-        )
+    if isinstance(cfg, RepairConfig):
+        if not cfg.model:
+            raise ConfigError(
+                "No model to repair.",
+                hint="Pass --model RUN_DIR: the run directory of `hftguard attack-finetune`.",
+            )
+        check_device("device", cfg.device)
+        check_range("samples", cfg.samples, 0)
     if isinstance(cfg, PipelineConfig):
         validate_stage(cfg.align)
         validate_stage(cfg.finetune)

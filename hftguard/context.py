@@ -153,6 +153,16 @@ class RepairContext:
         reporter: Where to send info and warnings (components never print).
         seed: The stage's seed, for a defense that samples.
         write_json: ``write_json(name, data)`` writes ``output_dir/name`` atomically.
+        streams: The examples of each extra stream the defense declared in ``streams``
+            (``{"harmful": [...]}``: the repair config's ``harmful`` data, train split), loaded
+            and checked before the run directory exists.
+        load_model: ``load_model()`` -> ``(model, tokenizer)``: the attacked model in eval mode
+            on the stage's device, fp32, with ``underneath`` merged into ``base`` and ``adapter``
+            attached as an unmerged PEFT LoRA adapter (its ``lora_A``/``lora_B`` modules are
+            the fine-tuning update). For a defense that needs activations.
+        batches: ``batches(name, batch_size, max_length)`` -> the stream ``name`` encoded with
+            the stage's template, in order, as right-padded :class:`~hftguard.data.inputs.Batch`
+            es on the stage's device (``attention_mask`` marks the real tokens).
     """
 
     adapter: Path
@@ -162,3 +172,17 @@ class RepairContext:
     reporter: Reporter | None = None
     seed: int = 0
     write_json: Callable[[str, Any], None] = field(default=lambda name, data: None)
+    streams: dict[str, list[Any]] = field(default_factory=dict)
+    load_model: Callable[[], tuple[Any, Any]] = field(default=lambda: _no_model())
+    batches: Callable[[str, int, int], list[Batch]] = field(
+        default=lambda name, batch_size, max_length: _no_model()
+    )
+
+
+def _no_model() -> Any:
+    from hftguard.errors import HftguardError
+
+    raise HftguardError(
+        "This repair context has no model: it was built without the repair stage.",
+        hint="Run repair defenses through `hftguard repair` (or give the context load_model).",
+    )

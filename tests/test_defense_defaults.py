@@ -42,6 +42,16 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
             "threshold": 0.5,
         },
     ),
+    (REPAIR, "antidote"): (
+        "antidote.md",
+        {
+            # git-disl/Antidote script/finetune/antidote_poison_ratio.sh: dense_ratio=0.1
+            "mask_ratio": 0.1,
+            "score": "wanda",  # utils.prune_wanda_outlier with calibration data
+            "batch_size": 8,  # ours (the official code runs one example at a time)
+            "max_length": 256,  # ours
+        },
+    ),
     (ALIGN, "repnoise"): (
         "repnoise.md",
         {

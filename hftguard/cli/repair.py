@@ -42,6 +42,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
         defense: DefenseOpt = None,
+        harmful: Annotated[
+            str | None,
+            typer.Option(
+                help="Harmful data for defenses that use it (Antidote's calibration set; "
+                "train split): dataset name, file or hf:ID."
+            ),
+        ] = None,
         config: ConfigOpt = None,
         set_: SetOpt = None,
         seed: SeedOpt = None,
@@ -50,7 +57,7 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
-        """Repair a fine-tuned model after the user's fine-tuning (SafeLoRA, ...).
+        """Repair a fine-tuned model after the user's fine-tuning (SafeLoRA, Antidote).
 
         Writes a run directory whose model is the attacked one with its fine-tuning adapter
         repaired: evaluate it with `hftguard eval --model DIR`.
@@ -58,7 +65,7 @@ def register(app: typer.Typer) -> None:
         from hftguard import config as cfgmod
         from hftguard.pipeline import repair
 
-        cli = {"model": model, "defense": defense, "seed": seed}
+        cli = {"model": model, "defense": defense, "harmful": harmful, "seed": seed}
         cfg = cfgmod.resolve(cfgmod.RepairConfig, config_file=config, cli=cli, sets=set_)
         reporter = _reporter(quiet, as_json)
         manifest = _call(

@@ -96,19 +96,28 @@ def weight_differences(base: str, adapters: list[str], names: list[str]) -> dict
     return {n: with_adapters[n] - plain[n] for n in names}
 
 
-def write_lora(source: Path, target: Path, new_b: dict[str, torch.Tensor]) -> Path:
-    """A copy of the adapter ``source`` at ``target`` with the B matrices of ``new_b`` replaced,
-    written atomically (temp directory, fsync, rename)."""
+def write_lora(
+    source: Path,
+    target: Path,
+    new_b: dict[str, torch.Tensor],
+    *,
+    new_a: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """A copy of the adapter ``source`` at ``target`` with the B matrices of ``new_b`` (and the A
+    matrices of ``new_a``) replaced, written atomically (temp directory, fsync, rename)."""
     from safetensors.torch import load_file, save_file
 
     from hftguard.engine.checkpoints import atomic_directory
 
     tensors = load_file(str(Path(source) / WEIGHTS))
-    for name, b in new_b.items():
-        key = f"{PREFIX}{name}.lora_B.weight"
-        if key not in tensors or tensors[key].shape != b.shape:
-            raise ModelError(f"write_lora: {key} is not a B matrix of shape {tuple(b.shape)}.")
-        tensors[key] = b.contiguous()
+    for factor, new in (("lora_B", new_b), ("lora_A", new_a or {})):
+        for name, w in new.items():
+            key = f"{PREFIX}{name}.{factor}.weight"
+            if key not in tensors or tensors[key].shape != w.shape:
+                raise ModelError(
+                    f"write_lora: {key} is not a {factor} matrix of shape {tuple(w.shape)}."
+                )
+            tensors[key] = w.to(tensors[key].dtype).contiguous()
     with atomic_directory(target) as tmp:
         for f in Path(source).iterdir():
             if f.is_file() and f.name != WEIGHTS:

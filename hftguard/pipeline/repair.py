@@ -41,6 +41,8 @@ class _Plan:
     recipe: Any  # ModelRecipe of the attacked model
     underneath: list[str]  # the adapters under the fine-tuning adapter (the aligned model's)
     manifest: dict[str, Any]  # the attacked run's
+    streams: dict[str, list[Any]]  # the data the defense declared, loaded and checked
+    sources: dict[str, Any]  # what was loaded, for the manifest
 
 
 def run(
@@ -103,7 +105,7 @@ def _plan(cfg: RepairConfig, reg: Registry, model_root: str | Path | None) -> _P
     recipe = resolved.recipe
     if not recipe.adapters:
         raise ModelError(f"{spec} has no LoRA adapter to repair.")
-    if len(recipe.adapters) < 2:
+    if len(recipe.adapters) < 2 and getattr(defense, "needs_alignment", True):
         raise ModelError(
             f"{spec} was fine-tuned from a model without an alignment adapter, so there is no "
             "alignment update to repair it towards.",
@@ -113,9 +115,56 @@ def _plan(cfg: RepairConfig, reg: Registry, model_root: str | Path | None) -> _P
     from hftguard.engine.repair import read_lora
 
     read_lora(recipe.adapters[-1])  # a readable LoRA adapter, before the run directory exists
+    streams, sources = _load_streams(cfg, reg, defense)
     return _Plan(
-        reg.get(KIND, cfg.defense), defense, spec, recipe, list(recipe.adapters[:-1]), manifest
+        reg.get(KIND, cfg.defense),
+        defense,
+        spec,
+        recipe,
+        list(recipe.adapters[:-1]),
+        manifest,
+        streams,
+        sources,
     )
+
+
+#: The streams a repair defense may declare, and the config key that names each one's data.
+STREAMS = {"harmful": "harmful"}
+
+
+def _load_streams(
+    cfg: RepairConfig, reg: Registry, defense: Any
+) -> tuple[dict[str, list[Any]], dict[str, Any]]:
+    """The data the defense declared in ``streams`` (train split), before the run directory."""
+    from hftguard.context import DataContext
+    from hftguard.data.inputs import check_data_fields, fields_for, load_examples
+    from hftguard.pipeline.common import check_streams_have_data
+
+    check_data_fields(cfg)
+    unknown = [name for name in defense.streams if name not in STREAMS]
+    if unknown:
+        raise ConfigError(
+            f"repair defense {cfg.defense} declares the stream {unknown[0]!r}, which the repair "
+            "stage does not provide.",
+            hint=f"A repair defense may declare: {', '.join(STREAMS)}.",
+        )
+    streams: dict[str, list[Any]] = {}
+    sources: dict[str, Any] = {}
+    for name in defense.streams:
+        spec = getattr(cfg, STREAMS[name])
+        streams[name] = load_examples(
+            spec,
+            name,
+            "train",
+            reg,
+            DataContext(seed=cfg.seed),
+            limit=cfg.samples,
+            fields=fields_for(cfg, STREAMS[name]),
+            options=cfg.dataset_options,
+        )
+        sources[name] = {"spec": spec, "split": "train", "count": len(streams[name])}
+    check_streams_have_data(defense, streams, {n: getattr(cfg, STREAMS[n]) for n in streams})
+    return streams, sources
 
 
 def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter) -> dict[str, Any]:
@@ -131,6 +180,9 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         reporter=reporter,
         seed=cfg.seed,
         write_json=lambda name, data: atomic_write_json(run_dir.path / name, data),
+        streams=plan.streams,
+        load_model=lambda: _attacked_model(cfg, recipe),
+        batches=lambda name, size, length: _batches(cfg, recipe, plan.streams, name, size, length),
     )
     result = plan.defense.apply(ctx)
     expected = (run_dir.path / "adapter").resolve()
@@ -151,7 +203,52 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         input_model=recipe.as_dict(),
         attacked_run=str(Path(plan.spec).resolve()),
         components={"defense": component_record(plan.info, plan.defense.config)},
+        **({"data": plan.sources} if plan.sources else {}),
         repair=result.get("metrics", {}),
         ended_at=now(),
         wall_time_s=round(time.time() - t0, 2),
     )
+
+
+def _attacked_model(cfg: RepairConfig, recipe: Any) -> tuple[Any, Any]:
+    """The attacked model for ``ctx.load_model``: base + the adapters underneath merged, the
+    fine-tuning adapter attached unmerged (PEFT), eval mode, fp32 on the stage's device."""
+    import torch
+    from peft import PeftModel
+
+    from hftguard.engine import models
+
+    adapters = list(recipe.adapters)
+    tok = models.load_tokenizer(recipe.base)
+    base = models._merge_adapters(models.load_base(recipe.base, torch.float32), adapters[:-1])
+    model = PeftModel.from_pretrained(base, adapters[-1])
+    model.to(models.pick_device(cfg.device)).eval()
+    return model, tok
+
+
+def _batches(
+    cfg: RepairConfig,
+    recipe: Any,
+    streams: dict[str, list[Any]],
+    name: str,
+    batch_size: int,
+    max_length: int,
+) -> list[Any]:
+    """``ctx.batches``: a declared stream, encoded with the stage's template, in order."""
+    from hftguard.data.inputs import collate, encode_all
+    from hftguard.engine import models
+
+    if name not in streams:
+        raise ConfigError(
+            f"repair defense {cfg.defense} asked for the stream {name!r}, which it did not "
+            "declare in its `streams`.",
+            hint=f"Declared: {', '.join(streams) or 'none'}.",
+        )
+    tok = models.load_tokenizer(recipe.base)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    encoded = encode_all(streams[name], tok, cfg.template, max_length)
+    device = models.pick_device(cfg.device)
+    return [
+        collate(encoded[i : i + batch_size], pad).to(device)
+        for i in range(0, len(encoded), batch_size)
+    ]

@@ -33,6 +33,7 @@ def hftguard_register_finetune_defenses() -> list[Any]:
 
 @hookimpl
 def hftguard_register_repair_defenses() -> list[Any]:
+    from hftguard.builtins.defenses.antidote import Antidote
     from hftguard.builtins.defenses.safelora import SafeLoRA
 
-    return [SafeLoRA]
+    return [SafeLoRA, Antidote]
