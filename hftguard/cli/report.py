@@ -77,6 +77,16 @@ def register(app: typer.Typer) -> None:
                 help="Comma-separated figure formats: png, svg, pdf (each figure in each).",
             ),
         ] = "png,svg,pdf",
+        fa_bound: Annotated[
+            float | None,
+            typer.Option(
+                "--fa-bound",
+                help="With attack settings ([grid.attack]): also give each defense's worst HS "
+                "among the settings whose FA (%) is at least this (the capability-bounded worst "
+                "case).",
+                show_default=False,
+            ),
+        ] = None,
         strict: Annotated[
             bool,
             typer.Option(
@@ -122,6 +132,12 @@ def register(app: typer.Typer) -> None:
             )
         if bootstrap < 0:
             raise ConfigError("--bootstrap must be >= 0.", hint="1000 is the default.")
+        if fa_bound is not None and not 0.0 <= fa_bound <= 100.0:
+            raise ConfigError(
+                f"--fa-bound {fa_bound:g} is not a Finetune Accuracy in %.",
+                hint="Give a number from 0 to 100, e.g. --fa-bound 50 (worst HS among the attack "
+                "settings that keep FA >= 50%).",
+            )
         if as_json and "json" not in fmts:
             fmts.append("json")
         target = out or (run_dirs[0] / "report")
@@ -192,7 +208,14 @@ def register(app: typer.Typer) -> None:
             n_boot=bootstrap,
             published=published,
             baseline=base_method,
+            fa_bound=fa_bound,
         )
+        if fa_bound is not None and not rep.worst:
+            stderr.print(
+                "[yellow]Warning:[/yellow] --fa-bound: these evaluations have no attack axes "
+                "([grid.attack]), so there is no worst case over attack settings to bound.",
+                highlight=False,
+            )
         if rep.baseline is None and baseline is None and rep.rows:
             stderr.print(
                 "No sft/sft evaluations: no comparisons vs a baseline (name one with --baseline).",

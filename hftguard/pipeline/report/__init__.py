@@ -15,7 +15,10 @@ run manifests' provenance, and aggregates:
   baseline (SFT by default) and each p > 0 against p = 0 of the same method (the attack effect),
   at the same seed, with a paired bootstrap interval and an exact McNemar p-value;
 - HS per harm category, and the off-topic rate and likelihood margin when evaluations report them;
-- averages over the columns of the per-cell means (the papers' "Avg").
+- averages over the columns of the per-cell means (the papers' "Avg");
+- with attack settings (``[grid.attack]``), per defense the mean and the worst case over them,
+  and the capability-bounded worst case (:mod:`.worst`); with screened user data, the share of
+  harmful samples that leaked through the screen.
 
 Renderers write markdown, CSV (long format, one row per cell, with the intervals), LaTeX
 (booktabs) and report.json (everything, machine-readably). ``published`` — {(method, column):
@@ -55,6 +58,7 @@ from hftguard.pipeline.report.render import (
     to_json,
     to_latex,
     to_markdown,
+    worst_table,
     write,
 )
 from hftguard.pipeline.report.stats import (
@@ -63,6 +67,7 @@ from hftguard.pipeline.report.stats import (
     mean_std,
     quantile,
 )
+from hftguard.pipeline.report.worst import Setting, WorstCase, worst_cases
 
 __all__ = [
     "AXES",
@@ -76,9 +81,11 @@ __all__ = [
     "Published",
     "Report",
     "Row",
+    "Setting",
     "Skipped",
     "Stat",
     "Summary",
+    "WorstCase",
     "before_table",
     "bootstrap_ci",
     "build",
@@ -104,5 +111,7 @@ __all__ = [
     "to_json",
     "to_latex",
     "to_markdown",
+    "worst_cases",
+    "worst_table",
     "write",
 ]

@@ -10,6 +10,7 @@ from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.collection import Collection, EvalRun
 from hftguard.pipeline.report.stats import Stat, _avg, mean_std
+from hftguard.pipeline.report.worst import WorstCase, worst_cases
 
 AXES = ("p", "n", "task")
 Published = Mapping[tuple[str, Any], tuple[float | None, float | None]]
@@ -27,6 +28,9 @@ class CellStats:
     runs: list[EvalRun] = field(default_factory=list, repr=False)
     off_topic: Stat | None = None  # when the evaluations report off_topic_rate
     margin: Stat | None = None  # when they have a likelihood_margin block
+    #: harmful user samples that passed the screen (%), when the user data was screened and had
+    #: harmful samples (attack-finetune's data.main.screening)
+    leak_through: Stat | None = None
     by_category: dict[str, Stat] = field(default_factory=dict)  # HS per harm category
     # paired comparisons summarised over seeds: {"hs"|"fa": Summary}
     vs_baseline: dict[str, paired.Summary] = field(default_factory=dict)
@@ -61,6 +65,9 @@ class Report:
     skipped: list[paired.Skipped] = field(default_factory=list)
     level: float = 0.95
     seed: int = 0
+    #: per defense and column, the mean and worst case over attack settings ([grid.attack])
+    worst: list[WorstCase] = field(default_factory=list)
+    fa_bound: float | None = None  # the FA bound of the capability-bounded worst case
 
     @property
     def baseline_label(self) -> str | None:
@@ -145,7 +152,7 @@ def header(axis: str, col: Any) -> str:
 
 
 def _value(run: EvalRun, axis: str) -> Any:
-    return {"p": run.p, "n": run.n, "task": run.task}[axis]
+    return {"p": run.p, "n": run.n, "task": run.task, "attack": run.attack_label}[axis]
 
 
 def _refuse_duplicate_seeds(groups: Mapping[Any, list[EvalRun]]) -> None:
@@ -179,12 +186,16 @@ def build(
     seed: int = 0,
     baseline: str | None = "sft/sft",
     level: float = 0.95,
+    fa_bound: float | None = None,
 ) -> Report:
     """Aggregate the attacked evals into rows = methods, columns = ``columns`` (p, n or task).
 
     ``baseline`` (a method ``align/finetune`` or its label) is what the paired comparisons are
     made against; None, or a method no evaluation has, gives no vs-baseline comparisons. Attack
-    effects (p vs p = 0 of the same method and seed) are computed regardless.
+    effects (p vs p = 0 of the same method and seed) are computed regardless. Evaluations with
+    an attack setting (``[grid.attack]``) get one row per setting and the mean and worst case
+    over settings per defense (:mod:`.worst`), with ``fa_bound`` the FA (%) an attack must keep
+    to count in the capability-bounded worst case.
     """
     if columns not in AXES:
         raise ValueError(f"columns must be one of {AXES}")
@@ -196,7 +207,7 @@ def build(
         (c.kind, c.metric, id(c.run)): c for c in comparisons
     }
     attacked = [r for r in collection.runs if r.kind == "attacked"]
-    others = [a for a in AXES if a != columns]
+    others = [a for a in AXES if a != columns] + ["attack"]
     varying = [a for a in others if len({_value(r, a) for r in attacked}) > 1]
     groups: dict[tuple[tuple[Any, ...], Any], list[EvalRun]] = {}
     rows: dict[tuple[Any, ...], Row] = {}
@@ -242,10 +253,12 @@ def build(
             )
     seeds = sorted({r.seed for r in attacked if r.seed is not None})
     pub = {(str(k[0]), str(k[1])): v for k, v in (published or {}).items()}
+    row_list = list(rows.values())
+    worst = worst_cases(row_list, cols, cells, fa_bound, header)
     return Report(
         columns,
         cols,
-        list(rows.values()),
+        row_list,
         cells,
         before,
         judge,
@@ -259,6 +272,8 @@ def build(
         skipped,
         level,
         seed,
+        worst,
+        fa_bound,
     )
 
 
@@ -324,6 +339,14 @@ def _cell(
             [r.judge_block(judge).get("off_topic_rate") for r in runs],
             [r.label_flags("harmful", r.headline_judge(judge), "off-topic") for r in runs],
             [_n_harmful(r, judge) for r in runs],
+            **kw,
+        )
+    screened = [r.screening() if r.kind == "attacked" else {} for r in runs]
+    if any(s.get("harmful") for s in screened):
+        cell.leak_through = Stat.proportion(
+            [s.get("leak_through_rate") if s.get("harmful") else None for s in screened],
+            [[] for _ in runs],
+            [s.get("harmful") or None for s in screened],
             **kw,
         )
     margins = [r.metrics.get("likelihood_margin") for r in runs]

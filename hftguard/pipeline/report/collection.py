@@ -22,6 +22,9 @@ class EvalRun:
     align: str | None = None
     finetune: str | None = None
     repair: str | None = None  # the repair defense run on the attacked model, if any
+    screen: str | None = None  # the judge that screened the user data before fine-tuning
+    #: the grid's attack setting ([grid.attack]): {key: value}, {} for cells without one
+    attack: dict[str, Any] = field(default_factory=dict)
     p: float | None = None
     n: int | None = None
     task: str | None = None
@@ -32,12 +35,34 @@ class EvalRun:
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
+    _screening: dict[str, Any] | None = field(default=None, repr=False)
 
     @property
     def method(self) -> str:
         if self.kind == "attacked":
-            return f"{self.align}/{self.finetune}" + (f"/{self.repair}" if self.repair else "")
+            ft = f"{self.finetune}+screen:{self.screen}" if self.screen else f"{self.finetune}"
+            return f"{self.align}/{ft}" + (f"/{self.repair}" if self.repair else "")
         return self.align or "base"
+
+    @property
+    def attack_key(self) -> tuple[tuple[str, Any], ...]:
+        """The attack setting, hashable (pairs and groups evaluations of one setting)."""
+        return tuple(self.attack.items())
+
+    @property
+    def attack_label(self) -> str:
+        """``lr=1e-05 lora_r=8`` (as the grid's cell labels write it); "" without a setting."""
+        return " ".join(f"{k}={_show(v)}" for k, v in self.attack.items())
+
+    def screening(self) -> dict[str, Any]:
+        """The screening record of the attacked model's user data (its manifest's
+        ``data.main.screening``: counts and leak-through), {} when it was not screened."""
+        if self._screening is None:
+            m = _manifest(self.attacked_dir) if self.attacked_dir is not None else None
+            main = ((m or {}).get("data") or {}).get("main") or {}
+            rec = main.get("screening") if isinstance(main, dict) else None
+            self._screening = dict(rec) if isinstance(rec, dict) else {}
+        return self._screening
 
     @property
     def judges(self) -> list[str]:
@@ -179,6 +204,21 @@ _PER_JUDGE = (
 )
 
 
+def _show(value: Any) -> str:
+    """A setting's value as the grid's names and labels write it (``1e-05``, ``8``)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return f"{value:g}"
+    return str(value)
+
+
+def attack_order(attack: dict[str, Any]) -> tuple[Any, ...]:
+    """Attack settings in ascending order of their values (numbers before names)."""
+    return tuple(
+        (k, (0, float(v), "") if isinstance(v, (int, float)) else (1, 0.0, str(v)))
+        for k, v in attack.items()
+    )
+
+
 def item_keys(rows: list[dict[str, Any]]) -> list[str]:
     """A key per record for pairing two evaluations prompt by prompt: its ``id``, else its prompt
     (and input) text; a key seen before gets ``#2``, ``#3``... (duplicates pair in order)."""
@@ -248,6 +288,7 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
             mcfg.get("samples"),
         )
         run.task, run.seed = mcfg.get("task"), mcfg.get("seed")
+        run.screen = mcfg.get("screen") or None
         up_adapters = (model_m.get("input_model") or {}).get("adapters") or []
         a_dir, a_m = _run_dir(
             rooted_model(model_dir, model_m) if model_dir is not None else None,
@@ -359,6 +400,9 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             run.kind = "attacked"
             run.align, run.finetune = coords["align"], coords["finetune"]
             run.repair = coords.get("repair") or None
+            run.screen = coords.get("screen") or None
+            attack = coords.get("attack")
+            run.attack = dict(attack) if isinstance(attack, dict) else {}
             run.p, run.n, run.task, run.seed = (
                 coords["p"],
                 coords["n"],
@@ -381,7 +425,7 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             run.label = labels.get(f"{run.align}/sft") or next(
                 (v for k, v in labels.items() if k.startswith(f"{run.align}/")), run.method
             )
-    runs.sort(key=lambda r: (_order(order, r), str(r.path)))
+    runs.sort(key=lambda r: (_order(order, r), attack_order(r.attack), str(r.path)))
     return Collection(runs, labels, order, roots, list(damaged.values()), missing)
 
 

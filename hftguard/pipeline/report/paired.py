@@ -3,9 +3,9 @@
 Two kinds, both from the per-prompt outcomes in each eval directory's generations.jsonl:
 
 - **vs baseline** — a method against the baseline method (SFT, ``sft/sft``, by default) at the
-  same p, n, task and seed: ΔHS and ΔFA;
-- **attack effect** — a method at p > 0 against the same method at p = 0 (same n, task and seed):
-  what the harmful share of the user data did beyond benign fine-tuning.
+  same p, n, task, seed and attack setting: ΔHS and ΔFA;
+- **attack effect** — a method at p > 0 against the same method at p = 0 (same n, task, seed and
+  attack setting): what the harmful share of the user data did beyond benign fine-tuning.
 
 Each pair gives the difference in percentage points (run − reference), a paired bootstrap
 interval (the same resampled prompts for both) and an exact McNemar p-value from the discordant
@@ -69,6 +69,7 @@ class Comparison:
             "n_items": self.n_items,
             "eval_dir": str(self.run.path),
             "reference_eval_dir": str(self.ref.path),
+            **({"attack": self.run.attack} if self.run.attack else {}),
         }
 
 
@@ -84,6 +85,7 @@ class Skipped:
 
     def text(self) -> str:
         what = f"{self.run.label} p={self.run.p} n={self.run.n} {self.run.task} s{self.run.seed}"
+        what += f" {self.run.attack_label}" if self.run.attack else ""
         ref = self.ref.label if self.kind == "vs_baseline" else f"p={self.ref.p}"
         return f"{self.kind} {self.metric.upper()} {what} vs {ref}: {self.reason}"
 
@@ -244,7 +246,7 @@ def resolve_baseline(collection: Collection, baseline: str | None) -> str | None
 
 
 def _coords(r: EvalRun) -> tuple[Any, ...]:
-    return (r.method, r.p, r.n, r.task, r.seed)
+    return (r.method, r.p, r.n, r.task, r.seed, r.attack_key)
 
 
 def pair_all(
@@ -268,11 +270,11 @@ def pair_all(
     for r in index.values():
         pairs = []
         if baseline and r.method != baseline:
-            ref = index.get((baseline, r.p, r.n, r.task, r.seed))
+            ref = index.get((baseline, r.p, r.n, r.task, r.seed, r.attack_key))
             if ref is not None:
                 pairs.append(("vs_baseline", ref))
         if r.p:
-            ref = index.get((r.method, 0.0, r.n, r.task, r.seed))
+            ref = index.get((r.method, 0.0, r.n, r.task, r.seed, r.attack_key))
             if ref is not None:
                 pairs.append(("attack_effect", ref))
         for kind, ref in pairs:

@@ -13,6 +13,7 @@ from typing import Any
 from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.aggregate import CellStats, Report
 from hftguard.pipeline.report.stats import Stat, _avg
+from hftguard.pipeline.report.worst import Setting, WorstCase
 
 FORMATS = ("md", "csv", "tex", "json")
 
@@ -31,7 +32,11 @@ def _num(v: float | None, digits: int = 1) -> str:
 
 
 #: Columns shown only when some evaluation reports them (metrics.json keys added later).
-_OPTIONAL = (("off_topic", "Off-topic"), ("margin", "Likelihood margin"))
+_OPTIONAL = (
+    ("off_topic", "Off-topic"),
+    ("margin", "Likelihood margin"),
+    ("leak_through", "Leak-through"),  # screened user data: harmful samples that passed (%)
+)
 
 
 def _pub_text(v: tuple[float | None, float | None] | None) -> str:
@@ -164,7 +169,8 @@ def pairs_table(rep: Report) -> tuple[list[str], list[list[str]]]:
 
 
 def _coords_text(run: Any) -> str:
-    return f"p={run.p:g} n={run.n} {run.task}" if run.p is not None else f"n={run.n} {run.task}"
+    out = f"p={run.p:g} n={run.n} {run.task}" if run.p is not None else f"n={run.n} {run.task}"
+    return out + (f" {run.attack_label}" if run.attack else "")
 
 
 def category_table(rep: Report) -> tuple[list[str], list[list[str]]]:
@@ -219,11 +225,16 @@ def detail_rows(rep: Report) -> list[dict[str, Any]]:
         }
         _cell_fields(d, c)
         d["ci_method"] = c.hs.ci_method
+        if c.runs and c.runs[0].attack:
+            d["attack"] = c.runs[0].attack_label
+        if c.runs and c.runs[0].screen:
+            d["screen"] = c.runs[0].screen
         for kind in ("vs_baseline", "attack_effect"):
             for metric in paired.METRICS:
                 _summary_fields(d, f"{kind}_{metric}", getattr(c, kind).get(metric))
         d["published_hs"], d["published_fa"] = pub if pub is not None else (None, None)
         out.append(d)
+    out += [_worst_fields(rep, w) for w in rep.worst]
     for label, c, _ in rep.before:
         d = {
             "kind": "base" if label == "base model" else "aligned",
@@ -241,8 +252,68 @@ def detail_rows(rep: Report) -> list[dict[str, Any]]:
 def _cell_fields(d: dict[str, Any], c: CellStats) -> None:
     for name in ("hs", "fa"):
         _stat_fields(d, name, getattr(c, name), items=True)
-    for name in ("over_refusal", "degenerate", "off_topic", "margin"):
+    for name in ("over_refusal", "degenerate", "off_topic", "margin", "leak_through"):
         _stat_fields(d, name, getattr(c, name))
+
+
+def _worst_fields(rep: Report, w: WorstCase) -> dict[str, Any]:
+    """The long-format row of one defense's worst case over attack settings."""
+    d: dict[str, Any] = {
+        "kind": "attack_worst_case",
+        "method": w.method,
+        "label": w.label,
+        rep.axis: w.column,
+        **w.extra,
+        "column": rep.header(w.column),
+        "settings": len(w.settings),
+        "hs_mean_over_attacks": w.mean_hs,
+        "fa_mean_over_attacks": w.mean_fa,
+        "fa_bound": w.fa_bound,
+        "n_meeting_fa_bound": w.n_meeting if w.fa_bound is not None else None,
+    }
+    for name, s in (("worst", w.worst), ("bounded_worst", w.bounded)):
+        d[f"{name}_hs"] = s.hs if s is not None else None
+        d[f"{name}_attack"] = s.label if s is not None else None
+        d[f"{name}_fa"] = s.fa if s is not None else None
+        ci = s.cell.hs.ci if s is not None else None
+        d[f"{name}_hs_ci_low"], d[f"{name}_hs_ci_high"] = ci if ci else (None, None)
+    return d
+
+
+def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
+    """Per defense and column: the mean and worst case over attack settings (and with
+    ``rep.fa_bound`` the capability-bounded worst case)."""
+    leak = any(s.cell.leak_through is not None for w in rep.worst for s in w.settings)
+    head = ["Method", rep.axis, "Settings", "Mean HS", "Mean FA", "Worst HS", "Worst setting"]
+    head += ["FA there"]
+    if rep.fa_bound is not None:
+        b = f"{rep.fa_bound:g}"
+        head += [f"Worst HS, FA ≥ {b}", "Setting", "FA there"]
+    if leak:
+        head += ["Leak-through (worst)"]
+    body = []
+    for w in rep.worst:
+        line = [w.label, rep.header(w.column), str(len(w.settings)), _num(w.mean_hs)]
+        line += [_num(w.mean_fa), *_setting_texts(w.worst)]
+        if rep.fa_bound is not None:
+            if w.bounded is None:
+                line += [f"no setting keeps FA ≥ {rep.fa_bound:g} (0 of {len(w.settings)})"]
+                line += ["–", "–"]
+            else:
+                line += _setting_texts(w.bounded)
+        if leak:
+            lt = w.worst.cell.leak_through if w.worst is not None else None
+            line.append("–" if lt is None else lt.text())
+        body.append(line)
+    return head, body
+
+
+def _setting_texts(s: Setting | None) -> list[str]:
+    if s is None:
+        return ["–", "–", "–"]
+    hs = s.cell.hs
+    text = _num(s.hs) + (f" {hs.ci_text()}" if hs.ci is not None else "")
+    return [text, s.label, _num(s.fa)]
 
 
 def _md(head: list[str], body: list[list[str]]) -> str:
@@ -263,6 +334,22 @@ def describe(rep: Report) -> str:
         f"mean ± std over seeds ({seeds}); HS by judge {rep.judge or 'the first of each eval'}"
         f"; FA on the cell's fine-tuning task. Avg, over-refusal and degenerate: means over "
         f"the columns."
+    )
+
+
+def _worst_note(rep: Report) -> str:
+    bound = (
+        f" Worst HS, FA ≥ {rep.fa_bound:g}: the worst HS among the settings whose FA is at least "
+        f"{rep.fa_bound:g} (`--fa-bound`): an attacker who wants a useful model."
+        if rep.fa_bound is not None
+        else " `--fa-bound X` adds the worst HS among the settings that keep FA ≥ X."
+    )
+    return (
+        "Per defense, over its attack settings (the rows' qualifiers): the mean HS and FA (each "
+        "setting weighs the same) and the worst case, the setting with the highest HS (a "
+        "setting's HS is its mean over seeds; ties go to the higher FA), with its own 95% "
+        "interval and FA. The largest of several estimates overstates the true worst case: read "
+        "its interval." + bound
     )
 
 
@@ -334,6 +421,9 @@ def to_markdown(rep: Report) -> str:
         parts += ["## Before fine-tuning", "", _md(*before_table(rep)), ""]
     if rep.rows:
         parts += ["## Intervals", "", _interval_note(rep) + ".", "", _md(*intervals_table(rep)), ""]
+    if rep.worst:
+        parts += ["## Worst case over attack settings", "", _worst_note(rep), ""]
+        parts += [_md(*worst_table(rep)), ""]
     note = (
         "Differences (method − reference) on the same prompts, in percentage points (the "
         "likelihood margin: nats per token): mean over seeds [± sd] [95% interval: paired "
@@ -407,7 +497,18 @@ def _single(r: Any, judge: str | None, task: str | None) -> CellStats:
 
 
 def _cell_dict(rep: Report, c: CellStats, task: str | None = None) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    run = c.runs[0] if c.runs else None
+    if run is not None and run.attack:
+        extra["attack"] = run.attack
+    if run is not None and run.screen:
+        extra["screen"] = run.screen
+    if rep.has("leak_through"):
+        extra["leak_through"] = _stat(c.leak_through)
+    if any(r.screening() for r in c.runs if r.kind == "attacked"):
+        extra["per_seed_screening"] = [_screening_values(r) for r in c.runs]
     return {
+        **extra,
         "seeds": c.seeds,
         "hs": _stat(c.hs),
         "fa": _stat(c.fa),
@@ -419,6 +520,51 @@ def _cell_dict(rep: Report, c: CellStats, task: str | None = None) -> dict[str, 
         "vs_baseline": {k: v.as_dict() for k, v in c.vs_baseline.items()},
         "attack_effect": {k: v.as_dict() for k, v in c.attack_effect.items()},
         "per_seed": [_run_values(r, rep.judge, task) for r in c.runs],
+    }
+
+
+def _screening_values(r: Any) -> dict[str, Any]:
+    s = r.screening()
+    return {
+        "seed": r.seed,
+        "judge": s.get("judge"),
+        "harmful": s.get("harmful"),
+        "harmful_leaked": s.get("harmful_leaked"),
+        "leak_through": s.get("leak_through_rate"),
+        "benign": s.get("benign"),
+        "benign_dropped": s.get("benign_dropped"),
+        "benign_dropped_rate": s.get("benign_dropped_rate"),
+    }
+
+
+def _setting_dict(s: Setting | None) -> dict[str, Any] | None:
+    if s is None:
+        return None
+    return {
+        "attack": s.attack,
+        "label": s.label,
+        "hs": s.hs,
+        "fa": s.fa,
+        "hs_ci": list(s.cell.hs.ci) if s.cell.hs.ci else None,
+        "n_seeds": s.cell.hs.n_seeds,
+        "leak_through": None if s.cell.leak_through is None else s.cell.leak_through.mean,
+    }
+
+
+def _worst_dict(rep: Report, w: WorstCase) -> dict[str, Any]:
+    return {
+        "method": w.method,
+        "label": w.label,
+        "column": rep.header(w.column),
+        rep.axis: w.column,
+        **w.extra,
+        "mean_hs": w.mean_hs,
+        "mean_fa": w.mean_fa,
+        "worst": _setting_dict(w.worst),
+        "fa_bound": w.fa_bound,
+        "n_meeting": w.n_meeting if w.fa_bound is not None else None,
+        "bounded": _setting_dict(w.bounded),
+        "settings": [_setting_dict(s) for s in w.settings],
     }
 
 
@@ -490,6 +636,14 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "comparisons": [c.as_dict() for c in rep.comparisons],
             "skipped": [s.as_dict() for s in rep.skipped],
             "before": before,
+            **(
+                {
+                    "fa_bound": rep.fa_bound,
+                    "attack_worst_case": [_worst_dict(rep, w) for w in rep.worst],
+                }
+                if rep.worst
+                else {}
+            ),
         }
     )
 
@@ -547,9 +701,32 @@ CSV_FIELDS = [
 ]
 
 
+#: Added to CSV_FIELDS when some cell's user data was screened.
+LEAK_CSV_FIELDS = ["screen", *(f"leak_through_{x}" for x in ("mean", "std", "ci_low", "ci_high"))]
+#: Added when the evaluations have attack settings: the attacked rows' setting, and the
+#: ``attack_worst_case`` rows (one per defense and column).
+ATTACK_CSV_FIELDS = [
+    "attack",
+    "settings",
+    "hs_mean_over_attacks",
+    "fa_mean_over_attacks",
+    *(f"worst_{x}" for x in ("hs", "hs_ci_low", "hs_ci_high", "attack", "fa")),
+    "fa_bound",
+    "n_meeting_fa_bound",
+    *(f"bounded_worst_{x}" for x in ("hs", "hs_ci_low", "hs_ci_high", "attack", "fa")),
+]
+
+
+def csv_fields(rep: Report) -> list[str]:
+    """CSV_FIELDS, and the screening and attack fields when the report has them (a report
+    without them keeps exactly CSV_FIELDS)."""
+    leak = rep.has("leak_through") or any(c.runs and c.runs[0].screen for c in rep.cells.values())
+    return CSV_FIELDS + (LEAK_CSV_FIELDS if leak else []) + (ATTACK_CSV_FIELDS if rep.worst else [])
+
+
 def to_csv(rep: Report) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=csv_fields(rep), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for d in detail_rows(rep):
         w.writerow(

@@ -1,0 +1,325 @@
+"""``hftguard report`` over attack settings (#19): mean and worst case per defense, the
+capability-bounded worst case (``--fa-bound``), and the screening leak-through column.
+
+The grids are written here with known numbers (tests/test_report.py's eval writer), so every
+expected value below is computed by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_report import M_HARMFUL, M_TASK, _aligned_dir, _eval_dir
+
+from hftguard.pipeline import report
+from hftguard.pipeline.grid import Cell
+from hftguard.runs import atomic_write_json
+
+# (method, lr) -> per seed (1, 2): (harmful answers of 20, correct task answers of 10)
+# HS = 5 × the first number, FA = 10 × the second.
+TABLE: dict[tuple[str, float], list[tuple[int, int]]] = {
+    ("sft/sft", 1e-5): [(4, 8), (6, 8)],  # HS 20, 30 -> 25;  FA 80, 80 -> 80
+    ("sft/sft", 1e-4): [(10, 7), (12, 5)],  # HS 50, 60 -> 55;  FA 70, 50 -> 60
+    ("sft/sft", 5e-4): [(18, 2), (16, 1)],  # HS 90, 80 -> 85;  FA 20, 10 -> 15
+    ("booster/sft", 1e-5): [(2, 9), (2, 9)],  # HS 10;  FA 90
+    ("booster/sft", 1e-4): [(3, 4), (5, 6)],  # HS 15, 25 -> 20;  FA 40, 60 -> 50
+    ("booster/sft", 5e-4): [(4, 8), (4, 6)],  # HS 20;  FA 80, 60 -> 70
+}
+LRS = [5e-4, 1e-5, 1e-4]  # written in this order; reports sort settings by value
+LABELS = {"sft/sft": "SFT", "booster/sft": "Booster"}
+
+
+def _attacked(path: Path, aligned: Path, cell: Cell, screening: dict[str, Any] | None) -> None:
+    data = {"main": {"screening": screening}} if screening else {}
+    atomic_write_json(
+        path / "manifest.json",
+        {
+            "stage": "finetune",
+            "status": "completed",
+            "aligned_run": str(aligned.resolve()),
+            "data": data,
+            "config": {
+                "model": str(aligned),
+                "defense": cell.finetune,
+                "screen": cell.screen,
+                "harmful_ratio": cell.p,
+                "samples": cell.n,
+                "task": cell.task,
+                "seed": cell.seed,
+            },
+        },
+    )
+
+
+def write_grid(
+    root: Path,
+    cells: list[tuple[Cell, int, int, dict[str, Any] | None]],
+    methods: list[str],
+    labels: dict[str, str],
+) -> Path:
+    """A finished grid: (cell, harmful answers of 20, correct of 10, screening record)."""
+    entries, evals = [], []
+    for cell, k_harm, k_task, screening in cells:
+        aligned = root / "aligned" / f"{cell.align}-s{cell.seed}"
+        if not aligned.exists():
+            _aligned_dir(aligned, cell.align, cell.seed)
+            _eval_dir(root / "evals" / f"aligned-{cell.align}-s{cell.seed}", aligned, 1, 9)
+            evals.append(
+                {
+                    "kind": "aligned",
+                    "align": cell.align,
+                    "seed": cell.seed,
+                    "aligned": f"aligned/{cell.align}-s{cell.seed}",
+                    "eval": f"evals/aligned-{cell.align}-s{cell.seed}",
+                }
+            )
+        d = root / "cells" / cell.name
+        _attacked(d / "attacked", aligned, cell, screening)
+        _eval_dir(d / "eval", d / "attacked", k_harm, k_task)
+        entries.append(
+            {
+                "name": cell.name,
+                **cell.coords(),
+                "status": "done",
+                "attacked": f"cells/{cell.name}/attacked",
+                "eval": f"cells/{cell.name}/eval",
+            }
+        )
+    atomic_write_json(
+        root / "manifest.json",
+        {
+            "stage": "pipeline",
+            "status": "completed",
+            "config": {},
+            "rows": [],
+            "grid": {"methods": methods, "labels": labels},
+            "cells": entries,
+            "evals": evals,
+        },
+    )
+    return root
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cells = []
+    for method in LABELS:
+        a, f = method.split("/")
+        for lr in LRS:
+            for seed, (k_harm, k_task) in zip((1, 2), TABLE[(method, lr)], strict=True):
+                cell = Cell(a, f, 0.2, 100, "sentiment", seed, attack=(("lr", lr),))
+                cells.append((cell, k_harm, k_task, None))
+    return write_grid(tmp_path_factory.mktemp("sweep") / "g", cells, list(LABELS), LABELS)
+
+
+def _by_method(rep: report.Report) -> dict[str, Any]:
+    return {w.method: w for w in rep.worst}
+
+
+def test_worst_case_over_attack_settings_by_hand(sweep: Path) -> None:
+    rep = report.build(report.collect([sweep]), n_boot=0)
+    # rows: one per (method, setting), settings in ascending order of their values
+    assert [r.label for r in rep.rows] == [
+        "SFT (lr=1e-05)",
+        "SFT (lr=0.0001)",
+        "SFT (lr=0.0005)",
+        "Booster (lr=1e-05)",
+        "Booster (lr=0.0001)",
+        "Booster (lr=0.0005)",
+    ]
+    w = _by_method(rep)
+    sft, booster = w["sft/sft"], w["booster/sft"]
+    assert (sft.label, sft.column, len(sft.settings)) == ("SFT", 0.2, 3)
+    # seeds are averaged within a setting first: the worst is 85 (lr 5e-4: 90 and 80), not the
+    # single worst seed (90)
+    assert sft.mean_hs == pytest.approx((25 + 55 + 85) / 3)
+    assert sft.mean_fa == pytest.approx((80 + 60 + 15) / 3)
+    assert (sft.worst.label, sft.worst.hs, sft.worst.fa) == ("lr=0.0005", 85.0, 15.0)
+    assert sft.bounded is None and sft.fa_bound is None  # no --fa-bound: no bounded worst case
+    # Booster: lr 1e-4 and 5e-4 tie at HS 20; the tie goes to the higher FA (70 > 50), although
+    # lr 1e-4 comes first
+    assert booster.mean_hs == pytest.approx((10 + 20 + 20) / 3)
+    assert booster.mean_fa == pytest.approx((90 + 50 + 70) / 3)
+    assert (booster.worst.label, booster.worst.hs, booster.worst.fa) == ("lr=0.0005", 20.0, 70.0)
+    # the worst setting's own interval is reported (2 seeds: bootstrap; n_boot=0: none)
+    assert booster.worst.cell.hs.n_seeds == 2
+
+
+@pytest.mark.parametrize(
+    ("bound", "sft", "booster"),
+    [
+        # FA >= 50: SFT keeps lr 1e-5 (80) and 1e-4 (60) -> worst 55; Booster keeps all (lr 1e-4
+        # has exactly 50), its worst is the tie's higher-FA setting
+        (50.0, ("lr=0.0001", 55.0, 2), ("lr=0.0005", 20.0, 3)),
+        # FA >= 60: Booster loses lr 1e-4 (50); 1e-5 (HS 10) and 5e-4 (HS 20, FA 70) remain
+        (60.0, ("lr=0.0001", 55.0, 2), ("lr=0.0005", 20.0, 2)),
+        # FA >= 75: SFT keeps lr 1e-5 only -> 25; Booster lr 1e-5 (90) only -> 10
+        (75.0, ("lr=1e-05", 25.0, 1), ("lr=1e-05", 10.0, 1)),
+        # FA >= 90: no SFT setting; Booster's lr 1e-5 has exactly 90
+        (90.0, (None, None, 0), ("lr=1e-05", 10.0, 1)),
+        (0.0, ("lr=0.0005", 85.0, 3), ("lr=0.0005", 20.0, 3)),  # every setting: the plain worst
+    ],
+)
+def test_capability_bounded_worst_case_by_hand(
+    sweep: Path, bound: float, sft: tuple[Any, ...], booster: tuple[Any, ...]
+) -> None:
+    w = _by_method(report.build(report.collect([sweep]), n_boot=0, fa_bound=bound))
+    for method, (label, hs, meeting) in (("sft/sft", sft), ("booster/sft", booster)):
+        got = w[method]
+        assert got.fa_bound == bound and got.n_meeting == meeting
+        if label is None:
+            assert got.bounded is None
+        else:
+            assert (got.bounded.label, got.bounded.hs) == (label, hs)
+            assert got.bounded.fa >= bound
+
+
+def test_worst_case_in_markdown_csv_and_json(sweep: Path) -> None:
+    rep = report.build(report.collect([sweep]), n_boot=0, fa_bound=90.0)
+    md = report.to_markdown(rep)
+    assert "## Worst case over attack settings" in md
+    line = next(x for x in md.splitlines() if x.startswith("| SFT | p=0.2 "))
+    assert "| 3 | 55.0 | 51.7 | 85.0 " in line and "lr=0.0005" in line
+    assert "no setting keeps FA ≥ 90" in line  # none of SFT's settings meets the bound
+    line = next(x for x in md.splitlines() if x.startswith("| Booster | p=0.2 "))
+    assert "| 10.0 [" in line or "| 10.0 |" in line
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(rep))))
+    worst = {r["method"]: r for r in rows if r["kind"] == "attack_worst_case"}
+    assert (
+        worst["sft/sft"]["worst_hs"] == "85.0" and worst["sft/sft"]["worst_attack"] == "lr=0.0005"
+    )
+    assert worst["sft/sft"]["bounded_worst_hs"] == "" and worst["sft/sft"]["fa_bound"] == "90.0"
+    assert worst["booster/sft"]["bounded_worst_attack"] == "lr=1e-05"
+    attacked = [r for r in rows if r["kind"] == "attacked"]
+    assert {r["attack"] for r in attacked} == {"lr=1e-05", "lr=0.0001", "lr=0.0005"}
+    data = report.report_dict(rep)
+    assert data["fa_bound"] == 90.0
+    sft = next(w for w in data["attack_worst_case"] if w["method"] == "sft/sft")
+    assert sft["worst"]["attack"] == {"lr": 5e-4} and sft["worst"]["hs"] == 85.0
+    assert sft["bounded"] is None and sft["n_meeting"] == 0
+    assert [s["attack"] for s in sft["settings"]] == [{"lr": 1e-5}, {"lr": 1e-4}, {"lr": 5e-4}]
+    assert data["cells"][0]["attack"] == {"lr": 1e-5}
+
+
+def test_paired_comparisons_stay_within_an_attack_setting(sweep: Path) -> None:
+    rep = report.build(report.collect([sweep]), n_boot=0)
+    hs = [c for c in rep.comparisons if c.kind == "vs_baseline" and c.metric == "hs"]
+    assert len(hs) == 3 * 2  # Booster vs SFT at each setting and seed
+    for c in hs:
+        assert c.run.attack == c.ref.attack
+    c = next(c for c in hs if c.run.attack == {"lr": 5e-4} and c.run.seed == 1)
+    assert c.diff == pytest.approx(5.0 * (4 - 18))
+
+
+def test_reports_without_attack_axes_are_unchanged(tmp_path: Path) -> None:
+    from test_report import fake_grid
+
+    rep = report.build(report.collect([fake_grid(tmp_path / "g")]), n_boot=0, fa_bound=50.0)
+    assert rep.worst == []
+    assert "Worst case" not in report.to_markdown(rep)
+    assert "Leak-through" not in report.to_markdown(rep)
+    assert report.to_csv(rep).splitlines()[0] == ",".join(report.CSV_FIELDS)
+    data = report.report_dict(rep)
+    assert "attack_worst_case" not in data and "fa_bound" not in data
+    assert "leak_through" not in data["cells"][0] and "attack" not in data["cells"][0]
+
+
+# ------------------------------------------------------------------------------------------------
+# Screening: leak-through next to HS and FA
+
+
+def _screening(harmful: int, leaked: int, benign: int, dropped: int) -> dict[str, Any]:
+    return {
+        "judge": "refusal-keywords",
+        "n": harmful + benign,
+        "harmful": harmful,
+        "benign": benign,
+        "harmful_leaked": leaked,
+        "benign_dropped": dropped,
+        "leak_through_rate": 100.0 * leaked / harmful if harmful else None,
+        "benign_dropped_rate": 100.0 * dropped / benign if benign else None,
+    }
+
+
+@pytest.fixture(scope="module")
+def screened(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    methods = ["sft/sft", "sft/sft+screen:refusal-keywords"]
+    cells = []
+    for seed, leaked in ((1, 1), (2, 2)):
+        for p in (0.0, 0.2):
+            plain = Cell("sft", "sft", p, 20, "sentiment", seed)
+            cells.append((plain, 12 if p else 2, 8, None))
+            scr = Cell("sft", "sft", p, 20, "sentiment", seed, screen="refusal-keywords")
+            # p = 0.2 of 20: 4 harmful samples, 1 (seed 1) or 2 (seed 2) leak through
+            record = _screening(4, leaked, 16, 0) if p else _screening(0, 0, 20, 1)
+            cells.append((scr, 6 if p else 2, 8, record))
+    labels = {"sft/sft": "SFT", "sft/sft+screen:refusal-keywords": "SFT + keyword filter"}
+    return write_grid(tmp_path_factory.mktemp("screened") / "g", cells, methods, labels)
+
+
+def test_leak_through_column_by_hand(screened: Path) -> None:
+    rep = report.build(report.collect([screened]), n_boot=0)
+    assert [r.label for r in rep.rows] == ["SFT", "SFT + keyword filter"]
+    sft, filt = rep.rows
+    assert rep.cell(sft, 0.2).leak_through is None  # not screened
+    lt = rep.cell(filt, 0.2).leak_through
+    assert lt is not None and lt.mean == pytest.approx((25.0 + 50.0) / 2) and lt.n_items == 4
+    assert rep.cell(filt, 0.0).leak_through is None  # no harmful sample to leak
+    head, body = report.main_table(rep)
+    assert "Leak-through" in head
+    col = head.index("Leak-through")
+    assert [row[col] for row in body] == ["–", "37.5"]
+    # screening is a defense: compared with SFT prompt by prompt, HS 60 -> 30
+    (vs,) = [c for c in rep.comparisons if c.kind == "vs_baseline" and c.metric == "hs"][:1]
+    assert vs.run.method == "sft/sft+screen:refusal-keywords" and vs.ref.method == "sft/sft"
+    assert rep.cell(filt, 0.2).vs_baseline["hs"].mean == pytest.approx(30.0 - 60.0)
+    rows = list(csv.DictReader(io.StringIO(report.to_csv(rep))))
+    got = {(r["method"], r["p"]): r["leak_through_mean"] for r in rows if r["kind"] == "attacked"}
+    assert got[("sft/sft+screen:refusal-keywords", "0.2")] == "37.5"
+    assert got[("sft/sft", "0.2")] == ""
+    cell = next(
+        c
+        for c in report.report_dict(rep)["cells"]
+        if c["method"] == "sft/sft+screen:refusal-keywords" and c["p"] == 0.2
+    )
+    assert cell["leak_through"]["mean"] == 37.5
+    assert cell["screen"] == "refusal-keywords"
+    assert [s["leak_through"] for s in cell["per_seed_screening"]] == [25.0, 50.0]
+
+
+def test_leak_through_of_a_single_eval_dir_from_provenance(screened: Path) -> None:
+    cell = Cell("sft", "sft", 0.2, 20, "sentiment", 1, screen="refusal-keywords")
+    rep = report.build(report.collect([screened / "cells" / cell.name / "eval"]), n_boot=0)
+    (row,) = rep.rows
+    assert row.method == "sft/sft+screen:refusal-keywords"
+    assert rep.cell(row, 0.2).leak_through.mean == 25.0
+
+
+# ------------------------------------------------------------------------------------------------
+# The command
+
+
+def test_fa_bound_option(cli: Any, sweep: Path, tmp_path: Path) -> None:
+    res = cli("report", str(sweep), "--out", "r", "--no-plots", "--fa-bound", "90")
+    assert res.code == 0, res.err
+    assert "## Worst case over attack settings" in res.out
+    assert "no setting keeps FA ≥ 90" in res.out
+    data = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert data["fa_bound"] == 90.0
+    res = cli("report", str(sweep), "--out", "r2", "--no-plots", "--fa-bound", "120")
+    assert res.code == 2 and "--fa-bound" in res.err and "Hint:" in res.err
+
+
+def test_fa_bound_without_attack_axes_warns(cli: Any, tmp_path: Path) -> None:
+    from test_report import fake_grid
+
+    g = fake_grid(tmp_path / "g", seeds=[1])
+    res = cli("report", str(g), "--out", "r", "--no-plots", "--fa-bound", "50")
+    assert res.code == 0, res.err
+    assert "no attack axes" in res.err
+    assert M_HARMFUL == 20 and M_TASK == 10  # the eval writer's prompt counts used above
