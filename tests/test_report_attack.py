@@ -323,3 +323,83 @@ def test_fa_bound_without_attack_axes_warns(cli: Any, tmp_path: Path) -> None:
     assert res.code == 0, res.err
     assert "no attack axes" in res.err
     assert M_HARMFUL == 20 and M_TASK == 10  # the eval writer's prompt counts used above
+
+
+ATTACK_GRID = """\
+evaluate_base = false
+
+[grid]
+methods = ["sft/sft", "sft/sft+screen:refusal-keywords"]
+harmful_ratio = [0.5]
+labels = { "sft/sft" = "SFT", "sft/sft+screen:refusal-keywords" = "SFT + filter" }
+
+[grid.attack]
+lr = [1e-4, 1e-3]
+
+[align]
+model = "tiny-random"
+samples = 8
+retain = ""
+[align.train]
+max_steps = 1
+batch_size = 4
+max_length = 64
+[align.lora]
+r = 4
+alpha = 8.0
+
+[finetune]
+samples = 8
+[finetune.train]
+max_steps = 1
+batch_size = 4
+max_length = 64
+[finetune.lora]
+r = 4
+alpha = 8.0
+
+[eval]
+harmful_samples = 4
+benign_samples = 2
+task_samples = 4
+max_new_tokens = 2
+batch_size = 4
+"""
+
+
+def test_run_and_report_an_attack_sweep_with_screening(cli: Any, tmp_path: Path) -> None:
+    """End to end on the tiny model: a grid with an attack axis and a screened defense runs,
+    resumes with nothing to do, and reports the worst case and the leak-through."""
+    (tmp_path / "grid.toml").write_text(ATTACK_GRID)
+    res = cli("run", "grid.toml", "--out", "g", "--dry-run")
+    assert res.code == 0, res.err
+    assert "attack setting" in res.out and "lr=0.001" in res.out
+    res = cli("run", "grid.toml", "--out", "g")
+    assert res.code == 0, res.err
+    summary = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    assert [c["status"] for c in summary["cells"]] == ["done"] * 4
+    assert [p.name for p in (tmp_path / "g" / "aligned").iterdir()] == ["sft-s42"]
+    screened = next(c for c in summary["cells"] if c.get("screen"))
+    ft = json.loads((tmp_path / "g" / screened["attacked"] / "manifest.json").read_text())
+    assert ft["config"]["screen"] == "refusal-keywords"
+    assert ft["config"]["train"]["lr"] == screened["attack"]["lr"]
+    record = ft["data"]["main"]["screening"]
+    assert record["harmful"] == 4  # p = 0.5 of n = 8
+    res = cli("run", "grid.toml", "--out", "g", "--dry-run")
+    assert res.code == 0 and "4 cell(s), 4 done" in res.out
+
+    res = cli("report", "g", "--out", "rep", "--bootstrap", "50", "--fa-bound", "0")
+    assert res.code == 0, res.err
+    assert "## Worst case over attack settings" in res.out
+    assert "| SFT + filter (lr=0.0001) |" in res.out and "Leak-through" in res.out
+    rj = json.loads((tmp_path / "rep" / "report.json").read_text())
+    worst = {w["method"]: w for w in rj["attack_worst_case"]}
+    assert set(worst) == {"sft/sft", "sft/sft+screen:refusal-keywords"}
+    assert len(worst["sft/sft"]["settings"]) == 2
+    leak = 100.0 * record["harmful_leaked"] / 4
+    cell = next(
+        c
+        for c in rj["cells"]
+        if c["method"] == "sft/sft+screen:refusal-keywords" and c["attack"] == screened["attack"]
+    )
+    assert cell["leak_through"]["mean"] == pytest.approx(leak)
