@@ -214,3 +214,16 @@ def test_check_resolves_the_screening_judge(registry: Any) -> None:
     grid.check(load(methods=["sft/sft+screen:refusal-keywords"]), registry)
     with pytest.raises(ConfigError, match="refusal-keyword"):
         grid.check(load(methods=["sft/sft+screen:refusal-keyword"]), registry)
+
+
+def test_shipped_attack_sweep_is_valid(registry: Any) -> None:
+    ROOT = Path(__file__).resolve().parents[1]
+    g = grid.load_file(ROOT / "configs" / "attack-sweep-small.toml")
+    grid.check(g, registry)
+    assert len(g.cells) == 18 and [k for k, _ in g.groups()] == [("sft", 42), ("booster", 42)]
+    assert {c.method for c in g.cells} == {
+        "sft/sft",
+        "booster/sft",
+        "sft/sft+screen:refusal-keywords",
+    }
+    assert g.axes["attack"] == {"lr": [5e-5, 2e-4, 1e-3], "max_steps": [15, 30]}

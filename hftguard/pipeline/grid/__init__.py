@@ -23,6 +23,7 @@ The ``[grid]`` table (every axis a value or a list; a missing axis takes the bas
     align_defense = ["sft", "booster"]      # or "none": fine-tune the base model (NA-SFT)
     finetune_defense = ["sft", "lisa"]
     methods = ["sft/sft", "sft/lisa"]       # instead of the two above: explicit align/ft pairs
+                                            # ("sft/sft+screen:JUDGE": screen the user data first)
     harmful_ratio = [0.0, 0.1, 0.2]
     samples = [200]
     task = ["sentiment"]                    # cells measure FA on their own task
@@ -30,11 +31,15 @@ The ``[grid]`` table (every axis a value or a list; a missing axis takes the bas
     [grid.align_options.booster]            # defense_options of that alignment defense
     [grid.finetune_options.lisa]
     [grid.labels]                           # display names for reports: "booster/sft" = "Booster"
+    [grid.attack]                           # the attacker's fine-tuning settings, each a list:
+    lr = [1e-5, 1e-4]                       # lr, epochs, max_steps, batch_size, lora_r,
+                                            # lora_alpha, harmful (cells: ...__s42__lr1e-05)
 """
 
 from hftguard.pipeline.grid.layout import Layout, plan, stage_state
 from hftguard.pipeline.grid.runner import GridFailed, GridIncomplete, run, summary_rows
 from hftguard.pipeline.grid.spec import (
+    ATTACK_KEYS,
     AXES,
     GRID_KEYS,
     NO_ALIGN,
@@ -49,6 +54,7 @@ from hftguard.pipeline.grid.spec import (
 )
 
 __all__ = [
+    "ATTACK_KEYS",
     "AXES",
     "GRID_KEYS",
     "NO_ALIGN",
