@@ -46,6 +46,7 @@ def build_app(host: object | None = None) -> typer.Typer:
     __import__("hftguard.cli.export", fromlist=["register"]).register(app)  # hftguard export
     __import__("hftguard.cli.repair", fromlist=["register"]).register(app)  # hftguard repair
     __import__("hftguard.cli.screen", fromlist=["register"]).register(app)  # hftguard screen
+    __import__("hftguard.cli.search", fromlist=["register"]).register(app)  # hftguard search
     bench.register(app)
     if host is not None:
         _add_plugin_commands(app, host)
