@@ -104,6 +104,36 @@ def test_every_defense_of_both_stages_is_timed_against_its_sft(result: dict[str,
     assert booster["theoretical_ratio"] == 3.0
 
 
+def test_every_repair_defense_is_timed_against_the_sft_step(result: dict[str, Any]) -> None:
+    rep = result["repair"]
+    reg = default_registry()
+    assert {r["defense"] for r in rep["rows"]} == {i.name for i in reg.components("repair-defense")}
+    sft = next(r for r in result["defenses"] if (r["stage"], r["defense"]) == ("align", "sft"))
+    assert rep["sft_step_wall_s"] == sft["wall_median_step_s"]
+    assert rep["calibration_batches"] == 3  # the bench's 6 harmful examples, batches of 2
+    for row in rep["rows"]:
+        assert row["median_s"] >= row["model_load_s"] >= 0
+        assert row["compute_s"] == pytest.approx(row["median_s"] - row["model_load_s"])
+        step = sft["wall_median_step_s"]
+        assert row["sft_steps_measured"] == pytest.approx(row["compute_s"] / step)
+    antidote = next(r for r in rep["rows"] if r["defense"] == "antidote")
+    assert antidote["forward_passes"] == 6 and antidote["calibration_examples"] == 6
+    assert antidote["sft_steps_theoretical"] == pytest.approx(6 / 3)
+    safelora = next(r for r in rep["rows"] if r["defense"] == "safelora")
+    assert safelora["forward_passes"] == 0 and safelora["sft_steps_theoretical"] is None
+
+
+def test_repair_defenses_alone_get_the_sft_baseline(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["bench", *TINY, "--skip", "trainer,generation,padding", "--defenses",
+                 "repair:antidote", "--json", "--quiet"])  # fmt: skip
+    assert code == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [(r["stage"], r["defense"]) for r in result["defenses"]] == [("align", "sft")]
+    assert [r["defense"] for r in result["repair"]["rows"]] == ["antidote"]
+    assert main(["bench", *TINY, "--defenses", "repair:antidot"]) == 2
+    assert "antidote" in capsys.readouterr().err
+
+
 def test_trainer_section_compares_both_loops(result: dict[str, Any]) -> None:
     tr = result["trainer"]
     assert tr["hftguard"].keys() >= LOOP_KEYS and tr["transformers_trainer"].keys() >= LOOP_KEYS
@@ -135,6 +165,7 @@ def test_tables_print(result: dict[str, Any], capsys: pytest.CaptureFixture[str]
     print_report(result)
     text = capsys.readouterr().out
     assert "align/booster" in text and "Trainer" in text and "Generation" in text
+    assert "Repair defenses" in text and "antidote" in text
 
 
 def test_skip_sections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -166,13 +166,17 @@ def select_defenses(registry: Any, specs: Sequence[str]) -> list[tuple[str, str]
         stage: {i.name for i in registry.components(kind)} for stage, kind in STAGE_KINDS.items()
     }
     items = [s.strip() for spec in specs for s in spec.split(",") if s.strip()]
+    repairs = [i for i in items if i.startswith("repair:")]  # bench.repair's (timed vs SFT)
+    items = [i for i in items if i not in repairs]
+    if repairs and not items:
+        return [("align", "sft")]  # the denominator of the repair rows
     wanted = [(stage, n) for stage in STAGE_KINDS for n in names[stage]] if not items else []
     for item in items:
         stage, _, name = item.rpartition(":")
         if stage and stage not in STAGE_KINDS:
             raise ConfigError(
                 f"--defenses {item}: unknown stage '{stage}'.",
-                hint="Use align:NAME, finetune:NAME or just NAME.",
+                hint="Use align:NAME, finetune:NAME, repair:NAME or just NAME.",
             )
         found = [(s, name) for s in ([stage] if stage else STAGE_KINDS) if name in names[s]]
         if not found:

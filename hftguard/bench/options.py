@@ -7,7 +7,7 @@ from typing import Any
 
 from hftguard.errors import ConfigError
 
-SECTIONS = ("defenses", "trainer", "generation", "padding")
+SECTIONS = ("defenses", "trainer", "generation", "padding", "repair")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 STAGE_KINDS = {"align": "alignment-defense", "finetune": "finetune-defense"}
 

@@ -120,6 +120,35 @@ def print_report(result: dict[str, Any]) -> None:
 
     if "padding" in result:
         _print_padding(result["padding"])
+    if "repair" in result:
+        _print_repair(result["repair"])
+
+
+def _print_repair(rep: dict[str, Any]) -> None:
+    from hftguard.console import print_table, stdout
+
+    if "skipped" in rep:
+        stdout.print(f"Repair defenses: skipped ({rep['skipped']})", highlight=False)
+        return
+    rows = [
+        [
+            r["defense"],
+            _fmt(r["median_s"]),
+            _fmt(r["model_load_s"]),
+            _fmt(r["compute_s"]),
+            str(r["forward_passes"]),
+            _fmt(r["sft_steps_measured"]),
+            _fmt(r["sft_steps_theoretical"]),
+            _fmt(r["measured_over_theoretical"]),
+        ]
+        for r in rep["rows"]
+    ]
+    print_table(
+        f"Repair defenses: one repair, wall s; {rep['calibration_batches']} calibration batches; "
+        "x SFT = compute s / the align SFT step (wall); theory: a forward = 1/3 SFT step",
+        ["repair", "total s", "load s", "compute s", "forwards", "x SFT", "theory", "/theory"],
+        rows,
+    )
 
 
 def _print_padding(pad: dict[str, Any]) -> None:

@@ -121,7 +121,7 @@ def _run_one(opts: BenchOptions, reporter: Reporter, reg: Any) -> dict[str, Any]
         from hftguard.bench.padding import padding_section
 
         result["padding"] = padding_section(tok, opts, reg)
-    if "defenses" in opts.skip and "trainer" in opts.skip:
+    if "defenses" in opts.skip and "trainer" in opts.skip and "repair" in opts.skip:
         return result
 
     from hftguard.config import LoraOptions
@@ -159,7 +159,37 @@ def _run_one(opts: BenchOptions, reporter: Reporter, reg: Any) -> dict[str, Any]
         result["trainer"] = bench_trainer(
             model, params, init, tok, data["alignment"], opts, device, dtype, flops_tok, peak
         )
+    if "repair" not in opts.skip:
+        result["repair"] = _repair_section(opts, reg, reporter, data, result, device, tok)
     return result
+
+
+def _repair_section(
+    opts: BenchOptions,
+    reg: Any,
+    reporter: Reporter,
+    data: dict[str, list[Any]],
+    result: dict[str, Any],
+    device: Any,
+    tok: Any,
+) -> dict[str, Any]:
+    """Section 5 (bench.repair): each repair defense once, against the SFT step measured above."""
+    from hftguard.bench.repair import bench_repairs, select_repairs
+    from hftguard.data.inputs import collate
+
+    if opts.llama_shape is not None:
+        return {"skipped": "a repair needs the model's weights on disk; --llama-shape is random"}
+    names = select_repairs(reg, opts.defenses)
+    items = data["harmful"]
+    batches = [
+        collate(items[i : i + opts.batch_size], _pad_id(tok)).to(device)
+        for i in range(0, len(items) - opts.batch_size + 1, opts.batch_size)
+    ]
+    sft = [r for r in result.get("defenses", []) if r["stage"] == "align" and r["defense"] == "sft"]
+    # wall time on both sides: a repair is timed on the wall clock
+    step = (sft[0].get("wall_median_step_s") or sft[0]["median_step_s"]) if sft else None
+    rows = bench_repairs(opts, reg, names, batches, step, reporter)
+    return {"sft_step_wall_s": step, "calibration_batches": len(batches), "rows": rows}
 
 
 def environment(device: Any, dtype: Any) -> dict[str, Any]:

@@ -50,15 +50,16 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--defenses",
                 "-d",
-                help="Defenses to time: NAME or STAGE:NAME (align|finetune), "
-                "comma-separated or repeated. Default: all registered, both stages.",
+                help="Defenses to time: NAME or STAGE:NAME (align|finetune|repair), "
+                "comma-separated or repeated. Default: all registered, every stage.",
             ),
         ] = None,
         skip: Annotated[
             list[str] | None,
             typer.Option(
                 "--skip",
-                help="Sections to skip: defenses, trainer, generation, padding (repeatable).",
+                help="Sections to skip: defenses, trainer, generation, padding, repair "
+                "(repeatable).",
             ),
         ] = None,
         gen_prompts: Annotated[int, typer.Option(help="Prompts for the generation section.")] = 32,

@@ -18,8 +18,10 @@ prompt + answer pairs the provider holds: the ``harmful`` data of the repair con
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -96,7 +98,10 @@ def wanda_scores(weight: torch.Tensor, energy: torch.Tensor) -> torch.Tensor:
 
 
 def input_energy(
-    model: Any, batches: list[Any], factors: dict[str, torch.nn.Module]
+    model: Any,
+    batches: list[Any],
+    factors: dict[str, torch.nn.Module],
+    advance: Any = None,
 ) -> tuple[dict[str, torch.Tensor], float]:
     """Σ x_j² over the real tokens (attention mask) of ``batches`` for the input of each module
     of ``factors``, and the mean NLL of the batches' answers (one forward pass each)."""
@@ -125,10 +130,12 @@ def input_energy(
             nll, mask = token_nll(model, batch)
             nll_sum += float(nll.sum())
             tokens += int(mask.sum())
+            if advance is not None:
+                advance()
     return energy, nll_sum / max(tokens, 1)
 
 
-def answer_nll(model: Any, batches: list[Any]) -> float:
+def answer_nll(model: Any, batches: list[Any], advance: Any = None) -> float:
     """Mean NLL of the batches' answer tokens."""
     import torch
 
@@ -140,6 +147,8 @@ def answer_nll(model: Any, batches: list[Any]) -> float:
             nll, mask = token_nll(model, batch)
             total += float(nll.sum())
             tokens += int(mask.sum())
+            if advance is not None:
+                advance()
     return total / max(tokens, 1)
 
 
@@ -181,7 +190,8 @@ class Antidote(RepairDefense):
         model, _tok = ctx.load_model()
         factors = lora_factors(model, list(lora.modules))
         batches = ctx.batches("harmful", cfg.batch_size, cfg.max_length)
-        energy, loss_before = input_energy(model, batches, factors)
+        with _task(ctx, "antidote: calibration pass", len(batches)) as advance:
+            energy, loss_before = input_energy(model, batches, factors, advance)
         generator = torch.Generator().manual_seed(ctx.seed)
         masks: dict[str, torch.Tensor] = {}
         for key, module in factors.items():
@@ -201,7 +211,8 @@ class Antidote(RepairDefense):
         with torch.no_grad():  # the pruned adapter, in the loaded model: its harmful loss
             for key, module in factors.items():
                 module.weight.masked_fill_(masks[key].to(module.weight.device), 0)
-        loss_after = answer_nll(model, batches)
+        with _task(ctx, "antidote: harmful loss after pruning", len(batches)) as advance:
+            loss_after = answer_nll(model, batches, advance)
         if any(not torch.isfinite(t).all() for t in (*new_a.values(), *new_b.values())):
             raise HftguardError("antidote: the pruned adapter has non-finite weights.")
         out = kit.write_lora(ctx.adapter, ctx.output_dir / "adapter", new_b, new_a=new_a)
@@ -236,6 +247,16 @@ class Antidote(RepairDefense):
                 "layers": len(lora.modules),
             },
         }
+
+
+@contextlib.contextmanager
+def _task(ctx: RepairContext, description: str, total: int) -> Iterator[Any]:
+    """A progress bar on the context's reporter; yields its ``advance`` (None when quiet)."""
+    if ctx.reporter is None:
+        yield None
+        return
+    with ctx.reporter.task(description, total=total) as handle:
+        yield handle.advance
 
 
 def _norm_ratio(
