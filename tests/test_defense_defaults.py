@@ -40,6 +40,7 @@ EXPECTED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {
             "select": "number",
             "num_layers": 10,
             "threshold": 0.5,
+            "projector": "official",  # C = V V^T / ||V||_F (ours adds "orthogonal")
         },
     ),
     (REPAIR, "antidote"): (

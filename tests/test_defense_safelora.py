@@ -333,3 +333,63 @@ def test_grid_check_refuses_repairs_that_would_have_nothing_to_repair(registry):
         grid.check(grid.load({**base, "grid": {"methods": ["none/sft/safelora"]}}), registry)
     merged = {**base, "finetune": {**base["finetune"], "lora_mode": "merge"}}
     grid.check(grid.load({**merged, "grid": {"methods": ["booster/sft/safelora"]}}), registry)
+
+
+def test_orthogonal_projector_is_the_projection_onto_vs_column_space():
+    from hftguard.builtins.defenses.safelora import (
+        _cosine_and_ratio,
+        column_basis,
+        project_b_orthogonal,
+    )
+
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(8, 2, generator=g) @ torch.randn(2, 6, generator=g)  # rank 2
+    a, b = torch.randn(3, 6, generator=g), torch.randn(8, 3, generator=g)
+    assert column_basis(v).shape == (8, 2)
+    vn = _np(v)
+    p = vn @ np.linalg.pinv(vn, rcond=1e-5)  # the projector onto range(V), computed another way
+    np.testing.assert_allclose(_np(project_b_orthogonal(v, b)), p @ _np(b), atol=1e-12)
+    cos, ratio = _cosine_and_ratio(project_b_orthogonal(v, b), a, b)
+    upd = _np(b) @ _np(a)
+    # for an orthogonal projector <PΔ, Δ> = ‖PΔ‖², so the cosine equals the norm ratio
+    assert ratio == pytest.approx(np.linalg.norm(p @ upd) / np.linalg.norm(upd), rel=1e-10)
+    assert cos == pytest.approx(ratio, rel=1e-10)
+    # an update inside range(V) is kept whole; the official C would rescale it
+    inside = _np(v)[:, :3]
+    kept = project_b_orthogonal(v, torch.from_numpy(inside))
+    np.testing.assert_allclose(_np(kept), inside, atol=1e-12)
+    with pytest.raises(ConfigError, match="projector"):
+        SafeLoRAConfig(projector="svd")
+
+
+def test_repair_with_the_orthogonal_projector(attacked, tmp_path):
+    from hftguard.console import Reporter
+
+    _, _, out = attacked
+    manifest = repair.run(
+        RepairConfig(
+            model=str(out),
+            defense="safelora",
+            defense_options={"num_layers": 2, "projector": "orthogonal"},
+        ),
+        tmp_path / "repaired",
+        reporter=Reporter(quiet=True),
+    )
+    attacked_manifest = json.loads((out / "manifest.json").read_text())
+    start = attacked_manifest["input_model"]
+    w_aligned, w_base = _weights(start), _weights({"base": start["base"], "adapters": []})
+    before = _lora(attacked_manifest["model"]["adapters"][-1])
+    after = _lora(manifest["model"]["adapters"][-1])
+    cos, proj = {}, {}
+    for name, (a, b) in before.items():
+        v = _np(w_aligned[name] - w_base[name])
+        p = v @ np.linalg.pinv(v, rcond=1e-5)
+        upd = _np(b) @ _np(a)
+        cos[name] = np.linalg.norm(p @ upd) / np.linalg.norm(upd)
+        proj[name] = p @ _np(b)
+    want = sorted(cos, key=cos.get)[:2]
+    for name, (_a, b) in after.items():
+        if name in want:
+            np.testing.assert_allclose(_np(b), proj[name], rtol=1e-4, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(_np(b), _np(before[name][1]))

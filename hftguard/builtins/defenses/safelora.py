@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from hftguard.context import RepairContext
 
 SELECT = ("number", "threshold")
+PROJECTORS = ("official", "orthogonal")
 
 
 @dataclass
@@ -48,8 +49,21 @@ class SafeLoRAConfig:
     threshold: float = opt(
         0.5, "Cosine threshold with select = 'threshold' (official default 0.5)."
     )
+    projector: str = opt(
+        "official",
+        "'official': C = V Vᵀ / ‖V‖_F (the paper's and the official code's; it rescales the "
+        "update by V's singular values). 'orthogonal': U Uᵀ, U an orthonormal basis of V's "
+        "column space (keeps the update's components along the alignment directions, unscaled; "
+        "ours, not in the paper).",
+    )
 
     def __post_init__(self) -> None:
+        if self.projector not in PROJECTORS:
+            raise ConfigError(
+                f"defense_options.projector = {self.projector!r} is not one of "
+                f"{', '.join(PROJECTORS)}.",
+                hint="Use projector = 'official' (the paper's C) or 'orthogonal'.",
+            )
         if self.select not in SELECT:
             raise ConfigError(
                 f"defense_options.select = {self.select!r} is not one of {', '.join(SELECT)}.",
@@ -94,6 +108,27 @@ def project_b(v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """C B = V (Vᵀ B) / ‖V‖_F in float64, without forming C (``[d_out, r]``)."""
     v64 = v.detach().to(dtype=_f64())
     return (v64 @ (v64.T @ b.detach().to(_f64()))) / torch_norm(v64)
+
+
+def column_basis(v: torch.Tensor) -> torch.Tensor:
+    """An orthonormal basis U of V's column space (float64, ``[d_out, rank]``): the left singular
+    vectors whose singular values exceed the numerical-rank tolerance σ_max · max(d_out, d_in) ·
+    ε, NumPy's ``matrix_rank`` rule with ε of float32, the precision V is computed in (a
+    difference of fp32 weights: on the embedded model its rounding floor sits near 1e-7 σ_max,
+    a rank-32 alignment update's smallest direction near 2e-3 σ_max)."""
+    import torch
+
+    u, sigma, _ = torch.linalg.svd(v.detach().to(_f64()), full_matrices=False)
+    if not sigma.numel():
+        return u
+    tol = float(sigma.max()) * max(v.shape) * torch.finfo(torch.float32).eps
+    return u[:, sigma > tol]
+
+
+def project_b_orthogonal(v: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """U Uᵀ B in float64, U from :func:`column_basis` (``[d_out, r]``)."""
+    u = column_basis(v)
+    return u @ (u.T @ b.detach().to(_f64()))
 
 
 def _cosine_and_ratio(cb: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
@@ -148,7 +183,10 @@ class SafeLoRA(RepairDefense):
             if float(torch_norm(v.to(_f64()))) == 0.0:
                 no_alignment.append(name)  # alignment did not touch it: C is undefined
                 continue
-            projected_b[name] = project_b(v, b)  # C B without forming the d_out x d_out C
+            if self.config.projector == "orthogonal":
+                projected_b[name] = project_b_orthogonal(v, b)
+            else:
+                projected_b[name] = project_b(v, b)  # C B without forming the d_out x d_out C
             cosines[name], ratio[name] = _cosine_and_ratio(projected_b[name], a, b)
         if not cosines:
             raise HftguardError(
@@ -183,6 +221,7 @@ class SafeLoRA(RepairDefense):
                     "select": self.config.select,
                     "num_layers": self.config.num_layers,
                     "threshold": self.config.threshold,
+                    "projector": self.config.projector,
                 },
             },
         )
