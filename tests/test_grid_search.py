@@ -88,6 +88,8 @@ def test_search_resumes_and_a_rerun_does_no_work(stages: Stages, tmp_path: Path)
     with pytest.raises(grid.GridFailed):
         search(g, out, eta=3, reporter=quiet())
     assert stages.calls["finetune"] == 4
+    cells = json.loads((out / "manifest.json").read_text())["cells"]  # every trial so far
+    assert [c["status"] for c in cells] == ["done", "done", "done", "failed"]
     stages.fail.clear()
     stages.calls.clear()
     stages.log.clear()

@@ -149,8 +149,10 @@ def search(
         reporter.info(
             f"search: rung {rung + 1}/{len(steps)}, max_steps={budget}: {len(cells)} trial(s)"
         )
+        # the grid holds every trial so far (earlier rungs' are finished: no work), so its
+        # manifest lists them all and `hftguard report OUT` is right at any point of the search
         summary = run_grid(
-            dataclasses.replace(grid, cells=cells),
+            dataclasses.replace(grid, cells=every),
             out,
             reporter=reporter,
             registry=registry,
@@ -187,15 +189,6 @@ def search(
                 )
         record["rungs"].append({"max_steps": budget, "trials": trials})
     record["best"] = [t for t in record["rungs"][-1]["trials"] if t["kept"]]
-    # the grid manifest lists every trial, so `hftguard report OUT` reports them all (no stage
-    # runs: every trial is finished)
-    run_grid(
-        dataclasses.replace(grid, cells=every),
-        out,
-        reporter=Reporter(quiet=True),
-        registry=registry,
-        command=command,
-    )
     record.update(ended_at=now(), status="completed", trials=len(every))
     atomic_write_json(Path(out) / SEARCH_FILE, record)
     return record
