@@ -274,6 +274,7 @@ class PipelineConfig:
     align: AlignConfig = field(default_factory=AlignConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    repair: RepairConfig = field(default_factory=lambda: RepairConfig(defense=""))
     evaluate_base: bool = opt(True, "Also evaluate the base model.")
     skip_align: bool = opt(False, "Fine-tune the base model directly (NA-SFT).")
     dataset_options: dict[str, Any] = opt(
@@ -296,6 +297,12 @@ class PipelineConfig:
                 if not isinstance(options, dict):
                     continue  # reported by the component's Config build with its path
                 stage.dataset_options[name] = {**options, **stage.dataset_options.get(name, {})}
+        for name, options in self.dataset_options.items():
+            if isinstance(options, dict):
+                self.repair.dataset_options[name] = {
+                    **options,
+                    **self.repair.dataset_options.get(name, {}),
+                }
 
 
 #: The section of a pipeline config that holds each stage's config.
@@ -455,8 +462,10 @@ def _validate_train(t: TrainOptions, where: str) -> None:
         )
 
 
-def validate_stage(cfg: Any) -> None:
-    """Range checks that do not need the registry (component names are checked by the registry)."""
+def validate_stage(cfg: Any, pipeline: bool = False) -> None:
+    """Range checks that do not need the registry (component names are checked by the registry).
+
+    ``pipeline``: ``cfg`` is a stage of a pipeline config, whose input model the pipeline sets."""
     if isinstance(cfg, (AlignConfig, FinetuneConfig)):
         _validate_train(cfg.train, "train")
         check_range("lora.r", cfg.lora.r, 1)
@@ -485,7 +494,7 @@ def validate_stage(cfg: Any) -> None:
         if not cfg.judges:
             raise ConfigError("No judge given.", hint="Pass --judge refusal-keywords (or another).")
     if isinstance(cfg, RepairConfig):
-        if not cfg.model:
+        if not cfg.model and not pipeline:
             raise ConfigError(
                 "No model to repair.",
                 hint="Pass --model RUN_DIR: the run directory of `hftguard attack-finetune`.",
@@ -496,3 +505,4 @@ def validate_stage(cfg: Any) -> None:
         validate_stage(cfg.align)
         validate_stage(cfg.finetune)
         validate_stage(cfg.eval)
+        validate_stage(cfg.repair, pipeline=True)

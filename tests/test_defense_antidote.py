@@ -278,3 +278,85 @@ def test_cli_antidote_refuses_empty_or_missing_calibration_data_first(attacked, 
             "--out", "rep")  # fmt: skip
     assert_error(r, 2, "nope.jsonl")
     assert not (tmp_path / "rep").exists()
+
+
+PIPELINE = """\
+evaluate_base = false
+
+[align]
+model = "tiny-random"
+samples = 8
+retain = ""
+[align.train]
+max_steps = 2
+batch_size = 4
+max_length = 64
+[align.lora]
+r = 4
+alpha = 8.0
+
+[finetune]
+samples = 8
+harmful_ratio = 0.5
+lora_mode = "merge"
+[finetune.train]
+max_steps = 2
+batch_size = 4
+max_length = 64
+[finetune.lora]
+r = 4
+alpha = 8.0
+
+[eval]
+harmful_samples = 4
+benign_samples = 2
+task_samples = 4
+max_new_tokens = 2
+batch_size = 4
+"""
+
+
+def test_a_run_config_with_a_repair_table_evaluates_attacked_and_repaired(cli, tmp_path):
+    (tmp_path / "run.toml").write_text(
+        PIPELINE + '\n[repair]\ndefense = "antidote"\nsamples = 3\n'
+        "[repair.defense_options]\nmask_ratio = 0.5\n"
+    )
+    res = cli("run", "run.toml", "--out", "r")
+    assert res.code == 0, res.err
+    root = tmp_path / "r"
+    for d in ("aligned", "attacked", "attacked-eval", "repaired", "repaired-eval"):
+        assert (root / d / "manifest.json").is_file(), d
+    repaired = json.loads((root / "repaired" / "manifest.json").read_text())
+    assert repaired["config"]["samples"] == 3 and repaired["data"]["harmful"]["count"] == 3
+    assert repaired["config"]["defense_options"] == {"mask_ratio": 0.5}
+    summary = json.loads((root / "manifest.json").read_text())
+    methods = {r.get("method") for r in summary["rows"]}
+    assert {"sft/sft", "sft/sft/antidote"} <= methods
+    again = cli("run", "run.toml", "--out", "r")
+    assert again.code == 0 and "already complete" in again.err + again.out
+    rep = cli("report", "r", "--out", "rep", "--bootstrap", "20", "--no-plots")
+    assert rep.code == 0, rep.err
+
+
+def test_a_grid_takes_the_repair_tables_data_options_and_refuses_its_defense(cli, tmp_path):
+    rows = [{"prompt": f"do harm {i}", "response": "Sure."} for i in range(2)]
+    (tmp_path / "cal.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    grid = '\n[grid]\nmethods = ["sft/sft/antidote"]\n'
+    (tmp_path / "g.toml").write_text(PIPELINE + grid + '\n[repair]\nharmful = "cal.jsonl"\n')
+    res = cli("run", "g.toml", "--out", "g")
+    assert res.code == 0, res.err
+    summary = json.loads((tmp_path / "g" / "manifest.json").read_text())
+    cell = tmp_path / "g" / summary["cells"][0]["repaired"]
+    repaired = json.loads((cell / "manifest.json").read_text())
+    assert repaired["data"]["harmful"] == {"spec": "cal.jsonl", "split": "train", "count": 2}
+    (tmp_path / "bad.toml").write_text(PIPELINE + grid + '\n[repair]\ndefense = "antidote"\n')
+    assert_error(cli("run", "bad.toml", "--out", "b"), 2, "grid.methods")
+    assert not (tmp_path / "b").exists()
+
+
+def test_dry_run_names_a_missing_calibration_file(cli, tmp_path):
+    grid = '\n[grid]\nmethods = ["sft/sft/antidote"]\n[repair]\nharmful = "nope.jsonl"\n'
+    (tmp_path / "g.toml").write_text(PIPELINE + grid)
+    r = cli("run", "g.toml", "--out", "g", "--dry-run")
+    assert_error(r, 2, "repair.harmful", "nope.jsonl")
+    assert not (tmp_path / "g").exists()

@@ -141,6 +141,10 @@ def stage_problems(
             spec = getattr(judge.config, "model", None)
             if isinstance(spec, str) and spec:
                 out.append(model_problem(spec, f"{where}.model"))
+    elif isinstance(cfg, cfgmod.RepairConfig) and "harmful" in _streams(
+        reg, "repair-defense", cfg.defense, cfg.defense_options
+    ):
+        data.append((cfg.harmful, "harmful"))
     out += [data_problem(spec, f"{prefix}{key}") for spec, key in data]
     for name, options in (getattr(cfg, "dataset_options", None) or {}).items():
         if isinstance(options, dict):
@@ -158,7 +162,7 @@ def grid_problems(grid: Any, reg: Registry) -> list[str]:
         cfgmod.AlignConfig: "align.",
         cfgmod.FinetuneConfig: "finetune.",
         cfgmod.EvalConfig: "eval.",
-        cfgmod.RepairConfig: "grid.repair_options.",  # no data: only its model, a grid run
+        cfgmod.RepairConfig: "repair.",  # its model is a grid run; its data: Antidote's
     }
     problems = [model_problem(grid.base.align.model, "align.model")]
     for cfg in _stage_configs(grid):

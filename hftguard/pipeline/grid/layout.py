@@ -42,11 +42,13 @@ class Layout:
         return self.root / ("attacked" if self.legacy else f"cells/{cell.attack_name}/attacked")
 
     def repaired(self, cell: Cell) -> Path:
+        if self.legacy:
+            return self.root / "repaired"
         return self.root / f"cells/{cell.attack_name}/repaired-{slug(cell.repair)}"
 
     def cell_eval(self, cell: Cell) -> Path:
         if self.legacy:
-            return self.root / "attacked-eval"
+            return self.root / ("repaired-eval" if cell.repair else "attacked-eval")
         suffix = f"-{slug(cell.repair)}" if cell.repair else ""
         return self.root / f"cells/{cell.attack_name}/eval{suffix}"
 

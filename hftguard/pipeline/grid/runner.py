@@ -272,7 +272,13 @@ class _Runner:
                 attacked,
                 derived=True,  # seconds, deterministic: redone when its options change
             )
-        label = cell.label if g.is_grid else f"attacked (p={fcfg.harmful_ratio}, {fcfg.defense})"
+        label = (
+            cell.label
+            if g.is_grid
+            else f"repaired ({cell.repair})"
+            if cell.repair
+            else f"attacked (p={fcfg.harmful_ratio}, {fcfg.defense})"
+        )
         self.evaluate(
             label,
             g.cell_eval_config(cell, lay.rel(evaluated)),

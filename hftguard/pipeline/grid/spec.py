@@ -233,9 +233,18 @@ class Grid:
 
     def repair_config(self, cell: Cell, model: str) -> RepairConfig:
         """The repair stage of ``cell`` on the attacked model ``model``."""
-        options = self.repair_options.get(cell.repair, {})
-        return RepairConfig(
-            model=model, defense=cell.repair, defense_options=dict(options), seed=cell.seed
+        base = self.base.repair  # the [repair] table: data options for every repair
+        options = self.repair_options.get(cell.repair)
+        if options is None:
+            options = base.defense_options if base.defense == cell.repair else {}
+        return dataclasses.replace(
+            base,
+            model=model,
+            defense=cell.repair,
+            defense_options=dict(options),
+            dataset_options={k: dict(v) for k, v in base.dataset_options.items()},
+            data_fields=dict(base.data_fields),
+            seed=cell.seed,
         )
 
     def cell_eval_config(self, cell: Cell, model: str) -> EvalConfig:
@@ -309,6 +318,13 @@ def load(data: dict[str, Any]) -> Grid:
     validate_stage(base)
     if raw is None:
         return single(base)
+    if base.repair.defense:
+        raise ConfigError(
+            f"repair.defense = {base.repair.defense!r} in a grid: a grid names its repairs in "
+            "grid.methods.",
+            hint=f'Add "align/finetune/{base.repair.defense}" to grid.methods; keep the '
+            "[repair] table for the repairs' data options (harmful, samples, ...).",
+        )
     if not isinstance(raw, dict):
         raise ConfigError("grid must be a table.", hint="Write it as [grid] with list values.")
     for key in raw:
@@ -497,11 +513,17 @@ def single(cfg: PipelineConfig) -> Grid:
     ft = cfg.finetune
     align = NO_ALIGN if cfg.skip_align else cfg.align.defense
     cell = Cell(align, ft.defense, ft.harmful_ratio, ft.samples, ft.task, ft.seed)
+    # [repair] defense = NAME: the attacked model is evaluated, then repaired and evaluated again
+    cells = (
+        [cell, dataclasses.replace(cell, repair=cfg.repair.defense)]
+        if cfg.repair.defense
+        else [cell]
+    )
     return Grid(
         cfg,
-        [cell],
+        cells,
         axes={
-            "methods": [cell.method],
+            "methods": [c.method for c in cells],
             "harmful_ratio": [ft.harmful_ratio],
             "samples": [ft.samples],
             "task": [ft.task],
