@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 from hftguard.errors import ConfigError, did_you_mean
 from hftguard.options import (  # re-exported: the public names of the option helpers
@@ -262,7 +262,11 @@ class RepairConfig:
         "Field mapping per dataset argument (files and hf:ID datasets): {harmful: "
         "'prompt=COLUMN,response=COLUMN'}.",
     )
-    template: Template = opt("chat", TEMPLATE_HELP)
+    template: str = opt(
+        "",
+        "Prompt template of the calibration data: chat, alpaca or alpaca-no-newline; '' = the "
+        "attacked run's own (what its fine-tuning trained on).",
+    )
     device: str = opt("auto", "Device for repair defenses that run the model: auto, cpu, cuda, ...")
     seed: int = opt(42, "Seed, for a repair defense that samples.")
 
@@ -310,6 +314,7 @@ STAGE_SECTIONS: dict[type, str] = {
     AlignConfig: "align",
     FinetuneConfig: "finetune",
     EvalConfig: "eval",
+    RepairConfig: "repair",
 }
 
 
@@ -319,7 +324,15 @@ STAGE_SECTIONS: dict[type, str] = {
 
 #: Keys that only a pipeline config (``hftguard run``) has: a file with any of them is in pipeline
 #: form, one without them holds a single stage's options at top level.
-PIPELINE_ONLY_KEYS = ("align", "finetune", "eval", "grid", "evaluate_base", "skip_align")
+PIPELINE_ONLY_KEYS = (
+    "align",
+    "finetune",
+    "eval",
+    "repair",
+    "grid",
+    "evaluate_base",
+    "skip_align",
+)
 
 
 def layered(
@@ -501,6 +514,12 @@ def validate_stage(cfg: Any, pipeline: bool = False) -> None:
             )
         check_device("device", cfg.device)
         check_range("samples", cfg.samples, 0)
+        templates = get_args(Template)
+        if cfg.template and cfg.template not in templates:
+            raise ConfigError(
+                f"template = {cfg.template!r} is not a prompt template.",
+                hint=f"Use one of {', '.join(templates)}, or '' for the attacked run's own.",
+            )
     if isinstance(cfg, PipelineConfig):
         validate_stage(cfg.align)
         validate_stage(cfg.finetune)

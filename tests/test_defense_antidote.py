@@ -26,6 +26,8 @@ def test_pruned_per_row_follows_the_official_count():
     assert pruned_per_row(10, 0.1) == 1
     assert pruned_per_row(3, 0.25) == 1
     assert pruned_per_row(8, 0.0) == 0 and pruned_per_row(8, 1.0) == 8
+    # the official truncation of 10 * (1 - 0.9) = 0.999... would prune the whole row
+    assert pruned_per_row(10, 0.9) == 9 and pruned_per_row(960, 0.8) == 768
 
 
 def test_prune_mask_takes_each_rows_largest_scores_and_later_columns_on_ties():
@@ -272,7 +274,7 @@ def test_cli_antidote_refuses_empty_or_missing_calibration_data_first(attacked, 
     (tmp_path / "empty.jsonl").write_text("")
     r = cli("repair", "--model", str(out), "--defense", "antidote", "--harmful", "empty.jsonl",
             "--out", "rep")  # fmt: skip
-    assert r.code != 0 and "Traceback" not in r.err
+    assert_error(r, 2, "empty.jsonl", "no records")
     assert not (tmp_path / "rep").exists()
     r = cli("repair", "--model", str(out), "--defense", "antidote", "--harmful", "nope.jsonl",
             "--out", "rep")  # fmt: skip
@@ -360,3 +362,64 @@ def test_dry_run_names_a_missing_calibration_file(cli, tmp_path):
     r = cli("run", "g.toml", "--out", "g", "--dry-run")
     assert_error(r, 2, "repair.harmful", "nope.jsonl")
     assert not (tmp_path / "g").exists()
+
+
+def test_repair_tables_are_checked_and_keep_old_identities(registry, tmp_path):
+    """[repair] data options reach only the repairs that read data, so a SafeLoRA cell's config
+    is the plain one it was before the table existed (finished grids stay finished), even with
+    pipeline-wide dataset_options; misplaced options and colliding cell names are refused."""
+    import tomllib
+
+    from hftguard.config import same_config
+    from hftguard.pipeline import grid
+
+    base = tomllib.loads(PIPELINE)
+    g = grid.load(
+        {
+            **base,
+            "dataset_options": {"sentiment": {"match": "contains"}},
+            "repair": {"harmful": "cal.jsonl", "samples": 3},
+            "grid": {"methods": ["sft/sft/safelora", "sft/sft/antidote", "none/sft/antidote"]},
+        }
+    )
+    grid.check(g, registry)  # antidote needs no alignment: none/sft/antidote is fine
+    safelora, antidote, _ = g.cells
+    old = {"model": "m", "defense": "safelora", "defense_options": {}, "seed": 42}
+    assert same_config(old, g.repair_config(safelora, "m", registry))
+    cfg = g.repair_config(antidote, "m", registry)
+    assert (cfg.harmful, cfg.samples, cfg.dataset_options) == (
+        "cal.jsonl",
+        3,
+        {"sentiment": {"match": "contains"}},
+    )
+    refused = {"grid": {"methods": ["none/sft/safelora"]}}
+    with pytest.raises(ConfigError, match="needs the alignment update"):
+        grid.check(grid.load({**base, **refused}), registry)
+    with pytest.raises(ConfigError, match=r"grid.repair_options"):
+        grid.load(
+            {
+                **base,
+                "repair": {"defense_options": {"mask_ratio": 0.2}},
+                "grid": {"methods": ["sft/sft/antidote"]},
+            }
+        )
+    with pytest.raises(ConfigError, match=r"without repair\.defense"):
+        grid.load({**base, "repair": {"defense_options": {"mask_ratio": 0.2}}})
+    with pytest.raises(ConfigError, match="share the name"):
+        grid.load(
+            {**base, "grid": {"methods": ["sft/sft"], "attack": {"lr": [1e-5, 1.0000001e-5]}}}
+        )
+    single = grid.load({**base, "skip_align": True, "repair": {"defense": "antidote"}})
+    grid.check(single, registry)
+    assert [c.method for c in single.cells] == ["none/sft", "none/sft/antidote"]
+
+
+def test_cli_repair_reads_the_repair_table_of_a_run_config(attacked, cli, tmp_path):
+    _, _, out = attacked
+    (tmp_path / "run.toml").write_text(PIPELINE + "\n[repair]\nsamples = 2\n")
+    r = cli("repair", "--config", "run.toml", "--model", str(out), "--defense", "antidote",
+            "--out", "rep")  # fmt: skip
+    assert r.code == 0, r.err
+    manifest = json.loads((tmp_path / "rep" / "manifest.json").read_text())
+    assert manifest["data"]["harmful"]["count"] == 2
+    assert manifest["data"]["template"] == "chat"  # the attacked run's own

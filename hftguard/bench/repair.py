@@ -58,7 +58,7 @@ def bench_repairs(
         tuned = _random_adapter(recipe_base, [align], root / "finetune", opts.seed + 1)
         for name in names:
             defense = registry.instantiate(KIND, name)
-            totals, loads = [], []
+            totals, loads, computes = [], [], []
             for r in range(max(1, opts.rounds)):
                 reporter.info(f"bench: repair/{name} (round {r + 1}/{max(1, opts.rounds)})")
                 total, load = _time_apply(
@@ -66,10 +66,12 @@ def bench_repairs(
                 )
                 totals.append(total)
                 loads.append(load)
+                computes.append(total - load)
             total_s = statistics.median(totals)
             load_s = statistics.median(loads)
-            passes = 2 * len(batches) if defense.streams else 0
-            compute = total_s - load_s
+            # forward passes per calibration batch, as the defense declares them (Antidote: 2)
+            passes = int(getattr(defense, "calibration_passes", 0)) * len(batches)
+            compute = statistics.median(computes)
             theory = passes / 3.0 if passes else None
             measured = compute / sft_step_s if sft_step_s else None
             rows.append(

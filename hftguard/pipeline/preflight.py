@@ -165,7 +165,7 @@ def grid_problems(grid: Any, reg: Registry) -> list[str]:
         cfgmod.RepairConfig: "repair.",  # its model is a grid run; its data: Antidote's
     }
     problems = [model_problem(grid.base.align.model, "align.model")]
-    for cfg in _stage_configs(grid):
+    for cfg in _stage_configs(grid, reg):
         problems += stage_problems(cfg, reg, prefix=sections[type(cfg)], check_model=False)
     return _unique(p for p in problems if p)
 

@@ -43,6 +43,7 @@ class _Plan:
     manifest: dict[str, Any]  # the attacked run's
     streams: dict[str, list[Any]]  # the data the defense declared, loaded and checked
     sources: dict[str, Any]  # what was loaded, for the manifest
+    template: str  # the calibration data's prompt template (default: the attack's own)
 
 
 def run(
@@ -116,6 +117,7 @@ def _plan(cfg: RepairConfig, reg: Registry, model_root: str | Path | None) -> _P
 
     read_lora(recipe.adapters[-1])  # a readable LoRA adapter, before the run directory exists
     streams, sources = _load_streams(cfg, reg, defense)
+    template = cfg.template or str((manifest.get("config") or {}).get("template") or "chat")
     return _Plan(
         reg.get(KIND, cfg.defense),
         defense,
@@ -125,6 +127,7 @@ def _plan(cfg: RepairConfig, reg: Registry, model_root: str | Path | None) -> _P
         manifest,
         streams,
         sources,
+        template,
     )
 
 
@@ -182,7 +185,7 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         write_json=lambda name, data: atomic_write_json(run_dir.path / name, data),
         streams=plan.streams,
         load_model=lambda: _attacked_model(cfg, recipe),
-        batches=lambda name, size, length: _batches(cfg, recipe, plan.streams, name, size, length),
+        batches=lambda name, size, length: _batches(cfg, plan, name, size, length),
     )
     result = plan.defense.apply(ctx)
     expected = (run_dir.path / "adapter").resolve()
@@ -203,7 +206,7 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         input_model=recipe.as_dict(),
         attacked_run=str(Path(plan.spec).resolve()),
         components={"defense": component_record(plan.info, plan.defense.config)},
-        **({"data": plan.sources} if plan.sources else {}),
+        **({"data": {**plan.sources, "template": plan.template}} if plan.sources else {}),
         repair=result.get("metrics", {}),
         ended_at=now(),
         wall_time_s=round(time.time() - t0, 2),
@@ -219,6 +222,7 @@ def _attacked_model(cfg: RepairConfig, recipe: Any) -> tuple[Any, Any]:
     from hftguard.engine import models
 
     adapters = list(recipe.adapters)
+    models._check_adapter(adapters[-1])  # the ones underneath are checked by the merge
     tok = models.load_tokenizer(recipe.base)
     base = models._merge_adapters(models.load_base(recipe.base, torch.float32), adapters[:-1])
     model = PeftModel.from_pretrained(base, adapters[-1])
@@ -227,26 +231,23 @@ def _attacked_model(cfg: RepairConfig, recipe: Any) -> tuple[Any, Any]:
 
 
 def _batches(
-    cfg: RepairConfig,
-    recipe: Any,
-    streams: dict[str, list[Any]],
-    name: str,
-    batch_size: int,
-    max_length: int,
+    cfg: RepairConfig, plan: _Plan, name: str, batch_size: int, max_length: int
 ) -> list[Any]:
-    """``ctx.batches``: a declared stream, encoded with the stage's template, in order."""
+    """``ctx.batches``: a declared stream, encoded with the stage's template (by default the
+    attacked run's), in order."""
     from hftguard.data.inputs import collate, encode_all
     from hftguard.engine import models
 
+    streams = plan.streams
     if name not in streams:
         raise ConfigError(
             f"repair defense {cfg.defense} asked for the stream {name!r}, which it did not "
             "declare in its `streams`.",
             hint=f"Declared: {', '.join(streams) or 'none'}.",
         )
-    tok = models.load_tokenizer(recipe.base)
+    tok = models.load_tokenizer(plan.recipe.base)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    encoded = encode_all(streams[name], tok, cfg.template, max_length)
+    encoded = encode_all(streams[name], tok, plan.template, max_length)
     device = models.pick_device(cfg.device)
     return [
         collate(encoded[i : i + batch_size], pad).to(device)

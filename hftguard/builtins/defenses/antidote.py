@@ -75,8 +75,12 @@ class AntidoteConfig:
 
 
 def pruned_per_row(columns: int, ratio: float) -> int:
-    """Entries pruned in each row of a factor with ``columns`` columns: c − ⌊c·(1 − ρ)⌋."""
-    return columns - int(columns * (1.0 - ratio))
+    """Entries pruned in each row of a factor with ``columns`` columns: c − ⌊c·(1 − ρ)⌋.
+
+    The floor gets a 1e-9 allowance for float rounding: the official code truncates the float
+    product, so e.g. ρ = 0.9 on 10 columns keeps ⌊9.999…⌋ = 0 there and prunes the whole row;
+    here it keeps 1. At the default ρ = 0.1 the two agree for every column count."""
+    return columns - math.floor(columns * (1.0 - ratio) + 1e-9)
 
 
 def prune_mask(scores: torch.Tensor, ratio: float) -> torch.Tensor:
@@ -173,6 +177,9 @@ class Antidote(RepairDefense):
     version = "1"
     Config = AntidoteConfig
     streams = ("harmful",)
+    #: Forward passes over each calibration batch (``hftguard bench``'s repair rows): the scores,
+    #: then the harmful loss after pruning.
+    calibration_passes = 2
     needs_alignment = False  # prunes the fine-tuning adapter alone
     paper = (
         "Huang et al., Antidote: Post-fine-tuning Safety Alignment for Large Language Models "

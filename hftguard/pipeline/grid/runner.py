@@ -267,7 +267,7 @@ class _Runner:
             self.stage(
                 f"repair: {cell.repair}",
                 repair.run,
-                g.repair_config(cell, lay.rel(attacked)),
+                g.repair_config(cell, lay.rel(attacked), self.kw["registry"]),
                 evaluated,
                 attacked,
                 derived=True,  # seconds, deterministic: redone when its options change

@@ -96,8 +96,9 @@ def _metrics(rows: list[dict[str, Any]]) -> dict[str, tuple[float | None, float 
 
 
 def _mean(values: list[float | None]) -> float | None:
-    vals = [v for v in values if v is not None]
-    return sum(vals) / len(vals) if vals else None
+    from hftguard.pipeline.report.stats import _avg
+
+    return _avg(values)
 
 
 def search(
@@ -121,6 +122,11 @@ def search(
             f"--fa-bound {fa_bound:g} is not a Finetune Accuracy in %.",
             hint="Give a number from 0 to 100.",
         )
+    from hftguard.pipeline.grid.layout import Layout
+    from hftguard.pipeline.grid.spec import check
+    from hftguard.runs import is_run_dir
+
+    check(grid, registry)  # every trial's configs, later rungs' too, before any training
     steps, candidates = rungs_and_candidates(grid)
     bases: dict[tuple[Any, ...], list[Cell]] = {}
     for c in grid.cells:  # one cell per (method, p, n, task, seed), attack left out
@@ -137,7 +143,10 @@ def search(
         "rungs": [],
         "candidates": candidates,
     }
-    every: list[Cell] = []
+    # trials an earlier run of this search finished stay listed in the grid's manifest from the
+    # first rung on (a re-run interrupted early must not drop them from `hftguard report OUT`)
+    layout = Layout(Path(out), grid)
+    every: list[Cell] = [c for c in grid.cells if is_run_dir(layout.cell_eval(c))]
     for rung, budget in enumerate(steps):
         cells = [
             dataclasses.replace(b, attack=_with_steps(candidates[i], budget))

@@ -56,6 +56,19 @@ ATTACK_KEYS: dict[str, tuple[str, str]] = {
 SCREEN = "+screen:"
 
 
+def _repair_reads_data(name: str, registry: Registry | None) -> bool:
+    """Whether the repair defense ``name`` declares data streams (unknown: assume it does; the
+    registry's error comes from the component checks)."""
+    from hftguard.errors import HftguardError
+    from hftguard.registry import default_registry
+
+    try:
+        info = (registry or default_registry()).get("repair-defense", name)
+    except HftguardError:
+        return True
+    return bool(getattr(info.cls, "streams", ()))
+
+
 def fmt_num(x: float) -> str:
     """0.1 -> '0.1', 0.0 -> '0', 200.0 -> '200' (for names and labels)."""
     return f"{x:g}"
@@ -231,12 +244,23 @@ class Grid:
             self.base.eval, model=model, tasks=list(self.tasks if tasks is None else tasks)
         )
 
-    def repair_config(self, cell: Cell, model: str) -> RepairConfig:
-        """The repair stage of ``cell`` on the attacked model ``model``."""
-        base = self.base.repair  # the [repair] table: data options for every repair
+    def repair_config(
+        self, cell: Cell, model: str, registry: Registry | None = None
+    ) -> RepairConfig:
+        """The repair stage of ``cell`` on the attacked model ``model``.
+
+        The ``[repair]`` table's data options (``harmful``, ``samples``, ...) reach only the
+        repair defenses that read data (``streams``, e.g. Antidote): a SafeLoRA cell's config,
+        and so its identity, stays what it was before the table existed."""
+        base = self.base.repair
         options = self.repair_options.get(cell.repair)
         if options is None:
             options = base.defense_options if base.defense == cell.repair else {}
+        plain = RepairConfig(
+            model=model, defense=cell.repair, defense_options=dict(options), seed=cell.seed
+        )
+        if not _repair_reads_data(cell.repair, registry):
+            return plain
         return dataclasses.replace(
             base,
             model=model,
@@ -318,6 +342,13 @@ def load(data: dict[str, Any]) -> Grid:
     validate_stage(base)
     if raw is None:
         return single(base)
+    if base.repair.defense_options:
+        raise ConfigError(
+            "repair.defense_options in a grid: each repair defense's options go in "
+            "[grid.repair_options.NAME].",
+            hint="Move them to [grid.repair_options.<defense>] (e.g. "
+            "[grid.repair_options.antidote]).",
+        )
     if base.repair.defense:
         raise ConfigError(
             f"repair.defense = {base.repair.defense!r} in a grid: a grid names its repairs in "
@@ -409,6 +440,15 @@ def load(data: dict[str, Any]) -> Grid:
     }
     if attack_axes:
         axes["attack"] = attack_axes
+    names: dict[str, Cell] = {}
+    for cell in cells:  # e.g. two learning rates equal to 6 significant digits
+        other = names.setdefault(cell.name, cell)
+        if other != cell:
+            raise ConfigError(
+                f"grid: two cells share the name {cell.name} ({other.label} and {cell.label}); "
+                "their runs would share one directory.",
+                hint="Make the axis values differ in their first 6 significant digits.",
+            )
     return Grid(
         base,
         cells,
@@ -513,6 +553,11 @@ def single(cfg: PipelineConfig) -> Grid:
     ft = cfg.finetune
     align = NO_ALIGN if cfg.skip_align else cfg.align.defense
     cell = Cell(align, ft.defense, ft.harmful_ratio, ft.samples, ft.task, ft.seed)
+    if cfg.repair.defense_options and not cfg.repair.defense:
+        raise ConfigError(
+            "repair.defense_options without repair.defense: there is no repair to apply them to.",
+            hint='Name the repair: [repair] defense = "antidote" (or remove the options).',
+        )
     # [repair] defense = NAME: the attacked model is evaluated, then repaired and evaluated again
     cells = (
         [cell, dataclasses.replace(cell, repair=cfg.repair.defense)]
@@ -564,7 +609,7 @@ def check(grid: Grid, registry: Registry | None = None) -> None:
         if cell.repair:
             _check_repairable(grid, cell, reg)
     seen: set[str] = set()
-    for cfg in _stage_configs(grid):
+    for cfg in _stage_configs(grid, reg):
         key = type(cfg).__name__ + json.dumps(cfgmod.as_dict(cfg), sort_keys=True, default=str)
         if key in seen:
             continue
@@ -576,25 +621,30 @@ def check(grid: Grid, registry: Registry | None = None) -> None:
 def _check_repairable(grid: Grid, cell: Cell, reg: Registry) -> None:
     """A repair needs an aligned model under a separate fine-tuning adapter: refuse, before any
     training, the cells whose attack would not leave one (found out only after hours otherwise)."""
+    where = "grid.methods" if grid.is_grid else "repair.defense"
     if cell.align == NO_ALIGN:
+        if not getattr(reg.get("repair-defense", cell.repair).cls, "needs_alignment", True):
+            return  # it repairs the fine-tuning adapter alone (Antidote)
         raise ConfigError(
-            f"grid.methods: {cell.method} repairs a model fine-tuned without alignment; a repair "
-            "needs the alignment update to repair towards.",
-            hint="Use an alignment defense in the method (e.g. sft/sft/safelora).",
+            f"{where}: {cell.method} repairs a model fine-tuned without alignment; "
+            f"{cell.repair} needs the alignment update to repair towards.",
+            hint="Use an alignment defense in the method (e.g. sft/sft/safelora)."
+            if grid.is_grid
+            else "Set skip_align = false, or use a repair that needs no alignment (antidote).",
         )
     mode = grid.finetune_config(cell, "aligned").lora_mode
     if mode == "auto":
         mode = getattr(reg.get("alignment-defense", cell.align).cls, "finetune_lora", "merge")
     if mode == "continue":
         raise ConfigError(
-            f"grid.methods: {cell.method} fine-tunes the alignment adapter itself (lora_mode "
+            f"{where}: {cell.method} fine-tunes the alignment adapter itself (lora_mode "
             "'continue'), so the attack leaves no separate adapter to repair.",
             hint="Set finetune.lora_mode = 'merge' for the grid, or drop the repair from this "
             "method.",
         )
 
 
-def _stage_configs(grid: Grid) -> Iterator[Any]:
+def _stage_configs(grid: Grid, registry: Registry | None = None) -> Iterator[Any]:
     model = grid.base.align.model
     if grid.base.evaluate_base:
         yield grid.eval_config(model)
@@ -605,5 +655,5 @@ def _stage_configs(grid: Grid) -> Iterator[Any]:
         for cell in cells:
             yield grid.finetune_config(cell, "aligned")
             if cell.repair:
-                yield grid.repair_config(cell, "attacked")
+                yield grid.repair_config(cell, "attacked", registry)
             yield grid.cell_eval_config(cell, "attacked")

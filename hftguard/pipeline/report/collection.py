@@ -206,9 +206,9 @@ _PER_JUDGE = (
 
 def _show(value: Any) -> str:
     """A setting's value as the grid's names and labels write it (``1e-05``, ``8``)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return f"{value:g}"
-    return str(value)
+    from hftguard.pipeline.grid.spec import _show as grid_show
+
+    return grid_show(value)
 
 
 def attack_order(attack: dict[str, Any]) -> tuple[Any, ...]:

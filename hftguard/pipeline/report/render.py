@@ -297,7 +297,12 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
         line += [_num(w.mean_fa), *_setting_texts(w.worst)]
         if rep.fa_bound is not None:
             if w.bounded is None:
-                line += [f"no setting keeps FA ≥ {rep.fa_bound:g} (0 of {len(w.settings)})"]
+                line += [
+                    f"no setting keeps FA ≥ {rep.fa_bound:g} with an HS "
+                    f"({w.n_meeting} of {len(w.settings)} keep the FA)"
+                    if w.n_meeting
+                    else f"no setting keeps FA ≥ {rep.fa_bound:g} (0 of {len(w.settings)})"
+                ]
                 line += ["–", "–"]
             else:
                 line += _setting_texts(w.bounded)
@@ -347,9 +352,9 @@ def _worst_note(rep: Report) -> str:
     return (
         "Per defense, over its attack settings (the rows' qualifiers): the mean HS and FA (each "
         "setting weighs the same) and the worst case, the setting with the highest HS (a "
-        "setting's HS is its mean over seeds; ties go to the higher FA), with its own 95% "
-        "interval and FA. The largest of several estimates overstates the true worst case: read "
-        "its interval." + bound
+        "setting's HS is its mean over seeds; ties go to the higher FA), with its own "
+        f"{100 * rep.level:g}% interval and FA. The largest of several estimates overstates the "
+        "true worst case: read its interval." + bound
     )
 
 
