@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import assert_error
+from repair_helpers import TINY_LORA, aligned_and_attacked, lora_factors, train_options
 
 from hftguard.builtins.defenses.safelora import (
     SafeLoRAConfig,
@@ -18,11 +19,9 @@ from hftguard.builtins.defenses.safelora import (
     projection,
     selected,
 )
-from hftguard.config import AlignConfig, FinetuneConfig, LoraOptions, RepairConfig, TrainOptions
+from hftguard.config import FinetuneConfig, RepairConfig
 from hftguard.errors import ConfigError, HftguardError
-from hftguard.pipeline import align, attack_finetune, repair
-
-TINY_LORA = LoraOptions(r=4, alpha=8.0)
+from hftguard.pipeline import attack_finetune, repair
 
 
 def _np(t):
@@ -83,35 +82,13 @@ def test_bad_options_are_config_errors(options):
 
 
 def _train():
-    return TrainOptions(max_steps=3, batch_size=4, max_length=64, lr=5e-2)
+    return train_options()
 
 
 @pytest.fixture(scope="module")
 def attacked(tmp_path_factory):
-    from hftguard.console import Reporter
-
-    quiet = Reporter(quiet=True)
     root = tmp_path_factory.mktemp("repair")
-    aligned = root / "aligned"
-    align.run(
-        AlignConfig(model="tiny-random", samples=8, retain="", train=_train(), lora=TINY_LORA),
-        aligned,
-        reporter=quiet,
-    )
-    out = root / "attacked"
-    attack_finetune.run(
-        FinetuneConfig(
-            model=str(aligned),
-            samples=8,
-            harmful_ratio=0.5,
-            lora_mode="merge",
-            train=_train(),
-            lora=TINY_LORA,
-            seed=7,
-        ),
-        out,
-        reporter=quiet,
-    )
+    aligned, out = aligned_and_attacked(root)
     return root, aligned, out
 
 
@@ -127,15 +104,7 @@ def _weights(recipe_dict):
 
 
 def _lora(adapter):
-    from safetensors.torch import load_file
-
-    t = load_file(f"{adapter}/adapter_model.safetensors")
-    pre = "base_model.model."
-    return {
-        k[len(pre) : -len(".lora_A.weight")]: (t[k], t[k.replace("lora_A", "lora_B")])
-        for k in t
-        if k.endswith(".lora_A.weight")
-    }
+    return lora_factors(adapter)
 
 
 def test_the_repaired_adapter_projects_exactly_the_least_aligned_layers(attacked, tmp_path):
