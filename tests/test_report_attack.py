@@ -223,7 +223,13 @@ def test_reports_without_attack_axes_are_unchanged(tmp_path: Path) -> None:
     assert rep.worst == []
     assert "Worst case" not in report.to_markdown(rep)
     assert "Leak-through" not in report.to_markdown(rep)
-    assert report.to_csv(rep).splitlines()[0] == ",".join(report.CSV_FIELDS)
+    header = report.to_csv(rep).splitlines()[0].split(",")
+    assert header == report.CSV_FIELDS
+    from hftguard.pipeline.report.render import ATTACK_CSV_FIELDS, LEAK_CSV_FIELDS
+
+    # the fields only attack-sweep and screening reports have stay out of a plain report's CSV
+    assert not set(header) & {*ATTACK_CSV_FIELDS, *LEAK_CSV_FIELDS}
+    assert {"hs_mean", "fa_mean", "margin_mean", "published_hs"} <= set(header)
     data = report.report_dict(rep)
     assert "attack_worst_case" not in data and "fa_bound" not in data
     assert "leak_through" not in data["cells"][0] and "attack" not in data["cells"][0]
