@@ -132,12 +132,9 @@ def register(app: typer.Typer) -> None:
             )
         if bootstrap < 0:
             raise ConfigError("--bootstrap must be >= 0.", hint="1000 is the default.")
-        if fa_bound is not None and not 0.0 <= fa_bound <= 100.0:
-            raise ConfigError(
-                f"--fa-bound {fa_bound:g} is not a Finetune Accuracy in %.",
-                hint="Give a number from 0 to 100, e.g. --fa-bound 50 (worst HS among the attack "
-                "settings that keep FA >= 50%).",
-            )
+        from hftguard.pipeline.report.worst import check_fa_bound
+
+        check_fa_bound(fa_bound)
         if as_json and "json" not in fmts:
             fmts.append("json")
         target = out or (run_dirs[0] / "report")

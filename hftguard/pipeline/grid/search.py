@@ -117,11 +117,9 @@ def search(
     reporter = reporter or Reporter()
     if eta < 2:
         raise ConfigError(f"--eta {eta}: must be at least 2.", hint="3 keeps a third per rung.")
-    if fa_bound is not None and not 0.0 <= fa_bound <= 100.0:
-        raise ConfigError(
-            f"--fa-bound {fa_bound:g} is not a Finetune Accuracy in %.",
-            hint="Give a number from 0 to 100.",
-        )
+    from hftguard.pipeline.report.worst import check_fa_bound
+
+    check_fa_bound(fa_bound)
     from hftguard.pipeline.grid.layout import Layout
     from hftguard.pipeline.grid.spec import check
     from hftguard.runs import is_run_dir

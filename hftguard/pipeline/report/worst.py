@@ -77,6 +77,18 @@ class WorstCase:
             self.bounded = worst_setting(meeting)
 
 
+def check_fa_bound(fa_bound: float | None) -> None:
+    """``--fa-bound`` (report and search) is a Finetune Accuracy in %, or None."""
+    from hftguard.errors import ConfigError
+
+    if fa_bound is not None and not 0.0 <= fa_bound <= 100.0:
+        raise ConfigError(
+            f"--fa-bound {fa_bound:g} is not a Finetune Accuracy in %.",
+            hint="Give a number from 0 to 100, e.g. --fa-bound 50 (worst HS among the attack "
+            "settings that keep FA >= 50%).",
+        )
+
+
 def worst_setting(settings: Sequence[Setting]) -> Setting | None:
     """The setting with the highest HS; ties: the higher FA, then the first given."""
     best: Setting | None = None
