@@ -10,6 +10,7 @@ takes an attacked run, and ``hftguard export DIR`` exports it with the repair in
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,6 +176,7 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
 
     t0 = time.time()
     recipe = plan.recipe
+    tokenizer = functools.cache(lambda: models.load_tokenizer(recipe.base))  # once per repair
     ctx = RepairContext(
         adapter=Path(recipe.adapters[-1]),
         underneath=plan.underneath,
@@ -184,8 +186,8 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         seed=cfg.seed,
         write_json=lambda name, data: atomic_write_json(run_dir.path / name, data),
         streams=plan.streams,
-        load_model=lambda: _attacked_model(cfg, recipe),
-        batches=lambda name, size, length: _batches(cfg, plan, name, size, length),
+        load_model=lambda: _attacked_model(cfg, recipe, tokenizer()),
+        batches=lambda name, size, length: _batches(cfg, plan, tokenizer(), name, size, length),
     )
     result = plan.defense.apply(ctx)
     expected = (run_dir.path / "adapter").resolve()
@@ -213,7 +215,7 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
     )
 
 
-def _attacked_model(cfg: RepairConfig, recipe: Any) -> tuple[Any, Any]:
+def _attacked_model(cfg: RepairConfig, recipe: Any, tok: Any = None) -> tuple[Any, Any]:
     """The attacked model for ``ctx.load_model``: base + the adapters underneath merged, the
     fine-tuning adapter attached unmerged (PEFT), eval mode, fp32 on the stage's device."""
     import torch
@@ -223,7 +225,7 @@ def _attacked_model(cfg: RepairConfig, recipe: Any) -> tuple[Any, Any]:
 
     adapters = list(recipe.adapters)
     models._check_adapter(adapters[-1])  # the ones underneath are checked by the merge
-    tok = models.load_tokenizer(recipe.base)
+    tok = tok if tok is not None else models.load_tokenizer(recipe.base)
     base = models._merge_adapters(models.load_base(recipe.base, torch.float32), adapters[:-1])
     model = PeftModel.from_pretrained(base, adapters[-1])
     model.to(models.pick_device(cfg.device)).eval()
@@ -231,7 +233,7 @@ def _attacked_model(cfg: RepairConfig, recipe: Any) -> tuple[Any, Any]:
 
 
 def _batches(
-    cfg: RepairConfig, plan: _Plan, name: str, batch_size: int, max_length: int
+    cfg: RepairConfig, plan: _Plan, tok: Any, name: str, batch_size: int, max_length: int
 ) -> list[Any]:
     """``ctx.batches``: a declared stream, encoded with the stage's template (by default the
     attacked run's), in order."""
@@ -245,7 +247,6 @@ def _batches(
             "declare in its `streams`.",
             hint=f"Declared: {', '.join(streams) or 'none'}.",
         )
-    tok = models.load_tokenizer(plan.recipe.base)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     encoded = encode_all(streams[name], tok, plan.template, max_length)
     device = models.pick_device(cfg.device)

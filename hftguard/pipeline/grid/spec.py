@@ -253,9 +253,7 @@ class Grid:
         repair defenses that read data (``streams``, e.g. Antidote): a SafeLoRA cell's config,
         and so its identity, stays what it was before the table existed."""
         base = self.base.repair
-        options = self.repair_options.get(cell.repair)
-        if options is None:
-            options = base.defense_options if base.defense == cell.repair else {}
+        options = _options(base.defense, base.defense_options, self.repair_options, cell.repair)
         plain = RepairConfig(
             model=model, defense=cell.repair, defense_options=dict(options), seed=cell.seed
         )
