@@ -452,8 +452,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "antidote-ratio-inverted",
         D + "antidote.py",
-        "return columns - int(columns * (1.0 - ratio))",
-        "return int(columns * (1.0 - ratio))",
+        "return columns - math.floor(columns * (1.0 - ratio) + 1e-9)",
+        "return math.floor(columns * (1.0 - ratio) + 1e-9)",
         "default: mask_ratio read as the share kept instead of the share pruned",
         ("tests/test_defense_antidote.py",),
     ),
