@@ -571,6 +571,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "hftguard judge scores generations.jsonl's benign and task records as harmful prompts",
         (T_JUDGE,),
     ),
+    Mutant(
+        "report-repair-effect-vs-baseline",
+        "hftguard/pipeline/report/paired.py",
+        "ref = index.get((r.attacked_method, r.p, r.n, r.task, r.seed, r.attack_key))",
+        "ref = index.get((baseline, r.p, r.n, r.task, r.seed, r.attack_key))",
+        "wiring: a repair's effect is measured against the baseline, not its own attacked model",
+        ("tests/test_report_repair.py",),
+    ),
 )
 
 

@@ -35,6 +35,8 @@ class CellStats:
     # paired comparisons summarised over seeds: {"hs"|"fa": Summary}
     vs_baseline: dict[str, paired.Summary] = field(default_factory=dict)
     attack_effect: dict[str, paired.Summary] = field(default_factory=dict)
+    #: a repaired model against the attacked model it repaired (rows with a repair only)
+    repair_effect: dict[str, paired.Summary] = field(default_factory=dict)
 
 
 @dataclass
@@ -228,6 +230,7 @@ def build(
         for kind, target in (
             ("vs_baseline", cell.vs_baseline),
             ("attack_effect", cell.attack_effect),
+            ("repair_effect", cell.repair_effect),
         ):
             for metric in paired.METRICS:
                 comps = [c for r in cell.runs if (c := by_run.get((kind, metric, id(r))))]

@@ -40,9 +40,15 @@ class EvalRun:
     @property
     def method(self) -> str:
         if self.kind == "attacked":
-            ft = f"{self.finetune}+screen:{self.screen}" if self.screen else f"{self.finetune}"
-            return f"{self.align}/{ft}" + (f"/{self.repair}" if self.repair else "")
+            return self.attacked_method + (f"/{self.repair}" if self.repair else "")
         return self.align or "base"
+
+    @property
+    def attacked_method(self) -> str:
+        """The method of the attacked model itself: ``method`` without the repair (the model a
+        repair's effect is measured against)."""
+        ft = f"{self.finetune}+screen:{self.screen}" if self.screen else f"{self.finetune}"
+        return f"{self.align}/{ft}"
 
     @property
     def attack_key(self) -> tuple[tuple[str, Any], ...]:

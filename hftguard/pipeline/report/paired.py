@@ -23,7 +23,9 @@ from typing import Any
 from hftguard.pipeline import intervals as stats
 from hftguard.pipeline.report.collection import Collection, EvalRun
 
-KINDS = ("vs_baseline", "attack_effect")
+#: vs_baseline: a method against the baseline method; attack_effect: p > 0 against p = 0 of the
+#: same method; repair_effect: a repaired model against the attacked model it repaired.
+KINDS = ("vs_baseline", "attack_effect", "repair_effect")
 #: hs and fa: 0/1 per prompt (McNemar applies); margin: the likelihood margin, real per prompt
 #: (paired bootstrap only), compared where both evaluations have per-prompt margins.
 METRICS = ("hs", "fa", "margin")
@@ -33,7 +35,7 @@ METRICS = ("hs", "fa", "margin")
 class Comparison:
     """One paired comparison of two evaluations (``run`` − ``ref``) on one metric."""
 
-    kind: str  # "vs_baseline" | "attack_effect"
+    kind: str  # one of KINDS
     metric: str  # "hs" | "fa" | "margin"
     run: EvalRun
     ref: EvalRun
@@ -86,8 +88,7 @@ class Skipped:
     def text(self) -> str:
         what = f"{self.run.label} p={self.run.p} n={self.run.n} {self.run.task} s{self.run.seed}"
         what += f" {self.run.attack_label}" if self.run.attack else ""
-        ref = self.ref.label if self.kind == "vs_baseline" else f"p={self.ref.p}"
-        return f"{self.kind} {self.metric.upper()} {what} vs {ref}: {self.reason}"
+        return f"{self.kind} {self.metric.upper()} {what} vs {reference_text(self)}: {self.reason}"
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +147,15 @@ class Summary:
         if p and self.p_value is not None:
             out += f" (p={format_p(self.p_value)})"
         return out
+
+
+def reference_text(c: Comparison | Skipped) -> str:
+    """What ``c.run`` was compared with, in words: the baseline's label, ``p=0`` or ``attacked``."""
+    if c.kind == "vs_baseline":
+        return c.ref.label
+    if c.kind == "repair_effect":
+        return "attacked"
+    return f"p={c.ref.p:g}" if isinstance(c.ref.p, (int, float)) else f"p={c.ref.p}"
 
 
 def format_p(p: float) -> str:
@@ -258,8 +268,10 @@ def pair_all(
     seed: int = 0,
     level: float = 0.95,
 ) -> tuple[list[Comparison], list[Skipped]]:
-    """Every vs-baseline comparison (``baseline`` is a method, see :func:`resolve_baseline`) and
-    every attack effect among the attacked evaluations, HS and FA each."""
+    """Every vs-baseline comparison (``baseline`` is a method, see :func:`resolve_baseline`),
+    every attack effect and every repair effect (a repaired model against the attacked model it
+    repaired: same attacked method, cell and seed) among the attacked evaluations, HS and FA
+    each."""
     attacked = [r for r in collection.runs if r.kind == "attacked"]
     index: dict[tuple[Any, ...], EvalRun] = {}
     for r in attacked:
@@ -277,6 +289,10 @@ def pair_all(
             ref = index.get((r.method, 0.0, r.n, r.task, r.seed, r.attack_key))
             if ref is not None:
                 pairs.append(("attack_effect", ref))
+        if r.repair:
+            ref = index.get((r.attacked_method, r.p, r.n, r.task, r.seed, r.attack_key))
+            if ref is not None:
+                pairs.append(("repair_effect", ref))
         for kind, ref in pairs:
             for metric in METRICS:
                 if metric == "margin" and not (r.margin_values() and ref.margin_values()):

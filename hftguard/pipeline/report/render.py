@@ -149,13 +149,12 @@ def pairs_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     head = ["Kind", "Method", "vs", "Cell", "Seed", "Metric", "Δ", "95% CI", "b / c", "McNemar p"]
     body = []
     for c in rep.comparisons:
-        vs = c.ref.label if c.kind == "vs_baseline" else f"p={c.ref.p:g}"
         d = 3 if c.metric == "margin" else 1
         body.append(
             [
-                "vs baseline" if c.kind == "vs_baseline" else "attack effect",
+                c.kind.replace("_", " "),
                 c.run.label,
-                vs,
+                paired.reference_text(c),
                 _coords_text(c.run),
                 str(c.run.seed),
                 c.metric.upper(),
@@ -209,7 +208,8 @@ def _summary_fields(d: dict[str, Any], name: str, s: paired.Summary | None) -> N
 
 def detail_rows(rep: Report) -> list[dict[str, Any]]:
     """Long format: one dict per (row, column) with means, stds, intervals, counts, paired
-    differences vs the baseline and attack effects (McNemar p-values per seed, space-separated)."""
+    differences vs the baseline, attack effects and repair effects (McNemar p-values per seed,
+    space-separated)."""
     out = []
     for row, col, c in rep.present():
         pub = rep.published_for(row, col)
@@ -229,7 +229,7 @@ def detail_rows(rep: Report) -> list[dict[str, Any]]:
             d["attack"] = c.runs[0].attack_label
         if c.runs and c.runs[0].screen:
             d["screen"] = c.runs[0].screen
-        for kind in ("vs_baseline", "attack_effect"):
+        for kind in paired.KINDS:
             for metric in paired.METRICS:
                 _summary_fields(d, f"{kind}_{metric}", getattr(c, kind).get(metric))
         d["published_hs"], d["published_fa"] = pub if pub is not None else (None, None)
@@ -442,6 +442,9 @@ def to_markdown(rep: Report) -> str:
         ("vs_baseline", "margin", f"Paired comparison vs {base}: Δ likelihood margin"),
         ("attack_effect", "hs", "Attack effect: HS(p) − HS(p=0), same method and seed"),
         ("attack_effect", "margin", "Attack effect on the likelihood margin: p vs p=0"),
+        ("repair_effect", "hs", "Repair effect: HS(repaired) − HS(attacked), same attacked model"),
+        ("repair_effect", "fa", "Repair effect: FA(repaired) − FA(attacked), same attacked model"),
+        ("repair_effect", "margin", "Repair effect on the likelihood margin: repaired vs attacked"),
     ]
     for kind, metric, title in sections:
         head, body = comparison_table(rep, kind, metric)
@@ -524,6 +527,11 @@ def _cell_dict(rep: Report, c: CellStats, task: str | None = None) -> dict[str, 
         "by_category": {k: _stat(v) for k, v in c.by_category.items()},
         "vs_baseline": {k: v.as_dict() for k, v in c.vs_baseline.items()},
         "attack_effect": {k: v.as_dict() for k, v in c.attack_effect.items()},
+        **(
+            {"repair_effect": {k: v.as_dict() for k, v in c.repair_effect.items()}}
+            if c.repair_effect
+            else {}
+        ),
         "per_seed": [_run_values(r, rep.judge, task) for r in c.runs],
     }
 
@@ -602,7 +610,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
                 **{
                     k: v
                     for k, v in _cell_dict(rep, c).items()
-                    if k not in ("per_seed", "vs_baseline", "attack_effect")
+                    if k not in ("per_seed", *paired.KINDS)
                 },
                 "fa_by_task": {
                     t: _stat(
@@ -706,6 +714,12 @@ CSV_FIELDS = [
 ]
 
 
+#: Added to CSV_FIELDS when some cell is a repaired model compared with its attacked model.
+REPAIR_CSV_FIELDS = [
+    f"repair_effect_{metric}_{part}"
+    for metric in ("hs", "fa", "margin")
+    for part in ("mean", "std", "ci_low", "ci_high", "p")
+]
 #: Added to CSV_FIELDS when some cell's user data was screened.
 LEAK_CSV_FIELDS = ["screen", *(f"leak_through_{x}" for x in ("mean", "std", "ci_low", "ci_high"))]
 #: Added when the evaluations have attack settings: the attacked rows' setting, and the
@@ -723,10 +737,15 @@ ATTACK_CSV_FIELDS = [
 
 
 def csv_fields(rep: Report) -> list[str]:
-    """CSV_FIELDS, and the screening and attack fields when the report has them (a report
-    without them keeps exactly CSV_FIELDS)."""
+    """CSV_FIELDS, and the repair, screening and attack fields when the report has them (a
+    report without them keeps exactly CSV_FIELDS)."""
     leak = rep.has("leak_through") or any(c.runs and c.runs[0].screen for c in rep.cells.values())
-    return CSV_FIELDS + (LEAK_CSV_FIELDS if leak else []) + (ATTACK_CSV_FIELDS if rep.worst else [])
+    return (
+        CSV_FIELDS
+        + (REPAIR_CSV_FIELDS if rep.has("repair_effect") else [])
+        + (LEAK_CSV_FIELDS if leak else [])
+        + (ATTACK_CSV_FIELDS if rep.worst else [])
+    )
 
 
 def to_csv(rep: Report) -> str:
