@@ -409,3 +409,78 @@ def test_run_and_report_an_attack_sweep_with_screening(cli: Any, tmp_path: Path)
         if c["method"] == "sft/sft+screen:refusal-keywords" and c["attack"] == screened["attack"]
     )
     assert cell["leak_through"]["mean"] == pytest.approx(leak)
+
+
+# ------------------------------------------------------------------------------------------------
+# Evaluations outside a grid: the attack setting from the attacked models' own manifests
+
+
+def _single_attack(
+    root: Path, method: str, lr: float, epochs: float, k_harm: int, k_task: int
+) -> Path:
+    """A single pipeline's attacked model (fine-tuned with ``lr``, 30 steps) and its eval dir."""
+    align, finetune = method.split("/")
+    aligned = root / f"aligned-{align}"
+    if not aligned.exists():
+        _aligned_dir(aligned, align, 1)
+    attacked = root / f"{align}-{finetune}-lr{lr:g}-ep{epochs:g}"
+    atomic_write_json(
+        attacked / "manifest.json",
+        {
+            "stage": "finetune",
+            "status": "completed",
+            "aligned_run": str(aligned.resolve()),
+            "config": {
+                "model": str(aligned),
+                "defense": finetune,
+                "harmful": "harmful-compliance",
+                "harmful_ratio": 0.2,
+                "samples": 100,
+                "task": "sentiment",
+                "seed": 1,
+                # epochs has no effect beside max_steps > 0: it must not become an axis
+                "train": {"lr": lr, "epochs": epochs, "max_steps": 30, "batch_size": 8},
+                "lora": {"r": 8, "alpha": 16.0},
+            },
+        },
+    )
+    _eval_dir(attacked.with_name(attacked.name + "-eval"), attacked, k_harm, k_task)
+    return attacked.with_name(attacked.name + "-eval")
+
+
+def test_eval_dirs_outside_a_grid_keep_their_attack_setting(tmp_path: Path) -> None:
+    """The known limit of the first version (B6): eval directories given straight to the report
+    lost their attack setting, so two learning rates of one method were averaged as if they were
+    seeds of one cell (and refused as duplicate seeds)."""
+    dirs = [
+        _single_attack(tmp_path, "sft/sft", 1e-5, 1.0, 4, 8),  # HS 20, FA 80
+        _single_attack(tmp_path, "sft/sft", 1e-4, 3.0, 12, 5),  # HS 60, FA 50
+        _single_attack(tmp_path, "booster/sft", 1e-5, 1.0, 2, 9),  # HS 10, FA 90
+        _single_attack(tmp_path, "booster/sft", 1e-4, 1.0, 6, 6),  # HS 30, FA 60
+    ]
+    coll = report.collect(dirs)
+    assert sorted(r.attack_label for r in coll.runs if r.kind == "attacked") == [
+        "lr=0.0001",
+        "lr=0.0001",
+        "lr=1e-05",
+        "lr=1e-05",
+    ]
+    rep = report.build(coll, n_boot=0, fa_bound=55.0)
+    w = _by_method(rep)
+    assert (w["sft/sft"].worst.label, w["sft/sft"].worst.hs) == ("lr=0.0001", 60.0)
+    assert (w["sft/sft"].bounded.label, w["sft/sft"].bounded.hs) == ("lr=1e-05", 20.0)
+    assert (w["booster/sft"].worst.label, w["booster/sft"].worst.hs) == ("lr=0.0001", 30.0)
+    hs = [c for c in rep.comparisons if c.kind == "vs_baseline" and c.metric == "hs"]
+    assert sorted((c.run.attack_label, c.diff) for c in hs) == [
+        ("lr=0.0001", 30.0 - 60.0),
+        ("lr=1e-05", 10.0 - 20.0),
+    ]
+
+
+def test_eval_dirs_outside_a_grid_with_one_setting_have_none(tmp_path: Path) -> None:
+    dirs = [
+        _single_attack(tmp_path, "sft/sft", 1e-4, 1.0, 4, 8),
+        _single_attack(tmp_path, "booster/sft", 1e-4, 2.0, 2, 9),
+    ]
+    rep = report.build(report.collect(dirs), n_boot=0)
+    assert rep.worst == [] and all(not r.attack for r in rep.collection.runs)

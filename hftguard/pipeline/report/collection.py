@@ -34,6 +34,9 @@ class EvalRun:
     aligned_dir: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the attacked model's own fine-tuning settings (the [grid.attack] keys, read from its
+    #: manifest): where an evaluation outside a grid gets its attack setting from
+    _attack_config: dict[str, Any] = field(default_factory=dict, repr=False)
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
     _screening: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -295,6 +298,7 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
         )
         run.task, run.seed = mcfg.get("task"), mcfg.get("seed")
         run.screen = mcfg.get("screen") or None
+        run._attack_config = _attack_config(mcfg)
         up_adapters = (model_m.get("input_model") or {}).get("adapters") or []
         a_dir, a_m = _run_dir(
             rooted_model(model_dir, model_m) if model_dir is not None else None,
@@ -425,6 +429,9 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             run.kind = "base"
         run.metrics = _metrics(path, m)
         runs.append(run)
+    _settings_outside_grids(
+        [r for r in runs if r.kind == "attacked" and r.path not in grid_coords and not r.attack]
+    )
     for run in runs:
         run.label = labels.get(run.method, run.method)
         if run.kind == "aligned":  # named after the method that fine-tunes it with SFT, if any
@@ -433,6 +440,43 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             )
     runs.sort(key=lambda r: (_order(order, r), attack_order(r.attack), str(r.path)))
     return Collection(runs, labels, order, roots, list(damaged.values()), missing)
+
+
+def _attack_config(mcfg: dict[str, Any]) -> dict[str, Any]:
+    """The [grid.attack] keys' values in an attack-finetune config ({key: value}, in ATTACK_KEYS
+    order). ``epochs`` is left out when ``max_steps`` fixes the length, ``max_steps`` when it
+    does not: the setting that has no effect is not part of the attack."""
+    from hftguard.pipeline.grid.spec import ATTACK_KEYS
+
+    out: dict[str, Any] = {}
+    for key, (where, _) in ATTACK_KEYS.items():
+        value: Any = {"finetune": mcfg}
+        for part in where.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is not None:
+            out[key] = value
+    if out.get("max_steps"):
+        out.pop("epochs", None)
+    else:
+        out.pop("max_steps", None)
+    return out
+
+
+def _settings_outside_grids(runs: list[EvalRun]) -> None:
+    """Attack settings for attacked evaluations that no grid manifest describes (eval directories
+    given one by one, single pipelines): the fine-tuning settings that differ among them, read
+    from each attacked model's manifest, become their attack setting — as ``[grid.attack]`` axes
+    would have — so the report pairs within a setting and shows the worst case over settings."""
+    from hftguard.pipeline.grid.spec import ATTACK_KEYS
+
+    varying = [
+        k
+        for k in ATTACK_KEYS
+        if any(k in r._attack_config for r in runs)
+        and len({repr(r._attack_config.get(k)) for r in runs}) > 1
+    ]
+    for r in runs:
+        r.attack = {k: r._attack_config.get(k) for k in varying}
 
 
 def _why_missing(path: Path) -> str:
