@@ -227,3 +227,66 @@ def test_shipped_attack_sweep_is_valid(registry: Any) -> None:
         "sft/sft+screen:refusal-keywords",
     }
     assert g.axes["attack"] == {"lr": [5e-5, 2e-4, 1e-3], "max_steps": [15, 30]}
+
+
+def test_shipped_calibrated_field_shares_the_calibrated_sft_stages(registry: Any) -> None:
+    """configs/calibrated-field.toml (#18) runs in the calibrated protocol: its SFT alignment, its
+    SFT attacks and their evaluations are the same stages as configs/calibrated-small.toml's, so a
+    calibrated grid's finished ones can be copied over instead of run again."""
+    import dataclasses
+
+    ROOT = Path(__file__).resolve().parents[1]
+    field = grid.load_file(ROOT / "configs" / "calibrated-field.toml")
+    cal = grid.load_file(ROOT / "configs" / "calibrated-small.toml")
+    grid.check(field, registry)
+    assert dataclasses.asdict(field.align_config("sft", 42)) == dataclasses.asdict(
+        cal.align_config("sft", 42)
+    )
+    cal_cells = {c.name: c for c in cal.cells}
+    shared = [c for c in field.cells if c.name in cal_cells]
+    assert {c.method for c in shared} == {"sft/sft"} and len(shared) == 2
+    for c in shared:
+        other = cal_cells[c.name]
+        assert dataclasses.asdict(field.finetune_config(c, "m")) == dataclasses.asdict(
+            cal.finetune_config(other, "m")
+        )
+        assert dataclasses.asdict(field.cell_eval_config(c, "m")) == dataclasses.asdict(
+            cal.cell_eval_config(other, "m")
+        )
+    assert {c.method for c in field.cells} >= {
+        "repnoise/sft",
+        "t-vaccine/sft",
+        "sft/kl",
+        "sft/ewc",
+        "sft/mixing",
+        "sft/mixing-joint",
+        "sft/sft/safelora",
+        "sft/sft/antidote",
+    }
+
+
+def test_shipped_calibrated_attack_sweep_is_valid(registry: Any) -> None:
+    """configs/calibrated-attack-sweep.toml (#19): the calibrated protocol's aligned models and
+    its settings, with lr and max_steps as attack axes around the calibrated point."""
+    import dataclasses
+
+    ROOT = Path(__file__).resolve().parents[1]
+    g = grid.load_file(ROOT / "configs" / "calibrated-attack-sweep.toml")
+    cal = grid.load_file(ROOT / "configs" / "calibrated-small.toml")
+    grid.check(g, registry)
+    assert len(g.cells) == 24
+    assert g.axes["attack"] == {"lr": [2e-5, 4e-5, 8e-5], "max_steps": [200, 400]}
+    for align in ("sft", "booster", "antibody"):
+        assert dataclasses.asdict(g.align_config(align, 42)) == dataclasses.asdict(
+            cal.align_config(align, 42)
+        )
+    # the calibrated point is the calibrated grid's attack, step for step
+    point = next(
+        c
+        for c in g.cells
+        if c.method == "sft/sft" and c.attack_dict() == {"lr": 4e-5, "max_steps": 400}
+    )
+    same = next(c for c in cal.cells if c.name == point.attack_name.split("__lr")[0])
+    assert dataclasses.asdict(g.finetune_config(point, "m")) == dataclasses.asdict(
+        cal.finetune_config(same, "m")
+    )
