@@ -258,6 +258,7 @@ def build(
     pub = {(str(k[0]), str(k[1])): v for k, v in (published or {}).items()}
     row_list = list(rows.values())
     worst = worst_cases(row_list, cols, cells, fa_bound, header)
+    _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
     return Report(
         columns,
         cols,
@@ -278,6 +279,53 @@ def build(
         worst,
         fa_bound,
     )
+
+
+def _worst_vs_baseline(
+    worst: list[WorstCase],
+    baseline: str | None,
+    judge: str | None,
+    n_boot: int,
+    seed: int,
+    level: float,
+) -> None:
+    """Each defense's worst case against the baseline's worst case in the same column: ΔHS of
+    the two worst settings' evaluations, paired prompt by prompt at each seed both have (the
+    settings may differ: each side gets its own strongest attack), summarised over seeds like
+    the other paired comparisons. Likewise for the capability-bounded worst cases."""
+    if baseline is None:
+        return
+    base = {(tuple(w.extra.items()), w.column): w for w in worst if w.method == baseline}
+    for w in worst:
+        ref = base.get((tuple(w.extra.items()), w.column))
+        if ref is None or w.method == baseline:
+            continue
+        for name in ("worst", "bounded"):
+            mine, theirs = getattr(w, name), getattr(ref, name)
+            if mine is None or theirs is None:
+                continue
+            by_seed = {r.seed: r for r in theirs.cell.runs}
+            comps = [
+                c
+                for r in mine.cell.runs
+                if r.seed in by_seed
+                and isinstance(
+                    c := paired.compare(
+                        r,
+                        by_seed[r.seed],
+                        "hs",
+                        "worst_vs_baseline",
+                        judge=judge,
+                        n_boot=n_boot,
+                        seed=seed,
+                        level=level,
+                    ),
+                    paired.Comparison,
+                )
+            ]
+            summary = paired.summarise(comps, n_boot=n_boot, seed=seed, level=level)
+            if summary is not None:
+                w.vs_baseline[name] = summary
 
 
 def _cell(

@@ -277,6 +277,8 @@ def _worst_fields(rep: Report, w: WorstCase) -> dict[str, Any]:
         d[f"{name}_fa"] = s.fa if s is not None else None
         ci = s.cell.hs.ci if s is not None else None
         d[f"{name}_hs_ci_low"], d[f"{name}_hs_ci_high"] = ci if ci else (None, None)
+        vs = w.vs_baseline.get("worst" if name == "worst" else "bounded")
+        _summary_fields(d, f"{name}_vs_baseline_hs", vs)
     return d
 
 
@@ -284,17 +286,21 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     """Per defense and column: the mean and worst case over attack settings (and with
     ``rep.fa_bound`` the capability-bounded worst case)."""
     leak = any(s.cell.leak_through is not None for w in rep.worst for s in w.settings)
+    vs = any(w.vs_baseline for w in rep.worst)
+    base = rep.baseline_label
     head = ["Method", rep.axis, "Settings", "Mean HS", "Mean FA", "Worst HS", "Worst setting"]
-    head += ["FA there"]
+    head += ["FA there"] + ([f"ΔHS vs {base}'s worst"] if vs else [])
     if rep.fa_bound is not None:
         b = f"{rep.fa_bound:g}"
         head += [f"Worst HS, FA ≥ {b}", "Setting", "FA there"]
+        head += [f"ΔHS vs {base}'s, FA ≥ {b}"] if vs else []
     if leak:
         head += ["Leak-through (worst)"]
     body = []
     for w in rep.worst:
         line = [w.label, rep.header(w.column), str(len(w.settings)), _num(w.mean_hs)]
         line += [_num(w.mean_fa), *_setting_texts(w.worst)]
+        line += [_delta_text(w.vs_baseline.get("worst"))] if vs else []
         if rep.fa_bound is not None:
             if w.bounded is None:
                 line += [
@@ -306,11 +312,17 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
                 line += ["–", "–"]
             else:
                 line += _setting_texts(w.bounded)
+            line += [_delta_text(w.vs_baseline.get("bounded"))] if vs else []
         if leak:
             lt = w.worst.cell.leak_through if w.worst is not None else None
             line.append("–" if lt is None else lt.text())
         body.append(line)
     return head, body
+
+
+def _delta_text(s: paired.Summary | None) -> str:
+    """A worst-vs-worst ΔHS: mean [interval] (p with one seed); – for the baseline's own row."""
+    return "–" if s is None else s.text(1)
 
 
 def _setting_texts(s: Setting | None) -> list[str]:
@@ -354,7 +366,20 @@ def _worst_note(rep: Report) -> str:
         "setting weighs the same) and the worst case, the setting with the highest HS (a "
         "setting's HS is its mean over seeds; ties go to the higher FA), with its own "
         f"{100 * rep.level:g}% interval and FA. The largest of several estimates overstates the "
-        "true worst case: read its interval." + bound
+        "true worst case: read its interval." + bound + _worst_vs_note(rep)
+    )
+
+
+def _worst_vs_note(rep: Report) -> str:
+    if not any(w.vs_baseline for w in rep.worst):
+        return ""
+    return (
+        f" ΔHS vs {rep.baseline_label}'s worst: the defense's worst setting against the "
+        f"baseline's worst setting (each side its own strongest attack), paired prompt by "
+        f"prompt at each seed both have, mean over seeds [{100 * rep.level:g}% interval]; "
+        "negative: the defense holds better than the baseline against its strongest attack. "
+        "Both sides are maxima of noisy estimates, so neither the difference nor its interval "
+        "corrects for the choice of the settings."
     )
 
 
@@ -578,6 +603,7 @@ def _worst_dict(rep: Report, w: WorstCase) -> dict[str, Any]:
         "n_meeting": w.n_meeting if w.fa_bound is not None else None,
         "bounded": _setting_dict(w.bounded),
         "settings": [_setting_dict(s) for s in w.settings],
+        "vs_baseline": {k: v.as_dict() for k, v in w.vs_baseline.items()},
     }
 
 
@@ -733,6 +759,11 @@ ATTACK_CSV_FIELDS = [
     "fa_bound",
     "n_meeting_fa_bound",
     *(f"bounded_worst_{x}" for x in ("hs", "hs_ci_low", "hs_ci_high", "attack", "fa")),
+    *(
+        f"{name}_vs_baseline_hs_{part}"
+        for name in ("worst", "bounded_worst")
+        for part in ("mean", "std", "ci_low", "ci_high", "p")
+    ),
 ]
 
 

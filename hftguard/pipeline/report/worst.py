@@ -31,6 +31,7 @@ from hftguard.pipeline.report.stats import _avg
 
 if TYPE_CHECKING:
     from hftguard.pipeline.report.aggregate import CellStats, Row
+    from hftguard.pipeline.report.paired import Summary
 
 
 @dataclass
@@ -65,6 +66,10 @@ class WorstCase:
     worst: Setting | None = None
     bounded: Setting | None = None  # None: no fa_bound, or no setting meets it
     n_meeting: int = 0  # settings whose FA is at least fa_bound
+    #: ΔHS of this defense's worst setting against the baseline's worst setting (same column,
+    #: same prompts, paired per seed): {"worst": ..., "bounded": ...}, a key only where both
+    #: sides have that setting (set by aggregate.build; the baseline's own row has none)
+    vs_baseline: dict[str, Summary] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.settings = sorted(self.settings, key=lambda s: attack_order(s.attack))
