@@ -23,6 +23,20 @@ class ExitCode(enum.IntEnum):
     USAGE = 2
     PLUGIN = 3
     INTERRUPTED = 130
+    TERMINATED = 143  # 128 + SIGTERM: a training loop stopped at a step boundary (StopRequested)
+
+
+class StopRequested(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM) and stopped cleanly (hftguard.engine.stopping).
+
+    A ``KeyboardInterrupt``, so every place that handles Ctrl-C (run directories marked
+    "interrupted", locks released, the grid's manifest) handles it the same way; the CLI prints
+    ``message`` and exits with :attr:`ExitCode.TERMINATED`.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
 
 
 class HftguardError(Exception):

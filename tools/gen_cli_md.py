@@ -32,7 +32,8 @@ COMMANDS = [
 ]
 HEADER = (
     "# CLI reference\n\nGenerated from `--help` (`COLUMNS=100`) by `tools/gen_cli_md.py`. Exit "
-    "codes: 0 success, 1 run failed, 2 usage or config error, 3 plugin error, 130 interrupted.\n\n"
+    "codes: 0 success, 1 run failed, 2 usage or config error, 3 plugin error, 130 interrupted, "
+    "143 stopped by SIGTERM.\n\n"
 )
 
 

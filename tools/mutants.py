@@ -572,6 +572,14 @@ MUTANTS: tuple[Mutant, ...] = (
         (T_JUDGE,),
     ),
     Mutant(
+        "sigterm-stops-without-a-checkpoint",
+        "hftguard/engine/training.py",
+        "                if writes and every and not saved:",
+        "                if False:",
+        "resume: SIGTERM stops the loop without saving the step it finished",
+        ("tests/test_sigterm.py",),
+    ),
+    Mutant(
         "report-repair-effect-vs-baseline",
         "hftguard/pipeline/report/paired.py",
         "ref = index.get((r.attacked_method, r.p, r.n, r.task, r.seed, r.attack_key))",

@@ -14,7 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from hftguard import config as cfgmod
-from hftguard.errors import ExitCode
+from hftguard.errors import ExitCode, StopRequested
 
 PANEL = "Pipeline"
 #: The sections of a pipeline config that hold a stage's config.
@@ -93,9 +93,15 @@ RERUN_HINT = (
 
 
 def _call(fn: Callable[[], Any], hint: str = RESUME_HINT) -> Any:
-    """Run a pipeline call; turn Ctrl-C into exit code 130 with ``hint`` on how to continue."""
+    """Run a pipeline call; turn Ctrl-C into exit code 130 (SIGTERM stopped at a step boundary:
+    143) with ``hint`` on how to continue."""
     try:
         return fn()
+    except StopRequested as exc:  # SIGTERM, handled at a step boundary (engine.stopping)
+        from hftguard.console import stderr
+
+        stderr.print(f"{exc.message} {hint}", highlight=False)
+        raise typer.Exit(int(ExitCode.TERMINATED)) from None
     except KeyboardInterrupt:
         from hftguard.console import stderr
 

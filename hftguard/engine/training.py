@@ -56,7 +56,8 @@ from hftguard.engine.steps import (
     set_grads,
     token_nll,
 )
-from hftguard.errors import HftguardError
+from hftguard.engine.stopping import StopOnSigterm
+from hftguard.errors import HftguardError, StopRequested
 from hftguard.runs import RunDir
 
 __all__ = [
@@ -242,7 +243,14 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     t_run = time.perf_counter()
     log_file = log_path.open("a") if writes else _nowhere()
-    with reporter.task(f"{label}: {defense.name}", total=steps) as task, log_file as log:
+    # SIGTERM (a scheduler's preemption) stops at the end of the step in progress, with a
+    # checkpoint; single process only (hftguard.engine.stopping)
+    sigterm = StopOnSigterm(enabled=shard[1] == 1)
+    with (
+        reporter.task(f"{label}: {defense.name}", total=steps) as task,
+        log_file as log,
+        sigterm,
+    ):
         task.skip(start_step)
         if after_step is not None:
             after_step(start_step)
@@ -301,8 +309,21 @@ def train(
                 after_step(done)
             every = opts.checkpoint_every
             last = done == steps  # saved only if the caller removes them after its final save
-            if writes and every and (keep_checkpoints if last else done % every == 0):
+            saved = writes and every and (keep_checkpoints if last else done % every == 0)
+            if saved:
                 _save_checkpoint(run, done, params, optimizer, scheduler, defense, stream_objs)
+            if sigterm.requested:
+                if writes and every and not saved:
+                    _save_checkpoint(run, done, params, optimizer, scheduler, defense, stream_objs)
+                raise StopRequested(
+                    f"Stopped by SIGTERM after step {done} of {steps} ({label}: {defense.name}); "
+                    + (
+                        f"a checkpoint of step {done} is saved in {run.checkpoints}."
+                        if every
+                        else "checkpointing is off (train.checkpoint_every = 0), so the "
+                        "stage starts again from the beginning."
+                    )
+                )
     if writes and not keep_checkpoints:
         shutil.rmtree(run.checkpoints, ignore_errors=True)
     ordered = sorted(times)

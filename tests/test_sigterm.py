@@ -1,0 +1,147 @@
+"""SIGTERM during training: the step in progress finishes, a checkpoint of it is saved, the
+command exits 143, and re-running it resumes bit-identically (hftguard.engine.stopping)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from cli_helpers import Run
+
+from hftguard.errors import ExitCode, StopRequested
+
+
+def _data(tok: Any, n: int = 12) -> Any:
+    from hftguard.data.inputs import encode_all
+    from hftguard.records import Example
+
+    exs = [Example(f"question {i}", f"answer {i} " * (1 + i % 3), "refusal") for i in range(n)]
+    return encode_all(exs, tok, "chat", 64)
+
+
+def _train(tmp_path: Path, tok: Any, name: str, defense: Any, resume: bool = False) -> Any:
+    from peft import LoraConfig, get_peft_model
+
+    from hftguard.config import TrainOptions
+    from hftguard.console import Reporter
+    from hftguard.engine import training
+    from hftguard.runs import open_run_dir
+    from hftguard.testing import tiny_model
+
+    torch.manual_seed(0)
+    model = get_peft_model(
+        tiny_model(tok, seed=0), LoraConfig(r=4, lora_alpha=8.0, target_modules=["q_proj"])
+    )
+    run = open_run_dir(tmp_path / name, "align", resume=resume)
+    if not resume:
+        run.update_manifest(stage="align", status="running")
+    training.train(
+        model,
+        defense,
+        _data(tok),
+        {},
+        TrainOptions(lr=1e-2, max_steps=6, batch_size=4, checkpoint_every=3),
+        run,
+        Reporter(quiet=True),
+        seed=3,
+        pad_id=tok.pad_token_id,
+        device=torch.device("cpu"),
+        dtype=torch.float32,
+    )
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _terminated_at(step: int, times: int = 1) -> Any:
+    from hftguard.builtins.defenses.sft import SFTAlign
+
+    class Terminated(SFTAlign):
+        def training_step(self, model: Any, batch: Any, ctx: Any) -> Any:
+            out = super().training_step(model, batch, ctx)
+            if ctx.step == step:
+                for _ in range(times):
+                    os.kill(os.getpid(), signal.SIGTERM)
+            return out
+
+    return Terminated()
+
+
+def test_sigterm_finishes_the_step_saves_it_and_resumes_bit_identically(
+    tmp_path: Path, tiny_tok: Any
+) -> None:
+    from hftguard.builtins.defenses.sft import SFTAlign
+
+    before = signal.getsignal(signal.SIGTERM)
+    full = _train(tmp_path, tiny_tok, "full", SFTAlign())
+    # (no `as err`: the traceback would keep the run directory's lock alive)
+    with pytest.raises(StopRequested, match=r"after step 2 of 6 .*checkpoint of step 2"):
+        _train(tmp_path, tiny_tok, "stopped", _terminated_at(1))
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is put back
+    ckpts = sorted(p.name for p in (tmp_path / "stopped" / "checkpoints").iterdir())
+    assert ckpts == ["step-0000002"]  # not a periodic one (every 3): saved for the stop
+    log = (tmp_path / "stopped" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [0, 1]  # step 1 finished and was logged
+    resumed = _train(tmp_path, tiny_tok, "stopped", SFTAlign(), resume=True)
+    for name, value in full.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
+
+
+def test_a_second_sigterm_stops_at_once(tmp_path: Path, tiny_tok: Any) -> None:
+    with pytest.raises(StopRequested, match="second SIGTERM"):
+        _train(tmp_path, tiny_tok, "twice", _terminated_at(4, times=2))
+    # stopped inside step 4: the newest checkpoint is the periodic one of step 3
+    ckpts = sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir())
+    assert ckpts == ["step-0000003"]
+
+
+def test_sigterm_at_the_last_step_keeps_the_training(tmp_path: Path, tiny_tok: Any) -> None:
+    from hftguard.builtins.defenses.sft import SFTAlign
+
+    full = _train(tmp_path, tiny_tok, "full", SFTAlign())
+    with pytest.raises(StopRequested, match=r"after step 6 of 6"):
+        _train(tmp_path, tiny_tok, "last", _terminated_at(5))
+    resumed = _train(tmp_path, tiny_tok, "last", SFTAlign(), resume=True)  # no step left to run
+    for name, value in full.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
+
+
+def test_cli_exits_143_with_a_resume_hint_and_resumes(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hftguard.builtins.defenses.sft import SFTAlign
+
+    align = (
+        "align",
+        "--model",
+        "tiny-random",
+        "--samples",
+        "8",
+        "--batch-size",
+        "2",
+        "--set",
+        "retain=",
+    )
+    plain = SFTAlign.training_step
+
+    def terminated(self: Any, model: Any, batch: Any, ctx: Any) -> Any:
+        out = plain(self, model, batch, ctx)
+        if ctx.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+
+    monkeypatch.setattr(SFTAlign, "training_step", terminated)
+    result = cli(*align, "--max-steps", "4", "--out", "o")
+    assert result.code == int(ExitCode.TERMINATED) == 143, result.err
+    assert "Stopped by SIGTERM after step 2 of 4" in result.err and "--resume" in result.err
+    assert "Traceback" not in result.err
+    manifest = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    assert manifest["status"] == "interrupted"
+    monkeypatch.setattr(SFTAlign, "training_step", plain)
+    result = cli(*align, "--max-steps", "4", "--out", "o", "--resume")
+    assert result.code == 0, result.err
+    log = (tmp_path / "o" / "align_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in log] == [0, 1, 2, 3]
