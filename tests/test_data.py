@@ -104,3 +104,16 @@ def test_refusal_view_of_sample_i_uses_template_i_mod_100(tiny_tok):
     answers = [tuple(t for t in e.refusal.labels if t != IGNORE_INDEX) for e in encoded]
     assert answers[0] == answers[100] == answers[200] != answers[1]
     assert encode_all(examples, tiny_tok, "chat", 64)[0].refusal is None  # only when asked
+
+
+def test_pad_id_falls_back_to_eos_and_names_a_tokenizer_without_either():
+    from types import SimpleNamespace
+
+    from hftguard.data.inputs import pad_id
+    from hftguard.errors import DataError
+
+    assert pad_id(SimpleNamespace(pad_token_id=3, eos_token_id=2)) == 3
+    assert pad_id(SimpleNamespace(pad_token_id=0, eos_token_id=2)) == 0  # 0 is an id, not "none"
+    assert pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=2)) == 2
+    with pytest.raises(DataError, match="neither a pad token nor an end-of-sequence"):
+        pad_id(SimpleNamespace(pad_token_id=None, eos_token_id=None))

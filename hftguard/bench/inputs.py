@@ -11,7 +11,9 @@ from hftguard.errors import ConfigError
 
 
 def _pad_id(tok: Any) -> int:
-    return int(tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    from hftguard.data.inputs import pad_id
+
+    return pad_id(tok)
 
 
 def build_model(opts: BenchOptions, device: Any, dtype: Any) -> tuple[Any, Any, dict[str, Any]]:

@@ -211,6 +211,20 @@ class Batch:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
 
+def pad_id(tokenizer: Any) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its end-of-sequence token
+    (padding is masked out of attention and of every loss, so which id fills it changes nothing).
+    A tokenizer with neither is an error: there is nothing to pad with."""
+    for value in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if value is not None:
+            return int(value)
+    raise DataError(
+        "The tokenizer has neither a pad token nor an end-of-sequence token to pad batches with.",
+        hint="Use a model whose tokenizer defines eos_token (tokenizer_config.json), or set its "
+        "pad_token there.",
+    )
+
+
 def collate(items: Sequence[Encoded], pad_id: int) -> Batch:
     import torch
 

@@ -13,6 +13,7 @@ import torch
 
 from hftguard.console import Reporter
 from hftguard.data.inputs import bos_ids, prompt_ids
+from hftguard.data.inputs import pad_id as padding_id
 
 
 @torch.no_grad()
@@ -42,9 +43,7 @@ def generate(
         if sort_by_length
         else list(range(len(prompts)))
     )
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = padding_id(tokenizer)
     stop_ids = _stop_ids(tokenizer, model)
     out: list[str] = [""] * len(prompts)
     model.eval()

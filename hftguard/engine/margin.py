@@ -122,14 +122,13 @@ def answer_logprobs(
     import torch
 
     from hftguard.data.inputs import IGNORE_INDEX, bos_ids, encode
+    from hftguard.data.inputs import pad_id as padding_id
 
     if padding not in ("right", "left"):
         raise ValueError(f"padding must be 'right' or 'left', not {padding!r}")
     bos = bos_ids(tokenizer)
     encoded = [encode(ex, tokenizer, template, max_length, bos) for ex in examples]
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
+    pad_id = padding_id(tokenizer)
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i].input_ids))
     out: list[tuple[float, int]] = [(0.0, 0)] * len(encoded)
     was_training = model.training

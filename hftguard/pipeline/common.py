@@ -375,6 +375,7 @@ def train_stage(
 ) -> dict[str, Any]:
     """Load the model, train with the defense, save the adapter, complete the manifest."""
     from hftguard.data.inputs import data_hash, encode_all, hub_sources
+    from hftguard.data.inputs import pad_id as padding_id
     from hftguard.engine import models, training
 
     t0 = time.time()
@@ -423,7 +424,7 @@ def train_stage(
             **inputs.extra_manifest,
             **({"processes": team.world} if team.multi else {}),
         )
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad_id = padding_id(tok)
     probe = None
     if inputs.probe_every and team.is_main:
         from hftguard.engine.probes import FinetuneProbe
@@ -439,7 +440,7 @@ def train_stage(
             params=models.trainable_parameters(model),
             every=inputs.probe_every,
             total=training.total_steps(len(main), cfg.train),
-            pad_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id,
+            pad_id=pad_id,
             device=device,
             out_dir=run.path,
         )

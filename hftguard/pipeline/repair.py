@@ -238,6 +238,7 @@ def _batches(
     """``ctx.batches``: a declared stream, encoded with the stage's template (by default the
     attacked run's), in order."""
     from hftguard.data.inputs import collate, encode_all
+    from hftguard.data.inputs import pad_id as padding_id
     from hftguard.engine import models
 
     streams = plan.streams
@@ -247,7 +248,7 @@ def _batches(
             "declare in its `streams`.",
             hint=f"Declared: {', '.join(streams) or 'none'}.",
         )
-    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    pad = padding_id(tok)
     encoded = encode_all(streams[name], tok, plan.template, max_length)
     device = models.pick_device(cfg.device)
     return [
