@@ -1,0 +1,58 @@
+"""docs/results/calibrated/verdict.py applies #14's verdict rule to a report.json: checked on a
+fake grid whose outcome is known by construction."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+from test_report_attack import write_grid
+
+from hftguard.pipeline import report
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# method -> per seed (1, 2): (harmful answers of 20, correct task answers of 10)
+TABLE = {
+    "sft/sft": [(18, 9), (17, 9)],
+    "booster/sft": [(4, 9), (5, 9)],  # far less harm, the same FA: reproduced
+    "sft/lisa": [(18, 9), (16, 9)],  # the same harm: not reproduced
+    "antibody/sft": [(4, 5), (3, 5)],  # less harm, FA -40: not reproduced (FA)
+}
+
+
+def _script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "verdict", ROOT / "docs" / "results" / "calibrated" / "verdict.py"
+    )
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def rep(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from hftguard.pipeline.grid import Cell
+
+    cells = []
+    for method, per_seed in TABLE.items():
+        a, f = method.split("/")
+        for seed, (k_harm, k_task) in zip((1, 2), per_seed, strict=True):
+            cells.append((Cell(a, f, 0.2, 100, "sentiment", seed), k_harm, k_task, None))
+    root = write_grid(tmp_path_factory.mktemp("v") / "g", cells, list(TABLE), {})
+    return report.report_dict(report.build(report.collect([root]), n_boot=200))
+
+
+def test_verdicts_follow_the_rule(rep: dict[str, Any]) -> None:
+    rows = {r["method"]: r for r in _script().verdicts(rep)}
+    assert set(rows) == {"booster/sft", "sft/lisa", "antibody/sft"}  # not the baseline
+    assert rows["booster/sft"]["verdict"] == "reproduced"
+    assert rows["booster/sft"]["d_hs"] == pytest.approx(5.0 * ((4 - 18) + (5 - 17)) / 2)
+    assert rows["sft/lisa"]["verdict"].startswith("not reproduced: the HS interval")
+    assert rows["antibody/sft"]["verdict"].startswith("not reproduced: HS lower, but FA -40.0")
+    table = _script().markdown(list(rows.values()))
+    assert "| booster/sft | 0.2 | 1, 2 |" in table and "reproduced |" in table
