@@ -514,3 +514,57 @@ def test_eval_dirs_outside_a_grid_with_one_setting_have_none(tmp_path: Path) -> 
     ]
     rep = report.build(report.collect(dirs), n_boot=0)
     assert rep.worst == [] and all(not r.attack for r in rep.collection.runs)
+
+
+def test_outside_runs_do_not_split_on_missing_or_irrelevant_settings(tmp_path: Path) -> None:
+    """Review findings: a manifest without ``train`` (older or foreign) must not become a
+    setting of ``None``s, and ``harmful`` changes nothing at p = 0."""
+    dirs = [
+        _single_attack(tmp_path, "sft/sft", 1e-4, 1.0, 12, 5),
+        _single_attack(tmp_path, "booster/sft", 1e-4, 1.0, 6, 6),
+    ]
+    m = dirs[1].with_name(dirs[1].name[: -len("-eval")]) / "manifest.json"
+    data = json.loads(m.read_text())
+    del data["config"]["train"], data["config"]["lora"]
+    atomic_write_json(m, data)
+    rep = report.build(report.collect(dirs), n_boot=0)
+    assert all(not r.attack for r in rep.collection.runs)
+    assert [c.kind for c in rep.comparisons if c.metric == "hs"] == ["vs_baseline"]
+
+    # p = 0 controls with another harmful dataset named in their config still pair
+    root = tmp_path / "p0"
+    p02 = _single_attack(root, "sft/sft", 1e-4, 1.0, 12, 5)
+    p0 = _single_attack(root / "zero", "sft/sft", 1e-4, 1.0, 2, 9)
+    m = p0.with_name(p0.name[: -len("-eval")]) / "manifest.json"
+    data = json.loads(m.read_text())
+    data["config"].update(harmful_ratio=0.0, harmful="other-harmful-set")
+    atomic_write_json(m, data)
+    rep = report.build(report.collect([p02, p0]), n_boot=0)
+    assert all(not r.attack for r in rep.collection.runs)
+    (effect,) = [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
+    assert effect.diff == pytest.approx(5.0 * (12 - 2))
+
+
+def test_outside_runs_line_up_with_a_grids_attack_axes(sweep: Path, tmp_path: Path) -> None:
+    """An eval directory added to a grid's report gets the grid's attack keys, so it pairs with
+    the grid's cells of its setting."""
+    extra = _single_attack(tmp_path, "booster/sft", 5e-4, 1.0, 4, 8)
+    m = extra.with_name(extra.name[: -len("-eval")]) / "manifest.json"
+    data = json.loads(m.read_text())
+    data["config"].update(samples=100, seed=3)
+    atomic_write_json(m, data)
+    coll = report.collect([sweep, extra])
+    run = next(r for r in coll.runs if r.path == extra.resolve())
+    assert run.attack == {"lr": 5e-4}
+    rep = report.build(coll, n_boot=0)
+    paired = [
+        c
+        for c in rep.comparisons
+        if c.run.path == extra.resolve() and c.kind == "vs_baseline" and c.metric == "hs"
+    ]
+    assert paired == []  # no SFT cell at seed 3: nothing to pair with, but the row joins lr=5e-4
+    row = next(
+        r for r in rep.rows if r.method == "booster/sft" and r.extra["attack"] == "lr=0.0005"
+    )
+    cell = rep.cell(row, 0.2)
+    assert cell is not None and sorted(cell.seeds) == [1, 2, 3]

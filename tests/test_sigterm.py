@@ -24,7 +24,9 @@ def _data(tok: Any, n: int = 12) -> Any:
     return encode_all(exs, tok, "chat", 64)
 
 
-def _train(tmp_path: Path, tok: Any, name: str, defense: Any, resume: bool = False) -> Any:
+def _train(
+    tmp_path: Path, tok: Any, name: str, defense: Any, resume: bool = False, every: int = 3
+) -> Any:
     from peft import LoraConfig, get_peft_model
 
     from hftguard.config import TrainOptions
@@ -45,7 +47,7 @@ def _train(tmp_path: Path, tok: Any, name: str, defense: Any, resume: bool = Fal
         defense,
         _data(tok),
         {},
-        TrainOptions(lr=1e-2, max_steps=6, batch_size=4, checkpoint_every=3),
+        TrainOptions(lr=1e-2, max_steps=6, batch_size=4, checkpoint_every=every),
         run,
         Reporter(quiet=True),
         seed=3,
@@ -107,6 +109,40 @@ def test_sigterm_at_the_last_step_keeps_the_training(tmp_path: Path, tiny_tok: A
     resumed = _train(tmp_path, tiny_tok, "last", SFTAlign(), resume=True)  # no step left to run
     for name, value in full.items():
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
+
+
+def test_sigterm_at_the_last_step_without_checkpointing_keeps_the_training(
+    tmp_path: Path, tiny_tok: Any
+) -> None:
+    """checkpoint_every = 0: a stop earlier restarts the stage, but a stop after the last step
+    must not throw the finished training away."""
+    from hftguard.builtins.defenses.sft import SFTAlign
+
+    full = _train(tmp_path, tiny_tok, "full", SFTAlign(), every=0)
+    with pytest.raises(StopRequested, match="checkpointing is off"):
+        _train(tmp_path, tiny_tok, "early", _terminated_at(2), every=0)
+    assert not (tmp_path / "early" / "checkpoints").exists()
+    with pytest.raises(StopRequested, match=r"after step 6 of 6 .*checkpoint of step 6"):
+        _train(tmp_path, tiny_tok, "last", _terminated_at(5), every=0)
+    resumed = _train(tmp_path, tiny_tok, "last", SFTAlign(), resume=True, every=0)
+    for name, value in full.items():
+        torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
+
+
+def test_an_ignored_sigterm_stays_ignored(tmp_path: Path, tiny_tok: Any) -> None:
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        _train(tmp_path, tiny_tok, "ignored", _terminated_at(1))  # runs to the end
+        assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_request_after_the_last_check_is_not_swallowed() -> None:
+    from hftguard.engine.stopping import StopOnSigterm
+
+    with pytest.raises(StopRequested, match="end of training"), StopOnSigterm():
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def test_cli_exits_143_with_a_resume_hint_and_resumes(

@@ -111,6 +111,7 @@ def _time_our_loop(
             device=device,
             dtype=dtype,
             label="bench",
+            stop_on_sigterm=False,  # a benchmark has nothing to resume: SIGTERM ends it as usual
         )
     return clock.durations(reporter.stamps)
 

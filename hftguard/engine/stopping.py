@@ -27,8 +27,11 @@ from hftguard.errors import StopRequested
 class StopOnSigterm:
     """``with StopOnSigterm(enabled) as stop:`` — ``stop.requested`` is True once SIGTERM arrived.
 
-    The handler is installed only in the main thread (Python delivers signals there alone) and
-    only when ``enabled``; the previous handler is restored on exit.
+    The handler is installed only in the main thread (Python delivers signals there alone), only
+    when ``enabled``, and not over a process that ignores SIGTERM (``SIG_IGN``, e.g. under
+    ``trap '' TERM``) or whose handler was not set from Python; the previous handler is restored
+    on exit. A request that no step boundary saw (it came after the loop's last check) is raised
+    on exit, so the signal is never swallowed.
     """
 
     def __init__(self, enabled: bool = True) -> None:
@@ -38,12 +41,16 @@ class StopOnSigterm:
         self._installed = False
 
     def __enter__(self) -> StopOnSigterm:
-        if self.enabled:
-            try:
-                self._previous = signal.signal(signal.SIGTERM, self._handler)
-                self._installed = True
-            except (ValueError, OSError):  # pragma: no cover - not the main interpreter
-                self._installed = False
+        if not self.enabled:
+            return self
+        previous = signal.getsignal(signal.SIGTERM)
+        if previous is None or previous == signal.SIG_IGN:
+            return self  # not ours to restore, or SIGTERM is meant to be ignored
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handler)
+            self._installed = True
+        except (ValueError, OSError):  # pragma: no cover - not the main interpreter
+            self._installed = False
         return self
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
@@ -51,7 +58,9 @@ class StopOnSigterm:
             raise StopRequested("Stopped by a second SIGTERM before the step in progress ended.")
         self.requested = True
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
             self._installed = False
+        if self.requested and exc_type is None:
+            raise StopRequested("Stopped by SIGTERM at the end of training (nothing left to run).")

@@ -154,6 +154,7 @@ def train(
     label: str = "train",
     after_step: Callable[[int], None] | None = None,
     keep_checkpoints: bool = False,
+    stop_on_sigterm: bool = True,
 ) -> TrainResult:
     """Run ``defense.training_step`` for the configured number of steps; return timing figures.
 
@@ -165,6 +166,9 @@ def train(
     ``checkpoint_every`` > 0) one is also saved at the last step, and the caller removes them once
     its final save is durable (``pipeline.common.train_stage``), so that a crash or a full disk
     during that save resumes at the end of training instead of losing it.
+
+    With ``stop_on_sigterm`` (single process only), SIGTERM stops the loop at the end of the step
+    in progress with a checkpoint of it (:mod:`hftguard.engine.stopping`).
     """
     from accelerate import PartialState
 
@@ -245,7 +249,7 @@ def train(
     log_file = log_path.open("a") if writes else _nowhere()
     # SIGTERM (a scheduler's preemption) stops at the end of the step in progress, with a
     # checkpoint; single process only (hftguard.engine.stopping)
-    sigterm = StopOnSigterm(enabled=shard[1] == 1)
+    sigterm = StopOnSigterm(enabled=stop_on_sigterm and shard[1] == 1)
     with (
         reporter.task(f"{label}: {defense.name}", total=steps) as task,
         log_file as log,
@@ -313,13 +317,16 @@ def train(
             if saved:
                 _save_checkpoint(run, done, params, optimizer, scheduler, defense, stream_objs)
             if sigterm.requested:
-                if writes and every and not saved:
+                # at the last step a checkpoint is saved even with checkpointing off: it holds
+                # the finished training (the caller removes it after its final save)
+                keep = bool(every) or last
+                if writes and keep and not saved:
                     _save_checkpoint(run, done, params, optimizer, scheduler, defense, stream_objs)
                 raise StopRequested(
                     f"Stopped by SIGTERM after step {done} of {steps} ({label}: {defense.name}); "
                     + (
                         f"a checkpoint of step {done} is saved in {run.checkpoints}."
-                        if every
+                        if keep
                         else "checkpointing is off (train.checkpoint_every = 0), so the "
                         "stage starts again from the beginning."
                     )

@@ -430,7 +430,8 @@ def collect(paths: Sequence[str | Path]) -> Collection:
         run.metrics = _metrics(path, m)
         runs.append(run)
     _settings_outside_grids(
-        [r for r in runs if r.kind == "attacked" and r.path not in grid_coords and not r.attack]
+        [r for r in runs if r.kind == "attacked" and r.path not in grid_coords and not r.attack],
+        {k for r in runs if r.kind == "attacked" for k in r.attack},  # the grids' attack axes
     )
     for run in runs:
         run.label = labels.get(run.method, run.method)
@@ -462,21 +463,31 @@ def _attack_config(mcfg: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _settings_outside_grids(runs: list[EvalRun]) -> None:
+def _settings_outside_grids(runs: list[EvalRun], grid_axes: set[str]) -> None:
     """Attack settings for attacked evaluations that no grid manifest describes (eval directories
     given one by one, single pipelines): the fine-tuning settings that differ among them, read
     from each attacked model's manifest, become their attack setting — as ``[grid.attack]`` axes
-    would have — so the report pairs within a setting and shows the worst case over settings."""
+    would have — so the report pairs within a setting and shows the worst case over settings.
+
+    A key counts only where every such run's manifest has it (an older or foreign manifest
+    without ``train`` does not split cells on ``None``); the axes of grids in the same report are
+    added, so an outside run lines up with the grid's cells; ``harmful`` varies only among runs
+    with harmful data (p > 0), since it changes nothing at p = 0."""
     from hftguard.pipeline.grid.spec import ATTACK_KEYS
 
-    varying = [
+    def values(key: str) -> set[str]:
+        rs = [r for r in runs if key != "harmful" or r.p]
+        return {repr(r._attack_config.get(key)) for r in rs}
+
+    keys = [
         k
         for k in ATTACK_KEYS
-        if any(k in r._attack_config for r in runs)
-        and len({repr(r._attack_config.get(k)) for r in runs}) > 1
+        if runs
+        and all(k in r._attack_config for r in runs)
+        and (k in grid_axes or len(values(k)) > 1)
     ]
     for r in runs:
-        r.attack = {k: r._attack_config.get(k) for k in varying}
+        r.attack = {k: r._attack_config[k] for k in keys}
 
 
 def _why_missing(path: Path) -> str:

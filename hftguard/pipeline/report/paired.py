@@ -88,7 +88,8 @@ class Skipped:
     def text(self) -> str:
         what = f"{self.run.label} p={self.run.p} n={self.run.n} {self.run.task} s{self.run.seed}"
         what += f" {self.run.attack_label}" if self.run.attack else ""
-        return f"{self.kind} {self.metric.upper()} {what} vs {reference_text(self)}: {self.reason}"
+        ref = f"p={self.ref.p}" if self.kind == "attack_effect" else reference_text(self)
+        return f"{self.kind} {self.metric.upper()} {what} vs {ref}: {self.reason}"
 
     def as_dict(self) -> dict[str, Any]:
         return {

