@@ -43,34 +43,18 @@ def _data(tok: Any, n: int = 12) -> list[Any]:
 
 
 def _train(tmp_path: Path, tok: Any, name: str, defense: Any, resume: bool = False) -> Any:
-    from peft import LoraConfig, get_peft_model
+    from training_helpers import train_tiny
 
-    from hftguard.testing import tiny_model
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        tiny_model(tok, seed=0),
-        LoraConfig(r=4, lora_alpha=8.0, target_modules=LoraOptions().target_modules),
-    )
-    run = open_run_dir(tmp_path / name, "align", resume=resume)
-    if not resume:
-        run.update_manifest(stage="align", status="running")
-    opts = TrainOptions(lr=1e-2, max_steps=STEPS, batch_size=4, checkpoint_every=2)
-    result = training.train(
-        model,
+    return train_tiny(
+        tmp_path,
+        tok,
+        name,
         defense,
         _data(tok),
-        {},
-        opts,
-        run,
-        Reporter(quiet=True),
-        seed=3,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
+        resume=resume,
+        target_modules=LoraOptions().target_modules,
+        max_steps=STEPS,
     )
-    weights = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
-    return weights, result
 
 
 class _CrashAt(SFTAlign):

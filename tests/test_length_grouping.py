@@ -159,38 +159,18 @@ def _data(tok, n=12):
 
 
 def _run(tmp_path, tok, name, defense, resume=False, steps=6):
-    from peft import LoraConfig, get_peft_model
+    from training_helpers import train_tiny
 
-    from hftguard.config import TrainOptions
-    from hftguard.console import Reporter
-    from hftguard.engine import training
-    from hftguard.runs import open_run_dir
-    from hftguard.testing import tiny_model
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        tiny_model(tok, seed=0), LoraConfig(r=4, lora_alpha=8.0, target_modules=["q_proj"])
-    )
-    run = open_run_dir(tmp_path / name, "align", resume=resume)
-    if not resume:
-        run.update_manifest(stage="align", status="running")
-    opts = TrainOptions(
-        lr=1e-2, max_steps=steps, batch_size=4, checkpoint_every=2, group_by_length=True
-    )
-    training.train(
-        model,
+    return train_tiny(
+        tmp_path,
+        tok,
+        name,
         defense,
         _data(tok),
-        {},
-        opts,
-        run,
-        Reporter(quiet=True),
-        seed=3,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        resume=resume,
+        max_steps=steps,
+        group_by_length=True,
+    )[0]
 
 
 def test_grouped_training_resumes_bit_identically(tmp_path, tiny_tok):

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import torch
 from cli_helpers import Run
+from training_helpers import train_tiny
 
 from hftguard.errors import ExitCode, StopRequested
 
@@ -27,35 +28,9 @@ def _data(tok: Any, n: int = 12) -> Any:
 def _train(
     tmp_path: Path, tok: Any, name: str, defense: Any, resume: bool = False, every: int = 3
 ) -> Any:
-    from peft import LoraConfig, get_peft_model
-
-    from hftguard.config import TrainOptions
-    from hftguard.console import Reporter
-    from hftguard.engine import training
-    from hftguard.runs import open_run_dir
-    from hftguard.testing import tiny_model
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        tiny_model(tok, seed=0), LoraConfig(r=4, lora_alpha=8.0, target_modules=["q_proj"])
-    )
-    run = open_run_dir(tmp_path / name, "align", resume=resume)
-    if not resume:
-        run.update_manifest(stage="align", status="running")
-    training.train(
-        model,
-        defense,
-        _data(tok),
-        {},
-        TrainOptions(lr=1e-2, max_steps=6, batch_size=4, checkpoint_every=every),
-        run,
-        Reporter(quiet=True),
-        seed=3,
-        pad_id=tok.pad_token_id,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    return train_tiny(
+        tmp_path, tok, name, defense, _data(tok), resume=resume, checkpoint_every=every
+    )[0]
 
 
 def _terminated_at(step: int, times: int = 1) -> Any:

@@ -67,28 +67,18 @@ def test_lr_schedules_follow_hf_semantics():
 
 
 def _run(tmp_path, tiny_tok, name, defense, resume=False, steps=6):
-    from hftguard.console import Reporter
-    from hftguard.testing import tiny_model
+    from training_helpers import train_tiny
 
-    model = _peft(tiny_model(tiny_tok, seed=0))
-    run = open_run_dir(tmp_path / name, "align", resume=resume)
-    if not resume:
-        run.update_manifest(stage="align", status="running")
-    opts = TrainOptions(lr=1e-2, max_steps=steps, batch_size=4, checkpoint_every=2)
-    training.train(
-        model,
+    return train_tiny(
+        tmp_path,
+        tiny_tok,
+        name,
         defense,
         _data(tiny_tok),
-        {},
-        opts,
-        run,
-        Reporter(quiet=True),
-        seed=3,
-        pad_id=tiny_tok.pad_token_id,
-        device=torch.device("cpu"),
-        dtype=torch.float32,
-    )
-    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+        resume=resume,
+        target_modules=LoraOptions().target_modules,
+        max_steps=steps,
+    )[0]
 
 
 class _Crash(SFTAlign):
