@@ -229,6 +229,12 @@ def test_worst_case_against_the_baselines_worst_case_by_hand(sweep: Path) -> Non
     b = next(r for r in rows if r["kind"] == "attack_worst_case" and r["method"] == "booster/sft")
     assert b["worst_vs_baseline_hs_mean"] == "-65.0"
     assert b["bounded_worst_vs_baseline_hs_mean"] == "-35.0"
+    tex = report.to_latex(rep)
+    worst_tex = tex.split("% Worst case over attack settings")[1]
+    line = next(x for x in worst_tex.splitlines() if x.startswith("Booster &"))
+    # Booster's worst (lr 5e-4: HS 20 on both seeds), its ΔHS against SFT's worst, and the bounded
+    assert line.startswith(r"Booster & p=0.2 & 16.7 & 20.0$\pm$0.0 & lr=0.0005 & -65.0")
+    assert "-35.0" in line and "±" not in worst_tex and r"\bottomrule" in worst_tex
     data = report.report_dict(rep)
     bw = next(x for x in data["attack_worst_case"] if x["method"] == "booster/sft")
     assert (

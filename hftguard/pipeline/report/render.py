@@ -854,7 +854,42 @@ def to_latex(rep: Report) -> str:
             lines.append(" & ".join([r"\quad\textit{published}", *txt, "--", "--", "--"]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     caption = tex_escape(describe(rep))
-    return "% " + caption + "\n" + "\n".join(lines) + "\n"
+    out = "% " + caption + "\n" + "\n".join(lines) + "\n"
+    return out + (_latex_worst(rep) if rep.worst else "")
+
+
+def _latex_worst(rep: Report) -> str:
+    """The worst case over attack settings as a second booktabs ``tabular``."""
+    bound = rep.fa_bound is not None
+    vs = any(w.vs_baseline for w in rep.worst)
+    base = tex_escape(rep.baseline_label or "baseline")
+    head = ["Method", tex_escape(rep.axis), "Mean HS", "Worst HS", "Setting"]
+    head += [rf"$\Delta$ vs {base}"] if vs else []
+    if bound:
+        head += [rf"Worst HS, FA $\geq$ {rep.fa_bound:g}", "Setting"]
+        head += [rf"$\Delta$ vs {base}"] if vs else []
+
+    def setting(s: Setting | None) -> list[str]:
+        if s is None:
+            return ["--", "--"]
+        return [_tex_stat(s.cell.hs), tex_escape(s.label)]
+
+    def delta(w: WorstCase, name: str) -> list[str]:
+        d = w.vs_baseline.get(name)
+        text = "--" if d is None else tex_escape(d.text(1, p=False)).replace("±", r"$\pm$")
+        return [text] if vs else []
+
+    lines = [r"\begin{tabular}{ll" + "c" * (len(head) - 2) + "}", r"\toprule"]
+    lines += [" & ".join(head) + r" \\", r"\midrule"]
+    for w in rep.worst:
+        cells = [tex_escape(w.label), tex_escape(rep.header(w.column)), _num(w.mean_hs)]
+        cells += setting(w.worst) + delta(w, "worst")
+        if bound:
+            cells += setting(w.bounded) + delta(w, "bounded")
+        lines.append(" & ".join(c.replace("–", "--") for c in cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}"]
+    note = "Worst case over attack settings (HS %, mean over seeds; the highest-HS setting)."
+    return "\n% " + note + "\n" + "\n".join(lines) + "\n"
 
 
 def write(rep: Report, out: str | Path, formats: Sequence[str] = FORMATS) -> list[Path]:
