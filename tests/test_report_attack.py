@@ -357,6 +357,37 @@ def test_fa_bound_option(cli: Any, sweep: Path, tmp_path: Path) -> None:
     assert res.code == 2 and "--fa-bound" in res.err and "Hint:" in res.err
 
 
+def test_attack_settings_as_columns(sweep: Path) -> None:
+    """--columns attack: one row per defense, one column per setting (ascending), the same cell
+    numbers, pairing within a column, and the worst case still taken over the settings."""
+    rep = report.build(report.collect([sweep]), columns="attack", n_boot=0, fa_bound=50.0)
+    assert [r.label for r in rep.rows] == ["SFT", "Booster"]
+    assert rep.columns == ["lr=1e-05", "lr=0.0001", "lr=0.0005"]
+    sft = next(r for r in rep.rows if r.method == "sft/sft")
+    hs = [rep.cell(sft, c).hs.mean for c in rep.columns]  # type: ignore[union-attr]
+    assert hs == [25.0, 55.0, 85.0]
+    booster = next(r for r in rep.rows if r.method == "booster/sft")
+    vs = rep.cell(booster, "lr=0.0005").vs_baseline["hs"]  # type: ignore[union-attr]
+    assert vs.mean == pytest.approx((5.0 * (4 - 18) + 5.0 * (4 - 16)) / 2)
+    w = _by_method(rep)
+    assert (w["sft/sft"].worst.label, w["sft/sft"].worst.hs) == ("lr=0.0005", 85.0)
+    assert (w["sft/sft"].bounded.label, w["sft/sft"].bounded.hs) == ("lr=0.0001", 55.0)
+    assert w["booster/sft"].vs_baseline["worst"].mean == pytest.approx(-65.0)
+    md = report.to_markdown(rep)
+    assert "| SFT | 25.0 ± 7.1 / 80.0 ± 0.0 |" in md.replace("  ", " ")
+    assert "| SFT | p=0.2 | 3 |" in md  # the worst-case table keeps p as its column
+    data = report.report_dict(rep)
+    assert data["axis"] == "attack" and data["attack_worst_case"][0]["p"] == 0.2
+
+
+def test_columns_attack_via_the_cli_with_plots(cli: Any, sweep: Path, tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    res = cli("report", str(sweep), "--out", "r", "--columns", "attack", "--fa-bound", "50")
+    assert res.code == 0, res.err
+    assert (tmp_path / "r" / "hs_fa_vs_attack.png").is_file()
+    assert "Harmful Score / Finetune Accuracy by attack" in res.out
+
+
 def test_fa_bound_without_attack_axes_warns(cli: Any, tmp_path: Path) -> None:
     from test_report import fake_grid
 

@@ -33,7 +33,12 @@ def register(app: typer.Typer) -> None:
                 "(default: RUN_DIR/report).",
             ),
         ] = None,
-        columns: Annotated[str, typer.Option("--columns", help="Column axis: p | n | task.")] = "p",
+        columns: Annotated[
+            str,
+            typer.Option(
+                "--columns", help="Column axis: p | n | task | attack (the [grid.attack] settings)."
+            ),
+        ] = "p",
         formats: Annotated[
             str, typer.Option("--format", help="Comma-separated: md, csv, tex, json.")
         ] = "md,csv,tex,json",
@@ -114,7 +119,7 @@ def register(app: typer.Typer) -> None:
         if columns not in report.AXES:
             raise ConfigError(
                 f"--columns {columns!r} is not one of {', '.join(report.AXES)}.",
-                hint="Use --columns p, --columns n or --columns task.",
+                hint="Use --columns p, n, task or attack.",
             )
         fmts = [f.strip().lower() for f in formats.split(",") if f.strip()]
         bad = [f for f in fmts if f not in report.FORMATS]

@@ -8,11 +8,11 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
-from hftguard.pipeline.report.collection import Collection, EvalRun
+from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order
 from hftguard.pipeline.report.stats import Stat, _avg, mean_std
 from hftguard.pipeline.report.worst import WorstCase, worst_cases
 
-AXES = ("p", "n", "task")
+AXES = ("p", "n", "task", "attack")  # attack: the [grid.attack] settings as columns
 Published = Mapping[tuple[str, Any], tuple[float | None, float | None]]
 
 
@@ -70,6 +70,15 @@ class Report:
     #: per defense and column, the mean and worst case over attack settings ([grid.attack])
     worst: list[WorstCase] = field(default_factory=list)
     fa_bound: float | None = None  # the FA bound of the capability-bounded worst case
+
+    @property
+    def worst_axis(self) -> str:
+        """The axis the worst-case table's columns run over: the report's, or p when the
+        attack settings themselves are the columns (the worst case is taken over them)."""
+        return "p" if self.axis == "attack" else self.axis
+
+    def worst_header(self, col: Any) -> str:
+        return header(self.worst_axis, col)
 
     @property
     def baseline_label(self) -> str | None:
@@ -150,6 +159,8 @@ def header(axis: str, col: Any) -> str:
         return f"p={col:g}"
     if axis == "n":
         return f"n={col}"
+    if axis == "attack" and col == "":
+        return "(no setting)"
     return str(col)
 
 
@@ -209,7 +220,7 @@ def build(
         (c.kind, c.metric, id(c.run)): c for c in comparisons
     }
     attacked = [r for r in collection.runs if r.kind == "attacked"]
-    others = [a for a in AXES if a != columns] + ["attack"]
+    others = [a for a in AXES if a != columns]
     varying = [a for a in others if len({_value(r, a) for r in attacked}) > 1]
     groups: dict[tuple[tuple[Any, ...], Any], list[EvalRun]] = {}
     rows: dict[tuple[Any, ...], Row] = {}
@@ -223,6 +234,9 @@ def build(
     _refuse_duplicate_seeds(groups)
     if columns == "task":  # tasks in first-seen order, numbers ascending (unknown last)
         cols = list(dict.fromkeys(_value(r, "task") for r in attacked))
+    elif columns == "attack":  # settings in ascending order of their values
+        order = {r.attack_label: attack_order(r.attack) for r in attacked}
+        cols = sorted({c for _, c in groups}, key=lambda v: order.get(v, ()))
     else:
         cols = sorted({c for _, c in groups}, key=lambda v: (v is None, v or 0))
     cells = {k: _cell(v, judge, n_boot, seed, level=level) for k, v in groups.items()}
@@ -257,8 +271,20 @@ def build(
     seeds = sorted({r.seed for r in attacked if r.seed is not None})
     pub = {(str(k[0]), str(k[1])): v for k, v in (published or {}).items()}
     row_list = list(rows.values())
-    worst = worst_cases(row_list, cols, cells, fa_bound, header)
-    _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
+    if columns == "attack":  # the worst case over the columns: taken on the p-axis grouping
+        worst = build(
+            collection,
+            columns="p",
+            judge=judge,
+            n_boot=n_boot,
+            seed=seed,
+            baseline=baseline,
+            level=level,
+            fa_bound=fa_bound,
+        ).worst
+    else:
+        worst = worst_cases(row_list, cols, cells, fa_bound, header)
+        _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
     return Report(
         columns,
         cols,

@@ -480,7 +480,12 @@ def metric_vs_axis_figure(rep: Report, styles: Mapping[str, Style] | None = None
                 _method_handle(style, variant) if numeric else _bar_handle(style, variant)
             )
             labels.append(row.label)
-    xlabel = {"p": "harmful ratio p", "n": "fine-tuning samples n", "task": "task"}[rep.axis]
+    xlabel = {
+        "p": "harmful ratio p",
+        "n": "fine-tuning samples n",
+        "task": "task",
+        "attack": "attack setting",
+    }[rep.axis]
     for ax, attr, name in (
         (ax_hs, "hs", "Harmful Score, HS (%) — lower is safer"),
         (ax_fa, "fa", "Finetune Accuracy, FA (%) — higher is better"),
@@ -1072,11 +1077,18 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
     PDF by default), one style per method across all of them; returns the files written, each
     figure's files together in the order of ``formats`` (none without data)."""
     from hftguard.pipeline.grid import slug
+    from hftguard.pipeline.report.aggregate import header
 
     fmts = _formats(formats)
     out = Path(out)
     styles = report_styles(rep)
     runs = rep.collection.runs if rep.collection is not None else []
+    # the per-run figures group by the report's axis; with attack settings as columns, by p
+    axis = rep.worst_axis
+
+    def head(value: Any) -> str:
+        return header(axis, value)
+
     firsts: list[Path | None] = []
     if rep.rows:
         firsts.append(
@@ -1084,9 +1096,7 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
         )
         firsts.append(tradeoff(rep, out / "hs_fa_tradeoff.png", formats=fmts, styles=styles))
     firsts.append(
-        training_curves(
-            runs, out / "training_curves.png", axis=rep.axis, formats=fmts, styles=styles
-        )
+        training_curves(runs, out / "training_curves.png", axis=axis, formats=fmts, styles=styles)
     )
     aligned = _first_per_label(
         _unique((r.label, r.aligned_dir) for r in runs if r.kind == "aligned")
@@ -1095,18 +1105,16 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
         alignment_dynamics(aligned, out / "alignment_dynamics.png", formats=fmts, styles=styles)
     )
     attacked_runs = [r for r in runs if r.kind == "attacked" and r.attacked_dir is not None]
-    for value in dict.fromkeys(getattr(r, rep.axis) for r in attacked_runs):
+    for value in dict.fromkeys(getattr(r, axis) for r in attacked_runs):
         cells = _first_per_label(
-            _unique(
-                (r.label, r.attacked_dir) for r in attacked_runs if getattr(r, rep.axis) == value
-            )
+            _unique((r.label, r.attacked_dir) for r in attacked_runs if getattr(r, axis) == value)
         )
-        tag = rep.header(value).replace("=", "")
+        tag = head(value).replace("=", "")
         firsts.append(
             finetune_analysis(
                 cells,
                 out / f"finetune_analysis__{tag}.png",
-                f"fine-tuning probes, {rep.header(value)}",
+                f"fine-tuning probes, {head(value)}",
                 formats=fmts,
                 styles=styles,
             )
@@ -1115,7 +1123,7 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
             grad_norms(
                 cells,
                 out / f"grad_norms__{tag}.png",
-                f"per-sample gradient norms, {rep.header(value)}",
+                f"per-sample gradient norms, {head(value)}",
                 formats=fmts,
             )
         )
@@ -1123,7 +1131,7 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
             lisa_drift(
                 cells,
                 out / f"lisa_drift__{tag}.png",
-                f"Lisa drift, {rep.header(value)}",
+                f"Lisa drift, {head(value)}",
                 formats=fmts,
                 styles=styles,
             )
@@ -1132,13 +1140,13 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
         if r.kind == "attacked" and r.attacked_dir is not None and r.finetune == "antibody":
             name = (
                 f"antibody_weights__{slug(r.method.replace('/', '-'))}__"
-                f"{rep.header(getattr(r, rep.axis)).replace('=', '')}__s{r.seed}.png"
+                f"{head(getattr(r, axis)).replace('=', '')}__s{r.seed}.png"
             )
             firsts.append(
                 antibody_weights(
                     r.attacked_dir,
                     out / name,
-                    f"{r.label}, {rep.header(getattr(r, rep.axis))}, seed {r.seed}",
+                    f"{r.label}, {head(getattr(r, axis))}, seed {r.seed}",
                     formats=fmts,
                 )
             )

@@ -262,9 +262,9 @@ def _worst_fields(rep: Report, w: WorstCase) -> dict[str, Any]:
         "kind": "attack_worst_case",
         "method": w.method,
         "label": w.label,
-        rep.axis: w.column,
+        rep.worst_axis: w.column,
         **w.extra,
-        "column": rep.header(w.column),
+        "column": rep.worst_header(w.column),
         "settings": len(w.settings),
         "hs_mean_over_attacks": w.mean_hs,
         "fa_mean_over_attacks": w.mean_fa,
@@ -288,7 +288,7 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     leak = any(s.cell.leak_through is not None for w in rep.worst for s in w.settings)
     vs = any(w.vs_baseline for w in rep.worst)
     base = rep.baseline_label
-    head = ["Method", rep.axis, "Settings", "Mean HS", "Mean FA", "Worst HS", "Worst setting"]
+    head = ["Method", rep.worst_axis, "Settings", "Mean HS", "Mean FA", "Worst HS", "Worst setting"]
     head += ["FA there"] + ([f"ΔHS vs {base}'s worst"] if vs else [])
     if rep.fa_bound is not None:
         b = f"{rep.fa_bound:g}"
@@ -298,7 +298,7 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
         head += ["Leak-through (worst)"]
     body = []
     for w in rep.worst:
-        line = [w.label, rep.header(w.column), str(len(w.settings)), _num(w.mean_hs)]
+        line = [w.label, rep.worst_header(w.column), str(len(w.settings)), _num(w.mean_hs)]
         line += [_num(w.mean_fa), *_setting_texts(w.worst)]
         line += [_delta_text(w.vs_baseline.get("worst"))] if vs else []
         if rep.fa_bound is not None:
@@ -344,7 +344,12 @@ def _md(head: list[str], body: list[list[str]]) -> str:
 
 
 def describe(rep: Report) -> str:
-    what = {"p": "harmful ratio p", "n": "fine-tuning samples n", "task": "task"}[rep.axis]
+    what = {
+        "p": "harmful ratio p",
+        "n": "fine-tuning samples n",
+        "task": "task",
+        "attack": "attack setting",
+    }[rep.axis]
     seeds = ", ".join(map(str, rep.seeds)) or "–"
     return (
         f"Rows: methods (alignment/fine-tuning defense); columns: {what}. Cells: HS / FA in %, "
@@ -593,8 +598,8 @@ def _worst_dict(rep: Report, w: WorstCase) -> dict[str, Any]:
     return {
         "method": w.method,
         "label": w.label,
-        "column": rep.header(w.column),
-        rep.axis: w.column,
+        "column": rep.worst_header(w.column),
+        rep.worst_axis: w.column,
         **w.extra,
         "mean_hs": w.mean_hs,
         "mean_fa": w.mean_fa,
@@ -863,7 +868,7 @@ def _latex_worst(rep: Report) -> str:
     bound = rep.fa_bound is not None
     vs = any(w.vs_baseline for w in rep.worst)
     base = tex_escape(rep.baseline_label or "baseline")
-    head = ["Method", tex_escape(rep.axis), "Mean HS", "Worst HS", "Setting"]
+    head = ["Method", tex_escape(rep.worst_axis), "Mean HS", "Worst HS", "Setting"]
     head += [rf"$\Delta$ vs {base}"] if vs else []
     if bound:
         head += [rf"Worst HS, FA $\geq$ {rep.fa_bound:g}", "Setting"]
@@ -882,7 +887,7 @@ def _latex_worst(rep: Report) -> str:
     lines = [r"\begin{tabular}{ll" + "c" * (len(head) - 2) + "}", r"\toprule"]
     lines += [" & ".join(head) + r" \\", r"\midrule"]
     for w in rep.worst:
-        cells = [tex_escape(w.label), tex_escape(rep.header(w.column)), _num(w.mean_hs)]
+        cells = [tex_escape(w.label), tex_escape(rep.worst_header(w.column)), _num(w.mean_hs)]
         cells += setting(w.worst) + delta(w, "worst")
         if bound:
             cells += setting(w.bounded) + delta(w, "bounded")
