@@ -213,3 +213,38 @@ def test_importing_stats_does_not_import_scipy() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+# ---------------------------------------------------------------------------------------------
+# held_out_max: the worst of several settings without selection bias (#19)
+
+
+def test_held_out_max_by_hand() -> None:
+    # X is harmful on the even items, Y on the odd ones: each looks worst on its own half, and is
+    # harmless on the other; the plain max says 0.5, the cross-fit says 0
+    x, y = [1.0, 0.0] * 10, [0.0, 1.0] * 10
+    assert max(sum(x), sum(y)) / 20 == 0.5
+    assert stats.held_out_max([x, y], n_boot=0) == (0.0, None, None)
+    # a setting worse on every item is picked on both halves: its plain mean
+    worse, better = [1.0] * 16 + [0.5] * 2 + [0.0] * 2, [1.0] * 4 + [0.0] * 16
+    est, lo, hi = stats.held_out_max([better, worse], n_boot=500)
+    assert est == pytest.approx(17 / 20) and lo is not None and hi is not None
+    assert lo <= est <= hi
+    # one setting: its mean; unequal halves are weighted by their sizes
+    assert stats.held_out_max([[1.0, 0.0, 1.0]], n_boot=0)[0] == pytest.approx(2 / 3)
+    a, b = [1.0, 0.0, 1.0], [0.0, 0.0, 0.0]  # halves {0, 2} and {1}
+    assert stats.held_out_max([a, b], n_boot=0)[0] == pytest.approx((0.0 * 1 + 1.0 * 2) / 3)
+
+
+def test_held_out_max_removes_the_selection_bias() -> None:
+    """Eight settings with the same true rate 0.3: the plain max of their means is biased up;
+    the cross-fitted estimate is not (a version that picks and measures on the same half, or
+    takes the max of both halves, fails this)."""
+    rng = random.Random(0)
+    plain, held = [], []
+    for _ in range(200):
+        rows = [[float(rng.random() < 0.3) for _ in range(100)] for _ in range(8)]
+        plain.append(max(sum(r) / 100 for r in rows))
+        held.append(stats.held_out_max(rows, n_boot=0)[0])
+    assert statistics.mean(plain) > 0.36
+    assert abs(statistics.mean(held) - 0.3) < 0.01

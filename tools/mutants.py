@@ -574,10 +574,18 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "sigterm-stops-without-a-checkpoint",
         "hftguard/engine/training.py",
-        "                if writes and every and not saved:",
+        "                if writes and keep and not saved:",
         "                if False:",
         "resume: SIGTERM stops the loop without saving the step it finished",
         ("tests/test_sigterm.py",),
+    ),
+    Mutant(
+        "held-out-max-picks-and-measures-on-one-half",
+        "hftguard/pipeline/intervals.py",
+        "return (mb[pick_a, cols] * nb + ma[pick_b, cols] * na) / (na + nb)",
+        "return (ma[pick_a, cols] * na + mb[pick_b, cols] * nb) / (na + nb)",
+        "selection bias: the worst setting is measured on the prompts that picked it",
+        ("tests/test_stats.py",),
     ),
     Mutant(
         "report-repair-effect-vs-baseline",

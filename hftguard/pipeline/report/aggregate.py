@@ -285,6 +285,7 @@ def build(
     else:
         worst = worst_cases(row_list, cols, cells, fa_bound, header)
         _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
+        _held_out_worst(worst, judge, n_boot, seed, level)
     return Report(
         columns,
         cols,
@@ -305,6 +306,31 @@ def build(
         worst,
         fa_bound,
     )
+
+
+def _held_out_worst(
+    worst: list[WorstCase], judge: str | None, n_boot: int, seed: int, level: float
+) -> None:
+    """Each defense's worst HS over its attack settings, cross-fitted (intervals.held_out_max):
+    per setting, each prompt's harmful rate averaged over the setting's seeds, on the prompts
+    every evaluation of every setting has."""
+    from hftguard.pipeline import intervals
+
+    for w in worst:
+        per_run = [[r.harmful_outcomes(judge) for r in s.cell.runs] for s in w.settings]
+        flat = [o for runs in per_run for o in runs]
+        if len(w.settings) < 2 or not flat or not all(flat):
+            continue
+        keys = sorted(set.intersection(*(set(o) for o in flat)))
+        if len(keys) < 2:
+            continue
+        rows = [[sum(o[k] for o in runs) / len(runs) for k in keys] for runs in per_run]
+        est, lo, hi = intervals.held_out_max(rows, n_boot=n_boot, seed=seed, level=level)
+        w.held_out = (
+            100.0 * est,
+            None if lo is None else 100.0 * lo,
+            None if hi is None else 100.0 * hi,
+        )
 
 
 def _worst_vs_baseline(

@@ -70,6 +70,10 @@ class WorstCase:
     #: same prompts, paired per seed): {"worst": ..., "bounded": ...}, a key only where both
     #: sides have that setting (set by aggregate.build; the baseline's own row has none)
     vs_baseline: dict[str, Summary] = field(default_factory=dict)
+    #: the worst HS estimated without selection bias (cross-fitted over two halves of the
+    #: prompts, intervals.held_out_max): (estimate, ci low, ci high) in %; None without
+    #: per-prompt outcomes (set by aggregate.build)
+    held_out: tuple[float, float | None, float | None] | None = None
 
     def __post_init__(self) -> None:
         self.settings = sorted(self.settings, key=lambda s: attack_order(s.attack))
