@@ -25,6 +25,13 @@ def test_embedded_model_pipeline(tmp_path, monkeypatch):
     assert manifest["status"] == "completed"
     assert manifest["model"]["base_spec"] == "smollm2-135m-instruct"
     assert manifest["training"]["steps"] == 2
+    # the chat EOS ends every answer and stops generation (tests/test_special_tokens.py says why)
+    from transformers import AutoTokenizer
+
+    from hftguard.engine.models import _smollm2_dir
+
+    tok = AutoTokenizer.from_pretrained(str(_smollm2_dir()))
+    assert (tok.eos_token, tok.eos_token_id, tok.pad_token_id) == ("<|im_end|>", 2, 2)
     ecfg = EvalConfig(
         model=str(tmp_path / "aligned"),
         harmful_samples=4,

@@ -12,8 +12,9 @@
 #     data there is byte-identical to the CPU grid's (generation on a GPU in bf16 could differ);
 #   - the converted model's small files (config, tokenizer, chat template) travel too
 #     (.device/model-meta), with the sha256 of its weights: the device's transformers 5.17 converts
-#     the GGUF to the same weights but to another tokenizer config (EOS <|im_start|>, no pad
-#     token; measured 2026-11-26), which would change every training target and stop token.
+#     the GGUF to the same weights but its own tokenizer files (before hftguard set the special
+#     tokens itself, EOS <|im_start|> and no pad token; measured 2026-11-26), so the files that
+#     travel make the device's model byte-identical to this machine's.
 # Usage: bash tools/device_prep.sh      (then see tools/device_grid.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -20,6 +20,7 @@ trusts such a file can set ``HFTGUARD_TRUST_PICKLE=1`` (:func:`trust_pickle`).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import tempfile
@@ -136,6 +137,50 @@ def resolve(spec: str) -> ResolvedModel:
 # Aliases and conversion
 
 
+#: The embedded model's special tokens, as HuggingFaceTB/SmolLM2-135M-Instruct's
+#: tokenizer_config.json sets them. The GGUF carries them too, but transformers' GGUF reader has
+#: read them differently across versions: 5.17 gives EOS <|im_start|> and no pad token, 5.24 the
+#: values below (measured 2026-11-26). EOS ends every training answer and stops generation, so
+#: the conversion sets them explicitly and a converted entry that disagrees is refused.
+SMOLLM2_SPECIAL_TOKENS = {
+    "bos_token": "<|im_start|>",
+    "eos_token": "<|im_end|>",
+    "pad_token": "<|im_end|>",
+    "unk_token": "<|endoftext|>",
+}
+
+
+def set_special_tokens(tok: Any, tokens: dict[str, str]) -> None:
+    """Set a tokenizer's special tokens (``eos_token``...) to tokens of its vocabulary."""
+    for key, value in tokens.items():
+        if tok.convert_tokens_to_ids(value) in (None, tok.unk_token_id) and key != "unk_token":
+            raise ModelError(f"The tokenizer has no token {value!r} to use as its {key}.")
+        setattr(tok, key, value)
+
+
+def check_special_tokens(model_dir: Path, tokens: dict[str, str]) -> None:
+    """Refuse a converted model whose saved tokenizer config disagrees with ``tokens``."""
+    try:
+        saved = json.loads((model_dir / "tokenizer_config.json").read_text("utf-8"))
+    except (OSError, ValueError):
+        return  # no readable config: the tokenizer's own loading reports it
+    wrong = {k: saved.get(k) for k, v in tokens.items() if _token_text(saved.get(k)) != v}
+    if wrong:
+        shown = ", ".join(f"{k} {v!r} (expected {tokens[k]!r})" for k, v in wrong.items())
+        raise ModelError(
+            f"The converted model in {model_dir} has the wrong special tokens: {shown}. It was "
+            "converted by a transformers version whose GGUF reader sets them differently, and "
+            "they decide where every training answer ends and where generation stops.",
+            hint=f"Delete {model_dir} and run again: hftguard converts the model anew, with the "
+            "right tokens.",
+        )
+
+
+def _token_text(value: Any) -> Any:
+    """A special token as tokenizer_config.json saves it: a string or an AddedToken dict."""
+    return value.get("content") if isinstance(value, dict) else value
+
+
 def _smollm2_gguf() -> Path:
     import importlib.util
 
@@ -156,8 +201,9 @@ def _smollm2_gguf() -> Path:
 def _smollm2_dir() -> Path:
     target = hftguard_home() / "models" / "smollm2-135m-instruct"
     if (target / "config.json").is_file():
+        check_special_tokens(target, SMOLLM2_SPECIAL_TOKENS)
         return target
-    return _convert_gguf(_smollm2_gguf(), "smollm2-135m-instruct")
+    return _convert_gguf(_smollm2_gguf(), "smollm2-135m-instruct", SMOLLM2_SPECIAL_TOKENS)
 
 
 def _gguf_cache_name(p: Path) -> str:
@@ -166,8 +212,10 @@ def _gguf_cache_name(p: Path) -> str:
     return f"gguf-{p.stem}-{key}"
 
 
-def _convert_gguf(gguf: Path, name: str) -> Path:
-    """Dequantise a GGUF file once into a safetensors model directory (atomic rename)."""
+def _convert_gguf(gguf: Path, name: str, special_tokens: dict[str, str] | None = None) -> Path:
+    """Dequantise a GGUF file once into a safetensors model directory (atomic rename); with
+    ``special_tokens``, the tokenizer's special tokens are set to them
+    (:func:`set_special_tokens`)."""
     target = hftguard_home() / "models" / name
     if (target / "config.json").is_file():
         return target
@@ -186,6 +234,8 @@ def _convert_gguf(gguf: Path, name: str) -> Path:
         ) from exc
     except Exception as exc:
         raise ModelError(f"Cannot convert GGUF file {gguf}: {type(exc).__name__}: {exc}") from exc
+    if special_tokens:
+        set_special_tokens(tok, special_tokens)
     cfg = loaded.config
     if hasattr(cfg, "quantization_config"):
         del cfg.quantization_config  # dequantised weights are plain fp32; save them as such
