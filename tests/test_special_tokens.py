@@ -5,6 +5,7 @@ ends every training answer and stops generation."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ def test_a_converted_entry_with_the_wrong_eos_is_refused(tmp_path: Path, monkeyp
     with pytest.raises(ModelError, match="wrong special tokens") as err:
         models._smollm2_dir()
     assert "eos_token '<|im_start|>' (expected '<|im_end|>')" in str(err.value)
-    assert "pad_token None" in str(err.value)
+    assert "pad_token" not in str(err.value)  # not saved: not judged
     assert f"Delete {d}" in (err.value.hint or "")
 
 
@@ -43,6 +44,17 @@ def test_a_right_entry_passes_in_either_saved_form(tmp_path: Path, monkeypatch) 
     tokens["eos_token"] = {"content": "<|im_end|>", "special": True}  # an AddedToken dict
     d = _entry(tmp_path, **tokens)
     assert models._smollm2_dir() == d
+
+
+def test_older_saved_forms_are_read_and_missing_tokens_not_judged(
+    tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path))
+    d = _entry(tmp_path)  # tokenizer_config.json without special tokens (older transformers)
+    assert models._smollm2_dir() == d
+    (d / "special_tokens_map.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))
+    with pytest.raises(ModelError, match=re.escape("eos_token '<|endoftext|>'")):
+        models._smollm2_dir()
 
 
 def test_set_special_tokens(tiny_tok: Any) -> None:

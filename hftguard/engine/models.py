@@ -159,12 +159,18 @@ def set_special_tokens(tok: Any, tokens: dict[str, str]) -> None:
 
 
 def check_special_tokens(model_dir: Path, tokens: dict[str, str]) -> None:
-    """Refuse a converted model whose saved tokenizer config disagrees with ``tokens``."""
-    try:
-        saved = json.loads((model_dir / "tokenizer_config.json").read_text("utf-8"))
-    except (OSError, ValueError):
-        return  # no readable config: the tokenizer's own loading reports it
-    wrong = {k: saved.get(k) for k, v in tokens.items() if _token_text(saved.get(k)) != v}
+    """Refuse a converted model whose saved tokenizer config disagrees with ``tokens``: a token
+    saved (tokenizer_config.json, else special_tokens_map.json, as older transformers write it)
+    with another value. A token saved in neither is not judged."""
+    saved: dict[str, Any] = {}
+    for name in ("special_tokens_map.json", "tokenizer_config.json"):  # the latter wins
+        try:
+            data = json.loads((model_dir / name).read_text("utf-8"))
+        except (OSError, ValueError):
+            continue  # absent or unreadable: the tokenizer's own loading reports it
+        if isinstance(data, dict):
+            saved.update({k: v for k, v in data.items() if k in tokens and v is not None})
+    wrong = {k: saved[k] for k, v in tokens.items() if k in saved and _token_text(saved[k]) != v}
     if wrong:
         shown = ", ".join(f"{k} {v!r} (expected {tokens[k]!r})" for k, v in wrong.items())
         raise ModelError(
