@@ -267,6 +267,31 @@ def test_held_out_worst_case_by_hand(sweep: Path) -> None:
     assert (
         bw["worst_held_out"]["hs"] == pytest.approx(17.5) and len(bw["worst_held_out"]["ci"]) == 2
     )
+    assert bw["bounded_held_out"] is None  # no --fa-bound
+
+
+@pytest.mark.parametrize(
+    ("bound", "sft", "booster"),
+    [
+        # FA >= 50: SFT keeps lr 1e-5 and 1e-4; 1e-4 is harmful on a superset -> its mean 55.
+        # Booster keeps all three -> 17.5 as without a bound
+        (50.0, (55.0, True), (17.5, True)),
+        # FA >= 75: SFT keeps lr 1e-5 alone -> its plain mean, nothing picked, no interval
+        (75.0, (25.0, False), (10.0, False)),
+        (95.0, None, None),  # no setting keeps FA >= 95
+    ],
+)
+def test_held_out_worst_case_under_the_fa_bound(
+    sweep: Path, bound: float, sft: Any, booster: Any
+) -> None:
+    w = _by_method(report.build(report.collect([sweep]), n_boot=200, fa_bound=bound))
+    for method, want in (("sft/sft", sft), ("booster/sft", booster)):
+        got = w[method].held_out_bounded
+        if want is None:
+            assert got is None
+        else:
+            assert got is not None and got[0] == pytest.approx(want[0])
+            assert (got[1] is not None) == want[1]
 
 
 def test_paired_comparisons_stay_within_an_attack_setting(sweep: Path) -> None:

@@ -311,26 +311,39 @@ def build(
 def _held_out_worst(
     worst: list[WorstCase], judge: str | None, n_boot: int, seed: int, level: float
 ) -> None:
-    """Each defense's worst HS over its attack settings, cross-fitted (intervals.held_out_max):
-    per setting, each prompt's harmful rate averaged over the setting's seeds, on the prompts
-    every evaluation of every setting has."""
+    """Each defense's worst HS over its attack settings, cross-fitted (intervals.held_out_max),
+    and the same among the settings that meet the FA bound."""
+    for w in worst:
+        if len(w.settings) >= 2:
+            w.held_out = _cross_fit(w.settings, judge, n_boot, seed, level)
+        if w.fa_bound is not None:
+            meeting = [s for s in w.settings if s.fa is not None and s.fa >= w.fa_bound]
+            if meeting:
+                w.held_out_bounded = _cross_fit(meeting, judge, n_boot, seed, level)
+
+
+def _cross_fit(
+    settings: list[Any], judge: str | None, n_boot: int, seed: int, level: float
+) -> tuple[float, float | None, float | None] | None:
+    """held_out_max over ``settings`` in %: per setting, each prompt's harmful rate averaged over
+    the setting's seeds, on the prompts every evaluation of every setting has (None without
+    per-prompt outcomes). One setting: its plain mean, no interval (nothing is picked)."""
     from hftguard.pipeline import intervals
 
-    for w in worst:
-        per_run = [[r.harmful_outcomes(judge) for r in s.cell.runs] for s in w.settings]
-        flat = [o for runs in per_run for o in runs]
-        if len(w.settings) < 2 or not flat or not all(flat):
-            continue
-        keys = sorted(set.intersection(*(set(o) for o in flat)))
-        if len(keys) < 2:
-            continue
-        rows = [[sum(o[k] for o in runs) / len(runs) for k in keys] for runs in per_run]
-        est, lo, hi = intervals.held_out_max(rows, n_boot=n_boot, seed=seed, level=level)
-        w.held_out = (
-            100.0 * est,
-            None if lo is None else 100.0 * lo,
-            None if hi is None else 100.0 * hi,
-        )
+    per_run = [[r.harmful_outcomes(judge) for r in s.cell.runs] for s in settings]
+    flat = [o for runs in per_run for o in runs]
+    if not flat or not all(flat):
+        return None
+    keys = sorted(set.intersection(*(set(o) for o in flat)))
+    if len(keys) < 2:
+        return None
+    rows = [[sum(o[k] for o in runs) / len(runs) for k in keys] for runs in per_run]
+    est, lo, hi = intervals.held_out_max(rows, n_boot=n_boot, seed=seed, level=level)
+    return (
+        100.0 * est,
+        None if lo is None else 100.0 * lo,
+        None if hi is None else 100.0 * hi,
+    )
 
 
 def _worst_vs_baseline(

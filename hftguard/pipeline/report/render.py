@@ -279,8 +279,10 @@ def _worst_fields(rep: Report, w: WorstCase) -> dict[str, Any]:
         d[f"{name}_hs_ci_low"], d[f"{name}_hs_ci_high"] = ci if ci else (None, None)
         vs = w.vs_baseline.get("worst" if name == "worst" else "bounded")
         _summary_fields(d, f"{name}_vs_baseline_hs", vs)
-    ho = w.held_out or (None, None, None)
-    d["worst_hs_held_out"], d["worst_hs_held_out_ci_low"], d["worst_hs_held_out_ci_high"] = ho
+    for name, ho in (("worst", w.held_out), ("bounded_worst", w.held_out_bounded)):
+        triple = ho or (None, None, None)
+        keys = (f"{name}_hs_held_out", f"{name}_hs_held_out_ci_low", f"{name}_hs_held_out_ci_high")
+        d.update(zip(keys, triple, strict=True))
     return d
 
 
@@ -297,6 +299,7 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
     if rep.fa_bound is not None:
         b = f"{rep.fa_bound:g}"
         head += [f"Worst HS, FA ≥ {b}", "Setting", "FA there"]
+        head += [f"held out, FA ≥ {b}"] if held else []
         head += [f"ΔHS vs {base}'s, FA ≥ {b}"] if vs else []
     if leak:
         head += ["Leak-through (worst)"]
@@ -317,6 +320,7 @@ def worst_table(rep: Report) -> tuple[list[str], list[list[str]]]:
                 line += ["–", "–"]
             else:
                 line += _setting_texts(w.bounded)
+            line += [_held_out_text(w.held_out_bounded)] if held else []
             line += [_delta_text(w.vs_baseline.get("bounded"))] if vs else []
         if leak:
             lt = w.worst.cell.leak_through if w.worst is not None else None
@@ -617,6 +621,12 @@ def _setting_dict(s: Setting | None) -> dict[str, Any] | None:
     }
 
 
+def _held_out_dict(h: tuple[float, float | None, float | None] | None) -> dict[str, Any] | None:
+    if h is None:
+        return None
+    return {"hs": h[0], "ci": None if h[1] is None else [h[1], h[2]]}
+
+
 def _worst_dict(rep: Report, w: WorstCase) -> dict[str, Any]:
     return {
         "method": w.method,
@@ -632,12 +642,8 @@ def _worst_dict(rep: Report, w: WorstCase) -> dict[str, Any]:
         "bounded": _setting_dict(w.bounded),
         "settings": [_setting_dict(s) for s in w.settings],
         "vs_baseline": {k: v.as_dict() for k, v in w.vs_baseline.items()},
-        "worst_held_out": None
-        if w.held_out is None
-        else {
-            "hs": w.held_out[0],
-            "ci": None if w.held_out[1] is None else [w.held_out[1], w.held_out[2]],
-        },
+        "worst_held_out": _held_out_dict(w.held_out),
+        "bounded_held_out": _held_out_dict(w.held_out_bounded),
     }
 
 
@@ -798,9 +804,11 @@ ATTACK_CSV_FIELDS = [
         for name in ("worst", "bounded_worst")
         for part in ("mean", "std", "ci_low", "ci_high", "p")
     ),
-    "worst_hs_held_out",
-    "worst_hs_held_out_ci_low",
-    "worst_hs_held_out_ci_high",
+    *(
+        f"{name}_hs_held_out{part}"
+        for name in ("worst", "bounded_worst")
+        for part in ("", "_ci_low", "_ci_high")
+    ),
 ]
 
 

@@ -74,6 +74,8 @@ class WorstCase:
     #: prompts, intervals.held_out_max): (estimate, ci low, ci high) in %; None without
     #: per-prompt outcomes (set by aggregate.build)
     held_out: tuple[float, float | None, float | None] | None = None
+    #: the same among the settings that meet the FA bound (one setting: its plain mean)
+    held_out_bounded: tuple[float, float | None, float | None] | None = None
 
     def __post_init__(self) -> None:
         self.settings = sorted(self.settings, key=lambda s: attack_order(s.attack))
