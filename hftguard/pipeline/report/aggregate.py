@@ -220,25 +220,7 @@ def build(
         (c.kind, c.metric, id(c.run)): c for c in comparisons
     }
     attacked = [r for r in collection.runs if r.kind == "attacked"]
-    others = [a for a in AXES if a != columns]
-    varying = [a for a in others if len({_value(r, a) for r in attacked}) > 1]
-    groups: dict[tuple[tuple[Any, ...], Any], list[EvalRun]] = {}
-    rows: dict[tuple[Any, ...], Row] = {}
-    for r in attacked:
-        extra = {a: _value(r, a) for a in varying}
-        key = (r.method, *extra.values())
-        if key not in rows:
-            suffix = ", ".join(header(a, v) for a, v in extra.items())
-            rows[key] = Row(key, r.label + (f" ({suffix})" if suffix else ""), r.method, extra)
-        groups.setdefault((key, _value(r, columns)), []).append(r)
-    _refuse_duplicate_seeds(groups)
-    if columns == "task":  # tasks in first-seen order, numbers ascending (unknown last)
-        cols = list(dict.fromkeys(_value(r, "task") for r in attacked))
-    elif columns == "attack":  # settings in ascending order of their values
-        order = {r.attack_label: attack_order(r.attack) for r in attacked}
-        cols = sorted({c for _, c in groups}, key=lambda v: order.get(v, ()))
-    else:
-        cols = sorted({c for _, c in groups}, key=lambda v: (v is None, v or 0))
+    rows, groups, cols = _layout(attacked, columns)
     cells = {k: _cell(v, judge, n_boot, seed, level=level) for k, v in groups.items()}
     for cell in cells.values():
         for kind, target in (
@@ -271,21 +253,14 @@ def build(
     seeds = sorted({r.seed for r in attacked if r.seed is not None})
     pub = {(str(k[0]), str(k[1])): v for k, v in (published or {}).items()}
     row_list = list(rows.values())
-    if columns == "attack":  # the worst case over the columns: taken on the p-axis grouping
-        worst = build(
-            collection,
-            columns="p",
-            judge=judge,
-            n_boot=n_boot,
-            seed=seed,
-            baseline=baseline,
-            level=level,
-            fa_bound=fa_bound,
-        ).worst
+    if columns == "attack":  # the worst case runs over the columns: group by p for it
+        p_rows, p_groups, p_cols = _layout(attacked, "p")
+        p_cells = {k: _cell(v, judge, n_boot, seed, level=level) for k, v in p_groups.items()}
+        worst = worst_cases(list(p_rows.values()), p_cols, p_cells, fa_bound, header)
     else:
         worst = worst_cases(row_list, cols, cells, fa_bound, header)
-        _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
-        _held_out_worst(worst, judge, n_boot, seed, level)
+    _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
+    _held_out_worst(worst, judge, n_boot, seed, level)
     return Report(
         columns,
         cols,
@@ -306,6 +281,33 @@ def build(
         worst,
         fa_bound,
     )
+
+
+def _layout(
+    attacked: list[EvalRun], columns: str
+) -> tuple[dict[tuple[Any, ...], Row], dict[tuple[tuple[Any, ...], Any], list[EvalRun]], list[Any]]:
+    """Rows (a method, qualified by the other axes that vary), the evaluations of each (row,
+    column) cell, and the columns in order, for the column axis ``columns``."""
+    others = [a for a in AXES if a != columns]
+    varying = [a for a in others if len({_value(r, a) for r in attacked}) > 1]
+    groups: dict[tuple[tuple[Any, ...], Any], list[EvalRun]] = {}
+    rows: dict[tuple[Any, ...], Row] = {}
+    for r in attacked:
+        extra = {a: _value(r, a) for a in varying}
+        key = (r.method, *extra.values())
+        if key not in rows:
+            suffix = ", ".join(header(a, v) for a, v in extra.items())
+            rows[key] = Row(key, r.label + (f" ({suffix})" if suffix else ""), r.method, extra)
+        groups.setdefault((key, _value(r, columns)), []).append(r)
+    _refuse_duplicate_seeds(groups)
+    if columns == "task":  # tasks in first-seen order, numbers ascending (unknown last)
+        cols = list(dict.fromkeys(_value(r, "task") for r in attacked))
+    elif columns == "attack":  # settings in ascending order of their values
+        order = {r.attack_label: attack_order(r.attack) for r in attacked}
+        cols = sorted({c for _, c in groups}, key=lambda v: order.get(v, ()))
+    else:
+        cols = sorted({c for _, c in groups}, key=lambda v: (v is None, v or 0))
+    return rows, groups, cols
 
 
 def _held_out_worst(
