@@ -1037,7 +1037,7 @@ def alignment_dynamics_figure(
     ax_c.axhline(0.0, color="gray", lw=0.8)
     ax_c.set_title("Harmful-loss change\nafter a simulated harmful step")
     ax_c.set_ylabel("loss change (token-mean NLL)")
-    ax_l.set_title("Regulariser weight λ_t\n(dashed: constant λ; faint: raw λ before the EMA)")
+    ax_l.set_title("Regulariser weight λ_t\n(dashed: constant λ;\nfaint: raw λ before the EMA)")
     ax_l.set_ylabel("λ")
     for ax in (ax_c, ax_l):
         _steps_axis(ax, "alignment step")
