@@ -177,6 +177,20 @@ def test_gradient_matches_independent_autograd(tiny_tok, selected):
         else:  # frozen: no gradient at all (zeros would still move it through AdamW)
             assert p.grad is None, name
     assert float(metrics["eps_norm"]) == pytest.approx(3.0, rel=1e-6)
+    # the perturbation against the selected layers' attention outputs only (joint norm)
+    outs: list[Any] = [None] * len(selected)
+
+    def keep(i):
+        def hook(_m, _inp, out):
+            outs[i] = out[0].detach()
+
+        return hook
+
+    with torch.no_grad(), _hooks([_attn(model)[layer] for layer in selected], keep):
+        hf_loss(model, b)
+    act = math.sqrt(sum(float((o.double() ** 2).sum()) for o in outs))
+    assert float(metrics["activation_norm"]) == pytest.approx(act, rel=1e-5)
+    assert float(metrics["eps_ratio"]) == pytest.approx(3.0 / act, rel=1e-5)
     assert metrics["selected_layers"] == len(selected)
     assert metrics["selected_mean_layer"] == pytest.approx(sum(selected) / len(selected))
     n_sel = sum(p.numel() for n, p in trainable(model) if _layer_of(n) in selected)

@@ -87,6 +87,35 @@ def test_gradient_matches_plain_autograd(tiny_tok):
     assert norm([e.reshape(-1) for e in eps]) == pytest.approx(2.0, rel=1e-6)
 
 
+def _outputs_norm(model, b, modules):
+    """The joint L2 norm of the given modules' first outputs, by forward hooks (independent)."""
+    outs = [None] * len(modules)
+
+    def keep(i):
+        def hook(_m, _inp, out):
+            outs[i] = out[0].detach()
+
+        return hook
+
+    with torch.no_grad(), _hooks(modules, keep):
+        hf_loss(model, b)
+    return math.sqrt(sum(float((o.double() ** 2).sum()) for o in outs))
+
+
+@pytest.mark.parametrize("rho", [0.5, 4.0])
+def test_logs_the_perturbation_against_the_attention_outputs(tiny_tok, rho):
+    """activation_norm: the joint norm of every layer's attention output over the batch, the same
+    way eps is normalised; eps_ratio = rho / that (the perturbation's size, for choosing rho)."""
+    model = lora_model(tiny_tok)
+    b = batch(tiny_tok, "refusal")
+    expected = _outputs_norm(model, b, _attn(model))
+    first_layer_only = _outputs_norm(model, b, _attn(model)[:1])
+    assert expected > first_layer_only * 1.01  # the test can tell a joint norm from one layer's
+    metrics = Vaccine(VaccineConfig(rho=rho)).training_step(model, b, fake_ctx(model))
+    assert float(metrics["activation_norm"]) == pytest.approx(expected, rel=1e-5)
+    assert float(metrics["eps_ratio"]) == pytest.approx(rho / expected, rel=1e-5)
+
+
 def test_eps_is_normalised_globally_not_per_layer(tiny_tok, monkeypatch):
     model = lora_model(tiny_tok)
     b = batch(tiny_tok, "refusal")

@@ -343,14 +343,21 @@ def forward_hooks(modules: Sequence[torch.nn.Module], hooks: Sequence[Any]) -> I
 
 @contextmanager
 def capture_outputs_grad(
-    modules: Sequence[torch.nn.Module], store: list[torch.Tensor | None]
+    modules: Sequence[torch.nn.Module],
+    store: list[torch.Tensor | None],
+    out_sq: list[torch.Tensor | None] | None = None,
 ) -> Iterator[None]:
-    """Record d loss / d (module output) for each module into ``store`` during backward."""
+    """Record d loss / d (module output) for each module into ``store`` during backward; with
+    ``out_sq``, also each output's squared L2 norm (float64, detached) during forward."""
     store[:] = [None] * len(modules)
+    if out_sq is not None:
+        out_sq[:] = [None] * len(modules)
 
     def make(i: int) -> Any:
         def hook(_m: Any, _inp: Any, output: Any) -> None:
             out = _first(output)
+            if out_sq is not None:
+                out_sq[i] = out.detach().double().pow(2).sum()
             if out.requires_grad:
 
                 def save(g: torch.Tensor) -> None:
@@ -363,6 +370,15 @@ def capture_outputs_grad(
 
     with forward_hooks(modules, [make(i) for i in range(len(modules))]):
         yield
+
+
+def joint_norm(squares: Sequence[torch.Tensor | None], like: torch.Tensor) -> torch.Tensor:
+    """sqrt of the sum of the given squared norms (None entries skipped): one L2 norm over
+    several tensors jointly; 0 (on ``like``'s device, float64) when there are none."""
+    parts = [q for q in squares if q is not None]
+    if not parts:
+        return like.new_zeros((), dtype=torch.float64)
+    return torch.stack([q.to(torch.float64) for q in parts]).sum().sqrt()
 
 
 @contextmanager

@@ -470,7 +470,12 @@ def train_stage(
     import shutil
 
     from hftguard.engine.checkpoints import fsync_dir
+    from hftguard.pipeline import trend
 
+    loss_trend = trend.loss_trend(trend.read_log(run.path / f"{stage}_log.jsonl"))
+    message = trend.warning(stage, loss_trend, trend.hint_for(defense))
+    if message:
+        reporter.warn(message)
     adapter_dir = run.path / "adapter"
     models.save_adapter(model, adapter_dir)  # fsynced
     recipe = models.ModelRecipe(
@@ -479,7 +484,7 @@ def train_stage(
     manifest = run.update_manifest(
         status="completed",
         model=recipe.as_dict(),
-        training=result.as_dict(),
+        training={**result.as_dict(), **({"loss_trend": loss_trend} if loss_trend else {})},
         ended_at=now(),
         wall_time_s=round(time.time() - t0, 2),
     )

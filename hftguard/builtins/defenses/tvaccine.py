@@ -289,6 +289,7 @@ class TVaccine(AlignmentDefense):
             attention_modules,
             grad_norm,
             grads_of,
+            joint_norm,
             set_grads,
         )
 
@@ -360,6 +361,9 @@ class TVaccine(AlignmentDefense):
             scale = cfg.rho / (g_norm + NORM_EPS)
             eps = [None if g is None else (g.float() * scale).detach() for g in store]
             eps_norm = grad_norm([e for e in eps if e is not None]) if captured else g_norm
+            # The perturbation against the selected attention outputs' joint norm (log only).
+            squares = [None if o is None else o.detach().double().pow(2).sum() for o in outs]
+            act_norm = ctx.norm_over_processes(joint_norm(squares, like=clean))
             # Pass 2: the selected attention outputs + constant eps_l; this gradient is the update.
             with add_to_outputs(targets, eps):
                 loss = ctx.loss_fn(model, batch)
@@ -378,6 +382,8 @@ class TVaccine(AlignmentDefense):
             "loss_clean": clean.detach(),
             "eps_norm": eps_norm,
             "activation_grad_norm": g_norm,
+            "activation_norm": act_norm,
+            "eps_ratio": eps_norm / (act_norm + NORM_EPS),
             "selected_layers": float(len(self.selected)),
             "selected_mean_layer": sum(self.selected) / len(self.selected),
             "layer_prob_entropy": entropy(probs),

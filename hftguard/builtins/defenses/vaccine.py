@@ -58,13 +58,15 @@ class Vaccine(AlignmentDefense):
             capture_outputs_grad,
             grad_norm,
             grads_of,
+            joint_norm,
             set_grads,
         )
 
         modules = attention_modules(model)
         # Pass 1: record G_l = dL/d(attn_out_l) (tensor hooks); parameter grads discarded.
         store: list[Any] = []
-        with capture_outputs_grad(modules, store):
+        out_sq: list[Any] = []
+        with capture_outputs_grad(modules, store, out_sq):
             clean = ctx.loss_fn(model, batch)
             grads_of(clean, ctx.params)
         # One global norm over all layers and the whole B x T x d tensors (not per layer);
@@ -75,6 +77,9 @@ class Vaccine(AlignmentDefense):
         scale = self.config.rho / (g_norm + NORM_EPS)
         eps = [None if g is None else (g.float() * scale).detach() for g in store]
         eps_norm = grad_norm([e for e in eps if e is not None]) if captured else g_norm
+        # The perturbation against what it perturbs: the attention outputs' joint norm (a log
+        # value only; docs/components/vaccine.md, "Choosing rho").
+        act_norm = ctx.norm_over_processes(joint_norm(out_sq, like=clean))
         # Pass 2: attention outputs + constant eps_l; this gradient is the update.
         with add_to_outputs(modules, eps):
             loss = ctx.loss_fn(model, batch)
@@ -84,4 +89,6 @@ class Vaccine(AlignmentDefense):
             "loss_clean": clean.detach(),
             "eps_norm": eps_norm,
             "activation_grad_norm": g_norm,
+            "activation_norm": act_norm,
+            "eps_ratio": eps_norm / (act_norm + NORM_EPS),
         }
