@@ -18,35 +18,35 @@ def _rows(values, key="loss", **extra):
 
 
 def test_a_falling_loss_is_not_flagged():
-    (t,) = trend.loss_trend(_rows([3.0 - 0.1 * i for i in range(30)]))
-    assert t["key"] == "loss" and t["state"] is None and t["steps"] == 30
-    assert t["window"] == 5  # max(5, 30 // 10)
-    assert t["first"] == pytest.approx(3.0 - 0.1 * 2)  # median of steps 0-4
-    assert t["last"] == pytest.approx(3.0 - 0.1 * 27)  # median of steps 25-29
+    (t,) = trend.loss_trend(_rows([6.0 - 0.1 * i for i in range(50)]))
+    assert t["key"] == "loss" and t["state"] is None and t["steps"] == 50
+    assert t["window"] == 10  # max(10, 50 // 10)
+    assert t["first"] == pytest.approx(6.0 - 0.1 * 4.5)  # median of steps 0-9
+    assert t["last"] == pytest.approx(6.0 - 0.1 * 44.5)  # median of steps 40-49
     assert t["rose"] is False
     assert trend.warning("align", [t], "hint") is None
 
 
 def test_a_rising_loss_is_flagged_with_its_numbers():
-    values = [2.0] * 50 + [6.0] * 50  # 100 steps: windows of 10
+    values = [2.0] * 100 + [6.0] * 100  # 200 steps: windows of 20
     (t,) = trend.loss_trend(_rows(values))
-    assert (t["window"], t["first"], t["last"], t["rose"]) == (10, 2.0, 6.0, True)
+    assert (t["window"], t["first"], t["last"], t["rose"]) == (20, 2.0, 6.0, True)
     message = trend.warning("align", [t], "Try X.")
     assert message == (
-        "align: the training loss did not go down: loss rose from 2 (median of the first 10 steps) "
-        "to 6 (the last 10). Try X."
+        "align: the training loss did not go down: loss rose from 2 (median of the first 20 steps) "
+        "to 6 (the last 20). Try X."
     )
 
 
 def test_within_the_tolerance_is_flat_not_rising():
-    flat = trend.loss_trend(_rows([1.0] * 10 + [1.04] * 10))
+    flat = trend.loss_trend(_rows([1.0] * 25 + [1.04] * 25))
     assert flat[0]["rose"] is False  # +4% < 5%
-    risen = trend.loss_trend(_rows([1.0] * 10 + [1.06] * 10))
+    risen = trend.loss_trend(_rows([1.0] * 25 + [1.06] * 25))
     assert risen[0]["rose"] is True
 
 
 def test_too_few_steps_give_no_verdict():
-    assert trend.loss_trend(_rows([1.0] * 18 + [9.0])) == []  # 19 steps
+    assert trend.loss_trend(_rows([1.0] * 48 + [9.0])) == []  # 49 steps
     assert trend.loss_trend([]) == []
 
 
@@ -54,7 +54,7 @@ def test_the_models_own_loss_is_compared_where_a_defense_logs_one():
     """Vaccine: the perturbed objective fell, the clean loss rose (calibrated grid, ρ = 400)."""
     rows = [
         {"step": i, "loss": 8.0 - 0.05 * i, "loss_clean": 2.4 + 0.1 * i, "eps_norm": 400.0}
-        for i in range(40)
+        for i in range(50)
     ]
     (t,) = trend.loss_trend(rows)
     assert t["key"] == "loss_clean" and t["rose"] is True
@@ -63,8 +63,8 @@ def test_the_models_own_loss_is_compared_where_a_defense_logs_one():
 def test_objectives_are_checked_separately():
     """Lisa alternates alignment (state 0) and user (state 1) steps: each against itself."""
     rows = []
-    for i in range(60):
-        state = 0 if (i // 10) % 2 == 0 else 1
+    for i in range(200):
+        state = 0 if (i // 20) % 2 == 0 else 1
         value = 5.0 if state == 0 else 0.5  # each constant; a mixed window would see a "rise"
         rows.append({"step": i, "loss": value - 0.001 * i, "state": float(state)})
     rows[-1]["loss"] = 0.5  # the last step is a user step, as a mixed comparison would see
@@ -82,16 +82,17 @@ def test_unreadable_lines_and_missing_logs(tmp_path):
 
 def test_single_spikes_do_not_make_a_rise():
     """A batch's loss spikes 2-3x now and then (the calibrated grid's Antibody attack): medians."""
-    values = [2.1, 2.2, 2.1, 2.0, 2.1] + [2.0] * 10 + [2.0, 5.6, 1.9, 5.2, 1.95]
-    (t,) = trend.loss_trend(_rows(values))
+    head = [2.1, 2.2, 2.1, 2.0, 2.1, 2.1, 5.6, 2.2, 2.1, 2.1]
+    tail = [2.0, 5.6, 1.9, 5.2, 1.95, 2.0, 3.9, 2.0, 1.9, 2.0]
+    (t,) = trend.loss_trend(_rows(head + [2.0] * 30 + tail))
     assert (t["first"], t["last"], t["rose"]) == (2.1, 2.0, False)
 
 
 def test_steps_are_ordered_and_non_finite_values_skipped():
-    rows = _rows([1.0] * 10 + [3.0] * 10)[::-1]  # written out of order
+    rows = _rows([1.0] * 25 + [3.0] * 25)[::-1]  # written out of order
     rows.append({"step": 99, "loss": float("nan")})
     (t,) = trend.loss_trend(rows)
-    assert (t["first"], t["last"], t["steps"]) == (1.0, 3.0, 20)
+    assert (t["first"], t["last"], t["steps"]) == (1.0, 3.0, 50)
 
 
 def test_the_hint_names_vaccines_rho():
@@ -102,7 +103,7 @@ def test_the_hint_names_vaccines_rho():
     assert "train.lr" in trend.hint_for(SFTAlign())
 
 
-def _align(out, reporter, steps=20):
+def _align(out, reporter, steps=50):
     cfg = AlignConfig(
         model="tiny-random",
         samples=16,
@@ -119,9 +120,9 @@ def test_an_alignment_records_its_loss_trend(tmp_path):
     losses = [r["loss"] for r in sorted(rows, key=lambda r: r["step"])]
     med = statistics.median
     (t,) = manifest["training"]["loss_trend"]
-    assert (t["key"], t["steps"], t["window"]) == ("loss", 20, 5)
-    assert t["first"] == pytest.approx(med(losses[:5]), abs=1e-6)
-    assert t["last"] == pytest.approx(med(losses[-5:]), abs=1e-6)
+    assert (t["key"], t["steps"], t["window"]) == ("loss", 50, 10)
+    assert t["first"] == pytest.approx(med(losses[:10]), abs=1e-6)
+    assert t["last"] == pytest.approx(med(losses[-10:]), abs=1e-6)
     assert t["rose"] == (t["last"] > t["first"] * 1.05)
 
 

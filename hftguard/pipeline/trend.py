@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 #: Fewer logged steps than this (per objective): no verdict.
-MIN_STEPS = 20
+MIN_STEPS = 50
 #: The windows compared: the first and the last tenth of the steps, at least this many each.
-MIN_WINDOW = 5
+MIN_WINDOW = 10
 #: A rise counts when the last window's median exceeds the first's by more than this fraction.
 TOLERANCE = 0.05
 
