@@ -595,6 +595,22 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: a repair's effect is measured against the baseline, not its own attacked model",
         ("tests/test_report_repair.py",),
     ),
+    Mutant(
+        "loss-trend-compares-the-objective",
+        "hftguard/pipeline/trend.py",
+        'key = "loss_clean" if any("loss_clean" in r for r in rows) else "loss"',
+        'key = "loss"',
+        "default: Vaccine's falling perturbed objective hides its rising clean loss",
+        ("tests/test_loss_trend.py",),
+    ),
+    Mutant(
+        "vaccine-activation-norm-of-one-layer",
+        "hftguard/builtins/defenses/vaccine.py",
+        "act_norm = ctx.norm_over_processes(joint_norm(out_sq, like=clean))",
+        "act_norm = ctx.norm_over_processes(joint_norm(out_sq[:1], like=clean))",
+        "normalisation: eps_ratio against one layer's outputs, not all layers' jointly",
+        ("tests/test_defense_vaccine.py",),
+    ),
 )
 
 
