@@ -767,8 +767,10 @@ def test_report_json_schema(synthetic: Path, cli: Any, tmp_path: Path) -> None:
         "comparisons",
         "skipped",
         "before",
+        "not_converged",
     }
     assert saved["schema_version"] == 1 and saved["baseline"] == "sft/sft"
+    assert saved["not_converged"] == []  # these fake runs have no step logs
     assert saved["columns"] == PS and len(saved["cells"]) == 9 and saved["skipped"] == []
     cell = saved["cells"][3]  # Booster, p = 0
     assert {

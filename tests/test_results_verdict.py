@@ -56,3 +56,24 @@ def test_verdicts_follow_the_rule(rep: dict[str, Any]) -> None:
     assert rows["antibody/sft"]["verdict"].startswith("not reproduced: HS lower, but FA -40.0")
     table = _script().markdown(list(rows.values()))
     assert "| booster/sft | 0.2 | 1, 2 |" in table and "reproduced |" in table
+
+
+def test_a_stage_that_did_not_converge_is_said_beside_the_verdict(rep: dict[str, Any]) -> None:
+    diverged = {
+        **rep,
+        "not_converged": [
+            {
+                "stage": "alignment",
+                "key": "loss_clean",
+                "first": 2.5,
+                "last": 5.8,
+                "labels": ["sft/lisa"],
+            }
+        ],
+    }
+    rows = {r["method"]: r for r in _script().verdicts(diverged)}
+    assert rows["sft/lisa"]["verdict"] == (
+        "not reproduced: the HS interval is not below zero; its alignment did not converge "
+        "(loss_clean 2.5 -> 5.8)"
+    )
+    assert rows["booster/sft"]["verdict"] == "reproduced"  # the rule itself is unchanged

@@ -50,6 +50,14 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         else:
             row["verdict"] = "not reproduced: the HS interval is not below zero"
+        # A stage behind the row whose loss rose (the report's "Training that did not converge")
+        # does not change the verdict; it says the regime was not one where the defense could act.
+        for item in report.get("not_converged") or []:
+            if cell["label"] in item.get("labels", []):
+                row["verdict"] += (
+                    f"; its {item['stage']} did not converge ({item['key']} "
+                    f"{item['first']:.3g} -> {item['last']:.3g})"
+                )
         out.append(row)
     return out
 

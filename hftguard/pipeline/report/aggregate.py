@@ -9,6 +9,7 @@ from typing import Any
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order
+from hftguard.pipeline.report.convergence import NotConverged, not_converged
 from hftguard.pipeline.report.stats import Stat, _avg, mean_std
 from hftguard.pipeline.report.worst import WorstCase, worst_cases
 
@@ -70,6 +71,8 @@ class Report:
     #: per defense and column, the mean and worst case over attack settings ([grid.attack])
     worst: list[WorstCase] = field(default_factory=list)
     fa_bound: float | None = None  # the FA bound of the capability-bounded worst case
+    #: the training stages behind the evaluations whose loss rose (:mod:`.convergence`)
+    not_converged: list[NotConverged] = field(default_factory=list)
 
     @property
     def worst_axis(self) -> str:
@@ -280,6 +283,7 @@ def build(
         seed,
         worst,
         fa_bound,
+        not_converged(collection.runs),
     )
 
 

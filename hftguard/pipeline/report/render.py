@@ -479,6 +479,16 @@ def to_markdown(rep: Report) -> str:
         ]
     else:
         parts += ["No attacked (fine-tuned) evaluations were found.", ""]
+    if rep.not_converged:
+        parts += [
+            "## Training that did not converge",
+            "",
+            "The loss of these stages rose from the first to the last tenth of their steps "
+            "(medians; the model's own loss where the defense logs one beside its objective). "
+            "The rows that use them measure a diverged training, not the defense.",
+            "",
+        ]
+        parts += [f"- {item.text()}" for item in rep.not_converged] + [""]
     if rep.before:
         parts += ["## Before fine-tuning", "", _md(*before_table(rep)), ""]
     if rep.rows:
@@ -715,6 +725,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "comparisons": [c.as_dict() for c in rep.comparisons],
             "skipped": [s.as_dict() for s in rep.skipped],
             "before": before,
+            "not_converged": [item.as_dict() for item in rep.not_converged],
             **(
                 {
                     "fa_bound": rep.fa_bound,
