@@ -15,7 +15,7 @@ from typing import Any
 
 from hftguard.pipeline import trend
 
-#: (stage name in the report, the run's log file, manifest stage) by the run attribute holding it
+#: (the stage as the report names it, its step log's prefix), for aligned_dir and attacked_dir
 _STAGES = (("alignment", "align"), ("fine-tuning", "finetune"))
 
 
