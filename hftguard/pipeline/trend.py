@@ -3,9 +3,9 @@
 A defense whose strength does not suit the model can train the model away from its own data:
 Vaccine with a perturbation radius far above the size of the attention outputs it perturbs raised
 its clean alignment loss from 2.4 to 5.8 over 360 steps on SmolLM2-135M
-(docs/results/calibrated/README.md, "Vaccine's rho"), and nothing said so until the evaluation.
-This compares the median loss of the first and the last steps (medians: a step's loss on a batch
-of 8 has spikes of 2-3x) and warns when it rose.
+(the calibrated grid; docs/components/vaccine.md, "Choosing rho"), and nothing said so until the
+evaluation. This compares the median loss of the first and the last steps (medians: a step's loss
+on a batch of 8 has spikes of 2-3x) and warns when it rose.
 
 The loss compared is the model's own loss where the defense logs one beside its objective
 (``loss_clean``: Vaccine, T-Vaccine), else the logged ``loss``. A defense that alternates between
