@@ -91,40 +91,18 @@ def test_markdown_and_json(grid: Path) -> None:
     assert {d["key"] for d in data["not_converged"]} == {"loss_clean", "loss"}
 
 
+def _record(run_dir: Path, key: str, first: float, last: float, rose: bool) -> None:
+    """Write a loss trend into the run's manifest, as a training stage now does."""
+    m = json.loads((run_dir / "manifest.json").read_text())
+    entry = {"key": key, "state": None, "steps": 100, "window": 10}
+    m["training"] = {"loss_trend": [{**entry, "first": first, "last": last, "rose": rose}]}
+    atomic_write_json(run_dir / "manifest.json", m)
+
+
 def test_the_manifests_record_comes_first(grid: Path) -> None:
     """A run that recorded its trend is read from its manifest, not re-computed from the log."""
-    aligned = grid / "aligned" / "antibody-s1"
-    m = json.loads((aligned / "manifest.json").read_text())
-    m["training"] = {
-        "loss_trend": [
-            {
-                "key": "loss_clean",
-                "state": None,
-                "steps": 100,
-                "window": 10,
-                "first": 2.5,
-                "last": 2.4,
-                "rose": False,
-            }
-        ]
-    }
-    atomic_write_json(aligned / "manifest.json", m)
-    sft = grid / "aligned" / "sft-s1"
-    m = json.loads((sft / "manifest.json").read_text())
-    m["training"] = {
-        "loss_trend": [
-            {
-                "key": "loss",
-                "state": None,
-                "steps": 60,
-                "window": 10,
-                "first": 1.0,
-                "last": 2.0,
-                "rose": True,
-            }
-        ]
-    }
-    atomic_write_json(sft / "manifest.json", m)
+    _record(grid / "aligned" / "antibody-s1", "loss_clean", 2.5, 2.4, rose=False)  # log: rose
+    _record(grid / "aligned" / "sft-s1", "loss", 1.0, 2.0, rose=True)  # log: fell
     rep = report.build(report.collect([grid]), n_boot=0)
     names = {i.run_dir.name for i in rep.not_converged if i.stage == "alignment"}
     assert names == {"antibody-s2", "sft-s1"}
