@@ -77,3 +77,51 @@ def test_a_stage_that_did_not_converge_is_said_beside_the_verdict(rep: dict[str,
         "(loss_clean 2.5 -> 5.8)"
     )
     assert rows["booster/sft"]["verdict"] == "reproduced"  # the rule itself is unchanged
+
+
+def _sweep_report(root: Path, k_harm: int, k_task: int) -> dict[str, Any]:
+    """A report over one swept run and the SFT cell it is compared with (one seed). The fake grid
+    writer knows SFT, Booster and Antibody alignments; the defense's name does not matter here."""
+    from hftguard.pipeline.grid import Cell
+
+    cells = [
+        (Cell("sft", "sft", 0.2, 100, "sentiment", 1), 18, 9, None),
+        (Cell("booster", "sft", 0.2, 100, "sentiment", 1), k_harm, k_task, None),
+    ]
+    grid = write_grid(root, cells, ["sft/sft", "booster/sft"], {})
+    return report.report_dict(report.build(report.collect([grid]), n_boot=50))
+
+
+def test_the_sweep_pick_follows_the_rule_fixed_in_advance(tmp_path: Path) -> None:
+    sweep = {
+        "2": _sweep_report(tmp_path / "r2", 10, 9),  # eligible, HS 50
+        "4": _sweep_report(tmp_path / "r4", 14, 9),  # eligible, HS 70
+        "40": _sweep_report(tmp_path / "r40", 2, 5),  # lowest HS, but FA -40
+        "400": _sweep_report(tmp_path / "r400", 0, 9),  # HS 0, FA kept, but diverged
+    }
+    sweep["400"]["not_converged"] = [
+        {
+            "stage": "alignment",
+            "key": "loss_clean",
+            "first": 2.5,
+            "last": 5.8,
+            "labels": ["booster/sft"],
+        }
+    ]
+    result = _script().pick(sweep)
+    rows = {r["value"]: r for r in result["rows"]}
+    assert result["picked"] == "2"
+    assert rows["2"]["hs"] == pytest.approx(50.0) and rows["2"]["d_fa"] == pytest.approx(0.0)
+    assert rows["4"]["reason"] == "eligible"
+    assert rows["40"]["reason"] == "excluded: FA -40.0 against SFT (< -2)"
+    assert rows["400"]["reason"] == "excluded: its alignment did not converge"
+    assert not rows["400"]["converged"]
+
+
+def test_the_sweep_pick_says_when_no_value_qualifies(tmp_path: Path) -> None:
+    sweep = {"40": _sweep_report(tmp_path / "r40", 2, 5)}
+    assert _script().pick(sweep)["picked"] is None
+    two_cells = _sweep_report(tmp_path / "both", 2, 9)
+    two_cells["cells"].append({**two_cells["cells"][-1]})
+    with pytest.raises(ValueError, match="expected one defense cell"):
+        _script().pick({"2": two_cells})

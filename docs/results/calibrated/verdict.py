@@ -82,8 +82,75 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+PICK_FA_TOLERANCE = 2.0  # the Vaccine paper's rule for rho: FA within 2 points of SFT
+
+
+def pick(sweep: dict[str, dict[str, Any]], p: float = 0.2) -> dict[str, Any]:
+    """Pick a hyperparameter from a sweep by the rule fixed before the sweep ran (README, "Vaccine's
+    rho"): among the values whose training converged (the report's ``not_converged`` names no stage
+    behind the defense) and whose mean paired FA difference against SFT is at least -2 points, the
+    one with the lowest HS at harmful ratio ``p``. ``sweep`` maps each value (as text) to the
+    report.json of a report over that value's run and the SFT cell it is compared with. If no value
+    qualifies, ``picked`` is None: the rule then keeps the paper's value, and the README says so."""
+    rows = []
+    for value, rep in sweep.items():
+        cells = [c for c in rep["cells"] if c["method"] != rep.get("baseline") and c.get("p") == p]
+        if len(cells) != 1:
+            raise ValueError(
+                f"value {value}: expected one defense cell at p = {p:g} besides the baseline, "
+                f"found {len(cells)}; report one swept run against the SFT cell it is compared with"
+            )
+        cell = cells[0]
+        fa = (cell.get("vs_baseline") or {}).get("fa")
+        stalled = [
+            item["stage"]
+            for item in rep.get("not_converged") or []
+            if cell["label"] in item.get("labels", [])
+        ]
+        row = {
+            "value": value,
+            "hs": (cell.get("hs") or {}).get("mean"),
+            "d_fa": fa["mean"] if fa else None,
+            "converged": not stalled,
+        }
+        if stalled:
+            row["reason"] = f"excluded: its {', '.join(stalled)} did not converge"
+        elif row["d_fa"] is None or row["hs"] is None:
+            row["reason"] = "excluded: no HS or no paired FA against SFT"
+        elif row["d_fa"] < -PICK_FA_TOLERANCE:
+            row["reason"] = (
+                f"excluded: FA {row['d_fa']:+.1f} against SFT (< -{PICK_FA_TOLERANCE:g})"
+            )
+        else:
+            row["reason"] = "eligible"
+        rows.append(row)
+    eligible = [r for r in rows if r["reason"] == "eligible"]
+    best = min(eligible, key=lambda r: r["hs"]) if eligible else None
+    return {"rows": rows, "picked": best["value"] if best else None}
+
+
+def _usage() -> None:
+    sys.exit(
+        "usage: python docs/results/calibrated/verdict.py REPORT_JSON\n"
+        "       python docs/results/calibrated/verdict.py --pick VALUE=REPORT_JSON ..."
+    )
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python docs/results/calibrated/verdict.py REPORT_JSON")
-    with open(sys.argv[1], encoding="utf-8") as f:
-        print(markdown(verdicts(json.load(f))))
+    if len(sys.argv) > 2 and sys.argv[1] == "--pick":
+        sweep = {}
+        for arg in sys.argv[2:]:
+            value, sep, path = arg.partition("=")
+            if not sep:
+                _usage()
+            with open(path, encoding="utf-8") as f:
+                sweep[value] = json.load(f)
+        result = pick(sweep)
+        for r in result["rows"]:
+            print(f"{r['value']}: HS {_num(r['hs'], '.1f')}, ΔFA {_num(r['d_fa'])}: {r['reason']}")
+        print(f"picked: {result['picked'] or 'none eligible (keep the paper value)'}")
+    elif len(sys.argv) == 2:
+        with open(sys.argv[1], encoding="utf-8") as f:
+            print(markdown(verdicts(json.load(f))))
+    else:
+        _usage()

@@ -9,6 +9,7 @@ from typing import Any
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
 from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order
+from hftguard.pipeline.report.compute import Cost, costs
 from hftguard.pipeline.report.convergence import NotConverged, not_converged
 from hftguard.pipeline.report.stats import Stat, _avg, mean_std
 from hftguard.pipeline.report.worst import WorstCase, worst_cases
@@ -73,6 +74,8 @@ class Report:
     fa_bound: float | None = None  # the FA bound of the capability-bounded worst case
     #: the training stages behind the evaluations whose loss rose (:mod:`.convergence`)
     not_converged: list[NotConverged] = field(default_factory=list)
+    #: per row, the time its alignment, fine-tuning and evaluation runs took (:mod:`.compute`)
+    compute: list[Cost] = field(default_factory=list)
 
     @property
     def worst_axis(self) -> str:
@@ -284,6 +287,7 @@ def build(
         worst,
         fa_bound,
         not_converged(collection.runs),
+        costs(collection.runs),
     )
 
 

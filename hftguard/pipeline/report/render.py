@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from hftguard.pipeline.report import paired
+from hftguard.pipeline.report import compute, paired
 from hftguard.pipeline.report.aggregate import CellStats, Report
 from hftguard.pipeline.report.stats import Stat, _avg
 from hftguard.pipeline.report.worst import Setting, WorstCase
@@ -533,7 +533,51 @@ def to_markdown(rep: Report) -> str:
         parts += [""]
     if any(c.by_category for c in rep.cells.values()):
         parts += ["## HS by harm category", "", _md(*category_table(rep)), ""]
+    if rep.compute:
+        parts += ["## Compute", "", _compute_note(rep), "", _md(*compute_table(rep)), ""]
     return "\n".join(parts)
+
+
+def _minutes(seconds: float | None) -> str:
+    return "–" if seconds is None else f"{seconds / 60:.1f}"
+
+
+def compute_table(rep: Report) -> tuple[list[str], list[list[str]]]:
+    """Per row: its alignments, fine-tuning runs and evaluations, the mean minutes of each and the
+    median seconds per training step (each run directory counted once per row)."""
+    head = [
+        "Method",
+        "alignments",
+        "min each",
+        "s/step",
+        "fine-tuning runs",
+        "min each",
+        "s/step",
+        "evaluations",
+        "min each",
+    ]
+    body = []
+    for c in rep.compute:
+        row = [c.label]
+        for stage in ("alignment", "fine-tuning", "evaluation"):
+            items = c.of(stage)
+            row += [str(len(items)), _minutes(compute.mean_seconds(items))]
+            if stage != "evaluation":
+                step = compute.median_step(items)
+                row.append("–" if step is None else f"{step:.2f}")
+        body.append(row)
+    return head, body
+
+
+def _compute_note(rep: Report) -> str:
+    where = "; ".join(compute.machines(rep.compute)) or "not recorded"
+    return (
+        "Training minutes are the sum of the per-step wall times in each run's step log "
+        "(training steps only: no loading, checkpoints or probes; a resumed run's steps count "
+        "once); evaluation minutes are the evaluation's wall time (a resumed evaluation: its "
+        f"last run). Machines: {where}. Times from a machine shared with other jobs are upper "
+        "bounds, and times from different machines do not compare."
+    )
 
 
 def _clean(v: Any) -> Any:
@@ -726,6 +770,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "skipped": [s.as_dict() for s in rep.skipped],
             "before": before,
             "not_converged": [item.as_dict() for item in rep.not_converged],
+            "compute": [c.as_dict() for c in rep.compute],
             **(
                 {
                     "fa_bound": rep.fa_bound,

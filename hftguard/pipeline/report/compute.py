@@ -1,0 +1,157 @@
+"""What the report's numbers cost: the time each method spent in alignment, fine-tuning and
+evaluation, read from the runs on disk.
+
+Training time is the sum of the per-step wall times in the stage's step log (``step_time``, one
+line per step; a resumed run's log keeps only the steps its checkpoint covers, so a re-run step
+counts once). It leaves out loading, checkpoints and the analysis probes, and it is the same
+whether the run finished in one go or over several resumes. An evaluation's time is its
+manifest's ``wall_time_s``: for a resumed evaluation, the last run only. The machines are the
+ones the stages' manifests name; timings from different machines, or from a machine shared with
+other jobs, are not comparable with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hftguard.pipeline import trend
+
+#: (the stage as the report names it, its step log's prefix), for aligned_dir and attacked_dir
+_TRAINING = (("alignment", "align"), ("fine-tuning", "finetune"))
+
+
+@dataclass
+class StageTime:
+    """One stage's run directory and the time it took."""
+
+    stage: str  # "alignment" | "fine-tuning" | "evaluation"
+    run_dir: Path
+    seconds: float
+    steps: int = 0  # training steps in the step log (0 for an evaluation)
+    median_step: float | None = None  # median seconds per training step
+    machine: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "stage": self.stage,
+            "run_dir": str(self.run_dir),
+            "seconds": round(self.seconds, 2),
+            "steps": self.steps,
+            "median_step_s": None if self.median_step is None else round(self.median_step, 3),
+            "machine": self.machine,
+        }
+
+
+@dataclass
+class Cost:
+    """One report row's (method's) stages, each run directory once."""
+
+    label: str
+    method: str
+    stages: dict[str, list[StageTime]] = field(default_factory=dict)
+
+    def of(self, stage: str) -> list[StageTime]:
+        return self.stages.get(stage, [])
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"label": self.label, "method": self.method}
+        for stage in ("alignment", "fine-tuning", "evaluation"):
+            items = self.of(stage)
+            out[stage] = {
+                "runs": len(items),
+                "mean_seconds": mean_seconds(items),
+                "median_step_s": median_step(items),
+                "each": [t.as_dict() for t in items],
+            }
+        return out
+
+
+def mean_seconds(items: list[StageTime]) -> float | None:
+    """The mean time of the runs, in seconds."""
+    return round(sum(t.seconds for t in items) / len(items), 2) if items else None
+
+
+def median_step(items: list[StageTime]) -> float | None:
+    """The median over the runs of their median seconds per training step."""
+    steps = [t.median_step for t in items if t.median_step is not None]
+    return round(statistics.median(steps), 3) if steps else None
+
+
+def _manifest(run_dir: Path) -> dict[str, Any]:
+    try:
+        data = json.loads((run_dir / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _machine(manifest: dict[str, Any]) -> str | None:
+    host = manifest.get("host") or {}
+    if not isinstance(host, dict) or not host:
+        return None
+    cpus = host.get("cpus")
+    device = manifest.get("device")
+    return f"{host.get('node', '?')} ({cpus} CPUs, {device or '?'})"
+
+
+def training_time(run_dir: Path, stage: str, log_stage: str) -> StageTime | None:
+    """The summed step times of a training run, or None when its step log has no timed step."""
+    times = [
+        float(r["step_time"])
+        for r in trend.read_log(run_dir / f"{log_stage}_log.jsonl")
+        if isinstance(r.get("step_time"), (int, float))
+    ]
+    if not times:
+        return None
+    return StageTime(
+        stage,
+        run_dir,
+        sum(times),
+        len(times),
+        statistics.median(times),
+        _machine(_manifest(run_dir)),
+    )
+
+
+def eval_time(run: Any) -> StageTime | None:
+    seconds = run.manifest.get("wall_time_s")
+    if not isinstance(seconds, (int, float)):
+        return None
+    return StageTime("evaluation", Path(run.path), float(seconds), machine=_machine(run.manifest))
+
+
+def costs(runs: list[Any]) -> list[Cost]:
+    """Per report row (the attacked evaluations' labels, in order of first appearance): its
+    alignment, fine-tuning and evaluation runs, each directory counted once."""
+    out: dict[str, Cost] = {}
+    seen: set[tuple[str, str, Path]] = set()
+    for r in runs:
+        if r.kind != "attacked":
+            continue
+        label = r.label or r.method
+        cost = out.setdefault(label, Cost(label, r.method))
+        found: list[StageTime | None] = [
+            training_time(Path(d), stage, log_stage) if d is not None else None
+            for (stage, log_stage), d in zip(
+                _TRAINING, (r.aligned_dir, r.attacked_dir), strict=True
+            )
+        ]
+        found.append(eval_time(r))
+        for item in found:
+            if item is None or (label, item.stage, item.run_dir) in seen:
+                continue
+            seen.add((label, item.stage, item.run_dir))
+            cost.stages.setdefault(item.stage, []).append(item)
+    return [c for c in out.values() if c.stages]
+
+
+def machines(items: list[Cost]) -> list[str]:
+    """The machines the stages ran on, as their manifests name them."""
+    found = {
+        t.machine for c in items for ts in c.stages.values() for t in ts if t.machine is not None
+    }
+    return sorted(found)
