@@ -657,3 +657,13 @@ def test_outside_runs_line_up_with_a_grids_attack_axes(sweep: Path, tmp_path: Pa
     )
     cell = rep.cell(row, 0.2)
     assert cell is not None and sorted(cell.seeds) == [1, 2, 3]
+
+
+def two_seed_grid(root: Path, labels: dict[str, str], k_harm: int = 10, k_task: int = 9) -> Path:
+    """A finished grid of every method in ``labels`` at p = 0.2, n = 100, seeds 1 and 2."""
+    cells = []
+    for method in labels:
+        a, f = method.split("/")
+        for seed in (1, 2):
+            cells.append((Cell(a, f, 0.2, 100, "sentiment", seed), k_harm, k_task, None))
+    return write_grid(root, cells, list(labels), labels)

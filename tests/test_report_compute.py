@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_report_attack import write_grid
+from test_report_attack import two_seed_grid, write_grid
 
 from hftguard.pipeline import report
 from hftguard.pipeline.grid import Cell
@@ -30,12 +30,7 @@ def _set(path: Path, **values: Any) -> None:
 
 @pytest.fixture()
 def grid(tmp_path: Path) -> Path:
-    cells = []
-    for method in LABELS:
-        a, f = method.split("/")
-        for seed in (1, 2):
-            cells.append((Cell(a, f, 0.2, 100, "sentiment", seed), 10, 9, None))
-    root = write_grid(tmp_path / "g", cells, list(LABELS), LABELS)
+    root = two_seed_grid(tmp_path / "g", LABELS)
     host = {"node": "box", "cpus": 2}
     for seed, times in ((1, [2.0, 4.0, 3.0]), (2, [6.0, 6.0])):
         _log(root / "aligned" / f"booster-s{seed}" / "align_log.jsonl", times)

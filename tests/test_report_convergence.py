@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
-from test_report_attack import write_grid
+from test_report_attack import two_seed_grid, write_grid
 
 from hftguard.pipeline import report
 from hftguard.pipeline.grid import Cell
@@ -27,12 +27,7 @@ RISING = [2.5] * 50 + [5.8] * 50
 
 @pytest.fixture()
 def grid(tmp_path: Path) -> Path:
-    cells = []
-    for method in LABELS:
-        a, f = method.split("/")
-        for seed in (1, 2):
-            cells.append((Cell(a, f, 0.2, 100, "sentiment", seed), 10, 9, None))
-    root = write_grid(tmp_path / "g", cells, list(LABELS), LABELS)
+    root = two_seed_grid(tmp_path / "g", LABELS)
     for seed in (1, 2):
         _log(root / "aligned" / f"sft-s{seed}" / "align_log.jsonl", FALLING)
         # as Vaccine logs it: the objective fell, the model's own loss (logged beside it) rose

@@ -12,13 +12,13 @@ other jobs, are not comparable with each other.
 
 from __future__ import annotations
 
-import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hftguard.pipeline import trend
+from hftguard.pipeline.report.convergence import manifest_of
 
 #: (the stage as the report names it, its step log's prefix), for aligned_dir and attacked_dir
 _TRAINING = (("alignment", "align"), ("fine-tuning", "finetune"))
@@ -81,14 +81,6 @@ def median_step(items: list[StageTime]) -> float | None:
     return round(statistics.median(steps), 3) if steps else None
 
 
-def _manifest(run_dir: Path) -> dict[str, Any]:
-    try:
-        data = json.loads((run_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def _machine(manifest: dict[str, Any]) -> str | None:
     host = manifest.get("host") or {}
     if not isinstance(host, dict) or not host:
@@ -113,7 +105,7 @@ def training_time(run_dir: Path, stage: str, log_stage: str) -> StageTime | None
         sum(times),
         len(times),
         statistics.median(times),
-        _machine(_manifest(run_dir)),
+        _machine(manifest_of(run_dir)),
     )
 
 

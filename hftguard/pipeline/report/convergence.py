@@ -58,7 +58,8 @@ class NotConverged:
         }
 
 
-def _manifest(run_dir: Path) -> dict[str, Any]:
+def manifest_of(run_dir: Path) -> dict[str, Any]:
+    """A run directory's manifest, or {} when it is missing or unreadable."""
     try:
         data = json.loads((run_dir / "manifest.json").read_text())
     except (OSError, ValueError):
@@ -68,7 +69,7 @@ def _manifest(run_dir: Path) -> dict[str, Any]:
 
 def stage_trend(run_dir: Path, log_stage: str) -> tuple[list[dict[str, Any]], str | None]:
     """The run's loss trend (its manifest's, else computed from its log) and its defense."""
-    m = _manifest(run_dir)
+    m = manifest_of(run_dir)
     recorded = (m.get("training") or {}).get("loss_trend")
     defense = (m.get("config") or {}).get("defense")
     if isinstance(recorded, list):
