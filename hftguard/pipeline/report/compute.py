@@ -48,7 +48,7 @@ class StageTime:
 
 @dataclass
 class Cost:
-    """One report row's (method's) stages, each run directory once."""
+    """One method's stages, each run directory once."""
 
     label: str
     method: str
@@ -117,8 +117,9 @@ def eval_time(run: Any) -> StageTime | None:
 
 
 def costs(runs: list[Any]) -> list[Cost]:
-    """Per report row (the attacked evaluations' labels, in order of first appearance): its
-    alignment, fine-tuning and evaluation runs, each directory counted once."""
+    """Per method (the attacked evaluations' labels, in order of first appearance; rows that
+    differ only in an attack setting share one): its alignment, fine-tuning and evaluation runs,
+    each directory read and counted once."""
     out: dict[str, Cost] = {}
     seen: set[tuple[str, str, Path]] = set()
     for r in runs:
@@ -126,18 +127,20 @@ def costs(runs: list[Any]) -> list[Cost]:
             continue
         label = r.label or r.method
         cost = out.setdefault(label, Cost(label, r.method))
-        found: list[StageTime | None] = [
-            training_time(Path(d), stage, log_stage) if d is not None else None
+        todo = [
+            (stage, Path(d), log_stage)
             for (stage, log_stage), d in zip(
                 _TRAINING, (r.aligned_dir, r.attacked_dir), strict=True
             )
-        ]
-        found.append(eval_time(r))
-        for item in found:
-            if item is None or (label, item.stage, item.run_dir) in seen:
+            if d is not None
+        ] + [("evaluation", Path(r.path), None)]
+        for stage, run_dir, log_stage in todo:
+            if (label, stage, run_dir) in seen:
                 continue
-            seen.add((label, item.stage, item.run_dir))
-            cost.stages.setdefault(item.stage, []).append(item)
+            seen.add((label, stage, run_dir))
+            item = eval_time(r) if log_stage is None else training_time(run_dir, stage, log_stage)
+            if item is not None:
+                cost.stages.setdefault(stage, []).append(item)
     return [c for c in out.values() if c.stages]
 
 
