@@ -707,6 +707,14 @@ def base_manifest(
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "node": platform.node(),
+            "torch_threads": torch_threads(),
         },
         "started_at": now(),
     }
+
+
+def torch_threads() -> int | None:
+    """The intra-op threads torch computes with (OMP_NUM_THREADS, ``hftguard bench --threads``),
+    which a step time needs beside it; None when torch is not loaded (nothing here imports it)."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())

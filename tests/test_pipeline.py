@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from hftguard.config import AlignConfig, EvalConfig, FinetuneConfig, LoraOptions, TrainOptions
 from hftguard.errors import RunDirError
@@ -39,6 +40,8 @@ def test_align_manifest_records_provenance(aligned):
     for key in ("libraries", "host", "started_at", "ended_at", "training", "config", "seed"):
         assert key in m
     assert m["training"]["peak_memory_mb"] > 0
+    # the threads a step time was measured with (torch is loaded by then)
+    assert m["host"]["torch_threads"] == torch.get_num_threads()
     assert m["finetune_lora"] == "merge"
     # what ran and why (auto: fp32 unless the CPU has native bf16; hftguard.engine.models)
     assert m["precision"]["requested"] == "auto"

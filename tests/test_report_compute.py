@@ -31,9 +31,10 @@ def _set(path: Path, **values: Any) -> None:
 @pytest.fixture()
 def grid(tmp_path: Path) -> Path:
     root = two_seed_grid(tmp_path / "g", LABELS)
-    host = {"node": "box", "cpus": 2}
     for seed, times in ((1, [2.0, 4.0, 3.0]), (2, [6.0, 6.0])):
         _log(root / "aligned" / f"booster-s{seed}" / "align_log.jsonl", times)
+        # seed 2's manifest predates torch_threads
+        host = {"node": "box", "cpus": 2, **({"torch_threads": 1} if seed == 1 else {})}
         _set(root / "aligned" / f"booster-s{seed}" / "manifest.json", host=host, device="cpu")
     # SFT's alignment has no step log (an older run): it is left out, not counted as zero
     for method, seed, times, wall in (
@@ -69,11 +70,15 @@ def test_compute_per_row_by_hand(grid: Path) -> None:
     assert row["SFT"]["fine-tuning"]["mean_seconds"] == pytest.approx(5.5)  # (7 + 4) / 2
     assert row["SFT"]["evaluation"]["mean_seconds"] == pytest.approx(90.0)
     assert row["SFT"]["alignment"]["runs"] == 0 and row["SFT"]["alignment"]["mean_seconds"] is None
-    assert row["Booster"]["alignment"]["each"][0]["machine"] == "box (2 CPUs, cpu)"
+    each = row["Booster"]["alignment"]["each"]
+    assert [e["machine"] for e in each] == [
+        "box (2 CPUs, 1 torch thread, cpu)",
+        "box (2 CPUs, cpu)",
+    ]
 
     md = report.to_markdown(rep)
     section = md.split("## Compute", 1)[1]
-    assert "Machines: box (2 CPUs, cpu)." in section
+    assert "Machines: box (2 CPUs, 1 torch thread, cpu); box (2 CPUs, cpu)." in section
     assert "| Booster | 2 | 0.2 | 4.50 | 2 | 0.1 | 3.00 | 2 | 1.0 |" in section
     assert "| SFT | 0 | – | – | 2 | 0.1 | 1.50 | 2 | 1.5 |" in section
 

@@ -85,9 +85,12 @@ def _machine(manifest: dict[str, Any]) -> str | None:
     host = manifest.get("host") or {}
     if not isinstance(host, dict) or not host:
         return None
-    cpus = host.get("cpus")
-    device = manifest.get("device")
-    return f"{host.get('node', '?')} ({cpus} CPUs, {device or '?'})"
+    threads = host.get("torch_threads")  # recorded since 2026-11-26 (eighth session)
+    parts = [f"{host.get('cpus')} CPUs"]
+    if threads is not None:
+        parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
+    parts.append(str(manifest.get("device") or "?"))
+    return f"{host.get('node', '?')} ({', '.join(parts)})"
 
 
 def training_time(run_dir: Path, stage: str, log_stage: str) -> StageTime | None:
