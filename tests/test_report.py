@@ -1166,6 +1166,7 @@ def test_run_and_report_a_tiny_grid(cli: Any, tmp_path: Path) -> None:
 
     res = cli("run", "grid.toml", "--out", "g", "--dry-run")
     assert res.code == 0 and "4 cell(s), 4 done" in res.out
+    assert "Nothing is left: re-running this grid does no work." in res.out
     res = cli("run", "grid.toml", "--out", "g", "--quiet")  # nothing left to do
     assert res.code == 0 and "Tables and plots: hftguard report g" in res.out
 

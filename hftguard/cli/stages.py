@@ -438,8 +438,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--dry-run",
                 help="Check the config and list each "
-                "cell with what is done and what would run; "
-                "write nothing.",
+                "cell with what is done and what would run, "
+                "with an estimate of the time left (step times "
+                "measured in --out); write nothing.",
             ),
         ] = False,
         quiet: QuietOpt = False,
@@ -477,7 +478,8 @@ def register(app: typer.Typer) -> None:
             from hftguard.pipeline.preflight import check_grid
             from hftguard.registry import default_registry
 
-            check_grid(g, default_registry())  # also every missing path, listed at once
+            registry = default_registry()
+            check_grid(g, registry)  # also every missing path, listed at once
             if warning := grid.spec.same_file_warning(g):
                 from rich.markup import escape
 
@@ -493,6 +495,10 @@ def register(app: typer.Typer) -> None:
                 f"{sum(r['status'] == 'done' for r in rows)} done -> {out}",
                 *_plan_table(rows),
             )
+            from hftguard.pipeline.grid.estimate import describe, estimate
+
+            for line in describe(estimate(g, out, registry)):
+                stdout.print(line, highlight=False, markup=False)
             return
         reporter = _reporter(quiet, as_json)
 

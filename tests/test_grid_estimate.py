@@ -1,0 +1,126 @@
+"""The dry-run's estimate of what is left of a grid (hftguard/pipeline/grid/estimate.py): steps
+left per stage and defense (an unfinished run resumes from its last checkpoint), step times
+measured on the grid itself or scaled from SFT's by the declared passes, evaluations at the median
+finished evaluation's wall time. Checked against a sum done by hand on a grid run with fake
+stages."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_grid import BASE, FakeStages, quiet
+
+from hftguard.pipeline import grid
+from hftguard.pipeline.grid.estimate import describe, estimate, steps_done
+from hftguard.registry import default_registry
+
+P02 = "sft__sft__p0.2__n20__sentiment__s42"
+
+
+@pytest.fixture
+def fake(monkeypatch: pytest.MonkeyPatch) -> FakeStages:
+    return FakeStages(monkeypatch)
+
+
+def _load() -> grid.Grid:
+    data = {
+        **BASE,
+        "align": {**BASE["align"], "train": {"max_steps": 10}},
+        "finetune": {**BASE["finetune"], "train": {"max_steps": 20}},
+        "grid": {"align_defense": ["sft", "booster"], "harmful_ratio": [0.0, 0.2]},
+    }
+    return grid.load(data)
+
+
+def _log(path: Path, stage: str, times: list[float]) -> None:
+    rows = [{"step": i, "loss": 1.0, "step_time": t} for i, t in enumerate(times)]
+    (path / f"{stage}_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _wall(path: Path, seconds: float) -> None:
+    m = json.loads((path / "manifest.json").read_text())
+    (path / "manifest.json").write_text(json.dumps({**m, "wall_time_s": seconds}))
+
+
+@pytest.fixture
+def half_done(fake: FakeStages, tmp_path: Path) -> tuple[grid.Grid, Path]:
+    """SFT's alignment, its p = 0 cell and the base model are done; its p = 0.2 attack stopped
+    at a checkpoint after 5 of 20 steps; Booster's alignment failed at once."""
+    g, out = _load(), tmp_path / "out"
+    fake.fail |= {"aligned/booster-s42", f"cells/{P02}/attacked"}
+    with pytest.raises(grid.GridFailed):
+        grid.run(g, out, reporter=quiet())
+    _log(out / "aligned" / "sft-s42", "align", [2.0, 2.0, 4.0])  # median 2
+    _log(out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "attacked", "finetune", [1, 3, 5.0])
+    attacked = out / "cells" / P02 / "attacked"
+    _log(attacked, "finetune", [5.0, 5.0, 5.0, 5.0, 5.0, 5.0, 5.0])  # 7 logged, checkpoint at 5
+    (attacked / "checkpoints" / "step-0000005").mkdir(parents=True)
+    _wall(out / "evals" / "base", 60.0)
+    _wall(out / "evals" / "aligned-sft-s42", 120.0)
+    _wall(out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "eval", 90.0)
+    return g, out
+
+
+def test_the_estimate_by_hand(half_done: tuple[grid.Grid, Path]) -> None:
+    g, out = half_done
+    est = estimate(g, out, default_registry())
+    rows = {(r["stage"], r["defense"]): r for r in est["training"]}
+    assert set(rows) == {("align", "booster"), ("finetune", "sft")}
+    # Booster's alignment: never measured, so SFT's median step (2 s) x its 3 passes; 10 steps
+    booster = rows[("align", "booster")]
+    assert (booster["runs"], booster["steps"], booster["basis"]) == (1, 10, "passes")
+    assert booster["s_per_step"] == pytest.approx(6.0) and booster["seconds"] == pytest.approx(60)
+    # fine-tuning: the p = 0.2 SFT cell resumes at its checkpoint (15 left, not 13 or 20), the two
+    # Booster cells are new (20 each); the step time is the median of the runs' medians (3, 5)
+    ft = rows[("finetune", "sft")]
+    assert (ft["runs"], ft["steps"], ft["basis"]) == (3, 15 + 20 + 20, "measured")
+    assert ft["s_per_step"] == pytest.approx(4.0)
+    # evaluations: Booster's aligned model, the SFT p = 0.2 cell, both Booster cells; 90 s each
+    assert est["evaluations_left"] == 4 and est["eval_seconds"] == pytest.approx(90.0)
+    assert est["seconds"] == pytest.approx(60 + 55 * 4.0 + 4 * 90.0)
+    assert est["complete"] and est["repairs_left"] == 0
+    text = "\n".join(describe(est))
+    assert "alignment booster: 1 run(s), 10 steps left × 6.00 s (SFT's × its passes)" in text
+    assert "fine-tuning sft: 3 run(s), 55 steps left × 4.00 s (measured here)" in text
+    assert "evaluations: 4 left × 2 min ≈ 6 min" in text
+    assert "In all ≈ 11 min for one process" in text and "lower bound" not in text
+
+
+def test_what_cannot_be_timed_is_said(half_done: tuple[grid.Grid, Path]) -> None:
+    g, out = half_done
+    (out / "aligned" / "sft-s42" / "align_log.jsonl").unlink()  # no alignment step measured
+    est = estimate(g, out, default_registry())
+    booster = next(r for r in est["training"] if r["stage"] == "align")
+    assert booster["s_per_step"] is None and booster["seconds"] is None
+    assert not est["complete"]
+    text = "\n".join(describe(est))
+    assert "alignment booster: 1 run(s), 10 steps left, no step time measured" in text
+    assert "(a lower bound: some work above is not timed)" in text
+
+
+def test_a_finished_grid_has_nothing_left(fake: FakeStages, tmp_path: Path) -> None:
+    g = _load()
+    grid.run(g, tmp_path / "out", reporter=quiet())
+    est = estimate(g, tmp_path / "out", default_registry())
+    assert est["training"] == [] and est["evaluations_left"] == 0
+    assert describe(est) == ["Nothing is left: re-running this grid does no work."]
+
+
+def test_steps_done_reads_the_last_checkpoint(tmp_path: Path) -> None:
+    assert steps_done(tmp_path) == 0
+    for name in ("step-0000050", "step-0000300", "step-0000100", "step-junk", ".tmp-step-0000350"):
+        (tmp_path / "checkpoints" / name).mkdir(parents=True)
+    assert steps_done(tmp_path) == 300
+
+
+def test_repair_cells_share_their_attack_and_repairs_are_named(tmp_path: Path) -> None:
+    g = grid.load({**BASE, "grid": {"methods": ["sft/sft", "sft/sft/safelora"], "seed": [1]}})
+    est = estimate(g, tmp_path / "out", default_registry())  # nothing has run
+    rows = {(r["stage"], r["defense"]): r for r in est["training"]}
+    assert rows[("finetune", "sft")]["runs"] == 1  # one attack serves both cells
+    assert est["repairs_left"] == 1 and est["evaluations_left"] == 1 + 1 + 2
+    assert est["seconds"] is None and not est["complete"]  # nothing measured yet
+    text = "\n".join(describe(est))
+    assert "repairs: 1 left, not timed" in text and "none finished here yet" in text
