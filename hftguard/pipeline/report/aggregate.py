@@ -167,6 +167,8 @@ def header(axis: str, col: Any) -> str:
         return f"n={col}"
     if axis == "attack" and col == "":
         return "(no setting)"
+    if axis == "variant":
+        return str(col)
     return str(col)
 
 
@@ -191,7 +193,8 @@ def _refuse_duplicate_seeds(groups: Mapping[Any, list[EvalRun]]) -> None:
                     f"{len(same)} evaluations of {same[0].method} with seed {seed} in one cell "
                     f"({paths}): the report would average them as if they were seeds.",
                     hint="Report them separately (one `hftguard report` each), or pass only one "
-                    "of them; runs that differ in a defense's options need a grid of their own.",
+                    "of them. (Runs whose defenses differ in their options are rows of their own, "
+                    "e.g. `Vaccine (rho=40)`; these do not differ in them.)",
                 )
 
 
@@ -243,8 +246,8 @@ def build(
     for kind in ("base", "aligned"):
         by: dict[str, list[EvalRun]] = {}
         for r in collection.runs:
-            if r.kind == kind:
-                by.setdefault(r.label if kind == "aligned" else "base", []).append(r)
+            if r.kind == kind:  # aligned models with other defense options are rows of their own
+                by.setdefault(r.variant_text if kind == "aligned" else "base", []).append(r)
         for label, rs in by.items():
             tasks = list(
                 dict.fromkeys(t for r in rs for t in (r.metrics.get("finetune_accuracy") or {}))
@@ -300,11 +303,14 @@ def _layout(
     varying = [a for a in others if len({_value(r, a) for r in attacked}) > 1]
     groups: dict[tuple[tuple[Any, ...], Any], list[EvalRun]] = {}
     rows: dict[tuple[Any, ...], Row] = {}
+    variants = any(r.variant for r in attacked)
     for r in attacked:
         extra = {a: _value(r, a) for a in varying}
+        if variants:  # the defense options that tell runs of one method apart come first
+            extra = {"variant": r.variant_label, **extra}
         key = (r.method, *extra.values())
         if key not in rows:
-            suffix = ", ".join(header(a, v) for a, v in extra.items())
+            suffix = ", ".join(header(a, v) for a, v in extra.items() if v != "" or a != "variant")
             rows[key] = Row(key, r.label + (f" ({suffix})" if suffix else ""), r.method, extra)
         groups.setdefault((key, _value(r, columns)), []).append(r)
     _refuse_duplicate_seeds(groups)

@@ -34,9 +34,14 @@ class EvalRun:
     aligned_dir: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the defense options that tell this evaluation apart from the others of its method in the
+    #: same report (``{"rho": 40}``); {} when they all agree (:func:`_variants`)
+    variant: dict[str, Any] = field(default_factory=dict)
     #: the attacked model's own fine-tuning settings (the [grid.attack] keys, read from its
     #: manifest): where an evaluation outside a grid gets its attack setting from
     _attack_config: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the defense options of the model's stages, ``{"align.rho": 40, "finetune.k_align": 10}``
+    _options: dict[str, Any] = field(default_factory=dict, repr=False)
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
     _screening: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -57,6 +62,23 @@ class EvalRun:
     def attack_key(self) -> tuple[tuple[str, Any], ...]:
         """The attack setting, hashable (pairs and groups evaluations of one setting)."""
         return tuple(self.attack.items())
+
+    @property
+    def variant_text(self) -> str:
+        """The label with the variant, ``Vaccine (rho=40)``: how the report names its rows."""
+        return self.label + (f" ({self.variant_label})" if self.variant else "")
+
+    @property
+    def variant_key(self) -> tuple[tuple[str, Any], ...]:
+        """The variant, hashable (pairs a variant with its own p = 0 and attacked runs)."""
+        return tuple(self.variant.items())
+
+    @property
+    def variant_label(self) -> str:
+        """``rho=40`` (an option the run's defense left at its default: ``rho=default``); ""."""
+        return " ".join(
+            f"{k}={'default' if v is None else _show(v)}" for k, v in self.variant.items()
+        )
 
     @property
     def attack_label(self) -> str:
@@ -262,6 +284,44 @@ def _run_dir(*candidates: Any) -> tuple[Path | None, dict[str, Any] | None]:
     return None, None
 
 
+def _stage_options(m: dict[str, Any]) -> dict[str, Any]:
+    """A stage manifest's defense options, keyed ``align.NAME`` or ``finetune.NAME``."""
+    opts = (m.get("config") or {}).get("defense_options")
+    stage = m.get("stage")
+    if not isinstance(opts, dict) or stage not in ("align", "finetune"):
+        return {}
+    return {f"{stage}.{k}": v for k, v in opts.items()}
+
+
+def _same(value: Any) -> Any:
+    """An option's value for comparison: 400 and 400.0 (a TOML float, a --set integer) agree."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return ("number", float(value))
+    return ("value", json.dumps(value, sort_keys=True, default=str))
+
+
+def _variants(runs: list[EvalRun]) -> None:
+    """Evaluations of one method whose defenses ran with different options (a sweep of Vaccine's
+    rho in several run directories) are told apart by those options: each gets ``variant``, the
+    options that differ within its method (attacked models: per alignment/fine-tuning pair, so a
+    repaired model shares its attacked model's variant; aligned models: per alignment defense).
+    An option's key drops its stage (``rho``) unless both stages vary an option of that name."""
+    groups: dict[tuple[str, str | None], list[EvalRun]] = {}
+    for r in runs:
+        if r.kind == "attacked":
+            groups.setdefault(("attacked", r.attacked_method), []).append(r)
+        elif r.kind == "aligned":
+            groups.setdefault(("aligned", r.align), []).append(r)
+    for rs in groups.values():
+        keys = sorted({k for r in rs for k in r._options})
+        varying = [k for k in keys if len({_same(r._options.get(k)) for r in rs}) > 1]
+        names = {k: k.split(".", 1)[1] for k in varying}
+        if len(set(names.values())) < len(names):
+            names = {k: k for k in varying}
+        for r in rs:
+            r.variant = {names[k]: r._options.get(k) for k in varying}
+
+
 def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
     """What an eval directory evaluated, from the manifests of the model's run directories."""
     cfg = manifest.get("config", {})
@@ -281,6 +341,7 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
     if model_m is None:
         return run
     mcfg = model_m.get("config", {})
+    run._options = _stage_options(model_m)
     if model_m.get("stage") == "align":
         run.kind, run.align, run.seed, run.aligned_dir = (
             "aligned",
@@ -308,6 +369,7 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
         )
         if a_m is not None and a_m.get("stage") == "align":
             run.align, run.aligned_dir = a_m.get("config", {}).get("defense"), a_dir
+            run._options = {**_stage_options(a_m), **run._options}
         else:
             run.align = "none"
     return run
@@ -433,6 +495,7 @@ def collect(paths: Sequence[str | Path]) -> Collection:
         [r for r in runs if r.kind == "attacked" and r.path not in grid_coords and not r.attack],
         {k for r in runs if r.kind == "attacked" for k in r.attack},  # the grids' attack axes
     )
+    _variants(runs)
     for run in runs:
         run.label = labels.get(run.method, run.method)
         if run.kind == "aligned":  # named after the method that fine-tunes it with SFT, if any

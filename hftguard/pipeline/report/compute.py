@@ -128,7 +128,7 @@ def costs(runs: list[Any]) -> list[Cost]:
     for r in runs:
         if r.kind != "attacked":
             continue
-        label = r.label or r.method
+        label = r.variant_text if r.label else r.method
         cost = out.setdefault(label, Cost(label, r.method))
         todo = [
             (stage, Path(d), log_stage)

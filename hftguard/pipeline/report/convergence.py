@@ -107,7 +107,7 @@ def not_converged(runs: list[Any]) -> list[NotConverged]:
                     for t in trends
                     if t.get("rose")
                 ]
-            label = r.label or r.method
+            label = r.variant_text if r.label else r.method
             for item in found[key]:
                 if label not in item.labels:
                     item.labels.append(label)

@@ -257,7 +257,7 @@ def resolve_baseline(collection: Collection, baseline: str | None) -> str | None
 
 
 def _coords(r: EvalRun) -> tuple[Any, ...]:
-    return (r.method, r.p, r.n, r.task, r.seed, r.attack_key)
+    return (r.method, r.p, r.n, r.task, r.seed, r.attack_key, r.variant_key)
 
 
 def pair_all(
@@ -282,16 +282,19 @@ def pair_all(
     kw = {"judge": judge, "n_boot": n_boot, "seed": seed, "level": level}
     for r in index.values():
         pairs = []
-        if baseline and r.method != baseline:
-            ref = index.get((baseline, r.p, r.n, r.task, r.seed, r.attack_key))
+        cell = (r.n, r.task, r.seed, r.attack_key)
+        if baseline and r.method != baseline:  # the baseline without a variant, else the same
+            ref = index.get((baseline, r.p, *cell, ())) or index.get(
+                (baseline, r.p, *cell, r.variant_key)
+            )
             if ref is not None:
                 pairs.append(("vs_baseline", ref))
         if r.p:
-            ref = index.get((r.method, 0.0, r.n, r.task, r.seed, r.attack_key))
+            ref = index.get((r.method, 0.0, *cell, r.variant_key))
             if ref is not None:
                 pairs.append(("attack_effect", ref))
         if r.repair:
-            ref = index.get((r.attacked_method, r.p, r.n, r.task, r.seed, r.attack_key))
+            ref = index.get((r.attacked_method, r.p, *cell, r.variant_key))
             if ref is not None:
                 pairs.append(("repair_effect", ref))
         for kind, ref in pairs:

@@ -214,7 +214,7 @@ def runs_styles(runs: Iterable[EvalRun], extra: Iterable[tuple[str, str]] = ()) 
     for kind in ("attacked", "aligned", "base"):
         for r in runs:
             if r.kind == kind:
-                pairs.setdefault(r.label, r.method)
+                pairs.setdefault(r.variant_text, r.method)
     styles = assign_styles(pairs.values())
     return {label: styles[method] for label, method in pairs.items()}
 
@@ -703,7 +703,7 @@ def training_curves_figure(
     if styles is None:
         styles = runs_styles(runs)
     aligned = _first_per_label(
-        _unique((r.label, r.aligned_dir) for r in runs if r.kind == "aligned")
+        _unique((r.variant_text, r.aligned_dir) for r in runs if r.kind == "aligned")
     )
     attacked_runs = [r for r in runs if r.kind == "attacked" and r.attacked_dir is not None]
     if axis_value is None and attacked_runs:
@@ -711,7 +711,11 @@ def training_curves_figure(
         numeric = [v for v in vals if isinstance(v, int | float)]
         axis_value = max(numeric) if axis in ("p", "n") and numeric else vals[0]
     attacked = _first_per_label(
-        _unique((r.label, r.attacked_dir) for r in attacked_runs if getattr(r, axis) == axis_value)
+        _unique(
+            (r.variant_text, r.attacked_dir)
+            for r in attacked_runs
+            if getattr(r, axis) == axis_value
+        )
     )
     value = f"{axis}={axis_value:g}" if isinstance(axis_value, float | int) else str(axis_value)
     stages = []
@@ -1099,7 +1103,7 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
         training_curves(runs, out / "training_curves.png", axis=axis, formats=fmts, styles=styles)
     )
     aligned = _first_per_label(
-        _unique((r.label, r.aligned_dir) for r in runs if r.kind == "aligned")
+        _unique((r.variant_text, r.aligned_dir) for r in runs if r.kind == "aligned")
     )
     firsts.append(
         alignment_dynamics(aligned, out / "alignment_dynamics.png", formats=fmts, styles=styles)
@@ -1107,7 +1111,9 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
     attacked_runs = [r for r in runs if r.kind == "attacked" and r.attacked_dir is not None]
     for value in dict.fromkeys(getattr(r, axis) for r in attacked_runs):
         cells = _first_per_label(
-            _unique((r.label, r.attacked_dir) for r in attacked_runs if getattr(r, axis) == value)
+            _unique(
+                (r.variant_text, r.attacked_dir) for r in attacked_runs if getattr(r, axis) == value
+            )
         )
         tag = head(value).replace("=", "")
         firsts.append(
@@ -1138,15 +1144,16 @@ def write_all(rep: Report, out: str | Path, formats: Iterable[str] | str = FORMA
         )
     for r in runs:
         if r.kind == "attacked" and r.attacked_dir is not None and r.finetune == "antibody":
+            variant = f"__{slug(r.variant_label.replace('=', ''))}" if r.variant else ""
             name = (
-                f"antibody_weights__{slug(r.method.replace('/', '-'))}__"
+                f"antibody_weights__{slug(r.method.replace('/', '-'))}{variant}__"
                 f"{head(getattr(r, axis)).replace('=', '')}__s{r.seed}.png"
             )
             firsts.append(
                 antibody_weights(
                     r.attacked_dir,
                     out / name,
-                    f"{r.label}, {head(getattr(r, axis))}, seed {r.seed}",
+                    f"{r.variant_text}, {head(getattr(r, axis))}, seed {r.seed}",
                     formats=fmts,
                 )
             )

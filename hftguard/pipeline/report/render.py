@@ -620,6 +620,8 @@ def _cell_dict(rep: Report, c: CellStats, task: str | None = None) -> dict[str, 
     run = c.runs[0] if c.runs else None
     if run is not None and run.attack:
         extra["attack"] = run.attack
+    if run is not None and run.variant:
+        extra["variant"] = run.variant
     if run is not None and run.screen:
         extra["screen"] = run.screen
     if rep.has("leak_through"):
@@ -869,11 +871,13 @@ ATTACK_CSV_FIELDS = [
 
 
 def csv_fields(rep: Report) -> list[str]:
-    """CSV_FIELDS, and the repair, screening and attack fields when the report has them (a
-    report without them keeps exactly CSV_FIELDS)."""
+    """CSV_FIELDS, and the variant, repair, screening and attack fields when the report has
+    them (a report without them keeps exactly CSV_FIELDS)."""
     leak = rep.has("leak_through") or any(c.runs and c.runs[0].screen for c in rep.cells.values())
+    variant = any(row.extra.get("variant") for row in rep.rows)
     return (
         CSV_FIELDS
+        + (["variant"] if variant else [])
         + (LEAK_CSV_FIELDS if leak else [])
         + (ATTACK_CSV_FIELDS if rep.worst else [])
         + (REPAIR_CSV_FIELDS if rep.has("repair_effect") else [])

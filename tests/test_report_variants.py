@@ -1,0 +1,110 @@
+"""Runs of one method whose defenses differ in their options (a sweep of Vaccine's rho, each
+value in its own run directory) are rows of their own in one report, "Booster (lam=3)", each
+paired with the baseline and with its own p = 0 run; their aligned models are rows of their own
+in the "before" table. Before, the attacked evaluations were refused as duplicate seeds, and the
+aligned models of the two option values were averaged as if they were seeds."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_report_attack import write_grid
+
+from hftguard.errors import RunDirError
+from hftguard.pipeline import report
+from hftguard.pipeline.grid import Cell
+
+LABELS = {"sft/sft": "SFT", "booster/sft": "Booster"}
+
+
+def _grid(root: Path, methods: list[str], seeds: tuple[int, ...], k_harm: int, lam: float) -> Path:
+    cells = []
+    for method in methods:
+        a, f = method.split("/")
+        for seed in seeds:
+            for p in (0.0, 0.2):
+                k = k_harm if (a == "booster" and p) else (18 if p else 2)
+                cells.append((Cell(a, f, p, 100, "sentiment", seed), k, 9, None))
+    grid = write_grid(root, cells, methods, LABELS)
+    for seed in seeds:
+        path = grid / "aligned" / f"booster-s{seed}" / "manifest.json"
+        if path.exists():
+            m = json.loads(path.read_text())
+            m["config"]["defense_options"] = {"lam": lam}
+            path.write_text(json.dumps(m))
+    return grid
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    tmp = tmp_path_factory.mktemp("variants")
+    return [
+        _grid(tmp / "a", ["sft/sft", "booster/sft"], (1, 2), 4, 5.0),  # lam 5.0 (a TOML float)
+        _grid(tmp / "b", ["booster/sft"], (1, 2), 12, 3.0),
+        _grid(tmp / "c", ["booster/sft"], (3,), 4, 5),  # lam 5 (a --set integer): the same value
+    ]
+
+
+def test_option_values_are_rows_of_their_own(sweep: list[Path]) -> None:
+    rep = report.build(report.collect(sweep), n_boot=200)
+    rows = {r.label: r for r in rep.rows}
+    assert set(rows) == {"SFT", "Booster (lam=5)", "Booster (lam=3)"}
+    lam5, lam3 = rows["Booster (lam=5)"], rows["Booster (lam=3)"]
+    assert lam5.method == lam3.method == "booster/sft"
+    cell5, cell3 = rep.cells[(lam5.key, 0.2)], rep.cells[(lam3.key, 0.2)]
+    assert cell5.seeds == [1, 2, 3] and cell3.seeds == [1, 2]  # lam 5 and 5.0 agree
+    assert cell5.hs.mean == pytest.approx(20.0) and cell3.hs.mean == pytest.approx(60.0)
+    # each paired with SFT of the same seed: (4 - 18) / 20 and (12 - 18) / 20
+    assert cell3.vs_baseline["hs"].mean == pytest.approx(-30.0)
+    assert cell3.vs_baseline["hs"].seeds == [1, 2]
+    # ... and with its own p = 0 run, not the other value's
+    effects = [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
+    for c in effects:
+        assert c.run.variant == c.ref.variant and c.run.path.parents[3] == c.ref.path.parents[3]
+    assert sum(c.run.variant == {"lam": 3.0} for c in effects) == 2
+
+
+def test_aligned_models_with_other_options_are_not_averaged_as_seeds(sweep: list[Path]) -> None:
+    rep = report.build(report.collect(sweep), n_boot=0)
+    before = {label: c for label, c, _ in rep.before}
+    assert before["Booster (lam=5)"].seeds == [1, 2, 3]
+    assert before["Booster (lam=3)"].seeds == [1, 2]
+    d = report.report_dict(rep)
+    cells = [c for c in d["cells"] if c["method"] == "booster/sft"]
+    assert sorted(c["variant"]["lam"] for c in cells) == [3.0, 3.0, 5.0, 5.0]
+    assert "variant" not in next(c for c in d["cells"] if c["method"] == "sft/sft")
+    csv_text = report.to_csv(rep)
+    assert csv_text.splitlines()[0].split(",").count("variant") == 1
+    lines = csv_text.splitlines()
+    col = lines[0].split(",").index("variant")
+    assert sorted(line.split(",")[col] for line in lines[1:] if ",booster/sft," in line) == [
+        "lam=3",
+        "lam=3",
+        "lam=5",
+        "lam=5",
+    ]
+    md = report.to_markdown(rep)
+    assert "| Booster (lam=3) |" in md and "| SFT |" in md and "SFT ()" not in md
+
+
+def test_one_option_value_gives_no_variant(sweep: list[Path]) -> None:
+    rep = report.build(report.collect(sweep[:1]), n_boot=0)
+    assert [r.label for r in rep.rows] == ["SFT", "Booster"]
+    assert "variant" not in report.to_csv(rep).splitlines()[0].split(",")
+
+
+def test_the_same_options_twice_are_still_refused(sweep: list[Path], tmp_path: Path) -> None:
+    twin = _grid(tmp_path / "twin", ["booster/sft"], (1,), 12, 3.0)
+    with pytest.raises(RunDirError, match="average them as if they were seeds"):
+        report.build(report.collect([sweep[1], twin]), n_boot=0)
+
+
+def test_two_aligned_models_alone_are_not_averaged(sweep: list[Path]) -> None:
+    """The aligned models' evaluations given one by one: no attacked row to refuse them, so the
+    old report silently averaged lam = 5 and lam = 3 as two evaluations of one model."""
+    evals = [g / "evals" / "aligned-booster-s1" for g in sweep[:2]]
+    rep = report.build(report.collect(evals), n_boot=0)
+    assert sorted(label for label, _, _ in rep.before) == ["booster (lam=3)", "booster (lam=5)"]
+    assert all(c.seeds == [1] for _, c, _ in rep.before)
