@@ -108,3 +108,9 @@ def test_two_aligned_models_alone_are_not_averaged(sweep: list[Path]) -> None:
     rep = report.build(report.collect(evals), n_boot=0)
     assert sorted(label for label, _, _ in rep.before) == ["booster (lam=3)", "booster (lam=5)"]
     assert all(c.seeds == [1] for _, c, _ in rep.before)
+
+
+def test_a_float_and_an_integer_of_one_value_are_no_variant(sweep: list[Path]) -> None:
+    rep = report.build(report.collect([sweep[0], sweep[2]]), n_boot=0)  # lam 5.0 and lam 5
+    assert [r.label for r in rep.rows] == ["SFT", "Booster"]
+    assert rep.cells[(rep.rows[1].key, 0.2)].seeds == [1, 2, 3]
