@@ -769,6 +769,7 @@ def test_report_json_schema(synthetic: Path, cli: Any, tmp_path: Path) -> None:
         "before",
         "not_converged",
         "compute",
+        "before_repeated",
     }
     assert saved["schema_version"] == 1 and saved["baseline"] == "sft/sft"
     assert saved["not_converged"] == []  # these fake runs have no step logs

@@ -114,3 +114,18 @@ def test_a_float_and_an_integer_of_one_value_are_no_variant(sweep: list[Path]) -
     rep = report.build(report.collect([sweep[0], sweep[2]]), n_boot=0)  # lam 5.0 and lam 5
     assert [r.label for r in rep.rows] == ["SFT", "Booster"]
     assert rep.cells[(rep.rows[1].key, 0.2)].seeds == [1, 2, 3]
+
+
+def test_an_aligned_model_evaluated_again_counts_once(sweep: list[Path], tmp_path: Path) -> None:
+    """A sweep directory that copied the grid's aligned model and its evaluation: the Before
+    table keeps one evaluation per model and seed and names the other."""
+    copy = _grid(tmp_path / "copy", ["booster/sft"], (1,), 12, 5.0)  # lam 5.0 as in grid a
+    again = copy / "evals" / "aligned-booster-s1"
+    rep = report.build(report.collect([sweep[0], again]), n_boot=0)
+    before = {label: c for label, c, _ in rep.before}
+    assert before["Booster"].seeds == [1, 2]  # not [1, 1, 2]
+    first = sweep[0] / "evals" / "aligned-booster-s1"
+    kept = {r.path for r in before["Booster"].runs if r.seed == 1}
+    assert len(rep.before_repeated) == 1 and kept | {rep.before_repeated[0].path} == {first, again}
+    assert "Evaluated again, the same aligned model and seed" in report.to_markdown(rep)
+    assert report.report_dict(rep)["before_repeated"] == [str(rep.before_repeated[0].path)]

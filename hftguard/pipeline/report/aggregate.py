@@ -76,6 +76,9 @@ class Report:
     not_converged: list[NotConverged] = field(default_factory=list)
     #: per row, the time its alignment, fine-tuning and evaluation runs took (:mod:`.compute`)
     compute: list[Cost] = field(default_factory=list)
+    #: further evaluations of an aligned model (same label, options and seed) than the first,
+    #: left out of the Before table rather than averaged in as seeds
+    before_repeated: list[EvalRun] = field(default_factory=list)
 
     @property
     def worst_axis(self) -> str:
@@ -243,11 +246,19 @@ def build(
                 if summary is not None:
                     target[metric] = summary
     before = []
+    repeated: list[EvalRun] = []
     for kind in ("base", "aligned"):
         by: dict[str, list[EvalRun]] = {}
         for r in collection.runs:
-            if r.kind == kind:  # aligned models with other defense options are rows of their own
-                by.setdefault(r.variant_text if kind == "aligned" else "base", []).append(r)
+            if r.kind != kind:
+                continue
+            # aligned models with other defense options are rows of their own; one model and
+            # seed evaluated again (a sweep's copy of the aligned model) counts once
+            rs = by.setdefault(r.variant_text if kind == "aligned" else "base", [])
+            if kind == "aligned" and any(o.seed == r.seed for o in rs):
+                repeated.append(r)
+            else:
+                rs.append(r)
         for label, rs in by.items():
             tasks = list(
                 dict.fromkeys(t for r in rs for t in (r.metrics.get("finetune_accuracy") or {}))
@@ -291,6 +302,7 @@ def build(
         fa_bound,
         not_converged(collection.runs),
         costs(collection.runs),
+        repeated,
     )
 
 

@@ -491,6 +491,14 @@ def to_markdown(rep: Report) -> str:
         parts += [f"- {item.text()}" for item in rep.not_converged] + [""]
     if rep.before:
         parts += ["## Before fine-tuning", "", _md(*before_table(rep)), ""]
+        if rep.before_repeated:
+            parts += [
+                "Evaluated again, the same aligned model and seed (left out, not averaged in "
+                "as seeds): "
+                + ", ".join(f"{r.variant_text} s{r.seed} ({r.path})" for r in rep.before_repeated)
+                + ".",
+                "",
+            ]
     if rep.rows:
         parts += ["## Intervals", "", _interval_note(rep) + ".", "", _md(*intervals_table(rep)), ""]
     if rep.worst:
@@ -772,6 +780,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "skipped": [s.as_dict() for s in rep.skipped],
             "before": before,
             "not_converged": [item.as_dict() for item in rep.not_converged],
+            "before_repeated": [str(r.path) for r in rep.before_repeated],
             "compute": [c.as_dict() for c in rep.compute],
             **(
                 {
