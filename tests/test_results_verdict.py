@@ -125,3 +125,25 @@ def test_the_sweep_pick_says_when_no_value_qualifies(tmp_path: Path) -> None:
     two_cells["cells"].append({**two_cells["cells"][-1]})
     with pytest.raises(ValueError, match="expected one defense cell"):
         _script().pick({"2": two_cells})
+
+
+def test_the_pick_from_one_report_over_the_whole_sweep(tmp_path: Path) -> None:
+    from test_report_variants import _grid
+
+    grids = [
+        _grid(tmp_path / "a", ["sft/sft", "booster/sft"], (1, 2), 4, 5.0),  # HS 20, FA kept
+        _grid(tmp_path / "b", ["booster/sft"], (1, 2), 12, 3.0),  # HS 60, FA kept
+        _grid(tmp_path / "c", ["booster/sft"], (1, 2), 0, 8.0),  # HS 0, but diverged
+    ]
+    rep = report.report_dict(report.build(report.collect(grids), n_boot=50))
+    rep["not_converged"] = [
+        {"stage": "alignment", "key": "loss", "first": 1, "last": 2, "labels": ["Booster (lam=8)"]}
+    ]
+    result = _script().pick_variants(rep)
+    rows = {r["value"]: r for r in result["rows"]}
+    assert set(rows) == {"lam=5", "lam=3", "lam=8"}
+    assert rows["lam=8"]["reason"] == "excluded: its alignment did not converge"
+    assert rows["lam=3"]["hs"] == pytest.approx(60.0) and rows["lam=3"]["reason"] == "eligible"
+    assert result["picked"] == "lam=5"
+    with pytest.raises(ValueError, match=r"no cell at p = 0\.2 has a variant"):
+        _script().pick_variants(report.report_dict(report.build(report.collect(grids[:1]))))

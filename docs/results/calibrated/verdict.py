@@ -92,7 +92,7 @@ def pick(sweep: dict[str, dict[str, Any]], p: float = 0.2) -> dict[str, Any]:
     one with the lowest HS at harmful ratio ``p``. ``sweep`` maps each value (as text) to the
     report.json of a report over that value's run and the SFT cell it is compared with. If no value
     qualifies, ``picked`` is None: the rule then keeps the paper's value, and the README says so."""
-    rows = []
+    items = []
     for value, rep in sweep.items():
         cells = [c for c in rep["cells"] if c["method"] != rep.get("baseline") and c.get("p") == p]
         if len(cells) != 1:
@@ -100,12 +100,39 @@ def pick(sweep: dict[str, dict[str, Any]], p: float = 0.2) -> dict[str, Any]:
                 f"value {value}: expected one defense cell at p = {p:g} besides the baseline, "
                 f"found {len(cells)}; report one swept run against the SFT cell it is compared with"
             )
-        cell = cells[0]
+        items.append((value, cells[0], rep.get("not_converged") or []))
+    return _pick(items)
+
+
+def pick_variants(rep: dict[str, Any], p: float = 0.2) -> dict[str, Any]:
+    """The same rule on one report over the whole sweep: its rows ``Vaccine (rho=40)``... are the
+    values (``variant`` in report.json's cells; hftguard report splits a method's runs by the
+    options that differ among them)."""
+    cells = [
+        c
+        for c in rep["cells"]
+        if c["method"] != rep.get("baseline") and c.get("p") == p and c.get("variant")
+    ]
+    if not cells:
+        raise ValueError(
+            f"no cell at p = {p:g} has a variant: report the swept runs together (one directory "
+            "per value) with the SFT cell they are compared with"
+        )
+    return _pick([(_variant_text(c), c, rep.get("not_converged") or []) for c in cells])
+
+
+def _variant_text(cell: dict[str, Any]) -> str:
+    return " ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cell["variant"].items()
+    )
+
+
+def _pick(items: list[tuple[str, dict[str, Any], list[dict[str, Any]]]]) -> dict[str, Any]:
+    rows = []
+    for value, cell, not_converged in items:
         fa = (cell.get("vs_baseline") or {}).get("fa")
         stalled = [
-            item["stage"]
-            for item in rep.get("not_converged") or []
-            if cell["label"] in item.get("labels", [])
+            item["stage"] for item in not_converged if cell["label"] in item.get("labels", [])
         ]
         row = {
             "value": value,
@@ -129,10 +156,17 @@ def pick(sweep: dict[str, dict[str, Any]], p: float = 0.2) -> dict[str, Any]:
     return {"rows": rows, "picked": best["value"] if best else None}
 
 
+def _show_pick(result: dict[str, Any]) -> None:
+    for r in result["rows"]:
+        print(f"{r['value']}: HS {_num(r['hs'], '.1f')}, ΔFA {_num(r['d_fa'])}: {r['reason']}")
+    print(f"picked: {result['picked'] or 'none eligible (keep the paper value)'}")
+
+
 def _usage() -> None:
     sys.exit(
         "usage: python docs/results/calibrated/verdict.py REPORT_JSON\n"
-        "       python docs/results/calibrated/verdict.py --pick VALUE=REPORT_JSON ..."
+        "       python docs/results/calibrated/verdict.py --pick VALUE=REPORT_JSON ...\n"
+        "       python docs/results/calibrated/verdict.py --pick-report SWEEP_REPORT_JSON"
     )
 
 
@@ -145,10 +179,10 @@ if __name__ == "__main__":
                 _usage()
             with open(path, encoding="utf-8") as f:
                 sweep[value] = json.load(f)
-        result = pick(sweep)
-        for r in result["rows"]:
-            print(f"{r['value']}: HS {_num(r['hs'], '.1f')}, ΔFA {_num(r['d_fa'])}: {r['reason']}")
-        print(f"picked: {result['picked'] or 'none eligible (keep the paper value)'}")
+        _show_pick(pick(sweep))
+    elif len(sys.argv) == 3 and sys.argv[1] == "--pick-report":
+        with open(sys.argv[2], encoding="utf-8") as f:
+            _show_pick(pick_variants(json.load(f)))
     elif len(sys.argv) == 2:
         with open(sys.argv[1], encoding="utf-8") as f:
             print(markdown(verdicts(json.load(f))))
