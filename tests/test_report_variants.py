@@ -129,3 +129,25 @@ def test_an_aligned_model_evaluated_again_counts_once(sweep: list[Path], tmp_pat
     assert len(rep.before_repeated) == 1 and kept | {rep.before_repeated[0].path} == {first, again}
     assert "Evaluated again, the same aligned model and seed" in report.to_markdown(rep)
     assert report.report_dict(rep)["before_repeated"] == [str(rep.before_repeated[0].path)]
+
+
+def test_figures_draw_a_variant_like_its_row(sweep: list[Path]) -> None:
+    """The secondary figures (training curves, alignment dynamics) tell the variants apart as the
+    main figures do: the first row of a method solid, the next dashed, same colour."""
+    from hftguard.pipeline.report.plots import LINESTYLES, _line, _variants, report_styles
+
+    rep = report.build(report.collect(sweep[:2]), n_boot=0)
+    styles = report_styles(rep)
+    first, second = styles["Booster (lam=5)"], styles["Booster (lam=3)"]
+    assert first.color == second.color and first.marker == second.marker
+    rows = {r.label: r for r in rep.rows}
+    index = _variants(rep.rows)
+    assert (
+        (first.variant, second.variant)
+        == (
+            index[rows["Booster (lam=5)"].key],
+            index[rows["Booster (lam=3)"].key],
+        )
+        == (0, 1)
+    )
+    assert "ls" not in _line(first, [0, 1]) and _line(second, [0, 1])["ls"] == LINESTYLES[1]

@@ -28,7 +28,7 @@ import hashlib
 import json
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
@@ -116,10 +116,12 @@ def _rc(fn: Callable[P, T]) -> Callable[P, T]:
 
 @dataclass(frozen=True)
 class Style:
-    """How a method is drawn in every figure: a colour and a marker."""
+    """How a method is drawn in every figure: a colour and a marker; ``variant`` > 0 (another
+    row of the same method: a defense option or another n) changes the line and the fill."""
 
     color: str
     marker: str
+    variant: int = 0
 
 
 #: The built-in methods (alignment defense / fine-tuning defense): one colour per alignment
@@ -209,14 +211,21 @@ def runs_styles(runs: Iterable[EvalRun], extra: Iterable[tuple[str, str]] = ()) 
     """{label: style} for ``extra`` (label, method) pairs and the runs' labels: a fine-tuned
     run's by its method, an aligned model's like the fine-tuned method whose label it carries
     (else by its alignment defense)."""
-    pairs = dict(reversed(list(extra)))  # the first pair of a label wins
+    pairs: dict[str, str] = {}
+    for label, method in extra:  # the first pair of a label wins
+        pairs.setdefault(label, method)
     runs = list(runs)
     for kind in ("attacked", "aligned", "base"):
         for r in runs:
             if r.kind == kind:
                 pairs.setdefault(r.variant_text, r.method)
     styles = assign_styles(pairs.values())
-    return {label: styles[method] for label, method in pairs.items()}
+    seen: dict[str, int] = {}
+    out = {}
+    for label, method in pairs.items():  # a method's second label onwards (in row order): a variant
+        variant = seen[method] = seen.get(method, -1) + 1
+        out[label] = replace(styles[method], variant=variant) if variant else styles[method]
+    return out
 
 
 def _styles_for(labels: Iterable[str], styles: Mapping[str, Style] | None) -> dict[str, Style]:
@@ -331,10 +340,16 @@ def _steps_axis(ax: Any, label: str = "step") -> None:
 def _line(style: Style, xs: Sequence[Any], **kw: Any) -> dict[str, Any]:
     """Line keywords for a method: its colour, and its marker on every point of a short series
     and on about ten points of a long one (so curves stay apart in black and white)."""
+    variant = (
+        {**_marker(style, style.variant, 4), "ls": LINESTYLES[style.variant % len(LINESTYLES)]}
+        if style.variant
+        else {}
+    )
     return {
         "color": style.color,
         "marker": style.marker,
         "ms": 4,
+        **variant,
         "markevery": 1 if len(xs) <= 20 else max(1, len(xs) // 10),
         **kw,
     }
