@@ -170,9 +170,7 @@ def header(axis: str, col: Any) -> str:
         return f"n={col}"
     if axis == "attack" and col == "":
         return "(no setting)"
-    if axis == "variant":
-        return str(col)
-    return str(col)
+    return str(col)  # a variant's too: ``rho=40``
 
 
 def _value(run: EvalRun, axis: str) -> Any:
