@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_grid import BASE, FakeStages, quiet
@@ -124,3 +125,37 @@ def test_repair_cells_share_their_attack_and_repairs_are_named(tmp_path: Path) -
     assert est["seconds"] is None and not est["complete"]  # nothing measured yet
     text = "\n".join(describe(est))
     assert "repairs: 1 left, not timed" in text and "none finished here yet" in text
+
+
+def test_timings_from_another_grid(half_done: tuple[grid.Grid, Path], tmp_path: Path) -> None:
+    """A grid that has measured nothing takes the step and evaluation times of one that ran."""
+    g, ran = half_done
+    fresh = estimate(g, tmp_path / "fresh", default_registry())
+    assert fresh["seconds"] is None  # nothing to time by
+    est = estimate(g, tmp_path / "fresh", default_registry(), timings_from=[ran])
+    rows = {(r["stage"], r["defense"]): r for r in est["training"]}
+    assert rows[("align", "sft")]["basis"] == "elsewhere"
+    assert rows[("align", "sft")]["s_per_step"] == pytest.approx(2.0)
+    assert rows[("finetune", "sft")]["s_per_step"] == pytest.approx(4.0)
+    # Booster's alignment ran nowhere: scaled from the other grid's SFT step
+    assert rows[("align", "booster")]["basis"] == "passes"
+    assert rows[("align", "booster")]["s_per_step"] == pytest.approx(6.0)
+    assert est["eval_seconds"] == pytest.approx(90.0)
+    assert "× 2.00 s (measured in --timings-from)" in "\n".join(describe(est))
+
+
+def test_timings_from_needs_a_dry_run_and_a_directory(cli: Any, tmp_path: Path) -> None:
+    from cli_helpers import assert_error
+
+    (tmp_path / "g.toml").write_text(
+        'evaluate_base = false\n[align]\nmodel = "tiny-random"\nretain = ""\n'
+        "[grid]\nharmful_ratio = [0.2]\n"
+    )
+    res = cli("run", "g.toml", "--out", "o", "--timings-from", str(tmp_path))
+    assert_error(res, 2, "--timings-from only estimates a plan: it needs --dry-run.")
+    assert not (tmp_path / "o").exists()
+    res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", "nowhere")
+    assert_error(res, 2, "--timings-from nowhere: no such directory.")
+    res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", str(tmp_path))
+    assert res.code == 0, res.err
+    assert "no step time measured yet (here or in --timings-from)" in res.out

@@ -443,6 +443,15 @@ def register(app: typer.Typer) -> None:
                 "measured in --out); write nothing.",
             ),
         ] = False,
+        timings_from: Annotated[
+            list[Path] | None,
+            typer.Option(
+                "--timings-from",
+                help="With --dry-run: other grid directories that ran on this machine, "
+                "whose measured step and evaluation times estimate what this grid has not "
+                "measured yet (repeatable).",
+            ),
+        ] = None,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
@@ -464,6 +473,18 @@ def register(app: typer.Typer) -> None:
                 hint="Launch align and attack-finetune with torchrun / accelerate launch, and "
                 "run eval (or hftguard run) in one process.",
             )
+        if timings_from and not dry_run:
+            raise ConfigError(
+                "--timings-from only estimates a plan: it needs --dry-run.",
+                hint="Add --dry-run, or leave --timings-from out to run the grid.",
+            )
+        for d in timings_from or []:
+            if not d.is_dir():
+                raise ConfigError(
+                    f"--timings-from {d}: no such directory.",
+                    hint="Give the --out directory of a grid (or any run directory) that ran on "
+                    "this machine.",
+                )
         sets = list(set_ or [])
         if seed is not None:
             sets += [f"align.seed={seed}", f"finetune.seed={seed}", f"eval.seed={seed}"]
@@ -497,7 +518,7 @@ def register(app: typer.Typer) -> None:
             )
             from hftguard.pipeline.grid.estimate import describe, estimate
 
-            for line in describe(estimate(g, out, registry)):
+            for line in describe(estimate(g, out, registry, timings_from or ())):
                 stdout.print(line, highlight=False, markup=False)
             return
         reporter = _reporter(quiet, as_json)

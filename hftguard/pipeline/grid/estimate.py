@@ -19,6 +19,7 @@ twice the speed.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,8 +106,36 @@ def _passes(registry: Any, stage: str, name: str) -> float | None:
         return None
 
 
-def estimate(grid: Grid, out: str | Path, registry: Any = None) -> dict[str, Any]:
-    """The work left in ``grid`` under ``out`` and its estimated time (see the module doc)."""
+def measured_in(
+    dirs: Sequence[str | Path],
+) -> tuple[dict[tuple[str, str], list[float]], list[float]]:
+    """Step times (each training run's median, by stage and defense) and finished evaluations'
+    wall times found in other run directories (``--timings-from``: a grid that ran on this
+    machine), for a grid that has measured nothing yet."""
+    steps: dict[tuple[str, str], list[float]] = {}
+    evals: list[float] = []
+    for root in dirs:
+        for mpath in sorted(Path(root).rglob("manifest.json")):
+            try:
+                m = read_manifest(mpath.parent)
+            except HftguardError:
+                continue
+            stage, defense = m.get("stage"), (m.get("config") or {}).get("defense")
+            if stage in _KIND and isinstance(defense, str):
+                med = _run_median_step(mpath.parent, stage)
+                if med is not None:
+                    steps.setdefault((stage, defense), []).append(med)
+            elif stage == "eval" and (seconds := _eval_seconds(mpath.parent)) is not None:
+                evals.append(seconds)
+    return steps, evals
+
+
+def estimate(
+    grid: Grid, out: str | Path, registry: Any = None, timings_from: Sequence[str | Path] = ()
+) -> dict[str, Any]:
+    """The work left in ``grid`` under ``out`` and its estimated time (see the module doc).
+    ``timings_from``: other run directories whose measurements count where this grid has none
+    of its own (basis ``elsewhere``)."""
     lay = Layout(Path(out), grid)
     measured: dict[tuple[str, str], list[float]] = {}
     left: dict[tuple[str, str], Left] = {}
@@ -168,16 +197,20 @@ def estimate(grid: Grid, out: str | Path, registry: Any = None) -> dict[str, Any
             ecfg = grid.cell_eval_config(cell, lay.rel(evaluated))
             evaluation(ev, stage_state(ev, ecfg, evaluated, lay.root))
 
+    other_steps, other_evals = measured_in(timings_from) if timings_from else ({}, [])
     for (stage, defense), item in left.items():
-        if (stage, defense) in measured:
-            item.s_per_step, item.basis = statistics.median(measured[(stage, defense)]), "measured"
-            continue
-        sft = measured.get((stage, "sft"))
-        ratio = _passes(registry, stage, defense)
-        base_passes = _passes(registry, stage, "sft")
-        if sft and ratio is not None and base_passes:
-            item.s_per_step = statistics.median(sft) * ratio / base_passes
-            item.basis = "passes"
+        for source, basis in ((measured, "measured"), (other_steps, "elsewhere")):
+            if (stage, defense) in source:
+                item.s_per_step, item.basis = statistics.median(source[(stage, defense)]), basis
+                break
+        else:
+            sft = measured.get((stage, "sft")) or other_steps.get((stage, "sft"))
+            ratio = _passes(registry, stage, defense)
+            base_passes = _passes(registry, stage, "sft")
+            if sft and ratio is not None and base_passes:
+                item.s_per_step = statistics.median(sft) * ratio / base_passes
+                item.basis = "passes"
+    eval_times = eval_times or other_evals
     eval_s = statistics.median(eval_times) if eval_times else None
     items = list(left.values())
     evals = None if eval_s is None else eval_s * evals_left
@@ -211,9 +244,13 @@ def describe(est: dict[str, Any]) -> list[str]:
         if i["runs_with_unknown_steps"]:
             what += f" (+{i['runs_with_unknown_steps']} run(s) in epochs, steps not known)"
         if i["s_per_step"] is None:
-            what += ", no step time measured in this grid yet"
+            what += ", no step time measured yet (here or in --timings-from)"
         else:
-            how = "measured here" if i["basis"] == "measured" else "SFT's × its passes"
+            how = {
+                "measured": "measured here",
+                "elsewhere": "measured in --timings-from",
+                "passes": "SFT's × its passes",
+            }[i["basis"]]
             what += f" × {i['s_per_step']:.2f} s ({how}) ≈ {_hours(i['seconds'])}"
         lines.append(what)
     if n_eval:
