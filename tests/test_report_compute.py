@@ -92,3 +92,18 @@ def test_a_shared_alignment_counts_once(tmp_path: Path) -> None:
     assert [t.seconds for t in cost.of("alignment")] == [10.0]
     assert cost.of("fine-tuning") == []  # no step logs: nothing is invented
     assert cost.of("evaluation") == []  # no wall time in the manifests
+
+
+def test_attack_settings_are_timed_apart(tmp_path: Path) -> None:
+    """Rows that differ in an attack setting (here the steps) do not share a Compute row."""
+    cells = [
+        (Cell("sft", "sft", 0.2, 100, "sentiment", 1, attack=(("max_steps", s),)), 10, 9, None)
+        for s in (2, 4)
+    ]
+    root = write_grid(tmp_path / "g", cells, ["sft/sft"], {"sft/sft": "SFT"})
+    for cell, _, _, _ in cells:
+        steps = dict(cell.attack)["max_steps"]
+        _log(root / "cells" / cell.name / "attacked" / "finetune_log.jsonl", [3.0] * steps)
+    rep = report.build(report.collect([root]), n_boot=0)
+    costs = {c.label: [t.seconds for t in c.of("fine-tuning")] for c in rep.compute}
+    assert costs == {"SFT (max_steps=2)": [6.0], "SFT (max_steps=4)": [12.0]}

@@ -151,3 +151,17 @@ def test_figures_draw_a_variant_like_its_row(sweep: list[Path]) -> None:
         == (0, 1)
     )
     assert "ls" not in _line(first, [0, 1]) and _line(second, [0, 1])["ls"] == LINESTYLES[1]
+
+
+def test_a_variant_that_did_not_converge_is_named_by_its_row(sweep: list[Path]) -> None:
+    """The convergence check names the row a reader sees (and the sweep pick matches on)."""
+    log = sweep[1] / "aligned" / "booster-s1" / "align_log.jsonl"
+    saved = log.read_text()
+    try:
+        rows = [{"step": i, "loss": 2.5 if i < 50 else 5.8} for i in range(100)]
+        log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        rep = report.build(report.collect(sweep[:2]), n_boot=0)
+    finally:
+        log.write_text(saved)
+    (item,) = rep.not_converged
+    assert item.labels == ["Booster (lam=3)"]  # the attacked row (and its aligned model's)

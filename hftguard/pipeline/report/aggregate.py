@@ -231,6 +231,7 @@ def build(
     }
     attacked = [r for r in collection.runs if r.kind == "attacked"]
     rows, groups, cols = _layout(attacked, columns)
+    row_labels = {id(r): rows[key].label for (key, _), rs in groups.items() for r in rs}
     cells = {k: _cell(v, judge, n_boot, seed, level=level) for k, v in groups.items()}
     for cell in cells.values():
         for kind, target in (
@@ -298,8 +299,8 @@ def build(
         seed,
         worst,
         fa_bound,
-        not_converged(collection.runs),
-        costs(collection.runs),
+        not_converged(collection.runs, row_labels),
+        costs(collection.runs, row_labels),
         repeated,
     )
 

@@ -119,16 +119,17 @@ def eval_time(run: Any) -> StageTime | None:
     return StageTime("evaluation", Path(run.path), float(seconds), machine=_machine(run.manifest))
 
 
-def costs(runs: list[Any]) -> list[Cost]:
-    """Per method (the attacked evaluations' labels, in order of first appearance; rows that
-    differ only in an attack setting share one): its alignment, fine-tuning and evaluation runs,
-    each directory read and counted once."""
+def costs(runs: list[Any], row_labels: dict[int, str] | None = None) -> list[Cost]:
+    """Per report row (``row_labels``: each attacked run's row label, by ``id``; else its label
+    with its variant), in order of first appearance: its alignment, fine-tuning and evaluation
+    runs, each directory read and counted once. Rows that differ in an attack setting are
+    timed apart (200 steps do not cost what 400 do)."""
     out: dict[str, Cost] = {}
     seen: set[tuple[str, str, Path]] = set()
     for r in runs:
         if r.kind != "attacked":
             continue
-        label = r.variant_text if r.label else r.method
+        label = (row_labels or {}).get(id(r)) or (r.variant_text if r.label else r.method)
         cost = out.setdefault(label, Cost(label, r.method))
         todo = [
             (stage, Path(d), log_stage)

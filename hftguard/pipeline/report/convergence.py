@@ -77,9 +77,11 @@ def stage_trend(run_dir: Path, log_stage: str) -> tuple[list[dict[str, Any]], st
     return trend.loss_trend(trend.read_log(run_dir / f"{log_stage}_log.jsonl")), defense
 
 
-def not_converged(runs: list[Any]) -> list[NotConverged]:
+def not_converged(runs: list[Any], row_labels: dict[int, str] | None = None) -> list[NotConverged]:
     """Every alignment and fine-tuning stage behind ``runs`` (evaluation runs of the report's
-    collection) whose loss rose, once each, with the labels of the rows that use it."""
+    collection) whose loss rose, once each, with the labels of the rows that use it
+    (``row_labels``: the report row of each attacked run, by ``id``; else its label with its
+    variant)."""
     found: dict[tuple[str, Path], list[NotConverged]] = {}
     checked: set[tuple[str, Path]] = set()
     for r in runs:
@@ -107,7 +109,7 @@ def not_converged(runs: list[Any]) -> list[NotConverged]:
                     for t in trends
                     if t.get("rose")
                 ]
-            label = r.variant_text if r.label else r.method
+            label = (row_labels or {}).get(id(r)) or (r.variant_text if r.label else r.method)
             for item in found[key]:
                 if label not in item.labels:
                     item.labels.append(label)
