@@ -1,4 +1,4 @@
-"""What the report's numbers cost: the time each method spent in alignment, fine-tuning and
+"""What the report's numbers cost: the time each row spent in alignment, fine-tuning and
 evaluation, read from the runs on disk.
 
 Training time is the sum of the per-step wall times in the stage's step log (``step_time``, one
@@ -48,7 +48,7 @@ class StageTime:
 
 @dataclass
 class Cost:
-    """One method's stages, each run directory once."""
+    """One report row's stages, each run directory once."""
 
     label: str
     method: str

@@ -551,8 +551,8 @@ def _minutes(seconds: float | None) -> str:
 
 
 def compute_table(rep: Report) -> tuple[list[str], list[list[str]]]:
-    """Per method: its alignments, fine-tuning runs and evaluations, the mean minutes of each
-    and the median seconds per training step (each run directory counted once per method)."""
+    """Per row: its alignments, fine-tuning runs and evaluations, the mean minutes of each and
+    the median seconds per training step (each run directory counted once per row)."""
     head = [
         "Method",
         "alignments",
