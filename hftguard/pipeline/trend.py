@@ -46,6 +46,15 @@ def read_log(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def step_times(path: Path) -> list[float]:
+    """The per-step wall times (``step_time``) of a JSONL step log; [] without one."""
+    return [
+        float(r["step_time"])
+        for r in read_log(path)
+        if isinstance(r.get("step_time"), (int, float))
+    ]
+
+
 def loss_trend(rows: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     """One entry per objective: ``key``, ``state`` (None without one), ``steps``, ``window``,
     ``first`` and ``last`` (window medians) and ``rose``. Objectives with fewer than

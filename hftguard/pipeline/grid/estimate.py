@@ -66,11 +66,7 @@ class Left:
 
 
 def _run_median_step(run_dir: Path, stage: str) -> float | None:
-    times = [
-        float(r["step_time"])
-        for r in trend.read_log(run_dir / f"{stage}_log.jsonl")
-        if isinstance(r.get("step_time"), (int, float))
-    ]
+    times = trend.step_times(run_dir / f"{stage}_log.jsonl")
     return statistics.median(times) if times else None
 
 

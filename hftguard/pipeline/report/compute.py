@@ -95,11 +95,7 @@ def _machine(manifest: dict[str, Any]) -> str | None:
 
 def training_time(run_dir: Path, stage: str, log_stage: str) -> StageTime | None:
     """The summed step times of a training run, or None when its step log has no timed step."""
-    times = [
-        float(r["step_time"])
-        for r in trend.read_log(run_dir / f"{log_stage}_log.jsonl")
-        if isinstance(r.get("step_time"), (int, float))
-    ]
+    times = trend.step_times(run_dir / f"{log_stage}_log.jsonl")
     if not times:
         return None
     return StageTime(
