@@ -708,9 +708,19 @@ def base_manifest(
             "cpus": os.cpu_count(),
             "node": platform.node(),
             "torch_threads": torch_threads(),
+            **({"accelerator": name} if (name := accelerator()) else {}),
         },
         "started_at": now(),
     }
+
+
+def accelerator() -> str | None:
+    """The GPU's name (``NVIDIA H100 80GB HBM3``) where torch is loaded and sees one: a step time
+    needs the card beside it. None on a CPU-only machine or when torch is not loaded."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    return str(torch.cuda.get_device_name(torch.cuda.current_device()))
 
 
 def torch_threads() -> int | None:

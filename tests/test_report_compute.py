@@ -107,3 +107,27 @@ def test_attack_settings_are_timed_apart(tmp_path: Path) -> None:
     rep = report.build(report.collect([root]), n_boot=0)
     costs = {c.label: [t.seconds for t in c.of("fine-tuning")] for c in rep.compute}
     assert costs == {"SFT (max_steps=2)": [6.0], "SFT (max_steps=4)": [12.0]}
+
+
+def test_a_gpu_run_names_its_card(grid: Path) -> None:
+    """The H100 run of 2026-11-27 said only "cuda": runs record the accelerator's name now."""
+    path = grid / "aligned" / "booster-s2" / "manifest.json"
+    _set(path, host={"node": "vm", "cpus": 16, "torch_threads": 2, "accelerator": "NVIDIA H100"})
+    _set(path, device="cuda")
+    rep = report.build(report.collect([grid]), n_boot=0)
+    compute = report.report_dict(rep)["compute"]
+    machines = {e["machine"] for c in compute for e in c["alignment"]["each"]}
+    assert "vm (16 CPUs, 2 torch threads, cuda: NVIDIA H100)" in machines
+
+
+def test_the_host_records_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hftguard import runs
+
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    host = runs.base_manifest("align", ["x"], {}, 1)["host"]
+    assert host["accelerator"] == "NVIDIA H100 80GB HBM3"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert "accelerator" not in runs.base_manifest("align", ["x"], {}, 1)["host"]

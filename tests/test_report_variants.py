@@ -165,3 +165,19 @@ def test_a_variant_that_did_not_converge_is_named_by_its_row(sweep: list[Path]) 
         log.write_text(saved)
     (item,) = rep.not_converged
     assert item.labels == ["Booster (lam=3)"]  # the attacked row (and its aligned model's)
+
+
+def test_the_per_seed_comparisons_name_the_variant(sweep: list[Path]) -> None:
+    """Found on the GPU run's report: Lisa's rho = 0.1 and rho = 10 were both "Lisa" in the
+    per-seed table and the JSON's comparisons, so their lines could not be told apart."""
+    from hftguard.pipeline.report import render
+
+    rep = report.build(report.collect(sweep[:2]), n_boot=50)
+    rows = render.pairs_table(rep)[1]
+    hs_vs_sft = {r[1] for r in rows if r[0] == "vs baseline" and r[5] == "HS"}
+    assert hs_vs_sft == {"Booster (lam=5)", "Booster (lam=3)"}
+    as_json = report.report_dict(rep)["comparisons"]
+    assert {c.get("variant") for c in as_json if c["method"] == "booster/sft"} == {
+        "lam=5",
+        "lam=3",
+    }

@@ -145,5 +145,19 @@ def test_the_pick_from_one_report_over_the_whole_sweep(tmp_path: Path) -> None:
     assert rows["lam=8"]["reason"] == "excluded: its alignment did not converge"
     assert rows["lam=3"]["hs"] == pytest.approx(60.0) and rows["lam=3"]["reason"] == "eligible"
     assert result["picked"] == "lam=5"
+    # a report over two sweeps (the GPU run's Vaccine rho and Lisa rho): each is picked apart, and
+    # without naming one the pick refuses instead of comparing Lisa's rho with Vaccine's
+    other = {
+        **next(c for c in rep["cells"] if c.get("variant") == {"lam": 3.0} and c["p"] == 0.2),
+        "method": "sft/lisa",
+        "label": "Lisa (rho=0.1)",
+        "variant": {"rho": 0.1},
+    }
+    other["hs"] = {**other["hs"], "mean": 1.0}
+    both = {**rep, "cells": [*rep["cells"], other]}
+    with pytest.raises(ValueError, match=r"booster/sft, sft/lisa.*REPORT_JSON METHOD"):
+        _script().pick_variants(both)
+    assert _script().pick_variants(both, method="booster/sft")["picked"] == "lam=5"
+    assert _script().pick_variants(both, method="sft/lisa")["picked"] == "rho=0.1"
     with pytest.raises(ValueError, match=r"no cell at p = 0\.2 has a variant"):
         _script().pick_variants(report.report_dict(report.build(report.collect(grids[:1]))))

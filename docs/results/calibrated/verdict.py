@@ -104,10 +104,13 @@ def pick(sweep: dict[str, dict[str, Any]], p: float = 0.2) -> dict[str, Any]:
     return _pick(items)
 
 
-def pick_variants(rep: dict[str, Any], p: float = 0.2) -> dict[str, Any]:
+def pick_variants(
+    rep: dict[str, Any], p: float = 0.2, method: str | None = None
+) -> dict[str, Any]:
     """The same rule on one report over the whole sweep: its rows ``Vaccine (rho=40)``... are the
     values (``variant`` in report.json's cells; hftguard report splits a method's runs by the
-    options that differ among them)."""
+    options that differ among them). A report over the sweeps of several methods needs
+    ``method`` (e.g. ``vaccine/sft``): each method's values are picked among themselves."""
     cells = [
         c
         for c in rep["cells"]
@@ -117,6 +120,16 @@ def pick_variants(rep: dict[str, Any], p: float = 0.2) -> dict[str, Any]:
         raise ValueError(
             f"no cell at p = {p:g} has a variant: report the swept runs together (one directory "
             "per value) with the SFT cell they are compared with"
+        )
+    methods = sorted({c["method"] for c in cells})
+    if method is not None:
+        if method not in methods:
+            raise ValueError(f"no swept cell of {method}; the sweeps are of {', '.join(methods)}")
+        cells = [c for c in cells if c["method"] == method]
+    elif len(methods) > 1:
+        raise ValueError(
+            f"the report holds the sweeps of {', '.join(methods)}: name one, "
+            "--pick-report REPORT_JSON METHOD"
         )
     return _pick([(_variant_text(c), c, rep.get("not_converged") or []) for c in cells])
 
@@ -166,7 +179,7 @@ def _usage() -> None:
     sys.exit(
         "usage: python docs/results/calibrated/verdict.py REPORT_JSON\n"
         "       python docs/results/calibrated/verdict.py --pick VALUE=REPORT_JSON ...\n"
-        "       python docs/results/calibrated/verdict.py --pick-report SWEEP_REPORT_JSON"
+        "       python docs/results/calibrated/verdict.py --pick-report SWEEP_REPORT_JSON [METHOD]"
     )
 
 
@@ -180,9 +193,13 @@ if __name__ == "__main__":
             with open(path, encoding="utf-8") as f:
                 sweep[value] = json.load(f)
         _show_pick(pick(sweep))
-    elif len(sys.argv) == 3 and sys.argv[1] == "--pick-report":
+    elif len(sys.argv) in (3, 4) and sys.argv[1] == "--pick-report":
         with open(sys.argv[2], encoding="utf-8") as f:
-            _show_pick(pick_variants(json.load(f)))
+            sweep_report = json.load(f)
+        try:
+            _show_pick(pick_variants(sweep_report, method=(sys.argv[3:] or [None])[0]))
+        except ValueError as exc:
+            sys.exit(f"error: {exc}")
     elif len(sys.argv) == 2:
         with open(sys.argv[1], encoding="utf-8") as f:
             print(markdown(verdicts(json.load(f))))

@@ -89,7 +89,9 @@ def _machine(manifest: dict[str, Any]) -> str | None:
     parts = [f"{host.get('cpus')} CPUs"]
     if threads is not None:
         parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
-    parts.append(str(manifest.get("device") or "?"))
+    device = str(manifest.get("device") or "?")
+    card = host.get("accelerator")  # recorded since 2026-11-27 (ninth session)
+    parts.append(f"{device}: {card}" if card and device.startswith("cuda") else device)
     return f"{host.get('node', '?')} ({', '.join(parts)})"
 
 

@@ -55,6 +55,7 @@ class Comparison:
             "metric": self.metric,
             "method": self.run.method,
             "label": self.run.label,
+            **({"variant": self.run.variant_label} if self.run.variant else {}),
             "reference_method": self.ref.method,
             "reference_label": self.ref.label,
             "p": self.run.p,
@@ -86,7 +87,10 @@ class Skipped:
     reason: str
 
     def text(self) -> str:
-        what = f"{self.run.label} p={self.run.p} n={self.run.n} {self.run.task} s{self.run.seed}"
+        what = (
+            f"{self.run.variant_text} p={self.run.p} n={self.run.n} {self.run.task} "
+            f"s{self.run.seed}"
+        )
         what += f" {self.run.attack_label}" if self.run.attack else ""
         ref = f"p={self.ref.p}" if self.kind == "attack_effect" else reference_text(self)
         return f"{self.kind} {self.metric.upper()} {what} vs {ref}: {self.reason}"

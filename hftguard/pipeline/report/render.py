@@ -153,7 +153,7 @@ def pairs_table(rep: Report) -> tuple[list[str], list[list[str]]]:
         body.append(
             [
                 c.kind.replace("_", " "),
-                c.run.label,
+                c.run.variant_text,
                 paired.reference_text(c),
                 _coords_text(c.run),
                 str(c.run.seed),
