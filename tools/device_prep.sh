@@ -8,8 +8,10 @@
 #     (.device/part-a, .device/part-b; .device/gguf.sha256 checks the reassembled file there);
 #   - the packages the device lacks travel as wheels (.device/wheels: gguf, platformdirs, and
 #     this machine's peft so that the LoRA code is the tested one);
-#   - the self-distilled retain answers travel from $HFTGUARD_HOME/distill, so that the alignment
-#     data there is byte-identical to the CPU grid's (generation on a GPU in bf16 could differ);
+#   - the self-distilled retain answers travel from $HFTGUARD_HOME/distill. The cache key holds the
+#     dtype the answers were generated in, and distilling on a GPU uses bf16, so a CPU's fp32
+#     answers are not used there: the device distils its own (seconds). They travel for a CPU-made
+#     bf16 cache only (measured 2026-11-27: the H100 run distilled its own);
 #   - the converted model's small files (config, tokenizer, chat template) travel too
 #     (.device/model-meta), with the sha256 of its weights: the device's transformers 5.17 converts
 #     the GGUF to the same weights but its own tokenizer files (before hftguard set the special
