@@ -159,3 +159,16 @@ def test_timings_from_needs_a_dry_run_and_a_directory(cli: Any, tmp_path: Path) 
     res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", str(tmp_path))
     assert res.code == 0, res.err
     assert "no step time measured yet (here or in --timings-from)" in res.out
+
+
+def test_a_short_evaluation_is_not_shown_as_zero_minutes() -> None:
+    """On the H100 an evaluation took ~9 s, and the dry-run said "22 left × 0 min ≈ 3 min"."""
+    est = {
+        "training": [],
+        "evaluations_left": 22,
+        "eval_seconds": 9.0,
+        "repairs_left": 0,
+        "seconds": 198.0,
+        "complete": True,
+    }
+    assert "evaluations: 22 left × 9 s ≈ 3 min" in "\n".join(describe(est))

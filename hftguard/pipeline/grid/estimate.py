@@ -225,6 +225,8 @@ def estimate(
 
 
 def _hours(seconds: float) -> str:
+    if seconds < 60:  # an evaluation on a GPU: seconds, not "0 min"
+        return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
 
 
