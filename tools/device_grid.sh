@@ -3,9 +3,11 @@
 # tools/device_prep.sh. Runs ON the device machine, in the repository root; results go to $OUT.
 #
 #   call 1: bash tools/device_grid.sh store-a                  (carry: .device/part-a)
-#       or: bash tools/device_grid.sh store-a SECONDS SMOKE_CONFIG  (carry: .device/part-a, .device/wheels,
-#           .device/smoke.toml): then a tiny-random grid on the GPU, to find a CUDA-only failure
-#           before the long call
+#       or: bash tools/device_grid.sh store-a SECONDS SMOKE_CONFIG [--set ...]
+#           (carry: .device/part-a, .device/wheels): then a tiny-random grid on the GPU
+#           (tools/device-smoke.toml), to find a CUDA-only failure before the long call
+#   The H100 run of 2026-11-27 (docs/results/calibrated-gpu/README.md) used store-a with the smoke
+#   grid, then `queues` twice (490 s, then 165 s to resume).
 #   call 2: bash tools/device_grid.sh run CONFIG SECONDS [--set ...]
 #           (carry: .device/part-b, .device/wheels, .device/distill, .device/model-meta,
 #            .device/gguf.sha256, .device/model.sha256)
