@@ -336,6 +336,10 @@ class RunDir:
         between leaves the old run aside, never neither)."""
         data = read_manifest(self.path) if self.manifest_path.exists() else {}
         data.update(fields)
+        if "ended_at" in fields and isinstance(data.get("host"), dict):
+            # a stage's first manifest is written before torch is loaded: its threads and card
+            # are known by its end
+            data["host"] = {**data["host"], **compute_host()}
         atomic_write_json(self.manifest_path, data)
         if data.get("status") == "completed" and "replaces" in data:
             drop_replaced(self.path, data.pop("replaces"))
@@ -707,11 +711,17 @@ def base_manifest(
             "machine": platform.machine(),
             "cpus": os.cpu_count(),
             "node": platform.node(),
-            "torch_threads": torch_threads(),
-            **({"accelerator": name} if (name := accelerator()) else {}),
+            **compute_host(),
         },
         "started_at": now(),
     }
+
+
+def compute_host() -> dict[str, Any]:
+    """``torch_threads`` and, on a GPU, ``accelerator``: what a step time needs beside it.
+    ``torch_threads`` is None while torch is not loaded (nothing here imports it)."""
+    card = accelerator()
+    return {"torch_threads": torch_threads(), **({"accelerator": card} if card else {})}
 
 
 def accelerator() -> str | None:

@@ -131,3 +131,22 @@ def test_the_host_records_the_accelerator(monkeypatch: pytest.MonkeyPatch) -> No
     assert host["accelerator"] == "NVIDIA H100 80GB HBM3"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert "accelerator" not in runs.base_manifest("align", ["x"], {}, 1)["host"]
+
+
+def test_a_stage_records_threads_and_card_at_its_end(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The H100 run's alignment manifests had torch_threads null: the stage's first manifest is
+    written before torch is loaded. The end of the stage fills them in."""
+    from hftguard import runs
+
+    torch = pytest.importorskip("torch")
+    run = runs.open_run_dir(tmp_path / "r", "align")
+    run.update_manifest(host={"node": "vm", "cpus": 16, "torch_threads": None}, status="running")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    m = run.update_manifest(status="completed", ended_at="2026-11-27T00:00:00+00:00")
+    assert m["host"]["torch_threads"] == torch.get_num_threads()
+    assert m["host"]["accelerator"] == "NVIDIA H100 80GB HBM3"
+    assert m["host"]["node"] == "vm"

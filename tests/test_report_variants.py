@@ -181,3 +181,20 @@ def test_the_per_seed_comparisons_name_the_variant(sweep: list[Path]) -> None:
         "lam=5",
         "lam=3",
     }
+
+
+def test_a_report_over_relative_paths_shows_them_relative(
+    sweep: list[Path], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The committed H100 report, built from runs/gpu/..., named /work/main/runs/gpu/... in its
+    notes and JSON: paths under the working directory are shown relative to it."""
+    import os
+
+    monkeypatch.chdir(sweep[0].parent)
+    rel = [Path(os.path.relpath(p)) for p in sweep[:2]]
+    rep = report.build(report.collect(rel), n_boot=0)
+    text = json.dumps(report.report_dict(rep)) + report.to_markdown(rep)
+    assert str(sweep[0].parent) not in text
+    assert f'"eval_dir": "{rel[0]}/' in text or f'"eval_dir": "{rel[1]}/' in text
+    monkeypatch.chdir(tmp_path)  # elsewhere: absolute
+    assert str(sweep[0]) in json.dumps(report.report_dict(rep))

@@ -8,7 +8,7 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
-from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order
+from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order, shown
 from hftguard.pipeline.report.compute import Cost, costs
 from hftguard.pipeline.report.convergence import NotConverged, not_converged
 from hftguard.pipeline.report.stats import Stat, _avg, mean_std
@@ -189,7 +189,7 @@ def _refuse_duplicate_seeds(groups: Mapping[Any, list[EvalRun]]) -> None:
             by_seed.setdefault(r.seed, []).append(r)
         for seed, same in by_seed.items():
             if len(same) > 1:
-                paths = ", ".join(str(r.path) for r in same)
+                paths = ", ".join(shown(r.path) for r in same)
                 raise RunDirError(
                     f"{len(same)} evaluations of {same[0].method} with seed {seed} in one cell "
                     f"({paths}): the report would average them as if they were seeds.",

@@ -13,6 +13,16 @@ from hftguard.pipeline.report.stats import _avg
 from hftguard.runs import MANIFEST, is_run_dir, read_manifest, rooted_model
 
 
+def shown(path: Path | str) -> str:
+    """A run directory as a report names it: relative to the working directory when it lies
+    below it (a report built from ``runs/x`` says ``runs/x/...``), otherwise absolute."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(p)
+
+
 @dataclass
 class EvalRun:
     """One finished evaluation and what it evaluated (from the grid manifest or provenance)."""

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from hftguard.pipeline import trend
+from hftguard.pipeline.report.collection import shown
 from hftguard.pipeline.report.convergence import manifest_of
 
 #: (the stage as the report names it, its step log's prefix), for aligned_dir and attacked_dir
@@ -38,7 +39,7 @@ class StageTime:
     def as_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
-            "run_dir": str(self.run_dir),
+            "run_dir": shown(self.run_dir),
             "seconds": round(self.seconds, 2),
             "steps": self.steps,
             "median_step_s": None if self.median_step is None else round(self.median_step, 3),

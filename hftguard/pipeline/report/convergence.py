@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hftguard.pipeline import trend
+from hftguard.pipeline.report.collection import shown
 
 #: (the stage as the report names it, its step log's prefix), for aligned_dir and attacked_dir
 _STAGES = (("alignment", "align"), ("fine-tuning", "finetune"))
@@ -36,9 +37,9 @@ class NotConverged:
 
     def text(self) -> str:
         which = self.key if self.state is None else f"{self.key} (state {self.state:g})"
-        used = ", ".join(self.labels)
+        used, where = ", ".join(self.labels), shown(self.run_dir)
         return (
-            f"{self.stage} `{self.defense or '?'}` ({self.run_dir}), used by {used}: {which} rose "
+            f"{self.stage} `{self.defense or '?'}` ({where}), used by {used}: {which} rose "
             f"from {self.first:.4g} to {self.last:.4g} (medians of the first and last "
             f"{self.window} of {self.steps} steps)"
         )
@@ -46,7 +47,7 @@ class NotConverged:
     def as_dict(self) -> dict[str, Any]:
         return {
             "stage": self.stage,
-            "run_dir": str(self.run_dir),
+            "run_dir": shown(self.run_dir),
             "defense": self.defense,
             "key": self.key,
             "state": self.state,

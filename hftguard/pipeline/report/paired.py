@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hftguard.pipeline import intervals as stats
-from hftguard.pipeline.report.collection import Collection, EvalRun
+from hftguard.pipeline.report.collection import Collection, EvalRun, shown
 
 #: vs_baseline: a method against the baseline method; attack_effect: p > 0 against p = 0 of the
 #: same method; repair_effect: a repaired model against the attacked model it repaired.
@@ -70,8 +70,8 @@ class Comparison:
             "b": self.b,
             "c": self.c,
             "n_items": self.n_items,
-            "eval_dir": str(self.run.path),
-            "reference_eval_dir": str(self.ref.path),
+            "eval_dir": shown(self.run.path),
+            "reference_eval_dir": shown(self.ref.path),
             **({"attack": self.run.attack} if self.run.attack else {}),
         }
 
@@ -107,8 +107,8 @@ class Skipped:
             "task": self.run.task,
             "seed": self.run.seed,
             "reason": self.reason,
-            "eval_dir": str(self.run.path),
-            "reference_eval_dir": str(self.ref.path),
+            "eval_dir": shown(self.run.path),
+            "reference_eval_dir": shown(self.ref.path),
         }
 
 

@@ -12,6 +12,7 @@ from typing import Any
 
 from hftguard.pipeline.report import compute, paired
 from hftguard.pipeline.report.aggregate import CellStats, Report
+from hftguard.pipeline.report.collection import shown
 from hftguard.pipeline.report.stats import Stat, _avg
 from hftguard.pipeline.report.worst import Setting, WorstCase
 
@@ -495,7 +496,9 @@ def to_markdown(rep: Report) -> str:
             parts += [
                 "Evaluated again, the same aligned model and seed (left out, not averaged in "
                 "as seeds): "
-                + ", ".join(f"{r.variant_text} s{r.seed} ({r.path})" for r in rep.before_repeated)
+                + ", ".join(
+                    f"{r.variant_text} s{r.seed} ({shown(r.path)})" for r in rep.before_repeated
+                )
                 + ".",
                 "",
             ]
@@ -608,7 +611,7 @@ def _run_values(r: Any, judge: str | None, task: str | None) -> dict[str, Any]:
     cell = _single(r, judge, task)
     out: dict[str, Any] = {
         "seed": r.seed,
-        "eval_dir": str(r.path),
+        "eval_dir": shown(r.path),
         "judge": r.headline_judge(judge),
     }
     for name in ("hs", "fa", "over_refusal", "degenerate", "off_topic", "margin"):
@@ -756,7 +759,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
                     for t in tasks
                 },
                 "per_seed": [
-                    {"seed": r.seed, "eval_dir": str(r.path), "hs": r.harmful_score(rep.judge)}
+                    {"seed": r.seed, "eval_dir": shown(r.path), "hs": r.harmful_score(rep.judge)}
                     for r in c.runs
                 ],
             }
@@ -780,7 +783,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "skipped": [s.as_dict() for s in rep.skipped],
             "before": before,
             "not_converged": [item.as_dict() for item in rep.not_converged],
-            "before_repeated": [str(r.path) for r in rep.before_repeated],
+            "before_repeated": [shown(r.path) for r in rep.before_repeated],
             "compute": [c.as_dict() for c in rep.compute],
             **(
                 {
