@@ -17,7 +17,8 @@
 #           several processes share it); each line is `OUT_NAME CONFIG [hftguard run options]`, the
 #           grid goes to /tmp/hft/OUT_NAME, and workers naming the same OUT_NAME share that grid
 #           (each stage is locked; a stage another worker holds is skipped and retried later).
-#           All are stopped with SIGTERM after SECONDS; $OUT gets grids-a/b.tar.gz (no weights).
+#           All are stopped with SIGTERM SECONDS after the command started; $OUT gets a tarball per
+#           grid (no weights). timeout_s: SECONDS + 60.
 #   or:     bash tools/device_grid.sh bench SECONDS [hftguard bench options]   (same carry as `run`)
 #           -> $OUT/bench.json, bench.txt: `hftguard bench` on the GPU (issue #13's CUDA columns)
 #
@@ -29,19 +30,23 @@
 set -uo pipefail
 H=${DEVICE_H:-/tmp/hft}  # DEVICE_H: only for simulating the device here
 mkdir -p "$H"
+script_start=$(date +%s)
 case "${1:-}" in
   store-a)
-    cp .device/part-a "$H/part-a" && echo "stored part-a ($(stat -c %s "$H/part-a") bytes) in $H"
-    [ -n "${2:-}" ] || exit $?
+    cp .device/part-a "$H/part-a" || exit 3
+    echo "stored part-a ($(stat -c %s "$H/part-a") bytes) in $H"
+    [ -n "${2:-}" ] || exit 0
     shift; exec bash "$0" smoke "$@" ;;  # store-a SECONDS CONFIG: then the smoke run below
   run|bench|queues|smoke) ;;
   *) echo "usage: $0 store-a | run CONFIG SECONDS [hftguard run options] | queues SECONDS QUEUE_FILE... | bench SECONDS [hftguard bench options]"; exit 2 ;;
 esac
 mode=$1
 # hftguard and the packages the device lacks, from wheels (no build backend needed there)
-if [ ! -f "$H/site/.installed" ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target "$H/site" .device/wheels/*.whl || exit 5
-  touch "$H/site/.installed"
+# (again when the carried wheels changed, e.g. a fix between two calls on a warm machine)
+wheels=$(cat .device/wheels/*.whl | sha256sum)
+if [ "$(cat "$H/site/.installed" 2>/dev/null)" != "$wheels" ]; then
+  python3 -m pip install -q --upgrade --no-index --no-deps --no-compile --no-cache-dir --target "$H/site" .device/wheels/*.whl || exit 5
+  echo "$wheels" > "$H/site/.installed"
 fi
 if [ "$mode" != smoke ] && [ ! -f "$H/site/.ready" ]; then
   [ -f "$H/part-a" ] || { echo "part-a is missing: the machine was given back after call 1; start again with store-a"; exit 3; }
@@ -83,7 +88,9 @@ if [ "$mode" = smoke ]; then  # a tiny-random grid on the GPU: does every code p
 fi
 if [ "$mode" = queues ]; then
   seconds=$2; shift 2
-  deadline=$(( $(date +%s) + seconds ))
+  # SECONDS counts from this command's start, set-up included; the stop (a step, a checkpoint;
+  # at most 20 s more) and the tarballs follow, so give the call a timeout_s of SECONDS + 60
+  deadline=$(( script_start + seconds ))
   export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}  # several processes share the machine's 16 cores
   worker() {  # $1: worker number, $2: queue file
     local n=$1 lines=() done=() i rc left out config rest fails=()
@@ -99,17 +106,18 @@ if [ "$mode" = queues ]; then
         read -r out config rest <<< "${lines[i]}"
         eval "local args=($rest)"
         echo "== worker $n $(date -u +%T) line $i: $out $config $rest" >> "$H/worker-$n.log"
-        timeout -s TERM -k 60 "$left" python3 -m hftguard run "$config" --out "$H/$out" "${args[@]}" \
+        timeout -s TERM -k 20 "$left" python3 -m hftguard run "$config" --out "$H/$out" "${args[@]}" \
           > "$H/worker-$n.last" 2>&1
         rc=$?
         cat "$H/worker-$n.last" >> "$H/worker-$n.log"
         echo "== worker $n $(date -u +%T) line $i exit $rc" >> "$H/worker-$n.log"
         if [ "$rc" = 0 ]; then done[i]=1; progressed=1
         elif [ "$rc" = 124 ] || [ "$rc" = 143 ]; then return 0  # the deadline
-        elif [ "$rc" = 2 ]; then done[i]=2  # a usage error: retrying cannot help
-        elif grep -q 'held by another hftguard process' "$H/worker-$n.last"; then
-          :  # incomplete: another worker holds some of its stages; retried on the next pass
-        else  # failed: retried on the next pass (finished stages are skipped), 3 times at most
+        elif [ "$rc" = 1 ] && grep -q 'held by another hftguard process' "$H/worker-$n.last" \
+          && ! grep -q 'cells failed\|cell failed' "$H/worker-$n.last"; then
+          :  # incomplete only: another worker holds some of its stages; retried on the next pass
+        else  # failed (or a usage error, or two workers creating one grid at once): retried on
+          # the next pass (finished stages are skipped), 3 times at most
           fails[i]=$(( fails[i] + 1 )); [ "${fails[i]}" -lt 3 ] || done[i]=2
         fi
       done
@@ -120,12 +128,20 @@ if [ "$mode" = queues ]; then
   n=0
   for q in "$@"; do n=$(( n + 1 )); worker "$n" "$q" & sleep 2; done
   wait
-  echo "== all workers stopped after $(( $(date +%s) - deadline + seconds )) s" >> "$H/worker-1.log"
-  # two tarballs (at most 16 MiB come back per file): the main and field grids, and the rest
+  echo "== all workers stopped $(( $(date +%s) - script_start )) s after the command started" >> "$H/worker-1.log"
+  # at most 8 files of 16 MiB come back: device.txt, one tarball per grid for the first six
+  # grids, and the others with the workers' logs in rest.tar.gz (no weights anywhere)
   x=(--exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='checkpoints' --exclude='*.gguf')
-  tar czf "$OUT/grids-a.tar.gz" -C "$H" "${x[@]}" $(cd "$H" && ls -d main field 2>/dev/null)
-  tar czf "$OUT/grids-b.tar.gz" -C "$H" "${x[@]}" --exclude='./site' --exclude='./home/models' \
-    --exclude='./part-a' --exclude='./main' --exclude='./field' --exclude='./smoke' .
+  mapfile -t grids < <(cd "$H" && for d in */; do d=${d%/}; case $d in site|home|smoke) ;; *) echo "$d" ;; esac; done)
+  rest=(); k=0
+  for g in "${grids[@]}"; do
+    k=$(( k + 1 ))
+    if [ "$k" -le 6 ]; then tar czf "$OUT/grid-$g.tar.gz" -C "$H" "${x[@]}" "$g"; else rest+=("$g"); fi
+  done
+  tar czf "$OUT/rest.tar.gz" -C "$H" "${x[@]}" "${rest[@]}" $(cd "$H" && ls worker-*.log 2>/dev/null)
+  for f in "$OUT"/*.tar.gz; do
+    [ "$(stat -c %s "$f")" -le 16777216 ] || echo "WARNING: $f is over 16 MiB and will not come back"
+  done
   ls -la "$OUT"
   for f in "$H"/worker-*.log; do echo "--- $f"; grep -a '^== ' "$f" | tail -n 6; done
   exit 0
