@@ -181,6 +181,9 @@ def test_the_per_seed_comparisons_name_the_variant(sweep: list[Path]) -> None:
         "lam=5",
         "lam=3",
     }
+    # the attack effect's reference is the variant's own p = 0 run, named with its variant
+    effects = [c for c in as_json if c["kind"] == "attack_effect" and c["method"] == "booster/sft"]
+    assert effects and all(c["reference_variant"] == c["variant"] for c in effects)
 
 
 def test_a_report_over_relative_paths_shows_them_relative(

@@ -58,6 +58,7 @@ class Comparison:
             **({"variant": self.run.variant_label} if self.run.variant else {}),
             "reference_method": self.ref.method,
             "reference_label": self.ref.label,
+            **({"reference_variant": self.ref.variant_label} if self.ref.variant else {}),
             "p": self.run.p,
             "reference_p": self.ref.p,
             "n": self.run.n,
