@@ -590,8 +590,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "report-repair-effect-vs-baseline",
         "hftguard/pipeline/report/paired.py",
-        "ref = index.get((r.attacked_method, r.p, r.n, r.task, r.seed, r.attack_key))",
-        "ref = index.get((baseline, r.p, r.n, r.task, r.seed, r.attack_key))",
+        "ref = index.get((r.attacked_method, r.p, *cell, r.variant_key))",
+        "ref = index.get((baseline, r.p, *cell, r.variant_key))",
         "wiring: a repair's effect is measured against the baseline, not its own attacked model",
         ("tests/test_report_repair.py",),
     ),
@@ -610,6 +610,31 @@ MUTANTS: tuple[Mutant, ...] = (
         "act_norm = ctx.norm_over_processes(joint_norm(out_sq[:1], like=clean))",
         "normalisation: eps_ratio against one layer's outputs, not all layers' jointly",
         ("tests/test_defense_vaccine.py",),
+    ),
+    Mutant(
+        "sweep-pick-mixes-methods",
+        "docs/results/calibrated/verdict.py",
+        "    elif len(methods) > 1:",
+        "    elif False:",
+        "wiring: one pick over two methods' sweeps (Lisa's rho against Vaccine's), as before the "
+        "H100 run",
+        ("tests/test_results_verdict.py",),
+    ),
+    Mutant(
+        "per-seed-comparisons-drop-the-variant",
+        "hftguard/pipeline/report/render.py",
+        "                c.run.variant_text,",
+        "                c.run.label,",
+        "wiring: the per-seed table names Lisa (rho=0.1) and Lisa (rho=10) both 'Lisa'",
+        ("tests/test_report_variants.py",),
+    ),
+    Mutant(
+        "stage-end-keeps-null-threads",
+        "hftguard/runs.py",
+        '        if "ended_at" in fields and isinstance(data.get("host"), dict):',
+        "        if False:",
+        "provenance: a step time recorded without its threads and card (torch loads later)",
+        ("tests/test_report_compute.py",),
     ),
 )
 
