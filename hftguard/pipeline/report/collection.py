@@ -19,7 +19,7 @@ def shown(path: Path | str) -> str:
     p = Path(path)
     try:
         return str(p.resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
+    except (ValueError, OSError):  # elsewhere, or no working directory any more
         return str(p)
 
 
