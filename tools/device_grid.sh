@@ -31,6 +31,8 @@ set -uo pipefail
 H=${DEVICE_H:-/tmp/hft}  # DEVICE_H: only for simulating the device here
 mkdir -p "$H"
 script_start=$(date +%s)
+# what stays on the device: weights and checkpoints (the files that come back are small)
+no_weights=(--exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='checkpoints' --exclude='*.gguf')
 case "${1:-}" in
   store-a)
     cp .device/part-a "$H/part-a" || exit 3
@@ -131,14 +133,13 @@ if [ "$mode" = queues ]; then
   echo "== all workers stopped $(( $(date +%s) - script_start )) s after the command started" >> "$H/worker-1.log"
   # at most 8 files of 16 MiB come back: device.txt, one tarball per grid for the first six
   # grids, and the others with the workers' logs in rest.tar.gz (no weights anywhere)
-  x=(--exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' --exclude='checkpoints' --exclude='*.gguf')
   mapfile -t grids < <(cd "$H" && for d in */; do d=${d%/}; case $d in site|home|smoke) ;; *) echo "$d" ;; esac; done)
   rest=(); k=0
   for g in "${grids[@]}"; do
     k=$(( k + 1 ))
-    if [ "$k" -le 6 ]; then tar czf "$OUT/grid-$g.tar.gz" -C "$H" "${x[@]}" "$g"; else rest+=("$g"); fi
+    if [ "$k" -le 6 ]; then tar czf "$OUT/grid-$g.tar.gz" -C "$H" "${no_weights[@]}" "$g"; else rest+=("$g"); fi
   done
-  tar czf "$OUT/rest.tar.gz" -C "$H" "${x[@]}" "${rest[@]}" $(cd "$H" && ls worker-*.log 2>/dev/null)
+  tar czf "$OUT/rest.tar.gz" -C "$H" "${no_weights[@]}" "${rest[@]}" $(cd "$H" && ls worker-*.log 2>/dev/null)
   for f in "$OUT"/*.tar.gz; do
     [ "$(stat -c %s "$f")" -le 16777216 ] || echo "WARNING: $f is over 16 MiB and will not come back"
   done
@@ -153,7 +154,6 @@ echo "== hftguard run exit $? after $(( $(date +%s) - start )) s" >> "$H/run.log
 python3 -m hftguard run "$config" --out "$H/run" "$@" --dry-run >> "$H/run.log" 2>&1
 python3 -m hftguard report "$H/run" --out "$H/report" --format md,json >> "$H/run.log" 2>&1
 cp "$H/report/report.md" "$H/report/report.json" "$OUT/" 2>/dev/null
-tar czf "$OUT/grid.tar.gz" -C "$H" --exclude='*.safetensors' --exclude='*.bin' --exclude='*.pt' \
-  --exclude='checkpoints' --exclude='*.gguf' run
+tar czf "$OUT/grid.tar.gz" -C "$H" "${no_weights[@]}" run
 tail -c 2000000 "$H/run.log" > "$OUT/run.log"
 tail -n 30 "$H/run.log"

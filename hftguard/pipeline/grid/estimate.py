@@ -88,8 +88,13 @@ def _eval_seconds(path: Path) -> float | None:
         m = read_manifest(path)
     except HftguardError:  # a damaged manifest simply measures nothing
         return None
-    seconds = m.get("wall_time_s")
-    done = m.get("status") == "completed"
+    return _wall_time(m)
+
+
+def _wall_time(manifest: dict[str, Any]) -> float | None:
+    """A finished run's wall time from its manifest; None while unfinished or unrecorded."""
+    seconds = manifest.get("wall_time_s")
+    done = manifest.get("status") == "completed"
     return float(seconds) if done and isinstance(seconds, (int, float)) else None
 
 
@@ -121,7 +126,7 @@ def measured_in(
                 med = _run_median_step(mpath.parent, stage)
                 if med is not None:
                     steps.setdefault((stage, defense), []).append(med)
-            elif stage == "eval" and (seconds := _eval_seconds(mpath.parent)) is not None:
+            elif stage == "eval" and (seconds := _wall_time(m)) is not None:
                 evals.append(seconds)
     return steps, evals
 
