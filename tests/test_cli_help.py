@@ -79,3 +79,36 @@ def test_command_help_lists_options(help_text: Callable[..., str], command: str)
 def test_run_help_names_the_config_sections(help_text: Callable[..., str]) -> None:
     text = help_text("run")
     assert "[align]" in text and "[finetune]" in text and "[eval]" in text
+
+
+def _commands(command: object, path: str = "hftguard") -> Iterator[tuple[str, object]]:
+    yield path, command
+    for name, sub in sorted(getattr(command, "commands", {}).items()):
+        yield from _commands(sub, f"{path} {name}")
+
+
+def test_help_texts_survive_rich_markup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CLI renders help with rich markup, which drops an unescaped ``[word]`` as a style tag:
+    "the [grid.attack] settings" printed as "the  settings". Every help text and option help must
+    render to what it says (a literal bracket written ``\\[``)."""
+    import typer
+    from rich.text import Text
+
+    from hftguard.cli import build_app
+
+    monkeypatch.setenv("HFTGUARD_LOAD_PLUGINS", "")
+    default_registry.cache_clear()
+    try:
+        root = typer.main.get_command(build_app(default_registry().host))
+        lost = []
+        for path, command in _commands(root):
+            texts = [getattr(command, "help", None), getattr(command, "epilog", None)]
+            texts += [getattr(p, "help", None) for p in getattr(command, "params", [])]
+            for text in filter(None, texts):
+                if Text.from_markup(text).plain != text.replace("\\[", "["):
+                    lost.append(f"{path}: {text[:70]!r}")
+        assert lost == [], "help text eaten by rich markup (escape '[' as '\\['):\n" + "\n".join(
+            lost
+        )
+    finally:
+        default_registry.cache_clear()

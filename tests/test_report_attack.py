@@ -447,6 +447,7 @@ def test_fa_bound_without_attack_axes_warns(cli: Any, tmp_path: Path) -> None:
     res = cli("report", str(g), "--out", "r", "--no-plots", "--fa-bound", "50")
     assert res.code == 0, res.err
     assert "no attack axes" in res.err
+    assert "([grid.attack])" in " ".join(res.err.split())  # not eaten as rich markup
     assert M_HARMFUL == 20 and M_TASK == 10  # the eval writer's prompt counts used above
 
 

@@ -36,7 +36,8 @@ def register(app: typer.Typer) -> None:
         columns: Annotated[
             str,
             typer.Option(
-                "--columns", help="Column axis: p | n | task | attack (the [grid.attack] settings)."
+                "--columns",
+                help="Column axis: p | n | task | attack (the \\[grid.attack] settings).",
             ),
         ] = "p",
         formats: Annotated[
@@ -86,7 +87,7 @@ def register(app: typer.Typer) -> None:
             float | None,
             typer.Option(
                 "--fa-bound",
-                help="With attack settings ([grid.attack]): also give each defense's worst HS "
+                help="With attack settings (\\[grid.attack]): also give each defense's worst HS "
                 "among the settings whose FA (%) is at least this (the capability-bounded worst "
                 "case).",
                 show_default=False,
@@ -215,7 +216,7 @@ def register(app: typer.Typer) -> None:
         if fa_bound is not None and not rep.worst:
             stderr.print(
                 "[yellow]Warning:[/yellow] --fa-bound: these evaluations have no attack axes "
-                "([grid.attack]), so there is no worst case over attack settings to bound.",
+                "(\\[grid.attack]), so there is no worst case over attack settings to bound.",
                 highlight=False,
             )
         if rep.baseline is None and baseline is None and rep.rows:
