@@ -157,6 +157,43 @@ def test_retain_set_is_self_distilled_and_cached(quiet_reporter):
     assert any("from cache" in ev.get("message", "") for ev in quiet_reporter.events)
 
 
+class _LabelAll:
+    """A stub judge that gives every answer one label."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+
+    def judge(self, prompts, responses, ctx):
+        from hftguard.records import Verdict
+
+        return [Verdict(self.label == "compliance", self.label, 0.0) for _ in responses]
+
+
+def test_retain_cache_is_refiltered_by_the_current_judge(quiet_reporter, monkeypatch):
+    """The cache holds the generated answers, not one judge's selection of them: a judge that now
+    calls the answers refusals drops them even when an earlier judge had kept them (before, the
+    cached selection was returned, so the retain set depended on which version filled the cache)."""
+    from hftguard.data.distill import distill
+    from hftguard.engine import generation, models
+    from hftguard.records import Example
+
+    calls = []
+
+    def answers(model, tok, prompts, **kw):  # tiny-random's own answers are blank
+        calls.append(len(prompts))
+        return [f"Here is hobby {i}." for i in range(len(prompts))]
+
+    monkeypatch.setattr(generation, "generate", answers)
+    recipe = models.resolve("tiny-random").recipe
+    exs = [Example(f"Describe hobby {i}.") for i in range(3)]
+    kept = distill(exs, recipe, "chat", 8, quiet_reporter, judge=_LabelAll("compliance"))
+    assert [e.response for e in kept] == [f"Here is hobby {i}." for i in range(3)]
+    assert distill(exs, recipe, "chat", 8, quiet_reporter, judge=_LabelAll("refusal")) == []
+    again = distill(exs, recipe, "chat", 8, quiet_reporter, judge=_LabelAll("off-topic"))
+    assert [e.response for e in again] == [e.response for e in kept]
+    assert calls == [3]  # generated once, then served from the cache
+
+
 def test_finetune_analysis_probes(aligned, tmp_path, quiet_reporter):
     out, _ = aligned
     cfg = FinetuneConfig(

@@ -2,8 +2,9 @@
 
 Used by ``hftguard align`` so that safety alignment does not turn into refusing everything: benign
 requests answered by the *unaligned* model are mixed into the alignment data. Answers that the
-refusal-keywords judge calls refusals or degenerate are dropped. Results are cached under
-``$HFTGUARD_HOME/distill`` by (model weights, prompts, template, decoding), so a grid pays once.
+refusal-keywords judge calls refusals or degenerate are dropped. The answers (all of them) are
+cached under ``$HFTGUARD_HOME/distill`` by (model weights, prompts, template, decoding), so a grid
+pays once; the judge filters them on every call, so a new judge version decides anew.
 """
 
 from __future__ import annotations
@@ -51,23 +52,36 @@ def distill(
             # answers generated in another dtype than fp32 get a key of their own (fp32 keys
             # are those of earlier versions)
             *([f"dtype={dtype}"] if str(dtype) != "torch.float32" else []),
+            # every answer, in request order, not the ones a judge kept: before 2026-11-27 the
+            # cache held one judge version's selection, and a later version reused it unchanged
+            "answers-unfiltered",
         ]
     )
     cache = models.hftguard_home() / "distill" / f"{key[:32]}.jsonl"
+    answers: list[str] | None = None
     if cache.is_file():
         rows = [json.loads(line) for line in cache.read_text().splitlines() if line]
-        reporter.info(f"retain set: {len(rows)} self-distilled answers from cache")
-        return [Example(r["prompt"], r["response"], "benign", r["input"], r["meta"]) for r in rows]
-    model, tok = models.load_for_eval(recipe, device, dtype)
-    answers = generate(
-        model,
-        tok,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        reporter=reporter,
-        description="align: distilling retain answers",
-    )
+        if [r.get("prompt") for r in rows] == [e.prompt for e in examples]:
+            answers = [r["response"] for r in rows]
+            reporter.info(f"retain set: {len(rows)} self-distilled answers from cache")
+    if answers is None:
+        model, tok = models.load_for_eval(recipe, device, dtype)
+        answers = generate(
+            model,
+            tok,
+            prompts,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            reporter=reporter,
+            description="align: distilling retain answers",
+        )
+        atomic_write_text(
+            cache,
+            "".join(
+                json.dumps({"prompt": e.prompt, "input": e.input, "response": a}) + "\n"
+                for e, a in zip(examples, answers, strict=True)
+            ),
+        )
     if judge is None:
         from hftguard.registry import default_registry
 
@@ -78,6 +92,5 @@ def distill(
         for e, a, v in zip(examples, answers, verdicts, strict=True)
         if v.label not in ("refusal", "degenerate") and a.strip()  # off-topic is kept too
     ]
-    atomic_write_text(cache, "".join(json.dumps(e.to_dict()) + "\n" for e in kept))
     reporter.info(f"retain set: kept {len(kept)}/{len(examples)} self-distilled answers")
     return kept
