@@ -288,11 +288,14 @@ def test_run_refuses_a_stage_run_directory(
     assert snapshot(run) == before
 
 
-def test_run_refuses_a_foreign_directory(cli: Run, tmp_path: Path) -> None:
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_run_refuses_a_foreign_directory(cli: Run, tmp_path: Path, dry_run: bool) -> None:
+    """--dry-run refuses it too: it used to list the plan (even stages copied in as done) for a
+    directory the real run then refused."""
     (tmp_path / "p.toml").write_text(PIPELINE_TOML)
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("mine")
-    result = cli("run", "p.toml", "--out", "mine", "--quiet")
+    result = cli("run", "p.toml", "--out", "mine", "--quiet", *(["--dry-run"] if dry_run else []))
     assert_error(result, 2, "not the output directory of hftguard run", "another --out")
     assert snapshot(tmp_path / "mine") == {"notes.txt": b"mine"}
 

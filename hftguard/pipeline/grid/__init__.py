@@ -37,7 +37,13 @@ The ``[grid]`` table (every axis a value or a list; a missing axis takes the bas
 """
 
 from hftguard.pipeline.grid.layout import Layout, plan, stage_state
-from hftguard.pipeline.grid.runner import GridFailed, GridIncomplete, run, summary_rows
+from hftguard.pipeline.grid.runner import (
+    GridFailed,
+    GridIncomplete,
+    check_root,
+    run,
+    summary_rows,
+)
 from hftguard.pipeline.grid.spec import (
     ATTACK_KEYS,
     AXES,
@@ -64,6 +70,7 @@ __all__ = [
     "GridIncomplete",
     "Layout",
     "check",
+    "check_root",
     "fmt_num",
     "load",
     "load_file",

@@ -457,6 +457,31 @@ def _skipped(held: list[_Failure], n_cells: int) -> str:
     return f"{text} ({held[0].exc.who if isinstance(held[0].exc, RunDirInUse) else '?'})."
 
 
+def check_root(root: Path) -> bool:
+    """Raise a RunDirError unless ``root`` may take hftguard run's tree of runs: a new or empty
+    directory, or the --out of an earlier hftguard run (then True). Reads only, so
+    ``--dry-run`` refuses what the run would."""
+    if root.exists() and not root.is_dir():
+        raise RunDirError(
+            f"Output path {root} exists and is not a directory.", hint="Choose another --out."
+        )
+    if not (root.is_dir() and any(root.iterdir())):
+        return False
+    found = run_stage(root)
+    if found != "pipeline":
+        what = (
+            f"it holds a '{found}' run, whose manifest hftguard run would overwrite"
+            if found
+            else "it is not empty and has no hftguard run manifest"
+        )
+        raise RunDirError(
+            f"{root} is not the output directory of hftguard run: {what}.",
+            hint="Choose another --out (a new or empty directory, or the --out of an earlier "
+            "hftguard run to continue it).",
+        )
+    return True
+
+
 def _open_root(root: Path, overwrite: bool) -> str | None:
     """Check that ``root`` may take this run's tree of runs and create it; with ``overwrite``, move
     an earlier root aside. Returns the name of the root this one replaces (``replaces``, carried
@@ -468,23 +493,7 @@ def _open_root(root: Path, overwrite: bool) -> str | None:
         run = open_run_dir(root, "pipeline", overwrite=True)
         run.release()  # the root is shared: each stage below locks its own run directory
         return run.replaced.name if run.replaced is not None else None
-    if root.exists() and not root.is_dir():
-        raise RunDirError(
-            f"Output path {root} exists and is not a directory.", hint="Choose another --out."
-        )
-    if root.is_dir() and any(root.iterdir()):
-        found = run_stage(root)
-        if found != "pipeline":
-            what = (
-                f"it holds a '{found}' run, whose manifest hftguard run would overwrite"
-                if found
-                else "it is not empty and has no hftguard run manifest"
-            )
-            raise RunDirError(
-                f"{root} is not the output directory of hftguard run: {what}.",
-                hint="Choose another --out (a new or empty directory, or the --out of an earlier "
-                "hftguard run to continue it).",
-            )
+    if check_root(root):
         replaces = read_manifest(root).get("replaces")
         make_out_dir(root)
         return replaces if isinstance(replaces, str) else None
