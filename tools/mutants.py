@@ -636,6 +636,30 @@ MUTANTS: tuple[Mutant, ...] = (
         "provenance: a step time recorded without its threads and card (torch loads later)",
         ("tests/test_report_compute.py",),
     ),
+    Mutant(
+        "retain-keeps-refusals",
+        "hftguard/data/distill.py",
+        'if v.label not in ("refusal", "degenerate") and a.strip()',
+        'if v.label not in ("degenerate",) and a.strip()',
+        "data: the retain set keeps the answers the judge calls refusals",
+        ("tests/test_pipeline.py",),
+    ),
+    Mutant(
+        "judge-no-capability-denial",
+        "hftguard/builtins/judges/refusal_keywords.py",
+        '    "i don\'t have the capability",\n',
+        "",
+        "judge: 'I don't have the capability to ...' is not a refusal (version 3's gap)",
+        ("tests/test_refusal_judge.py",),
+    ),
+    Mutant(
+        "dry-run-skips-root-check",
+        "hftguard/cli/stages.py",
+        "            grid.check_root(out)  # the directory the run would refuse",
+        "            pass  # the directory the run would refuse",
+        "bad input: --dry-run plans a foreign --out that the run refuses",
+        ("tests/test_run_dir_safety.py",),
+    ),
 )
 
 

@@ -499,7 +499,7 @@ def register(app: typer.Typer) -> None:
             from hftguard.pipeline.preflight import check_grid
             from hftguard.registry import default_registry
 
-            grid.check_root(out)  # the directory the run would refuse, refused here too
+            grid.check_root(out)  # the directory the run would refuse is refused here too
             registry = default_registry()
             check_grid(g, registry)  # also every missing path, listed at once
             if warning := grid.spec.same_file_warning(g):
