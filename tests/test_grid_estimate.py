@@ -172,3 +172,21 @@ def test_a_short_evaluation_is_not_shown_as_zero_minutes() -> None:
         "complete": True,
     }
     assert "evaluations: 22 left × 9 s ≈ 3 min" in "\n".join(describe(est))
+
+
+def test_the_json_plan_carries_the_estimate(cli: Any, tmp_path: Path) -> None:
+    """`run --dry-run --json` printed the cells only; the estimate was for the eye alone."""
+    (tmp_path / "g.toml").write_text(
+        'evaluate_base = false\n[align]\nmodel = "tiny-random"\nretain = ""\n'
+        "[align.train]\nmax_steps = 7\n[finetune.train]\nmax_steps = 9\n"
+        "[grid]\nharmful_ratio = [0.0, 0.2]\n"
+    )
+    res = cli("run", "g.toml", "--out", "o", "--dry-run", "--json")
+    assert res.code == 0, res.err
+    got = json.loads(res.out)
+    assert got["out"] == "o" and [c["status"] for c in got["cells"]] == ["left", "left"]
+    rows = {(r["stage"], r["defense"]): r for r in got["estimate"]["training"]}
+    assert (rows[("align", "sft")]["runs"], rows[("align", "sft")]["steps"]) == (1, 7)
+    assert (rows[("finetune", "sft")]["runs"], rows[("finetune", "sft")]["steps"]) == (2, 18)
+    assert got["estimate"]["evaluations_left"] == 3 and got["estimate"]["seconds"] is None
+    assert not (tmp_path / "o").exists()

@@ -323,7 +323,7 @@ def test_a_grid_skips_the_cells_another_process_holds(
         shutil.rmtree(root / "cells" / cell)  # both cells left to do
     held = root / "cells" / CELLS[0] / "attacked"
     with lock_run_dir(held):
-        result = cli("run", "grid.toml", "--out", "g", "--quiet")
+        result = cli("run", "grid.toml", "--out", "g", "--no-wait", "--quiet")
         assert_error(
             result,
             1,
@@ -346,6 +346,131 @@ def test_a_grid_skips_the_cells_another_process_holds(
     assert result.code == 0, result.err
     m = manifest(root)
     assert m["status"] == "completed" and [c["status"] for c in m["cells"]] == ["done", "done"]
+
+
+def test_a_held_cell_is_waited_for_and_taken_as_the_other_process_left_it(
+    cli: Run, tmp_path: Path, copy_grid: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without --no-wait, a cell another process is running is waited for at the end: found
+    finished (not rebuilt), so this run too ends with the grid complete and exit code 0. This
+    run built the aligned model, the other process the cell after it: not stale."""
+    import datetime as dt
+
+    from hftguard.pipeline.grid import runner
+    from hftguard.runs import RunLock
+
+    root = copy_grid("g")
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    finished = tmp_path / "finished"
+    shutil.copytree(root, finished)
+    for part in [*(f"cells/{c}" for c in CELLS), "aligned/sft-s42", "evals/aligned-sft-s42"]:
+        shutil.rmtree(root / part)
+    lock = RunLock(root / "cells" / CELLS[0] / "attacked").acquire()
+    waits: list[float] = []
+    left: dict[str, dict[str, Any]] = {}
+
+    def other_process_finishes(seconds: float) -> None:
+        """The other process ran cell 0 on this run's aligned model: it started it a second
+        after the alignment ended."""
+        waits.append(seconds)
+        assert manifest(root / "cells" / CELLS[1] / "eval")["status"] == "completed"
+        lock.release()
+        cell = root / "cells" / CELLS[0]
+        shutil.copytree(finished / "cells" / CELLS[0], cell, dirs_exist_ok=True)
+        ended = dt.datetime.fromisoformat(manifest(root / "aligned" / "sft-s42")["ended_at"])
+        for part in ("attacked", "eval"):
+            m = manifest(cell / part)
+            m["started_at"] = m["ended_at"] = (ended + dt.timedelta(seconds=1)).isoformat()
+            (cell / part / "manifest.json").write_text(json.dumps(m))
+            left[part] = m
+
+    monkeypatch.setattr(runner, "_sleep", other_process_finishes)
+    result = cli("run", "grid.toml", "--out", "g")
+    assert result.code == 0, result.err
+    assert waits == [runner.WAIT_POLL_S]
+    assert "waiting for another hftguard process to finish" in result.err
+    assert "rebuilding" not in result.err
+    m = manifest(root)
+    assert m["status"] == "completed" and "held" not in m
+    assert [c["status"] for c in m["cells"]] == ["done", "done"]
+    assert len([r for r in m["rows"] if r.get("kind") == "attacked"]) == 2
+    for part in ("attacked", "eval"):  # as the other process left them
+        assert manifest(root / "cells" / CELLS[0] / part) == left[part], part
+
+
+def _held_alignment(root: Path, tmp_path: Path) -> tuple[Path, Path, Any]:
+    """Leave both cells to do and the aligned model half-built, its directory locked as if
+    another hftguard process were aligning it. Returns the aligned dir, a copy of the finished
+    grid (what the other process will have built) and the lock."""
+    from hftguard.runs import RunLock
+
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    finished = tmp_path / "finished"
+    shutil.copytree(root, finished)
+    for cell in CELLS:
+        shutil.rmtree(root / "cells" / cell)
+    aligned = root / "aligned" / "sft-s42"
+    shutil.rmtree(aligned)
+    shutil.rmtree(root / "evals" / "aligned-sft-s42")
+    return aligned, finished, RunLock(aligned).acquire()
+
+
+def test_a_second_process_waits_for_a_held_alignment_then_shares_its_cells(
+    cli: Run, tmp_path: Path, copy_grid: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two workers on one grid: the one that finds the aligned model being built by the other
+    waits for it, then runs the cells that need it (it used to skip them all and end, leaving
+    the other worker to run every cell of that aligned model alone)."""
+    from hftguard.pipeline.grid import runner
+
+    root = copy_grid("g")
+    _, finished, lock = _held_alignment(root, tmp_path)
+    waits: list[float] = []
+
+    def other_process_finishes(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) == 2:  # meanwhile the other process aligned, evaluated and ran cell 0
+            lock.release()
+            for part in ("aligned/sft-s42", "evals/aligned-sft-s42", f"cells/{CELLS[0]}"):
+                shutil.copytree(finished / part, root / part, dirs_exist_ok=True)
+
+    monkeypatch.setattr(runner, "_sleep", other_process_finishes)
+    result = cli("run", "grid.toml", "--out", "g")
+    assert result.code == 0, result.err
+    assert len(waits) == 2
+    assert "waiting for another hftguard process" in result.err
+    assert str(Path("aligned", "sft-s42")) in result.err
+    m = manifest(root)
+    assert m["status"] == "completed" and "held" not in m
+    assert [c["status"] for c in m["cells"]] == ["done", "done"]
+    # what the other process built is taken as it is, not rebuilt as if stale
+    assert "rebuilding" not in result.err
+    for part in ("aligned/sft-s42", "evals/aligned-sft-s42", f"cells/{CELLS[0]}/eval"):
+        assert manifest(root / part) == manifest(finished / part), part
+    assert manifest(root / "cells" / CELLS[1] / "eval")["status"] == "completed"
+
+
+def test_no_wait_skips_the_cells_of_a_held_alignment(
+    cli: Run, tmp_path: Path, copy_grid: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hftguard.pipeline.grid import runner
+
+    root = copy_grid("g")
+    _, _, lock = _held_alignment(root, tmp_path)
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError("--no-wait waited")
+
+    monkeypatch.setattr(runner, "_sleep", no_sleep)
+    try:
+        result = cli("run", "grid.toml", "--out", "g", "--no-wait", "--quiet")
+    finally:
+        lock.release()
+    assert_error(result, 1, "2 of 2 cells skipped", "held by another hftguard process")
+    m = manifest(root)
+    assert m["status"] == "incomplete"
+    assert [c["status"] for c in m["cells"]] == ["held", "held"]
+    assert [h["where"] for h in m["held"]] == [str(Path("g", "aligned", "sft-s42"))]
 
 
 # ------------------------------------------------------------------------------------------------

@@ -108,8 +108,9 @@ if [ "$mode" = queues ]; then
         read -r out config rest <<< "${lines[i]}"
         eval "local args=($rest)"
         echo "== worker $n $(date -u +%T) line $i: $out $config $rest" >> "$H/worker-$n.log"
-        timeout -s TERM -k 20 "$left" python3 -m hftguard run "$config" --out "$H/$out" "${args[@]}" \
-          > "$H/worker-$n.last" 2>&1
+        # --no-wait: a held stage is left to its worker, and this one goes on with its queue
+        timeout -s TERM -k 20 "$left" python3 -m hftguard run "$config" --out "$H/$out" --no-wait \
+          "${args[@]}" > "$H/worker-$n.last" 2>&1
         rc=$?
         cat "$H/worker-$n.last" >> "$H/worker-$n.log"
         echo "== worker $n $(date -u +%T) line $i exit $rc" >> "$H/worker-$n.log"

@@ -660,6 +660,39 @@ MUTANTS: tuple[Mutant, ...] = (
         "bad input: --dry-run plans a foreign --out that the run refuses",
         ("tests/test_run_dir_safety.py",),
     ),
+    Mutant(
+        "grid-never-waits",
+        "hftguard/pipeline/grid/runner.py",
+        "            later = retry if self.wait else None",
+        "            later = None",
+        "wiring: a second worker skips a held alignment's cells instead of sharing them",
+        ("tests/test_run_locks.py",),
+    ),
+    Mutant(
+        "held-stage-counts-as-rebuilt",
+        "hftguard/pipeline/grid/runner.py",
+        '        redo = state == "stale" or (derived and state == "changed")\n',
+        '        redo = state == "stale" or (derived and state == "changed")\n'
+        "        self.ran.add(path)\n",
+        "wiring: a stage another process held is taken as rebuilt here (everything after it stale)",
+        ("tests/test_run_locks.py",),
+    ),
+    Mutant(
+        "stale-ignores-start-time",
+        "hftguard/pipeline/grid/runner.py",
+        "            and not _started_after(path, upstream)\n",
+        "",
+        "default: a cell another worker ran after this one's alignment is rebuilt as stale",
+        ("tests/test_run_locks.py",),
+    ),
+    Mutant(
+        "dry-run-json-without-estimate",
+        "hftguard/cli/stages.py",
+        '{"out": str(out), "cells": rows, "estimate": left}',
+        '{"out": str(out), "cells": rows}',
+        "wiring: --dry-run --json drops the estimate",
+        ("tests/test_grid_estimate.py",),
+    ),
 )
 
 

@@ -452,6 +452,16 @@ def register(app: typer.Typer) -> None:
                 "measured yet (repeatable).",
             ),
         ] = None,
+        wait: Annotated[
+            bool,
+            typer.Option(
+                "--wait/--no-wait",
+                help="When another hftguard run on the same --out holds a stage (an aligned "
+                "model, a cell), do the rest of the grid first, then wait for it: share the "
+                "cells built on an aligned model it finished, take up what it left (default). "
+                "--no-wait skips them: the run ends incomplete (exit code 1).",
+            ),
+        ] = True,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
@@ -508,18 +518,19 @@ def register(app: typer.Typer) -> None:
                 from hftguard.console import stderr
 
                 stderr.print(f"[yellow]Warning:[/yellow] {escape(warning)}", highlight=False)
+            from hftguard.pipeline.grid.estimate import describe, estimate
+
             rows = grid.plan(g, out)
-            if as_json:
-                print_json(rows)
+            left = estimate(g, out, registry, timings_from or ())
+            if as_json:  # the plan and the estimate, as the table and the lines below show them
+                print_json({"out": str(out), "cells": rows, "estimate": left})
                 return
             print_table(
                 f"hftguard run --dry-run: {len(rows)} cell(s), "
                 f"{sum(r['status'] == 'done' for r in rows)} done -> {out}",
                 *_plan_table(rows),
             )
-            from hftguard.pipeline.grid.estimate import describe, estimate
-
-            for line in describe(estimate(g, out, registry, timings_from or ())):
+            for line in describe(left):
                 stdout.print(line, highlight=False, markup=False)
             return
         reporter = _reporter(quiet, as_json)
@@ -539,7 +550,9 @@ def register(app: typer.Typer) -> None:
 
         try:
             summary = _call(
-                lambda: grid.run(g, out, reporter=reporter, overwrite=overwrite, command=sys.argv),
+                lambda: grid.run(
+                    g, out, reporter=reporter, overwrite=overwrite, command=sys.argv, wait=wait
+                ),
                 RERUN_HINT,
             )
         except grid.GridFailed as exc:

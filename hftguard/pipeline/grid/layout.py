@@ -53,7 +53,7 @@ class Layout:
         return self.root / f"cells/{cell.attack_name}/eval{suffix}"
 
 
-def _time(value: Any) -> _dt.datetime | None:
+def parse_time(value: Any) -> _dt.datetime | None:
     try:
         return _dt.datetime.fromisoformat(str(value))
     except ValueError:
@@ -78,8 +78,8 @@ def stage_state(
     if not same_stage_config(m.get("config"), cfg, model_root):
         return "changed"
     if upstream is not None and is_run_dir(upstream):
-        up_end = _time(read_manifest(upstream).get("ended_at"))
-        start = _time(m.get("started_at"))
+        up_end = parse_time(read_manifest(upstream).get("ended_at"))
+        start = parse_time(m.get("started_at"))
         if up_end is not None and start is not None and up_end > start:
             return "stale"
     return "done" if m.get("status") == "completed" else "unfinished"

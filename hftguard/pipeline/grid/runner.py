@@ -4,6 +4,13 @@ Two ``hftguard run`` processes on one grid share it: each stage locks its run di
 (``hftguard.runs.RunLock``), and a stage another process holds is skipped, with its cells (status
 ``held``), instead of failing; the run then ends ``incomplete`` (:class:`GridIncomplete`, exit code
 1) naming them, and re-running the same command once the other process has finished picks them up.
+
+With ``wait`` (the default of ``hftguard run``) a held stage is not left behind: once this process
+has done everything else, it waits for the held stages (an aligned model another process is
+building first, as its cells are work to share), and takes each up again as its lock is freed:
+the cells built on a finished alignment that the other process has not taken are run here, a cell
+the other process finished is found done, one it left unfinished (killed) is resumed. So two
+workers split every aligned model's cells between them, and both end with the grid complete.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from typing import Any
 from hftguard.config import EvalConfig, PipelineConfig
 from hftguard.console import Reporter
 from hftguard.errors import HftguardError, RunDirError, RunDirInUse
-from hftguard.pipeline.grid.layout import Layout, plan, stage_state
+from hftguard.pipeline.grid.layout import Layout, parse_time, plan, stage_state
 from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, check, same_file_warning, single
 from hftguard.registry import Registry
 from hftguard.runs import (
     MANIFEST,
     SCHEMA_VERSION,
+    RunLock,
     atomic_write_json,
     drop_replaced,
     has_checkpoint,
@@ -32,6 +40,30 @@ from hftguard.runs import (
     run_stage,
     settle_replacement,
 )
+
+#: Seconds between two looks at an aligned model another process is building (``wait``).
+WAIT_POLL_S = 15.0
+_sleep = time.sleep  # replaced in tests
+
+
+def _is_free(directory: object) -> bool:
+    """Whether no process holds the lock of run directory ``directory`` (its holder finished or
+    died). Takes the lock and lets it go at once: the stage that follows locks it again."""
+    try:
+        RunLock(Path(str(directory))).acquire().release()
+    except RunDirInUse:
+        return False
+    return True
+
+
+def _started_after(path: Path, upstream: Path) -> bool:
+    """Whether the stage in ``path`` started after ``upstream`` ended (a later second)."""
+    try:
+        start = parse_time(read_manifest(path).get("started_at"))
+        up_end = parse_time(read_manifest(upstream).get("ended_at"))
+    except HftguardError:
+        return False
+    return start is not None and up_end is not None and start > up_end
 
 
 class GridFailed(HftguardError):
@@ -52,6 +84,8 @@ class _Failure:
     error: str
     cells: list[str]
     exc: BaseException
+    retry: Callable[[], None] | None = None  # a held stage: take it up again (``wait``)
+    alignment: bool = False  # a held alignment: its cells are work to share, waited for first
 
 
 class _Runner:
@@ -64,8 +98,10 @@ class _Runner:
         reporter: Reporter,
         registry: Registry | None,
         command: list[str] | None,
+        wait: bool = True,
     ) -> None:
         self.grid = grid
+        self.wait = wait
         self.layout = Layout(root, grid)
         self.reporter = reporter
         self.kw: dict[str, Any] = {"reporter": reporter, "registry": registry, "command": command}
@@ -120,9 +156,11 @@ class _Runner:
             and upstream is not None
             and upstream in self.ran
             and path not in self.ran
+            and not _started_after(path, upstream)
         ):
-            # its input was (re)built just now (timestamps may share a second); a stage that this
-            # run built after it (an attacked model shared by repair cells) is not stale
+            # its input was (re)built just now, and timestamps (seconds) cannot tell which came
+            # first; a stage this run built after it (an attacked model shared by repair cells),
+            # or that another process started after it ended (two workers), is not stale
             state = "stale"
         if state == "done":
             if not self.grid.is_grid:
@@ -132,10 +170,9 @@ class _Runner:
             self.reporter.warn(f"{path} was built from an older {upstream}; rebuilding it.")
         self._progress(what + ("" if state == "new" else f" ({state})"))
         redo = state == "stale" or (derived and state == "changed")
-        self.ran.add(path)
         from hftguard.trackers import tracked
 
-        return tracked(  # type: ignore[no-any-return]
+        manifest: dict[str, Any] = tracked(
             cfg,
             path,
             self.reporter,
@@ -149,6 +186,10 @@ class _Runner:
             ),
             self.kw["registry"],
         )
+        # only once it ran: a stage that failed, or that another process held (RunDirInUse), did
+        # not rebuild anything, and what was built on it is not stale
+        self.ran.add(path)
+        return manifest
 
     def evaluate(
         self,
@@ -168,18 +209,37 @@ class _Runner:
             {"model": label, "run_dir": str(path), **coords, **(manifest.get("metrics") or {})}
         )
 
-    def fail(self, where: str, exc: Exception, cells: list[Cell]) -> None:
+    def fail(
+        self,
+        where: str,
+        exc: Exception,
+        cells: list[Cell],
+        retry: Callable[[], None] | None = None,
+        *,
+        alignment: bool = False,
+    ) -> bool:
+        """Record a failed stage and its cells; a stage another process holds is ``held``, and
+        with ``wait`` comes back later through ``retry`` (then True)."""
         if self.fail_fast:
             raise exc
         if isinstance(exc, RunDirInUse):  # another hftguard run on this grid: skip, keep going
-            self.held.append(_Failure(where, exc.message, [c.name for c in cells], exc))
+            later = retry if self.wait else None
+            self.held.append(
+                _Failure(where, exc.message, [c.name for c in cells], exc, later, alignment)
+            )
             for c in cells:
                 self.status[c.name] = "held"
+            if later is not None:
+                self.reporter.info(
+                    f"grid: {where} is being written by another hftguard process ({exc.who}); "
+                    "coming back to it after the rest of the grid."
+                )
+                return True
             self.reporter.warn(
                 f"{where} skipped: {exc.message}"
                 + (f" ({len(cells)} cell(s) skipped)" if len(cells) > 1 else "")
             )
-            return
+            return False
         msg = exc.message if isinstance(exc, HftguardError) else f"{type(exc).__name__}: {exc}"
         self.failures.append(_Failure(where, msg, [c.name for c in cells], exc))
         for c in cells:
@@ -188,63 +248,121 @@ class _Runner:
             f"{where} failed: {msg}"
             + (f" ({len(cells)} cell(s) skipped)" if len(cells) > 1 else "")
         )
+        return False
 
     # -- the grid ------------------------------------------------------------------------
 
     def run(self) -> None:
-        from hftguard.pipeline import align
-
         g, lay = self.grid, self.layout
         base = g.base.align.model
         if g.base.evaluate_base:
-            try:
-                self.evaluate(
-                    f"base ({base})", g.eval_config(base), lay.base_eval(), None, {"kind": "base"}
-                )
-            except Exception as exc:
-                self.fail(str(lay.base_eval()), exc, [])
-        for (align_name, seed), cells in g.groups():
-            start, upstream = base, None
-            if align_name != NO_ALIGN:
-                path = lay.aligned(align_name, seed)
-                acfg = g.align_config(align_name, seed)
+
+            def base_eval() -> None:
                 try:
-                    self.stage(
-                        f"align: {acfg.defense}" + (f" (s{seed})" if g.is_grid else ""),
-                        align.run,
-                        acfg,
-                        path,
+                    self.evaluate(
+                        f"base ({base})",
+                        g.eval_config(base),
+                        lay.base_eval(),
+                        None,
+                        {"kind": "base"},
                     )
                 except Exception as exc:
-                    self.fail(str(path), exc, cells)
+                    self.fail(str(lay.base_eval()), exc, [], base_eval)
+
+            base_eval()
+        for (align_name, seed), cells in g.groups():
+            self.group(align_name, seed, cells)
+        self.wait_for_held()
+
+    def wait_for_held(self) -> None:
+        """Take up each stage another process held as soon as its lock is free, alignments
+        first (their cells are work to share); sleep while none is. Only with ``wait``."""
+        told: set[str] = set()
+        while pending := [f for f in self.held if f.retry is not None]:
+            pending.sort(key=lambda f: not f.alignment)
+            ready = next((f for f in pending if _is_free(getattr(f.exc, "path", ""))), None)
+            if ready is None:
+                for f in pending:
+                    if f.where not in told:
+                        told.add(f.where)
+                        self.reporter.info(
+                            f"grid: waiting for another hftguard process to finish {f.where} "
+                            f"({getattr(f.exc, 'who', '?')}). Ctrl-C stops; re-running the "
+                            "command continues."
+                        )
+                _sleep(WAIT_POLL_S)
+                continue
+            self.held.remove(ready)
+            for name in ready.cells:
+                if self.status[name] == "held":
+                    self.status[name] = "left"
+            assert ready.retry is not None
+            ready.retry()
+
+    def group(self, align_name: str, seed: int, cells: list[Cell]) -> None:
+        """The aligned model ``align_name``/``seed``, its evaluation and its cells."""
+        from hftguard.pipeline import align
+
+        g, lay = self.grid, self.layout
+        start, upstream = g.base.align.model, None
+        if align_name != NO_ALIGN:
+            path = lay.aligned(align_name, seed)
+            acfg = g.align_config(align_name, seed)
+            try:
+                self.stage(
+                    f"align: {acfg.defense}" + (f" (s{seed})" if g.is_grid else ""),
+                    align.run,
+                    acfg,
+                    path,
+                )
+            except Exception as exc:
+                later = self.fail(
+                    str(path),
+                    exc,
+                    cells,
+                    lambda: self.group(align_name, seed, cells),
+                    alignment=True,
+                )
+                if not later:  # its cells are over for this run; else they tick when taken up
                     for _ in cells:
                         self.on_cell_end()
-                    continue
-                start, upstream = lay.rel(path), path
-                label = (
-                    f"aligned ({align_name}, s{seed})" if g.is_grid else f"aligned ({acfg.defense})"
-                )
+                return
+            start, upstream = lay.rel(path), path
+            label = f"aligned ({align_name}, s{seed})" if g.is_grid else f"aligned ({acfg.defense})"
+            where = lay.aligned_eval(align_name, seed)
+
+            def aligned_eval() -> None:
                 try:
                     self.evaluate(
                         label,
                         g.eval_config(start),
-                        lay.aligned_eval(align_name, seed),
+                        where,
                         path,
                         {"kind": "aligned", "align": align_name, "seed": seed},
                     )
                 except Exception as exc:
-                    self.fail(str(lay.aligned_eval(align_name, seed)), exc, [])
-            for cell in cells:
-                self.running = cell
-                try:
-                    self.cell(cell, start, upstream)
-                    self.status[cell.name] = "done"
-                except Exception as exc:
-                    self.running = None
-                    self.fail(cell.label, exc, [cell])
-                finally:
-                    self.running = None
-                    self.on_cell_end()
+                    self.fail(str(where), exc, [], aligned_eval)
+
+            aligned_eval()
+        for cell in cells:
+            self.run_cell(cell, start, upstream, tick=True)
+
+    def run_cell(self, cell: Cell, start: str, upstream: Path | None, *, tick: bool) -> None:
+        """One cell, its failure recorded; ``tick``: advance the progress bar (once per cell:
+        a held cell taken up again does not)."""
+        self.running = cell
+        try:
+            self.cell(cell, start, upstream)
+            self.status[cell.name] = "done"
+        except Exception as exc:
+            self.running = None
+            self.fail(
+                cell.label, exc, [cell], lambda: self.run_cell(cell, start, upstream, tick=False)
+            )
+        finally:
+            self.running = None
+            if tick:
+                self.on_cell_end()
 
     def cell(self, cell: Cell, start: str, upstream: Path | None) -> None:
         from hftguard.pipeline import attack_finetune
@@ -297,6 +415,7 @@ def run(
     registry: Registry | None = None,
     overwrite: bool = False,
     command: list[str] | None = None,
+    wait: bool = True,
 ) -> dict[str, Any]:
     """Run every cell of ``cfg`` into ``out``; return a summary with one row per evaluated model.
 
@@ -308,6 +427,10 @@ def run(
     ``out`` must be new, empty, or the root of an earlier ``hftguard run`` (its manifest's stage is
     ``pipeline``); ``overwrite`` moves such a root aside until this run completes, and puts it back
     if this one fails before any stage finished (see :func:`hftguard.runs.open_run_dir`).
+
+    ``wait``: when another process is building an aligned model of the grid, come back to it
+    after everything else and wait for it, then run the cells built on it that the other process
+    has not taken (``False``: skip them, as ``held``).
     """
     grid = cfg if isinstance(cfg, Grid) else single(cfg)
     reporter = reporter or Reporter()
@@ -334,7 +457,7 @@ def run(
             "labels": grid.labels,
         }
     atomic_write_json(root / "manifest.json", {**head, "status": "running"})
-    runner = _Runner(grid, root, reporter, registry, command)
+    runner = _Runner(grid, root, reporter, registry, command, wait=wait)
 
     def summary(status: str) -> dict[str, Any]:
         result = {
