@@ -157,3 +157,68 @@ def test_repair_effect_from_eval_dirs_given_one_by_one(tmp_path: Path) -> None:
     rep = report.build(coll, n_boot=0)
     (hs,) = [c for c in rep.comparisons if c.kind == "repair_effect" and c.metric == "hs"]
     assert hs.diff == pytest.approx(5.0 * (5 - 14)) and hs.ref.method == "sft/sft"
+
+
+def test_repairs_with_other_options_are_rows_of_their_own(tmp_path: Path) -> None:
+    """Two SafeLoRA repairs of one attacked model with different options (num_layers 1 and 2):
+    rows of their own, ``(num_layers=1)``, each paired with the attacked model it repaired. Before,
+    the report refused them as two evaluations of one seed."""
+    from test_report import _aligned_dir
+
+    aligned = tmp_path / "aligned"
+    _aligned_dir(aligned, "sft", 42)
+    attacked = tmp_path / "attacked"
+    atomic_write_json(
+        attacked / "manifest.json",
+        {
+            "stage": "finetune",
+            "status": "completed",
+            "aligned_run": str(aligned),
+            "config": {
+                "model": str(aligned),
+                "defense": "sft",
+                "harmful_ratio": 0.2,
+                "samples": 100,
+                "task": "sentiment",
+                "seed": 42,
+            },
+        },
+    )
+    _eval_dir(tmp_path / "attacked-eval", attacked, 14, 9)
+    evals = [tmp_path / "attacked-eval"]
+    for layers, k_harm in ((1, 10), (2, 4)):
+        repaired_dir = tmp_path / f"repaired-{layers}"
+        atomic_write_json(
+            repaired_dir / "manifest.json",
+            {
+                "stage": "repair",
+                "status": "completed",
+                "attacked_run": str(attacked),
+                "config": {
+                    "model": str(attacked),
+                    "defense": "safelora",
+                    "defense_options": {"num_layers": layers},
+                },
+            },
+        )
+        _eval_dir(tmp_path / f"repaired-{layers}-eval", repaired_dir, k_harm, 8)
+        evals.append(tmp_path / f"repaired-{layers}-eval")
+    coll = report.collect(evals)
+    variants = sorted((r.method, r.variant_label) for r in coll.runs)
+    assert variants == [
+        ("sft/sft", ""),
+        ("sft/sft/safelora", "num_layers=1"),
+        ("sft/sft/safelora", "num_layers=2"),
+    ]
+    rep = report.build(coll, n_boot=0)
+    assert sorted(r.label for r in rep.rows) == [
+        "sft/sft",
+        "sft/sft/safelora (num_layers=1)",
+        "sft/sft/safelora (num_layers=2)",
+    ]
+    effects = [c for c in rep.comparisons if c.kind == "repair_effect" and c.metric == "hs"]
+    got = sorted((c.run.variant_label, c.diff, c.ref.path.name) for c in effects)
+    assert got == [
+        ("num_layers=1", pytest.approx(5.0 * (10 - 14)), "attacked-eval"),
+        ("num_layers=2", pytest.approx(5.0 * (4 - 14)), "attacked-eval"),
+    ]

@@ -693,6 +693,14 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: --dry-run --json drops the estimate",
         ("tests/test_grid_estimate.py",),
     ),
+    Mutant(
+        "repair-effect-pairs-on-full-variant",
+        "hftguard/pipeline/report/paired.py",
+        "(r.attacked_method, r.p, *cell, r.attacked_variant_key)",
+        "(r.attacked_method, r.p, *cell, r.variant_key)",
+        "wiring: a repair variant finds no attacked model to measure its repair effect against",
+        ("tests/test_report_repair.py",),
+    ),
 )
 
 

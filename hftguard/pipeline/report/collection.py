@@ -52,6 +52,10 @@ class EvalRun:
     _attack_config: dict[str, Any] = field(default_factory=dict, repr=False)
     #: the defense options of the model's stages, ``{"align.rho": 40, "finetune.k_align": 10}``
     _options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: a repaired model's repair options, ``{"num_layers": 2}``
+    _repair_options: dict[str, Any] = field(default_factory=dict, repr=False)
+    #: the keys of ``variant`` that come from the repair (not part of the attacked model's variant)
+    _repair_keys: tuple[str, ...] = field(default=(), repr=False)
     _records: list[dict[str, Any]] | None = field(default=None, repr=False)
     _screening: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -82,6 +86,12 @@ class EvalRun:
     def variant_key(self) -> tuple[tuple[str, Any], ...]:
         """The variant, hashable (pairs a variant with its own p = 0 and attacked runs)."""
         return tuple(self.variant.items())
+
+    @property
+    def attacked_variant_key(self) -> tuple[tuple[str, Any], ...]:
+        """The attacked model's own variant (without the repair's options): pairs a repaired
+        model with the attacked model it repaired."""
+        return tuple((k, v) for k, v in self.variant.items() if k not in self._repair_keys)
 
     @property
     def variant_label(self) -> str:
@@ -315,7 +325,8 @@ def _variants(runs: list[EvalRun]) -> None:
     rho in several run directories) are told apart by those options: each gets ``variant``, the
     options that differ within its method (attacked models: per alignment/fine-tuning pair, so a
     repaired model shares its attacked model's variant; aligned models: per alignment defense).
-    An option's key drops its stage (``rho``) unless both stages vary an option of that name."""
+    An option's key drops its stage (``rho``) unless both stages vary an option of that name.
+    Repaired models of one method add the repair options that differ among them."""
     groups: dict[tuple[str, str | None], list[EvalRun]] = {}
     for r in runs:
         if r.kind == "attacked":
@@ -330,6 +341,22 @@ def _variants(runs: list[EvalRun]) -> None:
             names = {k: k for k in varying}
         for r in rs:
             r.variant = {names[k]: r._options.get(k) for k in varying}
+    # repaired models of one method whose repairs ran with different options (a sweep of
+    # SafeLoRA's num_layers): the repair's options join the variant (``repair.KEY`` where the
+    # attacked model's variant has an option of that name)
+    repaired: dict[str, list[EvalRun]] = {}
+    for r in runs:
+        if r.kind == "attacked" and r.repair:
+            repaired.setdefault(r.method, []).append(r)
+    for rs in repaired.values():
+        keys = sorted({k for r in rs for k in r._repair_options})
+        varying = [k for k in keys if len({_same(r._repair_options.get(k)) for r in rs}) > 1]
+        for r in rs:
+            extra = {
+                (f"repair.{k}" if k in r.variant else k): r._repair_options.get(k) for k in varying
+            }
+            r.variant = {**r.variant, **extra}
+            r._repair_keys = tuple(extra)
 
 
 def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
@@ -344,6 +371,8 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
     run = EvalRun(path, "base", manifest=manifest)
     if model_m is not None and model_m.get("stage") == "repair":  # a repaired attacked model
         run.repair = model_m.get("config", {}).get("defense")
+        repair_opts = model_m.get("config", {}).get("defense_options")
+        run._repair_options = dict(repair_opts) if isinstance(repair_opts, dict) else {}
         model_dir, model_m = _run_dir(
             rooted_model(model_dir, model_m) if model_dir is not None else None,
             model_m.get("attacked_run"),

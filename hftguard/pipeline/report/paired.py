@@ -299,7 +299,7 @@ def pair_all(
             if ref is not None:
                 pairs.append(("attack_effect", ref))
         if r.repair:
-            ref = index.get((r.attacked_method, r.p, *cell, r.variant_key))
+            ref = index.get((r.attacked_method, r.p, *cell, r.attacked_variant_key))
             if ref is not None:
                 pairs.append(("repair_effect", ref))
         for kind, ref in pairs:
