@@ -590,8 +590,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "report-repair-effect-vs-baseline",
         "hftguard/pipeline/report/paired.py",
-        "ref = index.get((r.attacked_method, r.p, *cell, r.variant_key))",
-        "ref = index.get((baseline, r.p, *cell, r.variant_key))",
+        "ref = index.get((r.attacked_method, r.p, *cell, r.attacked_variant_key))",
+        "ref = index.get((baseline, r.p, *cell, r.attacked_variant_key))",
         "wiring: a repair's effect is measured against the baseline, not its own attacked model",
         ("tests/test_report_repair.py",),
     ),
