@@ -249,6 +249,32 @@ def lock_run_dir(path: str | Path) -> RunLock:
     return RunLock(path).acquire()
 
 
+def running_holder(path: str | Path) -> dict[str, Any] | None:
+    """Who holds the lock of run directory ``path`` now (:func:`read_holder`'s record, ``{}``
+    when it has not written one yet), or None when no process does. Reads only: it opens an
+    existing ``.lock`` read-only and tries ``flock`` on it without waiting, and creates nothing
+    (for ``hftguard run --dry-run``). None where ``flock`` does not exist."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        return None
+    try:
+        fd = os.open(Path(path) / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None  # no lock file: nobody holds it (a holder keeps the file while it holds it)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return read_holder(path)
+        except OSError:
+            return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def read_holder(path: str | Path) -> dict[str, Any]:
     """What the holder of the lock of run directory ``path`` recorded, or {}."""
     try:

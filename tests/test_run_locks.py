@@ -571,3 +571,35 @@ def test_a_grid_recorded_before_relative_paths_still_reruns_in_place(
     result = cli("run", "grid.toml", "--out", "g")
     assert result.code == 0, result.err
     assert stage_manifests(root) == before
+
+
+def test_the_dry_run_shows_what_another_process_is_running(
+    cli: Run, tmp_path: Path, copy_grid: Callable[[str], Path]
+) -> None:
+    """A stage another hftguard process holds now shows ``running`` in the plan, and looking
+    writes nothing (no lock taken, no lock file created)."""
+    from hftguard.runs import LOCK_FILE, RunLock, running_holder
+
+    root = copy_grid("g")
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    for cell in CELLS:
+        shutil.rmtree(root / "cells" / cell)
+    attacked = root / "cells" / CELLS[0] / "attacked"
+    assert running_holder(attacked) is None and not attacked.exists()
+    lock = RunLock(attacked).acquire()
+    try:
+        holder = running_holder(attacked)
+        assert holder is not None and holder["pid"] == os.getpid()
+        before = sorted(p.relative_to(root).as_posix() for p in root.rglob("*"))
+        result = cli("run", "grid.toml", "--out", "g", "--dry-run", "--json")
+        assert result.code == 0, result.err
+        states = [(c["attack"], c["eval"]) for c in json.loads(result.out)["cells"]]
+        assert states == [("running", "new"), ("new", "new")]
+        assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*")) == before
+        assert not (root / "cells" / CELLS[1] / "attacked" / LOCK_FILE).exists()
+        assert lock.held  # still this process's: the look did not take it over
+    finally:
+        lock.release()
+    assert running_holder(attacked) is None
+    result = cli("run", "grid.toml", "--out", "g", "--dry-run", "--json")
+    assert [c["attack"] for c in json.loads(result.out)["cells"]] == ["new", "new"]

@@ -694,6 +694,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_grid_estimate.py",),
     ),
     Mutant(
+        "dry-run-ignores-running-stages",
+        "hftguard/pipeline/grid/layout.py",
+        '    return "running" if running_holder(path) is not None else state',
+        "    return state",
+        "wiring: the dry-run shows a stage another process is writing as not started",
+        ("tests/test_run_locks.py",),
+    ),
+    Mutant(
         "repair-effect-pairs-on-full-variant",
         "hftguard/pipeline/report/paired.py",
         "(r.attacked_method, r.p, *cell, r.attacked_variant_key)",

@@ -85,8 +85,18 @@ def stage_state(
     return "done" if m.get("status") == "completed" else "unfinished"
 
 
+def _now_running(state: str, path: Path) -> str:
+    """``running`` for a stage not done whose directory another process holds now."""
+    from hftguard.runs import running_holder
+
+    if state in ("done", "-"):
+        return state
+    return "running" if running_holder(path) is not None else state
+
+
 def plan(grid: Grid, out: str | Path) -> list[dict[str, Any]]:
-    """Each cell with the state of its stages — for ``hftguard run --dry-run``. Reads only."""
+    """Each cell with the state of its stages — for ``hftguard run --dry-run``. Reads only. A
+    stage another process is writing now (``hftguard run`` on the same grid) shows ``running``."""
     lay = Layout(Path(out), grid)
     rows = []
     for (align_name, seed), cells in grid.groups():
@@ -94,21 +104,28 @@ def plan(grid: Grid, out: str | Path) -> list[dict[str, Any]]:
         if align_name != NO_ALIGN:
             upstream = lay.aligned(align_name, seed)
             start = lay.rel(upstream)
-            a_state = stage_state(upstream, grid.align_config(align_name, seed))
+            a_state = _now_running(
+                stage_state(upstream, grid.align_config(align_name, seed)), upstream
+            )
         root = lay.root if upstream is not None else None
         for cell in cells:
             attacked = lay.attacked(cell)
-            f_state = stage_state(attacked, grid.finetune_config(cell, start), upstream, root)
+            f_state = _now_running(
+                stage_state(attacked, grid.finetune_config(cell, start), upstream, root), attacked
+            )
             evaluated, r_state = attacked, "-"
             if cell.repair:
                 evaluated = lay.repaired(cell)
                 rcfg = grid.repair_config(cell, lay.rel(attacked))
-                r_state = stage_state(evaluated, rcfg, attacked, lay.root)
-            e_state = stage_state(
+                r_state = _now_running(stage_state(evaluated, rcfg, attacked, lay.root), evaluated)
+            e_state = _now_running(
+                stage_state(
+                    lay.cell_eval(cell),
+                    grid.cell_eval_config(cell, lay.rel(evaluated)),
+                    evaluated,
+                    lay.root,
+                ),
                 lay.cell_eval(cell),
-                grid.cell_eval_config(cell, lay.rel(evaluated)),
-                evaluated,
-                lay.root,
             )
             done = a_state in ("done", "-") and r_state in ("done", "-")
             done = done and f_state == e_state == "done"
