@@ -55,6 +55,13 @@ def now() -> str:
     return _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
 
 
+def stamp() -> str:
+    """A stage's ``started_at`` / ``ended_at``: UTC to the microsecond, so that a stage another
+    process started just after its input ended is told from one built before it (the grid's
+    staleness check; whole seconds tie)."""
+    return _dt.datetime.now(_dt.UTC).isoformat(timespec="microseconds")
+
+
 def _temp_names(parent: Path, prefix: str, suffix: str = "") -> Iterator[Path]:
     for _ in range(100):
         yield parent / f"{prefix}{secrets.token_hex(6)}{suffix}"
@@ -739,7 +746,7 @@ def base_manifest(
             "node": platform.node(),
             **compute_host(),
         },
-        "started_at": now(),
+        "started_at": stamp(),
     }
 
 

@@ -222,3 +222,66 @@ def test_repairs_with_other_options_are_rows_of_their_own(tmp_path: Path) -> Non
         ("num_layers=1", pytest.approx(5.0 * (10 - 14)), "attacked-eval"),
         ("num_layers=2", pytest.approx(5.0 * (4 - 14)), "attacked-eval"),
     ]
+
+
+def test_repair_variants_of_attacked_variants_keep_both_pairings(tmp_path: Path) -> None:
+    """Attacked models that differ in a fine-tuning option (x = 1, 2), each repaired with two
+    SafeLoRA options: every repaired model is paired with the baseline (SFT, the same x) and with
+    the attacked model it repaired. The vs-baseline pairs were lost once the repair's options
+    joined the variant."""
+    from test_report import _aligned_dir
+
+    aligned = tmp_path / "aligned"
+    _aligned_dir(aligned, "sft", 42)
+    evals = []
+    for x in (1, 2):
+        attacked = tmp_path / f"attacked-{x}"
+        atomic_write_json(
+            attacked / "manifest.json",
+            {
+                "stage": "finetune",
+                "status": "completed",
+                "aligned_run": str(aligned),
+                "config": {
+                    "model": str(aligned),
+                    "defense": "sft",
+                    "harmful_ratio": 0.2,
+                    "samples": 100,
+                    "task": "sentiment",
+                    "seed": 42,
+                    "defense_options": {"x": x},
+                },
+            },
+        )
+        _eval_dir(tmp_path / f"attacked-{x}-eval", attacked, 12 + x, 9)
+        evals.append(tmp_path / f"attacked-{x}-eval")
+        for layers in (1, 2):
+            repaired_dir = tmp_path / f"repaired-{x}-{layers}"
+            atomic_write_json(
+                repaired_dir / "manifest.json",
+                {
+                    "stage": "repair",
+                    "status": "completed",
+                    "attacked_run": str(attacked),
+                    "config": {
+                        "model": str(attacked),
+                        "defense": "safelora",
+                        "defense_options": {"num_layers": layers},
+                    },
+                },
+            )
+            _eval_dir(tmp_path / f"repaired-{x}-{layers}-eval", repaired_dir, 10 - 3 * layers, 8)
+            evals.append(tmp_path / f"repaired-{x}-{layers}-eval")
+    rep = report.build(report.collect(evals), baseline="sft/sft", n_boot=0)
+    pairs = sorted(
+        (c.kind, c.run.path.name, c.ref.path.name)
+        for c in rep.comparisons
+        if c.metric == "hs" and c.run.repair
+    )
+    want = []
+    for x in (1, 2):
+        for layers in (1, 2):
+            run = f"repaired-{x}-{layers}-eval"
+            want += [("repair_effect", run, f"attacked-{x}-eval")]
+            want += [("vs_baseline", run, f"attacked-{x}-eval")]
+    assert pairs == sorted(want)

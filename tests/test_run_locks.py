@@ -370,8 +370,9 @@ def test_a_held_cell_is_waited_for_and_taken_as_the_other_process_left_it(
     left: dict[str, dict[str, Any]] = {}
 
     def other_process_finishes(seconds: float) -> None:
-        """The other process ran cell 0 on this run's aligned model: it started it a second
-        after the alignment ended."""
+        """The other process ran cell 0 on this run's aligned model: it started it a
+        millisecond after the alignment ended (in the same second: whole-second times tied, and
+        the cell was rebuilt as stale)."""
         waits.append(seconds)
         assert manifest(root / "cells" / CELLS[1] / "eval")["status"] == "completed"
         lock.release()
@@ -380,7 +381,8 @@ def test_a_held_cell_is_waited_for_and_taken_as_the_other_process_left_it(
         ended = dt.datetime.fromisoformat(manifest(root / "aligned" / "sft-s42")["ended_at"])
         for part in ("attacked", "eval"):
             m = manifest(cell / part)
-            m["started_at"] = m["ended_at"] = (ended + dt.timedelta(seconds=1)).isoformat()
+            later = ended + dt.timedelta(milliseconds=1)
+            m["started_at"] = m["ended_at"] = later.isoformat(timespec="microseconds")
             (cell / part / "manifest.json").write_text(json.dumps(m))
             left[part] = m
 
@@ -396,6 +398,29 @@ def test_a_held_cell_is_waited_for_and_taken_as_the_other_process_left_it(
     assert len([r for r in m["rows"] if r.get("kind") == "attacked"]) == 2
     for part in ("attacked", "eval"):  # as the other process left them
         assert manifest(root / "cells" / CELLS[0] / part) == left[part], part
+
+
+def test_stage_times_order_stages_within_one_second(finished_grid: Path) -> None:
+    """Each stage's started_at / ended_at carry microseconds, so the staleness check (a stage is
+    stale when its input ended after it started) orders stages that ran in one second: the tiny
+    grid's stages take well under a second each."""
+    import datetime as dt
+    import itertools
+    import re
+
+    times: dict[str, tuple[dt.datetime, dt.datetime]] = {}
+    for part, text in stage_manifests(finished_grid).items():
+        m = json.loads(text)
+        for key in ("started_at", "ended_at"):
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}\+00:00", m[key]), (part, m)
+        times[part] = (
+            dt.datetime.fromisoformat(m["started_at"]),
+            dt.datetime.fromisoformat(m["ended_at"]),
+        )
+    for cell in CELLS:
+        chain = ["aligned/sft-s42", f"cells/{cell}/attacked", f"cells/{cell}/eval"]
+        for up, down in itertools.pairwise(chain):
+            assert times[up][1] < times[down][0], (up, down)
 
 
 def _held_alignment(root: Path, tmp_path: Path) -> tuple[Path, Path, Any]:

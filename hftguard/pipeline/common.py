@@ -27,6 +27,7 @@ from hftguard.runs import (
     now,
     open_run_dir,
     settle_replacement,
+    stamp,
 )
 
 
@@ -143,7 +144,7 @@ def fail_run(run: RunDir, exc: BaseException) -> None:
     except Exception:
         pass
     try:
-        run.update_manifest(status=status, error=f"{type(exc).__name__}: {exc}", ended_at=now())
+        run.update_manifest(status=status, error=f"{type(exc).__name__}: {exc}", ended_at=stamp())
     except Exception:  # never hide the original error
         pass
     try:
@@ -485,7 +486,7 @@ def train_stage(
         status="completed",
         model=recipe.as_dict(),
         training={**result.as_dict(), **({"loss_trend": loss_trend} if loss_trend else {})},
-        ended_at=now(),
+        ended_at=stamp(),
         wall_time_s=round(time.time() - t0, 2),
     )
     fsync_dir(run.path)  # the manifest's rename

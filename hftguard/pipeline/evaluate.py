@@ -55,7 +55,7 @@ from hftguard.pipeline.common import (
 from hftguard.pipeline.scores import hs_by_category, judge_record, pct, pct_ci, record
 from hftguard.records import Example
 from hftguard.registry import Registry
-from hftguard.runs import RunDir, atomic_write_json, now, write_jsonl
+from hftguard.runs import RunDir, atomic_write_json, stamp, write_jsonl
 
 
 def _limit(spec: str, samples: int) -> int:
@@ -465,7 +465,7 @@ def _manifest(
         "evaluated_model": gen.resolved.recipe.as_dict(),
         "device": str(gen.device),
         "precision": gen.precision,
-        "ended_at": now(),
+        "ended_at": stamp(),
         "wall_time_s": round(time.time() - t0, 2),
     }
 

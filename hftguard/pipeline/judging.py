@@ -340,7 +340,7 @@ def run(
     from hftguard.pipeline import agreement
     from hftguard.pipeline.common import get_registry, guard, start_run
     from hftguard.pipeline.scores import hs_by_category, judge_record, record
-    from hftguard.runs import atomic_write_json, now, sha256_file, write_jsonl
+    from hftguard.runs import atomic_write_json, sha256_file, stamp, write_jsonl
 
     reporter = reporter or Reporter()
     reg = get_registry(registry)
@@ -411,7 +411,7 @@ def run(
             components={"judges": [judge_record(i, j) for i, j in judges]},
             data={"input": metrics["input"], "skipped": pairs.skipped},
             device=device,
-            ended_at=now(),
+            ended_at=stamp(),
             wall_time_s=round(time.time() - t0, 2),
         )
 

@@ -29,7 +29,7 @@ from hftguard.pipeline.common import (
     start_run,
 )
 from hftguard.registry import Registry
-from hftguard.runs import RunDir, atomic_write_json, now
+from hftguard.runs import RunDir, atomic_write_json, stamp
 
 KIND = "repair-defense"
 
@@ -210,7 +210,7 @@ def _repair(cfg: RepairConfig, plan: _Plan, run_dir: RunDir, reporter: Reporter)
         components={"defense": component_record(plan.info, plan.defense.config)},
         **({"data": {**plan.sources, "template": plan.template}} if plan.sources else {}),
         repair=result.get("metrics", {}),
-        ended_at=now(),
+        ended_at=stamp(),
         wall_time_s=round(time.time() - t0, 2),
     )
 

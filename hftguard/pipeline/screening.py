@@ -218,7 +218,7 @@ def run(
 ) -> dict[str, Any]:
     """Screen ``cfg.input``; write verdicts.jsonl (one line per sample) and metrics.json."""
     from hftguard.pipeline.common import component_record, get_registry, guard, start_run
-    from hftguard.runs import atomic_write_json, now, sha256_file, write_jsonl
+    from hftguard.runs import atomic_write_json, sha256_file, stamp, write_jsonl
 
     reporter = reporter or Reporter()
     reg = get_registry(registry)
@@ -266,7 +266,7 @@ def run(
             metrics=metrics,
             components={"judge": component_record(info, judge.config)},
             input={"path": str(Path(cfg.input).resolve()), "sha256": sha256_file(Path(cfg.input))},
-            ended_at=now(),
+            ended_at=stamp(),
             wall_time_s=round(time.time() - t0, 2),
         )
 

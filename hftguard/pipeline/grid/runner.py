@@ -31,13 +31,13 @@ from hftguard.registry import Registry
 from hftguard.runs import (
     MANIFEST,
     SCHEMA_VERSION,
-    RunLock,
     atomic_write_json,
     drop_replaced,
     has_checkpoint,
     now,
     read_manifest,
     run_stage,
+    running_holder,
     settle_replacement,
 )
 
@@ -48,12 +48,9 @@ _sleep = time.sleep  # replaced in tests
 
 def _is_free(directory: object) -> bool:
     """Whether no process holds the lock of run directory ``directory`` (its holder finished or
-    died). Takes the lock and lets it go at once: the stage that follows locks it again."""
-    try:
-        RunLock(Path(str(directory))).acquire().release()
-    except RunDirInUse:
-        return False
-    return True
+    died). Looks without taking the lock (``runs.running_holder``), so that the holder or a third
+    process taking it at that moment is not refused because of the look."""
+    return running_holder(Path(str(directory))) is None
 
 
 def _started_after(path: Path, upstream: Path) -> bool:
@@ -298,6 +295,8 @@ class _Runner:
                     self.status[name] = "left"
             assert ready.retry is not None
             ready.retry()
+            if any(f.where == ready.where for f in self.held):  # taken again at once
+                _sleep(WAIT_POLL_S)  # (or no flock to look with): do not spin on it
 
     def group(self, align_name: str, seed: int, cells: list[Cell]) -> None:
         """The aligned model ``align_name``/``seed``, its evaluation and its cells."""

@@ -289,8 +289,11 @@ def pair_all(
         pairs = []
         cell = (r.n, r.task, r.seed, r.attack_key)
         if baseline and r.method != baseline:  # the baseline without a variant, else the same
-            ref = index.get((baseline, r.p, *cell, ())) or index.get(
-                (baseline, r.p, *cell, r.variant_key)
+            # (a repaired model: the variant of the attacked model it repaired)
+            ref = (
+                index.get((baseline, r.p, *cell, ()))
+                or index.get((baseline, r.p, *cell, r.variant_key))
+                or index.get((baseline, r.p, *cell, r.attacked_variant_key))
             )
             if ref is not None:
                 pairs.append(("vs_baseline", ref))
