@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_report import _eval_dir
@@ -116,6 +117,32 @@ def test_reports_without_repairs_keep_their_csv_fields(tmp_path: Path) -> None:
     assert "Repair effect" not in report.to_markdown(rep)
 
 
+def _finished(path: Path, stage: str, link: dict[str, str], config: dict[str, Any]) -> Path:
+    """A finished run directory of ``stage`` (manifest only), linked to its input run."""
+    atomic_write_json(
+        path / "manifest.json", {"stage": stage, "status": "completed", **link, "config": config}
+    )
+    return path
+
+
+def _attacked_run(path: Path, aligned: Path, options: dict[str, Any] | None = None) -> Path:
+    """A finished SFT attack (p = 0.2, n = 100, sentiment, seed 42) of ``aligned``, outside a
+    grid; ``options``: its defense options."""
+    config = {"model": str(aligned), "defense": "sft", "harmful_ratio": 0.2, "samples": 100}
+    config |= {"task": "sentiment", "seed": 42}
+    if options is not None:
+        config["defense_options"] = options
+    return _finished(path, "finetune", {"aligned_run": str(aligned)}, config)
+
+
+def _repaired_run(path: Path, attacked: Path, options: dict[str, Any] | None = None) -> Path:
+    """A finished SafeLoRA repair of ``attacked``; ``options``: its defense options."""
+    config: dict[str, Any] = {"model": str(attacked), "defense": "safelora"}
+    if options is not None:
+        config["defense_options"] = options
+    return _finished(path, "repair", {"attacked_run": str(attacked)}, config)
+
+
 def test_repair_effect_from_eval_dirs_given_one_by_one(tmp_path: Path) -> None:
     """A single pipeline's attacked-eval and repaired-eval, passed straight to the report (no grid
     manifest): the repair is read from the repaired model's provenance."""
@@ -123,33 +150,8 @@ def test_repair_effect_from_eval_dirs_given_one_by_one(tmp_path: Path) -> None:
 
     aligned = tmp_path / "aligned"
     _aligned_dir(aligned, "sft", 42)
-    attacked = tmp_path / "attacked"
-    atomic_write_json(
-        attacked / "manifest.json",
-        {
-            "stage": "finetune",
-            "status": "completed",
-            "aligned_run": str(aligned),
-            "config": {
-                "model": str(aligned),
-                "defense": "sft",
-                "harmful_ratio": 0.2,
-                "samples": 100,
-                "task": "sentiment",
-                "seed": 42,
-            },
-        },
-    )
-    repaired_dir = tmp_path / "repaired"
-    atomic_write_json(
-        repaired_dir / "manifest.json",
-        {
-            "stage": "repair",
-            "status": "completed",
-            "attacked_run": str(attacked),
-            "config": {"model": str(attacked), "defense": "safelora"},
-        },
-    )
+    attacked = _attacked_run(tmp_path / "attacked", aligned)
+    repaired_dir = _repaired_run(tmp_path / "repaired", attacked)
     _eval_dir(tmp_path / "attacked-eval", attacked, 14, 9)
     _eval_dir(tmp_path / "repaired-eval", repaired_dir, 5, 8)
     coll = report.collect([tmp_path / "attacked-eval", tmp_path / "repaired-eval"])
@@ -167,39 +169,12 @@ def test_repairs_with_other_options_are_rows_of_their_own(tmp_path: Path) -> Non
 
     aligned = tmp_path / "aligned"
     _aligned_dir(aligned, "sft", 42)
-    attacked = tmp_path / "attacked"
-    atomic_write_json(
-        attacked / "manifest.json",
-        {
-            "stage": "finetune",
-            "status": "completed",
-            "aligned_run": str(aligned),
-            "config": {
-                "model": str(aligned),
-                "defense": "sft",
-                "harmful_ratio": 0.2,
-                "samples": 100,
-                "task": "sentiment",
-                "seed": 42,
-            },
-        },
-    )
+    attacked = _attacked_run(tmp_path / "attacked", aligned)
     _eval_dir(tmp_path / "attacked-eval", attacked, 14, 9)
     evals = [tmp_path / "attacked-eval"]
     for layers, k_harm in ((1, 10), (2, 4)):
-        repaired_dir = tmp_path / f"repaired-{layers}"
-        atomic_write_json(
-            repaired_dir / "manifest.json",
-            {
-                "stage": "repair",
-                "status": "completed",
-                "attacked_run": str(attacked),
-                "config": {
-                    "model": str(attacked),
-                    "defense": "safelora",
-                    "defense_options": {"num_layers": layers},
-                },
-            },
+        repaired_dir = _repaired_run(
+            tmp_path / f"repaired-{layers}", attacked, {"num_layers": layers}
         )
         _eval_dir(tmp_path / f"repaired-{layers}-eval", repaired_dir, k_harm, 8)
         evals.append(tmp_path / f"repaired-{layers}-eval")
@@ -235,40 +210,12 @@ def test_repair_variants_of_attacked_variants_keep_both_pairings(tmp_path: Path)
     _aligned_dir(aligned, "sft", 42)
     evals = []
     for x in (1, 2):
-        attacked = tmp_path / f"attacked-{x}"
-        atomic_write_json(
-            attacked / "manifest.json",
-            {
-                "stage": "finetune",
-                "status": "completed",
-                "aligned_run": str(aligned),
-                "config": {
-                    "model": str(aligned),
-                    "defense": "sft",
-                    "harmful_ratio": 0.2,
-                    "samples": 100,
-                    "task": "sentiment",
-                    "seed": 42,
-                    "defense_options": {"x": x},
-                },
-            },
-        )
+        attacked = _attacked_run(tmp_path / f"attacked-{x}", aligned, {"x": x})
         _eval_dir(tmp_path / f"attacked-{x}-eval", attacked, 12 + x, 9)
         evals.append(tmp_path / f"attacked-{x}-eval")
         for layers in (1, 2):
-            repaired_dir = tmp_path / f"repaired-{x}-{layers}"
-            atomic_write_json(
-                repaired_dir / "manifest.json",
-                {
-                    "stage": "repair",
-                    "status": "completed",
-                    "attacked_run": str(attacked),
-                    "config": {
-                        "model": str(attacked),
-                        "defense": "safelora",
-                        "defense_options": {"num_layers": layers},
-                    },
-                },
+            repaired_dir = _repaired_run(
+                tmp_path / f"repaired-{x}-{layers}", attacked, {"num_layers": layers}
             )
             _eval_dir(tmp_path / f"repaired-{x}-{layers}-eval", repaired_dir, 10 - 3 * layers, 8)
             evals.append(tmp_path / f"repaired-{x}-{layers}-eval")
