@@ -41,7 +41,7 @@ from hftguard.runs import (
     settle_replacement,
 )
 
-#: Seconds between two looks at an aligned model another process is building (``wait``).
+#: Seconds between two looks at the stages another process holds (``wait``).
 WAIT_POLL_S = 15.0
 _sleep = time.sleep  # replaced in tests
 
@@ -54,7 +54,8 @@ def _is_free(directory: object) -> bool:
 
 
 def _started_after(path: Path, upstream: Path) -> bool:
-    """Whether the stage in ``path`` started after ``upstream`` ended (a later second)."""
+    """Whether the stage in ``path`` started after ``upstream`` ended (strictly: to the
+    microsecond, or to the second in manifests written before 2026-11-27)."""
     try:
         start = parse_time(read_manifest(path).get("started_at"))
         up_end = parse_time(read_manifest(upstream).get("ended_at"))
@@ -155,9 +156,9 @@ class _Runner:
             and path not in self.ran
             and not _started_after(path, upstream)
         ):
-            # its input was (re)built just now, and timestamps (seconds) cannot tell which came
-            # first; a stage this run built after it (an attacked model shared by repair cells),
-            # or that another process started after it ended (two workers), is not stale
+            # its input was (re)built just now, and the times tie (whole seconds in older
+            # manifests); a stage this run built after it (an attacked model shared by repair
+            # cells), or that another process started after it ended (two workers), is not stale
             state = "stale"
         if state == "done":
             if not self.grid.is_grid:
