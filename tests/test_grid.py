@@ -20,7 +20,7 @@ from hftguard.console import Reporter
 from hftguard.errors import ConfigError, HftguardError, RunDirError
 from hftguard.pipeline import align, attack_finetune, cache, evaluate, grid, repair
 from hftguard.records import Verdict
-from hftguard.runs import atomic_write_json, now
+from hftguard.runs import atomic_write_json, stamp
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -379,7 +379,7 @@ class FakeStages:
                 metrics = {"harmful_score": 10.0, "finetune_accuracy": {"s": 50.0}}
                 return run_dir.update_manifest(
                     status="completed",
-                    ended_at=now(),
+                    ended_at=stamp(),  # as the real stages write it
                     **({"metrics": metrics} if stage == "eval" else {}),
                 )
             finally:

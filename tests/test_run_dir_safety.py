@@ -399,7 +399,7 @@ def test_run_overwrite_with_progress_keeps_both_until_it_completes(
     from hftguard.errors import HftguardError
     from hftguard.pipeline import grid
     from hftguard.pipeline.common import start_run
-    from hftguard.runs import now
+    from hftguard.runs import stamp
 
     failing: set[str] = set()
 
@@ -413,7 +413,7 @@ def test_run_overwrite_with_progress_keeps_both_until_it_completes(
             try:  # released at the end, as the real stages' guard() does
                 if stage in failing:
                     raise HftguardError(f"boom in {out}")
-                return run_dir.update_manifest(status="completed", ended_at=now(), metrics={})
+                return run_dir.update_manifest(status="completed", ended_at=stamp(), metrics={})
             finally:
                 run_dir.release()
 
