@@ -702,6 +702,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_run_locks.py",),
     ),
     Mutant(
+        "report-pairs-across-alignments",
+        "hftguard/pipeline/report/paired.py",
+        "            differ = [] if ref is None else _alignments_differ(r, ref, fingerprints)",
+        "            differ = []",
+        "wiring: an attack effect pairs cells built on aligned models trained differently",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "alignment-fingerprint-ignores-data",
+        "hftguard/pipeline/report/alignments.py",
+        '    if a["data"] != b["data"]:',
+        "    if False:",
+        "wiring: two alignments on different data (another retain set) count as the same",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
         "repair-effect-pairs-on-full-variant",
         "hftguard/pipeline/report/paired.py",
         "(r.attacked_method, r.p, *cell, r.attacked_variant_key)",

@@ -8,6 +8,7 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
+from hftguard.pipeline.report.alignments import MixedAlignment, mixed
 from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order, shown
 from hftguard.pipeline.report.compute import Cost, costs
 from hftguard.pipeline.report.convergence import NotConverged, not_converged
@@ -79,6 +80,9 @@ class Report:
     #: further evaluations of an aligned model (same label, options and seed) than the first,
     #: left out of the Before table rather than averaged in as seeds
     before_repeated: list[EvalRun] = field(default_factory=list)
+    #: methods whose evaluations rest on aligned models trained differently (:mod:`.alignments`);
+    #: the attack effects across them are left out (``skipped``)
+    mixed_alignments: list[MixedAlignment] = field(default_factory=list)
 
     @property
     def worst_axis(self) -> str:
@@ -302,6 +306,7 @@ def build(
         not_converged(collection.runs, row_labels),
         costs(collection.runs, row_labels),
         repeated,
+        mixed(collection.runs),
     )
 
 

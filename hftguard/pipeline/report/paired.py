@@ -261,6 +261,16 @@ def resolve_baseline(collection: Collection, baseline: str | None) -> str | None
     return None
 
 
+def _alignments_differ(r: EvalRun, ref: EvalRun, cache: dict[Any, Any]) -> list[str]:
+    """What the aligned models of ``r`` and ``ref`` differ in, when they are two
+    (:mod:`.alignments`)."""
+    from hftguard.pipeline.report.alignments import differences, fingerprint
+
+    if r.aligned_dir is None or ref.aligned_dir is None or r.aligned_dir == ref.aligned_dir:
+        return []
+    return differences(fingerprint(r.aligned_dir, cache), fingerprint(ref.aligned_dir, cache))
+
+
 def _coords(r: EvalRun) -> tuple[Any, ...]:
     return (r.method, r.p, r.n, r.task, r.seed, r.attack_key, r.variant_key)
 
@@ -284,6 +294,7 @@ def pair_all(
         index.setdefault(_coords(r), r)  # the same coordinates twice: the first one found
     out: list[Comparison] = []
     skipped: list[Skipped] = []
+    fingerprints: dict[Any, Any] = {}  # aligned dir -> how it was trained (.alignments)
     kw = {"judge": judge, "n_boot": n_boot, "seed": seed, "level": level}
     for r in index.values():
         pairs = []
@@ -299,7 +310,18 @@ def pair_all(
                 pairs.append(("vs_baseline", ref))
         if r.p:
             ref = index.get((r.method, 0.0, *cell, r.variant_key))
-            if ref is not None:
+            differ = [] if ref is None else _alignments_differ(r, ref, fingerprints)
+            if ref is not None and differ:  # the method's p = 0 run trained on another alignment
+                reason = (
+                    f"built on different aligned models ({shown(r.aligned_dir)} and "
+                    f"{shown(ref.aligned_dir)} differ in {', '.join(differ)})"
+                )
+                skipped += [
+                    Skipped("attack_effect", m, r, ref, reason)
+                    for m in METRICS
+                    if m != "margin" or (r.margin_values() and ref.margin_values())
+                ]
+            elif ref is not None:
                 pairs.append(("attack_effect", ref))
         if r.repair:
             ref = index.get((r.attacked_method, r.p, *cell, r.attacked_variant_key))

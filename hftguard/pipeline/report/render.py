@@ -490,6 +490,17 @@ def to_markdown(rep: Report) -> str:
             "",
         ]
         parts += [f"- {item.text()}" for item in rep.not_converged] + [""]
+    if rep.mixed_alignments:
+        parts += [
+            "## Evaluations on aligned models trained differently",
+            "",
+            "These methods' evaluations come from aligned models that were not trained the same "
+            "way (their manifests differ in config, training data or dtype: e.g. two grids, "
+            "two machines). Their cells average over both; their attack effects across the two "
+            "are left out (listed under skipped comparisons).",
+            "",
+        ]
+        parts += [f"- {item.text()}" for item in rep.mixed_alignments] + [""]
     if rep.before:
         parts += ["## Before fine-tuning", "", _md(*before_table(rep)), ""]
         if rep.before_repeated:
@@ -784,6 +795,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "before": before,
             "not_converged": [item.as_dict() for item in rep.not_converged],
             "before_repeated": [shown(r.path) for r in rep.before_repeated],
+            "mixed_alignments": [item.as_dict() for item in rep.mixed_alignments],
             "compute": [c.as_dict() for c in rep.compute],
             **(
                 {

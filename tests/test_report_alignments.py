@@ -1,0 +1,78 @@
+"""Evaluations of one method that rest on aligned models trained differently (two GPU leases
+that each retrained SFT's alignment, one with a changed retain set; a CPU and a GPU grid): the
+report names them, and does not pair across them. Before, it paired a p = 0.2 cell of one with
+the p = 0 cell of the other as one method's attack effect, silently."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_report_attack import write_grid
+
+from hftguard.pipeline import report
+from hftguard.pipeline.grid import Cell
+
+LABELS = {"sft/sft": "SFT"}
+
+
+def _grid(root: Path, p: float, alignment: dict[str, Any]) -> Path:
+    """SFT at ``p``, seeds 1 and 2; ``alignment``: merged into each aligned model's manifest."""
+    cells = [(Cell("sft", "sft", p, 100, "sentiment", s), 16 if p else 2, 9, None) for s in (1, 2)]
+    grid = write_grid(root, cells, ["sft/sft"], LABELS)
+    for seed in (1, 2):
+        path = grid / "aligned" / f"sft-s{seed}" / "manifest.json"
+        m = json.loads(path.read_text())
+        for key, value in alignment.items():
+            m[key] = {**m.get(key, {}), **value} if isinstance(value, dict) else value
+        path.write_text(json.dumps(m))
+    return grid
+
+
+SAME = {"data": {"main": {"count": 480, "sha256": "aaa"}}, "dtype": "torch.bfloat16"}
+
+
+@pytest.mark.parametrize(
+    ("other", "differ"),
+    [
+        ({"data": {"main": {"count": 480, "sha256": "bbb"}}, "dtype": "torch.bfloat16"}, "data"),
+        ({**SAME, "dtype": "torch.float32"}, "dtype"),
+        ({**SAME, "config": {"train": {"max_steps": 40}}}, "config (train.max_steps)"),
+    ],
+)
+def test_cells_on_different_alignments_are_not_paired(
+    tmp_path: Path, other: dict[str, Any], differ: str
+) -> None:
+    attacked = _grid(tmp_path / "lease-1", 0.2, SAME)
+    controls = _grid(tmp_path / "lease-2", 0.0, other)
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    assert not [c for c in rep.comparisons if c.kind == "attack_effect"]
+    skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
+    assert len(skipped) == 2 * 2  # two seeds, HS and FA
+    assert all("different aligned models" in s.reason and differ in s.reason for s in skipped)
+    (mixed,) = rep.mixed_alignments
+    assert mixed.label == "SFT" and mixed.differ == [differ]
+    assert sorted(len(runs) for _, runs in mixed.groups) == [2, 2]
+    md = report.to_markdown(rep)
+    assert "## Evaluations on aligned models trained differently" in md
+    section = md.split("## Evaluations on aligned models trained differently")[1].split("##")[0]
+    assert "lease-1" in section and "lease-2" in section
+    d = report.report_dict(rep)
+    assert d["mixed_alignments"][0]["method"] == "sft/sft"
+    assert d["mixed_alignments"][0]["differ"] == [differ]
+
+
+def test_cells_on_equally_trained_alignments_are_paired(tmp_path: Path) -> None:
+    """Two leases that retrained the alignment the same way (same config, data, dtype): the
+    report pairs across them, as before."""
+    attacked = _grid(tmp_path / "lease-1", 0.2, SAME)
+    controls = _grid(tmp_path / "lease-2", 0.0, {**SAME, "config": {"report_to": ["jsonl"]}})
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    effects = [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
+    assert len(effects) == 2
+    assert effects[0].diff == pytest.approx(5.0 * (16 - 2))
+    assert rep.mixed_alignments == []
+    assert "trained differently" not in report.to_markdown(rep)
+    assert report.report_dict(rep)["mixed_alignments"] == []
