@@ -31,44 +31,68 @@ def _grid(root: Path, p: float, alignment: dict[str, Any]) -> Path:
     return grid
 
 
-SAME = {"data": {"main": {"count": 480, "sha256": "aaa"}}, "dtype": "torch.bfloat16"}
+def _merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+SAME = {
+    "data": {"main": {"count": 480, "sha256": "aaa"}},
+    "dtype": "torch.bfloat16",
+    "config": {"train": {"max_steps": 360, "precision": "auto"}, "defense_options": {"rho": 2}},
+    "components": {"defense": {"name": "sft", "version": "1"}},
+}
 
 
 @pytest.mark.parametrize(
     ("other", "differ"),
     [
-        ({"data": {"main": {"count": 480, "sha256": "bbb"}}, "dtype": "torch.bfloat16"}, "data"),
-        ({**SAME, "dtype": "torch.float32"}, "dtype"),
-        ({**SAME, "config": {"train": {"max_steps": 40}}}, "config (train.max_steps)"),
+        ({"data": {"main": {"count": 480, "sha256": "bbb"}}}, "data"),
+        ({"dtype": "torch.float32"}, "dtype"),
+        ({"config": {"train": {"max_steps": 40}}}, "config (train.max_steps)"),
+        ({"components": {"defense": {"name": "sft", "version": "2"}}}, "defense version"),
     ],
 )
 def test_cells_on_different_alignments_are_not_paired(
     tmp_path: Path, other: dict[str, Any], differ: str
 ) -> None:
     attacked = _grid(tmp_path / "lease-1", 0.2, SAME)
-    controls = _grid(tmp_path / "lease-2", 0.0, other)
+    controls = _grid(tmp_path / "lease-2", 0.0, _merged(SAME, other))
     rep = report.build(report.collect([attacked, controls]), n_boot=0)
     assert not [c for c in rep.comparisons if c.kind == "attack_effect"]
     skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
     assert len(skipped) == 2 * 2  # two seeds, HS and FA
     assert all("different aligned models" in s.reason and differ in s.reason for s in skipped)
     (mixed,) = rep.mixed_alignments
-    assert mixed.label == "SFT" and mixed.differ == [differ]
-    assert sorted(len(runs) for _, runs in mixed.groups) == [2, 2]
+    assert mixed.label == "SFT"
+    # the two leases' models of one seed differ (data: of one seed only); none within a lease
+    leases = {(a.parent.parent.name, b.parent.parent.name) for a, b, _ in mixed.pairs}
+    assert leases == {("lease-1", "lease-2")} and len(mixed.pairs) >= 2
+    assert {tuple(d) for _, _, d in mixed.pairs} == {(differ,)}
     md = report.to_markdown(rep)
     assert "## Evaluations on aligned models trained differently" in md
     section = md.split("## Evaluations on aligned models trained differently")[1].split("##")[0]
     assert "lease-1" in section and "lease-2" in section
     d = report.report_dict(rep)
     assert d["mixed_alignments"][0]["method"] == "sft/sft"
-    assert d["mixed_alignments"][0]["differ"] == [differ]
+    assert d["mixed_alignments"][0]["pairs"][0]["differ"] == [differ]
 
 
 def test_cells_on_equally_trained_alignments_are_paired(tmp_path: Path) -> None:
     """Two leases that retrained the alignment the same way (same config, data, dtype): the
     report pairs across them, as before."""
     attacked = _grid(tmp_path / "lease-1", 0.2, SAME)
-    controls = _grid(tmp_path / "lease-2", 0.0, {**SAME, "config": {"report_to": ["jsonl"]}})
+    same_way = {  # what does not change the model, or says the same differently
+        "config": {
+            "report_to": ["jsonl"],
+            "train": {"max_steps": 360.0, "precision": "bf16", "checkpoint_every": 7},
+            "defense_options": {"rho": 2.0},
+        },
+    }
+    controls = _grid(tmp_path / "lease-2", 0.0, _merged(SAME, same_way))
     rep = report.build(report.collect([attacked, controls]), n_boot=0)
     effects = [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
     assert len(effects) == 2
@@ -76,3 +100,27 @@ def test_cells_on_equally_trained_alignments_are_paired(tmp_path: Path) -> None:
     assert rep.mixed_alignments == []
     assert "trained differently" not in report.to_markdown(rep)
     assert report.report_dict(rep)["mixed_alignments"] == []
+
+
+def test_one_grid_of_several_seeds_is_not_mixed(tmp_path: Path) -> None:
+    """Without a fixed align_seed each seed has its aligned model, whose data (the retain
+    requests drawn by seed) hashes differently: replicates, not models trained differently. A
+    manifest from an older hftguard that lacks a field is not compared on it."""
+    grid = write_grid(
+        tmp_path / "g",
+        [
+            (Cell("sft", "sft", p, 100, "sentiment", s), 16 if p else 2, 9, None)
+            for s in (1, 2)
+            for p in (0.0, 0.2)
+        ],
+        ["sft/sft"],
+        LABELS,
+    )
+    for seed, extra in ((1, {"dtype": "torch.float32"}), (2, {})):  # s2: an older manifest
+        path = grid / "aligned" / f"sft-s{seed}" / "manifest.json"
+        m = json.loads(path.read_text())
+        m["data"] = {"main": {"count": 480, "sha256": f"data-of-seed-{seed}"}}
+        path.write_text(json.dumps({**m, **extra}))
+    rep = report.build(report.collect([grid]), n_boot=0)
+    assert rep.mixed_alignments == []
+    assert len([c for c in rep.comparisons if c.kind == "attack_effect"]) == 2 * 2

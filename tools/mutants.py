@@ -712,9 +712,17 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "alignment-fingerprint-ignores-data",
         "hftguard/pipeline/report/alignments.py",
-        '    if a["data"] != b["data"]:',
-        "    if False:",
+        '        if any(a["data"][k] != b["data"][k] for k in common):',
+        "        if False:",
         "wiring: two alignments on different data (another retain set) count as the same",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "alignment-data-compared-across-seeds",
+        "hftguard/pipeline/report/alignments.py",
+        '    if a["seed"] == b["seed"]:',
+        "    if True:",
+        "wrong default: one grid's aligned models of two seeds count as trained differently",
         ("tests/test_report_alignments.py",),
     ),
     Mutant(

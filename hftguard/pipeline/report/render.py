@@ -495,8 +495,9 @@ def to_markdown(rep: Report) -> str:
             "## Evaluations on aligned models trained differently",
             "",
             "These methods' evaluations come from aligned models that were not trained the same "
-            "way (their manifests differ in config, training data or dtype: e.g. two grids, "
-            "two machines). Their cells average over both; their attack effects across the two "
+            "way: their manifests differ in the training settings, the dtype, the defense's "
+            "version, or (same seed) the training data, e.g. grids from two machines. Their "
+            "cells average over them; the attack effects (p against p = 0) across two of them "
             "are left out (listed under skipped comparisons).",
             "",
         ]
