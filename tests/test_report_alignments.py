@@ -66,8 +66,12 @@ def test_cells_on_different_alignments_are_not_paired(
     skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
     assert len(skipped) == 2 * 2  # two seeds, HS and FA
     assert all("different aligned models" in s.reason and differ in s.reason for s in skipped)
-    (mixed,) = rep.mixed_alignments
-    assert mixed.label == "SFT"
+    entries = {m.label: m for m in rep.mixed_alignments}
+    assert set(entries) == {"SFT", "aligned (SFT)"}
+    mixed, before = entries["SFT"], entries["aligned (SFT)"]
+    # the aligned models' own evaluations (the Before table keeps one per seed) are named too
+    assert before.label == "aligned (SFT)" and before.method == "sft"
+    assert {tuple(d) for _, _, d in before.pairs} == {(differ,)}
     # the two leases' models of one seed differ (data: of one seed only); none within a lease
     leases = {(a.parent.parent.name, b.parent.parent.name) for a, b, _ in mixed.pairs}
     assert leases == {("lease-1", "lease-2")} and len(mixed.pairs) >= 2
@@ -77,8 +81,9 @@ def test_cells_on_different_alignments_are_not_paired(
     section = md.split("## Evaluations on aligned models trained differently")[1].split("##")[0]
     assert "lease-1" in section and "lease-2" in section
     d = report.report_dict(rep)
-    assert d["mixed_alignments"][0]["method"] == "sft/sft"
-    assert d["mixed_alignments"][0]["pairs"][0]["differ"] == [differ]
+    by_method = {m["method"]: m for m in d["mixed_alignments"]}
+    assert set(by_method) == {"sft/sft", "sft"}
+    assert by_method["sft/sft"]["pairs"][0]["differ"] == [differ]
 
 
 def test_cells_on_equally_trained_alignments_are_paired(tmp_path: Path) -> None:

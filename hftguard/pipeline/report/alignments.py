@@ -158,12 +158,16 @@ class MixedAlignment:
 
 def mixed(runs: list[EvalRun], cache: dict[Path, Any] | None = None) -> list[MixedAlignment]:
     """The methods (per variant) whose attacked evaluations rest on aligned models that differ
-    (:func:`differences`), in the order the methods first appear."""
+    (:func:`differences`), in the order the methods first appear; and the alignment defenses whose
+    aligned models, evaluated before fine-tuning (the Before table), differ (as ``aligned
+    (LABEL)``: the table shows one evaluation per seed, the others as repeats)."""
     cache = {} if cache is None else cache
     by_method: dict[tuple[str, Any], list[EvalRun]] = {}
     for r in runs:
         if r.kind == "attacked" and r.aligned_dir is not None:
             by_method.setdefault((r.attacked_method, r.attacked_variant_key), []).append(r)
+        elif r.kind == "aligned" and r.aligned_dir is not None:
+            by_method.setdefault((f"aligned:{r.align}", r.variant_key), []).append(r)
     out = []
     for (method, variant), rs in by_method.items():
         dirs = list(dict.fromkeys(r.aligned_dir for r in rs if r.aligned_dir is not None))
@@ -176,6 +180,8 @@ def mixed(runs: list[EvalRun], cache: dict[Path, Any] | None = None) -> list[Mix
         if pairs:
             plain = next((r for r in rs if not r.repair and r.label), None)
             label = plain.label if plain is not None else method
+            if rs[0].kind == "aligned":
+                label, method = f"aligned ({label})", rs[0].align or method
             shown_variant = " ".join(f"{k}={v}" for k, v in variant)
             label += f" ({shown_variant})" if shown_variant else ""
             out.append(MixedAlignment(method, label, pairs))

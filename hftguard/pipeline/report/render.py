@@ -498,7 +498,9 @@ def to_markdown(rep: Report) -> str:
             "way: their manifests differ in the training settings, the dtype, the defense's "
             "version, or (same seed) the training data, e.g. grids from two machines. Their "
             "cells average over them; the attack effects (p against p = 0) across two of them "
-            "are left out (listed under skipped comparisons).",
+            "are left out (listed under skipped comparisons). An `aligned (...)` line is about "
+            "the aligned models' own evaluations: the Before table shows the first of them per "
+            "seed.",
             "",
         ]
         parts += [f"- {item.text()}" for item in rep.mixed_alignments] + [""]
