@@ -704,8 +704,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "report-pairs-across-alignments",
         "hftguard/pipeline/report/paired.py",
-        "            differ = [] if ref is None else _alignments_differ(r, ref, fingerprints)",
-        "            differ = []",
+        "            if differ := alignments.between(r, ref, fingerprints):",
+        "            if differ := []:",
         "wiring: an attack effect pairs cells built on aligned models trained differently",
         ("tests/test_report_alignments.py",),
     ),

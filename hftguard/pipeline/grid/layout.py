@@ -8,7 +8,7 @@ from typing import Any
 
 from hftguard.errors import HftguardError
 from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, slug
-from hftguard.runs import is_run_dir, read_manifest
+from hftguard.runs import is_run_dir, read_manifest, running_holder
 
 
 class Layout:
@@ -87,8 +87,6 @@ def stage_state(
 
 def _now_running(state: str, path: Path) -> str:
     """``running`` for a stage not done whose directory another process holds now."""
-    from hftguard.runs import running_holder
-
     if state in ("done", "-"):
         return state
     return "running" if running_holder(path) is not None else state

@@ -227,8 +227,15 @@ def build(
     if columns not in AXES:
         raise ValueError(f"columns must be one of {AXES}")
     base_method = paired.resolve_baseline(collection, baseline)
+    fingerprints: dict[Any, Any] = {}  # each aligned manifest read once (.alignments)
     comparisons, skipped = paired.pair_all(
-        collection, baseline=base_method, judge=judge, n_boot=n_boot, seed=seed, level=level
+        collection,
+        baseline=base_method,
+        judge=judge,
+        n_boot=n_boot,
+        seed=seed,
+        level=level,
+        fingerprints=fingerprints,
     )
     by_run: dict[tuple[str, str, int], paired.Comparison] = {
         (c.kind, c.metric, id(c.run)): c for c in comparisons
@@ -306,7 +313,7 @@ def build(
         not_converged(collection.runs, row_labels),
         costs(collection.runs, row_labels),
         repeated,
-        mixed(collection.runs),
+        mixed(collection.runs, fingerprints),
     )
 
 

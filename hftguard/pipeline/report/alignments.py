@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftguard.pipeline.report.collection import EvalRun, shown
+from hftguard.pipeline.report.collection import EvalRun, comparable, shown
 from hftguard.runs import read_manifest
 
 #: top-level config keys compared (``train.*`` and ``lora.*`` are compared whole, less _NOT_TRAIN)
@@ -44,22 +44,8 @@ _CONFIG_KEYS = ("defense", "defense_options", "samples", "retain_ratio", "templa
 _NOT_TRAIN = frozenset({"checkpoint_every", "device", "precision"})
 
 
-def _norm(value: Any) -> Any:
-    """A value for comparison: numbers by value (an int and a float of one value agree), through
-    nested dicts and lists."""
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return value
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, dict):
-        return {str(k): _norm(v) for k, v in sorted(value.items())}
-    if isinstance(value, (list, tuple)):
-        return [_norm(v) for v in value]
-    return repr(value)
-
-
 def _settings(config: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any]:
-    out: dict[str, Any] = {k: _norm(config[k]) for k in _CONFIG_KEYS if k in config}
+    out: dict[str, Any] = {k: comparable(config[k]) for k in _CONFIG_KEYS if k in config}
     base = (manifest.get("input_model") or {}).get("base_spec")
     if isinstance(base, str):
         out["model"] = base
@@ -69,7 +55,7 @@ def _settings(config: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
         values = config.get(section)
         if isinstance(values, dict):
             out.update(
-                {f"{section}.{k}": _norm(v) for k, v in values.items() if k not in _NOT_TRAIN}
+                {f"{section}.{k}": comparable(v) for k, v in values.items() if k not in _NOT_TRAIN}
             )
     steps = out.get("train.max_steps")
     if isinstance(steps, float) and steps > 0:
@@ -129,6 +115,14 @@ def differences(a: Any, b: Any) -> list[str]:
     if a["version"] and b["version"] and a["version"] != b["version"]:
         out.append("defense version")
     return out
+
+
+def between(r: EvalRun, ref: EvalRun, cache: dict[Path, Any]) -> list[str]:
+    """What the aligned models behind ``r`` and ``ref`` differ in; [] when they are one model,
+    or agree (:func:`differences`)."""
+    if r.aligned_dir is None or ref.aligned_dir is None or r.aligned_dir == ref.aligned_dir:
+        return []
+    return differences(fingerprint(r.aligned_dir, cache), fingerprint(ref.aligned_dir, cache))
 
 
 @dataclass

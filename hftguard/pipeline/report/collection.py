@@ -313,11 +313,23 @@ def _stage_options(m: dict[str, Any]) -> dict[str, Any]:
     return {f"{stage}.{k}": v for k, v in opts.items()}
 
 
-def _same(value: Any) -> Any:
-    """An option's value for comparison: 400 and 400.0 (a TOML float, a --set integer) agree."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return ("number", float(value))
-    return ("value", json.dumps(value, sort_keys=True, default=str))
+def comparable(value: Any) -> Any:
+    """A value for comparison: numbers by value (400 and 400.0, a TOML float and a --set
+    integer, agree), through nested dicts and lists."""
+    if isinstance(value, bool) or value is None or isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): comparable(v) for k, v in sorted(value.items())}
+    if isinstance(value, (list, tuple)):
+        return [comparable(v) for v in value]
+    return repr(value)
+
+
+def _same(value: Any) -> str:
+    """An option's value as a hashable key (:func:`comparable`)."""
+    return json.dumps(comparable(value), sort_keys=True)
 
 
 def _variants(runs: list[EvalRun]) -> None:

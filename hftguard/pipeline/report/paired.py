@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hftguard.pipeline import intervals as stats
+from hftguard.pipeline.report import alignments
 from hftguard.pipeline.report.collection import Collection, EvalRun, shown
 
 #: vs_baseline: a method against the baseline method; attack_effect: p > 0 against p = 0 of the
@@ -261,16 +262,6 @@ def resolve_baseline(collection: Collection, baseline: str | None) -> str | None
     return None
 
 
-def _alignments_differ(r: EvalRun, ref: EvalRun, cache: dict[Any, Any]) -> list[str]:
-    """What the aligned models of ``r`` and ``ref`` differ in, when they are two
-    (:mod:`.alignments`)."""
-    from hftguard.pipeline.report.alignments import differences, fingerprint
-
-    if r.aligned_dir is None or ref.aligned_dir is None or r.aligned_dir == ref.aligned_dir:
-        return []
-    return differences(fingerprint(r.aligned_dir, cache), fingerprint(ref.aligned_dir, cache))
-
-
 def _coords(r: EvalRun) -> tuple[Any, ...]:
     return (r.method, r.p, r.n, r.task, r.seed, r.attack_key, r.variant_key)
 
@@ -283,6 +274,7 @@ def pair_all(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    fingerprints: dict[Any, Any] | None = None,
 ) -> tuple[list[Comparison], list[Skipped]]:
     """Every vs-baseline comparison (``baseline`` is a method, see :func:`resolve_baseline`),
     every attack effect and every repair effect (a repaired model against the attacked model it
@@ -294,7 +286,8 @@ def pair_all(
         index.setdefault(_coords(r), r)  # the same coordinates twice: the first one found
     out: list[Comparison] = []
     skipped: list[Skipped] = []
-    fingerprints: dict[Any, Any] = {}  # aligned dir -> how it was trained (.alignments)
+    # aligned dir -> how it was trained (.alignments), shared with the caller's other checks
+    fingerprints = {} if fingerprints is None else fingerprints
     kw = {"judge": judge, "n_boot": n_boot, "seed": seed, "level": level}
     for r in index.values():
         pairs = []
@@ -308,10 +301,8 @@ def pair_all(
             )
             if ref is not None:
                 pairs.append(("vs_baseline", ref))
-        if r.p:
-            ref = index.get((r.method, 0.0, *cell, r.variant_key))
-            differ = [] if ref is None else _alignments_differ(r, ref, fingerprints)
-            if ref is not None and differ:  # the method's p = 0 run trained on another alignment
+        if r.p and (ref := index.get((r.method, 0.0, *cell, r.variant_key))) is not None:
+            if differ := alignments.between(r, ref, fingerprints):  # p = 0 on another alignment
                 reason = (
                     f"built on different aligned models ({shown(r.aligned_dir)} and "
                     f"{shown(ref.aligned_dir)} differ in {', '.join(differ)})"
@@ -321,7 +312,7 @@ def pair_all(
                     for m in METRICS
                     if m != "margin" or (r.margin_values() and ref.margin_values())
                 ]
-            elif ref is not None:
+            else:
                 pairs.append(("attack_effect", ref))
         if r.repair:
             ref = index.get((r.attacked_method, r.p, *cell, r.attacked_variant_key))
