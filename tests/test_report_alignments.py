@@ -80,10 +80,21 @@ def test_cells_on_different_alignments_are_not_paired(
     assert "## Evaluations on aligned models trained differently" in md
     section = md.split("## Evaluations on aligned models trained differently")[1].split("##")[0]
     assert "lease-1" in section and "lease-2" in section
+    # the Before table keeps lease-1's aligned model per seed; lease-2's is left out as a model
+    # trained differently, not as "the same aligned model evaluated again"
+    assert rep.before_repeated == []
+    assert [(r.seed, d) for r, _, d in rep.before_differing] == [(1, [differ]), (2, [differ])]
+    before_md = md.split("## Before fine-tuning")[1].split("##")[0]
+    assert "the same aligned model" not in before_md
+    assert "trained differently" in before_md and differ in before_md
     d = report.report_dict(rep)
     by_method = {m["method"]: m for m in d["mixed_alignments"]}
     assert set(by_method) == {"sft/sft", "sft"}
     assert by_method["sft/sft"]["pairs"][0]["differ"] == [differ]
+    assert d["before_repeated"] == []
+    left = d["before_trained_differently"]
+    assert [x["differ"] for x in left] == [[differ], [differ]]
+    assert all("lease-2" in x["eval"] and "lease-1" in x["kept"] for x in left)
 
 
 def test_cells_on_equally_trained_alignments_are_paired(tmp_path: Path) -> None:

@@ -498,6 +498,40 @@ def test_no_wait_skips_the_cells_of_a_held_alignment(
     assert [h["where"] for h in m["held"]] == [str(Path("g", "aligned", "sft-s42"))]
 
 
+def test_sigterm_to_a_waiting_worker_ends_it_as_interrupted(
+    cli: Run, tmp_path: Path, copy_grid: Callable[[str], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scheduler's SIGTERM to a worker that waits for another process's stage (no training
+    loop runs, so no step-boundary handler is installed) ends it as Ctrl-C does: exit 143, and
+    the grid's root manifest says "interrupted". It used to keep SIGTERM's default action: the
+    process died at once and the root manifest stayed "running" until the next run."""
+    import signal
+
+    from hftguard.pipeline.grid import runner
+
+    root = copy_grid("g")
+    _, _, lock = _held_alignment(root, tmp_path)
+    before = signal.getsignal(signal.SIGTERM)
+
+    def sigterm_arrives(seconds: float) -> None:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler), f"SIGTERM would end the process uncleanly ({handler!r})"
+        handler(signal.SIGTERM, None)
+        raise AssertionError("SIGTERM's handler returned while the grid waited")
+
+    monkeypatch.setattr(runner, "_sleep", sigterm_arrives)
+    try:
+        result = cli("run", "grid.toml", "--out", "g")
+    finally:
+        lock.release()
+    assert result.code == 143, result.err
+    assert "SIGTERM" in result.err and "Traceback" not in result.err
+    m = manifest(root)
+    assert m["status"] == "interrupted"
+    assert [c["status"] for c in m["cells"]] == ["held", "held"]
+    assert signal.getsignal(signal.SIGTERM) == before  # put back
+
+
 # ------------------------------------------------------------------------------------------------
 # 8. Movable grids
 

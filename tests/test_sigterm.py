@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +119,39 @@ def test_a_request_after_the_last_check_is_not_swallowed() -> None:
 
     with pytest.raises(StopRequested, match="end of training"), StopOnSigterm():
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_interrupts_raises_where_it_arrives_and_yields_to_a_training_loop() -> None:
+    """The grid's SIGTERM handler (outside training loops) raises at once; a training loop
+    inside it installs its own step-boundary handler and puts the grid's back."""
+    from hftguard.engine.stopping import SigtermInterrupts, StopOnSigterm
+
+    before = signal.getsignal(signal.SIGTERM)
+    with (
+        pytest.raises(StopRequested, match="Stopped by SIGTERM while testing"),
+        SigtermInterrupts("while testing"),
+    ):
+        outer = signal.getsignal(signal.SIGTERM)
+        assert callable(outer) and outer != before
+        with StopOnSigterm() as loop:
+            assert signal.getsignal(signal.SIGTERM) == loop._handler
+        assert signal.getsignal(signal.SIGTERM) == outer
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises during the sleep
+        raise AssertionError("SIGTERM did not stop the block")
+    assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_sigterm_interrupts_leaves_an_ignored_sigterm_ignored() -> None:
+    from hftguard.engine.stopping import SigtermInterrupts
+
+    previous = signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        with SigtermInterrupts("while testing"):
+            assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN
+            os.kill(os.getpid(), signal.SIGTERM)  # ignored
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_cli_exits_143_with_a_resume_hint_and_resumes(

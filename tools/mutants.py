@@ -710,6 +710,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_report_alignments.py",),
     ),
     Mutant(
+        "before-table-calls-a-retrained-model-a-repeat",
+        "hftguard/pipeline/report/aggregate.py",
+        "            elif differ := between(r, kept, fingerprints):",
+        "            elif differ := []:",
+        "wiring: the Before table calls another seed's model trained differently a repeat",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "grid-sigterm-keeps-default",
+        "hftguard/pipeline/grid/runner.py",
+        '        with SigtermInterrupts("outside a training step (no checkpoint was needed)"):',
+        '        with SigtermInterrupts("outside a training step", enabled=False):',
+        "wiring: SIGTERM to a waiting grid worker kills it and leaves its manifest running",
+        ("tests/test_run_locks.py",),
+    ),
+    Mutant(
         "alignment-fingerprint-ignores-data",
         "hftguard/pipeline/report/alignments.py",
         '        if any(a["data"][k] != b["data"][k] for k in common):',

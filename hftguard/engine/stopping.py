@@ -10,8 +10,12 @@ the state after it is saved (when checkpointing is on), and :class:`StopRequeste
 it does for Ctrl-C — ends the command with exit code 143. Re-running it resumes from that step,
 bit-identically. A second SIGTERM during the step stops at once, as before.
 
-Outside a training loop, in other threads, and in multi-process runs (where every rank would
-have to agree on the step to stop at) SIGTERM keeps its default effect.
+In a grid (``hftguard run``, always one process) SIGTERM outside a training loop — during an
+evaluation, or while a worker waits for a stage another process holds — raises
+:class:`StopRequested` where it arrives (:class:`SigtermInterrupts`), as Ctrl-C does, so the grid's
+root manifest says "interrupted" instead of staying "running". In other threads, and in
+multi-process runs (where every rank would have to agree on the step to stop at) SIGTERM keeps
+its default effect.
 """
 
 from __future__ import annotations
@@ -24,33 +28,51 @@ from typing import Any
 from hftguard.errors import StopRequested
 
 
-class StopOnSigterm:
-    """``with StopOnSigterm(enabled) as stop:`` — ``stop.requested`` is True once SIGTERM arrived.
-
-    The handler is installed only in the main thread (Python delivers signals there alone), only
-    when ``enabled``, and not over a process that ignores SIGTERM (``SIG_IGN``, e.g. under
-    ``trap '' TERM``) or whose handler was not set from Python; the previous handler is restored
-    on exit. A request that no step boundary saw (it came after the loop's last check) is raised
-    on exit, so the signal is never swallowed.
-    """
+class _SigtermHandler:
+    """Installs ``_handler`` for SIGTERM while the ``with`` block runs, and puts the previous one
+    back. Only in the main thread (Python delivers signals there alone), only when ``enabled``,
+    and not over a process that ignores SIGTERM (``SIG_IGN``, e.g. under ``trap '' TERM``) or
+    whose handler was not set from Python."""
 
     def __init__(self, enabled: bool = True) -> None:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
-        self.requested = False
         self._previous: Any = None
         self._installed = False
 
-    def __enter__(self) -> StopOnSigterm:
+    def _handler(self, signum: int, frame: FrameType | None) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def _install(self) -> None:
         if not self.enabled:
-            return self
+            return
         previous = signal.getsignal(signal.SIGTERM)
         if previous is None or previous == signal.SIG_IGN:
-            return self  # not ours to restore, or SIGTERM is meant to be ignored
+            return  # not ours to restore, or SIGTERM is meant to be ignored
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handler)
             self._installed = True
         except (ValueError, OSError):  # pragma: no cover - not the main interpreter
             self._installed = False
+
+    def _restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+            self._installed = False
+
+
+class StopOnSigterm(_SigtermHandler):
+    """``with StopOnSigterm(enabled) as stop:`` — ``stop.requested`` is True once SIGTERM arrived.
+
+    Installed as :class:`_SigtermHandler` says. A request that no step boundary saw (it came
+    after the loop's last check) is raised on exit, so the signal is never swallowed.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        super().__init__(enabled)
+        self.requested = False
+
+    def __enter__(self) -> StopOnSigterm:
+        self._install()
         return self
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
@@ -59,8 +81,27 @@ class StopOnSigterm:
         self.requested = True
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
-        if self._installed:
-            signal.signal(signal.SIGTERM, self._previous)
-            self._installed = False
+        self._restore()
         if self.requested and exc_type is None:
             raise StopRequested("Stopped by SIGTERM at the end of training (nothing left to run).")
+
+
+class SigtermInterrupts(_SigtermHandler):
+    """``with SigtermInterrupts():`` — SIGTERM raises :class:`StopRequested` (a
+    ``KeyboardInterrupt``) where it arrives, so the code around it cleans up as for Ctrl-C.
+    A training loop inside installs its own :class:`StopOnSigterm` over this one, and puts it
+    back when it ends."""
+
+    def __init__(self, what: str, enabled: bool = True) -> None:
+        super().__init__(enabled)
+        self.what = what
+
+    def __enter__(self) -> SigtermInterrupts:
+        self._install()
+        return self
+
+    def _handler(self, signum: int, frame: FrameType | None) -> None:
+        raise StopRequested(f"Stopped by SIGTERM {self.what}.")
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()

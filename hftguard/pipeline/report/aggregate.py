@@ -8,7 +8,7 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report import paired
-from hftguard.pipeline.report.alignments import MixedAlignment, mixed
+from hftguard.pipeline.report.alignments import MixedAlignment, between, mixed
 from hftguard.pipeline.report.collection import Collection, EvalRun, attack_order, shown
 from hftguard.pipeline.report.compute import Cost, costs
 from hftguard.pipeline.report.convergence import NotConverged, not_converged
@@ -80,6 +80,9 @@ class Report:
     #: further evaluations of an aligned model (same label, options and seed) than the first,
     #: left out of the Before table rather than averaged in as seeds
     before_repeated: list[EvalRun] = field(default_factory=list)
+    #: evaluations of another aligned model of the same label, options and seed, trained
+    #: differently (:func:`.alignments.between`): (left out, the one kept, what differs)
+    before_differing: list[tuple[EvalRun, EvalRun, list[str]]] = field(default_factory=list)
     #: methods whose evaluations rest on aligned models trained differently (:mod:`.alignments`);
     #: the attack effects across them are left out (``skipped``)
     mixed_alignments: list[MixedAlignment] = field(default_factory=list)
@@ -257,18 +260,23 @@ def build(
                     target[metric] = summary
     before = []
     repeated: list[EvalRun] = []
+    differing: list[tuple[EvalRun, EvalRun, list[str]]] = []
     for kind in ("base", "aligned"):
         by: dict[str, list[EvalRun]] = {}
         for r in collection.runs:
             if r.kind != kind:
                 continue
             # aligned models with other defense options are rows of their own; one model and
-            # seed evaluated again (a sweep's copy of the aligned model) counts once
+            # seed evaluated again (a sweep's copy of the aligned model) counts once, and so does
+            # one seed's model trained again differently (named as such: .alignments)
             rs = by.setdefault(r.variant_text if kind == "aligned" else "base", [])
-            if kind == "aligned" and any(o.seed == r.seed for o in rs):
-                repeated.append(r)
-            else:
+            kept = next((o for o in rs if o.seed == r.seed), None) if kind == "aligned" else None
+            if kept is None:
                 rs.append(r)
+            elif differ := between(r, kept, fingerprints):
+                differing.append((r, kept, differ))
+            else:
+                repeated.append(r)
         for label, rs in by.items():
             tasks = list(
                 dict.fromkeys(t for r in rs for t in (r.metrics.get("finetune_accuracy") or {}))
@@ -313,6 +321,7 @@ def build(
         not_converged(collection.runs, row_labels),
         costs(collection.runs, row_labels),
         repeated,
+        differing,
         mixed(collection.runs, fingerprints),
     )
 

@@ -516,6 +516,18 @@ def to_markdown(rep: Report) -> str:
                 + ".",
                 "",
             ]
+        if rep.before_differing:
+            parts += [
+                "Left out, another aligned model of the same defense and seed, trained "
+                "differently (not averaged in as seeds; the section above names them): "
+                + "; ".join(
+                    f"{r.variant_text} s{r.seed} ({shown(r.path)}; the table shows "
+                    f"{shown(kept.path)}; they differ in {', '.join(differ)})"
+                    for r, kept, differ in rep.before_differing
+                )
+                + ".",
+                "",
+            ]
     if rep.rows:
         parts += ["## Intervals", "", _interval_note(rep) + ".", "", _md(*intervals_table(rep)), ""]
     if rep.worst:
@@ -798,6 +810,10 @@ def report_dict(rep: Report) -> dict[str, Any]:
             "before": before,
             "not_converged": [item.as_dict() for item in rep.not_converged],
             "before_repeated": [shown(r.path) for r in rep.before_repeated],
+            "before_trained_differently": [
+                {"eval": shown(r.path), "kept": shown(kept.path), "differ": differ}
+                for r, kept, differ in rep.before_differing
+            ],
             "mixed_alignments": [item.as_dict() for item in rep.mixed_alignments],
             "compute": [c.as_dict() for c in rep.compute],
             **(
