@@ -109,6 +109,36 @@ def _call(fn: Callable[[], Any], hint: str = RESUME_HINT) -> Any:
         raise typer.Exit(int(ExitCode.INTERRUPTED)) from None
 
 
+def _run_workers(
+    argv: Callable[[int], list[str]], n: int, out: Path, show: Callable[[dict[str, Any]], None]
+) -> None:
+    """``hftguard run --workers N``: start the workers (:mod:`hftguard.pipeline.grid.workers`),
+    then show the grid's result from its root manifest and exit with the workers' code."""
+    from hftguard.console import stderr
+    from hftguard.pipeline.grid import workers
+    from hftguard.runs import read_manifest
+
+    stderr.print(f"hftguard run: {n} workers on {out}", highlight=False, markup=False)
+    codes = workers.launch(argv, n, out)
+    code = workers.exit_code(codes)
+    try:
+        summary = read_manifest(out)
+    except Exception:
+        summary = {}
+    if summary.get("stage") == "pipeline" and "rows" in summary:
+        show(summary)
+    if code:
+        stderr.print(
+            "hftguard run: the workers exited with "
+            + ", ".join(f"[w{i + 1}] {c}" for i, c in enumerate(codes))
+            + (f"; the grid is {summary['status']}" if "status" in summary else "")
+            + f". {RERUN_HINT}",
+            highlight=False,
+            markup=False,
+        )
+    raise typer.Exit(code)
+
+
 def _stage(
     run: Callable[..., Any],
     cfg: Any,
@@ -462,6 +492,16 @@ def register(app: typer.Typer) -> None:
                 "--no-wait skips them: the run ends incomplete (exit code 1).",
             ),
         ] = True,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Run the grid with N hftguard run processes on --out, which share its "
+                "stages (each with cores/N torch threads; on several GPUs, one GPU each). Their "
+                "output comes here prefixed [w1].. [wN].",
+            ),
+        ] = 1,
         quiet: QuietOpt = False,
         as_json: JsonOpt = False,
     ) -> None:
@@ -548,6 +588,34 @@ def register(app: typer.Typer) -> None:
                     highlight=False,
                 )
 
+        if workers > 1:
+            if not g.is_grid:
+                raise ConfigError(
+                    f"--workers {workers} needs a grid: this config is one pipeline, whose "
+                    "stages run one after the other.",
+                    hint="Add a [grid] table (docs/grids-and-reports.md), or leave --workers out.",
+                )
+            from hftguard.pipeline.preflight import check_grid
+            from hftguard.registry import default_registry
+
+            if not overwrite:
+                grid.check_root(out)  # refused once here, not by every worker
+            check_grid(g, default_registry())
+
+            def argv(i: int) -> list[str]:
+                a = [sys.executable, "-m", "hftguard", "run"]
+                a += [str(config_file)] if config_file is not None else []
+                a += ["--out", str(out), *(["--preset", preset] if preset else [])]
+                for s in set_ or []:
+                    a += ["--set", s]
+                a += ["--seed", str(seed)] if seed is not None else []
+                for r in report_to or []:
+                    a += ["--report-to", r]
+                a += ["--overwrite"] if overwrite and i == 0 else []  # the first one only
+                return a + ["--wait" if wait else "--no-wait"] + (["--quiet"] if quiet else [])
+
+            _run_workers(argv, workers, out, show)
+            return
         try:
             summary = _call(
                 lambda: grid.run(

@@ -1,0 +1,152 @@
+"""``hftguard run --workers N``: N hftguard run processes on one grid, started by one command
+(hftguard.pipeline.grid.workers). Before, the user started them by hand, one shell each, and
+set each one's threads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cli_helpers import Run, assert_error, cli_runner
+from test_run_locks import CELLS, GRID_TOML
+
+from hftguard.pipeline.grid import workers
+
+
+@pytest.fixture
+def cli(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Any:
+    """The shared ``cli`` fixture, with the session's HFTGUARD_HOME: the workers (other
+    processes) find the tiny model where the test session built it."""
+    yield from cli_runner(monkeypatch, tmp_path, capsys, home=False)
+
+
+def manifest(path: Path) -> dict[str, Any]:
+    return json.loads((path / "manifest.json").read_text())
+
+
+def test_two_workers_run_a_grid_to_the_end(cli: Run, tmp_path: Path) -> None:
+    """Two real processes: the grid ends completed, each stage ran once with its share of the
+    cores as torch threads, and both workers' lines come out here, prefixed."""
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    result = cli("run", "grid.toml", "--out", "g", "--workers", "2")
+    assert result.code == 0, result.err
+    assert "[w1] " in result.err and "[w2] " in result.err
+    m = manifest(tmp_path / "g")
+    assert m["status"] == "completed"
+    assert [c["status"] for c in m["cells"]] == ["done", "done"]
+    threads = max(1, workers.cores() // 2)
+    stages = ["aligned/sft-s42", *(f"cells/{c}/{s}" for c in CELLS for s in ("attacked", "eval"))]
+    for stage in stages:
+        sm = manifest(tmp_path / "g" / stage)
+        assert sm["status"] == "completed", stage
+        assert sm["host"]["torch_threads"] == threads, (stage, sm["host"])
+    # the result table, from the root manifest the workers wrote
+    assert "hftguard run: g" in result.out and "sft/sft" in result.out
+    # and the grid is whole: running it again does no work
+    again = cli("run", "grid.toml", "--out", "g", "--workers", "2", "--dry-run")
+    assert again.code == 0 and "2 done" in again.out
+
+
+def test_each_worker_gets_the_command_and_only_the_first_overwrites(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    seen: dict[str, Any] = {}
+
+    def fake_launch(argv: Any, n: int, root: Path, **kw: Any) -> list[int]:
+        seen.update(n=n, root=root, argv=[argv(i) for i in range(n)])
+        return [0, 130, 0]
+
+    monkeypatch.setattr(workers, "launch", fake_launch)
+    result = cli(
+        "run", "grid.toml", "--out", "g", "--workers", "3", "--overwrite", "--no-wait",
+        "--set", "finetune.train.max_steps=2", "--seed", "7", "--quiet",
+    )  # fmt: skip
+    assert result.code == 130, result.err  # a worker was interrupted
+    assert "[w2] 130" in result.err and "Re-run the same command" in result.err
+    assert seen["n"] == 3 and seen["root"] == Path("g")
+    first, *others = seen["argv"]
+    assert first[1:4] == ["-m", "hftguard", "run"]
+    tail = ["--set", "finetune.train.max_steps=2", "--seed", "7"]
+    assert first[4:] == ["grid.toml", "--out", "g", *tail, "--overwrite", "--no-wait", "--quiet"]
+    for a in others:
+        assert a[4:] == ["grid.toml", "--out", "g", *tail, "--no-wait", "--quiet"]
+
+
+def test_workers_need_a_grid(cli: Run, tmp_path: Path) -> None:
+    one = GRID_TOML.split("[grid]")[0] + "[align]" + GRID_TOML.split("[align]", 1)[1]
+    (tmp_path / "one.toml").write_text(one)
+    assert_error(cli("run", "one.toml", "--out", "o", "--workers", "2"), 2, "needs a grid")
+    assert not (tmp_path / "o").exists()
+    result = cli("run", "one.toml", "--out", "o", "--workers", "0")
+    assert result.code == 2 and "--workers" in result.err
+
+
+def test_a_refused_out_is_refused_once_before_any_worker_starts(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    (tmp_path / "g").mkdir()
+    (tmp_path / "g" / "notes.txt").write_text("mine")
+
+    def no_launch(*a: Any, **k: Any) -> list[int]:
+        raise AssertionError("a worker started")
+
+    monkeypatch.setattr(workers, "launch", no_launch)
+    assert_error(cli("run", "grid.toml", "--out", "g", "--workers", "2"), 2, "is not the output")
+    assert (tmp_path / "g" / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("codes", "code"),
+    [([0, 0], 0), ([0, 1], 1), ([1, 130], 130), ([143, 130], 143), ([2, 1], 2), ([0, -9], -9)],
+)
+def test_one_exit_code_for_the_workers(codes: list[int], code: int) -> None:
+    assert workers.exit_code(codes) == code
+
+
+def test_worker_env_shares_the_cores_and_the_gpus() -> None:
+    env = workers.worker_env(2, 4, {"PATH": "/bin"}, n_cores=16, n_gpus=2)
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "4", "CUDA_VISIBLE_DEVICES": "0"}
+    assert workers.worker_env(1, 3, {}, n_cores=2, n_gpus=1) == {"OMP_NUM_THREADS": "1"}
+    mine = {"OMP_NUM_THREADS": "2", "CUDA_VISIBLE_DEVICES": "1"}
+    assert workers.worker_env(0, 2, mine, n_cores=16, n_gpus=4) == mine  # the user's win
+
+
+def test_sigterm_and_ctrl_c_reach_every_worker_once(tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (or Ctrl-C) to the command is passed on to each worker: they run in
+    sessions of their own, so nothing else would reach them. Stand-in workers print a line and
+    sleep; the first never opens a grid, so the second starts after ``start_timeout``."""
+    import io
+    import os
+    import signal
+    import sys
+    import threading
+
+    script = (
+        "import signal, sys, time\n"
+        "signal.signal(signal.SIGINT, lambda *a: sys.exit(40 + int(sys.argv[1])))\n"
+        "print('up', sys.argv[1], file=sys.stderr, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        before = signal.getsignal(signal.SIGTERM)
+        sink = io.StringIO()
+        timer = threading.Timer(2.0, os.kill, (os.getpid(), signum))
+        timer.start()
+        try:
+            codes = workers.launch(
+                lambda i: [sys.executable, "-c", script, str(i)],
+                2,
+                tmp_path / "g",
+                sink=sink,
+                start_timeout=0.5,
+            )
+        finally:
+            timer.cancel()
+        assert signal.getsignal(signal.SIGTERM) == before
+        lines = sorted(sink.getvalue().splitlines())
+        assert lines == ["[w1] up 0", "[w2] up 1"], lines
+        assert codes == ([-signal.SIGTERM] * 2 if signum == signal.SIGTERM else [40, 41]), signum
