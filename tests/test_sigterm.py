@@ -68,12 +68,28 @@ def test_sigterm_finishes_the_step_saves_it_and_resumes_bit_identically(
         torch.testing.assert_close(resumed[name], value, rtol=0, atol=0)
 
 
-def test_a_second_sigterm_stops_at_once(tmp_path: Path, tiny_tok: Any) -> None:
+def test_a_second_sigterm_stops_at_once(
+    tmp_path: Path, tiny_tok: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hftguard.engine import stopping
+
+    monkeypatch.setattr(stopping, "DUPLICATE_S", 0.0)  # the second one is a request of its own
     with pytest.raises(StopRequested, match="second SIGTERM"):
         _train(tmp_path, tiny_tok, "twice", _terminated_at(4, times=2))
     # stopped inside step 4: the newest checkpoint is the periodic one of step 3
     ckpts = sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir())
     assert ckpts == ["step-0000003"]
+
+
+def test_one_sigterm_delivered_twice_still_stops_at_the_step_boundary(
+    tmp_path: Path, tiny_tok: Any
+) -> None:
+    """A cgroup-wide stop (systemd, SLURM) reaches a `hftguard run --workers` worker directly
+    and through the command that passes it on: the two arrive together and are one request."""
+    with pytest.raises(StopRequested, match=r"after step 2 of 6 .*checkpoint of step 2"):
+        _train(tmp_path, tiny_tok, "twice", _terminated_at(1, times=2))
+    ckpts = sorted(p.name for p in (tmp_path / "twice" / "checkpoints").iterdir())
+    assert ckpts == ["step-0000002"]
 
 
 def test_sigterm_at_the_last_step_keeps_the_training(tmp_path: Path, tiny_tok: Any) -> None:

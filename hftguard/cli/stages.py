@@ -110,7 +110,11 @@ def _call(fn: Callable[[], Any], hint: str = RESUME_HINT) -> Any:
 
 
 def _run_workers(
-    argv: Callable[[int], list[str]], n: int, out: Path, show: Callable[[dict[str, Any]], None]
+    argv: Callable[[int], list[str]],
+    n: int,
+    out: Path,
+    show: Callable[[dict[str, Any]], None],
+    as_json: bool,
 ) -> None:
     """``hftguard run --workers N``: start the workers (:mod:`hftguard.pipeline.grid.workers`),
     then show the grid's result from its root manifest and exit with the workers' code."""
@@ -118,8 +122,9 @@ def _run_workers(
     from hftguard.pipeline.grid import workers
     from hftguard.runs import read_manifest
 
-    stderr.print(f"hftguard run: {n} workers on {out}", highlight=False, markup=False)
-    codes = workers.launch(argv, n, out)
+    if not as_json:
+        stderr.print(f"hftguard run: {n} workers on {out}", highlight=False, markup=False)
+    codes = workers.launch(argv, n, out, as_json=as_json)
     code = workers.exit_code(codes)
     try:
         summary = read_manifest(out)
@@ -127,7 +132,7 @@ def _run_workers(
         summary = {}
     if summary.get("stage") == "pipeline" and "rows" in summary:
         show(summary)
-    if code:
+    if code and not as_json:
         stderr.print(
             "hftguard run: the workers exited with "
             + ", ".join(f"[w{i + 1}] {c}" for i, c in enumerate(codes))
@@ -499,7 +504,7 @@ def register(app: typer.Typer) -> None:
                 min=1,
                 help="Run the grid with N hftguard run processes on --out, which share its "
                 "stages (each with cores/N torch threads; on several GPUs, one GPU each). Their "
-                "output comes here prefixed [w1].. [wN].",
+                "output comes here prefixed [w1].. [wN]. Not with --overwrite or --no-wait.",
             ),
         ] = 1,
         quiet: QuietOpt = False,
@@ -595,15 +600,37 @@ def register(app: typer.Typer) -> None:
                     "stages run one after the other.",
                     hint="Add a [grid] table (docs/grids-and-reports.md), or leave --workers out.",
                 )
+            for flag, given in (("--overwrite", overwrite), ("--no-wait", not wait)):
+                if given:
+                    raise ConfigError(
+                        f"{flag} cannot be used with --workers {workers}: "
+                        + (
+                            "every worker would act on the replaced run."
+                            if flag == "--overwrite"
+                            else "each worker would skip what another holds, and end incomplete."
+                        ),
+                        hint=(
+                            "Run `hftguard run ... --overwrite` alone first (Ctrl-C once it has "
+                            "started), or remove --out; then add --workers."
+                            if flag == "--overwrite"
+                            else "Leave --no-wait out: the workers wait for each other's stages."
+                        ),
+                    )
             from hftguard.pipeline.preflight import check_grid
             from hftguard.registry import default_registry
+            from hftguard.runs import read_manifest
 
-            if not overwrite:
-                grid.check_root(out)  # refused once here, not by every worker
+            if grid.check_root(out) and read_manifest(out).get("replaces"):  # refused once here
+                raise ConfigError(
+                    f"{out} continues an interrupted --overwrite: the run it replaces waits "
+                    "beside it until this one completes, and several workers would each act "
+                    "on it.",
+                    hint=f"Finish it with one process: hftguard run ... --out {out}",
+                )
             check_grid(g, default_registry())
 
             def argv(i: int) -> list[str]:
-                a = [sys.executable, "-m", "hftguard", "run"]
+                a = [sys.executable, "-P", "-m", "hftguard", "run"]  # -P: hftguard as installed
                 a += [str(config_file)] if config_file is not None else []
                 a += ["--out", str(out), *(["--preset", preset] if preset else [])]
                 for s in set_ or []:
@@ -611,10 +638,9 @@ def register(app: typer.Typer) -> None:
                 a += ["--seed", str(seed)] if seed is not None else []
                 for r in report_to or []:
                     a += ["--report-to", r]
-                a += ["--overwrite"] if overwrite and i == 0 else []  # the first one only
-                return a + ["--wait" if wait else "--no-wait"] + (["--quiet"] if quiet else [])
+                return a + (["--quiet"] if quiet else []) + (["--json"] if as_json else [])
 
-            _run_workers(argv, workers, out, show)
+            _run_workers(argv, workers, out, show, as_json)
             return
         try:
             summary = _call(

@@ -8,7 +8,8 @@ single process, SIGTERM instead asks it to stop: the step in progress finishes, 
 the state after it is saved (when checkpointing is on), and :class:`StopRequested` — a
 ``KeyboardInterrupt``, so every stage marks its run "interrupted" and releases its directory as
 it does for Ctrl-C — ends the command with exit code 143. Re-running it resumes from that step,
-bit-identically. A second SIGTERM during the step stops at once, as before.
+bit-identically. A second SIGTERM during the step stops at once, as before, unless it comes
+within ``DUPLICATE_S`` of the first (the same stop delivered twice).
 
 In a grid (``hftguard run``, always one process) SIGTERM outside a training loop — during an
 evaluation, or while a worker waits for a stage another process holds — raises
@@ -22,10 +23,16 @@ from __future__ import annotations
 
 import signal
 import threading
+import time
 from types import FrameType
 from typing import Any
 
 from hftguard.errors import StopRequested
+
+#: Seconds within which a second SIGTERM is the first one delivered twice, not a second request:
+#: a cgroup-wide stop (systemd, SLURM) reaches ``hftguard run --workers``'s workers directly and
+#: through the command, which passes it on (hftguard.pipeline.grid.workers).
+DUPLICATE_S = 1.0
 
 
 class _SigtermHandler:
@@ -70,6 +77,7 @@ class StopOnSigterm(_SigtermHandler):
     def __init__(self, enabled: bool = True) -> None:
         super().__init__(enabled)
         self.requested = False
+        self._first = 0.0
 
     def __enter__(self) -> StopOnSigterm:
         self._install()
@@ -77,8 +85,11 @@ class StopOnSigterm(_SigtermHandler):
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
+            if time.monotonic() - self._first < DUPLICATE_S:
+                return  # the same request delivered twice (module docstring)
             raise StopRequested("Stopped by a second SIGTERM before the step in progress ended.")
         self.requested = True
+        self._first = time.monotonic()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._restore()
@@ -95,12 +106,16 @@ class SigtermInterrupts(_SigtermHandler):
     def __init__(self, what: str, enabled: bool = True) -> None:
         super().__init__(enabled)
         self.what = what
+        self._raised = 0.0
 
     def __enter__(self) -> SigtermInterrupts:
         self._install()
         return self
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._raised and time.monotonic() - self._raised < DUPLICATE_S:
+            return  # the same request delivered twice, while the first one is being handled
+        self._raised = time.monotonic()
         raise StopRequested(f"Stopped by SIGTERM {self.what}.")
 
     def __exit__(self, *exc: object) -> None:

@@ -6,15 +6,18 @@ On a 2-core CPU two one-thread workers get more done than one two-thread process
 several small-model workers fill the card. ``--workers N`` starts them for the user:
 
 - the first worker starts alone, and the others only once it has opened the grid's root (written
-  its manifest), so that they find an hftguard root and not a half-made directory; only the first
-  gets ``--overwrite``, or a later one would move the first one's work aside;
+  its manifest), so that they find an hftguard root and not a half-made directory (the CLI
+  refuses ``--overwrite`` and ``--no-wait`` with several workers: see ``hftguard run --help``);
 - each worker computes with ``cores // N`` threads unless ``OMP_NUM_THREADS`` is set, and on a
-  machine with several GPUs (``CUDA_VISIBLE_DEVICES`` unset) worker ``i`` sees GPU ``i mod k``;
+  machine with several GPUs worker ``i`` sees GPU ``i mod k`` (of those ``CUDA_VISIBLE_DEVICES``
+  lists, where it lists several);
 - every line a worker writes to stderr (progress, warnings, errors) comes out on this process's
-  stderr prefixed with ``[wI]``; their result tables are left out, and this process shows the
-  grid's from the root manifest once they have all ended;
-- Ctrl-C and SIGTERM to this process are passed on to every worker, once (the workers run in
-  sessions of their own, so a terminal's Ctrl-C does not reach them twice); a stage stops as it
+  stderr prefixed with ``[wI]`` (with ``--json``: as JSON lines with ``"worker": I``); their
+  result tables are left out, and this process shows the grid's from the root manifest once
+  they have all ended;
+- Ctrl-C and SIGTERM (and SIGHUP, as SIGTERM) to this process are passed on to every worker,
+  once (the workers run in sessions of their own, so a terminal's Ctrl-C does not reach them
+  twice; a SIGKILL of this process leaves them running, to finish the grid); a stage stops as it
   does in one process (interrupted, or at a step boundary with a checkpoint), and this process
   waits for them all.
 
@@ -35,8 +38,6 @@ from typing import IO, Any
 
 from hftguard.runs import read_manifest
 
-#: Seconds the first worker may take to open the grid's root before the others start anyway.
-START_TIMEOUT_S = 120.0
 _POLL_S = 0.2
 
 
@@ -62,12 +63,17 @@ def worker_env(
     index: int, n: int, env: Mapping[str, str], n_cores: int, n_gpus: int
 ) -> dict[str, str]:
     """The environment of worker ``index`` (0-based) of ``n``: a share of the cores as torch's
-    threads, and one GPU when there are several, unless the user set either already."""
+    threads unless ``OMP_NUM_THREADS`` is set, and one GPU when there are several: GPU ``index
+    mod n_gpus``, or, where ``CUDA_VISIBLE_DEVICES`` lists several (a scheduler's allocation),
+    the listed one ``index`` mod their number."""
     out = dict(env)
     if "OMP_NUM_THREADS" not in out:
         out["OMP_NUM_THREADS"] = str(max(1, n_cores // n))
+    listed = [d.strip() for d in out.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
     if "CUDA_VISIBLE_DEVICES" not in out and n_gpus > 1:
         out["CUDA_VISIBLE_DEVICES"] = str(index % n_gpus)
+    elif len(listed) > 1:
+        out["CUDA_VISIBLE_DEVICES"] = listed[index % len(listed)]
     return out
 
 
@@ -89,13 +95,32 @@ def _started(root: Path, since: float) -> bool:
     return at >= int(since)  # the root's started_at has whole seconds
 
 
-def _pump(index: int, pipe: IO[str], sink: IO[str], lock: threading.Lock) -> None:
+def _pump(index: int, pipe: IO[str], sink: IO[str], lock: threading.Lock, as_json: bool) -> None:
+    """Copy a worker's stderr here, line by line: prefixed ``[wI]``, or with ``as_json`` each
+    JSON line given ``"worker": I`` (other text as ``{"worker": I, "text": ...}``). Keeps reading
+    whatever happens, so that the worker never blocks on a full pipe."""
+    import json
+
     for line in pipe:
-        with lock:
-            sink.write(
-                f"[w{index + 1}] {line}" if line.endswith("\n") else f"[w{index + 1}] {line}\n"
-            )
-            sink.flush()
+        text = line.rstrip("\n")
+        if as_json:
+            try:
+                record = json.loads(text)
+                out = json.dumps(
+                    {"worker": index + 1, **record}
+                    if isinstance(record, dict)
+                    else {"worker": index + 1, "text": text}
+                )
+            except ValueError:
+                out = json.dumps({"worker": index + 1, "text": text})
+        else:
+            out = f"[w{index + 1}] {text}"
+        try:
+            with lock:
+                sink.write(out + "\n")
+                sink.flush()
+        except Exception:  # pragma: no cover - our own stderr is gone: keep draining the pipe
+            pass
     pipe.close()
 
 
@@ -106,12 +131,12 @@ def launch(
     *,
     env: Mapping[str, str] | None = None,
     sink: IO[str] | None = None,
-    start_timeout: float = START_TIMEOUT_S,
+    as_json: bool = False,
 ) -> list[int]:
     """Run ``argv(i)`` for ``i`` in 0..n-1 as worker processes on the grid at ``root`` and
-    return their exit codes. Worker 0 starts first; the others once it has opened ``root``, or
-    ``start_timeout`` seconds passed. If worker 0 ends before that (a bad config, a refused
-    --out), the others are not started: its exit code is the only one."""
+    return their exit codes. Worker 0 starts first; the others once it has opened ``root`` (so
+    that none of them finds a half-made directory). If worker 0 ends before that (a bad config,
+    a refused --out), or a stop signal came, the others are not started."""
     sink = sink if sink is not None else sys.stderr
     env = dict(os.environ if env is None else env)
     n_cores = cores()
@@ -119,61 +144,74 @@ def launch(
     lock = threading.Lock()
     procs: list[subprocess.Popen[str]] = []
     pumps: list[threading.Thread] = []
+    stopped: list[int] = []  # the signals passed on: no worker starts after one
 
     def start(i: int) -> None:
-        proc = subprocess.Popen(
-            argv(i),
-            stdout=subprocess.DEVNULL,  # each worker's result table: this process shows the grid's
-            stderr=subprocess.PIPE,  # progress, warnings, errors
-            stdin=subprocess.DEVNULL,
-            text=True,
-            bufsize=1,
-            env={**worker_env(i, n, env, n_cores, n_gpus), "PYTHONUNBUFFERED": "1"},
-            start_new_session=True,  # a signal reaches a worker once: forwarded from here
-        )
-        procs.append(proc)
+        proc = None
+        try:
+            proc = subprocess.Popen(
+                argv(i),
+                stdout=subprocess.DEVNULL,  # each worker's result table: this process shows one
+                stderr=subprocess.PIPE,  # progress, warnings, errors
+                stdin=subprocess.DEVNULL,
+                text=True,
+                errors="replace",  # a library's stray byte must not stop the reading
+                bufsize=1,
+                env={**worker_env(i, n, env, n_cores, n_gpus), "PYTHONUNBUFFERED": "1"},
+                start_new_session=True,  # a signal reaches a worker once: passed on from here
+            )
+        finally:
+            if proc is not None:
+                procs.append(proc)
+                if stopped:  # the signal came while it started
+                    proc.send_signal(stopped[-1])
         assert proc.stderr is not None
-        pump = threading.Thread(target=_pump, args=(i, proc.stderr, sink, lock), daemon=True)
+        pump = threading.Thread(
+            target=_pump, args=(i, proc.stderr, sink, lock, as_json), daemon=True
+        )
         pump.start()
         pumps.append(pump)
 
-    stopped: list[int] = []  # the signals passed on: no worker starts after one
-
     def forward(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:  # the terminal went away: stop cleanly, as for SIGTERM
+            signum = signal.SIGTERM
         stopped.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
-    previous = signal.getsignal(signal.SIGTERM)
-    main_thread = threading.current_thread() is threading.main_thread()
-    if main_thread and previous is not None and previous != signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, forward)
-    else:
-        main_thread = False
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            before = signal.getsignal(sig)
+            if before is not None and before != signal.SIG_IGN:
+                previous[sig] = signal.signal(sig, forward)
     try:
         try:
             since = time.time()
             start(0)
-            deadline = since + start_timeout
             while not (_started(root, since) or procs[0].poll() is not None or stopped):
-                if time.time() >= deadline:
-                    break
                 time.sleep(_POLL_S)
-            if not stopped and (procs[0].poll() is None or _started(root, since)):
-                for i in range(1, n):
-                    start(i)
-        except KeyboardInterrupt:  # Ctrl-C while they start: stop those that run
+            for i in range(1, n):
+                if stopped or not _started(root, since):
+                    break
+                start(i)
+        except KeyboardInterrupt:  # Ctrl-C outside the main thread: stop those that run
             forward(signal.SIGINT, None)
+        except BaseException:  # could not start one: stop the others, and say why
+            forward(signal.SIGTERM, None)
+            for p in procs:
+                p.wait()
+            raise
         while True:
             try:
                 codes = [p.wait() for p in procs]
                 break
-            except KeyboardInterrupt:  # Ctrl-C: each worker stops as it would alone
+            except KeyboardInterrupt:  # (where SIGINT's handler is not ours)
                 forward(signal.SIGINT, None)
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
     for pump in pumps:
         pump.join(timeout=5)
     return codes
@@ -181,11 +219,12 @@ def launch(
 
 def exit_code(codes: list[int]) -> int:
     """One exit code for the workers': 0 when all ended 0; else a stop (143 SIGTERM, 130 Ctrl-C)
-    if any worker was stopped, or the largest other code."""
-    bad = [c for c in codes if c != 0]
+    if any worker was stopped, or the largest other code. A worker killed by signal N (return
+    code -N) counts as the shell's 128 + N: SIGTERM 143, SIGKILL 137."""
+    bad = [128 - c if c < 0 else c for c in codes if c != 0]
     if not bad:
         return 0
     for stop in (143, 130):
         if stop in bad:
             return stop
-    return max(bad, key=lambda c: (c > 0, abs(c)))
+    return max(bad)
