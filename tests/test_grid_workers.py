@@ -27,9 +27,12 @@ def manifest(path: Path) -> dict[str, Any]:
     return json.loads((path / "manifest.json").read_text())
 
 
-def test_two_workers_run_a_grid_to_the_end(cli: Run, tmp_path: Path) -> None:
+def test_two_workers_run_a_grid_to_the_end(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Two real processes: the grid ends completed, each stage ran once with its share of the
     cores as torch threads, and both workers' lines come out here, prefixed."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the share, not the caller's setting
     (tmp_path / "grid.toml").write_text(GRID_TOML)
     result = cli("run", "grid.toml", "--out", "g", "--workers", "2")
     assert result.code == 0, result.err
