@@ -206,3 +206,27 @@ def test_cli_exits_143_with_a_resume_hint_and_resumes(
     assert result.code == 0, result.err
     log = (tmp_path / "o" / "align_log.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in log] == [0, 1, 2, 3]
+
+
+def test_sigterm_during_an_evaluation_marks_it_interrupted(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`hftguard eval` (and align's retain distillation, anything outside a training loop)
+    stops on SIGTERM as on Ctrl-C: exit 143 and its manifest "interrupted". It used to keep
+    SIGTERM's default action: the process died and the manifest stayed "running"."""
+    from hftguard.engine import generation
+
+    before = signal.getsignal(signal.SIGTERM)
+
+    def sigterm_arrives(*args: Any, **kwargs: Any) -> Any:
+        handler = signal.getsignal(signal.SIGTERM)
+        assert callable(handler), f"SIGTERM would end the process uncleanly ({handler!r})"
+        handler(signal.SIGTERM, None)
+        raise AssertionError("SIGTERM's handler returned during the evaluation")
+
+    monkeypatch.setattr(generation, "generate", sigterm_arrives)
+    result = cli("eval", "--model", "tiny-random", "--harmful-samples", "2", "--out", "e")
+    assert result.code == int(ExitCode.TERMINATED), result.err
+    assert "Stopped by SIGTERM" in result.err and "Traceback" not in result.err
+    assert json.loads((tmp_path / "e" / "manifest.json").read_text())["status"] == "interrupted"
+    assert signal.getsignal(signal.SIGTERM) == before

@@ -93,10 +93,16 @@ RERUN_HINT = (
 
 
 def _call(fn: Callable[[], Any], hint: str = RESUME_HINT) -> Any:
-    """Run a pipeline call; turn Ctrl-C into exit code 130 (SIGTERM stopped at a step boundary:
-    143) with ``hint`` on how to continue."""
+    """Run a pipeline call; turn Ctrl-C into exit code 130 and SIGTERM into 143 (a training loop
+    stops at a step boundary; elsewhere, in one process, SIGTERM stops where it arrives as Ctrl-C
+    does: hftguard.engine.stopping), with ``hint`` on how to continue."""
+    from hftguard.engine.distributed import launch_rank
+    from hftguard.engine.stopping import SigtermInterrupts
+
     try:
-        return fn()
+        one_process = launch_rank()[1] == 1  # torchrun's ranks keep SIGTERM's default
+        with SigtermInterrupts("outside a training step (no checkpoint was needed)", one_process):
+            return fn()
     except StopRequested as exc:  # SIGTERM, handled at a step boundary (engine.stopping)
         from hftguard.console import stderr
 
