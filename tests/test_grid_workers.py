@@ -170,6 +170,9 @@ def test_sigterm_and_ctrl_c_reach_every_worker_once(tmp_path: Path) -> None:
         "sys.stderr.flush()\n"
         "time.sleep(60)\n"
     )
+    # a shell without job control starts background commands with SIGINT ignored (`cmd &`):
+    # Ctrl-C is what this test sends, so it is Python's default here whatever started pytest
+    interrupt = signal.signal(signal.SIGINT, signal.default_int_handler)
     for k, signum in enumerate((signal.SIGTERM, signal.SIGINT)):
         before = signal.getsignal(signal.SIGTERM)
         sink = io.StringIO()
@@ -196,6 +199,7 @@ def test_sigterm_and_ctrl_c_reach_every_worker_once(tmp_path: Path) -> None:
         # a byte that is not UTF-8 (a C library's) is replaced, not a reason to stop reading
         assert lines == ["[w1] up 0 \ufffd", "[w2] up 1 \ufffd"], lines
         assert codes == ([-signal.SIGTERM] * 2 if signum == signal.SIGTERM else [40, 41]), signum
+    signal.signal(signal.SIGINT, interrupt)
 
 
 def test_a_worker_that_cannot_open_the_grid_starts_no_other(tmp_path: Path) -> None:

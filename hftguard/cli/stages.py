@@ -510,7 +510,7 @@ def register(app: typer.Typer) -> None:
                 min=1,
                 help="Run the grid with N hftguard run processes on --out, which share its "
                 "stages (each with cores/N torch threads; on several GPUs, one GPU each). Their "
-                "output comes here prefixed [w1].. [wN]. Not with --overwrite or --no-wait.",
+                "output comes here prefixed \\[w1] .. \\[wN]. Not with --overwrite or --no-wait.",
             ),
         ] = 1,
         quiet: QuietOpt = False,
