@@ -616,8 +616,8 @@ def register(app: typer.Typer) -> None:
                             else "each worker would skip what another holds, and end incomplete."
                         ),
                         hint=(
-                            "Run `hftguard run ... --overwrite` alone first (Ctrl-C once it has "
-                            "started), or remove --out; then add --workers."
+                            f"Move or delete {out} yourself and run with --workers, or run "
+                            "--overwrite without --workers."
                             if flag == "--overwrite"
                             else "Leave --no-wait out: the workers wait for each other's stages."
                         ),
