@@ -599,6 +599,45 @@ def test_a_moved_grid_loads_its_adapters_from_where_it_is(
     assert all(a.startswith(here + os.sep) for a in retrained["model"]["adapters"])
 
 
+def test_a_new_out_with_a_copied_aligned_model_runs_only_the_cells(
+    cli: Run, tmp_path: Path, finished_grid: Path
+) -> None:
+    """The workflow configs/calibrated-field.toml and the calibrated README give: copy a grid's
+    aligned model (and its evaluation) into a new --out, and only the cells run there. It used
+    to be refused: a non-empty directory without a root manifest was taken for someone else's."""
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    new = tmp_path / "g2"
+    for part in ("aligned/sft-s42", "evals/aligned-sft-s42"):
+        shutil.copytree(finished_grid / part, new / part)
+    copied = stage_manifests(new)
+    result = cli("run", "grid.toml", "--out", "g2", "--set", "grid.harmful_ratio=[0.5]")
+    assert result.code == 0, result.err
+    for part, text in copied.items():  # taken as they are, not run again
+        assert (new / part / "manifest.json").read_text() == text, part
+    m = manifest(new)
+    assert m["status"] == "completed" and [c["status"] for c in m["cells"]] == ["done"]
+    assert manifest(new / "cells" / CELLS[1] / "eval")["status"] == "completed"
+
+
+@pytest.mark.parametrize(
+    "extra", ["notes.txt", "aligned/notes.txt", "results/x/manifest.json", "aligned/sft-s42/x"]
+)
+def test_a_tree_that_is_not_only_hftguard_stages_is_still_refused(
+    cli: Run, tmp_path: Path, finished_grid: Path, extra: str
+) -> None:
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    new = tmp_path / "g2"
+    shutil.copytree(finished_grid / "aligned" / "sft-s42", new / "aligned" / "sft-s42")
+    if extra.endswith("/x"):  # a stage directory that is not a run (its manifest is gone)
+        (new / "aligned" / "sft-s42" / "manifest.json").unlink()
+    else:
+        (new / extra).parent.mkdir(parents=True, exist_ok=True)
+        (new / extra).write_text("{}")
+    result = cli("run", "grid.toml", "--out", "g2")
+    assert_error(result, 2, "is not the output directory of hftguard run")
+    assert not (new / "manifest.json").exists()
+
+
 def test_a_run_moved_without_its_upstream_says_what_to_do(
     cli: Run, tmp_path: Path, copy_grid: Callable[[str], Path]
 ) -> None:

@@ -584,9 +584,32 @@ def _skipped(held: list[_Failure], n_cells: int) -> str:
     return f"{text} ({held[0].exc.who if isinstance(held[0].exc, RunDirInUse) else '?'})."
 
 
+#: A grid root's directories (:class:`Layout`), with the depth of the run directories in each.
+_STAGE_DIRS = {"aligned": 1, "evals": 1, "cells": 2}
+
+
+def _copied_stages(root: Path) -> bool:
+    """Whether ``root`` holds nothing but hftguard stage runs in a grid's layout (an aligned
+    model, its evaluation, cells), e.g. copied from another grid to be reused, without a root
+    manifest. Anything else in it (a file, another directory, a stage directory that is not a
+    run) makes it somebody else's directory."""
+
+    def runs(path: Path, depth: int) -> bool:
+        if not path.is_dir() or path.is_symlink():
+            return False
+        if depth == 0:
+            return run_stage(path) is not None
+        children = list(path.iterdir())
+        return bool(children) and all(runs(c, depth - 1) for c in children)
+
+    tops = list(root.iterdir())
+    return bool(tops) and all(t.name in _STAGE_DIRS and runs(t, _STAGE_DIRS[t.name]) for t in tops)
+
+
 def check_root(root: Path) -> bool:
     """Raise a RunDirError unless ``root`` may take hftguard run's tree of runs: a new or empty
-    directory, or the --out of an earlier hftguard run (then True). Reads only, so
+    directory, one that holds only stages copied in from another grid (:func:`_copied_stages`),
+    or the --out of an earlier hftguard run (then True). Reads only, so
     ``--dry-run`` refuses what the run would."""
     if root.exists() and not root.is_dir():
         raise RunDirError(
@@ -595,6 +618,8 @@ def check_root(root: Path) -> bool:
     if not (root.is_dir() and any(root.iterdir())):
         return False
     found = run_stage(root)
+    if found is None and _copied_stages(root):
+        return False  # a new grid around stages copied in from another one
     if found != "pipeline":
         what = (
             f"it holds a '{found}' run, whose manifest hftguard run would overwrite"
