@@ -11,7 +11,7 @@ it does for Ctrl-C — ends the command with exit code 143. Re-running it resume
 bit-identically. A second SIGTERM during the step stops at once, as before, unless it comes
 within ``DUPLICATE_S`` of the first (the same stop delivered twice).
 
-In a command run as one process (every CLI command, and ``hftguard run``'s grid runner) SIGTERM
+In a command run as one process (every CLI command, ``hftguard run``'s grids included) SIGTERM
 outside a training loop — during an evaluation, the retain set's distillation, or while a grid
 worker waits for a stage another process holds — raises :class:`StopRequested` where it arrives
 (:class:`SigtermInterrupts`), as Ctrl-C does, so the run's manifest (a grid's root too) says

@@ -24,7 +24,6 @@ from typing import Any
 
 from hftguard.config import EvalConfig, PipelineConfig
 from hftguard.console import Reporter
-from hftguard.engine.stopping import SigtermInterrupts
 from hftguard.errors import HftguardError, RunDirError, RunDirInUse
 from hftguard.pipeline.grid.layout import Layout, parse_time, plan, stage_state
 from hftguard.pipeline.grid.spec import NO_ALIGN, Cell, Grid, check, same_file_warning, single
@@ -510,26 +509,23 @@ def run(
         return result
 
     try:
-        # SIGTERM outside a training loop (an evaluation, a wait for another worker) stops the
-        # grid as Ctrl-C does, so this manifest says "interrupted" (engine.stopping)
-        with SigtermInterrupts("outside a training step (no checkpoint was needed)"):
-            if grid.is_grid:
-                planned = plan(grid, root)
-                for cell, row in zip(grid.groups_flat(), planned, strict=True):
-                    if row["status"] == "done":
-                        runner.status[cell.name] = "done"
-                done = sum(r["status"] == "done" for r in planned)
-                if warning := same_file_warning(grid):
-                    reporter.warn(warning)
-                reporter.info(
-                    f"grid: {len(grid.cells)} cells ({done} already done), "
-                    f"{len(grid.groups())} aligned model(s) -> {root}"
-                )
-                with reporter.task("grid cells", total=len(grid.cells)) as bar:
-                    runner.on_cell_end = lambda: bar.advance(1)
-                    runner.run()
-            else:
+        if grid.is_grid:
+            planned = plan(grid, root)
+            for cell, row in zip(grid.groups_flat(), planned, strict=True):
+                if row["status"] == "done":
+                    runner.status[cell.name] = "done"
+            done = sum(r["status"] == "done" for r in planned)
+            if warning := same_file_warning(grid):
+                reporter.warn(warning)
+            reporter.info(
+                f"grid: {len(grid.cells)} cells ({done} already done), "
+                f"{len(grid.groups())} aligned model(s) -> {root}"
+            )
+            with reporter.task("grid cells", total=len(grid.cells)) as bar:
+                runner.on_cell_end = lambda: bar.advance(1)
                 runner.run()
+        else:
+            runner.run()
     except BaseException as exc:
         stopped = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
         atomic_write_json(root / "manifest.json", summary(stopped))
