@@ -25,7 +25,7 @@ import signal
 import threading
 import time
 from types import FrameType
-from typing import Any
+from typing import Any, Self
 
 from hftguard.errors import StopRequested
 
@@ -45,6 +45,7 @@ class _SigtermHandler:
         self.enabled = enabled and threading.current_thread() is threading.main_thread()
         self._previous: Any = None
         self._installed = False
+        self._first_at: float | None = None  # when the first SIGTERM arrived
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:  # pragma: no cover
         raise NotImplementedError
@@ -61,10 +62,23 @@ class _SigtermHandler:
         except (ValueError, OSError):  # pragma: no cover - not the main interpreter
             self._installed = False
 
+    def __enter__(self) -> Self:
+        self._install()
+        return self
+
     def _restore(self) -> None:
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
             self._installed = False
+
+    def _again(self) -> bool:
+        """Note a SIGTERM; True when it is the one before, delivered twice (within
+        ``DUPLICATE_S``: module docstring)."""
+        now = time.monotonic()
+        again = self._first_at is not None and now - self._first_at < DUPLICATE_S
+        if self._first_at is None:
+            self._first_at = now
+        return again
 
 
 class StopOnSigterm(_SigtermHandler):
@@ -77,19 +91,13 @@ class StopOnSigterm(_SigtermHandler):
     def __init__(self, enabled: bool = True) -> None:
         super().__init__(enabled)
         self.requested = False
-        self._first = 0.0
-
-    def __enter__(self) -> StopOnSigterm:
-        self._install()
-        return self
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
+        if self._again():
+            return
         if self.requested:
-            if time.monotonic() - self._first < DUPLICATE_S:
-                return  # the same request delivered twice (module docstring)
             raise StopRequested("Stopped by a second SIGTERM before the step in progress ended.")
         self.requested = True
-        self._first = time.monotonic()
 
     def __exit__(self, exc_type: object, *exc: object) -> None:
         self._restore()
@@ -106,16 +114,10 @@ class SigtermInterrupts(_SigtermHandler):
     def __init__(self, what: str, enabled: bool = True) -> None:
         super().__init__(enabled)
         self.what = what
-        self._raised = 0.0
-
-    def __enter__(self) -> SigtermInterrupts:
-        self._install()
-        return self
 
     def _handler(self, signum: int, frame: FrameType | None) -> None:
-        if self._raised and time.monotonic() - self._raised < DUPLICATE_S:
-            return  # the same request delivered twice, while the first one is being handled
-        self._raised = time.monotonic()
+        if self._again():
+            return  # while the first one is being handled
         raise StopRequested(f"Stopped by SIGTERM {self.what}.")
 
     def __exit__(self, *exc: object) -> None:

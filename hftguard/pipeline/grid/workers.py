@@ -79,20 +79,14 @@ def worker_env(
 
 def _started(root: Path, since: float) -> bool:
     """Whether a run that began at ``since`` (epoch seconds) has written the root's manifest."""
-    import datetime as dt
+    from hftguard.pipeline.grid.layout import parse_time
 
     try:
         m = read_manifest(root)
     except Exception:  # not there yet, or being replaced
         return False
-    started = m.get("started_at")
-    if m.get("stage") != "pipeline" or not isinstance(started, str):
-        return False
-    try:
-        at = dt.datetime.fromisoformat(started).timestamp()
-    except ValueError:
-        return False
-    return at >= int(since)  # the root's started_at has whole seconds
+    at = parse_time(m.get("started_at")) if m.get("stage") == "pipeline" else None
+    return at is not None and at.timestamp() >= int(since)  # the root's has whole seconds
 
 
 def _pump(index: int, pipe: IO[str], sink: IO[str], lock: threading.Lock, as_json: bool) -> None:
