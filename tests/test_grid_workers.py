@@ -210,3 +210,99 @@ def test_a_worker_that_cannot_open_the_grid_starts_no_other(tmp_path: Path) -> N
     script = "import sys; print('refused', file=sys.stderr); sys.exit(2)"
     codes = workers.launch(lambda i: [sys.executable, "-c", script], 3, tmp_path / "g", sink=sink)
     assert codes == [2] and sink.getvalue() == "[w1] refused\n"
+
+
+WORKER_STANDIN = """
+import datetime, json, os, pathlib, signal, sys, time
+from hftguard.pipeline.grid import workers
+root = pathlib.Path(sys.argv[1])
+root.mkdir()
+(root / "pid").write_text(str(os.getpid()))
+def on_term(*a):
+    sys.stderr.write("x" * 200_000 + "\\n")  # more than a pipe holds: nobody reads it now
+    sys.stderr.flush()
+    (root / "stopped").write_text(str(os.getppid()))
+    sys.exit(0)
+signal.signal(signal.SIGTERM, on_term)
+now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+(root / "manifest.json").write_text(json.dumps({"stage": "pipeline", "started_at": now}))
+assert workers.watch_parent(poll_s=0.05)
+print("up", file=sys.stderr, flush=True)
+try:
+    for _ in range(6000):  # a worker's progress lines, until it is stopped (or 60 s)
+        print("tick", file=sys.stderr, flush=True)
+        time.sleep(0.01)
+except BrokenPipeError:
+    (root / "epipe").write_text("")
+    raise
+"""
+
+LAUNCHER = """
+import sys
+from pathlib import Path
+from hftguard.pipeline.grid import workers
+script, root = sys.argv[1], sys.argv[2]
+workers.launch(lambda i: [sys.executable, "-c", script, root], 1, Path(root))
+"""
+
+
+def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> None:
+    """Before, a SIGKILL of ``hftguard run --workers N`` left the workers running unseen, and
+    their next progress line met a pipe nobody read (BrokenPipeError, in the middle of a
+    step). Now each worker sees its command gone and stops as on SIGTERM; its writes in
+    between still find a reader. A stand-in worker writes a line every 10 ms."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    root = tmp_path / "g"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, WORKER_STANDIN, str(root)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert launcher.stderr is not None
+        lines = []
+        for line in launcher.stderr:  # the worker is up and its lines come through
+            lines.append(line)
+            if line.startswith("[w1] tick"):
+                break
+        assert lines and lines[-1].startswith("[w1] tick"), "".join(lines)
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        for _ in range(600):  # a liveness bound, not a timing: the stop comes in ~0.05 s
+            if (root / "stopped").exists() or (root / "epipe").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.2)  # an "epipe" written just after
+        assert not (root / "epipe").exists(), "the worker died of a broken pipe"
+        assert (root / "stopped").exists(), "the worker was not stopped"
+        assert int((root / "stopped").read_text()) != launcher.pid
+    finally:
+        launcher.kill()
+        pid = int((root / "pid").read_text()) if (root / "pid").exists() else 0
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def test_only_a_started_worker_watches_its_command(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``hftguard run`` (one process, no --workers) calls watch_parent, which watches only
+    where launch() set HFTGUARD_WORKER_OF: a user's own run has nothing to watch."""
+    assert workers.watch_parent({}) is False
+    assert workers.watch_parent({workers.PARENT_ENV: ""}) is False
+    assert workers.watch_parent({workers.PARENT_ENV: "w1"}) is False
+    called: list[bool] = []
+    monkeypatch.setattr(workers, "watch_parent", lambda: called.append(True) or False)
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    result = cli("run", "grid.toml", "--out", "g", "--dry-run")
+    assert result.code == 0 and called == []  # a plan starts no stage
+    result = cli("run", "grid.toml", "--out", "g")
+    assert result.code == 0, result.err
+    assert called == [True]

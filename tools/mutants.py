@@ -750,6 +750,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_grid_workers.py",),
     ),
     Mutant(
+        "workers-run-on-after-a-sigkill",
+        "hftguard/cli/stages.py",
+        "        watch_parent()  # a worker of --workers N: stop if that command is killed outright",
+        "        pass",
+        "wiring: a worker does not watch its command, and runs on unseen after a SIGKILL of it",
+        ("tests/test_grid_workers.py",),
+    ),
+    Mutant(
+        "worker-pipe-without-its-own-reader",
+        "hftguard/pipeline/grid/workers.py",
+        "                pass_fds=(read_fd,),",
+        "                pass_fds=(),",
+        "wiring: after a SIGKILL of the command a worker's next line meets a broken pipe",
+        ("tests/test_grid_workers.py",),
+    ),
+    Mutant(
         "alignment-fingerprint-ignores-data",
         "hftguard/pipeline/report/alignments.py",
         '        if any(a["data"][k] != b["data"][k] for k in common):',

@@ -648,6 +648,9 @@ def register(app: typer.Typer) -> None:
 
             _run_workers(argv, workers, out, show, as_json)
             return
+        from hftguard.pipeline.grid.workers import watch_parent
+
+        watch_parent()  # a worker of --workers N: stop if that command is killed outright
         try:
             summary = _call(
                 lambda: grid.run(

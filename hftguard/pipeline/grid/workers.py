@@ -17,15 +17,19 @@ several small-model workers fill the card. ``--workers N`` starts them for the u
   they have all ended;
 - Ctrl-C and SIGTERM (and SIGHUP, as SIGTERM) to this process are passed on to every worker,
   once (the workers run in sessions of their own, so a terminal's Ctrl-C does not reach them
-  twice; a SIGKILL of this process leaves them running, to finish the grid); a stage stops as it
-  does in one process (interrupted, or at a step boundary with a checkpoint), and this process
-  waits for them all.
+  twice); a stage stops as it does in one process (interrupted, or at a step boundary with a
+  checkpoint), and this process waits for them all;
+- a worker whose command was killed outright (SIGKILL, the OOM killer) stops as it would on
+  SIGTERM (:func:`watch_parent`): it does not run on unseen, and it does not die of a broken
+  pipe in the middle of a step either, since each worker holds a read end of its own stderr
+  pipe until it has pointed its stderr at the null device.
 
 The code here starts and watches processes; what each one computes is ``hftguard run``'s.
 """
 
 from __future__ import annotations
 
+import locale
 import os
 import signal
 import subprocess
@@ -39,6 +43,7 @@ from typing import IO, Any
 from hftguard.runs import read_manifest
 
 _POLL_S = 0.2
+PARENT_ENV = "HFTGUARD_WORKER_OF"  # set by launch(): the pid of the command that started a worker
 
 
 def cores() -> int:
@@ -136,33 +141,44 @@ def launch(
     n_cores = cores()
     n_gpus = 0 if "CUDA_VISIBLE_DEVICES" in env else gpu_count()
     lock = threading.Lock()
-    procs: list[subprocess.Popen[str]] = []
+    procs: list[subprocess.Popen[bytes]] = []
     pumps: list[threading.Thread] = []
     stopped: list[int] = []  # the signals passed on: no worker starts after one
 
     def start(i: int) -> None:
+        # The worker's stderr pipe, made here so that the worker can hold a read end of it too
+        # (pass_fds): if this process is killed outright, the worker's writes still find a
+        # reader until watch_parent() has seen it and pointed them at the null device.
+        read_fd, write_fd = os.pipe()
         proc = None
         try:
             proc = subprocess.Popen(
                 argv(i),
                 stdout=subprocess.DEVNULL,  # each worker's result table: this process shows one
-                stderr=subprocess.PIPE,  # progress, warnings, errors
+                stderr=write_fd,  # progress, warnings, errors
                 stdin=subprocess.DEVNULL,
-                text=True,
-                errors="replace",  # a library's stray byte must not stop the reading
-                bufsize=1,
-                env={**worker_env(i, n, env, n_cores, n_gpus), "PYTHONUNBUFFERED": "1"},
+                pass_fds=(read_fd,),
+                env={
+                    **worker_env(i, n, env, n_cores, n_gpus),
+                    "PYTHONUNBUFFERED": "1",
+                    PARENT_ENV: str(os.getpid()),
+                },
                 start_new_session=True,  # a signal reaches a worker once: passed on from here
             )
+        except BaseException:
+            os.close(read_fd)
+            raise
         finally:
+            os.close(write_fd)
             if proc is not None:
                 procs.append(proc)
                 if stopped:  # the signal came while it started
                     proc.send_signal(stopped[-1])
-        assert proc.stderr is not None
-        pump = threading.Thread(
-            target=_pump, args=(i, proc.stderr, sink, lock, as_json), daemon=True
+        # errors="replace": a library's stray byte must not stop the reading
+        reader = open(  # noqa: SIM115 - closed by _pump when the worker ends
+            read_fd, encoding=locale.getpreferredencoding(False), errors="replace"
         )
+        pump = threading.Thread(target=_pump, args=(i, reader, sink, lock, as_json), daemon=True)
         pump.start()
         pumps.append(pump)
 
@@ -209,6 +225,30 @@ def launch(
     for pump in pumps:
         pump.join(timeout=5)
     return codes
+
+
+def watch_parent(env: Mapping[str, str] | None = None, poll_s: float = _POLL_S) -> bool:
+    """In a worker that :func:`launch` started (``HFTGUARD_WORKER_OF`` in ``env``): watch, on a
+    daemon thread, for the command that started it to go away without passing on a stop (killed
+    by SIGKILL; its workers are then children of init or a subreaper). The worker then points
+    its stderr at the null device (nobody reads it any more) and sends itself SIGTERM, which
+    stops it as a scheduler's SIGTERM would: at a step boundary with a checkpoint, or
+    interrupted, and re-running the command continues the grid. Returns whether it watches."""
+    value = (os.environ if env is None else env).get(PARENT_ENV, "")
+    if not value.isdigit():
+        return False
+    parent = int(value)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="hftguard-watch-parent", daemon=True).start()
+    return True
 
 
 def exit_code(codes: list[int]) -> int:
