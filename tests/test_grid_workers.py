@@ -306,3 +306,46 @@ def test_only_a_started_worker_watches_its_command(
     result = cli("run", "grid.toml", "--out", "g")
     assert result.code == 0, result.err
     assert called == [True]
+
+
+def test_a_worker_also_watches_a_command_behind_a_wrapper(tmp_path: Path) -> None:
+    """Where something stands between the command and the worker (a python shim that forks
+    rather than execs), the worker's parent is not the command: it then stops when either is
+    gone, and at once if the command died before the worker looked. Stand-ins whose parent
+    (pytest) stays alive: one names a finished process as its command, one a live one."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import os, pathlib, signal, sys, time\n"
+        "from hftguard.pipeline.grid import workers\n"
+        "flag = pathlib.Path(sys.argv[1])\n"
+        "signal.signal(signal.SIGTERM, lambda *a: (flag.write_text('stopped'), sys.exit(0)))\n"
+        "assert workers.watch_parent(poll_s=0.05)\n"
+        "flag.with_suffix('.up').write_text('')\n"
+        "time.sleep(60)\n"
+    )
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    commands = {"dead": dead.pid, "alive": os.getppid()}  # the latter: pytest's own parent
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, "-c", script, str(tmp_path / name)],
+            env={**os.environ, workers.PARENT_ENV: str(pid)},
+        )
+        for name, pid in commands.items()
+    }
+    try:
+        for _ in range(600):  # a liveness bound
+            if (tmp_path / "dead").exists() and (tmp_path / "alive.up").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # ten of the live one's polls
+        assert (tmp_path / "dead").read_text() == "stopped"
+        assert procs["dead"].wait(timeout=30) == 0
+        assert not (tmp_path / "alive").exists() and procs["alive"].poll() is None
+    finally:
+        for p in procs.values():
+            p.kill()
+            p.wait()

@@ -237,10 +237,25 @@ def watch_parent(env: Mapping[str, str] | None = None, poll_s: float = _POLL_S) 
     value = (os.environ if env is None else env).get(PARENT_ENV, "")
     if not value.isdigit():
         return False
-    parent = int(value)
+    command, parent = int(value), os.getppid()
+
+    def gone() -> bool:
+        if os.getppid() != parent:
+            return True
+        if parent == command:
+            return False
+        # the command died before this worker looked, or a wrapper (a python shim that forks)
+        # stands between them: watch the command itself too
+        try:
+            os.kill(command, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # pragma: no cover - a pid reused by another user's process
+            return False
+        return False
 
     def watch() -> None:
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(poll_s)
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
