@@ -282,6 +282,9 @@ def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> No
         assert int((root / "stopped").read_text()) != launcher.pid
     finally:
         launcher.kill()
+        launcher.wait()
+        if launcher.stderr is not None:
+            launcher.stderr.close()
         pid = int((root / "pid").read_text()) if (root / "pid").exists() else 0
         if pid:
             try:
