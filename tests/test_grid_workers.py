@@ -255,6 +255,7 @@ def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> No
     import signal
     import subprocess
     import sys
+    import threading
 
     root = tmp_path / "g"
     launcher = subprocess.Popen(
@@ -262,6 +263,8 @@ def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> No
         stderr=subprocess.PIPE,
         text=True,
     )
+    bound = threading.Timer(120, launcher.kill)  # a liveness bound on the reading below
+    bound.start()
     try:
         assert launcher.stderr is not None
         lines = []
@@ -281,6 +284,7 @@ def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> No
         assert (root / "stopped").exists(), "the worker was not stopped"
         assert int((root / "stopped").read_text()) != launcher.pid
     finally:
+        bound.cancel()
         launcher.kill()
         launcher.wait()
         if launcher.stderr is not None:
@@ -298,11 +302,15 @@ def test_only_a_started_worker_watches_its_command(
 ) -> None:
     """``hftguard run`` (one process, no --workers) calls watch_parent, which watches only
     where launch() set HFTGUARD_WORKER_OF: a user's own run has nothing to watch."""
-    assert workers.watch_parent({}) is False
-    assert workers.watch_parent({workers.PARENT_ENV: ""}) is False
-    assert workers.watch_parent({workers.PARENT_ENV: "w1"}) is False
+    for value in (None, "", "w1", "\u00b2", "-5", "0", "1"):  # "²" is a digit, not a number
+        assert workers.watch_parent({} if value is None else {workers.PARENT_ENV: value}) is False
     called: list[bool] = []
-    monkeypatch.setattr(workers, "watch_parent", lambda: called.append(True) or False)
+
+    def watch() -> bool:  # before the grid starts: the root has no manifest yet
+        called.append(not (tmp_path / "g" / "manifest.json").exists())
+        return False
+
+    monkeypatch.setattr(workers, "watch_parent", watch)
     (tmp_path / "grid.toml").write_text(GRID_TOML)
     result = cli("run", "grid.toml", "--out", "g", "--dry-run")
     assert result.code == 0 and called == []  # a plan starts no stage
@@ -352,3 +360,139 @@ def test_a_worker_also_watches_a_command_behind_a_wrapper(tmp_path: Path) -> Non
         for p in procs.values():
             p.kill()
             p.wait()
+
+
+STOPPING_STANDIN = """
+import datetime, json, os, pathlib, sys, time
+from hftguard.engine.stopping import StopOnSigterm
+from hftguard.errors import StopRequested
+from hftguard.pipeline.grid import workers
+root = pathlib.Path(sys.argv[1])
+root.mkdir()
+(root / "pid").write_text(str(os.getpid()))
+now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+(root / "manifest.json").write_text(json.dumps({"stage": "pipeline", "started_at": now}))
+assert workers.watch_parent(poll_s=0.05)
+try:
+    with StopOnSigterm() as stop:
+        print("up", file=sys.stderr, flush=True)
+        while not stop.requested:  # steps
+            time.sleep(0.01)
+        (root / "requested").write_text("")
+        time.sleep(3)  # the step in progress, long enough for the command to be killed
+        (root / "stopped").write_text("at the step boundary")  # where a loop raises its own
+except StopRequested as exc:
+    if not (root / "stopped").exists():
+        (root / "stopped").write_text(str(exc))
+"""
+
+
+def test_a_stop_under_way_is_not_cut_short_when_the_command_is_killed(tmp_path: Path) -> None:
+    """A SIGTERM passed on to the workers, then a SIGKILL of the command (``timeout -k``,
+    ``kill`` then ``kill -9``): the worker, already heading for its step boundary, must not
+    send itself a second SIGTERM, which a training loop takes for "stop at once"."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import threading
+
+    root = tmp_path / "g"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, STOPPING_STANDIN, str(root)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    bound = threading.Timer(120, launcher.kill)
+    bound.start()
+    try:
+        assert launcher.stderr is not None
+        lines = [launcher.stderr.readline()]
+        assert lines[0].startswith("[w1] up"), lines
+        launcher.send_signal(signal.SIGTERM)  # passed on to the worker
+        for _ in range(600):
+            if (root / "requested").exists():
+                break
+            time.sleep(0.05)
+        time.sleep(1.2)  # past DUPLICATE_S: a second SIGTERM now would be a new request
+        os.kill(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+        for _ in range(600):
+            if (root / "stopped").exists():
+                break
+            time.sleep(0.05)
+        assert (root / "stopped").read_text() == "at the step boundary"
+    finally:
+        bound.cancel()
+        launcher.kill()
+        launcher.wait()
+        if launcher.stderr is not None:
+            launcher.stderr.close()
+        pid = int((root / "pid").read_text()) if (root / "pid").exists() else 0
+        if pid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _running(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, ended but not yet reaped, does not)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+def test_real_workers_stop_cleanly_when_the_command_is_sigkilled(tmp_path: Path) -> None:
+    """End to end: ``hftguard run --workers 2`` on a tiny grid whose alignment is long, the
+    command SIGKILLed while worker 1 trains and worker 2 waits for it. Both stop: the
+    alignment at a step boundary with a checkpoint, its manifest and the grid's saying
+    "interrupted", and no worker left running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    (tmp_path / "grid.toml").write_text(GRID_TOML)
+    env = {**os.environ, "HFTGUARD_LOAD_PLUGINS": "", "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "hftguard", "run", "grid.toml", "--out", "g"]
+    command += ["--workers", "2", "--set", "align.train.max_steps=100000"]
+    command += ["--set", "align.train.checkpoint_every=1000000"]  # only the stop's checkpoint
+    proc = subprocess.Popen(
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
+    aligned = tmp_path / "g" / "aligned" / "sft-s42"
+    try:
+        for _ in range(1200):  # a liveness bound: until a few steps are logged
+            log = aligned / "align_log.jsonl"
+            if log.exists() and len(log.read_text().splitlines()) >= 3:
+                break
+            assert proc.poll() is None, proc.communicate()[1].decode()
+            time.sleep(0.1)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        assert len(children) == 2, children  # the two workers
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for _ in range(1200):  # the waiting worker stops at once, the training one after a step
+            if all(manifest(d)["status"] != "running" for d in (tmp_path / "g", aligned)):
+                break
+            time.sleep(0.1)
+        assert manifest(aligned)["status"] == "interrupted"
+        assert "SIGTERM" in json.dumps(manifest(aligned))
+        assert (aligned / "checkpoints").is_dir() and any((aligned / "checkpoints").iterdir())
+        assert manifest(tmp_path / "g")["status"] == "interrupted"
+        for pid in children:
+            for _ in range(300):
+                if not _running(int(pid)):
+                    break
+                time.sleep(0.1)
+            else:
+                raise AssertionError(f"worker {pid} still runs")
+    finally:
+        proc.kill()
+        proc.wait()
+        if proc.stderr is not None:
+            proc.stderr.close()

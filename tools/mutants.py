@@ -766,6 +766,15 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_grid_workers.py",),
     ),
     Mutant(
+        "worker-cuts-short-a-passed-on-stop",
+        "hftguard/pipeline/grid/workers.py",
+        "        if not stopping.stop_under_way():",
+        "        if True:",
+        "wrong default: after a passed-on SIGTERM, a SIGKILL of the command makes the worker "
+        "stop mid-step (a second SIGTERM), losing the step and its checkpoint",
+        ("tests/test_grid_workers.py",),
+    ),
+    Mutant(
         "alignment-fingerprint-ignores-data",
         "hftguard/pipeline/report/alignments.py",
         '        if any(a["data"][k] != b["data"][k] for k in common):',

@@ -34,6 +34,22 @@ from hftguard.errors import StopRequested
 #: through the command, which passes it on (hftguard.pipeline.grid.workers).
 DUPLICATE_S = 1.0
 
+_stop_at: list[float] = []  # when this process first received a stop signal (note_stop)
+
+
+def note_stop() -> None:
+    """Record that this process received a stop signal (SIGTERM, or Ctrl-C where a caller
+    records it): :func:`stop_under_way` then says so."""
+    if not _stop_at:
+        _stop_at.append(time.monotonic())
+
+
+def stop_under_way() -> bool:
+    """Whether this process has received a stop signal: a worker whose command then disappears
+    does not send itself another one (hftguard.pipeline.grid.workers.watch_parent), which a
+    training loop would take for "stop at once"."""
+    return bool(_stop_at)
+
 
 class _SigtermHandler:
     """Installs ``_handler`` for SIGTERM while the ``with`` block runs, and puts the previous one
@@ -75,6 +91,7 @@ class _SigtermHandler:
         """Note a SIGTERM; True when it is the one before, delivered twice (within
         ``DUPLICATE_S``: module docstring)."""
         now = time.monotonic()
+        note_stop()
         again = self._first_at is not None and now - self._first_at < DUPLICATE_S
         if self._first_at is None:
             self._first_at = now

@@ -21,8 +21,9 @@ several small-model workers fill the card. ``--workers N`` starts them for the u
   checkpoint), and this process waits for them all;
 - a worker whose command was killed outright (SIGKILL, the OOM killer) stops as it would on
   SIGTERM (:func:`watch_parent`): it does not run on unseen, and it does not die of a broken
-  pipe in the middle of a step either, since each worker holds a read end of its own stderr
-  pipe until it has pointed its stderr at the null device.
+  pipe in the middle of a step either, since each worker also holds a read end of its own
+  stderr pipe (so its writes never meet a pipe without a reader) and empties it once its
+  command is gone.
 
 The code here starts and watches processes; what each one computes is ``hftguard run``'s.
 """
@@ -44,6 +45,7 @@ from hftguard.runs import read_manifest
 
 _POLL_S = 0.2
 PARENT_ENV = "HFTGUARD_WORKER_OF"  # set by launch(): the pid of the command that started a worker
+PIPE_ENV = "HFTGUARD_WORKER_PIPE"  # set by launch(): the read end of its stderr pipe, in a worker
 
 
 def cores() -> int:
@@ -162,8 +164,13 @@ def launch(
                     **worker_env(i, n, env, n_cores, n_gpus),
                     "PYTHONUNBUFFERED": "1",
                     PARENT_ENV: str(os.getpid()),
+                    PIPE_ENV: str(read_fd),
                 },
                 start_new_session=True,  # a signal reaches a worker once: passed on from here
+            )
+            # errors="replace": a library's stray byte must not stop the reading
+            reader = open(  # noqa: SIM115 - closed by _pump when the worker ends
+                read_fd, encoding=locale.getpreferredencoding(False), errors="replace"
             )
         except BaseException:
             os.close(read_fd)
@@ -174,10 +181,6 @@ def launch(
                 procs.append(proc)
                 if stopped:  # the signal came while it started
                     proc.send_signal(stopped[-1])
-        # errors="replace": a library's stray byte must not stop the reading
-        reader = open(  # noqa: SIM115 - closed by _pump when the worker ends
-            read_fd, encoding=locale.getpreferredencoding(False), errors="replace"
-        )
         pump = threading.Thread(target=_pump, args=(i, reader, sink, lock, as_json), daemon=True)
         pump.start()
         pumps.append(pump)
@@ -227,17 +230,34 @@ def launch(
     return codes
 
 
+def _number(value: str | None) -> int | None:
+    return int(value) if value is not None and value.isdecimal() else None
+
+
 def watch_parent(env: Mapping[str, str] | None = None, poll_s: float = _POLL_S) -> bool:
     """In a worker that :func:`launch` started (``HFTGUARD_WORKER_OF`` in ``env``): watch, on a
     daemon thread, for the command that started it to go away without passing on a stop (killed
-    by SIGKILL; its workers are then children of init or a subreaper). The worker then points
-    its stderr at the null device (nobody reads it any more) and sends itself SIGTERM, which
-    stops it as a scheduler's SIGTERM would: at a step boundary with a checkpoint, or
-    interrupted, and re-running the command continues the grid. Returns whether it watches."""
-    value = (os.environ if env is None else env).get(PARENT_ENV, "")
-    if not value.isdigit():
+    by SIGKILL; its workers are then children of init or a subreaper). Then the worker:
+
+    1. points its stderr at the null device, since nobody reads it any more;
+    2. unless a stop signal already reached it (a SIGTERM or Ctrl-C the command passed on before
+       it died: a second one would mean "stop at once"), sends its main thread SIGTERM, which
+       stops it as a scheduler's SIGTERM would: a training loop at the end of its step, with a
+       checkpoint, anything else interrupted, and re-running the command continues the grid (a
+       worker started with SIGTERM ignored, under ``trap '' TERM``, runs on to the end);
+    3. empties its own copy of the pipe (``HFTGUARD_WORKER_PIPE``), so that a write that found
+       the pipe full when the command died does not wait forever.
+
+    Returns whether it watches."""
+    env = os.environ if env is None else env
+    command = _number(env.get(PARENT_ENV))
+    if command is None or command <= 1:
         return False
-    command, parent = int(value), os.getppid()
+    pipe = _number(env.get(PIPE_ENV))
+    parent = os.getppid()
+    from hftguard.engine import stopping
+
+    _record_ctrl_c(stopping.note_stop)
 
     def gone() -> bool:
         if os.getppid() != parent:
@@ -260,10 +280,41 @@ def watch_parent(env: Mapping[str, str] | None = None, poll_s: float = _POLL_S) 
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
         os.close(null)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if not stopping.stop_under_way():
+            signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGTERM)
+        _drain(pipe)
 
     threading.Thread(target=watch, name="hftguard-watch-parent", daemon=True).start()
     return True
+
+
+def _record_ctrl_c(note: Callable[[], None]) -> None:
+    """Have Python's Ctrl-C handler (where it is the one installed) also note the stop."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if previous is not signal.default_int_handler:
+        return  # ignored, or a handler of someone else's: leave it alone
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        note()
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, on_ctrl_c)
+
+
+def _drain(fd: int | None) -> None:
+    """Read this worker's copy of its stderr pipe to the end (nobody else reads it now)."""
+    import stat
+
+    try:
+        if fd is None or not stat.S_ISFIFO(os.fstat(fd).st_mode):
+            return
+        while os.read(fd, 1 << 16):
+            pass
+        os.close(fd)
+    except OSError:
+        pass
 
 
 def exit_code(codes: list[int]) -> int:
