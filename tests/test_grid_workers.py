@@ -5,6 +5,7 @@ set each one's threads."""
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -445,7 +446,10 @@ def _running(pid: int) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
-@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads /proc (Linux)")
+_CHILDREN = Path(f"/proc/self/task/{os.getpid()}/children")
+
+
+@pytest.mark.skipif(not _CHILDREN.exists(), reason="reads /proc/PID/task/PID/children (Linux)")
 def test_real_workers_stop_cleanly_when_the_command_is_sigkilled(tmp_path: Path) -> None:
     """End to end: ``hftguard run --workers 2`` on a tiny grid whose alignment is long, the
     command SIGKILLed while worker 1 trains and worker 2 waits for it. Both stop: the
