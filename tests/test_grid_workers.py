@@ -247,6 +247,24 @@ workers.launch(lambda i: [sys.executable, "-c", script, root], 1, Path(root))
 """
 
 
+def _end(launcher: Any, bound: Any, root: Path) -> None:
+    """Stop a test's launcher, its time bound and the stand-in worker it started (its pid in
+    ``root/pid``), and close the launcher's pipe."""
+    import signal
+
+    bound.cancel()
+    launcher.kill()
+    launcher.wait()
+    if launcher.stderr is not None:
+        launcher.stderr.close()
+    pid = int((root / "pid").read_text()) if (root / "pid").exists() else 0
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> None:
     """Before, a SIGKILL of ``hftguard run --workers N`` left the workers running unseen, and
     their next progress line met a pipe nobody read (BrokenPipeError, in the middle of a
@@ -285,17 +303,7 @@ def test_a_worker_stops_cleanly_when_its_command_is_killed(tmp_path: Path) -> No
         assert (root / "stopped").exists(), "the worker was not stopped"
         assert int((root / "stopped").read_text()) != launcher.pid
     finally:
-        bound.cancel()
-        launcher.kill()
-        launcher.wait()
-        if launcher.stderr is not None:
-            launcher.stderr.close()
-        pid = int((root / "pid").read_text()) if (root / "pid").exists() else 0
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _end(launcher, bound, root)
 
 
 def test_only_a_started_worker_watches_its_command(
@@ -424,17 +432,7 @@ def test_a_stop_under_way_is_not_cut_short_when_the_command_is_killed(tmp_path: 
             time.sleep(0.05)
         assert (root / "stopped").read_text() == "at the step boundary"
     finally:
-        bound.cancel()
-        launcher.kill()
-        launcher.wait()
-        if launcher.stderr is not None:
-            launcher.stderr.close()
-        pid = int((root / "pid").read_text()) if (root / "pid").exists() else 0
-        if pid:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _end(launcher, bound, root)
 
 
 def _running(pid: int) -> bool:
