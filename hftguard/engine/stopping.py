@@ -34,21 +34,20 @@ from hftguard.errors import StopRequested
 #: through the command, which passes it on (hftguard.pipeline.grid.workers).
 DUPLICATE_S = 1.0
 
-_stop_at: list[float] = []  # when this process first received a stop signal (note_stop)
+_stopped = threading.Event()  # set once this process has received a stop signal (note_stop)
 
 
 def note_stop() -> None:
     """Record that this process received a stop signal (SIGTERM, or Ctrl-C where a caller
     records it): :func:`stop_under_way` then says so."""
-    if not _stop_at:
-        _stop_at.append(time.monotonic())
+    _stopped.set()
 
 
 def stop_under_way() -> bool:
     """Whether this process has received a stop signal: a worker whose command then disappears
     does not send itself another one (hftguard.pipeline.grid.workers.watch_parent), which a
     training loop would take for "stop at once"."""
-    return bool(_stop_at)
+    return _stopped.is_set()
 
 
 class _SigtermHandler:

@@ -148,9 +148,9 @@ def launch(
     stopped: list[int] = []  # the signals passed on: no worker starts after one
 
     def start(i: int) -> None:
-        # The worker's stderr pipe, made here so that the worker can hold a read end of it too
-        # (pass_fds): if this process is killed outright, the worker's writes still find a
-        # reader until watch_parent() has seen it and pointed them at the null device.
+        # The worker's stderr pipe, made here so that the worker holds a read end of it too
+        # (pass_fds): if this process is killed outright, the worker's writes never fail with
+        # EPIPE, and watch_parent() empties the pipe once it has seen this process gone.
         read_fd, write_fd = os.pipe()
         proc = None
         try:
