@@ -134,6 +134,19 @@ def test_repair_defenses_alone_get_the_sft_baseline(capsys: pytest.CaptureFixtur
     assert "antidote" in capsys.readouterr().err
 
 
+def test_the_dry_run_reads_a_bench_result(result: dict[str, Any], tmp_path: Path) -> None:
+    """`hftguard run --dry-run --timings-from BENCH.json` reads what `hftguard bench --json` writes:
+    the model, and every defense row's ratio to SFT."""
+    from hftguard.pipeline.grid.estimate import bench_ratios
+
+    path = tmp_path / "bench.json"
+    path.write_text(json.dumps(result))
+    model, ratios = bench_ratios(path)
+    assert model == result["model"]["name"]
+    rows = {(r["stage"], r["defense"]): r["ratio_to_sft"] for r in result["defenses"]}
+    assert ratios == rows and ratios[("align", "sft")] == 1.0 and ("align", "repnoise") in ratios
+
+
 def test_trainer_section_compares_both_loops(result: dict[str, Any]) -> None:
     tr = result["trainer"]
     assert tr["hftguard"].keys() >= LOOP_KEYS and tr["transformers_trainer"].keys() >= LOOP_KEYS

@@ -124,7 +124,114 @@ def test_repair_cells_share_their_attack_and_repairs_are_named(tmp_path: Path) -
     assert est["repairs_left"] == 1 and est["evaluations_left"] == 1 + 1 + 2
     assert est["seconds"] is None and not est["complete"]  # nothing measured yet
     text = "\n".join(describe(est))
-    assert "repairs: 1 left, not timed" in text and "none finished here yet" in text
+    assert "repair safelora: 1 left, none finished here yet to time" in text
+    assert "evaluations: 4 left, none finished here yet" in text
+
+
+def _repair_grid(fake: FakeStages, tmp_path: Path) -> tuple[grid.Grid, Path]:
+    """SafeLoRA after SFT at p = 0 and 0.2; the p = 0.2 repair failed, p = 0's took 30 s."""
+    data = {**BASE, "grid": {"methods": ["sft/sft/safelora"], "harmful_ratio": [0.0, 0.2]}}
+    g, out = grid.load(data), tmp_path / "out"
+    fake.fail |= {"cells/sft__sft__p0.2__n20__sentiment__s42/repaired-safelora"}
+    with pytest.raises(grid.GridFailed):
+        grid.run(g, out, reporter=quiet())
+    _wall(out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "repaired-safelora", 30.0)
+    return g, out
+
+
+def test_repairs_are_timed_by_their_defense(fake: FakeStages, tmp_path: Path) -> None:
+    """The dry-run said "repairs: N left, not timed" even after the grid had repaired models."""
+    g, out = _repair_grid(fake, tmp_path)
+    est = estimate(g, out, default_registry())
+    assert est["repairs"] == [
+        {"defense": "safelora", "runs": 1, "s_per_run": 30.0, "basis": "measured", "seconds": 30.0}
+    ]
+    assert est["repairs_left"] == 1
+    assert "repair safelora: 1 left × 30 s (measured here) ≈ 30 s" in "\n".join(describe(est))
+    # and from another grid, for one that has repaired nothing yet
+    other = estimate(g, tmp_path / "fresh", default_registry(), timings_from=[out])
+    rep = next(r for r in other["repairs"] if r["defense"] == "safelora")
+    assert (rep["runs"], rep["s_per_run"], rep["basis"]) == (2, 30.0, "elsewhere")
+
+
+def test_what_a_run_costs_beyond_its_steps_is_measured(half_done: tuple[grid.Grid, Path]) -> None:
+    """EWC's Fisher (400 forward/backward passes before step 0) and an alignment's retain set
+    were in no estimate: only steps were."""
+    g, out = half_done
+    p0 = out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "attacked"  # steps 1 + 3 + 5 s
+    _wall(p0, 19.0)  # 10 s beyond its steps
+    _wall(out / "aligned" / "sft-s42", 20.0)  # done, but nothing of SFT's alignment is left
+    est = estimate(g, out, default_registry())
+    rows = {(r["stage"], r["defense"]): r for r in est["training"]}
+    ft = rows[("finetune", "sft")]
+    assert ft["s_per_run"] == pytest.approx(10.0)
+    assert ft["seconds"] == pytest.approx(55 * 4.0 + 3 * 10.0)  # three runs left, each +10 s
+    assert rows[("align", "booster")]["s_per_run"] is None  # never ran: not SFT's, unknown
+    assert "× 4.00 s (measured here) + 10 s a run beyond its steps (measured) ≈ 4 min" in "\n".join(
+        describe(est)
+    )
+    # a resumed run's wall time is its last invocation's: it measures nothing beyond its steps
+    m = json.loads((p0 / "manifest.json").read_text())
+    (p0 / "manifest.json").write_text(json.dumps({**m, "resumed_at": "then"}))
+    again = estimate(g, out, default_registry())
+    assert next(r for r in again["training"] if r["stage"] == "finetune")["s_per_run"] is None
+    # a wall time below the steps' sum (clock trouble) counts as nothing beyond them, not less
+    (p0 / "manifest.json").write_text(json.dumps({**m, "wall_time_s": 5.0}))
+    low = estimate(g, out, default_registry())
+    assert next(r for r in low["training"] if r["stage"] == "finetune")["s_per_run"] == 0.0
+
+
+def _bench(path: Path, model: str, rows: list[tuple[str, str, float]]) -> Path:
+    defenses = [{"stage": st, "defense": d, "ratio_to_sft": r} for st, d, r in rows]
+    path.write_text(json.dumps({"model": {"name": model}, "defenses": defenses}))
+    return path
+
+
+def test_a_bench_ratio_scales_sft_where_passes_would(
+    half_done: tuple[grid.Grid, Path], tmp_path: Path
+) -> None:
+    """RepNoise declares 2 passes and costs 7 SFT steps on SmolLM2 (its logit lens): the
+    dry-run said 1.3 h for an alignment that took 4.5. A bench of the model measures the ratio."""
+    g, out = half_done
+    model = g.base.align.model
+    bench = _bench(
+        tmp_path / "bench.json",
+        model,
+        [("align", "sft", 1.0), ("align", "booster", 5.0), ("finetune", "sft", 1.0)],
+    )
+    est = estimate(g, out, default_registry(), timings_from=[bench])
+    rows = {(r["stage"], r["defense"]): r for r in est["training"]}
+    booster = rows[("align", "booster")]
+    assert (booster["basis"], booster["s_per_step"]) == ("bench", pytest.approx(2.0 * 5.0))
+    assert rows[("finetune", "sft")]["basis"] == "measured"  # a measurement beats any ratio
+    assert "× 10.00 s (SFT's × the bench's ratio)" in "\n".join(describe(est))
+    # the ratio is to the bench's own SFT step of the same stage
+    _bench(bench, model, [("align", "sft", 2.0), ("align", "booster", 5.0)])
+    est = estimate(g, out, default_registry(), timings_from=[bench])
+    booster = next(r for r in est["training"] if r["defense"] == "booster")
+    assert booster["s_per_step"] == pytest.approx(2.0 * 2.5)
+    # without the defense's row (or SFT's), the passes scale as before
+    _bench(bench, model, [("align", "booster", 5.0)])
+    est = estimate(g, out, default_registry(), timings_from=[bench])
+    assert next(r for r in est["training"] if r["defense"] == "booster")["basis"] == "passes"
+
+
+def test_a_bench_of_another_model_or_no_bench_is_refused(
+    half_done: tuple[grid.Grid, Path], tmp_path: Path
+) -> None:
+    from hftguard.errors import ConfigError
+
+    g, out = half_done
+    bench = _bench(tmp_path / "b.json", "smollm2-135m-instruct", [("align", "booster", 7.0)])
+    with pytest.raises(ConfigError, match="that bench timed smollm2-135m-instruct; this grid"):
+        estimate(g, out, default_registry(), timings_from=[bench])
+    bench.write_text(json.dumps({"model": {"name": "x"}, "runs": {}, "precision_comparison": {}}))
+    with pytest.raises(ConfigError, match="compared several precisions"):
+        estimate(g, out, default_registry(), timings_from=[bench])
+    for text in ("{not json", "[1, 2]", json.dumps({"model": {"name": "x"}})):
+        bench.write_text(text)
+        with pytest.raises(ConfigError, match=f"--timings-from {bench}: "):
+            estimate(g, out, default_registry(), timings_from=[bench])
 
 
 def test_timings_from_another_grid(half_done: tuple[grid.Grid, Path], tmp_path: Path) -> None:
@@ -155,10 +262,18 @@ def test_timings_from_needs_a_dry_run_and_a_directory(cli: Any, tmp_path: Path) 
     assert_error(res, 2, "--timings-from only estimates a plan: it needs --dry-run.")
     assert not (tmp_path / "o").exists()
     res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", "nowhere")
-    assert_error(res, 2, "--timings-from nowhere: no such directory.")
+    assert_error(res, 2, "--timings-from nowhere: no such directory or file.")
     res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", str(tmp_path))
     assert res.code == 0, res.err
     assert "no step time measured yet (here or in --timings-from)" in res.out
+    # a bench file: read, checked, and a bad one refused before anything is printed
+    (tmp_path / "bench.json").write_text("{}")
+    res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", "bench.json")
+    assert_error(res, 2, "--timings-from bench.json: not a `hftguard bench` result")
+    assert "cell" not in res.out
+    _bench(tmp_path / "bench.json", "tiny-random", [("align", "sft", 1.0)])
+    res = cli("run", "g.toml", "--out", "o", "--dry-run", "--timings-from", "bench.json")
+    assert res.code == 0, res.err
 
 
 def test_a_short_evaluation_is_not_shown_as_zero_minutes() -> None:

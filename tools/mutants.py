@@ -775,6 +775,31 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_grid_workers.py",),
     ),
     Mutant(
+        "estimate-bench-ratio-not-to-its-sft",
+        "hftguard/pipeline/grid/estimate.py",
+        '                ratio = bench[(stage, defense)] / bench[(stage, "sft")]',
+        "                ratio = bench[(stage, defense)]",
+        "normalisation: a bench's ratio is taken as is, not against the bench's own SFT step",
+        ("tests/test_grid_estimate.py",),
+    ),
+    Mutant(
+        "estimate-resumed-run-measures-its-set-up",
+        "hftguard/pipeline/grid/estimate.py",
+        '    if wall is None or "resumed_at" in m or not times:',
+        "    if wall is None or not times:",
+        "wiring: a resumed run's last-invocation wall time is read as its set-up cost",
+        ("tests/test_grid_estimate.py",),
+    ),
+    Mutant(
+        "estimate-drops-the-per-run-cost",
+        "hftguard/pipeline/grid/estimate.py",
+        "        return self.steps * self.s_per_step + self.runs * (self.s_per_run or 0.0)",
+        "        return self.steps * self.s_per_step",
+        "wiring: what a run costs beyond its steps (EWC's Fisher, a retain set) is measured, "
+        "then left out of the estimate",
+        ("tests/test_grid_estimate.py",),
+    ),
+    Mutant(
         "alignment-fingerprint-ignores-data",
         "hftguard/pipeline/report/alignments.py",
         '        if any(a["data"][k] != b["data"][k] for k in common):',

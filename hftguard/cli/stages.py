@@ -489,8 +489,10 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 "--timings-from",
                 help="With --dry-run: other grid directories that ran on this machine, "
-                "whose measured step and evaluation times estimate what this grid has not "
-                "measured yet (repeatable).",
+                "whose measured step, repair and evaluation times estimate what this grid has "
+                "not measured yet, or a `hftguard bench --json` file of this model and machine, "
+                "whose cost ratios to SFT scale SFT's step for a defense not yet measured "
+                "(repeatable).",
             ),
         ] = None,
         wait: Annotated[
@@ -540,11 +542,11 @@ def register(app: typer.Typer) -> None:
                 hint="Add --dry-run, or leave --timings-from out to run the grid.",
             )
         for d in timings_from or []:
-            if not d.is_dir():
+            if not d.exists():
                 raise ConfigError(
-                    f"--timings-from {d}: no such directory.",
+                    f"--timings-from {d}: no such directory or file.",
                     hint="Give the --out directory of a grid (or any run directory) that ran on "
-                    "this machine.",
+                    "this machine, or a file `hftguard bench --json` wrote.",
                 )
         sets = list(set_ or [])
         if seed is not None:

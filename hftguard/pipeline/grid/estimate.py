@@ -2,14 +2,22 @@
 --dry-run``'s plan. Reads only.
 
 Left: every training stage (alignment, fine-tuning) that is not done, with the steps it still has
-to run (an unfinished stage resumes from its last checkpoint, ``checkpoints/step-NNNNNNN``), and
-every evaluation that is not done. The time per step is measured on the grid itself: the median,
-over the grid's training runs of the same stage and defense, of each run's median ``step_time``
-in its step log. A defense with no step measured yet is scaled from SFT's measured step by its
-declared pass count (``passes``, the cost model ``hftguard bench`` checks); an evaluation takes
-the median wall time of the grid's finished evaluations. What cannot be measured or scaled (no
-step at all measured for a stage, a stage given in epochs that has never run, repairs) is named,
-not guessed.
+to run (an unfinished stage resumes from its last checkpoint, ``checkpoints/step-NNNNNNN``), every
+repair and every evaluation that is not done. The time per step is measured on the grid itself:
+the median, over the grid's training runs of the same stage and defense, of each run's median
+``step_time`` in its step log. Each run also costs what its steps do not: loading the model, a
+defense's one-time set-up (EWC's Fisher, an alignment's self-distilled retain set), the analysis
+probes, the saves. That is measured too, per stage and defense, as the median over finished
+runs that ran in one go (no ``resumed_at``) of the wall time less the sum of the step times.
+
+A defense with no step measured yet is scaled from SFT's measured step by a ratio: the one a
+``hftguard bench --json`` file in ``--timings-from`` measured for it against SFT (same stage, same
+model), or else its declared pass count (``passes``, the cost model ``hftguard bench`` checks),
+which can be far low where a defense's cost is not in forward/backward passes (RepNoise's logit
+lens: 7x SFT on SmolLM2, against 2 passes; docs/performance.md). A repair and an evaluation take
+the median wall time of the grid's finished ones (repairs by defense). What cannot be measured or
+scaled (no step at all measured for a stage, a stage given in epochs that has never run, a repair
+defense that never ran) is named, not guessed.
 
 The estimate is for one process like the ones that ran the measured steps (same machine, same
 threads, the same contention): two processes on one grid share its work, but not necessarily at
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hftguard.errors import HftguardError
+from hftguard.errors import ConfigError, HftguardError
 from hftguard.pipeline import trend
 from hftguard.pipeline.grid.layout import Layout, stage_state
 from hftguard.pipeline.grid.spec import NO_ALIGN, Grid
@@ -44,13 +52,14 @@ class Left:
     steps: int = 0
     unknown_steps: int = 0  # runs whose step count is not known (epochs, never run)
     s_per_step: float | None = None
-    basis: str | None = None  # "measured" | "passes" | None
+    basis: str | None = None  # "measured" | "elsewhere" | "bench" | "passes" | None
+    s_per_run: float | None = None  # measured cost of a run beyond its steps (set-up, saves)
 
     @property
     def seconds(self) -> float | None:
         if self.s_per_step is None:
             return None
-        return self.steps * self.s_per_step
+        return self.steps * self.s_per_step + self.runs * (self.s_per_run or 0.0)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -61,13 +70,74 @@ class Left:
             "runs_with_unknown_steps": self.unknown_steps,
             "s_per_step": self.s_per_step,
             "basis": self.basis,
+            "s_per_run": self.s_per_run,
             "seconds": self.seconds,
         }
+
+
+@dataclass
+class RepairsLeft:
+    """The repairs of one defense that are not done."""
+
+    defense: str
+    runs: int = 0
+    s_per_run: float | None = None
+    basis: str | None = None  # "measured" | "elsewhere" | None
+
+    @property
+    def seconds(self) -> float | None:
+        return None if self.s_per_run is None else self.runs * self.s_per_run
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "defense": self.defense,
+            "runs": self.runs,
+            "s_per_run": self.s_per_run,
+            "basis": self.basis,
+            "seconds": self.seconds,
+        }
+
+
+@dataclass
+class Timings:
+    """What finished runs measured: step times (each training run's median) and the cost of a
+    run beyond its steps, by stage and defense; repairs' wall times by defense; evaluations'."""
+
+    steps: dict[tuple[str, str], list[float]]
+    per_run: dict[tuple[str, str], list[float]]
+    repairs: dict[str, list[float]]
+    evals: list[float]
+
+    @classmethod
+    def empty(cls) -> Timings:
+        return cls({}, {}, {}, [])
+
+    def add_training(self, stage: str, defense: str, path: Path) -> None:
+        med = _run_median_step(path, stage)
+        if med is not None:
+            self.steps.setdefault((stage, defense), []).append(med)
+        if (extra := _beyond_steps(path, stage)) is not None:
+            self.per_run.setdefault((stage, defense), []).append(extra)
 
 
 def _run_median_step(run_dir: Path, stage: str) -> float | None:
     times = trend.step_times(run_dir / f"{stage}_log.jsonl")
     return statistics.median(times) if times else None
+
+
+def _beyond_steps(run_dir: Path, stage: str) -> float | None:
+    """A finished run's wall time less the sum of its step times: what it cost beyond its steps.
+    None for a run resumed (its wall time is the last invocation's, its log every step's) or
+    unfinished, or one without a log."""
+    try:
+        m = read_manifest(run_dir)
+    except HftguardError:
+        return None
+    wall = _wall_time(m)
+    times = trend.step_times(run_dir / f"{stage}_log.jsonl")
+    if wall is None or "resumed_at" in m or not times:
+        return None
+    return max(0.0, wall - sum(times))
 
 
 def steps_done(run_dir: Path) -> int:
@@ -107,14 +177,10 @@ def _passes(registry: Any, stage: str, name: str) -> float | None:
         return None
 
 
-def measured_in(
-    dirs: Sequence[str | Path],
-) -> tuple[dict[tuple[str, str], list[float]], list[float]]:
-    """Step times (each training run's median, by stage and defense) and finished evaluations'
-    wall times found in other run directories (``--timings-from``: a grid that ran on this
-    machine), for a grid that has measured nothing yet."""
-    steps: dict[tuple[str, str], list[float]] = {}
-    evals: list[float] = []
+def measured_in(dirs: Sequence[str | Path]) -> Timings:
+    """What the finished runs in other run directories measured (``--timings-from``: a grid
+    that ran on this machine), for a grid that has not measured it yet."""
+    found = Timings.empty()
     for root in dirs:
         for mpath in sorted(Path(root).rglob("manifest.json")):
             try:
@@ -123,12 +189,50 @@ def measured_in(
                 continue
             stage, defense = m.get("stage"), (m.get("config") or {}).get("defense")
             if stage in _KIND and isinstance(defense, str):
-                med = _run_median_step(mpath.parent, stage)
-                if med is not None:
-                    steps.setdefault((stage, defense), []).append(med)
+                found.add_training(stage, defense, mpath.parent)
+            elif stage == "repair" and isinstance(defense, str):
+                if (seconds := _wall_time(m)) is not None:
+                    found.repairs.setdefault(defense, []).append(seconds)
             elif stage == "eval" and (seconds := _wall_time(m)) is not None:
-                evals.append(seconds)
-    return steps, evals
+                found.evals.append(seconds)
+    return found
+
+
+def bench_ratios(path: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
+    """The model a ``hftguard bench --json`` file timed, and each defense's measured step time
+    over SFT's (``ratio_to_sft``), by stage and defense."""
+    import json
+
+    where = f"--timings-from {path}"
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(
+            f"{where}: cannot read it as JSON ({exc}).",
+            hint="Give a grid's --out directory, or the file `hftguard bench --json` (or "
+            "--out) wrote.",
+        ) from None
+    if not isinstance(data, dict):
+        data = {}
+    rows, model = data.get("defenses"), (data.get("model") or {}).get("name")
+    if "runs" in data:
+        raise ConfigError(
+            f"{where}: this bench compared several precisions; its ratios differ by precision.",
+            hint="Run `hftguard bench` with the one precision the grid runs in, and give that "
+            "file.",
+        )
+    if not isinstance(rows, list) or not isinstance(model, str):
+        raise ConfigError(
+            f"{where}: not a `hftguard bench` result (no 'defenses' rows or no 'model').",
+            hint="Give a grid's --out directory, or the file `hftguard bench --json` (or "
+            "--out) wrote.",
+        )
+    ratios: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        ratio = r.get("ratio_to_sft") if isinstance(r, dict) else None
+        if r.get("stage") in _KIND and isinstance(ratio, (int, float)) and ratio > 0:
+            ratios.setdefault((r["stage"], str(r.get("defense"))), []).append(float(ratio))
+    return model, {k: statistics.median(v) for k, v in ratios.items()}
 
 
 def estimate(
@@ -136,17 +240,17 @@ def estimate(
 ) -> dict[str, Any]:
     """The work left in ``grid`` under ``out`` and its estimated time (see the module doc).
     ``timings_from``: other run directories whose measurements count where this grid has none
-    of its own (basis ``elsewhere``)."""
+    of its own (basis ``elsewhere``), and ``hftguard bench --json`` files whose ratios to SFT
+    scale SFT's step where a defense has no step measured (basis ``bench``)."""
     lay = Layout(Path(out), grid)
-    measured: dict[tuple[str, str], list[float]] = {}
+    here = Timings.empty()
     left: dict[tuple[str, str], Left] = {}
-    eval_times: list[float] = []
-    evals_left = repairs_left = 0
+    repairs: dict[str, RepairsLeft] = {}
+    evals_left = 0
 
     def training(stage: str, defense: str, path: Path, state: str, max_steps: int) -> None:
-        med = _run_median_step(path, stage) if is_run_dir(path) else None
-        if med is not None:
-            measured.setdefault((stage, defense), []).append(med)
+        if is_run_dir(path):
+            here.add_training(stage, defense, path)
         if state == "done":
             return
         item = left.setdefault((stage, defense), Left(stage, defense))
@@ -161,9 +265,15 @@ def estimate(
         nonlocal evals_left
         seconds = _eval_seconds(path)
         if seconds is not None:
-            eval_times.append(seconds)
+            here.evals.append(seconds)
         if state != "done":
             evals_left += 1
+
+    def repair(defense: str, path: Path, state: str) -> None:
+        if (seconds := _eval_seconds(path)) is not None:  # any finished run's wall time
+            here.repairs.setdefault(defense, []).append(seconds)
+        if state != "done":
+            repairs.setdefault(defense, RepairsLeft(defense)).runs += 1
 
     if grid.base.evaluate_base:
         base = grid.base.align.model
@@ -192,40 +302,64 @@ def estimate(
             if cell.repair:
                 evaluated = lay.repaired(cell)
                 rcfg = grid.repair_config(cell, lay.rel(attacked))
-                if stage_state(evaluated, rcfg, attacked, lay.root) != "done":
-                    repairs_left += 1
+                repair(rcfg.defense, evaluated, stage_state(evaluated, rcfg, attacked, lay.root))
             ev = lay.cell_eval(cell)
             ecfg = grid.cell_eval_config(cell, lay.rel(evaluated))
             evaluation(ev, stage_state(ev, ecfg, evaluated, lay.root))
 
-    other_steps, other_evals = measured_in(timings_from) if timings_from else ({}, [])
+    dirs = [d for d in timings_from if not Path(d).is_file()]
+    other = measured_in(dirs) if dirs else Timings.empty()
+    bench: dict[tuple[str, str], float] = {}
+    for f in (f for f in timings_from if Path(f).is_file()):
+        model, ratios = bench_ratios(f)
+        if model != grid.base.align.model:
+            raise ConfigError(
+                f"--timings-from {f}: that bench timed {model}; this grid trains "
+                f"{grid.base.align.model}. A defense's cost relative to SFT depends on the model "
+                "(RepNoise's logit lens on a large vocabulary).",
+                hint=f"Run `hftguard bench --model {grid.base.align.model} --json` on this "
+                "machine, or leave the file out.",
+            )
+        bench.update(ratios)
     for (stage, defense), item in left.items():
-        for source, basis in ((measured, "measured"), (other_steps, "elsewhere")):
+        for source, basis in ((here.steps, "measured"), (other.steps, "elsewhere")):
             if (stage, defense) in source:
                 item.s_per_step, item.basis = statistics.median(source[(stage, defense)]), basis
                 break
         else:
-            sft = measured.get((stage, "sft")) or other_steps.get((stage, "sft"))
-            ratio = _passes(registry, stage, defense)
-            base_passes = _passes(registry, stage, "sft")
-            if sft and ratio is not None and base_passes:
-                item.s_per_step = statistics.median(sft) * ratio / base_passes
+            sft = here.steps.get((stage, "sft")) or other.steps.get((stage, "sft"))
+            if sft and (stage, defense) in bench and (stage, "sft") in bench:
+                ratio = bench[(stage, defense)] / bench[(stage, "sft")]
+                item.s_per_step, item.basis = statistics.median(sft) * ratio, "bench"
+            elif (
+                sft
+                and (passes := _passes(registry, stage, defense)) is not None
+                and (base_passes := _passes(registry, stage, "sft"))
+            ):
+                item.s_per_step = statistics.median(sft) * passes / base_passes
                 item.basis = "passes"
-    eval_times = eval_times or other_evals
+        per_run = here.per_run.get((stage, defense)) or other.per_run.get((stage, defense))
+        item.s_per_run = statistics.median(per_run) if per_run else None
+    for name, rep in repairs.items():
+        for source, basis in ((here.repairs, "measured"), (other.repairs, "elsewhere")):
+            if name in source:
+                rep.s_per_run, rep.basis = statistics.median(source[name]), basis
+                break
+    eval_times = here.evals or other.evals
     eval_s = statistics.median(eval_times) if eval_times else None
     items = list(left.values())
     evals = None if eval_s is None else eval_s * evals_left
-    parts = [i.seconds for i in items] + ([evals] if evals_left else [])
+    parts = [i.seconds for i in items] + [r.seconds for r in repairs.values()]
+    parts += [evals] if evals_left else []
     known = [s for s in parts if s is not None]
     return {
         "training": [i.as_dict() for i in items],
         "evaluations_left": evals_left,
         "eval_seconds": eval_s,
-        "repairs_left": repairs_left,
+        "repairs_left": sum(r.runs for r in repairs.values()),
+        "repairs": [r.as_dict() for r in repairs.values()],
         "seconds": sum(known) if known else None,
-        "complete": len(known) == len(parts)
-        and not any(i.unknown_steps for i in items)
-        and not repairs_left,
+        "complete": len(known) == len(parts) and not any(i.unknown_steps for i in items),
     }
 
 
@@ -233,6 +367,14 @@ def _hours(seconds: float) -> str:
     if seconds < 60:  # an evaluation on a GPU: seconds, not "0 min"
         return f"{seconds:.0f} s"
     return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+
+
+_HOW = {
+    "measured": "measured here",
+    "elsewhere": "measured in --timings-from",
+    "bench": "SFT's × the bench's ratio",
+    "passes": "SFT's × its passes",
+}
 
 
 def describe(est: dict[str, Any]) -> list[str]:
@@ -249,12 +391,10 @@ def describe(est: dict[str, Any]) -> list[str]:
         if i["s_per_step"] is None:
             what += ", no step time measured yet (here or in --timings-from)"
         else:
-            how = {
-                "measured": "measured here",
-                "elsewhere": "measured in --timings-from",
-                "passes": "SFT's × its passes",
-            }[i["basis"]]
-            what += f" × {i['s_per_step']:.2f} s ({how}) ≈ {_hours(i['seconds'])}"
+            what += f" × {i['s_per_step']:.2f} s ({_HOW[i['basis']]})"
+            if i["s_per_run"]:
+                what += f" + {_hours(i['s_per_run'])} a run beyond its steps (measured)"
+            what += f" ≈ {_hours(i['seconds'])}"
         lines.append(what)
     if n_eval:
         what = f"evaluations: {n_eval} left"
@@ -263,8 +403,13 @@ def describe(est: dict[str, Any]) -> list[str]:
         else:
             what += f" × {_hours(est['eval_seconds'])} ≈ {_hours(n_eval * est['eval_seconds'])}"
         lines.append(what)
-    if est["repairs_left"]:
-        lines.append(f"repairs: {est['repairs_left']} left, not timed")
+    for r in est.get("repairs", []):
+        what = f"repair {r['defense']}: {r['runs']} left"
+        if r["s_per_run"] is None:
+            what += ", none finished here yet to time"
+        else:
+            what += f" × {_hours(r['s_per_run'])} ({_HOW[r['basis']]}) ≈ {_hours(r['seconds'])}"
+        lines.append(what)
     if est["seconds"] is not None:
         total = _hours(est["seconds"])
         lines.append(
