@@ -228,6 +228,9 @@ def test_a_bench_of_another_model_or_no_bench_is_refused(
     bench.write_text(json.dumps({"model": {"name": "x"}, "runs": {}, "precision_comparison": {}}))
     with pytest.raises(ConfigError, match="compared several precisions"):
         estimate(g, out, default_registry(), timings_from=[bench])
+    # rows that are not rows are passed over, not a traceback
+    bench.write_text(json.dumps({"model": {"name": g.base.align.model}, "defenses": [1, None]}))
+    assert estimate(g, out, default_registry(), timings_from=[bench])["seconds"] is not None
     for text in ("{not json", "[1, 2]", json.dumps({"model": {"name": "x"}})):
         bench.write_text(text)
         with pytest.raises(ConfigError, match=f"--timings-from {bench}: "):

@@ -229,7 +229,9 @@ def bench_ratios(path: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
         )
     ratios: dict[tuple[str, str], list[float]] = {}
     for r in rows:
-        ratio = r.get("ratio_to_sft") if isinstance(r, dict) else None
+        if not isinstance(r, dict):
+            continue
+        ratio = r.get("ratio_to_sft")
         if r.get("stage") in _KIND and isinstance(ratio, (int, float)) and ratio > 0:
             ratios.setdefault((r["stage"], str(r.get("defense"))), []).append(float(ratio))
     return model, {k: statistics.median(v) for k, v in ratios.items()}
