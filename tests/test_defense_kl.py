@@ -76,10 +76,21 @@ def _hand_grads(model, teacher, b, lam, direction, tokens):
 
 @pytest.mark.parametrize("direction", ["teacher-student", "student-teacher"])
 @pytest.mark.parametrize("tokens", ["all", "response"])
-def test_gradient_is_that_of_ce_plus_lambda_kl(tiny_tok, direction, tokens):
+@pytest.mark.parametrize("head_at_rows", [True, False])
+def test_gradient_is_that_of_ce_plus_lambda_kl(
+    tiny_tok, direction, tokens, head_at_rows, monkeypatch
+):
+    """``head_at_rows``: the LM head runs at the KL's positions only (Llama-like models), or the
+    full forward's logits are taken there (any other architecture)."""
     lam = 3.0
     defense, model, user, teacher = _setup(tiny_tok, lam=lam, direction=direction, tokens=tokens)
+    assert not user.attention_mask.bool().all()  # padding, which 'all' leaves out, is there
     _move(model, user)
+    import hftguard.engine.steps as steps
+
+    assert steps.decoder_and_head(model) is not None  # the tiny model can take the split path
+    if not head_at_rows:
+        monkeypatch.setattr(steps, "decoder_and_head", lambda m: None)
     zero_grads(model)
     metrics = defense.training_step(model, user, context(model, step=2))
     got = grads(model)

@@ -130,35 +130,36 @@ class KL(FinetuneDefense):
         self._restored = True
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
-        import torch
         import torch.nn.functional as F
 
-        from hftguard.engine.steps import logits_nll
+        from hftguard.engine.steps import IGNORE_INDEX
 
-        teacher = self._teacher_logprobs(model, batch, ctx)
-        logits = model(**batch.model_inputs()).logits
-        nll, mask = logits_nll(logits, batch.labels)
-        denom = batch.meta.get("loss_tokens")  # set by the sampler in a data-parallel run
-        ce = nll.sum() / (mask.sum().clamp_min(1) if denom is None else denom)
-
-        student = torch.log_softmax(logits[:, :-1, :].float(), dim=-1)
-        if self.config.direction == "teacher-student":  # Σ_v p_T (log p_T − log p_θ)
-            per_token = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
-        else:  # Σ_v p_θ (log p_θ − log p_T)
-            per_token = F.kl_div(teacher, student, log_target=True, reduction="none").sum(-1)
+        targets = batch.labels[:, 1:]
+        mask = targets != IGNORE_INDEX  # the response tokens the cross-entropy trains on
         # 'all': every position whose target (the next token) is not padding
         response = self.config.tokens == "response"
         positions = mask if response else batch.attention_mask[:, 1:].bool()
+        rows = positions | mask  # the logits anyone needs: [N, V] for these positions only
+        teacher = self._teacher_logits(model, batch, ctx, rows)
+        logits = _logits_at(model, batch, rows)
+        in_rows = mask[rows]  # the response tokens among the rows
+        nll = F.cross_entropy(logits[in_rows], targets[mask], reduction="sum")
+        denom = batch.meta.get("loss_tokens")  # set by the sampler in a data-parallel run
+        ce = nll / (mask.sum().clamp_min(1) if denom is None else denom)
+
+        keep = positions[rows]
+        per_token = _kl_rows(teacher[keep], logits[keep], self.config.direction)
         count = positions.sum().to(per_token.dtype)
-        kl = ctx.token_mean(
-            (per_token * positions).sum(), count
-        )  # over the global batch's positions
+        kl = ctx.token_mean(per_token.sum(), count)  # over the global batch's positions
         (ce + self.config.lam * kl).backward()
         return {"loss": ce.detach(), "kl": kl.detach(), "kl_term": self.config.lam * kl.detach()}
 
-    def _teacher_logprobs(self, model: Any, batch: Any, ctx: StepContext) -> torch.Tensor:
-        """Log-probabilities ``[B, T-1, V]`` of the model at θ₀: a no-grad forward in eval mode
-        (a fixed reference; a no-op for dropout-0 LoRA), the parameters restored exactly after."""
+    def _teacher_logits(
+        self, model: Any, batch: Any, ctx: StepContext, rows: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits ``[N, V]`` (fp32) of the model at θ₀ at the ``rows`` positions of ``[B, T-1]``:
+        a no-grad forward in eval mode (a fixed reference; a no-op for dropout-0 LoRA), the
+        parameters restored exactly after."""
         import torch
 
         from hftguard.engine.steps import parameters_at
@@ -168,7 +169,43 @@ class KL(FinetuneDefense):
         model.eval()
         try:
             with torch.no_grad(), parameters_at(ctx.params, values):
-                logits = model(**batch.model_inputs()).logits[:, :-1, :].float()
-                return torch.log_softmax(logits, dim=-1)
+                return _logits_at(model, batch, rows)
         finally:
             model.train(was_training)
+
+
+def _logits_at(model: Any, batch: Any, rows: torch.Tensor) -> torch.Tensor:
+    """The logits ``[N, V]`` (fp32) predicting the next token at the ``rows`` positions of
+    ``[B, T-1]``. Where the architecture allows it (``decoder_and_head``) the LM head runs at
+    those positions only, not at the padding: the same values as the full forward's logits."""
+    from hftguard.engine.steps import decoder_and_head
+
+    split = decoder_and_head(model)
+    if split is None:
+        return model(**batch.model_inputs()).logits[:, :-1][rows].float()
+    decoder, head = split
+    hidden = decoder(**batch.model_inputs()).last_hidden_state
+    return head(hidden[:, :-1][rows]).float()
+
+
+def _kl_rows(teacher: torch.Tensor, student: torch.Tensor, direction: str) -> torch.Tensor:
+    """Per-row KL divergence ``[N]`` between the next-token distributions of two ``[N, V]``
+    logit tensors: KL(p_T ‖ p_θ) for ``teacher-student``, KL(p_θ ‖ p_T) otherwise.
+
+    KL(p_T ‖ p_θ) = Σ_v p_T (t − x) + (lse(x) − lse(t)) · Σ_v p_T, with t, x the logits and lse the
+    log-sum-exp (log p = logit − lse): no [N, V] log-softmax of the student is built, and its
+    gradient, p_θ · Σ p_T − p_T, comes from the log-sum-exp and the product alone. At θ = θ₀ the
+    two terms cancel exactly (the same logits give the same sums), so the KL is 0, not rounding.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    lse_t = torch.logsumexp(teacher, dim=-1)
+    log_p_t = teacher - lse_t[:, None]
+    if direction != "teacher-student":  # Σ_v p_θ (log p_θ − log p_T)
+        log_p_s = torch.log_softmax(student, dim=-1)
+        return F.kl_div(log_p_t, log_p_s, log_target=True, reduction="none").sum(-1)
+    p_t = log_p_t.exp()
+    cross = (p_t * student).sum(-1)  # Σ p_T x, the only term of the product with a gradient
+    own = (p_t * teacher).sum(-1)  # Σ p_T t
+    return own - cross + (torch.logsumexp(student, dim=-1) - lse_t) * p_t.sum(-1)
