@@ -7,6 +7,7 @@ stages."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +46,18 @@ def _wall(path: Path, seconds: float) -> None:
     (path / "manifest.json").write_text(json.dumps({**m, "wall_time_s": seconds}))
 
 
+def _span(path: Path, seconds: float, end: datetime | None = None) -> datetime:
+    """A finished run that took ``seconds`` from opening its directory to ``end`` (default: its
+    recorded end). Returns its start. (A start moved before an input's end would make the grid
+    call the run stale: move the inputs first.)"""
+    m = json.loads((path / "manifest.json").read_text())
+    end = end or datetime.fromisoformat(m["ended_at"])
+    start = end - timedelta(seconds=seconds)
+    m |= {"started_at": start.isoformat(), "ended_at": end.isoformat()}
+    (path / "manifest.json").write_text(json.dumps(m))
+    return start
+
+
 @pytest.fixture
 def half_done(fake: FakeStages, tmp_path: Path) -> tuple[grid.Grid, Path]:
     """SFT's alignment, its p = 0 cell and the base model are done; its p = 0.2 attack stopped
@@ -81,12 +94,16 @@ def test_the_estimate_by_hand(half_done: tuple[grid.Grid, Path]) -> None:
     # evaluations: Booster's aligned model, the SFT p = 0.2 cell, both Booster cells; 90 s each
     assert est["evaluations_left"] == 4 and est["eval_seconds"] == pytest.approx(90.0)
     assert est["seconds"] == pytest.approx(60 + 55 * 4.0 + 4 * 90.0)
-    assert est["complete"] and est["repairs_left"] == 0
+    # the fake stages take no time beyond their steps (0 s a run), measured on SFT's runs; for
+    # Booster's alignment that is SFT's, a lower bound: the total is one
+    assert (ft["s_per_run"], ft["run_basis"]) == (0.0, "measured")
+    assert (booster["s_per_run"], booster["run_basis"]) == (0.0, "sft")
+    assert not est["complete"] and est["repairs_left"] == 0
     text = "\n".join(describe(est))
     assert "alignment booster: 1 run(s), 10 steps left × 6.00 s (SFT's × its passes)" in text
     assert "fine-tuning sft: 3 run(s), 55 steps left × 4.00 s (measured here)" in text
     assert "evaluations: 4 left × 2 min ≈ 6 min" in text
-    assert "In all ≈ 11 min for one process" in text and "lower bound" not in text
+    assert "In all ≈ 11 min for one process" in text and "lower bound" in text
 
 
 def test_what_cannot_be_timed_is_said(half_done: tuple[grid.Grid, Path]) -> None:
@@ -159,26 +176,37 @@ def test_what_a_run_costs_beyond_its_steps_is_measured(half_done: tuple[grid.Gri
     were in no estimate: only steps were."""
     g, out = half_done
     p0 = out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "attacked"  # steps 1 + 3 + 5 s
-    _wall(p0, 19.0)  # 10 s beyond its steps
-    _wall(out / "aligned" / "sft-s42", 20.0)  # done, but nothing of SFT's alignment is left
+    first = datetime.fromisoformat(json.loads((p0 / "manifest.json").read_text())["started_at"])
+    # SFT's alignment (steps 2 + 2 + 4 s) took 38 s, 30 beyond its steps, ending 100 s before p0
+    _span(out / "aligned" / "sft-s42", 38.0, end=first - timedelta(seconds=100))
+    _span(p0, 19.0)  # 10 s beyond its steps (its wall_time_s is not read: it starts later)
+    _wall(p0, 9.0)
     est = estimate(g, out, default_registry())
     rows = {(r["stage"], r["defense"]): r for r in est["training"]}
     ft = rows[("finetune", "sft")]
-    assert ft["s_per_run"] == pytest.approx(10.0)
-    assert ft["seconds"] == pytest.approx(55 * 4.0 + 3 * 10.0)  # three runs left, each +10 s
-    assert rows[("align", "booster")]["s_per_run"] is None  # never ran: not SFT's, unknown
-    assert "× 4.00 s (measured here) + 10 s a run beyond its steps (measured) ≈ 4 min" in "\n".join(
-        describe(est)
-    )
-    # a resumed run's wall time is its last invocation's: it measures nothing beyond its steps
+    assert (ft["s_per_run"], ft["run_basis"]) == (pytest.approx(10.0), "measured")
+    assert ft["runs"] == 3 and ft["seconds"] == pytest.approx(55 * 4.0 + 3 * 10.0)  # +10 s each
+    booster = rows[("align", "booster")]  # never ran: SFT's alignment's 30 s, a lower bound
+    assert (booster["s_per_run"], booster["run_basis"]) == (pytest.approx(30.0), "sft")
+    assert booster["seconds"] == pytest.approx(10 * 6.0 + 30.0) and not est["complete"]
+    text = "\n".join(describe(est))
+    assert "× 4.00 s (measured here) + 10 s a run beyond its steps ≈ 4 min" in text
+    assert "× 6.00 s (SFT's × its passes) + 30 s a run beyond its steps (SFT's) ≈ 2 min" in text
+    # a resumed run's times span its invocations: it measures nothing beyond its steps
     m = json.loads((p0 / "manifest.json").read_text())
-    (p0 / "manifest.json").write_text(json.dumps({**m, "resumed_at": "then"}))
+    (p0 / "manifest.json").write_text(
+        json.dumps({**json.loads((p0 / "manifest.json").read_text()), "resumed_at": "then"})
+    )
     again = estimate(g, out, default_registry())
-    assert next(r for r in again["training"] if r["stage"] == "finetune")["s_per_run"] is None
-    # a wall time below the steps' sum (clock trouble) counts as nothing beyond them, not less
-    (p0 / "manifest.json").write_text(json.dumps({**m, "wall_time_s": 5.0}))
+    ft = next(r for r in again["training"] if r["stage"] == "finetune")
+    assert (ft["s_per_run"], ft["run_basis"]) == (None, None)  # p0 was SFT's only finished one
+    assert "(measured here) + a run's set-up, not measured yet ≈" in "\n".join(describe(again))
+    # a span below the steps' sum (clock trouble) counts as nothing beyond them, not less
+    (p0 / "manifest.json").write_text(json.dumps(m))
+    _span(p0, 5.0)
     low = estimate(g, out, default_registry())
-    assert next(r for r in low["training"] if r["stage"] == "finetune")["s_per_run"] == 0.0
+    ft = next(r for r in low["training"] if r["stage"] == "finetune")
+    assert (ft["s_per_run"], ft["run_basis"]) == (0.0, "measured")
 
 
 def _bench(path: Path, model: str, rows: list[tuple[str, str, float]]) -> Path:
@@ -308,3 +336,14 @@ def test_the_json_plan_carries_the_estimate(cli: Any, tmp_path: Path) -> None:
     assert (rows[("finetune", "sft")]["runs"], rows[("finetune", "sft")]["steps"]) == (2, 18)
     assert got["estimate"]["evaluations_left"] == 3 and got["estimate"]["seconds"] is None
     assert not (tmp_path / "o").exists()
+
+
+def test_a_bench_and_a_grid_name_one_model_by_alias_or_by_path(tmp_path: Path) -> None:
+    from hftguard.pipeline.grid.estimate import _same_model
+
+    (tmp_path / "m").mkdir()
+    (tmp_path / "x").mkdir()
+    assert _same_model("smollm2-135m-instruct", "smollm2-135m-instruct")
+    assert _same_model(str(tmp_path / "m"), str(tmp_path / "x" / ".." / "m"))
+    assert not _same_model(str(tmp_path / "m"), str(tmp_path / "n"))  # one does not exist
+    assert not _same_model("smollm2-135m-instruct", "tiny-random")

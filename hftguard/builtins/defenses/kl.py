@@ -139,16 +139,19 @@ class KL(FinetuneDefense):
         # 'all': every position whose target (the next token) is not padding
         response = self.config.tokens == "response"
         positions = mask if response else batch.attention_mask[:, 1:].bool()
-        rows = positions | mask  # the logits anyone needs: [N, V] for these positions only
+        # the logits anyone needs, [N, V] at these positions only (collate pads after the
+        # labels, so for 'all' they are the positions themselves)
+        rows = mask if response else positions | mask
         teacher = self._teacher_logits(model, batch, ctx, rows)
         logits = _logits_at(model, batch, rows)
-        in_rows = mask[rows]  # the response tokens among the rows
-        nll = F.cross_entropy(logits[in_rows], targets[mask], reduction="sum")
+        answers = logits if response else logits[mask[rows]]
+        nll = F.cross_entropy(answers, targets[mask], reduction="sum")
         denom = batch.meta.get("loss_tokens")  # set by the sampler in a data-parallel run
         ce = nll / (mask.sum().clamp_min(1) if denom is None else denom)
 
-        keep = positions[rows]
-        per_token = _kl_rows(teacher[keep], logits[keep], self.config.direction)
+        per_token = _kl_rows(teacher, logits, self.config.direction)
+        if not response:  # a labelled padding position (none from collate) is not averaged
+            per_token = per_token * positions[rows]
         count = positions.sum().to(per_token.dtype)
         kl = ctx.token_mean(per_token.sum(), count)  # over the global batch's positions
         (ce + self.config.lam * kl).backward()
@@ -194,8 +197,8 @@ def _kl_rows(teacher: torch.Tensor, student: torch.Tensor, direction: str) -> to
 
     KL(p_T ‖ p_θ) = Σ_v p_T (t − x) + (lse(x) − lse(t)) · Σ_v p_T, with t, x the logits and lse the
     log-sum-exp (log p = logit − lse): no [N, V] log-softmax of the student is built, and its
-    gradient, p_θ · Σ p_T − p_T, comes from the log-sum-exp and the product alone. At θ = θ₀ the
-    two terms cancel exactly (the same logits give the same sums), so the KL is 0, not rounding.
+    gradient, p_θ · Σ p_T − p_T, comes from the log-sum-exp and the product alone. At θ = θ₀,
+    t − x and lse(x) − lse(t) are exactly 0, so the KL is 0, not rounding.
     """
     import torch
     import torch.nn.functional as F
@@ -206,6 +209,6 @@ def _kl_rows(teacher: torch.Tensor, student: torch.Tensor, direction: str) -> to
         log_p_s = torch.log_softmax(student, dim=-1)
         return F.kl_div(log_p_t, log_p_s, log_target=True, reduction="none").sum(-1)
     p_t = log_p_t.exp()
-    cross = (p_t * student).sum(-1)  # Σ p_T x, the only term of the product with a gradient
-    own = (p_t * teacher).sum(-1)  # Σ p_T t
-    return own - cross + (torch.logsumexp(student, dim=-1) - lse_t) * p_t.sum(-1)
+    return (p_t * (teacher - student)).sum(-1) + (
+        torch.logsumexp(student, dim=-1) - lse_t
+    ) * p_t.sum(-1)

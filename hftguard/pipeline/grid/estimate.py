@@ -8,7 +8,8 @@ the median, over the grid's training runs of the same stage and defense, of each
 ``step_time`` in its step log. Each run also costs what its steps do not: loading the model, a
 defense's one-time set-up (EWC's Fisher, an alignment's self-distilled retain set), the analysis
 probes, the saves. That is measured too, per stage and defense, as the median over finished
-runs that ran in one go (no ``resumed_at``) of the wall time less the sum of the step times.
+runs that ran in one go (no ``resumed_at``) of the time from ``started_at`` to ``ended_at`` less
+the sum of the step times; a defense whose runs have not measured it takes SFT's (a lower bound).
 
 A defense with no step measured yet is scaled from SFT's measured step by a ratio: the one a
 ``hftguard bench --json`` file in ``--timings-from`` measured for it against SFT (same stage, same
@@ -54,6 +55,7 @@ class Left:
     s_per_step: float | None = None
     basis: str | None = None  # "measured" | "elsewhere" | "bench" | "passes" | None
     s_per_run: float | None = None  # measured cost of a run beyond its steps (set-up, saves)
+    run_basis: str | None = None  # "measured" | "elsewhere" | "sft" (SFT's, a lower bound) | None
 
     @property
     def seconds(self) -> float | None:
@@ -71,6 +73,7 @@ class Left:
             "s_per_step": self.s_per_step,
             "basis": self.basis,
             "s_per_run": self.s_per_run,
+            "run_basis": self.run_basis,
             "seconds": self.seconds,
         }
 
@@ -126,18 +129,21 @@ def _run_median_step(run_dir: Path, stage: str) -> float | None:
 
 
 def _beyond_steps(run_dir: Path, stage: str) -> float | None:
-    """A finished run's wall time less the sum of its step times: what it cost beyond its steps.
-    None for a run resumed (its wall time is the last invocation's, its log every step's) or
-    unfinished, or one without a log."""
+    """A finished run's time from ``started_at`` (the run directory opened, before its data, a
+    retain set, the model) to ``ended_at``, less the sum of its step times: what it cost beyond
+    its steps. None for a run resumed (its times span invocations, its log every step) or
+    unfinished, or one without a log or those times."""
+    import datetime as dt
+
     try:
         m = read_manifest(run_dir)
-    except HftguardError:
+        start, end = (dt.datetime.fromisoformat(m[k]) for k in ("started_at", "ended_at"))
+    except (HftguardError, KeyError, TypeError, ValueError):
         return None
-    wall = _wall_time(m)
     times = trend.step_times(run_dir / f"{stage}_log.jsonl")
-    if wall is None or "resumed_at" in m or not times:
+    if m.get("status") != "completed" or "resumed_at" in m or not times:
         return None
-    return max(0.0, wall - sum(times))
+    return max(0.0, (end - start).total_seconds() - sum(times))
 
 
 def steps_done(run_dir: Path) -> int:
@@ -237,6 +243,14 @@ def bench_ratios(path: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
     return model, {k: statistics.median(v) for k, v in ratios.items()}
 
 
+def _same_model(a: str, b: str) -> bool:
+    """Two model specs name one model: the same alias or hub id, or paths to one directory."""
+    if a == b:
+        return True
+    pa, pb = Path(a).expanduser(), Path(b).expanduser()
+    return pa.exists() and pb.exists() and pa.resolve() == pb.resolve()
+
+
 def estimate(
     grid: Grid, out: str | Path, registry: Any = None, timings_from: Sequence[str | Path] = ()
 ) -> dict[str, Any]:
@@ -314,7 +328,7 @@ def estimate(
     bench: dict[tuple[str, str], float] = {}
     for f in (f for f in timings_from if Path(f).is_file()):
         model, ratios = bench_ratios(f)
-        if model != grid.base.align.model:
+        if not _same_model(model, grid.base.align.model):
             raise ConfigError(
                 f"--timings-from {f}: that bench timed {model}; this grid trains "
                 f"{grid.base.align.model}. A defense's cost relative to SFT depends on the model "
@@ -340,8 +354,15 @@ def estimate(
             ):
                 item.s_per_step = statistics.median(sft) * passes / base_passes
                 item.basis = "passes"
-        per_run = here.per_run.get((stage, defense)) or other.per_run.get((stage, defense))
-        item.s_per_run = statistics.median(per_run) if per_run else None
+        for source, basis, key in (
+            (here.per_run, "measured", (stage, defense)),
+            (other.per_run, "elsewhere", (stage, defense)),
+            (here.per_run, "sft", (stage, "sft")),  # a defense's own set-up not measured yet:
+            (other.per_run, "sft", (stage, "sft")),  # SFT's, a lower bound (EWC's Fisher...)
+        ):
+            if key in source:
+                item.s_per_run, item.run_basis = statistics.median(source[key]), basis
+                break
     for name, rep in repairs.items():
         for source, basis in ((here.repairs, "measured"), (other.repairs, "elsewhere")):
             if name in source:
@@ -361,7 +382,9 @@ def estimate(
         "repairs_left": sum(r.runs for r in repairs.values()),
         "repairs": [r.as_dict() for r in repairs.values()],
         "seconds": sum(known) if known else None,
-        "complete": len(known) == len(parts) and not any(i.unknown_steps for i in items),
+        "complete": len(known) == len(parts)
+        and not any(i.unknown_steps for i in items)
+        and all(i.run_basis in ("measured", "elsewhere") for i in items),
     }
 
 
@@ -394,8 +417,12 @@ def describe(est: dict[str, Any]) -> list[str]:
             what += ", no step time measured yet (here or in --timings-from)"
         else:
             what += f" × {i['s_per_step']:.2f} s ({_HOW[i['basis']]})"
-            if i["s_per_run"]:
-                what += f" + {_hours(i['s_per_run'])} a run beyond its steps (measured)"
+            if i["s_per_run"] is not None:
+                what += f" + {_hours(i['s_per_run'])} a run beyond its steps" + (
+                    " (SFT's)" if i["run_basis"] == "sft" else ""
+                )
+            else:
+                what += " + a run's set-up, not measured yet"
             what += f" ≈ {_hours(i['seconds'])}"
         lines.append(what)
     if n_eval:
