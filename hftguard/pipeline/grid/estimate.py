@@ -9,7 +9,8 @@ the median, over the grid's training runs of the same stage and defense, of each
 defense's one-time set-up (EWC's Fisher, an alignment's self-distilled retain set), the analysis
 probes, the saves. That is measured too, per stage and defense, as the median over finished
 runs that ran in one go (no ``resumed_at``) of the time from ``started_at`` to ``ended_at`` less
-the sum of the step times; a defense whose runs have not measured it takes SFT's (a lower bound).
+the steps at their median time (so a set-up inside the first step counts: EWC's Fisher); a
+defense whose runs have not measured it takes SFT's (a lower bound).
 
 A defense with no step measured yet is scaled from SFT's measured step by a ratio: the one a
 ``hftguard bench --json`` file in ``--timings-from`` measured for it against SFT (same stage, same
@@ -130,9 +131,9 @@ def _run_median_step(run_dir: Path, stage: str) -> float | None:
 
 def _beyond_steps(run_dir: Path, stage: str) -> float | None:
     """A finished run's time from ``started_at`` (the run directory opened, before its data, a
-    retain set, the model) to ``ended_at``, less the sum of its step times: what it cost beyond
-    its steps. None for a run resumed (its times span invocations, its log every step) or
-    unfinished, or one without a log or those times."""
+    retain set, the model) to ``ended_at``, less its steps at their median step time: what it
+    cost beyond its steps as the estimate counts them. None for a run resumed (its times span
+    invocations, its log every step) or unfinished, or one without a log or those times."""
     import datetime as dt
 
     try:
@@ -143,7 +144,9 @@ def _beyond_steps(run_dir: Path, stage: str) -> float | None:
     times = trend.step_times(run_dir / f"{stage}_log.jsonl")
     if m.get("status") != "completed" or "resumed_at" in m or not times:
         return None
-    return max(0.0, (end - start).total_seconds() - sum(times))
+    # less the steps at their median time, as the estimate counts them: a one-time set-up run
+    # inside the first step (EWC's Fisher: 41 min in one step on SmolLM2) counts as set-up
+    return max(0.0, (end - start).total_seconds() - len(times) * statistics.median(times))
 
 
 def steps_done(run_dir: Path) -> int:
