@@ -90,17 +90,28 @@ def token_nll(model: Any, batch: Batch) -> tuple[torch.Tensor, torch.Tensor]:
     [B, T, vocab] projection of the prompt and padding positions (on SmolLM2, whose head is a
     fifth of a forward pass, that is most of the head's cost for short answers).
     """
-    split = decoder_and_head(model)
-    if split is None:
+    if decoder_and_head(model) is None:
         return logits_nll(model(**batch.model_inputs()).logits, batch.labels)
-    decoder, head = split
-    hidden = decoder(**batch.model_inputs()).last_hidden_state
     targets = batch.labels[:, 1:]
     mask = targets != IGNORE_INDEX
-    logits = head(hidden[:, :-1][mask]).float()
-    picked = F.cross_entropy(logits, targets[mask], reduction="none")
+    picked = F.cross_entropy(logits_at(model, batch, mask), targets[mask], reduction="none")
     nll = torch.zeros(targets.shape, dtype=picked.dtype, device=picked.device)
     return nll.masked_scatter(mask, picked), mask
+
+
+def logits_at(model: Any, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
+    """The logits ``[N, V]`` (fp32) predicting the next token at the ``rows`` positions (a
+    boolean ``[B, T-1]`` mask) of a batch. Where the architecture allows it
+    (:func:`decoder_and_head`) the LM head runs at those positions only: the same values as the
+    full forward's logits there, without projecting the others."""
+    split = decoder_and_head(model)
+    if split is None:
+        logits: torch.Tensor = model(**batch.model_inputs()).logits[:, :-1][rows]
+        return logits.float()
+    decoder, head = split
+    hidden = decoder(**batch.model_inputs()).last_hidden_state
+    logits = head(hidden[:, :-1][rows])
+    return logits.float()
 
 
 def logits_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -132,7 +132,7 @@ class KL(FinetuneDefense):
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
         import torch.nn.functional as F
 
-        from hftguard.engine.steps import IGNORE_INDEX
+        from hftguard.engine.steps import IGNORE_INDEX, logits_at
 
         targets = batch.labels[:, 1:]
         mask = targets != IGNORE_INDEX  # the response tokens the cross-entropy trains on
@@ -143,7 +143,7 @@ class KL(FinetuneDefense):
         # labels, so for 'all' they are the positions themselves)
         rows = mask if response else positions | mask
         teacher = self._teacher_logits(model, batch, ctx, rows)
-        logits = _logits_at(model, batch, rows)
+        logits = logits_at(model, batch, rows)
         answers = logits if response else logits[mask[rows]]
         nll = F.cross_entropy(answers, targets[mask], reduction="sum")
         denom = batch.meta.get("loss_tokens")  # set by the sampler in a data-parallel run
@@ -165,30 +165,16 @@ class KL(FinetuneDefense):
         parameters restored exactly after."""
         import torch
 
-        from hftguard.engine.steps import parameters_at
+        from hftguard.engine.steps import logits_at, parameters_at
 
         values = [self.theta0[n] for n, _ in ctx.params]
         was_training = model.training
         model.eval()
         try:
             with torch.no_grad(), parameters_at(ctx.params, values):
-                return _logits_at(model, batch, rows)
+                return logits_at(model, batch, rows)
         finally:
             model.train(was_training)
-
-
-def _logits_at(model: Any, batch: Any, rows: torch.Tensor) -> torch.Tensor:
-    """The logits ``[N, V]`` (fp32) predicting the next token at the ``rows`` positions of
-    ``[B, T-1]``. Where the architecture allows it (``decoder_and_head``) the LM head runs at
-    those positions only, not at the padding: the same values as the full forward's logits."""
-    from hftguard.engine.steps import decoder_and_head
-
-    split = decoder_and_head(model)
-    if split is None:
-        return model(**batch.model_inputs()).logits[:, :-1][rows].float()
-    decoder, head = split
-    hidden = decoder(**batch.model_inputs()).last_hidden_state
-    return head(hidden[:, :-1][rows]).float()
 
 
 def _kl_rows(teacher: torch.Tensor, student: torch.Tensor, direction: str) -> torch.Tensor:

@@ -28,6 +28,7 @@ twice the speed.
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -44,15 +45,27 @@ from hftguard.runs import is_run_dir, read_manifest
 _KIND = {"align": "alignment-defense", "finetune": "finetune-defense"}
 
 
+class _Row:
+    """A row of the estimate: its fields and ``seconds`` (None where a rate is not known), as
+    the JSON of ``hftguard run --dry-run --json`` writes them."""
+
+    @property
+    def seconds(self) -> float | None:
+        raise NotImplementedError
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "seconds": self.seconds}  # type: ignore[call-overload]
+
+
 @dataclass
-class Left:
+class Left(_Row):
     """The unfinished training runs of one stage and defense."""
 
     stage: str  # "align" | "finetune"
     defense: str
     runs: int = 0
     steps: int = 0
-    unknown_steps: int = 0  # runs whose step count is not known (epochs, never run)
+    runs_with_unknown_steps: int = 0  # runs whose step count is not known (epochs, never run)
     s_per_step: float | None = None
     basis: str | None = None  # "measured" | "elsewhere" | "bench" | "passes" | None
     s_per_run: float | None = None  # measured cost of a run beyond its steps (set-up, saves)
@@ -64,23 +77,9 @@ class Left:
             return None
         return self.steps * self.s_per_step + self.runs * (self.s_per_run or 0.0)
 
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "stage": self.stage,
-            "defense": self.defense,
-            "runs": self.runs,
-            "steps": self.steps,
-            "runs_with_unknown_steps": self.unknown_steps,
-            "s_per_step": self.s_per_step,
-            "basis": self.basis,
-            "s_per_run": self.s_per_run,
-            "run_basis": self.run_basis,
-            "seconds": self.seconds,
-        }
-
 
 @dataclass
-class RepairsLeft:
+class RepairsLeft(_Row):
     """The repairs of one defense that are not done."""
 
     defense: str
@@ -91,15 +90,6 @@ class RepairsLeft:
     @property
     def seconds(self) -> float | None:
         return None if self.s_per_run is None else self.runs * self.s_per_run
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "defense": self.defense,
-            "runs": self.runs,
-            "s_per_run": self.s_per_run,
-            "basis": self.basis,
-            "seconds": self.seconds,
-        }
 
 
 @dataclass
@@ -275,7 +265,7 @@ def estimate(
         item = left.setdefault((stage, defense), Left(stage, defense))
         item.runs += 1
         if max_steps <= 0:
-            item.unknown_steps += 1
+            item.runs_with_unknown_steps += 1
             return
         resumes = state == "unfinished"
         item.steps += max_steps - (min(steps_done(path), max_steps) if resumes else 0)
@@ -386,7 +376,7 @@ def estimate(
         "repairs": [r.as_dict() for r in repairs.values()],
         "seconds": sum(known) if known else None,
         "complete": len(known) == len(parts)
-        and not any(i.unknown_steps for i in items)
+        and not any(i.runs_with_unknown_steps for i in items)
         and all(i.run_basis in ("measured", "elsewhere") for i in items),
     }
 
