@@ -44,6 +44,7 @@ SAME = {
     "dtype": "torch.bfloat16",
     "config": {"train": {"max_steps": 360, "precision": "auto"}, "defense_options": {"rho": 2}},
     "components": {"defense": {"name": "sft", "version": "1"}},
+    "input_model": {"base_key": "k1"},
 }
 
 
@@ -54,6 +55,7 @@ SAME = {
         ({"dtype": "torch.float32"}, "dtype"),
         ({"config": {"train": {"max_steps": 40}}}, "config (train.max_steps)"),
         ({"components": {"defense": {"name": "sft", "version": "2"}}}, "defense version"),
+        ({"input_model": {"base_key": "k2"}}, "base weights"),  # SAME's base holds k1
     ],
 )
 def test_cells_on_different_alignments_are_not_paired(

@@ -840,6 +840,31 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_report_alignments.py",),
     ),
     Mutant(
+        "base-change-not-compared",
+        "hftguard/pipeline/common.py",
+        '    if now is None or now == model["base_key"]:',
+        "    if True:",
+        "wiring: a stage resumed, or found done, on base weights that changed under its name",
+        ("tests/test_base_weights.py",),
+    ),
+    Mutant(
+        "grid-done-on-changed-base",
+        "hftguard/pipeline/grid/layout.py",
+        " or base_changed(m, cfg):",
+        ":",
+        "wiring: a grid takes a stage built on other base weights as done (and evaluates nothing "
+        "again)",
+        ("tests/test_base_weights.py",),
+    ),
+    Mutant(
+        "alignment-fingerprint-ignores-base-weights",
+        "hftguard/pipeline/report/alignments.py",
+        '    if a.get("base_key") and b.get("base_key") and a["base_key"] != b["base_key"]:',
+        "    if False:",
+        "wiring: two alignments on different base weights of one name count as the same",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
         "repair-effect-pairs-on-full-variant",
         "hftguard/pipeline/report/paired.py",
         "(r.attacked_method, r.p, *cell, r.attacked_variant_key)",

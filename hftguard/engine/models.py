@@ -204,8 +204,12 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
+#: Where the aliases are converted or built, under ``$HFTGUARD_HOME/models``.
+_ALIAS_DIRS = {"smollm2-135m-instruct": "smollm2-135m-instruct", "tiny-random": "tiny-random-v1"}
+
+
 def _smollm2_dir() -> Path:
-    target = hftguard_home() / "models" / "smollm2-135m-instruct"
+    target = hftguard_home() / "models" / _ALIAS_DIRS["smollm2-135m-instruct"]
     if (target / "config.json").is_file():
         check_special_tokens(target, SMOLLM2_SPECIAL_TOKENS)
         return target
@@ -289,7 +293,7 @@ def _cache_lock(target: Path) -> Any:
 
 
 def _tiny_random_dir() -> Path:
-    target = hftguard_home() / "models" / "tiny-random-v1"
+    target = hftguard_home() / "models" / _ALIAS_DIRS["tiny-random"]
     if (target / "config.json").is_file():
         return target
     from hftguard.engine.tiny import tiny_model, tiny_tokenizer
@@ -771,6 +775,60 @@ def save_adapter(model: Any, path: Path) -> None:
 
     with atomic_directory(path) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
+
+
+def base_dir_now(spec: str) -> Path | None:
+    """The local directory base-model ``spec`` would load from now, found without converting,
+    building or downloading anything: an alias's converted directory, a GGUF file's conversion
+    for the file as it is now (its cache name follows its size and mtime), a model directory, or
+    a hub id's current snapshot in the local hub cache. None where no such directory exists yet,
+    and for a run directory (its base is its manifest's)."""
+    p = Path(spec).expanduser()
+    d: Path | None = None
+    if spec in _ALIAS_DIRS:
+        d = hftguard_home() / "models" / _ALIAS_DIRS[spec]
+    elif p.suffix == ".gguf":
+        d = hftguard_home() / "models" / _gguf_cache_name(p) if p.is_file() else None
+    elif p.is_dir():
+        d = None if runs.is_run_dir(p) else p.resolve()
+    elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        d = _hub_snapshot(spec)
+    return d if d is not None and (d / "config.json").is_file() else None
+
+
+def _hub_snapshot(repo_id: str) -> Path | None:
+    """The snapshot directory of ``repo_id``'s current revision in the local hub cache (what an
+    offline ``from_pretrained`` loads), or None."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id, no cache: nothing to fingerprint
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def base_key(base: str) -> str | None:
+    """The content key of base weights ``base`` (a recipe's ``base``: a directory, or a hub id
+    read from its snapshot in the local hub cache); None where no local weight files stand for
+    it. Two bases with one key hold the same weights and model config
+    (:func:`hftguard.pipeline.cache.weights_key`)."""
+    from hftguard.pipeline.cache import weights_key
+
+    p = Path(base)
+    d = p if p.is_dir() else _hub_snapshot(base)
+    return None if d is None else weights_key(d)
+
+
+def recipe_record(recipe: ModelRecipe) -> dict[str, Any]:
+    """``recipe.as_dict()`` for a manifest, with ``base_key`` (:func:`base_key`) when the recipe
+    is a base model alone: what a stage that read the base weights itself records, so that
+    resuming it, or a grid finding it done, notices weights that changed under the same name
+    (``pipeline.common.base_changed``)."""
+    record = recipe.as_dict()
+    if not recipe.adapters and (key := base_key(recipe.base)) is not None:
+        record["base_key"] = key
+    return record
 
 
 def model_fingerprint(recipe: ModelRecipe) -> str:

@@ -69,6 +69,26 @@ def _file_hash(path: Path) -> str:
     return _FILE_HASHES[memo]
 
 
+def _model_files(d: Path) -> list[Path]:
+    """The weight and model-config files of directory ``d`` (none if it is not a directory)."""
+    if not d.is_dir():
+        return []
+    return [
+        f
+        for f in sorted(d.iterdir())
+        if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name in _CONFIG_FILES)
+    ]
+
+
+def weights_key(directory: Path) -> str | None:
+    """A content hash of the weight and config files of one model directory (a base model's:
+    ``models.base_key``), or None when it has no weight file. Memoised like :func:`model_key`."""
+    files = _model_files(directory)
+    if not any(f.suffix in _WEIGHT_SUFFIXES for f in files):
+        return None
+    return sha256_text(["weights-key-v1", *(f"{f.name}:{_file_hash(f)}" for f in files)])
+
+
 def model_key(recipe: Any) -> str:
     """A content hash of the weights (and model/generation configs) a model recipe describes.
 
@@ -80,16 +100,7 @@ def model_key(recipe: Any) -> str:
     parts = [f"model-key-v{KEY_VERSION}"]
     for i, entry in enumerate([data["base"], *data.get("adapters", [])]):
         parts.append(f"#{i}")
-        d = Path(entry)
-        files = (
-            [
-                f
-                for f in sorted(d.iterdir())
-                if f.is_file() and (f.suffix in _WEIGHT_SUFFIXES or f.name in _CONFIG_FILES)
-            ]
-            if d.is_dir()
-            else []
-        )
+        files = _model_files(Path(entry))
         if not files:
             parts.append(f"name:{entry}")
         parts.extend(f"{f.name}:{_file_hash(f)}" for f in files)

@@ -81,6 +81,33 @@ def same_stage_config(recorded: Any, cfg: Any, model_root: str | Path | None = N
     )
 
 
+def base_changed(recorded: dict[str, Any], cfg: Any) -> str | None:
+    """Why a run's base model is not the one ``cfg.model`` names now, in words, or None.
+
+    Only a run that read its base weights itself is checked (its ``input_model`` or
+    ``evaluated_model`` has no adapters and a ``base_key``, ``models.recipe_record``): one built
+    on another run rests on that run, which is checked itself. The key now is that of the
+    directory ``cfg.model`` loads from now (``models.base_dir_now``: a re-exported local
+    directory, a GGUF file replaced, a hub cache holding a newer revision), or of the recorded
+    base where the spec names none. Weights that cannot be read now are not a change."""
+    from hftguard.engine import models
+    from hftguard.pipeline.cache import weights_key
+
+    model = recorded.get("input_model") or recorded.get("evaluated_model")
+    if not isinstance(model, dict) or model.get("adapters") or not model.get("base_key"):
+        return None
+    spec = getattr(cfg, "model", None)
+    now_dir = models.base_dir_now(spec) if isinstance(spec, str) else None
+    now = weights_key(now_dir) if now_dir is not None else models.base_key(str(model["base"]))
+    if now is None or now == model["base_key"]:
+        return None
+    where = now_dir if now_dir is not None else model["base"]
+    return (
+        f"the weights of its base model {spec} ({where}) changed since it ran (content key "
+        f"{str(model['base_key'])[:12]} then, {now[:12]} now)"
+    )
+
+
 def start_run(
     out: str | Path,
     stage: str,
@@ -114,6 +141,12 @@ def start_run(
                     f"Cannot resume {run.path}: the configuration differs from the original run "
                     f"(changed: {', '.join(changed) or 'format'}).",
                     hint="Resume with the same options, or use --overwrite to start again.",
+                )
+            if why := base_changed(old, cfg):
+                raise RunDirError(
+                    f"Cannot resume {run.path}: {why}.",
+                    hint="Rebuild it on the new weights with --overwrite (the old run is kept "
+                    "aside until the new one completes), or write the new run to another --out.",
                 )
             if old.get("status") == "completed":
                 # a kill between the completed manifest and the clean-up leaves checkpoints
@@ -417,7 +450,7 @@ def train_stage(
         run.update_manifest(
             components={"defense": record},
             data=sources,
-            input_model=start_recipe.as_dict(),
+            input_model=models.recipe_record(start_recipe),
             lora_mode=lora_mode,
             device=str(device),
             dtype=str(dtype),

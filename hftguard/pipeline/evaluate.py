@@ -433,6 +433,7 @@ def _manifest(
 ) -> dict[str, Any]:
     """The manifest's completion fields: headline metrics, components, data, provenance."""
     from hftguard.data.inputs import hub_sources
+    from hftguard.engine import models
 
     tasks = data.tasks
     return {
@@ -462,7 +463,7 @@ def _manifest(
             "test_sets": metrics["test_sets"],
         },
         "decoding": metrics["decoding"],
-        "evaluated_model": gen.resolved.recipe.as_dict(),
+        "evaluated_model": models.recipe_record(gen.resolved.recipe),
         "device": str(gen.device),
         "precision": gen.precision,
         "ended_at": stamp(),

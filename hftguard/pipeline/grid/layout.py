@@ -64,10 +64,11 @@ def stage_state(
     path: Path, cfg: Any, upstream: Path | None = None, model_root: Path | None = None
 ) -> str:
     """``new``, ``done`` (completed, same config, newer than its input), ``changed`` (config
-    differs), ``stale`` (its input model was rebuilt after it started) or ``unfinished``.
+    differs, or the base weights it read changed: ``common.base_changed``), ``stale`` (its input
+    model was rebuilt after it started) or ``unfinished``.
 
     ``model_root``: the grid root ``cfg.model`` is relative to (``common.same_stage_config``)."""
-    from hftguard.pipeline.common import same_stage_config
+    from hftguard.pipeline.common import base_changed, same_stage_config
 
     if not is_run_dir(path):
         return "new"
@@ -75,7 +76,7 @@ def stage_state(
         m = read_manifest(path)
     except HftguardError:
         return "unfinished"
-    if not same_stage_config(m.get("config"), cfg, model_root):
+    if not same_stage_config(m.get("config"), cfg, model_root) or base_changed(m, cfg):
         return "changed"
     if upstream is not None and is_run_dir(upstream):
         up_end = parse_time(read_manifest(upstream).get("ended_at"))

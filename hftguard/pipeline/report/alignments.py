@@ -16,14 +16,17 @@ right when the two aligned models were trained the same way.
   Dataset names and paths are not compared: the content hashes below stand for them;
 - the dtype training ran in (``dtype``: a CPU's fp32 against a GPU's bf16);
 - the defense component's version;
+- the base model's weights (``input_model.base_key``, a content hash of its weight and config
+  files recorded since 2026-11-27): one base name that held other weights on another machine
+  (a re-exported local model, another hub revision, another conversion of a GGUF file);
 - between aligned models of the same seed only: the training data's content hashes
   (``data.*.sha256``). The alignment data's covers the self-distilled retain answers, which
   depend on the machine and the judge; which examples are drawn depends on the seed, so
   models of two seeds always differ in it and are not compared on it.
 
 Two models trained the same way can still differ in their weights (a GPU's nondeterminism):
-that is a second measurement of one protocol, and pairs across them stand. Not detected: a local
-or hub base model whose weights changed under the same name (no content hash is recorded).
+that is a second measurement of one protocol, and pairs across them stand. A manifest written
+before base weights were hashed compares on the base model's name only.
 
 :func:`fingerprint` reads that record; :func:`differences` compares two; :func:`mixed` lists the
 methods whose evaluations rest on aligned models that differ; :mod:`.paired` leaves out the
@@ -65,7 +68,7 @@ def _settings(config: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
 
 def fingerprint(aligned_dir: Path | None, cache: dict[Path, Any] | None = None) -> Any:
     """How the aligned model in ``aligned_dir`` was trained (``settings``, ``seed``, ``data``:
-    stream -> sha256, ``dtype``, ``version``), or None when its manifest cannot be read."""
+    stream -> sha256, ``dtype``, ``version``, ``base_key``), or None when its manifest cannot be read."""
     if aligned_dir is None:
         return None
     if cache is not None and aligned_dir in cache:
@@ -87,6 +90,7 @@ def fingerprint(aligned_dir: Path | None, cache: dict[Path, Any] | None = None) 
                 },
                 "dtype": m.get("dtype"),
                 "version": component.get("version") if isinstance(component, dict) else None,
+                "base_key": (m.get("input_model") or {}).get("base_key"),
             }
     except Exception:  # a report is made from what can be read
         result = None
@@ -97,7 +101,7 @@ def fingerprint(aligned_dir: Path | None, cache: dict[Path, Any] | None = None) 
 
 def differences(a: Any, b: Any) -> list[str]:
     """What two fingerprints differ in, in words (``config (train.max_steps)``, ``data``,
-    ``dtype``, ``defense version``); [] when they agree on everything both record, or one is
+    ``dtype``, ``defense version``, ``base weights``); [] when they agree on everything both record, or one is
     unknown."""
     if a is None or b is None:
         return []
@@ -114,6 +118,8 @@ def differences(a: Any, b: Any) -> list[str]:
         out.append("dtype")
     if a["version"] and b["version"] and a["version"] != b["version"]:
         out.append("defense version")
+    if a.get("base_key") and b.get("base_key") and a["base_key"] != b["base_key"]:
+        out.append("base weights")
     return out
 
 
