@@ -120,6 +120,28 @@ def test_cells_on_equally_trained_alignments_are_paired(tmp_path: Path) -> None:
     assert report.report_dict(rep)["mixed_alignments"] == []
 
 
+@pytest.mark.parametrize("keys", [("k1", "k1"), (None, None)])
+def test_one_base_named_by_alias_and_by_path(tmp_path: Path, keys: tuple[Any, Any]) -> None:
+    """With the base weights' hash on both sides, an alias in one grid and the converted
+    directory's path in the other are one base (before 2026-11-27 they were ``config (model)``,
+    as they still are for manifests without the hash)."""
+    names = ("smollm2-135m-instruct", "/home/u/.hftguard/models/smollm2-135m-instruct")
+    sides = [
+        {**SAME, "input_model": {"base_spec": n, **({"base_key": k} if k else {})}}
+        for n, k in zip(names, keys, strict=True)
+    ]
+    attacked = _grid(tmp_path / "lease-1", 0.2, sides[0])
+    controls = _grid(tmp_path / "lease-2", 0.0, sides[1])
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    effects = [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
+    if keys[0]:
+        assert len(effects) == 2 and rep.mixed_alignments == []
+    else:
+        assert effects == []
+        reasons = {s.reason for s in rep.skipped if s.kind == "attack_effect"}
+        assert reasons and all("config (model)" in r for r in reasons)
+
+
 def test_one_grid_of_several_seeds_is_not_mixed(tmp_path: Path) -> None:
     """Without a fixed align_seed each seed has its aligned model, whose data (the retain
     requests drawn by seed) hashes differently: replicates, not models trained differently. A

@@ -859,7 +859,7 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "alignment-fingerprint-ignores-base-weights",
         "hftguard/pipeline/report/alignments.py",
-        '    if a.get("base_key") and b.get("base_key") and a["base_key"] != b["base_key"]:',
+        "    if all(keys) and keys[0] != keys[1]:",
         "    if False:",
         "wiring: two alignments on different base weights of one name count as the same",
         ("tests/test_report_alignments.py",),

@@ -18,7 +18,9 @@ right when the two aligned models were trained the same way.
 - the defense component's version;
 - the base model's weights (``input_model.base_key``, a content hash of its weight and config
   files recorded since 2026-11-27): one base name that held other weights on another machine
-  (a re-exported local model, another hub revision, another conversion of a GGUF file);
+  (a re-exported local model, another hub revision, another conversion of a GGUF file). Where
+  both record it, it stands for the base's name: one model named by its alias in one grid and
+  by its path in the other is the same base;
 - between aligned models of the same seed only: the training data's content hashes
   (``data.*.sha256``). The alignment data's covers the self-distilled retain answers, which
   depend on the machine and the judge; which examples are drawn depends on the seed, so
@@ -68,7 +70,8 @@ def _settings(config: dict[str, Any], manifest: dict[str, Any]) -> dict[str, Any
 
 def fingerprint(aligned_dir: Path | None, cache: dict[Path, Any] | None = None) -> Any:
     """How the aligned model in ``aligned_dir`` was trained (``settings``, ``seed``, ``data``:
-    stream -> sha256, ``dtype``, ``version``, ``base_key``), or None when its manifest cannot be read."""
+    stream -> sha256, ``dtype``, ``version``, ``base_key``), or None when its manifest cannot
+    be read."""
     if aligned_dir is None:
         return None
     if cache is not None and aligned_dir in cache:
@@ -101,12 +104,15 @@ def fingerprint(aligned_dir: Path | None, cache: dict[Path, Any] | None = None) 
 
 def differences(a: Any, b: Any) -> list[str]:
     """What two fingerprints differ in, in words (``config (train.max_steps)``, ``data``,
-    ``dtype``, ``defense version``, ``base weights``); [] when they agree on everything both record, or one is
-    unknown."""
+    ``dtype``, ``defense version``, ``base weights``); [] when they agree on everything both
+    record, or one is unknown."""
     if a is None or b is None:
         return []
     out = []
     both = sorted(set(a["settings"]) & set(b["settings"]))
+    keys = a.get("base_key"), b.get("base_key")
+    if all(keys):  # the weights' hash stands for the base's name (an alias and its path agree)
+        both = [k for k in both if k != "model"]
     changed = [k for k in both if a["settings"][k] != b["settings"][k]]
     if changed:
         out.append(f"config ({', '.join(changed)})")
@@ -118,7 +124,7 @@ def differences(a: Any, b: Any) -> list[str]:
         out.append("dtype")
     if a["version"] and b["version"] and a["version"] != b["version"]:
         out.append("defense version")
-    if a.get("base_key") and b.get("base_key") and a["base_key"] != b["base_key"]:
+    if all(keys) and keys[0] != keys[1]:
         out.append("base weights")
     return out
 
