@@ -58,6 +58,48 @@ def test_weights_key_follows_the_weights_not_the_name(tmp_path: Path) -> None:
     assert cache.weights_key(tmp_path / "empty") is None  # no weight file: nothing to compare
 
 
+def test_the_same_weights_saved_by_another_transformers_are_the_same_base(tmp_path: Path) -> None:
+    """transformers writes one model's config differently across versions (its version, rope
+    settings): a grid moved to another machine or venv is not "changed" for that."""
+    a = _save_model(tmp_path / "model", seed=0)
+    key = cache.weights_key(a)
+    config = json.loads((a / "config.json").read_text())
+    config["transformers_version"] = "0.0.1"
+    config["rope_parameters"] = config.pop("rope_scaling", None)
+    (a / "config.json").write_text(json.dumps(config))
+    (a / "generation_config.json").write_text("{}")
+    assert cache.weights_key(a) == key
+
+
+def test_file_hashes_are_kept_on_disk_and_follow_the_content(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A weight file is read once across processes (a dry-run, each worker): the hash is kept
+    under the cache directory by path and stat; a file rewritten in place is read again."""
+    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path / "home"))
+    big = tmp_path / "w.safetensors"
+    big.write_bytes(b"a" * (2 << 20))
+    first = cache.file_sha256(big)
+    stored = json.loads((tmp_path / "home" / "cache" / "file-sha256.json").read_text())
+    assert stored[str(big.resolve())]["sha256"] == first
+    cache._FILE_HASHES.clear()
+    cache._STORED.clear()
+    monkeypatch.setattr(cache, "sha256_file", lambda p: pytest.fail("read again"))
+    assert cache.file_sha256(big) == first  # from disk, not read
+    monkeypatch.undo()
+    monkeypatch.setenv("HFTGUARD_HOME", str(tmp_path / "home"))
+    with big.open("r+b") as fh:  # the same size, rewritten in place
+        fh.write(b"b")
+    assert cache.file_sha256(big) not in (None, first)
+    # an LFS blob of the hub cache is named by its sha256: taken without reading it
+    blob = tmp_path / "blobs" / ("c" * 64)
+    blob.parent.mkdir()
+    blob.write_bytes(b"x" * (2 << 20))
+    link = tmp_path / "snap.safetensors"
+    link.symlink_to(blob)
+    assert cache.file_sha256(link) == "c" * 64
+
+
 def test_base_dir_now_finds_what_each_spec_loads(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -76,8 +118,19 @@ def test_base_dir_now_finds_what_each_spec_loads(
     converted = home / "models" / models._gguf_cache_name(gguf)
     _save_model(converted, seed=0)
     assert models.base_dir_now(str(gguf)) == converted
+    (converted / "SOURCE.txt").write_text(f"Converted from {gguf} ({cache.file_sha256(gguf)})\n")
+    assert models.gguf_source(converted) == cache.file_sha256(gguf)
+
+    class Cfg:
+        model = str(gguf)
+
+    record = {"input_model": models.recipe_record(models.resolve(str(gguf)).recipe)}
+    assert record["input_model"]["base"] == str(converted)
+    assert base_changed(record, Cfg) is None
     gguf.write_bytes(b"GGUF, replaced")
     assert models.base_dir_now(str(gguf)) is None  # the new file is not converted yet
+    why = base_changed(record, Cfg)  # ... but it is not the file the run read
+    assert why is not None and "another file now" in why and str(converted) in why
 
     # a hub id: its current snapshot in the local hub cache
     hub = tmp_path / "hf-cache" / "models--org--name"
@@ -92,6 +145,12 @@ def test_base_dir_now_finds_what_each_spec_loads(
     assert models.base_dir_now("org/name") == hub / "snapshots" / ("b" * 40)
     assert models.base_key("org/name") not in (None, first)
     assert models.base_dir_now("org/absent") is None
+    # the generation cache keys a hub model by its snapshot's files, not its name: a newer
+    # revision is not served the older one's generations
+    newer = cache.model_key({"base": "org/name", "adapters": []})
+    (hub / "refs" / "main").write_text("a" * 40)
+    assert cache.model_key({"base": "org/name", "adapters": []}) != newer
+    assert cache.model_key({"base": "org/absent"}) != cache.model_key({"base": "org/other"})
 
 
 def test_base_changed_reads_only_runs_that_read_the_base(tmp_path: Path) -> None:
@@ -150,6 +209,44 @@ def test_align_again_on_changed_weights_is_refused_and_loses_nothing(
         == cache.weights_key(base)
         != first["input_model"]["base_key"]
     )
+
+
+def test_an_interrupted_run_is_not_continued_on_other_weights(
+    cli: Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An alignment interrupted after a checkpoint, resumed once its base was re-exported: its
+    checkpoint was trained on the old weights, so it is refused (and kept)."""
+    from hftguard.engine import training
+
+    base = _save_model(tmp_path / "base", seed=0)
+    args = ("align", "--model", str(base), "--max-steps", "4", "--samples", "8")
+    args += ("--batch-size", "2", "--set", "retain=", "--set", "train.checkpoint_every=2")
+    real = training._save_checkpoint
+
+    def save_then_stop(*a: Any, **k: Any) -> Any:
+        real(*a, **k)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_stop)
+    assert cli(*args, "--out", "aligned").code == 130
+    monkeypatch.setattr(training, "_save_checkpoint", real)
+    ckpts = sorted(p.name for p in (tmp_path / "aligned" / "checkpoints").iterdir())
+    assert ckpts and _manifest(tmp_path / "aligned")["input_model"]["base_key"]
+
+    _save_model(base, seed=1)
+    result = cli(*args, "--out", "aligned", "--resume")
+    assert_error(result, result.code, "changed since it ran", str(base), "delete")
+    assert sorted(p.name for p in (tmp_path / "aligned" / "checkpoints").iterdir()) == ckpts
+    # the refusal inside the stage (weights changed while loading) says the same, in its words
+    from hftguard.pipeline import common
+    from hftguard.runs import RunDir
+
+    recipe = models.ModelRecipe(str(base), str(base))
+    from hftguard.errors import RunDirError
+
+    with pytest.raises(RunDirError, match="other weights than the run was trained on"):
+        common._input_model(RunDir(tmp_path / "aligned", "align", True), recipe)
+    assert common._input_model(RunDir(tmp_path / "aligned", "align", False), recipe)["base_key"]
 
 
 def test_eval_of_a_base_model_records_its_key(cli: Run, tmp_path: Path) -> None:

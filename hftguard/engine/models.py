@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -783,29 +784,32 @@ def base_dir_now(spec: str) -> Path | None:
     for the file as it is now (its cache name follows its size and mtime), a model directory, or
     a hub id's current snapshot in the local hub cache. None where no such directory exists yet,
     and for a run directory (its base is its manifest's)."""
+    from hftguard.pipeline.cache import hub_snapshot
+
     p = Path(spec).expanduser()
     d: Path | None = None
+    if p.is_dir() and runs.is_run_dir(p):  # resolve()'s order
+        return None
     if spec in _ALIAS_DIRS:
         d = hftguard_home() / "models" / _ALIAS_DIRS[spec]
     elif p.suffix == ".gguf":
         d = hftguard_home() / "models" / _gguf_cache_name(p) if p.is_file() else None
     elif p.is_dir():
-        d = None if runs.is_run_dir(p) else p.resolve()
+        d = p.resolve()
     elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
-        d = _hub_snapshot(spec)
+        d = hub_snapshot(spec)
     return d if d is not None and (d / "config.json").is_file() else None
 
 
-def _hub_snapshot(repo_id: str) -> Path | None:
-    """The snapshot directory of ``repo_id``'s current revision in the local hub cache (what an
-    offline ``from_pretrained`` loads), or None."""
+def gguf_source(converted: Path) -> str | None:
+    """The sha256 of the GGUF file a converted directory was made from (its ``SOURCE.txt``,
+    written by :func:`_convert_gguf`), or None."""
     try:
-        from huggingface_hub import try_to_load_from_cache
-
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except Exception:  # not a valid repo id, no cache: nothing to fingerprint
+        text = (converted / "SOURCE.txt").read_text()
+    except OSError:
         return None
-    return Path(found).parent if isinstance(found, str) else None
+    found = re.search(r"\(([0-9a-f]{64})\)\s*$", text)
+    return found.group(1) if found else None
 
 
 def base_key(base: str) -> str | None:
@@ -813,10 +817,10 @@ def base_key(base: str) -> str | None:
     read from its snapshot in the local hub cache); None where no local weight files stand for
     it. Two bases with one key hold the same weights and model config
     (:func:`hftguard.pipeline.cache.weights_key`)."""
-    from hftguard.pipeline.cache import weights_key
+    from hftguard.pipeline.cache import hub_snapshot, weights_key
 
     p = Path(base)
-    d = p if p.is_dir() else _hub_snapshot(base)
+    d = p if p.is_dir() else hub_snapshot(base)
     return None if d is None else weights_key(d)
 
 
@@ -833,11 +837,13 @@ def recipe_record(recipe: ModelRecipe) -> dict[str, Any]:
 
 def model_fingerprint(recipe: ModelRecipe) -> str:
     """A content hash of the weights a recipe describes (for caches and provenance)."""
+    from hftguard.pipeline.cache import file_sha256
+
     parts = []
     for d in [recipe.base, *recipe.adapters]:
         p = Path(d)
         files = sorted(p.glob("*.safetensors")) if p.is_dir() else []
-        parts.extend(f"{f.name}:{f.stat().st_size}:{runs.sha256_file(f)}" for f in files)
+        parts.extend(f"{f.name}:{f.stat().st_size}:{file_sha256(f)}" for f in files)
         if not files:
             parts.append(d)
     return runs.sha256_text(parts)

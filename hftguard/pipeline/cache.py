@@ -25,6 +25,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from hftguard.runs import atomic_write_text, sha256_file, sha256_text
 KEY_VERSION = "1"  # bump when what a key covers changes
 _WEIGHT_SUFFIXES = (".safetensors", ".bin")
 _CONFIG_FILES = ("config.json", "generation_config.json")
-_FILE_HASHES: dict[tuple[str, int, int], str] = {}
+_FILE_HASHES: dict[tuple[str, str], str] = {}
 
 #: Hits and misses in this process, by kind ("generations", "verdicts"); tests and logs read these.
 STATS: dict[str, dict[str, int]] = {
@@ -62,11 +63,68 @@ def _canonical(obj: Any) -> str:
 
 
 def _file_hash(path: Path) -> str:
-    st = path.stat()
-    memo = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if memo not in _FILE_HASHES:
-        _FILE_HASHES[memo] = sha256_file(path)
-    return _FILE_HASHES[memo]
+    """The sha256 of a file, read once per content: memoised in the process, and, for files of
+    1 MiB or more, on disk under ``cache/file-sha256.json`` (unless ``HFTGUARD_CACHE=off``),
+    keyed by the real path and its size, mtime, inode and ctime (a file rewritten in place, or
+    copied over with its mtime kept, changes its ctime). A hub cache's LFS blob is named by its
+    sha256 already: that name is taken without reading the file."""
+    real = path.resolve()
+    st = real.stat()
+    stat = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ino}:{st.st_ctime_ns}"
+    memo = (str(real), stat)
+    if memo in _FILE_HASHES:
+        return _FILE_HASHES[memo]
+    if real.parent.name == "blobs" and _SHA256.fullmatch(real.name):
+        digest = real.name
+    else:
+        stored = _stored_hashes() if st.st_size >= _STORE_FROM and enabled() else None
+        entry = stored.get(str(real)) if stored is not None else None
+        if isinstance(entry, dict) and entry.get("stat") == stat:
+            digest = str(entry["sha256"])
+        else:
+            digest = sha256_file(real)
+            if stored is not None:
+                stored[str(real)] = {"stat": stat, "sha256": digest}
+                try:
+                    atomic_write_text(cache_dir() / _HASH_FILE, json.dumps(stored, indent=0))
+                except OSError:  # a read-only home: the hash is still right, only not kept
+                    pass
+    _FILE_HASHES[memo] = digest
+    return digest
+
+
+#: The public name of :func:`_file_hash`.
+file_sha256 = _file_hash
+
+_HASH_FILE = "file-sha256.json"
+_STORE_FROM = 1 << 20
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_STORED: dict[str, Any] = {}
+
+
+def _stored_hashes() -> dict[str, Any]:
+    """The on-disk file hashes (read once per process and cache directory)."""
+    where = str(cache_dir())
+    if where not in _STORED:
+        try:
+            data = json.loads((cache_dir() / _HASH_FILE).read_text())
+        except (OSError, ValueError):
+            data = {}
+        _STORED[where] = data if isinstance(data, dict) else {}
+    stored: dict[str, Any] = _STORED[where]
+    return stored
+
+
+def hub_snapshot(repo_id: str) -> Path | None:
+    """The snapshot directory of hub model ``repo_id``'s current revision in the local hub cache
+    (what an offline ``from_pretrained`` loads), or None. Downloads nothing."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id, no cache: nothing there
+        return None
+    return Path(found).parent if isinstance(found, str) else None
 
 
 def _model_files(d: Path) -> list[Path]:
@@ -81,10 +139,13 @@ def _model_files(d: Path) -> list[Path]:
 
 
 def weights_key(directory: Path) -> str | None:
-    """A content hash of the weight and config files of one model directory (a base model's:
-    ``models.base_key``), or None when it has no weight file. Memoised like :func:`model_key`."""
-    files = _model_files(directory)
-    if not any(f.suffix in _WEIGHT_SUFFIXES for f in files):
+    """A content hash of the weight files of one model directory (a base model's:
+    ``models.base_key``), or None when it has none. The config files are left out: transformers
+    writes the same model's config differently from version to version (``transformers_version``,
+    ``rope_scaling`` against ``rope_parameters``), so one model converted or saved on two machines
+    would count as two."""
+    files = [f for f in _model_files(directory) if f.suffix in _WEIGHT_SUFFIXES]
+    if not files:
         return None
     return sha256_text(["weights-key-v1", *(f"{f.name}:{_file_hash(f)}" for f in files)])
 
@@ -93,14 +154,19 @@ def model_key(recipe: Any) -> str:
     """A content hash of the weights (and model/generation configs) a model recipe describes.
 
     ``recipe`` is a ``ModelRecipe`` or its ``as_dict()``: a base model plus LoRA adapters, merged in
-    order, so the order is part of the key. A base that is not a local directory (a hub id) is keyed
-    by its name. File hashes are memoised per (path, size, mtime) within the process.
+    order, so the order is part of the key. A hub id is keyed by the files of its current snapshot
+    in the local hub cache (by its name where it has none there: before 2026-11-27 always by its
+    name, so a newer revision was served the older one's generations). File hashes are memoised
+    (:func:`_file_hash`).
     """
     data = recipe.as_dict() if hasattr(recipe, "as_dict") else dict(recipe)
     parts = [f"model-key-v{KEY_VERSION}"]
     for i, entry in enumerate([data["base"], *data.get("adapters", [])]):
         parts.append(f"#{i}")
-        files = _model_files(Path(entry))
+        d = Path(entry)
+        if not d.is_dir() and (snapshot := hub_snapshot(entry)) is not None:
+            d = snapshot
+        files = _model_files(d)
         if not files:
             parts.append(f"name:{entry}")
         parts.extend(f"{f.name}:{_file_hash(f)}" for f in files)

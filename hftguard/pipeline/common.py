@@ -88,23 +88,47 @@ def base_changed(recorded: dict[str, Any], cfg: Any) -> str | None:
     ``evaluated_model`` has no adapters and a ``base_key``, ``models.recipe_record``): one built
     on another run rests on that run, which is checked itself. The key now is that of the
     directory ``cfg.model`` loads from now (``models.base_dir_now``: a re-exported local
-    directory, a GGUF file replaced, a hub cache holding a newer revision), or of the recorded
-    base where the spec names none. Weights that cannot be read now are not a change."""
+    directory, a GGUF file's conversion, a hub cache holding a newer revision), or of the
+    recorded base where the spec names none. A GGUF file replaced but not converted yet is
+    compared with the file the recorded base was converted from (its ``SOURCE.txt``). Weights
+    that cannot be read now are not a change."""
     from hftguard.engine import models
-    from hftguard.pipeline.cache import weights_key
+    from hftguard.pipeline.cache import file_sha256, weights_key
 
     model = recorded.get("input_model") or recorded.get("evaluated_model")
     if not isinstance(model, dict) or model.get("adapters") or not model.get("base_key"):
         return None
+    then, base = str(model["base_key"]), str(model.get("base"))
     spec = getattr(cfg, "model", None)
     now_dir = models.base_dir_now(spec) if isinstance(spec, str) else None
-    now = weights_key(now_dir) if now_dir is not None else models.base_key(str(model["base"]))
-    if now is None or now == model["base_key"]:
+    gguf = Path(spec).expanduser() if isinstance(spec, str) and spec.endswith(".gguf") else None
+    if now_dir is None and gguf is not None and gguf.is_file():
+        source = models.gguf_source(Path(base))
+        if source is None or source == (current := file_sha256(gguf)):
+            return None
+        return (
+            f"its base model {spec} is another file now (sha256 {current[:12]}; the run read "
+            f"{base}, converted from sha256 {source[:12]})"
+        )
+    now = weights_key(now_dir) if now_dir is not None else models.base_key(base)
+    if now is None or now == then:
         return None
-    where = now_dir if now_dir is not None else model["base"]
+    if now_dir is None or str(now_dir) == base:
+        where = f"{base} holds other weights now"
+    else:
+        where = f"it read {base}, and {spec} loads {now_dir} now"
     return (
-        f"the weights of its base model {spec} ({where}) changed since it ran (content key "
-        f"{str(model['base_key'])[:12]} then, {now[:12]} now)"
+        f"the weights of its base model {spec} changed since it ran: {where} (content key "
+        f"{then[:12]} then, {now[:12]} now)"
+    )
+
+
+#: What to do about :func:`base_changed` (start_run, train_stage).
+def _base_changed_hint(path: Path) -> str:
+    return (
+        f"To rebuild it on the new weights, delete {path} (in a grid, the stages built on it "
+        "are then rebuilt too) or, for this stage alone, pass --overwrite. To keep it, put the "
+        "old weights back, or write runs on the new weights to another --out."
     )
 
 
@@ -144,9 +168,7 @@ def start_run(
                 )
             if why := base_changed(old, cfg):
                 raise RunDirError(
-                    f"Cannot resume {run.path}: {why}.",
-                    hint="Rebuild it on the new weights with --overwrite (the old run is kept "
-                    "aside until the new one completes), or write the new run to another --out.",
+                    f"Cannot resume {run.path}: {why}.", hint=_base_changed_hint(run.path)
                 )
             if old.get("status") == "completed":
                 # a kill between the completed manifest and the clean-up leaves checkpoints
@@ -395,6 +417,28 @@ def _trains_on_cpu(cfg: Any) -> bool:
     )
 
 
+def _input_model(run: RunDir, recipe: Any) -> dict[str, Any]:
+    """The ``input_model`` record of a training run (``models.recipe_record``). A resumed run
+    whose recorded base weights differ from those just loaded is refused: its checkpoint was
+    trained on the others (``start_run`` checks the spec before; this catches what changed
+    while loading, or a GGUF file converted anew)."""
+    from hftguard.engine import models
+
+    record = models.recipe_record(recipe)
+    if run.resumed:
+        old = run.read_manifest().get("input_model")
+        then = old.get("base_key") if isinstance(old, dict) and not old.get("adapters") else None
+        now = record.get("base_key")
+        if then and now and then != now:
+            raise RunDirError(
+                f"Cannot resume {run.path}: the base model {recipe.base_spec} loaded now has "
+                f"other weights than the run was trained on (content key {str(then)[:12]} "
+                f"then, {str(now)[:12]} now; {recipe.base}).",
+                hint=_base_changed_hint(run.path),
+            )
+    return record
+
+
 def train_stage(
     *,
     stage: str,
@@ -427,6 +471,11 @@ def train_stage(
     model, tok, underneath = models.load_for_training(
         start_recipe, lora_mode, cfg.lora, device, dtype, cfg.seed
     )
+    # what was loaded (a hub model may have just downloaded a newer revision): a resumed run's
+    # checkpoint on other base weights is not continued
+    input_model, _ = team.sync(
+        "base-weights", lambda: _input_model(run, start_recipe) if team.is_main else {}
+    )
     main = encode_all(inputs.main, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
     streams = {
         name: encode_all(ex, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
@@ -450,7 +499,7 @@ def train_stage(
         run.update_manifest(
             components={"defense": record},
             data=sources,
-            input_model=models.recipe_record(start_recipe),
+            input_model=input_model,
             lora_mode=lora_mode,
             device=str(device),
             dtype=str(dtype),
