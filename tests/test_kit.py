@@ -103,3 +103,32 @@ def test_two_process_arithmetic_gives_the_global_numbers():
 
     rows = torch.arange(6.0)  # global rows; process k holds rows k, k + 2, ...
     assert fake.ctx(1, None).own_rows(rows).tolist() == [1.0, 3.0, 5.0]
+
+
+@pytest.mark.parametrize("split", [True, False])
+def test_logits_at_are_the_full_forwards_logits_at_those_rows(tiny_lm, split, monkeypatch):
+    """``logits_at`` on both paths (the head at the rows only; the full forward) against the
+    model's own logits picked at the same rows; ``token_nll`` is the cross-entropy of them."""
+    import torch.nn.functional as F
+
+    from hftguard.data.inputs import Encoded, collate
+
+    items = [
+        Encoded(input_ids=[5, 6, 7, 8, 9], labels=[-100, -100, 7, 8, 9], is_harmful=False),
+        Encoded(input_ids=[5, 6, 7], labels=[-100, 6, 7], is_harmful=False),
+    ]
+    batch = collate(items, pad_id=0)
+    if not split:
+        monkeypatch.setattr(steps, "decoder_and_head", lambda m: None)
+    else:
+        assert steps.decoder_and_head(tiny_lm) is not None
+    rows = batch.attention_mask[:, 1:].bool()
+    with torch.no_grad():
+        full = tiny_lm(**batch.model_inputs()).logits[:, :-1].float()
+        got = steps.logits_at(tiny_lm, batch, rows)
+        nll, mask = steps.token_nll(tiny_lm, batch)
+    assert got.shape == (int(rows.sum()), full.shape[-1])
+    torch.testing.assert_close(got, full[rows], rtol=1e-5, atol=1e-5)
+    want = F.cross_entropy(full[mask], batch.labels[:, 1:][mask], reduction="none")
+    torch.testing.assert_close(nll[mask], want, rtol=1e-5, atol=1e-5)
+    assert bool((nll[~mask] == 0).all())

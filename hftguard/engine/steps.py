@@ -47,6 +47,7 @@ __all__ = [
     "grad_norm",
     "grads_of",
     "lm_loss",
+    "logits_at",
     "logits_nll",
     "loss_and_grads",
     "parameters_at",
