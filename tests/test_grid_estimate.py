@@ -246,6 +246,35 @@ def test_a_bench_ratio_scales_sft_where_passes_would(
     assert next(r for r in est["training"] if r["defense"] == "booster")["basis"] == "passes"
 
 
+def test_a_bench_in_another_precision_or_device_is_refused(
+    half_done: tuple[grid.Grid, Path], tmp_path: Path
+) -> None:
+    """A defense's cost relative to SFT differs between fp32 and bf16, and between a CPU and a
+    GPU: a bench that says where it ran is used only for a grid that trains the same way here."""
+    from hftguard.errors import ConfigError
+    from hftguard.pipeline.grid.estimate import training_setting
+
+    g, out = half_done
+    device, dtype = training_setting(g.base.align.train)
+    assert training_setting(g.base.finetune.train) == (device, dtype)
+    bench = _bench(tmp_path / "b.json", g.base.align.model, [("align", "sft", 1.0)])
+    rows = [("align", "sft", 1.0), ("align", "booster", 5.0)]
+    other = "float16" if dtype != "float16" else "float32"
+    for env, refused in (
+        ({"device": f"{device}:0" if device == "cuda" else device, "dtype": dtype}, False),
+        ({"device": device, "dtype": other}, True),
+        ({"device": "cuda:0" if device != "cuda" else "cpu", "dtype": dtype}, True),
+    ):
+        data = json.loads(_bench(bench, g.base.align.model, rows).read_text())
+        bench.write_text(json.dumps({**data, "environment": env}))
+        if refused:
+            with pytest.raises(ConfigError, match=r"that bench ran in .* this grid's align stage"):
+                estimate(g, out, default_registry(), timings_from=[bench])
+        else:
+            est = estimate(g, out, default_registry(), timings_from=[bench])
+            assert next(r for r in est["training"] if r["defense"] == "booster")["basis"] == "bench"
+
+
 def test_a_bench_of_another_model_or_no_bench_is_refused(
     half_done: tuple[grid.Grid, Path], tmp_path: Path
 ) -> None:

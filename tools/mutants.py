@@ -815,6 +815,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_grid_estimate.py",),
     ),
     Mutant(
+        "estimate-bench-setting-not-compared",
+        "hftguard/pipeline/grid/estimate.py",
+        "            if measured_in_setting is not None and measured_in_setting != setting:",
+        "            if False:",
+        "wiring: a bench measured in bf16 or on a GPU scales an fp32 CPU grid's steps",
+        ("tests/test_grid_estimate.py",),
+    ),
+    Mutant(
         "estimate-drops-the-per-run-cost",
         "hftguard/pipeline/grid/estimate.py",
         "        return self.steps * self.s_per_step + self.runs * (self.s_per_run or 0.0)",

@@ -236,6 +236,32 @@ def bench_ratios(path: str | Path) -> tuple[str, dict[tuple[str, str], float]]:
     return model, {k: statistics.median(v) for k, v in ratios.items()}
 
 
+def bench_setting(path: str | Path) -> tuple[str, str] | None:
+    """The device type and dtype a ``hftguard bench`` file measured in (``cuda``, ``bfloat16``),
+    from its ``environment``; None where it does not say (a file :func:`bench_ratios` read)."""
+    import json
+
+    env = json.loads(Path(path).read_text()).get("environment")
+    if not isinstance(env, dict):
+        return None
+    device, dtype = env.get("device"), env.get("dtype")
+    if not isinstance(device, str) or not isinstance(dtype, str):
+        return None
+    return device.split(":")[0], dtype
+
+
+_PRECISION = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+
+
+def training_setting(train: Any) -> tuple[str, str]:
+    """The device type and dtype a stage with options ``train`` trains in on this machine."""
+    from hftguard.engine import models
+
+    device = models.pick_device(train.device)
+    dtype, _ = models.precision_choice(train.precision, device)
+    return device.type, str(dtype).removeprefix("torch.")
+
+
 def _same_model(a: str, b: str) -> bool:
     """Two model specs name one model: the same alias or hub id, or paths to one directory."""
     if a == b:
@@ -329,6 +355,22 @@ def estimate(
                 hint=f"Run `hftguard bench --model {grid.base.align.model} --json` on this "
                 "machine, or leave the file out.",
             )
+        measured_in_setting = bench_setting(f)
+        for stage, train in (
+            ("align", grid.base.align.train),
+            ("finetune", grid.base.finetune.train),
+        ):
+            setting = training_setting(train)
+            if measured_in_setting is not None and measured_in_setting != setting:
+                raise ConfigError(
+                    f"--timings-from {f}: that bench ran in {measured_in_setting[1]} on "
+                    f"{measured_in_setting[0]}; this grid's {stage} stage trains in {setting[1]} "
+                    f"on {setting[0]} here. A defense's cost relative to SFT depends on both "
+                    "(a full-vocabulary softmax is cheaper on a GPU, bf16 matmuls on a CPU).",
+                    hint=f"Run `hftguard bench --model {grid.base.align.model} --precision "
+                    f"{_PRECISION.get(setting[1], 'auto')} --json` on the machine "
+                    "the grid runs on, or leave the file out.",
+                )
         bench.update(ratios)
     for (stage, defense), item in left.items():
         for source, basis in ((here.steps, "measured"), (other.steps, "elsewhere")):
