@@ -463,6 +463,26 @@ def mcnemar_by_hand(b: int, c: int) -> float:
     return min(1.0, 2 * sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m)
 
 
+def wilson_by_hand(k: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    """The Wilson score interval of k of n, as proportions, from its closed form."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z / (1 + z * z / n) * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return centre - half, centre + half
+
+
+def newcombe_by_hand(both: int, b: int, c: int, n: int) -> tuple[float, float]:
+    """Newcombe (1998) method 10 for paired proportions, in percentage points, written out."""
+    d = n - both - b - c
+    p1, p2 = (both + b) / n, (both + c) / n
+    (l1, u1), (l2, u2) = wilson_by_hand(both + b, n), wilson_by_hand(both + c, n)
+    den = (both + b) * (c + d) * (both + c) * (b + d)
+    phi = (both * d - b * c) / math.sqrt(den) if den else 0.0
+    lo = p1 - p2 - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    hi = p1 - p2 + math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    return 100 * lo, 100 * hi
+
+
 @pytest.fixture(scope="module")
 def one_seed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fake_grid(tmp_path_factory.mktemp("one_seed") / "grid", seeds=[1])
@@ -514,13 +534,20 @@ def test_paired_differences_vs_the_baseline_by_hand(synthetic: Path) -> None:
         assert c.diff == pytest.approx(unit * (k - k_ref))  # method − baseline, not the reverse
         assert (c.b, c.c) == (max(0, k - k_ref), max(0, k_ref - k))
         assert c.p_value == pytest.approx(mcnemar_by_hand(c.b, c.c))
-        assert c.ci[0] <= c.diff <= c.ci[1] and c.ci[1] <= 0.0  # every prompt moves one way
+        assert c.ci[0] <= c.diff <= c.ci[1]
+        # Newcombe's score interval: it holds 0 where a single discordant prompt makes the
+        # difference (b = 0, c = 1 of 20: McNemar p = 1; the bootstrap gave [-15, 0] there)
+        if c.b + c.c <= 2:
+            assert c.ci[0] < 0.0 < c.ci[1]
+        lo, hi = newcombe_by_hand(c.both, c.b, c.c, c.n_items)
+        assert c.ci == (pytest.approx(lo), pytest.approx(hi))
     # the table cell: mean ± sd over the two seeds of the per-seed differences
     cell = rep.cell(rep.rows[2], 0.2)  # Antibody
     diffs = [5.0 * (n_harmful(2, 0.2, s) - n_harmful(0, 0.2, s)) for s in SEEDS]
     hs = cell.vs_baseline["hs"]
     assert (hs.mean, hs.sd) == (statistics.mean(diffs), pytest.approx(statistics.stdev(diffs)))
-    assert hs.ci_method == "bootstrap" and hs.ci[0] <= hs.mean <= hs.ci[1] < 0
+    assert hs.ci_method in ("bootstrap", "bootstrap+newcombe")
+    assert hs.ci[0] <= hs.mean <= hs.ci[1] < 0
     assert hs.p_values == [pytest.approx(mcnemar_by_hand(0, int(-d / 5))) for d in diffs]
     assert rep.cell(rep.rows[0], 0.2).vs_baseline == {}  # the baseline row itself
 

@@ -164,3 +164,28 @@ def test_one_grid_of_several_seeds_is_not_mixed(tmp_path: Path) -> None:
     rep = report.build(report.collect([grid]), n_boot=0)
     assert rep.mixed_alignments == []
     assert len([c for c in rep.comparisons if c.kind == "attack_effect"]) == 2 * 2
+
+
+def test_a_cells_interval_pairs_seeds_by_prompt_not_by_file_position(tmp_path: Path) -> None:
+    """Two seeds of one cell whose generations list the same prompts in two orders: the cell's
+    HS interval resamples each seed's own prompts (nested), as for unequal prompt sets. Before,
+    prompt i of one seed was paired with prompt i of the other, whatever it was."""
+    from hftguard.pipeline.intervals import two_level_bootstrap
+
+    cells = [(Cell("sft", "sft", 0.2, 100, "sentiment", s), 10, 9, None) for s in (1, 2)]
+    grid = write_grid(tmp_path / "g", cells, ["sft/sft"], LABELS)
+    gens = grid / "cells" / cells[1][0].name / "eval" / "generations.jsonl"
+    rows = [json.loads(x) for x in gens.read_text().splitlines()]
+    harmful = [r for r in rows if r.get("set") == "harmful"]
+    gens.write_text(
+        "".join(
+            json.dumps(r) + "\n"
+            for r in [*reversed(harmful), *(r for r in rows if r not in harmful)]
+        )
+    )
+    rep = report.build(report.collect([grid]), n_boot=400)
+    hs = rep.cell(rep.rows[0], 0.2).hs
+    runs = sorted(report.collect([grid]).runs, key=lambda r: str(r.path))
+    flags = [r.harmful_flags(None) for r in runs if r.kind == "attacked"]
+    _, lo, hi = two_level_bootstrap(flags, 400, 0, crossed=False)
+    assert hs.ci == (pytest.approx(lo), pytest.approx(hi))

@@ -161,3 +161,26 @@ def test_the_pick_from_one_report_over_the_whole_sweep(tmp_path: Path) -> None:
     assert _script().pick_variants(both, method="sft/lisa")["picked"] == "rho=0.1"
     with pytest.raises(ValueError, match=r"no cell at p = 0\.2 has a variant"):
         _script().pick_variants(report.report_dict(report.build(report.collect(grids[:1]))))
+
+
+def test_one_seed_rows_say_when_the_exact_test_disagrees_and_seeds_are_the_pairs(
+    tmp_path: Path,
+) -> None:
+    """A one-seed difference of 5 prompts all one way (18 vs 13 of 20): the interval is below
+    zero but the exact McNemar p is 0.0625. The rule stands, and the row says it is borderline.
+    A method with a seed the baseline lacks: the row's seeds are those the difference covers."""
+    from hftguard.pipeline.grid import Cell
+
+    cells = [
+        (Cell("sft", "sft", 0.2, 100, "sentiment", 1), 18, 9, None),
+        (Cell("booster", "sft", 0.2, 100, "sentiment", 1), 13, 9, None),
+        (Cell("antibody", "sft", 0.2, 100, "sentiment", 1), 18, 9, None),
+        (Cell("antibody", "sft", 0.2, 100, "sentiment", 2), 18, 9, None),
+    ]
+    root = write_grid(tmp_path / "g", cells, ["sft/sft", "booster/sft", "antibody/sft"], {})
+    rep = report.report_dict(report.build(report.collect([root]), n_boot=200))
+    rows = {r["method"]: r for r in _script().verdicts(rep)}
+    assert rows["booster/sft"]["d_hs_ci"][1] < 0
+    assert rows["booster/sft"]["verdict"] == "reproduced; borderline: exact McNemar p = 0.062"
+    assert rows["antibody/sft"]["seeds"] == [1]  # seed 2 has no SFT to pair with
+    assert "borderline" not in rows["antibody/sft"]["verdict"]  # p = 1, interval holds 0: agree

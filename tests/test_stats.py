@@ -92,6 +92,83 @@ def test_mcnemar_worked_values() -> None:
     assert stats.mcnemar_exact(2, 7) == stats.mcnemar_exact(7, 2)  # symmetric
 
 
+# ------------------------------------------------------------------------------------------------
+# Newcombe's interval for paired proportions
+
+
+def newcombe_by_hand(both: int, b: int, c: int, n: int) -> tuple[float, float]:
+    """Newcombe (1998) method 10, from the closed-form Wilson limits above, in points."""
+    d = n - both - b - c
+    p1, p2 = (both + b) / n, (both + c) / n
+    (l1, u1), (l2, u2) = (
+        tuple(x / 100 for x in wilson_by_hand(k, n)) for k in (both + b, both + c)
+    )
+    den = (both + b) * (c + d) * (both + c) * (b + d)
+    phi = (both * d - b * c) / math.sqrt(den) if den else 0.0
+    lo = p1 - p2 - math.sqrt((p1 - l1) ** 2 - 2 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2)
+    hi = p1 - p2 + math.sqrt((u1 - p1) ** 2 - 2 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2)
+    return 100 * lo, 100 * hi
+
+
+@pytest.mark.parametrize(
+    ("both", "b", "c", "n"),
+    [
+        (150, 0, 4, 200),
+        (167, 0, 0, 200),
+        (80, 10, 81, 200),
+        (0, 0, 0, 20),
+        (20, 0, 0, 20),
+        (3, 9, 2, 20),
+        (0, 7, 0, 10),
+        (12, 9, 2, 44),
+    ],
+)
+def test_newcombe_matches_the_formula(both: int, b: int, c: int, n: int) -> None:
+    lo, hi = stats.newcombe_paired(both, b, c, n)
+    lo_h, hi_h = newcombe_by_hand(both, b, c, n)
+    assert (lo, hi) == (pytest.approx(lo_h, abs=1e-9), pytest.approx(hi_h, abs=1e-9))
+    assert lo <= 100 * (b - c) / n <= hi
+    # the difference the other way round is the mirror image
+    lo_r, hi_r = stats.newcombe_paired(both, c, b, n)
+    assert (lo_r, hi_r) == (pytest.approx(-hi), pytest.approx(-lo))
+
+
+def test_newcombe_keeps_width_where_the_bootstrap_collapses() -> None:
+    """Two models that answer 200 prompts alike: the bootstrap of the differences is [0, 0];
+    the score interval keeps the prompts' sampling error. Few discordant prompts, all one way
+    (b = 0, c = 4, McNemar p = 0.125): the bootstrap excludes 0, the score interval does not."""
+    same = [1.0] * 167 + [0.0] * 33
+    assert stats.paired_bootstrap_diff(same, same, n_boot=500)[1:] == (0.0, 0.0)
+    lo, hi = stats.newcombe_paired(167, 0, 0, 200)
+    assert lo < -1.0 and hi > 1.0
+    x = [1.0] * 150 + [0.0] * 50
+    y = [1.0] * 154 + [0.0] * 46
+    assert stats.paired_bootstrap_diff(x, y, n_boot=2000)[2] < 0  # too short: excludes 0
+    assert stats.mcnemar_exact(0, 4) == pytest.approx(0.125)
+    lo, hi = stats.newcombe_paired(150, 0, 4, 200)
+    assert lo < -2.0 < 0.0 < hi
+
+
+def test_newcombe_covers_at_about_the_nominal_level() -> None:
+    """Simulated paired 0/1 outcomes on 200 prompts that rarely disagree (2 % each way):
+    the 95 % interval covers the true difference (0) in at least 93 % of 1500 draws."""
+    rng = random.Random(0)
+    hits = 0
+    for _ in range(1500):
+        both = b = c = 0
+        for _ in range(200):
+            u = rng.random()
+            if u < 0.75:
+                both += 1
+            elif u < 0.77:
+                b += 1
+            elif u < 0.79:
+                c += 1
+        lo, hi = stats.newcombe_paired(both, b, c, 200)
+        hits += lo <= 0.0 <= hi
+    assert hits / 1500 >= 0.93
+
+
 def test_discordant_counts() -> None:
     x = [1, 1, 0, 0, 1, 0]
     y = [1, 0, 1, 0, 0, 0]
@@ -248,3 +325,66 @@ def test_held_out_max_removes_the_selection_bias() -> None:
         held.append(stats.held_out_max(rows, n_boot=0)[0])
     assert statistics.mean(plain) > 0.36
     assert abs(statistics.mean(held) - 0.3) < 0.01
+
+
+# ------------------------------------------------------------------------------------------------
+# A cell's own rate over seeds (report.stats.Stat.proportion)
+
+
+def test_several_seeds_at_zero_or_hundred_keep_the_pooled_wilson_width() -> None:
+    """Three seeds, each 0 of 20 harmful: the seeds x prompts bootstrap alone is [0, 0] ("a
+    defense proven perfect"); the interval holds the Wilson interval of the 60 pooled prompts."""
+    from hftguard.pipeline.report.stats import Stat
+
+    zero = Stat.proportion([0.0] * 3, [[0.0] * 20] * 3, n_boot=300)
+    assert zero.ci_method == "bootstrap+wilson"
+    assert zero.ci == (0.0, pytest.approx(wilson_by_hand(0, 60)[1]))
+    full = Stat.proportion([100.0] * 3, [[100.0] * 10] * 3, n_boot=300)
+    assert full.ci == (pytest.approx(wilson_by_hand(30, 30)[0]), 100.0)
+    # seeds that differ: the bootstrap is wider than the pooled Wilson and stands alone
+    spread = Stat.proportion(
+        [10.0, 50.0, 90.0],
+        [[100.0] * k + [0.0] * (20 - k) for k in (2, 10, 18)],
+        n_boot=300,
+    )
+    assert spread.ci_method == "bootstrap" and spread.ci[1] - spread.ci[0] > 30
+
+
+def test_seeds_whose_prompts_differ_in_order_are_not_paired_by_position() -> None:
+    """Two seeds that list one prompt set in two orders: a crossed bootstrap would pair prompt i
+    of one with another prompt of the other (too narrow an interval); ``aligned=False`` resamples
+    each seed's own prompts (nested), as two_level_bootstrap does for unequal sets."""
+    from hftguard.pipeline.report.stats import Stat
+
+    a = [100.0] * 10 + [0.0] * 10
+    b = list(reversed(a))
+    crossed = Stat.proportion([50.0, 50.0], [a, b], n_boot=400)
+    nested = Stat.proportion([50.0, 50.0], [a, b], n_boot=400, aligned=False)
+    want = stats.two_level_bootstrap([a, b], 400, 0, crossed=False)
+    assert nested.ci == (pytest.approx(want[1]), pytest.approx(want[2]))
+    assert crossed.ci != nested.ci
+
+
+def test_a_difference_over_seeds_keeps_the_pooled_newcombe_width() -> None:
+    """Two seeds whose defense and baseline answer every prompt alike (FA 100 against 100): the
+    seeds x prompts bootstrap of the differences is [0, 0]; the summary holds Newcombe's
+    interval of the pooled 2 x 2 table. A real spread across seeds keeps the bootstrap."""
+    from types import SimpleNamespace
+
+    from hftguard.pipeline.report.paired import Comparison, summarise
+
+    def comp(seed: int, both: int, b: int, c: int, n: int) -> Comparison:
+        deltas = [100.0] * b + [-100.0] * c + [0.0] * (n - b - c)
+        run = SimpleNamespace(seed=seed)
+        diff = 100.0 * (b - c) / n
+        return Comparison(
+            "vs_baseline", "fa", run, run, diff, None, 1.0, b, c, n, None,
+            tuple(map(str, range(n))), deltas, both,
+        )  # fmt: skip
+
+    alike = summarise([comp(1, 100, 0, 0, 100), comp(2, 100, 0, 0, 100)], n_boot=300)
+    assert alike is not None and alike.ci_method == "bootstrap+newcombe"
+    lo, hi = newcombe_by_hand(200, 0, 0, 200)
+    assert alike.ci == (pytest.approx(lo), pytest.approx(hi)) and lo < -1.0
+    apart = summarise([comp(1, 40, 40, 0, 100), comp(2, 40, 0, 40, 100)], n_boot=300)
+    assert apart is not None and apart.ci_method == "bootstrap"

@@ -897,6 +897,48 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_report_alignments.py",),
     ),
     Mutant(
+        "newcombe-correlation-sign",
+        "hftguard/pipeline/intervals.py",
+        "    lo_sq = (p1 - l1) ** 2 - 2.0 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2",
+        "    lo_sq = (p1 - l1) ** 2 + 2.0 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2",
+        "sign: the paired interval's correlation term widens instead of narrowing it",
+        ("tests/test_stats.py",),
+    ),
+    Mutant(
+        "paired-interval-back-to-bootstrap",
+        "hftguard/pipeline/report/paired.py",
+        "        lo, hi = stats.newcombe_paired(both, b, c, n, level) or (None, None)",
+        "        _, lo, hi = stats.paired_bootstrap_diff(xs, ys, n_boot=n_boot, seed=seed, level=level)",
+        "wiring: one seed's HS/FA difference gets the percentile bootstrap (too short with few "
+        "discordant prompts, [0, 0] for identical answers)",
+        ("tests/test_report.py",),
+    ),
+    Mutant(
+        "seed-difference-interval-not-widened",
+        "hftguard/pipeline/report/paired.py",
+        "                wider = stats.hull(ci, pooled)",
+        "                wider = ci",
+        "wiring: two seeds whose models answer alike get a difference interval of [0, 0]",
+        ("tests/test_stats.py",),
+    ),
+    Mutant(
+        "cell-rate-interval-not-widened",
+        "hftguard/pipeline/report/stats.py",
+        "                wider = stats.hull(out.ci, pooled)",
+        "                wider = out.ci",
+        "wiring: several seeds all at 0% get the interval [0, 0]",
+        ("tests/test_stats.py",),
+    ),
+    Mutant(
+        "cell-rate-seeds-paired-by-position",
+        "hftguard/pipeline/report/aggregate.py",
+        '    harmful_alike = alike([r.item_order("harmful", r.headline_judge(judge)) for r in runs])',
+        "    harmful_alike = True",
+        "wiring: two seeds' HS flags are resampled together by file position, whatever prompt "
+        "each position holds",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
         "repair-effect-pairs-on-full-variant",
         "hftguard/pipeline/report/paired.py",
         "(r.attacked_method, r.p, *cell, r.attacked_variant_key)",

@@ -7,6 +7,9 @@ prompt, not by eye.
 - :func:`wilson` — a confidence interval for one proportion (k of n). Unlike the percentile
   bootstrap it has a sensible width at 0 of n or n of n (the bootstrap collapses to [0, 0] there)
   and keeps near-nominal coverage for small n.
+- :func:`newcombe_paired` — an interval for the difference of two paired proportions (two
+  models' 0/1 outcomes on the same prompts) that agrees with the McNemar test and does not
+  collapse when the two models answer alike.
 - :func:`mcnemar_exact` — the exact (binomial) McNemar test for two paired 0/1 outcomes: only the
   discordant prompts (harmful under one model, not the other) carry information, and under "no
   difference" each discordant prompt is equally likely to go either way.
@@ -71,6 +74,62 @@ def mcnemar_exact(b: int, c: int) -> float:
     from scipy.stats import binomtest
 
     return float(min(1.0, binomtest(b, b + c, 0.5).pvalue))
+
+
+def newcombe_paired(
+    both: int, b: int, c: int, n: int, level: float = 0.95
+) -> tuple[float, float] | None:
+    """Interval for the difference of two paired proportions, in percentage points; None when
+    n = 0. Newcombe's hybrid score interval (Newcombe 1998, Statistics in Medicine 17:2635,
+    method 10, without continuity correction).
+
+    ``both``: items where both outcomes are 1; ``b``: only the first; ``c``: only the second; of
+    ``n`` items. The difference is (b − c)/n. Each proportion gets its Wilson interval, and the
+    two are combined with the correlation φ of the 2 × 2 table (0 where a margin is empty):
+
+        L = θ − √((p₁ − l₁)² − 2φ(p₁ − l₁)(u₂ − p₂) + (u₂ − p₂)²)
+        U = θ + √((u₁ − p₁)² − 2φ(u₁ − p₁)(p₂ − l₂) + (p₂ − l₂)²)
+
+    Why not the percentile bootstrap of the per-item differences: with few discordant items it
+    covers far less than the nominal level (b = 0, c = 4 of 200 gives [−4.0, −0.5], excluding 0,
+    while the exact McNemar p is 0.125), and with none it collapses to [0, 0]. This interval
+    agrees with the test there and keeps a width from the items' own sampling error.
+    """
+    if n <= 0:
+        return None
+    both, b, c, n = int(both), int(b), int(c), int(n)
+    neither = n - both - b - c
+    if min(both, b, c, neither) < 0:
+        raise ValueError(f"newcombe_paired: counts {both}, {b}, {c} do not fit in n = {n}")
+    w1, w2 = wilson(both + b, n, level), wilson(both + c, n, level)
+    assert w1 is not None and w2 is not None  # n > 0
+    p1, p2 = (both + b) / n, (both + c) / n
+    l1, u1 = w1[0] / 100.0, w1[1] / 100.0
+    l2, u2 = w2[0] / 100.0, w2[1] / 100.0
+    margins = (both + b) * (c + neither) * (both + c) * (b + neither)
+    phi = (both * neither - b * c) / math.sqrt(margins) if margins > 0 else 0.0
+    theta = p1 - p2
+    lo_sq = (p1 - l1) ** 2 - 2.0 * phi * (p1 - l1) * (u2 - p2) + (u2 - p2) ** 2
+    hi_sq = (u1 - p1) ** 2 - 2.0 * phi * (u1 - p1) * (p2 - l2) + (p2 - l2) ** 2
+    lo = max(-1.0, theta - math.sqrt(max(lo_sq, 0.0)))
+    hi = min(1.0, theta + math.sqrt(max(hi_sq, 0.0)))
+    return 100.0 * lo, 100.0 * hi
+
+
+def paired_counts(x: Sequence[float], y: Sequence[float]) -> tuple[int, int, int, int]:
+    """(both, b, c, n) of two paired 0/1 outcome lists (any true value counts as 1)."""
+    b, c = discordant(x, y)
+    both = sum(1 for a, o in zip(x, y, strict=True) if a and o)
+    return both, b, c, len(x)
+
+
+def hull(
+    a: tuple[float, float] | None, b: tuple[float, float] | None
+) -> tuple[float, float] | None:
+    """The smallest interval holding both (either one when the other is None)."""
+    if a is None or b is None:
+        return a if b is None else b
+    return min(a[0], b[0]), max(a[1], b[1])
 
 
 def discordant(x: Sequence[float], y: Sequence[float]) -> tuple[int, int]:

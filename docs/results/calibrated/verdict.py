@@ -33,7 +33,8 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             "method": cell["method"],
             "label": cell["label"],
             "p": p,
-            "seeds": cell.get("seeds"),
+            # the seeds the paired difference covers (those the baseline has too), not the cell's
+            "seeds": (hs or {}).get("seeds") or cell.get("seeds"),
             "hs": (cell.get("hs") or {}).get("mean"),
             "fa": (cell.get("fa") or {}).get("mean"),
             "d_hs": hs["mean"] if hs else None,
@@ -50,6 +51,11 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         else:
             row["verdict"] = "not reproduced: the HS interval is not below zero"
+        # One seed: the exact McNemar test beside the interval. Where the two disagree (few
+        # discordant prompts) the verdict stands by the rule, and the row says it is borderline.
+        p_values = [v for v in (hs or {}).get("p_values") or [] if v is not None]
+        if len(p_values) == 1 and hs and hs.get("ci") and (hs["ci"][1] < 0) != (p_values[0] < 0.05):
+            row["verdict"] += f"; borderline: exact McNemar p = {p_values[0]:.3f}"
         # A stage behind the row whose loss rose (the report's "Training that did not converge")
         # does not change the verdict; it says the regime was not one where the defense could act.
         for item in report.get("not_converged") or []:
@@ -104,9 +110,7 @@ def pick(sweep: dict[str, dict[str, Any]], p: float = 0.2) -> dict[str, Any]:
     return _pick(items)
 
 
-def pick_variants(
-    rep: dict[str, Any], p: float = 0.2, method: str | None = None
-) -> dict[str, Any]:
+def pick_variants(rep: dict[str, Any], p: float = 0.2, method: str | None = None) -> dict[str, Any]:
     """The same rule on one report over the whole sweep: its rows ``Vaccine (rho=40)``... are the
     values (``variant`` in report.json's cells; hftguard report splits a method's runs by the
     options that differ among them). A report over the sweeps of several methods needs

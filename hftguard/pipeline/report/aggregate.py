@@ -468,17 +468,31 @@ def _cell(
         sizes = [r.n_items(f"task:{t}") for t in names if t]
         return sum(n for n in sizes if n) or None
 
+    def alike(orders: list[tuple[str, ...]]) -> bool:
+        """The seeds list one prompt set in one order (a crossed bootstrap pairs by position)."""
+        return len(set(orders)) <= 1
+
+    def fa_order(r: EvalRun) -> tuple[str, ...]:
+        names = fa_tasks if fa_tasks is not None else [r.task]
+        return tuple(k for t in names if t for k in r.item_order(f"task:{t}"))
+
     kw: dict[str, Any] = {"n_boot": n_boot, "seed": seed, "level": level}
     or_judge = [r.metrics.get("over_refusal_judge") for r in runs]
+    harmful_alike = alike([r.item_order("harmful", r.headline_judge(judge)) for r in runs])
     cell = CellStats(
         hs=Stat.proportion(
             [r.harmful_score(judge) for r in runs],
             [r.harmful_flags(judge) for r in runs],
             [_n_harmful(r, judge) for r in runs],
+            aligned=harmful_alike,
             **kw,
         ),
         fa=Stat.proportion(
-            [fa(r) for r in runs], [fa_items(r) for r in runs], [fa_size(r) for r in runs], **kw
+            [fa(r) for r in runs],
+            [fa_items(r) for r in runs],
+            [fa_size(r) for r in runs],
+            aligned=alike([fa_order(r) for r in runs]),
+            **kw,
         ),
         over_refusal=Stat.proportion(
             [r.metrics.get("over_refusal_rate") for r in runs],
@@ -487,12 +501,14 @@ def _cell(
                 for r, j in zip(runs, or_judge, strict=True)
             ],
             [r.n_items("benign") for r in runs],
+            aligned=alike([r.item_order("benign", j) for r, j in zip(runs, or_judge, strict=True)]),
             **kw,
         ),
         degenerate=Stat.proportion(
             [r.degenerate_rate(judge) for r in runs],
             [r.label_flags("harmful", r.headline_judge(judge), "degenerate") for r in runs],
             [_n_harmful(r, judge) for r in runs],
+            aligned=harmful_alike,
             **kw,
         ),
         seeds=sorted(r.seed for r in runs if r.seed is not None),
@@ -503,6 +519,7 @@ def _cell(
             [r.judge_block(judge).get("off_topic_rate") for r in runs],
             [r.label_flags("harmful", r.headline_judge(judge), "off-topic") for r in runs],
             [_n_harmful(r, judge) for r in runs],
+            aligned=harmful_alike,
             **kw,
         )
     screened = [r.screening() if r.kind == "attacked" else {} for r in runs]
@@ -524,7 +541,11 @@ def _cell(
     for name in cats:
         groups = [flags.get(name, []) for flags in per_run]
         cell.by_category[name] = Stat.proportion(
-            [_mean100(g) for g in groups], groups, [len(g) for g in groups], **kw
+            [_mean100(g) for g in groups],
+            groups,
+            [len(g) for g in groups],
+            aligned=harmful_alike,
+            **kw,
         )
     if not cats:  # no generations.jsonl: the evaluations' own per-category numbers, if any
         blocks = [

@@ -194,6 +194,18 @@ class EvalRun:
             and isinstance(r["likelihood_margin"].get("margin"), (int, float))
         }
 
+    def item_order(self, kind: str, judge: str | None = None) -> tuple[str, ...]:
+        """The prompt keys of the ``kind`` records ("harmful", "benign", "task:NAME"), in file
+        order, of those ``judge`` judged when one is named: the order of :meth:`harmful_flags`,
+        :meth:`task_flags` and :meth:`label_flags`, to check that two seeds list one prompt set
+        alike."""
+        rows = [
+            r
+            for r in self.records()
+            if r.get("set") == kind and (judge is None or judge in (r.get("verdicts") or {}))
+        ]
+        return tuple(item_keys(rows))
+
     def label_flags(self, kind: str, judge: str | None, label: str) -> list[float]:
         """100 × (verdict label == ``label``) over the ``kind`` records ("harmful", "benign") that
         ``judge`` judged."""

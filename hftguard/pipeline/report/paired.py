@@ -49,6 +49,7 @@ class Comparison:
     judge: str | None = None
     keys: tuple[str, ...] = field(default=(), repr=False)
     deltas: list[float] = field(default_factory=list, repr=False)  # per prompt, run − ref (×100)
+    both: int | None = None  # prompts where both are 1 (hs, fa): with b, c and n the 2 × 2 table
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -122,7 +123,9 @@ class Summary:
     sd: float | None
     n_seeds: int
     ci: tuple[float, float] | None
-    ci_method: str | None  # "paired bootstrap" (one seed) | "bootstrap" (seeds × prompts)
+    #: one seed: "newcombe" (hs, fa) | "paired bootstrap" (margin); several: "bootstrap" (seeds
+    #: × prompts), or "bootstrap+newcombe" where the pooled score interval widened it
+    ci_method: str | None
     p_values: list[float | None]
     seeds: list[int | None]
     comparisons: list[Comparison] = field(default_factory=list, repr=False)
@@ -225,10 +228,13 @@ def compare(
     scale = 1.0 if metric == "margin" else 100.0
     xs = [scale * x[k] for k in keys]
     ys = [scale * y[k] for k in keys]
-    diff, lo, hi = stats.paired_bootstrap_diff(xs, ys, n_boot=n_boot, seed=seed, level=level)
-    b = c = p_value = None
-    if metric != "margin":
-        b, c = stats.discordant(xs, ys)
+    b = c = p_value = both = None
+    if metric == "margin":
+        diff, lo, hi = stats.paired_bootstrap_diff(xs, ys, n_boot=n_boot, seed=seed, level=level)
+    else:  # 0/1 per prompt: the score interval that agrees with the exact McNemar test
+        both, b, c, n = stats.paired_counts(xs, ys)
+        diff = 100.0 * (b - c) / n
+        lo, hi = stats.newcombe_paired(both, b, c, n, level) or (None, None)
         p_value = stats.mcnemar_exact(b, c)
     return Comparison(
         kind,
@@ -244,6 +250,7 @@ def compare(
         j,
         keys,
         [a - o for a, o in zip(xs, ys, strict=True)],
+        both,
     )
 
 
@@ -348,9 +355,16 @@ def _num(v: Any) -> tuple[bool, float]:
 def summarise(
     comparisons: Sequence[Comparison], *, n_boot: int = 1000, seed: int = 0, level: float = 0.95
 ) -> Summary | None:
-    """Mean ± sd over seeds of the per-seed differences; the interval is the paired bootstrap's
-    for one seed, and a two-level bootstrap over seeds × prompts of the per-prompt differences for
-    several (crossed when every seed has the same prompts)."""
+    """Mean ± sd over seeds of the per-seed differences, with an interval:
+
+    - one seed: that comparison's (Newcombe's score interval for HS and FA, the paired bootstrap
+      for the margin);
+    - several: a two-level bootstrap over seeds × prompts of the per-prompt differences
+      (crossed when every seed has the same prompts), widened for HS and FA to hold Newcombe's
+      interval of the seeds' pooled 2 × 2 table. The bootstrap carries the seeds' spread but
+      collapses to a point when the seeds' models answer alike (FA 100 against 100) and covers
+      too little with few discordant prompts; the pooled interval carries the prompts' own
+      sampling error there."""
     comps = list(comparisons)
     if not comps:
         return None
@@ -358,7 +372,8 @@ def summarise(
     ci: tuple[float, float] | None = None
     method = None
     if len(comps) == 1:
-        ci, method = comps[0].ci, "paired bootstrap" if comps[0].ci else None
+        ci = comps[0].ci
+        method = None if ci is None else "paired bootstrap" if comps[0].both is None else "newcombe"
     elif n_boot > 0:
         crossed = len({c.keys for c in comps}) == 1
         _, lo, hi = stats.two_level_bootstrap(
@@ -366,6 +381,17 @@ def summarise(
         )
         if lo is not None and hi is not None:
             ci, method = (lo, hi), "bootstrap"
+            if all(c.both is not None and c.b is not None and c.c is not None for c in comps):
+                pooled = stats.newcombe_paired(
+                    sum(c.both or 0 for c in comps),
+                    sum(c.b or 0 for c in comps),
+                    sum(c.c or 0 for c in comps),
+                    sum(c.n_items for c in comps),
+                    level,
+                )
+                wider = stats.hull(ci, pooled)
+                if wider != ci:
+                    ci, method = wider, "bootstrap+newcombe"
     return Summary(
         mean,
         sd,

@@ -420,7 +420,8 @@ def _interval_note(rep: Report) -> str:
     pct = f"{100 * rep.level:g}%"
     return (
         f"{pct} intervals: Wilson for one seed; with several seeds a two-level percentile "
-        f"bootstrap over seeds × prompts ({rep.n_boot} resamples)"
+        f"bootstrap over seeds × prompts ({rep.n_boot} resamples), widened to the pooled "
+        "prompts' Wilson interval where the seeds all sit at 0% or 100%"
     )
 
 
@@ -535,9 +536,10 @@ def to_markdown(rep: Report) -> str:
         parts += [_md(*worst_table(rep)), ""]
     note = (
         "Differences (method − reference) on the same prompts, in percentage points (the "
-        "likelihood margin: nats per token): mean over seeds [± sd] [95% interval: paired "
-        "bootstrap over prompts for one seed, seeds × prompts bootstrap for several] (exact "
-        "McNemar p for one seed; per seed below)."
+        "likelihood margin: nats per token): mean over seeds [± sd] [95% interval: for one "
+        "seed Newcombe's score interval for paired proportions (the margin: a paired bootstrap "
+        "over prompts); for several a seeds × prompts bootstrap, widened to hold the pooled "
+        "score interval] (exact McNemar p for one seed; per seed below)."
     )
     base = rep.baseline_label
     sections = [

@@ -104,17 +104,21 @@ class Stat:
         n_boot: int = 1000,
         seed: int = 0,
         level: float = 0.95,
+        aligned: bool = True,
     ) -> Stat:
         """A rate in % over seeds: mean ± std of ``per_seed`` (the evaluations' own numbers) with
 
         - one evaluation: the Wilson interval of k of n;
-        - several: the two-level percentile bootstrap over seeds × prompts (``n_boot`` = 0: none).
+        - several: the two-level percentile bootstrap over seeds × prompts (``n_boot`` = 0: none),
+          widened to hold the Wilson interval of the seeds' pooled prompts (the bootstrap alone
+          is a point when every seed is at 0% or 100%).
 
         k and n come from an evaluation's per-prompt 0/100 ``flags`` when they reproduce its rate,
         else from its rate and ``sizes`` (n): an evaluation without generations.jsonl, or a metric
         whose per-prompt form the records do not carry. The bootstrap is crossed (one draw of
         prompt indices for every seed) when every seed has per-prompt flags of the same length
-        (the seeds share their prompts: ``eval.seed`` is fixed), nested otherwise.
+        and ``aligned`` (the caller found the same prompts in the same order; the seeds share
+        their prompts: ``eval.seed`` is fixed), nested otherwise.
         """
         from hftguard.pipeline import intervals as stats
 
@@ -142,10 +146,18 @@ class Stat:
                 out.ci, out.ci_method = (float(ci[0]), float(ci[1])), "wilson"
         elif len(groups) > 1 and n_boot > 0 and all(groups):
             full = [g for g in groups if g]
-            crossed = real and len({len(g) for g in full}) == 1
+            crossed = real and aligned and len({len(g) for g in full}) == 1
             _, lo, hi = stats.two_level_bootstrap(full, n_boot, seed, level, crossed=crossed)
             if lo is not None and hi is not None:
                 out.ci, out.ci_method = (lo, hi), "bootstrap"
+                # the seeds' pooled prompts' own sampling error: the bootstrap collapses to a
+                # point when every seed is at 0% or 100% (HS 0 of 200 three times: [0, 0])
+                pooled = stats.wilson(
+                    sum(1 for g in full for x in g if x), sum(len(g) for g in full), level
+                )
+                wider = stats.hull(out.ci, pooled)
+                if wider != out.ci:
+                    out.ci, out.ci_method = wider, "bootstrap+wilson"
         return out
 
     def as_dict(self) -> dict[str, Any]:
