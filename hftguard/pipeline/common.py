@@ -471,11 +471,6 @@ def train_stage(
     model, tok, underneath = models.load_for_training(
         start_recipe, lora_mode, cfg.lora, device, dtype, cfg.seed
     )
-    # what was loaded (a hub model may have just downloaded a newer revision): a resumed run's
-    # checkpoint on other base weights is not continued
-    input_model, _ = team.sync(
-        "base-weights", lambda: _input_model(run, start_recipe) if team.is_main else {}
-    )
     main = encode_all(inputs.main, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
     streams = {
         name: encode_all(ex, tok, cfg.template, cfg.train.max_length, defense.refusal_view)
@@ -496,6 +491,10 @@ def train_stage(
     if effective:  # what Defense.plan changed (e.g. Lisa's scaled schedule), as run
         record["effective"] = effective
     if team.is_main:
+        # what was loaded (a hub model may have just downloaded a newer revision): a resumed
+        # run's checkpoint on other base weights is not continued (a refusal here reaches the
+        # other processes at the "ready" sync point, through guard's team.fail)
+        input_model = _input_model(run, start_recipe)
         run.update_manifest(
             components={"defense": record},
             data=sources,
