@@ -189,3 +189,27 @@ def test_a_cells_interval_pairs_seeds_by_prompt_not_by_file_position(tmp_path: P
     flags = [r.harmful_flags(None) for r in runs if r.kind == "attacked"]
     _, lo, hi = two_level_bootstrap(flags, 400, 0, crossed=False)
     assert hs.ci == (pytest.approx(lo), pytest.approx(hi))
+
+
+def test_the_base_model_evaluated_twice_counts_once() -> None:
+    """Two grids that each hold a copy of the base model's evaluation (a second seed's --out):
+    one model, not two seeds (before: "88.5 ± 0.0" over two "seeds" of the same evaluation).
+    Two bases of other specs or other weights stay apart; so does one that does not say."""
+    from types import SimpleNamespace
+
+    from hftguard.pipeline.report.aggregate import _same_base
+
+    def ev(spec: str | None, key: str | None = None, adapters: tuple[str, ...] = ()) -> Any:
+        model = {
+            "base_spec": spec,
+            "adapters": list(adapters),
+            **({"base_key": key} if key else {}),
+        }
+        return SimpleNamespace(manifest={"evaluated_model": model} if spec else {})
+
+    assert _same_base(ev("smollm2-135m-instruct"), ev("smollm2-135m-instruct"))
+    assert _same_base(ev("m", "k1"), ev("m", "k1")) and _same_base(ev("m", "k1"), ev("m"))
+    assert not _same_base(ev("m", "k1"), ev("m", "k2"))
+    assert not _same_base(ev("m"), ev("other"))
+    assert not _same_base(ev(None), ev(None))
+    assert not _same_base(ev("m", adapters=("a",)), ev("m", adapters=("a",)))

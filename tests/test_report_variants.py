@@ -127,7 +127,7 @@ def test_an_aligned_model_evaluated_again_counts_once(sweep: list[Path], tmp_pat
     first = sweep[0] / "evals" / "aligned-booster-s1"
     kept = {r.path for r in before["Booster"].runs if r.seed == 1}
     assert len(rep.before_repeated) == 1 and kept | {rep.before_repeated[0].path} == {first, again}
-    assert "Evaluated again, the same aligned model and seed" in report.to_markdown(rep)
+    assert "Evaluated again, the same model (and seed)" in report.to_markdown(rep)
     assert report.report_dict(rep)["before_repeated"] == [str(rep.before_repeated[0].path)]
 
 

@@ -270,7 +270,10 @@ def build(
             # seed evaluated again (a sweep's copy of the aligned model) counts once, and so does
             # one seed's model trained again differently (named as such: .alignments)
             rs = by.setdefault(r.variant_text if kind == "aligned" else "base", [])
-            kept = next((o for o in rs if o.seed == r.seed), None) if kind == "aligned" else None
+            if kind == "aligned":
+                kept = next((o for o in rs if o.seed == r.seed), None)
+            else:  # the base model evaluated again (a grid's copy of its evaluation): once
+                kept = next((o for o in rs if _same_base(o, r)), None)
             if kept is None:
                 rs.append(r)
             elif differ := between(r, kept, fingerprints):
@@ -559,6 +562,19 @@ def _cell(
             ns = [(b.get(name) or {}).get("n") for b in blocks]
             cell.by_category[name] = Stat.proportion(hs, [[] for _ in runs], ns, **kw)
     return cell
+
+
+def _same_base(a: EvalRun, b: EvalRun) -> bool:
+    """Two evaluations of one base model: the same spec, and the same weights where both
+    recorded their hash. An evaluation that does not say which base it evaluated is not taken
+    for another's repeat."""
+    ma = a.manifest.get("evaluated_model") or {}
+    mb = b.manifest.get("evaluated_model") or {}
+    spec = ma.get("base_spec")
+    if not spec or spec != mb.get("base_spec") or ma.get("adapters") or mb.get("adapters"):
+        return False
+    keys = ma.get("base_key"), mb.get("base_key")
+    return not all(keys) or keys[0] == keys[1]
 
 
 def _mean100(flags: list[float]) -> float | None:

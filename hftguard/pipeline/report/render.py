@@ -509,10 +509,12 @@ def to_markdown(rep: Report) -> str:
         parts += ["## Before fine-tuning", "", _md(*before_table(rep)), ""]
         if rep.before_repeated:
             parts += [
-                "Evaluated again, the same aligned model and seed (left out, not averaged in "
+                "Evaluated again, the same model (and seed) (left out, not averaged in "
                 "as seeds): "
                 + ", ".join(
-                    f"{r.variant_text} s{r.seed} ({shown(r.path)})" for r in rep.before_repeated
+                    (f"{r.variant_text} s{r.seed}" if r.kind == "aligned" else "base model")
+                    + f" ({shown(r.path)})"
+                    for r in rep.before_repeated
                 )
                 + ".",
                 "",
