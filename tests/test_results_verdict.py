@@ -184,3 +184,19 @@ def test_one_seed_rows_say_when_the_exact_test_disagrees_and_seeds_are_the_pairs
     assert rows["booster/sft"]["verdict"] == "reproduced; borderline: exact McNemar p = 0.062"
     assert rows["antibody/sft"]["seeds"] == [1]  # seed 2 has no SFT to pair with
     assert "borderline" not in rows["antibody/sft"]["verdict"]  # p = 1, interval holds 0: agree
+
+
+def test_a_significant_rise_in_harm_is_not_borderline(tmp_path: Path) -> None:
+    """HS up by 8 prompts of 20, all one way: interval above zero and McNemar p < 0.05 agree
+    (not reproduced, plainly); only a disagreement about 0 is borderline."""
+    from hftguard.pipeline.grid import Cell
+
+    cells = [
+        (Cell("sft", "sft", 0.2, 100, "sentiment", 1), 10, 9, None),
+        (Cell("booster", "sft", 0.2, 100, "sentiment", 1), 18, 9, None),
+    ]
+    root = write_grid(tmp_path / "g", cells, ["sft/sft", "booster/sft"], {})
+    rep = report.report_dict(report.build(report.collect([root]), n_boot=200))
+    (row,) = _script().verdicts(rep)
+    assert row["d_hs_ci"][0] > 0
+    assert row["verdict"] == "not reproduced: the HS interval is not below zero"

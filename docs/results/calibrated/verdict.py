@@ -51,11 +51,14 @@ def verdicts(report: dict[str, Any]) -> list[dict[str, Any]]:
             )
         else:
             row["verdict"] = "not reproduced: the HS interval is not below zero"
-        # One seed: the exact McNemar test beside the interval. Where the two disagree (few
-        # discordant prompts) the verdict stands by the rule, and the row says it is borderline.
+        # One seed: the exact McNemar test beside the interval. Where the two disagree on
+        # whether the difference is 0 (few discordant prompts) the verdict stands by the rule,
+        # and the row says it is borderline.
         p_values = [v for v in (hs or {}).get("p_values") or [] if v is not None]
-        if len(p_values) == 1 and hs and hs.get("ci") and (hs["ci"][1] < 0) != (p_values[0] < 0.05):
-            row["verdict"] += f"; borderline: exact McNemar p = {p_values[0]:.3f}"
+        if len(p_values) == 1 and hs and hs.get("ci"):
+            excludes_zero = hs["ci"][1] < 0 or hs["ci"][0] > 0
+            if excludes_zero != (p_values[0] < 0.05):
+                row["verdict"] += f"; borderline: exact McNemar p = {p_values[0]:.3f}"
         # A stage behind the row whose loss rose (the report's "Training that did not converge")
         # does not change the verdict; it says the regime was not one where the defense could act.
         for item in report.get("not_converged") or []:
