@@ -815,8 +815,8 @@ def gguf_source(converted: Path) -> str | None:
 def base_key(base: str) -> str | None:
     """The content key of base weights ``base`` (a recipe's ``base``: a directory, or a hub id
     read from its snapshot in the local hub cache); None where no local weight files stand for
-    it. Two bases with one key hold the same weights and model config
-    (:func:`hftguard.pipeline.cache.weights_key`)."""
+    it. Two bases with one key hold the same weight files
+    (:func:`hftguard.pipeline.cache.weights_key`; configs are not compared)."""
     from hftguard.pipeline.cache import hub_snapshot, weights_key
 
     p = Path(base)

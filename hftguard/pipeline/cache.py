@@ -62,7 +62,7 @@ def _canonical(obj: Any) -> str:
     return json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
 
 
-def _file_hash(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     """The sha256 of a file, read once per content: memoised in the process, and, for files of
     1 MiB or more, on disk under ``cache/file-sha256.json`` (unless ``HFTGUARD_CACHE=off``),
     keyed by the real path and its size, mtime, inode and ctime (a file rewritten in place, or
@@ -92,9 +92,6 @@ def _file_hash(path: Path) -> str:
     _FILE_HASHES[memo] = digest
     return digest
 
-
-#: The public name of :func:`_file_hash`.
-file_sha256 = _file_hash
 
 _HASH_FILE = "file-sha256.json"
 _STORE_FROM = 1 << 20
@@ -147,7 +144,7 @@ def weights_key(directory: Path) -> str | None:
     files = [f for f in _model_files(directory) if f.suffix in _WEIGHT_SUFFIXES]
     if not files:
         return None
-    return sha256_text(["weights-key-v1", *(f"{f.name}:{_file_hash(f)}" for f in files)])
+    return sha256_text(["weights-key-v1", *(f"{f.name}:{file_sha256(f)}" for f in files)])
 
 
 def model_key(recipe: Any) -> str:
@@ -157,7 +154,7 @@ def model_key(recipe: Any) -> str:
     order, so the order is part of the key. A hub id is keyed by the files of its current snapshot
     in the local hub cache (by its name where it has none there: before 2026-11-27 always by its
     name, so a newer revision was served the older one's generations). File hashes are memoised
-    (:func:`_file_hash`).
+    (:func:`file_sha256`).
     """
     data = recipe.as_dict() if hasattr(recipe, "as_dict") else dict(recipe)
     parts = [f"model-key-v{KEY_VERSION}"]
@@ -169,7 +166,7 @@ def model_key(recipe: Any) -> str:
         files = _model_files(d)
         if not files:
             parts.append(f"name:{entry}")
-        parts.extend(f"{f.name}:{_file_hash(f)}" for f in files)
+        parts.extend(f"{f.name}:{file_sha256(f)}" for f in files)
     return sha256_text(parts)
 
 
