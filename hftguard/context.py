@@ -59,6 +59,13 @@ class StepContext:
             process's rows are ``result[rank::world_size]``). For what a defense computes across
             the rows of a batch — a softmax over the batch, a batch statistic — which must
             cover the global batch.
+        stop_point: ``stop_point("what")`` raises :class:`hftguard.errors.StopRequested` once a
+            stop was asked for (SIGTERM: hftguard.engine.stopping), and does nothing otherwise.
+            For long work inside one step (EWC's Fisher over hundreds of batches before step 0),
+            which a stop would otherwise wait for past a scheduler's grace period: call it
+            between pieces of that work. The step in progress is dropped, and the run resumes
+            from its last checkpoint. Work that changed the parameters or the optimizer must not
+            call it after the change.
     """
 
     step: int
@@ -76,6 +83,7 @@ class StepContext:
     )
     rank: int = 0
     all_gather_rows: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda rows: rows)
+    stop_point: Callable[[str], None] = field(default=lambda what: None)
 
     # Data-parallel arithmetic, so that a step never multiplies or divides by world_size itself.
     # Each is the identity arithmetic in one process; tests/test_ddp.py runs them in two.

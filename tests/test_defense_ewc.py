@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import signal
 
 import pytest
 import torch
@@ -25,7 +27,7 @@ from ft_defense_helpers import (
 
 from hftguard.builtins.defenses.ewc import EWC, EWCOptions
 from hftguard.config import build
-from hftguard.errors import ConfigError
+from hftguard.errors import ConfigError, StopRequested
 
 
 class _Stream:
@@ -176,6 +178,54 @@ def test_interrupted_run_resumes_identically_through_the_loop(tmp_path, tiny_tok
     kw = {"pad_id": pad, "steps": 6, "checkpoint_every": 2}
     with pytest.raises(KeyboardInterrupt):
         train_in_loop(tmp_path, "x", lora_model(tiny_tok), _CrashAt3(opts), main, streams, **kw)
+    resumed = train_in_loop(
+        tmp_path, "x", lora_model(tiny_tok), EWC(opts), main, streams, resume=True, **kw
+    )
+    for n, value in full.items():
+        torch.testing.assert_close(resumed[n], value, rtol=0, atol=0)
+
+
+class _TermDuringFisher(EWC):
+    """Sends this process SIGTERM while the Fisher's second alignment batch is drawn."""
+
+    draws = 0
+
+    def training_step(self, model, batch, ctx):
+        draw = ctx.next_batch
+
+        def counted(name):
+            type(self).draws += 1
+            if type(self).draws == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return draw(name)
+
+        ctx.next_batch = counted
+        try:
+            return super().training_step(model, batch, ctx)
+        finally:
+            ctx.next_batch = draw
+
+
+def test_sigterm_during_the_fisher_stops_before_its_end_and_resumes_identically(tmp_path, tiny_tok):
+    """The Fisher (hundreds of batches on a real run) is not waited for: a stop asked for during
+    it ends the run at the next batch, keeps nothing of step 0, and the re-run computes the same
+    Fisher from the same batches (hftguard.context.StepContext.stop_point)."""
+    main = encode(tiny_tok, user_examples(2, 6), refusal_view=False)
+    streams = {"alignment": encode(tiny_tok, alignment_examples(8), refusal_view=False)}
+    pad = tiny_tok.pad_token_id
+    opts = EWCOptions(lam=1e4, fisher_batches=5)
+    full = train_in_loop(
+        tmp_path, "full", lora_model(tiny_tok), EWC(opts), main, streams, pad_id=pad, steps=4
+    )
+    kw = {"pad_id": pad, "steps": 4, "checkpoint_every": 2}
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(StopRequested, match=r"during the Fisher's computation in step 1 of 4"):
+        train_in_loop(
+            tmp_path, "x", lora_model(tiny_tok), _TermDuringFisher(opts), main, streams, **kw
+        )
+    assert signal.getsignal(signal.SIGTERM) == before
+    assert _TermDuringFisher.draws == 2  # stopped before the third of five batches
+    assert not list((tmp_path / "x" / "checkpoints").glob("step-*"))
     resumed = train_in_loop(
         tmp_path, "x", lora_model(tiny_tok), EWC(opts), main, streams, resume=True, **kw
     )

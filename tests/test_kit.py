@@ -17,7 +17,7 @@ from hftguard.engine import steps
 ROOT = Path(__file__).resolve().parents[1]
 KIT_DOC = ROOT / "docs" / "plugins" / "kit.md"
 CTX_METHODS = ["sum_over_processes", "norm_over_processes", "own_rows", "sum_term", "token_mean"]
-CTX_DOCUMENTED = ["all_reduce_mean", "all_gather_rows", *CTX_METHODS]
+CTX_DOCUMENTED = ["all_reduce_mean", "all_gather_rows", "stop_point", *CTX_METHODS]
 
 
 def _headings() -> list[str]:

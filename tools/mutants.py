@@ -946,6 +946,22 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: a repair variant finds no attacked model to measure its repair effect against",
         ("tests/test_report_repair.py",),
     ),
+    Mutant(
+        "stop-point-never-stops",
+        "hftguard/engine/training.py",
+        "    def stop_point(what: str) -> None:\n        if sigterm.requested:",
+        "    def stop_point(what: str) -> None:\n        if False:",
+        "wiring: SIGTERM during EWC's Fisher waits for all its batches (past a grace period)",
+        ("tests/test_defense_ewc.py",),
+    ),
+    Mutant(
+        "ewc-fisher-without-stop-point",
+        "hftguard/builtins/defenses/ewc.py",
+        '                ctx.stop_point("the Fisher\'s computation")\n',
+        "",
+        "wiring: EWC's Fisher never checks for a stop",
+        ("tests/test_defense_ewc.py",),
+    ),
 )
 
 

@@ -225,6 +225,23 @@ def train(
     elif writes and log_path.exists():
         log_path.unlink()
 
+    # SIGTERM (a scheduler's preemption) stops at the end of the step in progress, with a
+    # checkpoint, or inside a step at a defense's stop_point; single process only
+    # (hftguard.engine.stopping)
+    sigterm = StopOnSigterm(enabled=stop_on_sigterm and shard[1] == 1)
+
+    # What stop_point says; it holds no reference to the loop's objects (a cycle through ctx or
+    # the run would keep the run directory's lock alive after the stop, until a gc pass).
+    stage, ckpts, at = f"{label}: {defense.name}", str(run.checkpoints), [start_step]
+
+    def stop_point(what: str) -> None:
+        if sigterm.requested:
+            raise StopRequested(
+                f"Stopped by SIGTERM during {what} in step {at[0] + 1} of {steps} ({stage}), "
+                "before the step ended; re-running resumes from the last checkpoint in "
+                f"{ckpts}, or from the beginning where there is none."
+            )
+
     ctx = StepContext(
         step=start_step,
         total_steps=steps,
@@ -238,6 +255,7 @@ def train(
         all_reduce_mean=_mean_over_processes if shard[1] > 1 else _same,
         rank=shard[0],
         all_gather_rows=_gather_rows if shard[1] > 1 else _same,
+        stop_point=stop_point,
     )
     defense.setup(ctx)
     autocast = (
@@ -247,9 +265,6 @@ def train(
         torch.cuda.reset_peak_memory_stats(device)
     t_run = time.perf_counter()
     log_file = log_path.open("a") if writes else _nowhere()
-    # SIGTERM (a scheduler's preemption) stops at the end of the step in progress, with a
-    # checkpoint; single process only (hftguard.engine.stopping)
-    sigterm = StopOnSigterm(enabled=stop_on_sigterm and shard[1] == 1)
     with (
         reporter.task(f"{label}: {defense.name}", total=steps) as task,
         log_file as log,
@@ -260,7 +275,7 @@ def train(
             after_step(start_step)
         for step in range(start_step, steps):
             t0 = time.perf_counter()
-            ctx.step = step
+            ctx.step = at[0] = step
             batch = main_sampler.batch(step, pad_id).to(device)
             for _, p in params:
                 p.grad = None

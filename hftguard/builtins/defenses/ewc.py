@@ -23,6 +23,7 @@ continue``); see docs/components/ewc.md for what it means under ``merge``.
 from __future__ import annotations
 
 import math
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -120,12 +121,22 @@ class EWC(FinetuneDefense):
         if ctx.reporter is not None and ctx.rank == 0:
             ctx.reporter.info(f"ewc: diagonal Fisher over {n} alignment batches (before step 0)")
         fisher = [torch.zeros_like(p, dtype=torch.float32) for _, p in ctx.params]
-        for _ in range(n):
-            loss = ctx.loss_fn(model, ctx.next_batch("alignment"))
-            g = grads_of(loss, ctx.params)
-            # Square the global batch's gradient (the average over processes), not each shard's.
-            g = [t.float() for t in ctx.all_reduce_mean(g)]
-            torch._foreach_addcmul_(fisher, g, g)
+        reporter = ctx.reporter if ctx.rank == 0 else None
+        with (
+            reporter.task("ewc: Fisher", total=n) if reporter is not None else nullcontext() as bar
+        ):
+            for _ in range(n):
+                # a stop asked for now need not wait for the rest of the batches: nothing is
+                # kept yet, and a resumed run computes the Fisher again from the same batches
+                ctx.stop_point("the Fisher's computation")
+                loss = ctx.loss_fn(model, ctx.next_batch("alignment"))
+                g = grads_of(loss, ctx.params)
+                # Square the global batch's gradient (the average over processes), not each
+                # shard's.
+                g = [t.float() for t in ctx.all_reduce_mean(g)]
+                torch._foreach_addcmul_(fisher, g, g)
+                if bar is not None:
+                    bar.advance(1)
         self.fisher = {n: f for (n, _), f in zip(ctx.params, fisher, strict=True)}
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:
