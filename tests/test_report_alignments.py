@@ -6,6 +6,7 @@ the p = 0 cell of the other as one method's attack effect, silently."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,82 @@ def test_the_base_model_evaluated_twice_counts_once() -> None:
     assert not _same_base(ev("m"), ev("other"))
     assert not _same_base(ev(None), ev(None))
     assert not _same_base(ev("m", adapters=("a",)), ev("m", adapters=("a",)))
+
+
+def test_a_defense_is_not_compared_with_a_baseline_on_other_base_weights(tmp_path: Path) -> None:
+    """A defense's grid on one base and the baseline's grid on another (two machines whose
+    "smollm2-135m-instruct" held other weights): ΔHS would measure the bases' difference with
+    the defense's. Before, the pair was compared; the fingerprint check covered only one
+    method's own alignments."""
+    labels = {"sft/sft": "SFT", "booster/sft": "Booster"}
+
+    def grid(root: Path, method: str, key: str) -> Path:
+        a, f = method.split("/")
+        cells = [(Cell(a, f, 0.2, 100, "sentiment", s), 10, 9, None) for s in (1, 2)]
+        g = write_grid(root, cells, [method], labels)
+        for s in (1, 2):
+            path = g / "aligned" / f"{a}-s{s}" / "manifest.json"
+            m = json.loads(path.read_text())
+            path.write_text(json.dumps({**m, "input_model": {"base_key": key}}))
+        return g
+
+    def vs_baseline(rep: Any) -> list[Any]:
+        return [c for c in rep.comparisons if c.kind == "vs_baseline"]
+
+    same = report.build(
+        report.collect(
+            [grid(tmp_path / "a", "sft/sft", "k1"), grid(tmp_path / "b", "booster/sft", "k1")]
+        ),
+        n_boot=0,
+        baseline="sft/sft",
+    )
+    assert len(vs_baseline(same)) == 2 * 2 and not same.skipped
+    other = report.build(
+        report.collect(
+            [grid(tmp_path / "c", "sft/sft", "k1"), grid(tmp_path / "d", "booster/sft", "k2")]
+        ),
+        n_boot=0,
+        baseline="sft/sft",
+    )
+    assert vs_baseline(other) == []
+    skipped = [s for s in other.skipped if s.kind == "vs_baseline"]
+    assert len(skipped) == 2 * 2
+    assert all("different base weights" in s.reason and "k1" in s.reason for s in skipped)
+
+
+def test_attacks_of_the_base_model_itself_on_other_weights_are_named(tmp_path: Path) -> None:
+    """Fine-tuning the base model with no alignment (method none/sft) in two grids whose base
+    held other weights: no aligned model to compare, so the attack read the base itself; its
+    recorded base_key is compared instead."""
+
+    def grid(root: Path, p: float, key: str) -> Path:
+        cells = [(Cell("sft", "sft", p, 100, "sentiment", 1), 16 if p else 2, 9, None)]
+        g = write_grid(root, cells, ["none/sft"], LABELS)
+        path = g / "cells" / cells[0][0].name / "attacked" / "manifest.json"
+        m = json.loads(path.read_text())
+        del m["aligned_run"]
+        m["config"]["model"] = "smollm2-135m-instruct"
+        m["input_model"] = {"base_spec": "smollm2-135m-instruct", "adapters": [], "base_key": key}
+        path.write_text(json.dumps(m))
+        # no aligned model, and so no evaluation of one (write_grid writes both)
+        shutil.rmtree(g / "aligned")
+        shutil.rmtree(g / "evals")
+        grid_m = json.loads((g / "manifest.json").read_text())
+        entries = [{**c, "align": "none"} for c in grid_m["cells"]]  # a cell of method none/sft
+        (g / "manifest.json").write_text(json.dumps({**grid_m, "cells": entries, "evals": []}))
+        return g
+
+    rep = report.build(
+        report.collect([grid(tmp_path / "a", 0.2, "k1"), grid(tmp_path / "b", 0.0, "k2")]), n_boot=0
+    )
+    attacked = [r for r in report.collect([tmp_path / "a"]).runs if r.kind == "attacked"]
+    assert [r.align for r in attacked] == ["none"]  # the attack of the base itself
+    assert not [c for c in rep.comparisons if c.kind == "attack_effect"]
+    skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
+    assert len(skipped) == 2 and all("different base weights" in s.reason for s in skipped)
+    assert [tuple(d) for m in rep.mixed_alignments for *_, d in m.pairs] == [("base weights",)]
+    same = report.build(
+        report.collect([grid(tmp_path / "c", 0.2, "k1"), grid(tmp_path / "d", 0.0, "k1")]), n_boot=0
+    )
+    assert len([c for c in same.comparisons if c.kind == "attack_effect"]) == 2
+    assert same.mixed_alignments == []

@@ -978,6 +978,30 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: a grid compares its stages with the old conversion after a GGUF upgrade",
         ("tests/test_base_weights.py",),
     ),
+    Mutant(
+        "report-pairs-across-base-weights",
+        "hftguard/pipeline/report/paired.py",
+        "            if why := alignments.other_bases(r, ref, fingerprints):",
+        "            if why := None:",
+        "wiring: a defense on one base is compared with the baseline on other base weights",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "report-attacks-of-base-not-named",
+        "hftguard/pipeline/report/alignments.py",
+        "                if ka and kb and ka != kb and ra.attacked_dir and rb.attacked_dir:",
+        "                if False:",
+        "wiring: attacks of the base itself on two base weights are not listed as mixed",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "report-base-of-attack-reads-nothing",
+        "hftguard/pipeline/report/alignments.py",
+        '        found = None if model.get("adapters") else model.get("base_key")',
+        "        found = None",
+        "wiring: an attack of the base itself has no base key, so pairs across bases stand",
+        ("tests/test_report_alignments.py",),
+    ),
 )
 
 

@@ -32,7 +32,9 @@ before base weights were hashed compares on the base model's name only.
 
 :func:`fingerprint` reads that record; :func:`differences` compares two; :func:`mixed` lists the
 methods whose evaluations rest on aligned models that differ; :mod:`.paired` leaves out the
-attack effects across two.
+attack effects across two. Across methods, only the base weights are compared
+(:func:`other_bases`): no comparison is made between evaluations on different bases, and an
+attack of the base model itself (no aligned model) is compared by the base it read.
 """
 
 from __future__ import annotations
@@ -129,6 +131,42 @@ def differences(a: Any, b: Any) -> list[str]:
     return out
 
 
+def base_of(r: EvalRun, cache: dict[Any, Any] | None = None) -> str | None:
+    """The content key of the base weights ``r``'s model rests on (``base_key``): its aligned
+    model's base; for an attack of the base model itself (no alignment), the base the attack
+    read; for an evaluation of a base model, that base. None where it was not recorded."""
+    if r.aligned_dir is not None:
+        fp = fingerprint(r.aligned_dir, cache)
+        return fp.get("base_key") if fp else None
+    if r.attacked_dir is None:
+        model = r.manifest.get("evaluated_model") or {}
+        return None if model.get("adapters") else model.get("base_key")
+    key = ("attack input", r.attacked_dir)
+    if cache is not None and key in cache:
+        return cache[key]  # type: ignore[no-any-return]
+    try:
+        model = read_manifest(r.attacked_dir).get("input_model") or {}
+        found = None if model.get("adapters") else model.get("base_key")
+    except Exception:  # a report is made from what can be read
+        found = None
+    if cache is not None:
+        cache[key] = found
+    return found
+
+
+def other_bases(r: EvalRun, ref: EvalRun, cache: dict[Any, Any] | None = None) -> str | None:
+    """Why ``r`` and ``ref`` cannot be compared because they rest on different base weights
+    (:func:`base_of`), in words; None when they rest on the same, or either is unknown. A
+    comparison across them would measure the base models' difference with the defense's."""
+    a, b = base_of(r, cache), base_of(ref, cache)
+    if not a or not b or a == b:
+        return None
+    return (
+        f"built on different base weights ({shown(r.path)} on content key {a[:12]}, "
+        f"{shown(ref.path)} on {b[:12]})"
+    )
+
+
 def between(r: EvalRun, ref: EvalRun, cache: dict[Path, Any]) -> list[str]:
     """What the aligned models behind ``r`` and ``ref`` differ in; [] when they are one model,
     or agree (:func:`differences`)."""
@@ -170,19 +208,26 @@ def mixed(runs: list[EvalRun], cache: dict[Path, Any] | None = None) -> list[Mix
     cache = {} if cache is None else cache
     by_method: dict[tuple[str, Any], list[EvalRun]] = {}
     for r in runs:
-        if r.kind == "attacked" and r.aligned_dir is not None:
+        if r.kind == "attacked" and (r.aligned_dir or r.attacked_dir) is not None:
             by_method.setdefault((r.attacked_method, r.attacked_variant_key), []).append(r)
         elif r.kind == "aligned" and r.aligned_dir is not None:
             by_method.setdefault((f"aligned:{r.align}", r.variant_key), []).append(r)
     out = []
     for (method, variant), rs in by_method.items():
-        dirs = list(dict.fromkeys(r.aligned_dir for r in rs if r.aligned_dir is not None))
         pairs = []
+        dirs = list(dict.fromkeys(r.aligned_dir for r in rs if r.aligned_dir is not None))
         for i, a in enumerate(dirs):
             for b in dirs[i + 1 :]:
                 differ = differences(fingerprint(a, cache), fingerprint(b, cache))
                 if differ:
                     pairs.append((a, b, differ))
+        # attacks of the base model itself (no aligned model): their bases are compared
+        of_base = list({r.attacked_dir: r for r in rs if r.aligned_dir is None}.values())
+        for i, ra in enumerate(of_base):
+            for rb in of_base[i + 1 :]:
+                ka, kb = base_of(ra, cache), base_of(rb, cache)
+                if ka and kb and ka != kb and ra.attacked_dir and rb.attacked_dir:
+                    pairs.append((ra.attacked_dir, rb.attacked_dir, ["base weights"]))
         if pairs:
             plain = next((r for r in rs if not r.repair and r.label), None)
             label = plain.label if plain is not None else method

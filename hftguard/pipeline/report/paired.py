@@ -326,6 +326,13 @@ def pair_all(
             if ref is not None:
                 pairs.append(("repair_effect", ref))
         for kind, ref in pairs:
+            if why := alignments.other_bases(r, ref, fingerprints):
+                skipped += [
+                    Skipped(kind, m, r, ref, why)
+                    for m in METRICS
+                    if m != "margin" or (r.margin_values() and ref.margin_values())
+                ]
+                continue
             for metric in METRICS:
                 if metric == "margin" and not (r.margin_values() and ref.margin_values()):
                     continue  # evaluations without per-prompt margins: nothing to say
