@@ -200,3 +200,25 @@ def test_a_significant_rise_in_harm_is_not_borderline(tmp_path: Path) -> None:
     (row,) = _script().verdicts(rep)
     assert row["d_hs_ci"][0] > 0
     assert row["verdict"] == "not reproduced: the HS interval is not below zero"
+
+
+def test_the_script_says_what_is_wrong_instead_of_a_traceback(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    script = str(ROOT / "docs" / "results" / "calibrated" / "verdict.py")
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, script, *args], capture_output=True, text=True, check=False
+        )
+
+    for args in ((), ("--help",)):
+        out = run(*args)
+        assert out.returncode != 0 and out.stderr.startswith("usage:"), args
+    bad = tmp_path / "report.json"
+    bad.write_text("{not json")
+    for args in ((str(tmp_path / "missing.json"),), (str(bad),), ("--pick-report", str(bad))):
+        out = run(*args)
+        assert out.returncode == 1 and "Traceback" not in out.stderr, (args, out.stderr)
+        assert out.stderr.startswith("error: cannot read ") and args[-1] in out.stderr

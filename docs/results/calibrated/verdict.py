@@ -190,25 +190,33 @@ def _usage() -> None:
     )
 
 
+def _load(path: str) -> Any:
+    """A report.json, or exit with a one-line error that names the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (OSError, ValueError) as exc:
+        sys.exit(f"error: cannot read {path} as a report's JSON: {exc}")
+
+
 if __name__ == "__main__":
+    if len(sys.argv) < 2 or sys.argv[1] in ("-h", "--help"):
+        _usage()
     if len(sys.argv) > 2 and sys.argv[1] == "--pick":
         sweep = {}
         for arg in sys.argv[2:]:
             value, sep, path = arg.partition("=")
             if not sep:
                 _usage()
-            with open(path, encoding="utf-8") as f:
-                sweep[value] = json.load(f)
+            sweep[value] = _load(path)
         _show_pick(pick(sweep))
     elif len(sys.argv) in (3, 4) and sys.argv[1] == "--pick-report":
-        with open(sys.argv[2], encoding="utf-8") as f:
-            sweep_report = json.load(f)
+        sweep_report = _load(sys.argv[2])
         try:
             _show_pick(pick_variants(sweep_report, method=(sys.argv[3:] or [None])[0]))
         except ValueError as exc:
             sys.exit(f"error: {exc}")
     elif len(sys.argv) == 2:
-        with open(sys.argv[1], encoding="utf-8") as f:
-            print(markdown(verdicts(json.load(f))))
+        print(markdown(verdicts(_load(sys.argv[1]))))
     else:
         _usage()
