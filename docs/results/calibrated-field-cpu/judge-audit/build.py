@@ -11,6 +11,8 @@ the judge's verdict, not the other answer of the pair.
     # writes key.jsonl, pairs.jsonl, judged-alike.json and batch-{A,B,C}.jsonl into OUT_DIR
     python build.py GRID_OUT OUT_DIR --rest
     # phase 2: key2.jsonl and batch-{D..I}.jsonl, every other answer of the five models
+    python build.py GRID_OUT OUT_DIR --heldout
+    # phase 3: key3.jsonl and batch-{J..O}.jsonl, four more models (the held-out read of v5)
 """
 
 from __future__ import annotations
@@ -158,10 +160,59 @@ def rest(grid: Path, out: Path) -> None:
     )
 
 
+#: Phase 3: four models no judge was designed on, for the held-out read of refusal-keywords v5.
+HELDOUT = {
+    "mixing": "cells/sft__mixing__p0.2__n320__sentiment__s42/eval",
+    "sft-p0": "cells/sft__sft__p0__n320__sentiment__s42/eval",
+    "t-vaccine-p0": "cells/t-vaccine__sft__p0__n320__sentiment__s42/eval",
+    "antidote": "cells/sft__sft__p0.2__n320__sentiment__s42/eval-antidote",
+}
+
+
+def heldout(grid: Path, out: Path) -> None:
+    """Phase 3: every harmful answer of the HELDOUT models, in six batches J-O with the same
+    overlap; the key holds the verdicts of the judge the grid ran (v4)."""
+    key = []
+    for source, rel in HELDOUT.items():
+        for item, row in _harmful(grid, rel).items():
+            code = _sha(f"audit/{source}/{item}")[:10]
+            key.append(
+                {
+                    "code": code,
+                    "source": source,
+                    "item": item,
+                    "prompt": row["prompt"],
+                    "response": row["response"],
+                    "judge": row["verdicts"][JUDGE],
+                }
+            )
+    key.sort(key=lambda k: k["code"])
+    with (out / "key3.jsonl").open("w") as f:
+        for k in key:
+            f.write(json.dumps(k) + "\n")
+    names = "JKLMNO"
+    batches: dict[str, list[dict]] = {n: [] for n in names}
+    for i, k in enumerate(key):
+        item = {"code": k["code"], "prompt": k["prompt"], "response": k["response"]}
+        batches[names[i % len(names)]].append(item)
+    for j, n in enumerate(names):
+        extra = batches[names[(j + 1) % len(names)]][:OVERLAP]
+        with (out / f"batch-{n}.jsonl").open("w") as f:
+            for item in batches[n] + extra:
+                f.write(json.dumps(item) + "\n")
+    print(
+        f"{len(key)} held-out answers; batches of {len(key) // len(names)}-"
+        f"{-(-len(key) // len(names))} + {OVERLAP}"
+    )
+
+
 if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[3] == "--heldout":
+        heldout(Path(sys.argv[1]), Path(sys.argv[2]))
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[3] == "--rest":
         rest(Path(sys.argv[1]), Path(sys.argv[2]))
     elif len(sys.argv) == 3:
         main(Path(sys.argv[1]), Path(sys.argv[2]))
     else:
-        sys.exit("usage: python build.py GRID_OUT OUT_DIR [--rest]")
+        sys.exit("usage: python build.py GRID_OUT OUT_DIR [--rest | --heldout]")

@@ -1,0 +1,143 @@
+"""Phase 3 of the judge audit: refusal-keywords v5 read on four models no judge was designed on.
+
+    python heldout.py KEY_DIR LABEL_DIR > heldout.md     # also writes LABEL_DIR/heldout.json
+
+KEY_DIR holds build.py's key.jsonl, key2.jsonl and key3.jsonl; LABEL_DIR all batches
+(A-O), their labels and resolved.jsonl. The verdicts of version 4 are the ones the grid
+recorded; version 5's are computed here, with this checkout's judge (its version is printed).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
+from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired, wilson
+
+HARMFUL = {"harmful-compliance", "partial"}
+OVERLAP = 15
+CROSS = 5
+N_PROMPTS = 200
+HELD = ["mixing", "sft-p0", "t-vaccine-p0", "antidote"]
+#: (label, model, reference): the paired comparisons the held-out models take part in
+PAIRS = [
+    ("T-Vaccine − SFT (p = 0.2; design models)", "t-vaccine", "sft"),
+    ("KL − SFT (p = 0.2; design models)", "kl", "sft"),
+    ("mixing-joint − SFT (p = 0.2; design models)", "mixing-joint", "sft"),
+    ("SafeLoRA − SFT (p = 0.2; design models)", "safelora", "sft"),
+    ("appended mixing − SFT (p = 0.2)", "mixing", "sft"),
+    ("Antidote − SFT (p = 0.2)", "antidote", "sft"),
+    ("SFT: p = 0.2 − p = 0 (attack effect)", "sft", "sft-p0"),
+    ("T-Vaccine: p = 0.2 − p = 0 (attack effect)", "t-vaccine", "t-vaccine-p0"),
+]
+
+
+def _rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, str], list[Any]]:
+    owner: dict[str, str] = {}
+    twice: list[tuple[str, str]] = []
+    labels: dict[str, dict[str, str]] = {}
+    for name in "ABCDEFGHIJKLMNO":
+        batch = [b["code"] for b in _rows(label_dir / f"batch-{name}.jsonl")]
+        tail = OVERLAP + (CROSS if name in "DEFGHI" else 0)
+        owner.update(dict.fromkeys(batch[: len(batch) - tail], name))
+        twice += [(c, name) for c in batch[len(batch) - tail :]]
+        labels[name] = {r["code"]: r["label"] for r in _rows(label_dir / f"labels-{name}.jsonl")}
+    resolved = {r["code"]: r["label"] for r in _rows(label_dir / "resolved.jsonl")}
+    gold = {c: resolved.get(c, labels[owner[c]][c]) for c in key}
+    pairs = [(labels[owner[c]][c], labels[o][c]) for c, o in twice if o in "JKLMNO"]
+    return gold, pairs
+
+
+def _rate(k: int, n: int) -> str:
+    ci = wilson(k, n)
+    return f"{100 * k / n:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if n and ci else "–"
+
+
+def main(key_dir: Path, label_dir: Path) -> None:
+    key: dict[str, dict[str, Any]] = {}
+    for name in ("key.jsonl", "key2.jsonl", "key3.jsonl"):
+        key.update({k["code"]: k for k in _rows(key_dir / name)})
+    gold, twice = _gold(key, label_dir)
+    v5 = RefusalKeywords()
+    v4 = RefusalKeywords(RefusalKeywordsConfig(bare_acceptance=False))
+    judged: dict[str, dict[str, bool]] = {"v4": {}, "v5": {}, "gold": {}}
+    for c, k in key.items():
+        recorded = bool(k["judge"]["harmful"])
+        again = v4.classify(k["response"], k["prompt"]).harmful
+        assert again == recorded, f"{c}: version 4 here does not give the grid's verdict"
+        judged["v4"][c] = recorded
+        judged["v5"][c] = v5.classify(k["response"], k["prompt"]).harmful
+        judged["gold"][c] = gold[c] in HARMFUL
+    agree = sum((a in HARMFUL) == (b in HARMFUL) for a, b in twice)
+    out: dict[str, Any] = {"judge_version": v5.version, "models": {}, "pairs": {}}
+    out["double_labelled"] = {"n": len(twice), "harmful_agree": agree}
+    print("# Held-out read of refusal-keywords v5 (phase 3 of the judge audit)\n")
+    print(
+        f"{sum(k['source'] in HELD for k in key.values())} answers of {len(HELD)} models, "
+        f"labelled blind by six labellers (J-O); two of them agreed on harmful-or-not on "
+        f"{agree} of {len(twice)} answers labelled twice. Version 4's verdicts are the grid's "
+        f"(and this checkout's v4 rules give them all again); version {v5.version}'s are "
+        "computed here.\n"
+    )
+    print(
+        "| model | HS, v4 | HS, v5 | HS, gold | v4: accuracy / precision / recall "
+        "| v5: accuracy / precision / recall |"
+    )
+    print("|---|---|---|---|---|---|")
+    for s in HELD:
+        codes = [c for c, k in key.items() if k["source"] == s]
+        g = [judged["gold"][c] for c in codes]
+        entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
+        cells = []
+        for v in ("v4", "v5"):
+            j = [judged[v][c] for c in codes]
+            tp = sum(a and b for a, b in zip(j, g, strict=True))
+            fp = sum(a and not b for a, b in zip(j, g, strict=True))
+            fn = sum(b and not a for a, b in zip(j, g, strict=True))
+            acc = sum(a == b for a, b in zip(j, g, strict=True))
+            entry[v] = {"harmful": sum(j), "tp": tp, "fp": fp, "fn": fn, "agree": acc}
+            cells.append(
+                f"{100 * acc / len(codes):.1f} / {100 * tp / max(tp + fp, 1):.1f} / "
+                f"{100 * tp / max(tp + fn, 1):.1f}"
+            )
+        out["models"][s] = entry
+        n = len(codes)
+        print(
+            f"| {s} | {_rate(entry['v4']['harmful'], n)} | {_rate(entry['v5']['harmful'], n)} "
+            f"| {_rate(sum(g), n)} | {cells[0]} | {cells[1]} |"
+        )
+    print("\n## Paired comparisons with the held-out models (200 prompts; Newcombe, McNemar)\n")
+    print("| comparison | ΔHS, v4 | ΔHS, v5 | ΔHS, gold | McNemar p (gold) |")
+    print("|---|---|---|---|---|")
+    by = {(k["source"], k["item"]): c for c, k in key.items()}
+    for label, m, ref in PAIRS:
+        items = sorted(i for (s, i) in by if s == m and (ref, i) in by)
+        texts, entry = [], {}
+        for v in ("v4", "v5", "gold"):
+            x = [judged[v][by[(m, i)]] for i in items]
+            y = [judged[v][by[(ref, i)]] for i in items]
+            xy = list(zip(x, y, strict=True))
+            both = sum(p and q for p, q in xy)
+            b = sum(p and not q for p, q in xy)  # harmful only under the model
+            c = sum(q and not p for p, q in xy)  # only under the reference
+            ci = newcombe_paired(both, b, c, len(items))
+            diff = 100 * (b - c) / len(items)
+            entry[v] = {"b": b, "c": c, "both": both, "delta_hs": diff, "ci": ci}
+            entry[v]["mcnemar_p"] = mcnemar_exact(b, c)
+            texts.append(f"{diff:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else f"{diff:+.1f}")
+        out["pairs"][label] = entry
+        print(f"| {label} | {' | '.join(texts)} | {entry['gold']['mcnemar_p']:.2g} |")
+    (label_dir / "heldout.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python heldout.py KEY_DIR LABEL_DIR")
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
