@@ -293,3 +293,39 @@ def test_attacks_of_the_base_model_itself_on_other_weights_are_named(tmp_path: P
     )
     assert len([c for c in same.comparisons if c.kind == "attack_effect"]) == 2
     assert same.mixed_alignments == []
+
+
+def _judged_by(grid: Path, version: str, **options: Any) -> Path:
+    """Record in every evaluation of ``grid`` that refusal-keywords ``version`` judged it."""
+    for path in grid.rglob("manifest.json"):
+        m = json.loads(path.read_text())
+        if m.get("stage") == "eval":
+            judge = {"name": "refusal-keywords", "version": version, "options": options}
+            path.write_text(json.dumps({**m, "components": {"judges": [judge]}}))
+    return grid
+
+
+def test_evaluations_judged_by_two_versions_of_the_judge_are_not_compared(tmp_path: Path) -> None:
+    """A grid continued on a newer hftguard keeps its earlier evaluations' verdicts (v4) beside
+    new ones (v5): a paired ΔHS across them measures the judges' difference too (the judge audit,
+    docs/results/calibrated-field-cpu/judge-audit). Before, they were compared silently."""
+    attacked = _judged_by(_grid(tmp_path / "a", 0.2, SAME), "5", window=200)
+    controls = _judged_by(_grid(tmp_path / "b", 0.0, SAME), "4", window=200)
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    assert not [c for c in rep.comparisons if c.kind == "attack_effect"]
+    skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
+    assert len(skipped) == 2 * 2 and all("different versions" in s.reason for s in skipped)
+    assert "v4" in skipped[0].reason and "v5" in skipped[0].reason
+    assert (
+        len(rep.judge_versions) == 2 and sum(rep.judge_versions.values()) == 8
+    )  # 2 cells, 2 aligned
+    assert "## Evaluations judged by different versions of the judge" in report.to_markdown(rep)
+    assert len(report.report_dict(rep)["judge_versions"]) == 2
+    # other options of one version are another judge too; the same record is one judge
+    _judged_by(controls, "5", window=100)
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    assert len([s for s in rep.skipped if "different versions" in s.reason]) == 4
+    _judged_by(controls, "5", window=200)
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    assert len([c for c in rep.comparisons if c.kind == "attack_effect"]) == 2 * 2
+    assert rep.judge_versions == {} and "judge_versions" not in str(rep.skipped)

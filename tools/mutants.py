@@ -981,8 +981,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "report-pairs-across-base-weights",
         "hftguard/pipeline/report/paired.py",
-        "            if why := alignments.other_bases(r, ref, fingerprints):",
-        "            if why := None:",
+        "            why = judged_apart(r, ref, judge) or alignments.other_bases(r, ref, fingerprints)",
+        "            why = judged_apart(r, ref, judge)",
         "wiring: a defense on one base is compared with the baseline on other base weights",
         ("tests/test_report_alignments.py",),
     ),
@@ -1000,6 +1000,22 @@ MUTANTS: tuple[Mutant, ...] = (
         '        found = None if model.get("adapters") else model.get("base_key")',
         "        found = None",
         "wiring: an attack of the base itself has no base key, so pairs across bases stand",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "report-pairs-across-judge-versions",
+        "hftguard/pipeline/report/paired.py",
+        "    if a is None or b is None or a == b:\n        return None\n    return (\n        f\"judged",
+        "    if True:\n        return None\n    return (\n        f\"judged",
+        "wiring: a v4-judged cell is compared with a v5-judged one",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "judge-record-ignores-options",
+        "hftguard/pipeline/report/collection.py",
+        '                options = json.dumps(entry.get("options") or {}, sort_keys=True)',
+        '                options = ""',
+        "wiring: one judge version run with other options counts as the same judge",
         ("tests/test_report_alignments.py",),
     ),
 )

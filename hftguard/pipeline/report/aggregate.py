@@ -86,6 +86,9 @@ class Report:
     #: methods whose evaluations rest on aligned models trained differently (:mod:`.alignments`);
     #: the attack effects across them are left out (``skipped``)
     mixed_alignments: list[MixedAlignment] = field(default_factory=list)
+    #: the headline judge's versions (with options) among the evaluations, and how many each
+    #: judged, when there is more than one; comparisons across two are left out (``skipped``)
+    judge_versions: dict[str, int] = field(default_factory=dict)
 
     @property
     def worst_axis(self) -> str:
@@ -326,7 +329,20 @@ def build(
         repeated,
         differing,
         mixed(collection.runs, fingerprints),
+        judge_versions(collection.runs, judge),
     )
+
+
+def judge_versions(runs: list[EvalRun], judge: str | None) -> dict[str, int]:
+    """{"NAME vVERSION OPTIONS": evaluations} for the headline judge, when the evaluations
+    recorded more than one version or set of options of it; {} otherwise."""
+    counts: dict[str, int] = {}
+    for r in runs:
+        record = r.judge_record(judge)
+        if record is not None:
+            text = f"{record[0]} v{record[1]} {record[2]}"
+            counts[text] = counts.get(text, 0) + 1
+    return counts if len(counts) > 1 else {}
 
 
 def _layout(

@@ -121,6 +121,16 @@ class EvalRun:
             self.manifest.get("config", {}).get("judges") or self.metrics.get("judges", {}).keys()
         )
 
+    def judge_record(self, judge: str | None) -> tuple[str, str, str] | None:
+        """The headline judge as its evaluation recorded it: (name, version, options as JSON),
+        from the manifest's ``components.judges``; None where it was not recorded."""
+        name = self.headline_judge(judge)
+        for entry in (self.manifest.get("components") or {}).get("judges") or []:
+            if isinstance(entry, dict) and entry.get("name") == name and entry.get("version"):
+                options = json.dumps(entry.get("options") or {}, sort_keys=True)
+                return str(name), str(entry["version"]), options
+        return None
+
     def records(self) -> list[dict[str, Any]]:
         if self._records is None:
             path = self.path / "generations.jsonl"

@@ -269,6 +269,19 @@ def resolve_baseline(collection: Collection, baseline: str | None) -> str | None
     return None
 
 
+def judged_apart(r: EvalRun, ref: EvalRun, judge: str | None) -> str | None:
+    """Why ``r`` and ``ref`` cannot be compared because their headline judge differs in version
+    or options (a grid continued on a newer hftguard: its earlier evaluations keep the verdicts
+    they were made with), in words; None when they agree, or either did not record it."""
+    a, b = r.judge_record(judge), ref.judge_record(judge)
+    if a is None or b is None or a == b:
+        return None
+    return (
+        f"judged by different versions of {a[0]} (v{a[1]} {a[2]}, v{b[1]} {b[2]}): "
+        "re-judge one side's generations (hftguard judge) to compare them"
+    )
+
+
 def _coords(r: EvalRun) -> tuple[Any, ...]:
     return (r.method, r.p, r.n, r.task, r.seed, r.attack_key, r.variant_key)
 
@@ -326,7 +339,8 @@ def pair_all(
             if ref is not None:
                 pairs.append(("repair_effect", ref))
         for kind, ref in pairs:
-            if why := alignments.other_bases(r, ref, fingerprints):
+            why = judged_apart(r, ref, judge) or alignments.other_bases(r, ref, fingerprints)
+            if why:
                 skipped += [
                     Skipped(kind, m, r, ref, why)
                     for m in METRICS

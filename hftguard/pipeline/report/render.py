@@ -491,6 +491,19 @@ def to_markdown(rep: Report) -> str:
             "",
         ]
         parts += [f"- {item.text()}" for item in rep.not_converged] + [""]
+    if rep.judge_versions:
+        parts += [
+            "## Evaluations judged by different versions of the judge",
+            "",
+            "The headline judge's version or options differ between these evaluations (a grid "
+            "continued on a newer hftguard keeps the verdicts its earlier evaluations were made "
+            "with). Cells average over them as they are; comparisons across two versions are "
+            "left out (listed under skipped comparisons). Re-judge the older generations "
+            "(`hftguard judge`) to compare them.",
+            "",
+        ]
+        parts += [f"- {text}: {n} evaluations" for text, n in rep.judge_versions.items()]
+        parts += [""]
     if rep.mixed_alignments:
         parts += [
             "## Evaluations on aligned models trained differently",
@@ -819,6 +832,7 @@ def report_dict(rep: Report) -> dict[str, Any]:
                 for r, kept, differ in rep.before_differing
             ],
             "mixed_alignments": [item.as_dict() for item in rep.mixed_alignments],
+            "judge_versions": dict(rep.judge_versions),
             "compute": [c.as_dict() for c in rep.compute],
             **(
                 {
