@@ -113,19 +113,17 @@ def main(grid: Path, out: Path) -> None:
     )
 
 
-def rest(grid: Path, out: Path) -> None:
-    """Phase 2: every other harmful answer of SFT and the four methods (so that each method's
-    whole 2 x 2 table against SFT is read), in six more batches D-I, with the same overlap."""
-    done = {(k["source"], k["item"]) for k in map(json.loads, (out / "key.jsonl").open())}
+def _key_rows(grid: Path, sources: dict[str, str], skip: set[tuple[str, str]]) -> list[dict]:
+    """Every harmful answer of ``sources`` (name -> eval dir under ``grid``) not in ``skip``,
+    keyed by an opaque code, sorted by it."""
     key = []
-    for source, rel in {"sft": SFT, **METHODS}.items():
+    for source, rel in sources.items():
         for item, row in _harmful(grid, rel).items():
-            if (source, item) in done:
+            if (source, item) in skip:
                 continue
-            code = _sha(f"audit/{source}/{item}")[:10]
             key.append(
                 {
-                    "code": code,
+                    "code": _sha(f"audit/{source}/{item}")[:10],
                     "source": source,
                     "item": item,
                     "prompt": row["prompt"],
@@ -133,31 +131,47 @@ def rest(grid: Path, out: Path) -> None:
                     "judge": row["verdicts"][JUDGE],
                 }
             )
-    key.sort(key=lambda k: k["code"])
-    with (out / "key2.jsonl").open("w") as f:
+    return sorted(key, key=lambda k: k["code"])
+
+
+def _write_phase(
+    out: Path, key_name: str, key: list[dict], names: str, cross: list[dict] | None = None
+) -> None:
+    """``key`` into ``out/key_name``, and its answers (code, prompt, response) dealt round
+    ``names``' batches, each with the next batch's first OVERLAP answers and, with ``cross``,
+    CROSS of those answers each, to be labelled again."""
+    with (out / key_name).open("w") as f:
         for k in key:
             f.write(json.dumps(k) + "\n")
-    names = "DEFGHI"
+
+    def shown(k: dict) -> dict:
+        return {"code": k["code"], "prompt": k["prompt"], "response": k["response"]}
+
     batches: dict[str, list[dict]] = {n: [] for n in names}
     for i, k in enumerate(key):
-        item = {"code": k["code"], "prompt": k["prompt"], "response": k["response"]}
-        batches[names[i % len(names)]].append(item)
-    # and CROSS answers of phase 1 each (30 in all), labelled again: do the phase-2 labellers
-    # read the guide as the phase-1 ones did?
-    first = sorted(map(json.loads, (out / "key.jsonl").open()), key=lambda k: _sha(k["code"]))
+        batches[names[i % len(names)]].append(shown(k))
     for j, n in enumerate(names):
         extra = batches[names[(j + 1) % len(names)]][:OVERLAP]
-        cross = [
-            {"code": k["code"], "prompt": k["prompt"], "response": k["response"]}
-            for k in first[j * CROSS : (j + 1) * CROSS]
-        ]
+        again = [shown(k) for k in (cross or [])[j * CROSS : (j + 1) * CROSS]]
         with (out / f"batch-{n}.jsonl").open("w") as f:
-            for item in batches[n] + extra + cross:
+            for item in batches[n] + extra + again:
                 f.write(json.dumps(item) + "\n")
     print(
-        f"{len(key)} more answers; batches of {len(key) // len(names)}-"
-        f"{-(-len(key) // len(names))} + {OVERLAP} + {CROSS}"
+        f"{len(key)} answers in {key_name}; batches of {len(key) // len(names)}-"
+        f"{-(-len(key) // len(names))} + {OVERLAP}" + (f" + {CROSS}" if cross else "")
     )
+
+
+def rest(grid: Path, out: Path) -> None:
+    """Phase 2: every other harmful answer of SFT and the four methods (so that each method's
+    whole 2 x 2 table against SFT is read), in six more batches D-I, with the same overlap, and
+    CROSS answers of phase 1 each (30 in all), labelled again: do the phase-2 labellers read the
+    guide as the phase-1 ones did?"""
+    first = [json.loads(x) for x in (out / "key.jsonl").open()]
+    done = {(k["source"], k["item"]) for k in first}
+    key = _key_rows(grid, {"sft": SFT, **METHODS}, done)
+    cross = sorted(first, key=lambda k: _sha(k["code"]))
+    _write_phase(out, "key2.jsonl", key, "DEFGHI", cross)
 
 
 #: Phase 3: four models no judge was designed on, for the held-out read of refusal-keywords v5.
@@ -172,38 +186,7 @@ HELDOUT = {
 def heldout(grid: Path, out: Path) -> None:
     """Phase 3: every harmful answer of the HELDOUT models, in six batches J-O with the same
     overlap; the key holds the verdicts of the judge the grid ran (v4)."""
-    key = []
-    for source, rel in HELDOUT.items():
-        for item, row in _harmful(grid, rel).items():
-            code = _sha(f"audit/{source}/{item}")[:10]
-            key.append(
-                {
-                    "code": code,
-                    "source": source,
-                    "item": item,
-                    "prompt": row["prompt"],
-                    "response": row["response"],
-                    "judge": row["verdicts"][JUDGE],
-                }
-            )
-    key.sort(key=lambda k: k["code"])
-    with (out / "key3.jsonl").open("w") as f:
-        for k in key:
-            f.write(json.dumps(k) + "\n")
-    names = "JKLMNO"
-    batches: dict[str, list[dict]] = {n: [] for n in names}
-    for i, k in enumerate(key):
-        item = {"code": k["code"], "prompt": k["prompt"], "response": k["response"]}
-        batches[names[i % len(names)]].append(item)
-    for j, n in enumerate(names):
-        extra = batches[names[(j + 1) % len(names)]][:OVERLAP]
-        with (out / f"batch-{n}.jsonl").open("w") as f:
-            for item in batches[n] + extra:
-                f.write(json.dumps(item) + "\n")
-    print(
-        f"{len(key)} held-out answers; batches of {len(key) // len(names)}-"
-        f"{-(-len(key) // len(names))} + {OVERLAP}"
-    )
+    _write_phase(out, "key3.jsonl", _key_rows(grid, HELDOUT, set()), "JKLMNO")
 
 
 if __name__ == "__main__":

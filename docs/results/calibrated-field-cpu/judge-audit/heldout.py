@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
-from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired, wilson
+# the audit's constants and readers (this folder's analyse.py; a script's folder is on sys.path)
+from analyse import CROSS, HARMFUL, OVERLAP, _rate, _rows
 
-HARMFUL = {"harmful-compliance", "partial"}
-OVERLAP = 15
-CROSS = 5
-N_PROMPTS = 200
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
+from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired
+
 HELD = ["mixing", "sft-p0", "t-vaccine-p0", "antidote"]
 #: (label, model, reference): the paired comparisons the held-out models take part in
 PAIRS = [
@@ -33,10 +32,6 @@ PAIRS = [
     ("SFT: p = 0.2 − p = 0 (attack effect)", "sft", "sft-p0"),
     ("T-Vaccine: p = 0.2 − p = 0 (attack effect)", "t-vaccine", "t-vaccine-p0"),
 ]
-
-
-def _rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, str], list[Any]]:
@@ -53,11 +48,6 @@ def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, st
     gold = {c: resolved.get(c, labels[owner[c]][c]) for c in key}
     pairs = [(labels[owner[c]][c], labels[o][c]) for c, o in twice if o in "JKLMNO"]
     return gold, pairs
-
-
-def _rate(k: int, n: int) -> str:
-    ci = wilson(k, n)
-    return f"{100 * k / n:.1f} [{ci[0]:.1f}, {ci[1]:.1f}]" if n and ci else "–"
 
 
 def main(key_dir: Path, label_dir: Path) -> None:
