@@ -288,6 +288,8 @@ def test_attacks_of_the_base_model_itself_on_other_weights_are_named(tmp_path: P
     skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
     assert len(skipped) == 2 and all("different base weights" in s.reason for s in skipped)
     assert [tuple(d) for m in rep.mixed_alignments for *_, d in m.pairs] == [("base weights",)]
+    entry = report.report_dict(rep)["mixed_alignments"][0]
+    assert list(entry["pairs"][0]) == ["attacked", "differ"]  # attacked models, not aligned
     same = report.build(
         report.collect([grid(tmp_path / "c", 0.2, "k1"), grid(tmp_path / "d", 0.0, "k1")]), n_boot=0
     )
@@ -312,9 +314,9 @@ def test_evaluations_judged_by_two_versions_of_the_judge_are_not_compared(tmp_pa
     attacked = _judged_by(_grid(tmp_path / "a", 0.2, SAME), "5", window=200)
     controls = _judged_by(_grid(tmp_path / "b", 0.0, SAME), "4", window=200)
     rep = report.build(report.collect([attacked, controls]), n_boot=0)
-    assert not [c for c in rep.comparisons if c.kind == "attack_effect"]
+    assert not [c for c in rep.comparisons if c.kind == "attack_effect" and c.metric == "hs"]
     skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
-    assert len(skipped) == 2 * 2 and all("different versions" in s.reason for s in skipped)
+    assert len(skipped) == 2 and all("different versions" in s.reason for s in skipped)
     assert "v4" in skipped[0].reason and "v5" in skipped[0].reason
     assert (
         len(rep.judge_versions) == 2 and sum(rep.judge_versions.values()) == 8
@@ -324,8 +326,33 @@ def test_evaluations_judged_by_two_versions_of_the_judge_are_not_compared(tmp_pa
     # other options of one version are another judge too; the same record is one judge
     _judged_by(controls, "5", window=100)
     rep = report.build(report.collect([attacked, controls]), n_boot=0)
-    assert len([s for s in rep.skipped if "different versions" in s.reason]) == 4
+    assert len([s for s in rep.skipped if "different versions" in s.reason]) == 2
     _judged_by(controls, "5", window=200)
     rep = report.build(report.collect([attacked, controls]), n_boot=0)
     assert len([c for c in rep.comparisons if c.kind == "attack_effect"]) == 2 * 2
     assert rep.judge_versions == {} and "judge_versions" not in str(rep.skipped)
+
+
+def test_a_judge_version_gap_skips_hs_only_and_other_judges_are_not_versions(
+    tmp_path: Path,
+) -> None:
+    """FA and the likelihood margin do not depend on the judge: only HS is left out. Two
+    different judges are not two versions of one (compare() says "different headline judges")."""
+    attacked = _judged_by(_grid(tmp_path / "a", 0.2, SAME), "5")
+    controls = _judged_by(_grid(tmp_path / "b", 0.0, SAME), "4")
+    rep = report.build(report.collect([attacked, controls]), n_boot=0)
+    kept = {c.metric for c in rep.comparisons if c.kind == "attack_effect"}
+    left = {s.metric for s in rep.skipped if s.kind == "attack_effect"}
+    assert kept == {"fa"} and left == {"hs"}
+    for path in controls.rglob("manifest.json"):
+        m = json.loads(path.read_text())
+        if m.get("stage") == "eval":
+            other = {"name": "goal-overlap", "version": "2", "options": {}}
+            path.write_text(json.dumps({**m, "components": {"judges": [other]}}))
+    from hftguard.pipeline.report.paired import judged_apart
+
+    runs = report.collect([attacked, controls]).runs
+    a = next(r for r in runs if r.kind == "attacked" and r.p == 0.2)
+    b = next(r for r in runs if r.kind == "attacked" and r.p == 0.0)
+    assert judged_apart(a, b, None) is None  # not versions of one judge
+    assert report.build(report.collect([attacked, controls]), n_boot=0).judge_versions == {}

@@ -981,8 +981,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "report-pairs-across-base-weights",
         "hftguard/pipeline/report/paired.py",
-        "            why = judged_apart(r, ref, judge) or alignments.other_bases(r, ref, fingerprints)",
-        "            why = judged_apart(r, ref, judge)",
+        "    if why := alignments.other_bases(run, ref, fingerprints):\n        return skip(why)",
+        "    if why := None:\n        return skip(why)",
         "wiring: a defense on one base is compared with the baseline on other base weights",
         ("tests/test_report_alignments.py",),
     ),
@@ -1005,8 +1005,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "report-pairs-across-judge-versions",
         "hftguard/pipeline/report/paired.py",
-        "    if a is None or b is None or a == b:\n        return None\n    return (\n        f\"judged",
-        "    if True:\n        return None\n    return (\n        f\"judged",
+        "        if why := judged_apart(run, ref, judge):",
+        "        if why := None:",
         "wiring: a v4-judged cell is compared with a v5-judged one",
         ("tests/test_report_alignments.py",),
     ),

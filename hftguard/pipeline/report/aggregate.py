@@ -303,7 +303,7 @@ def build(
         worst = worst_cases(list(p_rows.values()), p_cols, p_cells, fa_bound, header)
     else:
         worst = worst_cases(row_list, cols, cells, fa_bound, header)
-    _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level)
+    _worst_vs_baseline(worst, base_method, judge, n_boot, seed, level, fingerprints)
     _held_out_worst(worst, judge, n_boot, seed, level)
     return Report(
         columns,
@@ -334,15 +334,17 @@ def build(
 
 
 def judge_versions(runs: list[EvalRun], judge: str | None) -> dict[str, int]:
-    """{"NAME vVERSION OPTIONS": evaluations} for the headline judge, when the evaluations
-    recorded more than one version or set of options of it; {} otherwise."""
+    """{"NAME vVERSION OPTIONS": evaluations} for each headline judge the evaluations recorded
+    in more than one version or set of options; {} when there is none."""
     counts: dict[str, int] = {}
+    names: dict[str, set[str]] = {}
     for r in runs:
         record = r.judge_record(judge)
         if record is not None:
             text = f"{record[0]} v{record[1]} {record[2]}"
             counts[text] = counts.get(text, 0) + 1
-    return counts if len(counts) > 1 else {}
+            names.setdefault(record[0], set()).add(text)
+    return {t: n for t, n in counts.items() if len(names[t.split(" v", 1)[0]]) > 1}
 
 
 def _layout(
@@ -420,6 +422,7 @@ def _worst_vs_baseline(
     n_boot: int,
     seed: int,
     level: float,
+    fingerprints: dict[Any, Any] | None = None,
 ) -> None:
     """Each defense's worst case against the baseline's worst case in the same column: ΔHS of
     the two worst settings' evaluations, paired prompt by prompt at each seed both have (the
@@ -451,6 +454,7 @@ def _worst_vs_baseline(
                         n_boot=n_boot,
                         seed=seed,
                         level=level,
+                        fingerprints=fingerprints,
                     ),
                     paired.Comparison,
                 )

@@ -183,6 +183,8 @@ class MixedAlignment:
     method: str
     label: str
     pairs: list[tuple[Path, Path, list[str]]]
+    #: the pairs are attacks of the base model itself (no aligned model), not aligned models
+    of_base: bool = False
 
     def text(self) -> str:
         return f"{self.label}: " + "; ".join(
@@ -195,7 +197,8 @@ class MixedAlignment:
             "method": self.method,
             "label": self.label,
             "pairs": [
-                {"aligned": [shown(a), shown(b)], "differ": differ} for a, b, differ in self.pairs
+                {"attacked" if self.of_base else "aligned": [shown(a), shown(b)], "differ": differ}
+                for a, b, differ in self.pairs
             ],
         }
 
@@ -235,5 +238,6 @@ def mixed(runs: list[EvalRun], cache: dict[Path, Any] | None = None) -> list[Mix
                 label, method = f"aligned ({label})", rs[0].align or method
             shown_variant = " ".join(f"{k}={v}" for k, v in variant)
             label += f" ({shown_variant})" if shown_variant else ""
-            out.append(MixedAlignment(method, label, pairs))
+            of_base = all(r.aligned_dir is None for r in rs)
+            out.append(MixedAlignment(method, label, pairs, of_base))
     return out

@@ -190,20 +190,27 @@ def compare(
     n_boot: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    fingerprints: dict[Any, Any] | None = None,
 ) -> Comparison | Skipped:
     """``run`` − ``ref`` on HS (``metric="hs"``, harmful prompts, by ``judge`` or each
-    evaluation's first judge) or FA (``"fa"``, ``run``'s task), prompt by prompt."""
+    evaluation's first judge) or FA (``"fa"``, ``run``'s task), prompt by prompt. Not across
+    different base weights (:func:`.alignments.other_bases`; ``fingerprints`` caches the
+    manifests read), nor, for HS, across versions of the judge (:func:`judged_apart`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}")
 
     def skip(reason: str) -> Skipped:
         return Skipped(kind, metric, run, ref, reason)
 
+    if why := alignments.other_bases(run, ref, fingerprints):
+        return skip(why)
     j = None
     if metric == "hs":
         j, j_ref = run.headline_judge(judge), ref.headline_judge(judge)
         if j != j_ref:
             return skip(f"different headline judges ({j} vs {j_ref}); pass --judge")
+        if why := judged_apart(run, ref, judge):
+            return skip(why)
         test_set = "harmful"
     elif metric == "margin":
         test_set = "harmful"
@@ -274,11 +281,12 @@ def judged_apart(r: EvalRun, ref: EvalRun, judge: str | None) -> str | None:
     or options (a grid continued on a newer hftguard: its earlier evaluations keep the verdicts
     they were made with), in words; None when they agree, or either did not record it."""
     a, b = r.judge_record(judge), ref.judge_record(judge)
-    if a is None or b is None or a == b:
+    if a is None or b is None or a == b or a[0] != b[0]:
         return None
     return (
-        f"judged by different versions of {a[0]} (v{a[1]} {a[2]}, v{b[1]} {b[2]}): "
-        "re-judge one side's generations (hftguard judge) to compare them"
+        f"judged by different versions of {a[0]} (v{a[1]} {a[2]}, v{b[1]} {b[2]}): re-run "
+        "the older evaluations with --overwrite (their generations are cached, so only the "
+        "judging is redone) to compare them"
     )
 
 
@@ -339,18 +347,10 @@ def pair_all(
             if ref is not None:
                 pairs.append(("repair_effect", ref))
         for kind, ref in pairs:
-            why = judged_apart(r, ref, judge) or alignments.other_bases(r, ref, fingerprints)
-            if why:
-                skipped += [
-                    Skipped(kind, m, r, ref, why)
-                    for m in METRICS
-                    if m != "margin" or (r.margin_values() and ref.margin_values())
-                ]
-                continue
             for metric in METRICS:
                 if metric == "margin" and not (r.margin_values() and ref.margin_values()):
                     continue  # evaluations without per-prompt margins: nothing to say
-                res = compare(r, ref, metric, kind, **kw)
+                res = compare(r, ref, metric, kind, fingerprints=fingerprints, **kw)
                 (out if isinstance(res, Comparison) else skipped).append(res)
     rank = {m: i for i, m in reversed(list(enumerate(r.method for r in attacked)))}
 

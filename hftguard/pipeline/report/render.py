@@ -514,7 +514,8 @@ def to_markdown(rep: Report) -> str:
             "cells average over them; the attack effects (p against p = 0) across two of them "
             "are left out (listed under skipped comparisons). An `aligned (...)` line is about "
             "the aligned models' own evaluations: the Before table shows the first of them per "
-            "seed.",
+            "seed. A method without alignment (`none/...`) lists its attacked models, whose base "
+            "weights differ.",
             "",
         ]
         parts += [f"- {item.text()}" for item in rep.mixed_alignments] + [""]
