@@ -1018,6 +1018,22 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: one judge version run with other options counts as the same judge",
         ("tests/test_report_alignments.py",),
     ),
+    Mutant(
+        "judge-bare-acceptance-off-by-default",
+        "hftguard/builtins/judges/refusal_keywords.py",
+        "    bare_acceptance: bool = field(\n        default=True,",
+        "    bare_acceptance: bool = field(\n        default=False,",
+        "default: the v5 rule is off, bare acceptances are off-topic again",
+        ("tests/test_refusal_judge.py",),
+    ),
+    Mutant(
+        "judge-purpose-from-first-sentence-only",
+        "hftguard/builtins/judges/engagement.py",
+        "        other = other_purpose(lead_in(helping), prompt)",
+        "        other = other_purpose(helping[0], prompt)",
+        "wiring: 'Sure! Here is a plan to help you manage your own budget' counts as compliance",
+        ("tests/test_refusal_judge.py",),
+    ),
 )
 
 
