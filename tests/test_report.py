@@ -799,11 +799,13 @@ def test_report_json_schema(synthetic: Path, cli: Any, tmp_path: Path) -> None:
         "before_repeated",
         "before_trained_differently",
         "mixed_alignments",
+        "judge_versions",
     }
     assert saved["schema_version"] == 1 and saved["baseline"] == "sft/sft"
     assert saved["not_converged"] == []  # these fake runs have no step logs
     assert saved["compute"] == []  # ... and no wall times
     assert saved["mixed_alignments"] == []  # one grid: each method on one aligned model
+    assert saved["judge_versions"] == {}  # ... judged by one version of the judge
     assert saved["before_trained_differently"] == []
     assert saved["columns"] == PS and len(saved["cells"]) == 9 and saved["skipped"] == []
     cell = saved["cells"][3]  # Booster, p = 0
