@@ -82,6 +82,12 @@ def main(key_dir: Path, label_dir: Path) -> None:
         labels[name] = got
     resolved_path = label_dir / "resolved.jsonl"
     resolved = {r["code"]: r for r in _rows(resolved_path)} if resolved_path.exists() else {}
+    unlabelled = [c for c in key if c not in owner]
+    if unlabelled:
+        sys.exit(
+            f"error: {len(unlabelled)} answers of the key are in no batch of {label_dir} "
+            "(each phase's batches and labels must all be there)"
+        )
     gold = {c: labels[owner[c]][c] for c in key}
     gold.update({c: r["label"] for c, r in resolved.items()})
     within = [(labels[owner[c]][c], labels[o][c]) for c, o, kind in twice if kind == "within"]
