@@ -13,6 +13,8 @@ the judge's verdict, not the other answer of the pair.
     # phase 2: key2.jsonl and batch-{D..I}.jsonl, every other answer of the five models
     python build.py GRID_OUT OUT_DIR --heldout
     # phase 3: key3.jsonl and batch-{J..O}.jsonl, four more models (the held-out read of v5)
+    python build.py GRID_OUT OUT_DIR --phase KEY_NAME LETTERS NAME=EVAL_DIR [...]
+    # a later phase (RepNoise's answers, new p = 0 cells): every harmful answer of each eval
 """
 
 from __future__ import annotations
@@ -140,6 +142,7 @@ def _write_phase(
     """``key`` into ``out/key_name``, and its answers (code, prompt, response) dealt round
     ``names``' batches, each with the next batch's first OVERLAP answers and, with ``cross``,
     CROSS of those answers each, to be labelled again."""
+    out.mkdir(parents=True, exist_ok=True)
     with (out / key_name).open("w") as f:
         for k in key:
             f.write(json.dumps(k) + "\n")
@@ -190,6 +193,17 @@ def heldout(grid: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
+    if len(sys.argv) >= 7 and sys.argv[3] == "--phase":
+        # a later phase: --phase KEY_NAME LETTERS NAME=EVAL_DIR [NAME=EVAL_DIR ...], e.g.
+        # --phase key4.jsonl PQRS repnoise=cells/repnoise__sft__p0.2__n320__sentiment__s42/eval
+        sources = dict(x.split("=", 1) for x in sys.argv[6:])
+        _write_phase(
+            Path(sys.argv[2]),
+            sys.argv[4],
+            _key_rows(Path(sys.argv[1]), sources, set()),
+            sys.argv[5],
+        )
+        sys.exit(0)
     if len(sys.argv) == 4 and sys.argv[3] == "--heldout":
         heldout(Path(sys.argv[1]), Path(sys.argv[2]))
         sys.exit(0)
