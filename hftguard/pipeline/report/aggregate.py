@@ -336,15 +336,14 @@ def build(
 def judge_versions(runs: list[EvalRun], judge: str | None) -> dict[str, int]:
     """{"NAME vVERSION OPTIONS": evaluations} for each headline judge the evaluations recorded
     in more than one version or set of options; {} when there is none."""
-    counts: dict[str, int] = {}
-    names: dict[str, set[str]] = {}
+    counts: dict[tuple[str, str, str], int] = {}
     for r in runs:
-        record = r.judge_record(judge)
-        if record is not None:
-            text = f"{record[0]} v{record[1]} {record[2]}"
-            counts[text] = counts.get(text, 0) + 1
-            names.setdefault(record[0], set()).add(text)
-    return {t: n for t, n in counts.items() if len(names[t.split(" v", 1)[0]]) > 1}
+        if (record := r.judge_record(judge)) is not None:
+            counts[record] = counts.get(record, 0) + 1
+    versions: dict[str, int] = {}
+    for name, _, _ in counts:
+        versions[name] = versions.get(name, 0) + 1
+    return {f"{n} v{v} {o}": k for (n, v, o), k in counts.items() if versions[n] > 1}
 
 
 def _layout(
