@@ -30,6 +30,7 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "eval": ("--model", "--judge", "--task", "--harmful-samples", "--max-new-tokens", *COMMON),
     "run": ("--out", "--set", "--seed", "--overwrite", "config_file"),
     "judge": ("--judge", "--field", "--out", "--set", "--resume", "--overwrite", "--json", "file"),
+    "rejudge": ("--dry-run", "--force", "--device", "--quiet", "--json", "paths"),
     "export": ("--out", "--merge", "--no-merge", "--dtype", "--push-to-hub", "--json", "run_dir"),
     "plugins": ("--json", "--verbose"),
     "validate": ("--kind", "config_file"),

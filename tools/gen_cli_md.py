@@ -18,6 +18,7 @@ COMMANDS = [
     "eval",
     "run",
     "judge",
+    "rejudge",
     "report",
     "export",
     "repair",

@@ -1034,6 +1034,50 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: 'Sure! Here is a plan to help you manage your own budget' counts as compliance",
         ("tests/test_refusal_judge.py",),
     ),
+    Mutant(
+        "rejudge-keeps-benign-verdicts",
+        "hftguard/pipeline/rejudge.py",
+        "    if benign:\n        info, judge = _refusal_judge(target.judges, reg)",
+        "    if False:\n        info, judge = _refusal_judge(target.judges, reg)",
+        "wiring: over-refusal keeps the old judge's verdicts after a re-judge",
+        ("tests/test_rejudge.py",),
+    ),
+    Mutant(
+        "rejudge-current-ignores-options",
+        "hftguard/pipeline/rejudge.py",
+        "    options = json.dumps(rec.get(\"options\") or {}, sort_keys=True, default=str)",
+        "    options = \"\"",
+        "wiring: an evaluation judged with other options counts as up to date",
+        ("tests/test_rejudge.py",),
+    ),
+    Mutant(
+        "rejudge-backup-after-write",
+        "hftguard/pipeline/rejudge.py",
+        "        for name in REPLACED:\n            if (path / name).is_file():\n"
+        "                shutil.copy2(path / name, backup / name)\n"
+        "        write_jsonl(path / \"generations.jsonl\", records)\n",
+        "        write_jsonl(path / \"generations.jsonl\", records)\n"
+        "        for name in REPLACED:\n            if (path / name).is_file():\n"
+        "                shutil.copy2(path / name, backup / name)\n",
+        "order: the copy of the replaced files holds the new generations",
+        ("tests/test_rejudge.py",),
+    ),
+    Mutant(
+        "rejudge-headline-from-last-judge",
+        "hftguard/pipeline/rejudge.py",
+        "    head = judge_metrics[names[0]]",
+        "    head = judge_metrics[names[-1]]",
+        "wiring: the headline HS comes from the second judge",
+        ("tests/test_rejudge.py",),
+    ),
+    Mutant(
+        "rejudge-without-lock",
+        "hftguard/pipeline/rejudge.py",
+        "    with lock_run_dir(path):",
+        "    if True:",
+        "wiring: an evaluation a running stage holds is rewritten under it",
+        ("tests/test_rejudge.py",),
+    ),
 )
 
 

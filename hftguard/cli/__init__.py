@@ -39,6 +39,7 @@ def build_app(host: object | None = None) -> typer.Typer:
     )
     stages.register(app)
     __import__("hftguard.cli.judge", fromlist=["register"]).register(app)  # hftguard judge
+    __import__("hftguard.cli.rejudge", fromlist=["register"]).register(app)  # hftguard rejudge
     inspect.register(app)
     __import__("hftguard.cli.shipped", fromlist=["register"]).register(app)  # configs, docs
     __import__("hftguard.cli.judge_validation", fromlist=["register"]).register(app)

@@ -498,8 +498,8 @@ def to_markdown(rep: Report) -> str:
             "The headline judge's version or options differ between these evaluations (a grid "
             "continued on a newer hftguard keeps the verdicts its earlier evaluations were made "
             "with). Cells average over them as they are; comparisons across two versions are "
-            "left out (listed under skipped comparisons). Re-judge the older generations "
-            "(`hftguard judge`) to compare them.",
+            "left out (listed under skipped comparisons). Re-judge the older evaluations in "
+            "place (`hftguard rejudge RUN_DIR`) to compare them.",
             "",
         ]
         parts += [f"- {text}: {n} evaluations" for text, n in rep.judge_versions.items()]

@@ -1,0 +1,243 @@
+"""``hftguard rejudge``: an evaluation's saved answers judged again in place with the installed
+judges gives what a fresh evaluation with those judges gives; up-to-date evaluations are left
+alone; the replaced files are kept; problems stop the command before anything is written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import types
+from pathlib import Path
+
+import pytest
+
+from hftguard import Judge, hookimpl
+from hftguard.errors import ConfigError, DataError, RunDirError, RunDirInUse
+from hftguard.pipeline import rejudge
+from hftguard.records import Verdict
+
+
+def _flip(version: str, harmful_when_even: bool) -> type[Judge]:
+    """A test judge: harmful when the prompt's length is even (or odd), a refusal otherwise, so
+    that its two versions disagree on every pair and over-refusal moves too."""
+
+    class Flip(Judge):
+        name = "flip"
+        detects_refusal = True
+
+        def judge(self, prompts, responses, ctx):
+            out = []
+            for p in prompts:
+                bad = (len(p) % 2 == 0) == harmful_when_even
+                out.append(Verdict(bad, "compliance" if bad else "refusal", float(bad)))
+            return out
+
+    Flip.version = version
+    return Flip
+
+
+def _registry(*judges: type[Judge]):
+    from hftguard.plugins import get_plugin_host
+    from hftguard.registry import Registry
+
+    if not judges:
+        return Registry(get_plugin_host(load_entry_points=False))
+    plugin = types.SimpleNamespace(
+        hftguard_register_judges=hookimpl(lambda: list(judges)),
+        __name__="test-rejudge-plugin",
+    )
+    return Registry(get_plugin_host(load_entry_points=False, extra=[plugin]))
+
+
+V1, V2 = _flip("1", True), _flip("2", False)
+
+
+def _eval(out: Path, reg, judges=("flip", "refusal-keywords"), reporter=None) -> Path:
+    from hftguard.config import EvalConfig, build
+    from hftguard.pipeline import evaluate
+
+    cfg = build(
+        EvalConfig,
+        {
+            "model": "tiny-random",
+            "judges": list(judges),
+            "harmful_samples": 9,
+            "benign_samples": 4,
+            "tasks": ["sentiment"],
+            "task_samples": 2,
+            "max_new_tokens": 3,
+            "batch_size": 4,
+        },
+    )
+    evaluate.run(cfg, out, reporter=reporter, registry=reg)
+    return out
+
+
+def _json(path: Path):
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _lines(path: Path):
+    return [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines()]
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+@pytest.fixture
+def evals(tmp_path, quiet_reporter, monkeypatch):
+    """The same tiny model evaluated with flip v1 and with flip v2 (greedy: the same answers)."""
+    monkeypatch.setenv("HFTGUARD_CACHE", "off")
+    old = _eval(tmp_path / "old", _registry(V1), reporter=quiet_reporter)
+    new = _eval(tmp_path / "new", _registry(V2), reporter=quiet_reporter)
+    return old, new
+
+
+def test_rejudged_evaluation_equals_a_fresh_one_with_the_new_judge(evals, quiet_reporter):
+    old, new = evals
+    before = _json(old / "metrics.json")
+    rows = rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    assert [r["state"] for r in rows] == ["rejudged"]
+    got, want = _json(old / "metrics.json"), _json(new / "metrics.json")
+    # the same answers, judged by v2: every verdict and every number eval derives from them
+    assert _lines(old / "generations.jsonl") == _lines(new / "generations.jsonl")
+    assert _lines(old / "disagreements.jsonl") == _lines(new / "disagreements.jsonl")
+    assert got == want
+    # an independent count: v2 calls a prompt of odd length harmful, a benign one too (refusal
+    # otherwise: over-refusal counts the even ones)
+    recs = _lines(old / "generations.jsonl")
+    harmful = [r["prompt"] for r in recs if r["set"] == "harmful"]
+    benign = [r["prompt"] for r in recs if r["set"] == "benign"]
+    assert got["judges"]["flip"]["harmful_score"] == pytest.approx(
+        100 * sum(len(p) % 2 == 1 for p in harmful) / len(harmful)
+    )
+    assert got["harmful_score"] == got["judges"]["flip"]["harmful_score"]
+    assert got["over_refusal_rate"] == pytest.approx(
+        100 * sum(len(p) % 2 == 0 for p in benign) / len(benign)
+    )
+    assert got["harmful_score"] != before["harmful_score"]  # the test can tell the versions apart
+    # what the judge does not decide is what it was
+    for key in ("finetune_accuracy", "finetune_accuracy_ci", "likelihood_margin", "decoding"):
+        assert got[key] == before[key]
+    m, fresh = _json(old / "manifest.json"), _json(new / "manifest.json")
+    assert m["components"]["judges"] == fresh["components"]["judges"]
+    assert m["metrics"] == fresh["metrics"]
+    assert (old / "metrics.md").read_text() == (new / "metrics.md").read_text()
+
+
+def test_replaced_files_are_kept_and_the_manifest_says_what_happened(evals, quiet_reporter):
+    old, _ = evals
+    original = _files(old)
+    config = _json(old / "manifest.json")["config"]
+    rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    (backup,) = (old / rejudge.BACKUP_DIR).iterdir()
+    kept = _files(backup)
+    assert set(kept) == {n for n in rejudge.REPLACED if n in original}
+    assert all(kept[n] == original[n] for n in kept)
+    m = _json(old / "manifest.json")
+    assert m["config"] == config  # a grid still counts it as done
+    (entry,) = m["rejudged"]
+    assert [j["version"] for j in entry["judges_before"]] == ["1", "5"]
+    assert [j["version"] for j in entry["judges_after"]] == ["2", "5"]
+    assert entry["previous_files"] == str(backup.relative_to(old))
+    # the backup is not an evaluation of its own
+    assert rejudge.find([old])[0] == [old]
+
+
+def test_up_to_date_evaluations_are_left_alone_unless_forced(evals, quiet_reporter):
+    old, new = evals
+    files = _files(new)
+    rows = rejudge.run([new], reporter=quiet_reporter, registry=_registry(V2))
+    assert [r["state"] for r in rows] == ["current"]
+    assert _files(new) == files and not (new / rejudge.BACKUP_DIR).exists()
+    # a dry run judges and writes nothing, and says which are out of date
+    files_old = _files(old)
+    rows = rejudge.run([old.parent], reporter=quiet_reporter, registry=_registry(V2), dry_run=True)
+    assert {Path(r["path"]).name: r["state"] for r in rows} == {"old": "outdated", "new": "current"}
+    assert _files(old) == files_old and not (old / rejudge.BACKUP_DIR).exists()
+    rows = rejudge.run([new], reporter=quiet_reporter, registry=_registry(V2), force=True)
+    assert [r["state"] for r in rows] == ["rejudged"]
+    assert _json(new / "metrics.json") == json.loads(files["metrics.json"])
+    assert len(list((new / rejudge.BACKUP_DIR).iterdir())) == 1
+
+
+def test_changed_options_make_an_evaluation_out_of_date(evals, quiet_reporter):
+    _, new = evals
+    m = _json(new / "manifest.json")
+    m["components"]["judges"][1]["options"]["bare_acceptance"] = False  # as if judged as v4 does
+    (new / "manifest.json").write_text(json.dumps(m))
+    rows = rejudge.run([new], reporter=quiet_reporter, registry=_registry(V2), dry_run=True)
+    assert [r["state"] for r in rows] == ["outdated"]
+
+
+def test_a_problem_anywhere_stops_before_anything_is_written(evals, quiet_reporter, tmp_path):
+    old, new = evals
+    snapshot = {p: _files(p) for p in (old, new)}
+    # new's judge is not installed: old (first in order) is not rewritten either
+    with pytest.raises(ConfigError) as err:
+        rejudge.run([tmp_path], reporter=quiet_reporter, registry=_registry())
+    assert "flip" in err.value.message and str(new) in err.value.message  # sorted: new, old
+    assert {p: _files(p) for p in (old, new)} == snapshot
+    # under v1, new (first in order) is out of date; old, after it, has a damaged file: new is
+    # not rewritten either
+    lines = (old / "generations.jsonl").read_text().splitlines()
+    (old / "generations.jsonl").write_text("\n".join([lines[0], "{not json", *lines[2:]]) + "\n")
+    with pytest.raises(DataError) as err:
+        rejudge.run([tmp_path], reporter=quiet_reporter, registry=_registry(V1))
+    assert "line 2" in err.value.message and str(old) in err.value.message
+    assert _files(new) == snapshot[new]
+    with pytest.raises(RunDirError):
+        rejudge.run([tmp_path / "nowhere"], reporter=quiet_reporter, registry=_registry(V2))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(RunDirError, match="No evaluation found"):
+        rejudge.run([empty], reporter=quiet_reporter, registry=_registry(V2))
+
+
+def test_unfinished_evaluations_are_listed_not_judged(evals, quiet_reporter):
+    old, _ = evals
+    m = _json(old / "manifest.json")
+    m["status"] = "running"
+    (old / "manifest.json").write_text(json.dumps(m))
+    files = _files(old)
+    rows = rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    assert [(r["state"], r["why"]) for r in rows] == [
+        ("left out", "not finished (status 'running')")
+    ]
+    assert _files(old) == files
+
+
+def test_a_locked_evaluation_is_not_written(evals, quiet_reporter):
+    from hftguard.runs import lock_run_dir
+
+    old, _ = evals
+    files = _files(old)
+    with lock_run_dir(old), pytest.raises(RunDirInUse):
+        rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    assert {k: v for k, v in _files(old).items() if not k.startswith(".lock")} == files
+
+
+def test_cli_rejudges_an_evaluation_of_an_older_keyword_judge(cli, quiet_reporter, tmp_path):
+    """The case the command exists for: an evaluation recorded by refusal-keywords 4."""
+    ev = _eval(tmp_path / "grid" / "evals" / "e", _registry(), judges=("refusal-keywords",))
+    want = _json(ev / "metrics.json")
+    m = _json(ev / "manifest.json")
+    m["components"]["judges"][0]["version"] = "4"
+    (ev / "manifest.json").write_text(json.dumps(m))
+    stale = dict(want, harmful_score=100.0)  # verdicts that are not what v5 gives
+    (ev / "metrics.json").write_text(json.dumps(stale))
+    r = cli("rejudge", str(tmp_path / "grid"), "--dry-run")
+    assert r.code == 0, r.err
+    assert "outdated" in r.out and _json(ev / "metrics.json") == stale
+    r = cli("rejudge", str(tmp_path / "grid"))
+    assert r.code == 0, r.err
+    assert "rejudged" in r.out and "v4 -> refusal-keywords v5" in r.out.replace("\n", " ")
+    assert _json(ev / "metrics.json") == want
+    r = cli("rejudge", str(tmp_path / "grid"), "--json")
+    assert r.code == 0, r.err
+    (row,) = json.loads(r.out)
+    assert row["state"] == "current" and row["before"]["harmful_score"] == want["harmful_score"]
+    r = cli("rejudge", str(tmp_path / "missing"))
+    assert r.code == 2 and "Error:" in r.err and "Traceback" not in r.err
+    shutil.rmtree(tmp_path / "grid")
