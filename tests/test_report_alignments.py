@@ -356,3 +356,58 @@ def test_a_judge_version_gap_skips_hs_only_and_other_judges_are_not_versions(
     b = next(r for r in runs if r.kind == "attacked" and r.p == 0.0)
     assert judged_apart(a, b, None) is None  # not versions of one judge
     assert report.build(report.collect([attacked, controls]), n_boot=0).judge_versions == {}
+
+
+@pytest.mark.parametrize(
+    ("stage", "field", "value"),
+    [
+        ("aligned", "dtype", "torch.float32"),
+        ("attacked", "dtype", "torch.float32"),
+        ("eval", "precision", {"requested": "auto", "dtype": "float32"}),
+    ],
+)
+def test_a_defense_is_not_compared_with_a_baseline_run_in_another_dtype(
+    tmp_path: Path, stage: str, field: str, value: Any
+) -> None:
+    """A defense's cells trained (or generated) in bf16 against a baseline's in fp32: a CPU
+    with native bf16 picks bf16 under precision = "auto" where an AVX2 CPU picks fp32, so two
+    grids of one config from two machines differ in it (the field grid, seventeenth session).
+    ΔHS would measure the dtypes with the defense. Before, the pair was compared silently."""
+    labels = {"sft/sft": "SFT", "booster/sft": "Booster"}
+    bf16 = {
+        "aligned": ("dtype", "torch.bfloat16"),
+        "attacked": ("dtype", "torch.bfloat16"),
+        "eval": ("precision", {"requested": "auto", "dtype": "bfloat16"}),
+    }
+
+    def grid(root: Path, method: str, changed: bool) -> Path:
+        a, f = method.split("/")
+        cells = [(Cell(a, f, 0.2, 100, "sentiment", s), 10, 9, None) for s in (1, 2)]
+        g = write_grid(root, cells, [method], labels)
+        for path in g.rglob("manifest.json"):
+            where = path.parent.name if path.parent.parent.name != "aligned" else "aligned"
+            if where in bf16:
+                key, default = bf16[where]
+                m = json.loads(path.read_text())
+                m[key] = value if changed and where == stage else default
+                path.write_text(json.dumps(m))
+        return g
+
+    def build(changed: bool, root: Path) -> Any:
+        runs = report.collect(
+            [grid(root / "a", "sft/sft", False), grid(root / "b", "booster/sft", changed)]
+        )
+        return report.build(runs, n_boot=0, baseline="sft/sft")
+
+    same = build(False, tmp_path / "same")
+    assert len([c for c in same.comparisons if c.kind == "vs_baseline"]) == 2 * 2
+    assert not same.skipped
+    other = build(True, tmp_path / "other")
+    assert [c for c in other.comparisons if c.kind == "vs_baseline"] == []
+    skipped = [s for s in other.skipped if s.kind == "vs_baseline"]
+    assert len(skipped) == 2 * 2
+    name = {"aligned": "alignment", "attacked": "attack", "eval": "generation"}[stage]
+    assert all(
+        "different dtypes" in s.reason and f"{name} float32 vs bfloat16" in s.reason
+        for s in skipped
+    ), skipped[0].reason

@@ -1035,6 +1035,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_refusal_judge.py",),
     ),
     Mutant(
+        "report-pairs-across-dtypes",
+        "hftguard/pipeline/report/paired.py",
+        "    if why := alignments.run_apart(run, ref, fingerprints):",
+        "    if why := None:",
+        "wiring: a bf16-trained defense is compared with an fp32 baseline",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
+        "report-dtype-generation-ignored",
+        "hftguard/pipeline/report/alignments.py",
+        '        out["generation"] = str(precision["dtype"]).removeprefix("torch.")',
+        "        pass",
+        "wiring: evaluations generated in bf16 and fp32 are compared",
+        ("tests/test_report_alignments.py",),
+    ),
+    Mutant(
         "rejudge-keeps-benign-verdicts",
         "hftguard/pipeline/rejudge.py",
         "    if benign:\n        info, judge = _refusal_judge(target.judges, reg)",

@@ -32,9 +32,10 @@ before base weights were hashed compares on the base model's name only.
 
 :func:`fingerprint` reads that record; :func:`differences` compares two; :func:`mixed` lists the
 methods whose evaluations rest on aligned models that differ; :mod:`.paired` leaves out the
-attack effects across two. Across methods, only the base weights are compared
-(:func:`other_bases`): no comparison is made between evaluations on different bases, and an
-attack of the base model itself (no aligned model) is compared by the base it read.
+attack effects across two. Across methods, only the base weights (:func:`other_bases`) and the
+dtypes the stages ran in (:func:`run_apart`) are compared: no comparison is made between
+evaluations on different bases or whose alignment, attack or generation ran in different dtypes,
+and an attack of the base model itself (no aligned model) is compared by the base it read.
 """
 
 from __future__ import annotations
@@ -165,6 +166,45 @@ def other_bases(r: EvalRun, ref: EvalRun, cache: dict[Any, Any] | None = None) -
         f"built on different base weights ({shown(r.path)} on content key {a[:12]}, "
         f"{shown(ref.path)} on {b[:12]})"
     )
+
+
+def dtypes_of(r: EvalRun, cache: dict[Any, Any] | None = None) -> dict[str, str]:
+    """The dtypes the stages behind ``r`` ran in, where recorded: ``alignment`` and ``attack``
+    (training) and ``generation`` (the evaluation's)."""
+    out: dict[str, str] = {}
+    fp = fingerprint(r.aligned_dir, cache)
+    if fp and fp.get("dtype"):
+        out["alignment"] = str(fp["dtype"]).removeprefix("torch.")
+    if r.attacked_dir is not None:
+        key = ("attack dtype", r.attacked_dir)
+        if cache is not None and key in cache:
+            found = cache[key]
+        else:
+            try:
+                found = read_manifest(r.attacked_dir).get("dtype")
+            except Exception:  # a report is made from what can be read
+                found = None
+            if cache is not None:
+                cache[key] = found
+        if found:
+            out["attack"] = str(found).removeprefix("torch.")
+    precision = r.manifest.get("precision")
+    if isinstance(precision, dict) and precision.get("dtype"):
+        out["generation"] = str(precision["dtype"]).removeprefix("torch.")
+    return out
+
+
+def run_apart(r: EvalRun, ref: EvalRun, cache: dict[Any, Any] | None = None) -> str | None:
+    """Why ``r`` and ``ref`` cannot be compared because a stage behind them ran in another dtype
+    than the same stage behind the other (a bf16 alignment against an fp32 one: a GPU grid
+    beside a CPU one, or a CPU with native bf16, where ``precision = "auto"`` picks bf16), in
+    words; None when they agree wherever both recorded it."""
+    a, b = dtypes_of(r, cache), dtypes_of(ref, cache)
+    differ = [k for k in a if k in b and a[k] != b[k]]
+    if not differ:
+        return None
+    what = ", ".join(f"{k} {a[k]} vs {b[k]}" for k in differ)
+    return f"run in different dtypes ({what}; {shown(r.path)}, {shown(ref.path)})"
 
 
 def between(r: EvalRun, ref: EvalRun, cache: dict[Path, Any]) -> list[str]:

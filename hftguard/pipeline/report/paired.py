@@ -195,7 +195,8 @@ def compare(
     """``run`` − ``ref`` on HS (``metric="hs"``, harmful prompts, by ``judge`` or each
     evaluation's first judge) or FA (``"fa"``, ``run``'s task), prompt by prompt. Not across
     different base weights (:func:`.alignments.other_bases`; ``fingerprints`` caches the
-    manifests read), nor, for HS, across versions of the judge (:func:`judged_apart`)."""
+    manifests read), nor across stages run in different dtypes (:func:`.alignments.run_apart`),
+    nor, for HS, across versions of the judge (:func:`judged_apart`)."""
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}")
 
@@ -203,6 +204,8 @@ def compare(
         return Skipped(kind, metric, run, ref, reason)
 
     if why := alignments.other_bases(run, ref, fingerprints):
+        return skip(why)
+    if why := alignments.run_apart(run, ref, fingerprints):
         return skip(why)
     j = None
     if metric == "hs":
@@ -284,9 +287,8 @@ def judged_apart(r: EvalRun, ref: EvalRun, judge: str | None) -> str | None:
     if a is None or b is None or a == b or a[0] != b[0]:
         return None
     return (
-        f"judged by different versions of {a[0]} (v{a[1]} {a[2]}, v{b[1]} {b[2]}): re-run "
-        "the older evaluations with --overwrite (their generations are cached, so only the "
-        "judging is redone) to compare them"
+        f"judged by different versions of {a[0]} (v{a[1]} {a[2]}, v{b[1]} {b[2]}): re-judge "
+        "the older evaluations in place (hftguard rejudge RUN_DIR) to compare them"
     )
 
 
