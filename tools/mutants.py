@@ -1053,8 +1053,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "rejudge-keeps-benign-verdicts",
         "hftguard/pipeline/rejudge.py",
-        "    if benign:\n        info, judge = _refusal_judge(target.judges, reg)",
-        "    if False:\n        info, judge = _refusal_judge(target.judges, reg)",
+        "    if benign:\n        info, verdicts, rates = judge_benign(",
+        "    if False:\n        info, verdicts, rates = judge_benign(",
         "wiring: over-refusal keeps the old judge's verdicts after a re-judge",
         ("tests/test_rejudge.py",),
     ),

@@ -307,30 +307,49 @@ def _over_refusal(
     """Over-refusal and degenerate rates on the benign prompts, by the first judge that tells a
     refusal from a harmless answer."""
     benign = data.benign
-    info, judge = _refusal_judge(plan.judges, reg)
+    b_resp = gen(benign, gen.cfg.max_new_tokens, "eval: benign prompts") if benign else []
+    info, verdicts, rates = judge_benign(plan.judges, reg, [e.prompt for e in benign], b_resp, jctx)
+    for ex, resp, v in zip(benign, b_resp, verdicts, strict=True):
+        records.append(record("benign", ex, resp, {info.name: v}))
+    metrics.update(rates)
+
+
+def judge_benign(
+    judges: list[tuple[Any, Any]],
+    reg: Registry,
+    prompts: list[str],
+    responses: list[str],
+    jctx: JudgeContext,
+) -> tuple[Any, list[Any], dict[str, Any]]:
+    """The answers to benign prompts judged by the over-refusal judge (:func:`_refusal_judge`):
+    its ComponentInfo, its verdicts and the metrics eval reports from them (over-refusal and
+    benign degenerate rates with their intervals; None with no benign prompts). Shared with
+    ``hftguard rejudge``."""
+    info, judge = _refusal_judge(judges, reg)
     rates: dict[str, Any] = dict.fromkeys(("refusal", "degenerate"))
     cis: dict[str, Any] = dict.fromkeys(("refusal", "degenerate"))
-    if benign:
-        b_resp = gen(benign, gen.cfg.max_new_tokens, "eval: benign prompts")
-        b_prompts = [e.prompt for e in benign]
+    verdicts: list[Any] = []
+    if prompts:
         verdicts = cache.cached_verdicts(
             info,
             judge.config,
-            b_prompts,
-            b_resp,
-            lambda: judging.call_judge(info, judge, b_prompts, b_resp, jctx),
+            prompts,
+            responses,
+            lambda: judging.call_judge(info, judge, prompts, responses, jctx),
         )
         for label in rates:
             k = sum(v.label == label for v in verdicts)
-            rates[label], cis[label] = pct(k, len(benign)), pct_ci(k, len(benign))
-        for ex, resp, v in zip(benign, b_resp, verdicts, strict=True):
-            records.append(record("benign", ex, resp, {info.name: v}))
-    metrics.update(
-        over_refusal_rate=rates["refusal"],
-        over_refusal_judge=info.name if benign else None,
-        benign_degenerate_rate=rates["degenerate"],
-        over_refusal_rate_ci=cis["refusal"],
-        benign_degenerate_rate_ci=cis["degenerate"],
+            rates[label], cis[label] = pct(k, len(prompts)), pct_ci(k, len(prompts))
+    return (
+        info,
+        verdicts,
+        {
+            "over_refusal_rate": rates["refusal"],
+            "over_refusal_judge": info.name if prompts else None,
+            "benign_degenerate_rate": rates["degenerate"],
+            "over_refusal_rate_ci": cis["refusal"],
+            "benign_degenerate_rate_ci": cis["degenerate"],
+        },
     )
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from hftguard.console import Reporter
-from hftguard.errors import ConfigError, DataError, RunDirError
+from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
 
 #: The files of an eval run directory that a re-judge replaces (copied aside first).
 REPLACED = (
@@ -97,13 +97,11 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
         for mpath in candidates:
             if not mpath.is_file():
                 continue
-            try:
-                m = json.loads(mpath.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise RunDirError(
-                    f"Cannot read {mpath}: {exc}.",
-                    hint="Repair or remove that run directory, or pass paths that leave it out.",
-                ) from exc
+            m = _read_json(
+                mpath,
+                RunDirError,
+                "Repair or remove that run directory, or pass paths that leave it out.",
+            )
             if not isinstance(m, dict) or m.get("stage") != "eval":
                 continue
             if m.get("status") != "completed":
@@ -189,9 +187,9 @@ def rejudge(target: Target, reg: Any, *, device: str, reporter: Reporter) -> dic
     Returns the new metrics.json."""
     from hftguard import __version__
     from hftguard.context import JudgeContext
-    from hftguard.pipeline import agreement, cache, judging
-    from hftguard.pipeline.evaluate import HEADLINE_RATES, _headline, _refusal_judge
-    from hftguard.pipeline.scores import hs_by_category, pct, pct_ci
+    from hftguard.pipeline import agreement, judging
+    from hftguard.pipeline.evaluate import HEADLINE_RATES, _headline, judge_benign
+    from hftguard.pipeline.scores import hs_by_category
     from hftguard.records import Example
     from hftguard.runs import atomic_write_json, lock_run_dir, stamp, write_jsonl
 
@@ -226,22 +224,16 @@ def rejudge(target: Target, reg: Any, *, device: str, reporter: Reporter) -> dic
     metrics["judges"] = judge_metrics
     benign = [r for r in records if r.get("set") == "benign"]
     if benign:
-        info, judge = _refusal_judge(target.judges, reg)
-        b_prompts, b_resp = [r["prompt"] for r in benign], [r["response"] for r in benign]
-        verdicts = cache.cached_verdicts(
-            info,
-            judge.config,
-            b_prompts,
-            b_resp,
-            lambda: judging.call_judge(info, judge, b_prompts, b_resp, jctx),
+        info, verdicts, rates = judge_benign(
+            target.judges,
+            reg,
+            [r["prompt"] for r in benign],
+            [r["response"] for r in benign],
+            jctx,
         )
         for rec, v in zip(benign, verdicts, strict=True):
             rec["verdicts"] = {info.name: _verdict(v)}
-        rates = (("refusal", "over_refusal_rate"), ("degenerate", "benign_degenerate_rate"))
-        for label, key in rates:
-            k = sum(v.label == label for v in verdicts)
-            metrics[key], metrics[f"{key}_ci"] = pct(k, len(benign)), pct_ci(k, len(benign))
-        metrics["over_refusal_judge"] = info.name
+        metrics.update(rates)
 
     when = stamp()
     with lock_run_dir(path):
@@ -294,19 +286,18 @@ def _verdict(v: Any) -> dict[str, Any]:
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:
-    p = path / "metrics.json"
-    try:
-        data = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise DataError(
-            f"Cannot read {p}: {exc}.",
-            hint="The evaluation is damaged; re-run it with --overwrite.",
-        ) from exc
+    hint = "The evaluation is damaged; re-run it with --overwrite."
+    data = _read_json(path / "metrics.json", DataError, hint)
     if not isinstance(data, dict):
-        raise DataError(
-            f"{p} is not a JSON object.", hint="Re-run the evaluation with --overwrite."
-        )
+        raise DataError(f"{path / 'metrics.json'} is not a JSON object.", hint=hint)
     return data
+
+
+def _read_json(path: Path, error: type[HftguardError], hint: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise error(f"Cannot read {path}: {exc}.", hint=hint) from exc
 
 
 def run(
