@@ -11,6 +11,7 @@ CPU = torch.device("cpu")
 
 
 def _cpu(monkeypatch, *, avx512_bf16=False, amx=False, flags=()):
+    monkeypatch.delenv("HFTGUARD_CPU_BF16", raising=False)  # conftest turns native bf16 off
     monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx)
     monkeypatch.setattr(models, "_cpuinfo_flags", lambda: set(flags))
@@ -54,6 +55,20 @@ def test_record_names_request_result_and_reason(monkeypatch):
         "dtype": "bfloat16",
         "reason": "auto: CPU has native bf16 (amx_bf16)",
     }
+
+
+@pytest.mark.parametrize("value", ["0", "off", "False", " no "])
+def test_native_cpu_bf16_can_be_turned_off(monkeypatch, value):
+    """HFTGUARD_CPU_BF16=0: auto keeps fp32 on a CPU with native bf16 (fp32 numbers on any CPU);
+    an explicit bf16 is still obeyed, and other values leave auto as detected."""
+    _cpu(monkeypatch, avx512_bf16=True)
+    monkeypatch.setenv("HFTGUARD_CPU_BF16", value)
+    dtype, reason = models.precision_choice("auto", CPU)
+    assert dtype == torch.float32 and "HFTGUARD_CPU_BF16=0" in reason
+    assert models.precision_choice("bf16", CPU) == (torch.bfloat16, "requested")
+    assert models.precision_choice("auto", torch.device("meta"))[0] == torch.float32
+    monkeypatch.setenv("HFTGUARD_CPU_BF16", "1")
+    assert models.precision_choice("auto", CPU)[0] == torch.bfloat16
 
 
 def test_this_machines_probe_agrees_with_its_cpuinfo():

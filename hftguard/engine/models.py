@@ -419,6 +419,18 @@ def pick_device(name: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+#: Set to 0 (or off, false, no): ``auto`` keeps fp32 on a CPU even where it has native bf16, so
+#: that one machine gives the fp32 numbers an AVX2 CPU gives (the test suite sets it).
+CPU_BF16_ENV = "HFTGUARD_CPU_BF16"
+
+
+def cpu_bf16_turned_off() -> bool:
+    """Whether ``HFTGUARD_CPU_BF16`` turns native CPU bf16 off for ``precision = "auto"``."""
+    import os
+
+    return os.environ.get(CPU_BF16_ENV, "").strip().lower() in ("0", "off", "false", "no")
+
+
 def cpu_native_bf16() -> str | None:
     """The CPU feature that runs bf16 matrix products natively, or None.
 
@@ -476,6 +488,8 @@ def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype,
             return torch.bfloat16, "auto: CUDA device supports bf16"
         return torch.float32, "auto: CUDA device without bf16"
     if device.type == "cpu":
+        if cpu_bf16_turned_off():
+            return torch.float32, f"auto: native CPU bf16 turned off ({CPU_BF16_ENV}=0)"
         feature = cpu_native_bf16()
         if feature is not None:
             return torch.bfloat16, f"auto: CPU has native bf16 ({feature})"
