@@ -104,6 +104,7 @@ def test_rejudged_evaluation_equals_a_fresh_one_with_the_new_judge(evals, quiet_
     assert _lines(old / "generations.jsonl") == _lines(new / "generations.jsonl")
     assert _lines(old / "disagreements.jsonl") == _lines(new / "disagreements.jsonl")
     assert got == want
+    assert list(got) == list(want)  # and in eval's order in the file
     # an independent count: v2 calls a prompt of odd length harmful, a benign one too (refusal
     # otherwise: over-refusal counts the even ones)
     recs = _lines(old / "generations.jsonl")
@@ -122,6 +123,7 @@ def test_rejudged_evaluation_equals_a_fresh_one_with_the_new_judge(evals, quiet_
         assert got[key] == before[key]
     m, fresh = _json(old / "manifest.json"), _json(new / "manifest.json")
     assert m["components"]["judges"] == fresh["components"]["judges"]
+    assert m["components"]["over_refusal_judge"] == fresh["components"]["over_refusal_judge"]
     assert m["metrics"] == fresh["metrics"]
     assert (old / "metrics.md").read_text() == (new / "metrics.md").read_text()
 
@@ -133,8 +135,7 @@ def test_replaced_files_are_kept_and_the_manifest_says_what_happened(evals, quie
     rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
     (backup,) = (old / rejudge.BACKUP_DIR).iterdir()
     kept = _files(backup)
-    assert set(kept) == {n for n in rejudge.REPLACED if n in original}
-    assert all(kept[n] == original[n] for n in kept)
+    assert kept == original  # every file of the evaluation, as it was
     m = _json(old / "manifest.json")
     assert m["config"] == config  # a grid still counts it as done
     (entry,) = m["rejudged"]
@@ -216,6 +217,94 @@ def test_a_locked_evaluation_is_not_written(evals, quiet_reporter):
     with lock_run_dir(old), pytest.raises(RunDirInUse):
         rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
     assert {k: v for k, v in _files(old).items() if not k.startswith(".lock")} == files
+
+
+class NoRefusal(Judge):
+    """A judge that cannot tell a refusal from a harmless answer: eval measures over-refusal with
+    the keyword judge instead, which components.judges does not name."""
+
+    name = "no-refusal"
+    version = "1"
+    detects_refusal = False
+
+    def judge(self, prompts, responses, ctx):
+        return [Verdict(True, "compliance", 1.0) for _ in prompts]
+
+
+def test_the_fallback_over_refusal_judge_is_checked_too(tmp_path, quiet_reporter, monkeypatch):
+    monkeypatch.setenv("HFTGUARD_CACHE", "off")
+    reg = _registry(NoRefusal)
+    ev = _eval(tmp_path / "e", reg, judges=("no-refusal",), reporter=quiet_reporter)
+    want = _json(ev / "metrics.json")
+    m = _json(ev / "manifest.json")
+    assert [j["name"] for j in m["components"]["judges"]] == ["no-refusal"]
+    assert m["components"]["over_refusal_judge"]["name"] == "refusal-keywords"
+    assert want["over_refusal_judge"] == "refusal-keywords"
+    rows = rejudge.run([ev], reporter=quiet_reporter, registry=reg)
+    assert [r["state"] for r in rows] == ["current"]
+    # the keyword judge of an older version judged the benign answers: out of date
+    m["components"]["over_refusal_judge"]["version"] = "4"
+    (ev / "manifest.json").write_text(json.dumps(m))
+    (ev / "metrics.json").write_text(json.dumps(dict(want, over_refusal_rate=99.0)))
+    rows = rejudge.run([ev], reporter=quiet_reporter, registry=reg)
+    assert [r["state"] for r in rows] == ["rejudged"]
+    assert _json(ev / "metrics.json") == want
+    # an evaluation from before eval recorded that judge counts as out of date as well
+    m = _json(ev / "manifest.json")
+    del m["components"]["over_refusal_judge"]
+    (ev / "manifest.json").write_text(json.dumps(m))
+    rows = rejudge.run([ev], reporter=quiet_reporter, registry=reg, dry_run=True)
+    assert [r["state"] for r in rows] == ["outdated"]
+
+
+def test_more_problems_found_before_writing(evals, quiet_reporter, tmp_path):
+    old, _ = evals
+    snapshot = _files(old)
+    m = _json(old / "manifest.json")
+    m["config"]["sinks"] = ["markdown", "no-such-sink"]
+    (old / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ConfigError, match="no-such-sink"):
+        rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    assert not (old / rejudge.BACKUP_DIR).exists()
+    (old / "manifest.json").write_bytes(snapshot["manifest.json"])
+    with pytest.raises(ConfigError, match="not a device"):
+        rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2), device="gpu0")
+    lines = (old / "generations.jsonl").read_text().splitlines()
+    first = json.loads(lines[0])
+    del first["prompt"]
+    (old / "generations.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
+    with pytest.raises(DataError, match="line 1"):
+        rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    assert not (old / rejudge.BACKUP_DIR).exists()
+
+
+def test_a_directory_changed_while_judging_is_not_written(evals, quiet_reporter):
+    old, _ = evals
+    target = rejudge.prepare(old, _registry(V2))
+    (old / "manifest.json").write_text((old / "manifest.json").read_text() + " ")
+    files = _files(old)
+    with pytest.raises(RunDirError, match="changed while"):
+        rejudge.rejudge(target, _registry(V2), device="cpu", reporter=quiet_reporter)
+    assert _files(old) == files and not (old / rejudge.BACKUP_DIR).exists()
+
+
+def test_what_is_looked_in(evals, quiet_reporter, tmp_path):
+    """A cell folder named like the copies' folder is an evaluation; the copies inside an
+    evaluation are not; a damaged manifest elsewhere is listed, not fatal."""
+    old, new = evals
+    shutil.copytree(new, tmp_path / "rejudged" / "e")
+    rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))  # old/rejudged/<time>/
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+    found, left = rejudge.find([tmp_path])
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in found) == [
+        "new",
+        "old",
+        "rejudged/e",
+    ]
+    assert [(p.name, why.split(" (")[0]) for p, why in left] == [
+        ("broken", "unreadable manifest.json")
+    ]
 
 
 def test_cli_rejudges_an_evaluation_of_an_older_keyword_judge(cli, quiet_reporter, tmp_path):

@@ -1053,8 +1053,8 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "rejudge-keeps-benign-verdicts",
         "hftguard/pipeline/rejudge.py",
-        "    if benign:\n        info, verdicts, rates = judge_benign(",
-        "    if False:\n        info, verdicts, rates = judge_benign(",
+        "    new.update(rates)\n",
+        "    pass\n",
         "wiring: over-refusal keeps the old judge's verdicts after a re-judge",
         ("tests/test_rejudge.py",),
     ),
@@ -1069,13 +1069,30 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "rejudge-backup-after-write",
         "hftguard/pipeline/rejudge.py",
-        "        for name in REPLACED:\n            if (path / name).is_file():\n"
-        "                shutil.copy2(path / name, backup / name)\n"
+        "                _copy_synced(file, backup / file.name)\n"
         "        write_jsonl(path / \"generations.jsonl\", records)\n",
+        "                pass\n"
         "        write_jsonl(path / \"generations.jsonl\", records)\n"
-        "        for name in REPLACED:\n            if (path / name).is_file():\n"
-        "                shutil.copy2(path / name, backup / name)\n",
-        "order: the copy of the replaced files holds the new generations",
+        "        for file in sorted(path.iterdir()):\n"
+        "            if file.is_file() and file.name not in LOCK_NAMES:\n"
+        "                _copy_synced(file, backup / file.name)\n",
+        "order: the copy of the evaluation's files holds the new generations",
+        ("tests/test_rejudge.py",),
+    ),
+    Mutant(
+        "rejudge-ignores-fallback-refusal-judge",
+        "hftguard/pipeline/rejudge.py",
+        "        return self.refusal_before is not None and _identity(self.refusal_before) == _identity(",
+        "        return True or _identity(self.refusal_before) == _identity(",
+        "wiring: over-refusal by an older keyword judge (the fallback) counts as up to date",
+        ("tests/test_rejudge.py",),
+    ),
+    Mutant(
+        "rejudge-writes-a-changed-directory",
+        "hftguard/pipeline/rejudge.py",
+        "        if now != target.read_as:",
+        "        if False:",
+        "order: an evaluation rewritten by another process meanwhile is overwritten",
         ("tests/test_rejudge.py",),
     ),
     Mutant(

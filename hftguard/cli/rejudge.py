@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
         generations.jsonl are judged again with the judges and options the evaluation's config
         names, and HS, over-refusal, agreement and metrics.md are rewritten; the answers, FA and
         the likelihood margin are kept. Evaluations whose judges are already the installed
-        versions are left alone. The replaced files are kept in rejudged/<time>/ inside each
-        evaluation. A grid still counts re-judged evaluations as done.
+        versions are left alone. The evaluation's files as they were are kept in
+        rejudged/<time>/ inside it. A grid still counts re-judged evaluations as done.
         """
         from hftguard.pipeline import rejudge
 
@@ -50,7 +50,8 @@ def register(app: typer.Typer) -> None:
         rows = _call(
             lambda: rejudge.run(
                 list(paths), reporter=reporter, force=force, dry_run=dry_run, device=device
-            )
+            ),
+            hint="Re-run the same command: evaluations already re-judged are left alone.",
         )
         _show(rows, as_json, dry_run)
 

@@ -169,7 +169,7 @@ def _evaluate(
     atomic_write_json(run_dir.path / "metrics.json", metrics)
     for sink in cfg.sinks:
         reg.instantiate("report-sink", sink).write(run_dir.path, metrics)
-    return run_dir.update_manifest(**_manifest(cfg, plan, data, gen, metrics, t0))
+    return run_dir.update_manifest(**_manifest(cfg, plan, reg, data, gen, metrics, t0))
 
 
 def _load_data(cfg: EvalConfig, reg: Registry, reporter: Reporter) -> _Data:
@@ -448,7 +448,13 @@ def _description(cfg: EvalConfig, data: _Data, gen: _Generator) -> dict[str, Any
 
 
 def _manifest(
-    cfg: EvalConfig, plan: _Plan, data: _Data, gen: _Generator, metrics: dict[str, Any], t0: float
+    cfg: EvalConfig,
+    plan: _Plan,
+    reg: Registry,
+    data: _Data,
+    gen: _Generator,
+    metrics: dict[str, Any],
+    t0: float,
 ) -> dict[str, Any]:
     """The manifest's completion fields: headline metrics, components, data, provenance."""
     from hftguard.data.inputs import hub_sources
@@ -460,6 +466,13 @@ def _manifest(
         "metrics": _headline(metrics),
         "components": {
             "judges": [judge_record(i, j) for i, j in plan.judges],
+            # the judge of the benign answers (over-refusal): one of the above, or the keyword
+            # judge eval falls back to (hftguard rejudge checks its version)
+            **(
+                {"over_refusal_judge": judge_record(*_refusal_judge(plan.judges, reg))}
+                if data.benign
+                else {}
+            ),
             "tasks": [
                 component_record(plan.task_infos[t], tasks[t][0].config)
                 if t in plan.task_infos

@@ -20,14 +20,20 @@ generations.jsonl. This module re-judges them:
   and in manifest.json the headline metrics and ``components.judges``. The answers,
   fine-tuning accuracy, the likelihood margin and the eval's config are not touched, so a grid
   still counts the evaluation as done.
-- **What is kept**: before anything is replaced, the files about to change are copied to
-  ``rejudged/<UTC stamp>/`` in the run directory, and the manifest gains a ``rejudged`` entry
-  (when, the judges before and after, the hftguard version, the copy's folder).
-- **Order**: every path, manifest, generations file and judge is checked first; a problem with
-  any of them stops the command before anything is written. Each evaluation is then written
-  under its run-directory lock (a running stage holding it makes the command stop with the
-  holder named); within one, metrics.json and generations.jsonl are written atomically and the
-  manifest last.
+- **What is kept**: before anything is replaced, every file of the run directory is copied to
+  ``rejudged/<UTC stamp>/`` in it, and the manifest gains a ``rejudged`` entry (when, the judges
+  before and after, the hftguard version, the copy's folder). The over-refusal judge is recorded
+  in ``components.over_refusal_judge`` (as eval records it since 2026-11-28): eval falls back to
+  ``refusal-keywords`` when no configured judge detects refusals, and that judge's version
+  decides whether the benign verdicts are up to date.
+- **Order**: every path, manifest, generations file, judge and report sink is checked first; a
+  problem with any of them stops the command before anything is written. Then the evaluations
+  are judged and written one by one, each under its run-directory lock (a running stage holding
+  it makes the command stop with the holder named); a directory that changed since it was read
+  is not written. Within one, metrics.json and generations.jsonl are written atomically and the
+  manifest last. A judge that fails on one evaluation (a model judge out of memory) stops the
+  command there: the evaluations before it are re-judged, each consistent on its own, and a
+  second run picks up the rest.
 """
 
 from __future__ import annotations
@@ -41,14 +47,6 @@ from typing import Any
 from hftguard.console import Reporter
 from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
 
-#: The files of an eval run directory that a re-judge replaces (copied aside first).
-REPLACED = (
-    "metrics.json",
-    "generations.jsonl",
-    "manifest.json",
-    "metrics.md",
-    "disagreements.jsonl",
-)
 BACKUP_DIR = "rejudged"
 
 
@@ -62,10 +60,24 @@ class Target:
     before: list[dict[str, Any]] = field(default_factory=list)  # components.judges recorded
     after: list[dict[str, Any]] = field(default_factory=list)  # what judge_record gives now
     records: list[dict[str, Any]] = field(default_factory=list)  # generations.jsonl
+    #: the over-refusal judge's record now and as recorded (eval falls back to refusal-keywords
+    #: when no configured judge detects refusals: that one is not in ``components.judges``)
+    refusal_after: dict[str, Any] = field(default_factory=dict)
+    refusal_before: dict[str, Any] | None = None
+    sinks: list[Any] = field(default_factory=list)  # the eval's report sinks, built
+    #: generations.jsonl and manifest.json as read, to see a change before writing
+    read_as: tuple[str, str] = ("", "")
 
     @property
     def current(self) -> bool:
-        return [_identity(r) for r in self.before] == [_identity(r) for r in self.after]
+        same = [_identity(r) for r in self.before] == [_identity(r) for r in self.after]
+        if not same or not any(r.get("set") == "benign" for r in self.records):
+            return same
+        if self.refusal_after.get("name") in [r.get("name") for r in self.after]:
+            return True  # a configured judge: compared above
+        return self.refusal_before is not None and _identity(self.refusal_before) == _identity(
+            self.refusal_after
+        )
 
 
 def _identity(rec: dict[str, Any]) -> tuple[Any, ...]:
@@ -75,8 +87,10 @@ def _identity(rec: dict[str, Any]) -> tuple[Any, ...]:
 
 
 def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """The finished eval run directories at or below ``paths`` (sorted, each once), and the eval
-    run directories left out with the reason (unfinished ones)."""
+    """The finished eval run directories at or below ``paths`` (sorted, each once), and the
+    directories left out with the reason (unfinished evaluations, unreadable manifests).
+    Directories whose name starts with "." (runs moved aside) and the copies a re-judge keeps
+    (``EVAL_DIR/rejudged/``) are not looked in."""
     from hftguard.runs import MANIFEST
 
     found: dict[Path, Path] = {}
@@ -87,21 +101,15 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
                 f"{root} is not a directory.",
                 hint="Pass an eval run directory, a grid's --out, or a folder holding them.",
             )
-        below = sorted(
-            m
-            for m in root.rglob(f"*/{MANIFEST}")
-            if not any(part.startswith(".") for part in m.relative_to(root).parts[:-1])
-            and BACKUP_DIR not in m.relative_to(root).parts[:-1]
-        )
-        candidates = [root / MANIFEST, *below]
-        for mpath in candidates:
+        below = sorted(m for m in root.rglob(f"*/{MANIFEST}") if not _skipped(root, m))
+        for mpath in [root / MANIFEST, *below]:
             if not mpath.is_file():
                 continue
-            m = _read_json(
-                mpath,
-                RunDirError,
-                "Repair or remove that run directory, or pass paths that leave it out.",
-            )
+            try:
+                m = json.loads(mpath.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                left.append((mpath.parent, f"unreadable manifest.json ({exc})"))
+                continue
             if not isinstance(m, dict) or m.get("stage") != "eval":
                 continue
             if m.get("status") != "completed":
@@ -111,15 +119,27 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     return [found[k] for k in sorted(found)], left
 
 
+def _skipped(root: Path, manifest: Path) -> bool:
+    parts = manifest.relative_to(root).parts[:-1]
+    if any(part.startswith(".") for part in parts):
+        return True
+    return any(
+        part == BACKUP_DIR and (root.joinpath(*parts[:i]) / "manifest.json").is_file()
+        for i, part in enumerate(parts)
+    )
+
+
 def prepare(path: Path, reg: Any) -> Target:
-    """Read one evaluation and build the judges its config names (a missing judge, an unreadable
-    file or a generations.jsonl without harmful records raises here, before anything is
-    written)."""
+    """Read one evaluation and build the judges and report sinks its config names (a missing
+    judge or sink, an unreadable file or a generations.jsonl without harmful records raises here,
+    before anything is written)."""
+    from hftguard.pipeline.evaluate import _refusal_judge
     from hftguard.pipeline.judging import build_judges
     from hftguard.pipeline.scores import judge_record
     from hftguard.runs import read_manifest
 
     manifest = read_manifest(path)
+    manifest_text = (path / "manifest.json").read_text(encoding="utf-8")
     config = manifest.get("config") or {}
     names = config.get("judges")
     if not isinstance(names, list) or not names:
@@ -130,19 +150,22 @@ def prepare(path: Path, reg: Any) -> Target:
     options = config.get("judge_options") or {}
     try:
         judges = build_judges(reg, names, options)
+        sinks = [reg.instantiate("report-sink", s) for s in config.get("sinks") or []]
     except ConfigError as exc:
         raise ConfigError(
-            f"{path}: cannot build the judges this evaluation used: {exc.message}",
-            hint=exc.hint
-            or "Install the plugin that provides the judge, or leave this evaluation out.",
+            f"{path}: cannot build the judges or report sinks this evaluation used: {exc.message}",
+            hint=exc.hint or "Install the plugin that provides it, or leave this evaluation out.",
         ) from exc
-    records = _read_generations(path)
+    records, generations_text = _read_generations(path)
     if not any(r.get("set") == "harmful" for r in records):
         raise DataError(
             f"{path}/generations.jsonl has no harmful-prompt records to judge.",
             hint="The evaluation is incomplete or not hftguard's: re-run it with --overwrite.",
         )
-    recorded = (manifest.get("components") or {}).get("judges") or []
+    _read_metrics(path)
+    components = manifest.get("components") or {}
+    recorded = components.get("judges") or []
+    refusal = components.get("over_refusal_judge")
     return Target(
         path=path,
         manifest=manifest,
@@ -150,20 +173,24 @@ def prepare(path: Path, reg: Any) -> Target:
         before=[r for r in recorded if isinstance(r, dict)],
         after=[judge_record(info, judge) for info, judge in judges],
         records=records,
+        refusal_after=judge_record(*_refusal_judge(judges, reg)),
+        refusal_before=refusal if isinstance(refusal, dict) else None,
+        sinks=sinks,
+        read_as=(generations_text, manifest_text),
     )
 
 
-def _read_generations(path: Path) -> list[dict[str, Any]]:
+def _read_generations(path: Path) -> tuple[list[dict[str, Any]], str]:
     gen = path / "generations.jsonl"
     try:
-        lines = gen.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
+        text = gen.read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
         raise DataError(
             f"Cannot read {gen}: {exc}.",
             hint="The evaluation's answers are needed to re-judge it; re-run the evaluation.",
         ) from exc
     records = []
-    for i, line in enumerate(lines, 1):
+    for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -173,27 +200,28 @@ def _read_generations(path: Path) -> list[dict[str, Any]]:
                 f"{gen}, line {i}: not JSON ({exc}).",
                 hint="The file is damaged; re-run the evaluation with --overwrite.",
             ) from exc
-        if not isinstance(rec, dict) or not isinstance(rec.get("response"), str):
+        ok = isinstance(rec, dict) and all(
+            isinstance(rec.get(k), str) for k in ("prompt", "response")
+        )
+        if not ok:
             raise DataError(
-                f"{gen}, line {i}: not a generations record (no 'response' text).",
+                f"{gen}, line {i}: not a generations record (no 'prompt' and 'response' text).",
                 hint="The file is damaged; re-run the evaluation with --overwrite.",
             )
         records.append(rec)
-    return records
+    return records, text
 
 
 def rejudge(target: Target, reg: Any, *, device: str, reporter: Reporter) -> dict[str, Any]:
     """Judge ``target``'s answers again and rewrite its files (see the module docstring).
     Returns the new metrics.json."""
-    from hftguard import __version__
     from hftguard.context import JudgeContext
     from hftguard.pipeline import agreement, judging
-    from hftguard.pipeline.evaluate import HEADLINE_RATES, _headline, judge_benign
+    from hftguard.pipeline.evaluate import HEADLINE_RATES, judge_benign
     from hftguard.pipeline.scores import hs_by_category
     from hftguard.records import Example
-    from hftguard.runs import atomic_write_json, lock_run_dir, stamp, write_jsonl
 
-    path, config = target.path, target.manifest.get("config") or {}
+    config = target.manifest.get("config") or {}
     names = [info.name for info, _ in target.judges]
     jctx = JudgeContext(
         device=device, batch_size=int(config.get("batch_size") or 16), reporter=reporter
@@ -204,54 +232,88 @@ def rejudge(target: Target, reg: Any, *, device: str, reporter: Reporter) -> dic
     per_judge = judging.judge_all(target.judges, prompts, responses, jctx)
     for i, rec in enumerate(harmful):
         rec["verdicts"] = {k: _verdict(v[i]) for k, v in per_judge.items()}
-    metrics = _read_metrics(path)
     judge_metrics = judging.judge_metrics(target.judges, per_judge, reporter)
     head = judge_metrics[names[0]]
-    metrics.update({f"{k}{ci}": head[f"{k}{ci}"] for k in HEADLINE_RATES for ci in ("", "_ci")})
+    new: dict[str, Any] = {
+        f"{k}{ci}": head[f"{k}{ci}"] for k in HEADLINE_RATES for ci in ("", "_ci")
+    }
     examples = [Example(prompt=r["prompt"], meta={"category": r.get("category")}) for r in harmful]
-    metrics.pop("harmful_score_by_category", None)
-    if by_category := hs_by_category(examples, per_judge[names[0]]):
-        metrics["harmful_score_by_category"] = by_category
-    metrics.pop("agreement", None)
+    new["harmful_score_by_category"] = hs_by_category(examples, per_judge[names[0]])
+    new["agreement"] = None
     disagreements = None
     if len(per_judge) > 1:
-        metrics["agreement"] = agreement.pairwise(per_judge)
+        new["agreement"] = agreement.pairwise(per_judge)
         # as eval writes them: the records as judged, before the margin is added to them
         disagreements = [
             {k: v for k, v in harmful[i].items() if k != "likelihood_margin"}
             for i in agreement.disagreements(per_judge)
         ]
-    metrics["judges"] = judge_metrics
     benign = [r for r in records if r.get("set") == "benign"]
-    if benign:
-        info, verdicts, rates = judge_benign(
-            target.judges,
-            reg,
-            [r["prompt"] for r in benign],
-            [r["response"] for r in benign],
-            jctx,
-        )
-        for rec, v in zip(benign, verdicts, strict=True):
-            rec["verdicts"] = {info.name: _verdict(v)}
-        metrics.update(rates)
+    info, verdicts, rates = judge_benign(
+        target.judges, reg, [r["prompt"] for r in benign], [r["response"] for r in benign], jctx
+    )
+    for rec, v in zip(benign, verdicts, strict=True):
+        rec["verdicts"] = {info.name: _verdict(v)}
+    new.update(rates)
+    new["judges"] = judge_metrics
+    try:
+        return _write(target, records, new, disagreements)
+    except OSError as exc:
+        raise RunDirError(
+            f"Cannot write the re-judged evaluation in {target.path}: {exc}.",
+            hint="Free disk space or fix the directory's permissions, then run the command "
+            f"again; the files it replaced are in {target.path / BACKUP_DIR}.",
+        ) from exc
 
-    when = stamp()
+
+def _write(
+    target: Target,
+    records: list[dict[str, Any]],
+    new: dict[str, Any],
+    disagreements: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    """Replace the evaluation's files under its lock, after checking that nothing changed them
+    since they were read and copying every file of the directory aside."""
+    from hftguard import __version__
+    from hftguard.pipeline.evaluate import _headline
+    from hftguard.runs import LOCK_NAMES, atomic_write_json, lock_run_dir, stamp, write_jsonl
+
+    path = target.path
     with lock_run_dir(path):
+        now = (
+            (path / "generations.jsonl").read_text(encoding="utf-8"),
+            (path / "manifest.json").read_text(encoding="utf-8"),
+        )
+        if now != target.read_as:
+            raise RunDirError(
+                f"{path} changed while its answers were being judged again (another process "
+                "wrote it).",
+                hint="Run the command again once that process has finished.",
+            )
+        metrics = _read_metrics(path)
+        for key, value in new.items():  # keys keep their place in the file
+            if value is None and key in ("harmful_score_by_category", "agreement"):
+                metrics.pop(key, None)
+            else:
+                metrics[key] = value
+        when = stamp()
         backup = _new_folder(path / BACKUP_DIR, when[:19].replace(":", "") + "Z")
-        for name in REPLACED:
-            if (path / name).is_file():
-                shutil.copy2(path / name, backup / name)
+        for file in sorted(path.iterdir()):
+            if file.is_file() and file.name not in LOCK_NAMES:
+                _copy_synced(file, backup / file.name)
         write_jsonl(path / "generations.jsonl", records)
         if disagreements is not None:
             write_jsonl(path / "disagreements.jsonl", disagreements)
         else:
             (path / "disagreements.jsonl").unlink(missing_ok=True)
         atomic_write_json(path / "metrics.json", metrics)
-        for sink in config.get("sinks") or []:
-            reg.instantiate("report-sink", sink).write(path, metrics)
+        for sink in target.sinks:
+            sink.write(path, metrics)
         manifest = dict(target.manifest)
         components = dict(manifest.get("components") or {})
         components["judges"] = target.after
+        if any(r.get("set") == "benign" for r in records):
+            components["over_refusal_judge"] = target.refusal_after
         manifest["components"] = components
         manifest["metrics"] = _headline(metrics)
         manifest["rejudged"] = [
@@ -266,6 +328,15 @@ def rejudge(target: Target, reg: Any, *, device: str, reporter: Reporter) -> dic
         ]
         atomic_write_json(path / "manifest.json", manifest)
     return metrics
+
+
+def _copy_synced(src: Path, dst: Path) -> None:
+    """``shutil.copy2``, flushed to disk before the original is replaced."""
+    import os
+
+    shutil.copy2(src, dst)
+    with dst.open("rb") as fh:
+        os.fsync(fh.fileno())
 
 
 def _new_folder(parent: Path, name: str) -> Path:
@@ -313,9 +384,11 @@ def run(
     ``{"path", "state" ("rejudged", "current", "outdated" in a dry run, "left out"),
     "judges_before", "judges_after", "before", "after"}`` (before/after: HS, HS+, off-topic and
     over-refusal)."""
+    from hftguard.config import check_device
     from hftguard.pipeline.common import get_registry
     from hftguard.pipeline.judging import _device
 
+    check_device("--device", device)
     reporter = reporter or Reporter()
     reg = get_registry(registry)
     found, left = find(paths)
