@@ -71,6 +71,9 @@ class Defense(Component):
     #: Number of forward+backward passes per step, the theoretical cost relative to SFT
     #: (benchmarks).
     passes: ClassVar[float] = 1.0
+    #: What ``passes`` leaves out of a step's cost, in words, if anything (e.g. extra LM-head
+    #: projections): ``hftguard run --dry-run`` says it beside an estimate scaled by ``passes``.
+    passes_note: ClassVar[str] = ""
 
     def plan(self, ctx: PlanContext) -> None:
         """Check that the defense can run as intended in this run's budget.

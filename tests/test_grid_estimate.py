@@ -246,6 +246,28 @@ def test_a_bench_ratio_scales_sft_where_passes_would(
     assert next(r for r in est["training"] if r["defense"] == "booster")["basis"] == "passes"
 
 
+def test_what_the_passes_leave_out_is_said(
+    half_done: tuple[grid.Grid, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A defense whose declared passes leave part of its cost out (RepNoise's logit lens) says
+    so beside the estimate they scale; the others say nothing more."""
+    from hftguard.builtins.defenses.booster import Booster
+    from hftguard.builtins.defenses.repnoise import RepNoise
+
+    assert "logit lens" in RepNoise.passes_note
+    g, out = half_done
+    text = "\n".join(describe(estimate(g, out, default_registry())))
+    assert "(SFT's × its passes) + " in text and "hftguard bench" not in text
+    monkeypatch.setattr(Booster, "passes_note", "its extra heads are not counted")
+    est = estimate(g, out, default_registry())
+    booster = next(r for r in est["training"] if r["defense"] == "booster")
+    assert booster["note"] == "its extra heads are not counted"
+    line = next(x for x in describe(est) if x.startswith("alignment booster"))
+    assert line.endswith(
+        "(its extra heads are not counted; `hftguard bench --json` measures it: --timings-from)"
+    )
+
+
 def test_a_bench_in_another_precision_or_device_is_refused(
     half_done: tuple[grid.Grid, Path], tmp_path: Path
 ) -> None:

@@ -70,6 +70,10 @@ class RepNoise(AlignmentDefense):
     paper = "Rosati et al., RepNoise, NeurIPS 2024 (arXiv 2405.14577); docs/components/repnoise.md"
     streams = ("harmful",)
     passes = 2.0  # two forwards, one backward through both, plus the lens heads (docstring)
+    passes_note = (
+        "its logit lens (an LM-head projection per layer) is not counted: about 7 SFT steps a "
+        "step on SmolLM2-135M, not 2 (docs/components/repnoise.md)"
+    )
     finetune_lora = "merge"  # the Booster repo's RepNoise baseline fine-tunes a new adapter
 
     def training_step(self, model: Any, batch: Any, ctx: StepContext) -> dict[str, Any]:

@@ -70,6 +70,7 @@ class Left(_Row):
     basis: str | None = None  # "measured" | "elsewhere" | "bench" | "passes" | None
     s_per_run: float | None = None  # measured cost of a run beyond its steps (set-up, saves)
     run_basis: str | None = None  # "measured" | "elsewhere" | "sft" (SFT's, a lower bound) | None
+    note: str = ""  # with basis "passes": what the defense's passes leave out (passes_note)
 
     @property
     def seconds(self) -> float | None:
@@ -174,6 +175,13 @@ def _passes(registry: Any, stage: str, name: str) -> float | None:
         return float(registry.get(_KIND[stage], name).cls.passes)
     except Exception:  # an unknown defense, or a plugin without passes: no scaling
         return None
+
+
+def _passes_note(registry: Any, stage: str, name: str) -> str:
+    try:
+        return str(getattr(registry.get(_KIND[stage], name).cls, "passes_note", "") or "")
+    except Exception:  # as _passes
+        return ""
 
 
 def measured_in(dirs: Sequence[str | Path]) -> Timings:
@@ -389,6 +397,7 @@ def estimate(
             ):
                 item.s_per_step = statistics.median(sft) * passes / base_passes
                 item.basis = "passes"
+                item.note = _passes_note(registry, stage, defense)
         for source, basis, key in (
             (here.per_run, "measured", (stage, defense)),
             (other.per_run, "elsewhere", (stage, defense)),
@@ -459,6 +468,8 @@ def describe(est: dict[str, Any]) -> list[str]:
             else:
                 what += " + a run's set-up, not measured yet"
             what += f" ≈ {_hours(i['seconds'])}"
+            if i["basis"] == "passes" and i.get("note"):
+                what += f" ({i['note']}; `hftguard bench --json` measures it: --timings-from)"
         lines.append(what)
     if n_eval:
         what = f"evaluations: {n_eval} left"
