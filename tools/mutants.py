@@ -1051,6 +1051,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_report_alignments.py",),
     ),
     Mutant(
+        "estimate-drops-passes-note",
+        "hftguard/pipeline/grid/estimate.py",
+        "                item.note = _passes_note(registry, stage, defense)",
+        "                pass",
+        "wiring: the dry-run scales RepNoise by 2 passes without saying its lens is left out",
+        ("tests/test_grid_estimate.py",),
+    ),
+    Mutant(
         "rejudge-keeps-benign-verdicts",
         "hftguard/pipeline/rejudge.py",
         "    new.update(rates)\n",
