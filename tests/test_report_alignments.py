@@ -411,3 +411,29 @@ def test_a_defense_is_not_compared_with_a_baseline_run_in_another_dtype(
         "different dtypes" in s.reason and f"{name} float32 vs bfloat16" in s.reason
         for s in skipped
     ), skipped[0].reason
+
+
+def test_attack_effects_need_attacks_run_in_one_dtype(tmp_path: Path) -> None:
+    """p = 0.2 against p = 0 of one method on one aligned model: compared when both attacks ran
+    in one dtype, left out (and named) when one ran in bf16 and the other in fp32."""
+
+    def attacks_in(grid: Path, dtype: str) -> Path:
+        for path in grid.rglob("manifest.json"):
+            if path.parent.name == "attacked":
+                m = json.loads(path.read_text())
+                path.write_text(json.dumps({**m, "dtype": dtype}))
+        return grid
+
+    same = [
+        attacks_in(_grid(tmp_path / "a", 0.2, SAME), "torch.float32"),
+        attacks_in(_grid(tmp_path / "b", 0.0, SAME), "torch.float32"),
+    ]
+    rep = report.build(report.collect(same), n_boot=0)
+    assert len([c for c in rep.comparisons if c.kind == "attack_effect"]) == 2 * 2
+    assert not rep.skipped
+    attacks_in(same[1], "torch.bfloat16")
+    rep = report.build(report.collect(same), n_boot=0)
+    assert not [c for c in rep.comparisons if c.kind == "attack_effect"]
+    skipped = [s for s in rep.skipped if s.kind == "attack_effect"]
+    assert len(skipped) == 2 * 2
+    assert all("attack float32 vs bfloat16" in s.reason for s in skipped)
