@@ -175,19 +175,8 @@ def dtypes_of(r: EvalRun, cache: dict[Any, Any] | None = None) -> dict[str, str]
     fp = fingerprint(r.aligned_dir, cache)
     if fp and fp.get("dtype"):
         out["alignment"] = str(fp["dtype"]).removeprefix("torch.")
-    if r.attacked_dir is not None:
-        key = ("attack dtype", r.attacked_dir)
-        if cache is not None and key in cache:
-            found = cache[key]
-        else:
-            try:
-                found = read_manifest(r.attacked_dir).get("dtype")
-            except Exception:  # a report is made from what can be read
-                found = None
-            if cache is not None:
-                cache[key] = found
-        if found:
-            out["attack"] = str(found).removeprefix("torch.")
+    if r.attack_dtype:  # read with the attack's manifest when the report collected it
+        out["attack"] = str(r.attack_dtype).removeprefix("torch.")
     precision = r.manifest.get("precision")
     if isinstance(precision, dict) and precision.get("dtype"):
         out["generation"] = str(precision["dtype"]).removeprefix("torch.")

@@ -41,6 +41,8 @@ class EvalRun:
     seed: int | None = None
     label: str = ""
     attacked_dir: Path | None = None
+    #: the dtype the attack trained in (its manifest's ``dtype``), None where not recorded
+    attack_dtype: str | None = None
     aligned_dir: Path | None = None
     manifest: dict[str, Any] = field(default_factory=dict, repr=False)
     metrics: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -425,6 +427,7 @@ def _infer(path: Path, manifest: dict[str, Any]) -> EvalRun:
         return run
     if model_m.get("stage") == "finetune":
         run.kind, run.attacked_dir = "attacked", model_dir
+        run.attack_dtype = model_m.get("dtype") or None
         run.finetune, run.p, run.n = (
             mcfg.get("defense"),
             mcfg.get("harmful_ratio"),
