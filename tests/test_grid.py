@@ -429,6 +429,51 @@ def test_rerun_skips_every_finished_stage(fake: FakeStages, tmp_path: Path) -> N
     assert all(r["status"] == "done" for r in grid.plan(g, tmp_path / "out"))
 
 
+def test_a_resumed_subset_keeps_the_earlier_cells_and_method_order(
+    fake: FakeStages, tmp_path: Path
+) -> None:
+    # A grid resumed with a subset of its methods (`--set grid.methods=[...]`) used to leave a
+    # root manifest naming only that subset: the report's row order followed the last resume.
+    out = tmp_path / "out"
+    first = load(
+        methods=["sft/sft", "booster/sft"],
+        harmful_ratio=[0.0, 0.2],
+        labels={"sft/sft": "SFT", "booster/sft": "Booster"},
+    )
+    grid.run(first, out, reporter=quiet())
+    later = load(methods=["vaccine/sft"], harmful_ratio=[0.2], labels={"vaccine/sft": "Vaccine"})
+    summary = grid.run(later, out, reporter=quiet())
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk == summary | {"rows": on_disk["rows"]}
+    assert on_disk["grid"]["methods"] == ["vaccine/sft"]  # this invocation's axes
+    assert on_disk["grid"]["method_order"] == ["sft/sft", "booster/sft", "vaccine/sft"]
+    assert on_disk["grid"]["labels"] == {
+        "sft/sft": "SFT",
+        "booster/sft": "Booster",
+        "vaccine/sft": "Vaccine",
+    }
+    cells = {c["name"]: c for c in on_disk["cells"]}
+    assert len(cells) == 2 * 2 + 1 and all(c["status"] == "done" for c in cells.values())
+    assert [c["name"] for c in on_disk["cells"] if not c.get("earlier")] == [
+        c.name for c in later.cells
+    ]
+    assert {c["method"] for c in on_disk["cells"] if c.get("earlier")} == {"sft/sft", "booster/sft"}
+    assert {e["eval"] for e in on_disk["evals"]} == {
+        "evals/base",
+        "evals/aligned-sft-s42",
+        "evals/aligned-booster-s42",
+        "evals/aligned-vaccine-s42",
+    }
+    # a third invocation (the first subset again) keeps the earliest order, lists each cell once
+    grid.run(load(methods=["booster/sft"], harmful_ratio=[0.2]), out, reporter=quiet())
+    again = json.loads((out / "manifest.json").read_text())
+    assert again["grid"]["method_order"] == ["sft/sft", "booster/sft", "vaccine/sft"]
+    assert sorted(c["name"] for c in again["cells"]) == sorted(cells)
+    # --overwrite starts a new grid: nothing is carried over
+    fresh = grid.run(later, out, reporter=quiet(), overwrite=True)
+    assert fresh["grid"]["method_order"] == ["vaccine/sft"] and len(fresh["cells"]) == 1
+
+
 def test_a_failed_cell_does_not_stop_the_grid_and_is_retried(
     fake: FakeStages, tmp_path: Path
 ) -> None:

@@ -322,6 +322,22 @@ def test_collect_reads_coordinates_and_labels(synthetic: Path) -> None:
     assert r.aligned_dir is not None and r.aligned_dir.name == f"booster-s{r.seed}"
 
 
+def test_rows_follow_the_roots_method_order(tmp_path: Path) -> None:
+    # a root resumed with a subset of its methods names them first in "methods"; "method_order"
+    # (every method the root has held, earliest first) sets the rows
+    root = fake_grid(tmp_path / "grid")
+    m = json.loads((root / "manifest.json").read_text())
+    m["grid"]["methods"] = ["antibody/antibody"]
+    atomic = root / "manifest.json"
+    atomic.write_text(json.dumps(m))
+    labels = [row.label for row in report.build(report.collect([root]), n_boot=20).rows]
+    assert labels[0] == "Antibody"  # an older root: the last invocation's methods first
+    m["grid"]["method_order"] = list(METHODS)
+    atomic.write_text(json.dumps(m))
+    rows = report.build(report.collect([root]), n_boot=20).rows
+    assert [row.label for row in rows] == ["SFT", "Booster", "Antibody"]
+
+
 def test_table_cells_are_means_and_stds_over_seeds(synthetic: Path) -> None:
     rep = report.build(report.collect([synthetic]), n_boot=200)
     assert [row.label for row in rep.rows] == ["SFT", "Booster", "Antibody"]

@@ -1119,6 +1119,30 @@ MUTANTS: tuple[Mutant, ...] = (
         "wiring: an evaluation a running stage holds is rewritten under it",
         ("tests/test_rejudge.py",),
     ),
+    Mutant(
+        "grid-root-forgets-earlier-cells",
+        "hftguard/pipeline/grid/runner.py",
+        "                if isinstance(c, dict) and c.get(\"name\") not in planned_names",
+        "                if False",
+        "wiring: a grid resumed with a subset of its methods drops the other cells from its root",
+        ("tests/test_grid.py",),
+    ),
+    Mutant(
+        "grid-method-order-last-first",
+        "hftguard/pipeline/grid/runner.py",
+        "    order += list(methods)\n    return list(dict.fromkeys(order))",
+        "    order = list(methods) + order\n    return list(dict.fromkeys(order))",
+        "wiring: the root's method order follows the last invocation, not the earliest",
+        ("tests/test_grid.py",),
+    ),
+    Mutant(
+        "report-ignores-method-order",
+        "hftguard/pipeline/report/collection.py",
+        "for x in g.get(\"method_order\") or g.get(\"methods\", [])",
+        "for x in g.get(\"methods\", [])",
+        "wiring: the report's rows follow the last invocation's methods",
+        ("tests/test_report.py",),
+    ),
 )
 
 

@@ -436,6 +436,7 @@ def run(
     reporter = reporter or Reporter()
     check(grid, registry)
     root = Path(out)
+    earlier = {} if overwrite else _earlier_grid(root)
     replaces = _open_root(root, overwrite)
     t0 = time.time()
     head: dict[str, Any] = {
@@ -454,7 +455,9 @@ def run(
             "align_options": grid.align_options,
             "finetune_options": grid.finetune_options,
             **({"repair_options": grid.repair_options} if grid.repair_options else {}),
-            "labels": grid.labels,
+            "labels": {**(earlier.get("grid") or {}).get("labels", {}), **grid.labels},
+            # every method this root has held, earliest invocation first (the report's row order)
+            "method_order": _method_order(earlier, grid.axes.get("methods", [])),
         }
     atomic_write_json(root / "manifest.json", {**head, "status": "running"})
     runner = _Runner(grid, root, reporter, registry, command, wait=wait)
@@ -483,6 +486,14 @@ def run(
                 }
                 for c in grid.cells
             ]
+            # cells an earlier invocation recorded and this one did not plan: kept as recorded
+            # (`earlier`), so that the root lists the whole grid however it was resumed
+            planned_names = {c.name for c in grid.cells}
+            result["cells"] += [
+                {**c, "earlier": True}
+                for c in earlier.get("cells", [])
+                if isinstance(c, dict) and c.get("name") not in planned_names
+            ]
             base_eval = lay.base_eval().relative_to(root).as_posix()
             result["evals"] = (
                 [{"kind": "base", "eval": base_eval}] if grid.base.evaluate_base else []
@@ -497,6 +508,12 @@ def run(
                 }
                 for (a, s), _ in grid.groups()
                 if a != NO_ALIGN
+            ]
+            listed = {e["eval"] for e in result["evals"]}
+            result["evals"] += [
+                {**e, "earlier": True}
+                for e in earlier.get("evals", [])
+                if isinstance(e, dict) and e.get("eval") not in listed
             ]
         if runner.failures:
             result["failures"] = [
@@ -647,6 +664,28 @@ def _open_root(root: Path, overwrite: bool) -> str | None:
         return replaces if isinstance(replaces, str) else None
     make_out_dir(root)  # a RunDirError that says why when it cannot be created or written
     return None
+
+
+def _earlier_grid(root: Path) -> dict[str, Any]:
+    """The manifest an earlier ``hftguard run`` of a grid left at ``root`` ({} when there is none,
+    it was not a grid, or it cannot be read: it is only carried over, never relied on)."""
+    try:
+        m = read_manifest(root) if (root / MANIFEST).is_file() else {}
+    except HftguardError:
+        return {}
+    return m if m.get("stage") == "pipeline" and isinstance(m.get("grid"), dict) else {}
+
+
+def _method_order(earlier: dict[str, Any], methods: list[str]) -> list[str]:
+    """The earlier root's method order (or its methods, or its cells' methods), then this
+    invocation's methods that are new."""
+    g = earlier.get("grid") or {}
+    order = [str(x) for x in g.get("method_order") or g.get("methods") or []]
+    order += [
+        str(c["method"]) for c in earlier.get("cells", []) if isinstance(c, dict) and "method" in c
+    ]
+    order += list(methods)
+    return list(dict.fromkeys(order))
 
 
 def _settle(root: Path) -> str | None:

@@ -522,7 +522,11 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             elif m.get("stage") == "pipeline" and isinstance(m.get("grid"), dict):
                 g = m["grid"]
                 labels.update(g.get("labels") or {})
-                order += [x for x in g.get("methods", []) if x not in order]
+                # method_order: every method the root has held, earliest first (older roots:
+                # the last invocation's methods only)
+                order += [
+                    x for x in g.get("method_order") or g.get("methods", []) if x not in order
+                ]
                 for c in m.get("cells", []):
                     grid_coords[(mpath.parent / c["eval"]).resolve()] = {
                         **c,
