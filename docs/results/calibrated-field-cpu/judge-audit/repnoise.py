@@ -1,0 +1,159 @@
+"""Phases 4 and 5 of the judge audit: RepNoise's answers, read blind (README.md beside this file).
+
+    python repnoise.py KEY_DIR LABEL_DIR > repnoise.md     # also writes LABEL_DIR/repnoise.json
+
+KEY_DIR holds build.py's key.jsonl ... key3.jsonl and key4.jsonl (RepNoise at p = 0.2, batches
+R-T), and key5.jsonl if phase 5 was read (RepNoise at p = 0, batches U-W); LABEL_DIR all batches,
+their labels and resolved.jsonl. SFT's gold labels come from phases 1-2 (p = 0.2) and 3 (p = 0).
+RepNoise's answers were read after refusal-keywords v5 was frozen (and no judge was changed
+after), so for v5 they are held out. Version 4's verdicts are the grid's; version 5's are
+computed here with this checkout's judge.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+# the audit's constants and readers (this folder's scripts; a script's folder is on sys.path)
+from analyse import HARMFUL, OVERLAP, _agreement, _agreement_text, _rate, _rows
+from heldout import _gold
+
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
+from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired
+
+#: phase -> (key file, batch letters, model name in the key)
+PHASES = {4: ("key4.jsonl", "RST", "repnoise"), 5: ("key5.jsonl", "UVW", "repnoise-p0")}
+PAIRS = [
+    ("RepNoise − SFT (p = 0.2)", "repnoise", "sft"),
+    ("RepNoise − SFT (p = 0)", "repnoise-p0", "sft-p0"),
+    ("RepNoise: p = 0.2 − p = 0 (attack effect)", "repnoise", "repnoise-p0"),
+    ("SFT: p = 0.2 − p = 0 (attack effect; phases 1-3)", "sft", "sft-p0"),
+]
+LABELS = ["harmful-compliance", "partial", "refusal", "off-topic", "degenerate"]
+
+
+def _phase_gold(
+    key: dict[str, dict[str, Any]], label_dir: Path, letters: str
+) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Gold labels of one later phase (build.py --phase: each batch ends with the next batch's
+    first OVERLAP answers) and the pairs of labels given twice."""
+    owner: dict[str, str] = {}
+    twice: list[tuple[str, str]] = []
+    labels: dict[str, dict[str, str]] = {}
+    for name in letters:
+        batch = [b["code"] for b in _rows(label_dir / f"batch-{name}.jsonl")]
+        owner.update(dict.fromkeys(batch[: len(batch) - OVERLAP], name))
+        twice += [(c, name) for c in batch[len(batch) - OVERLAP :]]
+        got = _rows(label_dir / f"labels-{name}.jsonl")
+        labels[name] = {r["code"]: r["label"] for r in got}
+        missing = set(batch) - set(labels[name])
+        assert not missing, f"labels-{name}.jsonl lacks {len(missing)} codes of its batch"
+        bad = {r["label"] for r in got} - set(LABELS)
+        assert not bad, f"labels-{name}.jsonl: unknown labels {bad}"
+    resolved = {r["code"]: r["label"] for r in _rows(label_dir / "resolved.jsonl")}
+    gold = {c: resolved.get(c, labels[owner[c]][c]) for c in key}
+    pairs = [(labels[owner[c]][c], labels[o][c]) for c, o in twice]
+    return gold, pairs
+
+
+def main(key_dir: Path, label_dir: Path) -> None:
+    key: dict[str, dict[str, Any]] = {}
+    for name in ("key.jsonl", "key2.jsonl", "key3.jsonl"):
+        key.update({k["code"]: k for k in _rows(key_dir / name)})
+    gold, _ = _gold(key, label_dir)
+    phases = [p for p, (f, _, _) in PHASES.items() if (key_dir / f).is_file()]
+    twice: dict[int, list[tuple[str, str]]] = {}
+    for p in phases:
+        fname, letters, _ = PHASES[p]
+        pk = {k["code"]: k for k in _rows(key_dir / fname)}
+        g, twice[p] = _phase_gold(pk, label_dir, letters)
+        key.update(pk)
+        gold.update(g)
+    v5 = RefusalKeywords()
+    v4 = RefusalKeywords(RefusalKeywordsConfig(bare_acceptance=False))
+    judged: dict[str, dict[str, bool]] = {"v4": {}, "v5": {}, "gold": {}}
+    for c, k in key.items():
+        recorded = bool(k["judge"]["harmful"])
+        again = v4.classify(k["response"], k["prompt"]).harmful
+        assert again == recorded, f"{c}: version 4 here does not give the grid's verdict"
+        judged["v4"][c] = recorded
+        judged["v5"][c] = v5.classify(k["response"], k["prompt"]).harmful
+        judged["gold"][c] = gold[c] in HARMFUL
+    read = [PHASES[p][2] for p in phases]
+    out: dict[str, Any] = {"judge_version": v5.version, "models": {}, "pairs": {}, "agreement": {}}
+    print("# RepNoise's answers read blind (phases 4-5 of the judge audit)\n")
+    for p in phases:
+        ag = _agreement(twice[p])
+        out["agreement"][PHASES[p][2]] = ag
+        print(
+            f"- phase {p} ({PHASES[p][2]}, batches {PHASES[p][1]}): "
+            + _agreement_text("labelled twice", ag)
+        )
+    print(
+        f"\nVersion 4's verdicts are the grid's (this checkout's v4 rules give them all again); "
+        f"version {v5.version}'s are computed here. HS in %, Wilson intervals.\n"
+    )
+    print(
+        "| model | HS, v4 | HS, v5 | HS, gold | v4: accuracy / precision / recall "
+        "| v5: accuracy / precision / recall | gold labels (" + " / ".join(LABELS) + ") |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for s in [*read, "sft", "sft-p0"]:
+        codes = [c for c, k in key.items() if k["source"] == s]
+        g = [judged["gold"][c] for c in codes]
+        entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
+        entry["labels"] = {lab: sum(gold[c] == lab for c in codes) for lab in LABELS}
+        cells = []
+        for v in ("v4", "v5"):
+            j = [judged[v][c] for c in codes]
+            tp = sum(a and b for a, b in zip(j, g, strict=True))
+            fp = sum(a and not b for a, b in zip(j, g, strict=True))
+            fn = sum(b and not a for a, b in zip(j, g, strict=True))
+            acc = sum(a == b for a, b in zip(j, g, strict=True))
+            entry[v] = {"harmful": sum(j), "tp": tp, "fp": fp, "fn": fn, "agree": acc}
+            cells.append(
+                f"{100 * acc / len(codes):.1f} / {100 * tp / max(tp + fp, 1):.1f} / "
+                f"{100 * tp / max(tp + fn, 1):.1f}"
+            )
+        out["models"][s] = entry
+        n = len(codes)
+        dist = " / ".join(str(entry["labels"][lab]) for lab in LABELS)
+        print(
+            f"| {s} | {_rate(entry['v4']['harmful'], n)} | {_rate(entry['v5']['harmful'], n)} "
+            f"| {_rate(sum(g), n)} | {cells[0]} | {cells[1]} | {dist} |"
+        )
+    print("\n## Paired comparisons (200 prompts; Newcombe's interval, exact McNemar)\n")
+    print("| comparison | ΔHS, v4 | ΔHS, v5 | ΔHS, gold | gold: b / c | McNemar p (gold) |")
+    print("|---|---|---|---|---|---|")
+    by = {(k["source"], k["item"]): c for c, k in key.items()}
+    for label, m, ref in PAIRS:
+        items = sorted(i for (s, i) in by if s == m and (ref, i) in by)
+        if not items:
+            continue
+        texts, entry = [], {}
+        for v in ("v4", "v5", "gold"):
+            x = [judged[v][by[(m, i)]] for i in items]
+            y = [judged[v][by[(ref, i)]] for i in items]
+            xy = list(zip(x, y, strict=True))
+            both = sum(p and q for p, q in xy)
+            b = sum(p and not q for p, q in xy)  # harmful only under the model
+            c = sum(q and not p for p, q in xy)  # only under the reference
+            ci = newcombe_paired(both, b, c, len(items))
+            diff = 100 * (b - c) / len(items)
+            entry[v] = {"b": b, "c": c, "both": both, "delta_hs": diff, "ci": ci}
+            entry[v]["mcnemar_p"] = mcnemar_exact(b, c)
+            texts.append(f"{diff:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else f"{diff:+.1f}")
+        out["pairs"][label] = entry
+        g = entry["gold"]
+        print(f"| {label} | {' | '.join(texts)} | {g['b']} / {g['c']} | {g['mcnemar_p']:.2g} |")
+    print("\n(b: harmful only under the first model; c: only under the second.)")
+    (label_dir / "repnoise.json").write_text(json.dumps(out, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 3:
+        sys.exit("usage: python repnoise.py KEY_DIR LABEL_DIR")
+    main(Path(sys.argv[1]), Path(sys.argv[2]))
