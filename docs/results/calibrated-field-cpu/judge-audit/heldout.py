@@ -50,6 +50,49 @@ def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, st
     return gold, pairs
 
 
+def confusion(judge: list[bool], gold: list[bool]) -> dict[str, int]:
+    """One judge's verdicts against the gold harmful-or-not of the same answers."""
+    jg = list(zip(judge, gold, strict=True))
+    return {
+        "harmful": sum(judge),
+        "tp": sum(a and b for a, b in jg),
+        "fp": sum(a and not b for a, b in jg),
+        "fn": sum(b and not a for a, b in jg),
+        "agree": sum(a == b for a, b in jg),
+    }
+
+
+def confusion_text(e: dict[str, int], n: int) -> str:
+    """accuracy / precision / recall, in %."""
+    tp, fp, fn = e["tp"], e["fp"], e["fn"]
+    return (
+        f"{100 * e['agree'] / n:.1f} / {100 * tp / max(tp + fp, 1):.1f} / "
+        f"{100 * tp / max(tp + fn, 1):.1f}"
+    )
+
+
+def paired(
+    by: dict[tuple[str, str], str], judged: dict[str, dict[str, bool]], m: str, ref: str
+) -> tuple[dict[str, Any], list[str]]:
+    """Model ``m`` against ``ref`` on the prompts both answered, for each verdict source of
+    ``judged``: discordant counts, ΔHS with Newcombe's interval, exact McNemar p; and the texts."""
+    items = sorted(i for (s, i) in by if s == m and (ref, i) in by)
+    texts, entry = [], {}
+    for v in judged:
+        x = [judged[v][by[(m, i)]] for i in items]
+        y = [judged[v][by[(ref, i)]] for i in items]
+        xy = list(zip(x, y, strict=True))
+        both = sum(p and q for p, q in xy)
+        b = sum(p and not q for p, q in xy)  # harmful only under the model
+        c = sum(q and not p for p, q in xy)  # only under the reference
+        ci = newcombe_paired(both, b, c, len(items))
+        diff = 100 * (b - c) / len(items)
+        entry[v] = {"b": b, "c": c, "both": both, "delta_hs": diff, "ci": ci}
+        entry[v]["mcnemar_p"] = mcnemar_exact(b, c)
+        texts.append(f"{diff:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else f"{diff:+.1f}")
+    return entry, texts
+
+
 def main(key_dir: Path, label_dir: Path) -> None:
     key: dict[str, dict[str, Any]] = {}
     for name in ("key.jsonl", "key2.jsonl", "key3.jsonl"):
@@ -87,16 +130,8 @@ def main(key_dir: Path, label_dir: Path) -> None:
         entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
         cells = []
         for v in ("v4", "v5"):
-            j = [judged[v][c] for c in codes]
-            tp = sum(a and b for a, b in zip(j, g, strict=True))
-            fp = sum(a and not b for a, b in zip(j, g, strict=True))
-            fn = sum(b and not a for a, b in zip(j, g, strict=True))
-            acc = sum(a == b for a, b in zip(j, g, strict=True))
-            entry[v] = {"harmful": sum(j), "tp": tp, "fp": fp, "fn": fn, "agree": acc}
-            cells.append(
-                f"{100 * acc / len(codes):.1f} / {100 * tp / max(tp + fp, 1):.1f} / "
-                f"{100 * tp / max(tp + fn, 1):.1f}"
-            )
+            entry[v] = confusion([judged[v][c] for c in codes], g)
+            cells.append(confusion_text(entry[v], len(codes)))
         out["models"][s] = entry
         n = len(codes)
         print(
@@ -108,20 +143,7 @@ def main(key_dir: Path, label_dir: Path) -> None:
     print("|---|---|---|---|---|")
     by = {(k["source"], k["item"]): c for c, k in key.items()}
     for label, m, ref in PAIRS:
-        items = sorted(i for (s, i) in by if s == m and (ref, i) in by)
-        texts, entry = [], {}
-        for v in ("v4", "v5", "gold"):
-            x = [judged[v][by[(m, i)]] for i in items]
-            y = [judged[v][by[(ref, i)]] for i in items]
-            xy = list(zip(x, y, strict=True))
-            both = sum(p and q for p, q in xy)
-            b = sum(p and not q for p, q in xy)  # harmful only under the model
-            c = sum(q and not p for p, q in xy)  # only under the reference
-            ci = newcombe_paired(both, b, c, len(items))
-            diff = 100 * (b - c) / len(items)
-            entry[v] = {"b": b, "c": c, "both": both, "delta_hs": diff, "ci": ci}
-            entry[v]["mcnemar_p"] = mcnemar_exact(b, c)
-            texts.append(f"{diff:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else f"{diff:+.1f}")
+        entry, texts = paired(by, judged, m, ref)
         out["pairs"][label] = entry
         print(f"| {label} | {' | '.join(texts)} | {entry['gold']['mcnemar_p']:.2g} |")
     (label_dir / "heldout.json").write_text(json.dumps(out, indent=1) + "\n")

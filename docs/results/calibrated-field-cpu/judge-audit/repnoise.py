@@ -19,10 +19,9 @@ from typing import Any
 
 # the audit's constants and readers (this folder's scripts; a script's folder is on sys.path)
 from analyse import HARMFUL, OVERLAP, _agreement, _agreement_text, _rate, _rows
-from heldout import _gold
+from heldout import _gold, confusion, confusion_text, paired
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
-from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired
 
 #: phase -> (key file, batch letters, model name in the key)
 PHASES = {4: ("key4.jsonl", "RST", "repnoise"), 5: ("key5.jsonl", "UVW", "repnoise-p0")}
@@ -108,16 +107,8 @@ def main(key_dir: Path, label_dir: Path) -> None:
         entry["labels"] = {lab: sum(gold[c] == lab for c in codes) for lab in LABELS}
         cells = []
         for v in ("v4", "v5"):
-            j = [judged[v][c] for c in codes]
-            tp = sum(a and b for a, b in zip(j, g, strict=True))
-            fp = sum(a and not b for a, b in zip(j, g, strict=True))
-            fn = sum(b and not a for a, b in zip(j, g, strict=True))
-            acc = sum(a == b for a, b in zip(j, g, strict=True))
-            entry[v] = {"harmful": sum(j), "tp": tp, "fp": fp, "fn": fn, "agree": acc}
-            cells.append(
-                f"{100 * acc / len(codes):.1f} / {100 * tp / max(tp + fp, 1):.1f} / "
-                f"{100 * tp / max(tp + fn, 1):.1f}"
-            )
+            entry[v] = confusion([judged[v][c] for c in codes], g)
+            cells.append(confusion_text(entry[v], len(codes)))
         out["models"][s] = entry
         n = len(codes)
         dist = " / ".join(str(entry["labels"][lab]) for lab in LABELS)
@@ -130,22 +121,9 @@ def main(key_dir: Path, label_dir: Path) -> None:
     print("|---|---|---|---|---|---|")
     by = {(k["source"], k["item"]): c for c, k in key.items()}
     for label, m, ref in PAIRS:
-        items = sorted(i for (s, i) in by if s == m and (ref, i) in by)
-        if not items:
+        if not any(s == m for s, _ in by) or not any(s == ref for s, _ in by):
             continue
-        texts, entry = [], {}
-        for v in ("v4", "v5", "gold"):
-            x = [judged[v][by[(m, i)]] for i in items]
-            y = [judged[v][by[(ref, i)]] for i in items]
-            xy = list(zip(x, y, strict=True))
-            both = sum(p and q for p, q in xy)
-            b = sum(p and not q for p, q in xy)  # harmful only under the model
-            c = sum(q and not p for p, q in xy)  # only under the reference
-            ci = newcombe_paired(both, b, c, len(items))
-            diff = 100 * (b - c) / len(items)
-            entry[v] = {"b": b, "c": c, "both": both, "delta_hs": diff, "ci": ci}
-            entry[v]["mcnemar_p"] = mcnemar_exact(b, c)
-            texts.append(f"{diff:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else f"{diff:+.1f}")
+        entry, texts = paired(by, judged, m, ref)
         out["pairs"][label] = entry
         g = entry["gold"]
         print(f"| {label} | {' | '.join(texts)} | {g['b']} / {g['c']} | {g['mcnemar_p']:.2g} |")
