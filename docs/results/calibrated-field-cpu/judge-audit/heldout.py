@@ -50,6 +50,22 @@ def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, st
     return gold, pairs
 
 
+def verdicts(key: dict[str, dict[str, Any]], gold: dict[str, str]) -> dict[str, dict[str, bool]]:
+    """Harmful-or-not of every answer of ``key`` by version 4 (the grid's recorded verdicts,
+    checked against this checkout's v4 rules), version 5 (computed here) and the gold labels."""
+    v5 = RefusalKeywords()
+    v4 = RefusalKeywords(RefusalKeywordsConfig(bare_acceptance=False))
+    judged: dict[str, dict[str, bool]] = {"v4": {}, "v5": {}, "gold": {}}
+    for c, k in key.items():
+        recorded = bool(k["judge"]["harmful"])
+        again = v4.classify(k["response"], k["prompt"]).harmful
+        assert again == recorded, f"{c}: version 4 here does not give the grid's verdict"
+        judged["v4"][c] = recorded
+        judged["v5"][c] = v5.classify(k["response"], k["prompt"]).harmful
+        judged["gold"][c] = gold[c] in HARMFUL
+    return judged
+
+
 def confusion(judge: list[bool], gold: list[bool]) -> dict[str, int]:
     """One judge's verdicts against the gold harmful-or-not of the same answers."""
     jg = list(zip(judge, gold, strict=True))
@@ -98,25 +114,17 @@ def main(key_dir: Path, label_dir: Path) -> None:
     for name in ("key.jsonl", "key2.jsonl", "key3.jsonl"):
         key.update({k["code"]: k for k in _rows(key_dir / name)})
     gold, twice = _gold(key, label_dir)
-    v5 = RefusalKeywords()
-    v4 = RefusalKeywords(RefusalKeywordsConfig(bare_acceptance=False))
-    judged: dict[str, dict[str, bool]] = {"v4": {}, "v5": {}, "gold": {}}
-    for c, k in key.items():
-        recorded = bool(k["judge"]["harmful"])
-        again = v4.classify(k["response"], k["prompt"]).harmful
-        assert again == recorded, f"{c}: version 4 here does not give the grid's verdict"
-        judged["v4"][c] = recorded
-        judged["v5"][c] = v5.classify(k["response"], k["prompt"]).harmful
-        judged["gold"][c] = gold[c] in HARMFUL
+    judged = verdicts(key, gold)
+    version = RefusalKeywords().version
     agree = sum((a in HARMFUL) == (b in HARMFUL) for a, b in twice)
-    out: dict[str, Any] = {"judge_version": v5.version, "models": {}, "pairs": {}}
+    out: dict[str, Any] = {"judge_version": version, "models": {}, "pairs": {}}
     out["double_labelled"] = {"n": len(twice), "harmful_agree": agree}
     print("# Held-out read of refusal-keywords v5 (phase 3 of the judge audit)\n")
     print(
         f"{sum(k['source'] in HELD for k in key.values())} answers of {len(HELD)} models, "
         f"labelled blind by six labellers (J-O); two of them agreed on harmful-or-not on "
         f"{agree} of {len(twice)} answers labelled twice. Version 4's verdicts are the grid's "
-        f"(and this checkout's v4 rules give them all again); version {v5.version}'s are "
+        f"(and this checkout's v4 rules give them all again); version {version}'s are "
         "computed here.\n"
     )
     print(

@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 # the audit's constants and readers (this folder's scripts; a script's folder is on sys.path)
-from analyse import HARMFUL, OVERLAP, _agreement, _agreement_text, _rate, _rows
-from heldout import _gold, confusion, confusion_text, paired
+from analyse import OVERLAP, _agreement, _agreement_text, _rate, _rows
+from heldout import _gold, confusion, confusion_text, paired, verdicts
 
-from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 
 #: phase -> (key file, batch letters, model name in the key)
 PHASES = {4: ("key4.jsonl", "RST", "repnoise"), 5: ("key5.jsonl", "UVW", "repnoise-p0")}
@@ -71,18 +71,15 @@ def main(key_dir: Path, label_dir: Path) -> None:
         g, twice[p] = _phase_gold(pk, label_dir, letters)
         key.update(pk)
         gold.update(g)
-    v5 = RefusalKeywords()
-    v4 = RefusalKeywords(RefusalKeywordsConfig(bare_acceptance=False))
-    judged: dict[str, dict[str, bool]] = {"v4": {}, "v5": {}, "gold": {}}
-    for c, k in key.items():
-        recorded = bool(k["judge"]["harmful"])
-        again = v4.classify(k["response"], k["prompt"]).harmful
-        assert again == recorded, f"{c}: version 4 here does not give the grid's verdict"
-        judged["v4"][c] = recorded
-        judged["v5"][c] = v5.classify(k["response"], k["prompt"]).harmful
-        judged["gold"][c] = gold[c] in HARMFUL
+    judged = verdicts(key, gold)
+    version = RefusalKeywords().version
     read = [PHASES[p][2] for p in phases]
-    out: dict[str, Any] = {"judge_version": v5.version, "models": {}, "pairs": {}, "agreement": {}}
+    out: dict[str, Any] = {
+        "judge_version": version,
+        "models": {},
+        "pairs": {},
+        "agreement": {},
+    }
     print("# RepNoise's answers read blind (phases 4-5 of the judge audit)\n")
     for p in phases:
         ag = _agreement(twice[p])
@@ -93,7 +90,7 @@ def main(key_dir: Path, label_dir: Path) -> None:
         )
     print(
         f"\nVersion 4's verdicts are the grid's (this checkout's v4 rules give them all again); "
-        f"version {v5.version}'s are computed here. HS in %, Wilson intervals.\n"
+        f"version {version}'s are computed here. HS in %, Wilson intervals.\n"
     )
     print(
         "| model | HS, v4 | HS, v5 | HS, gold | v4: accuracy / precision / recall "
