@@ -363,11 +363,13 @@ class RunDir:
     def read_manifest(self) -> dict[str, Any]:
         return read_manifest(self.path)
 
-    def update_manifest(self, **fields: Any) -> dict[str, Any]:
-        """Update the manifest. When it becomes ``completed``, the run it replaced (``replaces``,
-        set by ``overwrite``) is deleted: only now has the new run taken its place (a crash in
-        between leaves the old run aside, never neither)."""
+    def update_manifest(self, *, drop: tuple[str, ...] = (), **fields: Any) -> dict[str, Any]:
+        """Update the manifest (``drop``: keys to remove). When it becomes ``completed``, the run
+        it replaced (``replaces``, set by ``overwrite``) is deleted: only now has the new run
+        taken its place (a crash in between leaves the old run aside, never neither)."""
         data = read_manifest(self.path) if self.manifest_path.exists() else {}
+        for key in drop:
+            data.pop(key, None)
         data.update(fields)
         if "ended_at" in fields and isinstance(data.get("host"), dict):
             # a stage's first manifest is written before torch is loaded: its threads and card

@@ -446,3 +446,37 @@ def test_run_overwrite_with_progress_keeps_both_until_it_completes(
     assert summary["status"] == "completed" and "replaces" not in summary
     assert siblings(root) == []
     assert "replaces" not in json.loads((root / "manifest.json").read_text())
+
+
+# Regression: a run stopped (SIGTERM, a failure) and resumed to completion kept the stop's
+# `error` in its manifest, so a finished run read as "completed" with an error beside it.
+def test_a_resumed_run_that_completes_carries_no_stale_error(tmp_path: Path) -> None:
+    from hftguard.errors import StopRequested
+    from hftguard.pipeline.common import fail_run, start_run
+    from hftguard.runs import read_manifest, stamp
+
+    cfg = AlignConfig(model="tiny-random", retain="", train=_train())
+    out = tmp_path / "run"
+    run, done_ = start_run(out, "align", cfg, resume=False, overwrite=False, command=None)
+    assert not done_
+    (run.checkpoints / "step-0000001").mkdir(parents=True)  # something to resume from
+    fail_run(run, StopRequested("Stopped by SIGTERM after step 1 of 4"))
+    run.release()
+    stopped = read_manifest(out)
+    assert stopped["status"] == "interrupted" and "SIGTERM" in stopped["error"]
+
+    run, done_ = start_run(out, "align", cfg, resume=True, overwrite=False, command=None)
+    assert not done_
+    resumed = read_manifest(out)
+    assert resumed["status"] == "running" and "error" not in resumed and "ended_at" not in resumed
+    final = run.update_manifest(status="completed", ended_at=stamp())
+    run.release()
+    assert "error" not in final and "error" not in read_manifest(out)
+    # the stop is kept as history, with when it happened
+    assert final["earlier_stops"] == [
+        {
+            "status": "interrupted",
+            "error": stopped["error"],
+            "ended_at": stopped["ended_at"],
+        }
+    ]

@@ -1136,6 +1136,14 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_grid.py",),
     ),
     Mutant(
+        "resume-keeps-stale-error",
+        "hftguard/pipeline/common.py",
+        '                drop=("error", "ended_at"),',
+        "                drop=(),",
+        "wiring: a resumed run that completes still carries the stop's error",
+        ("tests/test_run_dir_safety.py",),
+    ),
+    Mutant(
         "report-ignores-method-order",
         "hftguard/pipeline/report/collection.py",
         "for x in g.get(\"method_order\") or g.get(\"methods\", [])",

@@ -175,7 +175,18 @@ def start_run(
                 shutil.rmtree(run.checkpoints, ignore_errors=True)
                 run.release()
                 return run, True
-            run.update_manifest(status="running", resumed_at=now())
+            # the stop being resumed from is history, not this run's state: a run that then
+            # completes must not read as completed with an error beside it (nor a running one
+            # as ended)
+            stops = list(old.get("earlier_stops") or [])
+            if "error" in old:
+                stops.append({k: old[k] for k in ("status", "error", "ended_at") if k in old})
+            run.update_manifest(
+                drop=("error", "ended_at"),
+                status="running",
+                resumed_at=now(),
+                **({"earlier_stops": stops} if stops else {}),
+            )
             return run, False
         manifest = base_manifest(stage, command, cfg_dict, getattr(cfg, "seed", 0))
         if model_root is not None:
