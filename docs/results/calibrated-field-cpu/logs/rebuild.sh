@@ -5,9 +5,10 @@
 #   - every finished evaluation is back, and `hftguard report` on the rebuilt directories gives
 #     this folder's report again (finish.sh; checked in the seventeenth session: the same
 #     numbers, in another row order when the grid was last invoked with other methods);
-#   - stages whose weights a later stage needs are "done" without their weights. RepNoise's
-#     alignment (unfinished when the machine was lost) is moved aside so that it starts again,
-#     and so is the unfinished mixing p = 0 attack. The p = 0 cells of mixing, mixing-joint,
+#   - stages whose weights a later stage needs are "done" without their weights. An unfinished
+#     stage in the archive is moved aside so that it starts again (RepNoise's alignment was, in
+#     the seventeenth session; it finished in the eighteenth), and so is an unfinished mixing
+#     p = 0 attack. (Eighteenth session: rebuild + finish.sh give report.md again line for line.) The p = 0 cells of mixing, mixing-joint,
 #     SafeLoRA and Antidote need the SFT-aligned model's weights (and the repairs SFT p = 0's
 #     attacked weights): they cannot run on a rebuilt directory until those are retrained.
 #
