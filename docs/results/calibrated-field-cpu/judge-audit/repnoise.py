@@ -3,8 +3,10 @@
     python repnoise.py KEY_DIR LABEL_DIR > repnoise.md     # also writes LABEL_DIR/repnoise.json
 
 KEY_DIR holds build.py's key.jsonl ... key3.jsonl and key4.jsonl (RepNoise at p = 0.2, batches
-R-T), and key5.jsonl if phase 5 was read (RepNoise at p = 0, batches U-W); LABEL_DIR all batches,
-their labels and resolved.jsonl. SFT's gold labels come from phases 1-2 (p = 0.2) and 3 (p = 0).
+R-T), and where they were read key5.jsonl (RepNoise at p = 0, batches U-W) and key6.jsonl
+(phase 6: RepNoise and SFT at p = 0.2, fine-tuning seed 43, batches 1-6, the two models' answers
+dealt together); LABEL_DIR all batches, their labels and resolved.jsonl. SFT's gold labels
+come from phases 1-2 (p = 0.2) and 3 (p = 0).
 RepNoise's answers were read after refusal-keywords v5 was frozen (and no judge was changed
 after), so for v5 they are held out. Version 4's verdicts are the grid's; version 5's are
 computed here with this checkout's judge.
@@ -23,11 +25,16 @@ from heldout import _gold, confusion, confusion_text, paired, verdicts
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 
-#: phase -> (key file, batch letters, model name in the key)
-PHASES = {4: ("key4.jsonl", "RST", "repnoise"), 5: ("key5.jsonl", "UVW", "repnoise-p0")}
+#: phase -> (key file, batch letters, model names in the key)
+PHASES = {
+    4: ("key4.jsonl", "RST", ("repnoise",)),
+    5: ("key5.jsonl", "UVW", ("repnoise-p0",)),
+    6: ("key6.jsonl", "123456", ("repnoise-s43", "sft-s43")),
+}
 PAIRS = [
     ("RepNoise − SFT (p = 0.2)", "repnoise", "sft"),
     ("RepNoise − SFT (p = 0)", "repnoise-p0", "sft-p0"),
+    ("RepNoise − SFT (p = 0.2, seed 43)", "repnoise-s43", "sft-s43"),
     ("RepNoise: p = 0.2 − p = 0 (attack effect)", "repnoise", "repnoise-p0"),
     ("SFT: p = 0.2 − p = 0 (attack effect; phases 1-3)", "sft", "sft-p0"),
 ]
@@ -73,19 +80,20 @@ def main(key_dir: Path, label_dir: Path) -> None:
         gold.update(g)
     judged = verdicts(key, gold)
     version = RefusalKeywords().version
-    read = [PHASES[p][2] for p in phases]
+    read = [name for p in phases for name in PHASES[p][2]]
     out: dict[str, Any] = {
         "judge_version": version,
         "models": {},
         "pairs": {},
         "agreement": {},
     }
-    print("# RepNoise's answers read blind (phases 4-5 of the judge audit)\n")
+    print(f"# RepNoise's answers read blind (phases {phases[0]}-{phases[-1]} of the judge audit)\n")
     for p in phases:
         ag = _agreement(twice[p])
-        out["agreement"][PHASES[p][2]] = ag
+        names = ", ".join(PHASES[p][2])
+        out["agreement"][names] = ag
         print(
-            f"- phase {p} ({PHASES[p][2]}, batches {PHASES[p][1]}): "
+            f"- phase {p} ({names}, batches {PHASES[p][1]}): "
             + _agreement_text("labelled twice", ag)
         )
     print(
@@ -97,7 +105,7 @@ def main(key_dir: Path, label_dir: Path) -> None:
         "| v5: accuracy / precision / recall | gold labels (" + " / ".join(LABELS) + ") |"
     )
     print("|---|---|---|---|---|---|---|")
-    for s in [*read, "sft", "sft-p0"]:
+    for s in [*read, *(x for x in ("sft", "sft-p0") if x not in read)]:
         codes = [c for c, k in key.items() if k["source"] == s]
         g = [judged["gold"][c] for c in codes]
         entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
