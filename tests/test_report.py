@@ -328,12 +328,12 @@ def test_rows_follow_the_roots_method_order(tmp_path: Path) -> None:
     root = fake_grid(tmp_path / "grid")
     m = json.loads((root / "manifest.json").read_text())
     m["grid"]["methods"] = ["antibody/antibody"]
-    atomic = root / "manifest.json"
-    atomic.write_text(json.dumps(m))
+    manifest = root / "manifest.json"
+    manifest.write_text(json.dumps(m))
     labels = [row.label for row in report.build(report.collect([root]), n_boot=20).rows]
     assert labels[0] == "Antibody"  # an older root: the last invocation's methods first
     m["grid"]["method_order"] = list(METHODS)
-    atomic.write_text(json.dumps(m))
+    manifest.write_text(json.dumps(m))
     rows = report.build(report.collect([root]), n_boot=20).rows
     assert [row.label for row in rows] == ["SFT", "Booster", "Antibody"]
 

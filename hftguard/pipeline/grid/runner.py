@@ -455,7 +455,7 @@ def run(
             "align_options": grid.align_options,
             "finetune_options": grid.finetune_options,
             **({"repair_options": grid.repair_options} if grid.repair_options else {}),
-            "labels": {**(earlier.get("grid") or {}).get("labels", {}), **grid.labels},
+            "labels": {**_earlier_labels(earlier), **grid.labels},
             # every method this root has held, earliest invocation first (the report's row order)
             "method_order": _method_order(earlier, grid.axes.get("methods", [])),
         }
@@ -674,6 +674,11 @@ def _earlier_grid(root: Path) -> dict[str, Any]:
     except HftguardError:
         return {}
     return m if m.get("stage") == "pipeline" and isinstance(m.get("grid"), dict) else {}
+
+
+def _earlier_labels(earlier: dict[str, Any]) -> dict[str, Any]:
+    labels = (earlier.get("grid") or {}).get("labels")
+    return labels if isinstance(labels, dict) else {}
 
 
 def _method_order(earlier: dict[str, Any], methods: list[str]) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,20 +35,38 @@ PAIRS = [
 ]
 
 
-def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, str], list[Any]]:
+def batches(
+    label_dir: Path, letters: str, tail: Callable[[str], int]
+) -> tuple[dict[str, str], list[tuple[str, str]], dict[str, dict[str, str]]]:
+    """Read the batches ``letters`` and their labels: each code's owner (the batch it is not in
+    the last ``tail(batch)`` lines of), the (code, batch) of every answer labelled again, and the
+    labels by batch."""
     owner: dict[str, str] = {}
     twice: list[tuple[str, str]] = []
     labels: dict[str, dict[str, str]] = {}
-    for name in "ABCDEFGHIJKLMNO":
+    for name in letters:
         batch = [b["code"] for b in _rows(label_dir / f"batch-{name}.jsonl")]
-        tail = OVERLAP + (CROSS if name in "DEFGHI" else 0)
-        owner.update(dict.fromkeys(batch[: len(batch) - tail], name))
-        twice += [(c, name) for c in batch[len(batch) - tail :]]
+        n = len(batch) - tail(name)
+        owner.update(dict.fromkeys(batch[:n], name))
+        twice += [(c, name) for c in batch[n:]]
         labels[name] = {r["code"]: r["label"] for r in _rows(label_dir / f"labels-{name}.jsonl")}
+    return owner, twice, labels
+
+
+def resolve(
+    key: dict[str, Any], label_dir: Path, owner: dict[str, str], labels: dict[str, dict[str, str]]
+) -> dict[str, str]:
+    """Gold label of every code of ``key``: the lead's resolution if any, else the owner's label."""
     resolved = {r["code"]: r["label"] for r in _rows(label_dir / "resolved.jsonl")}
-    gold = {c: resolved.get(c, labels[owner[c]][c]) for c in key}
+    return {c: resolved.get(c, labels[owner[c]][c]) for c in key}
+
+
+def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, str], list[Any]]:
+    owner, twice, labels = batches(
+        label_dir, "ABCDEFGHIJKLMNO", lambda name: OVERLAP + (CROSS if name in "DEFGHI" else 0)
+    )
     pairs = [(labels[owner[c]][c], labels[o][c]) for c, o in twice if o in "JKLMNO"]
-    return gold, pairs
+    return resolve(key, label_dir, owner, labels), pairs
 
 
 def verdicts(key: dict[str, dict[str, Any]], gold: dict[str, str]) -> dict[str, dict[str, bool]]:
@@ -64,6 +83,20 @@ def verdicts(key: dict[str, dict[str, Any]], gold: dict[str, str]) -> dict[str, 
         judged["v5"][c] = v5.classify(k["response"], k["prompt"]).harmful
         judged["gold"][c] = gold[c] in HARMFUL
     return judged
+
+
+def model_row(
+    judged: dict[str, dict[str, bool]], codes: list[str]
+) -> tuple[dict[str, Any], list[str]]:
+    """One model's answers (``codes``): gold harmful count and each judge version's confusion
+    against the gold labels, and their accuracy / precision / recall texts."""
+    g = [judged["gold"][c] for c in codes]
+    entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
+    cells = []
+    for v in ("v4", "v5"):
+        entry[v] = confusion([judged[v][c] for c in codes], g)
+        cells.append(confusion_text(entry[v], len(codes)))
+    return entry, cells
 
 
 def confusion(judge: list[bool], gold: list[bool]) -> dict[str, int]:
@@ -134,12 +167,8 @@ def main(key_dir: Path, label_dir: Path) -> None:
     print("|---|---|---|---|---|---|")
     for s in HELD:
         codes = [c for c, k in key.items() if k["source"] == s]
+        entry, cells = model_row(judged, codes)
         g = [judged["gold"][c] for c in codes]
-        entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
-        cells = []
-        for v in ("v4", "v5"):
-            entry[v] = confusion([judged[v][c] for c in codes], g)
-            cells.append(confusion_text(entry[v], len(codes)))
         out["models"][s] = entry
         n = len(codes)
         print(

@@ -21,7 +21,7 @@ from typing import Any
 
 # the audit's constants and readers (this folder's scripts; a script's folder is on sys.path)
 from analyse import OVERLAP, _agreement, _agreement_text, _rate, _rows
-from heldout import _gold, confusion, confusion_text, paired, verdicts
+from heldout import _gold, batches, model_row, paired, resolve, verdicts
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 
@@ -46,23 +46,15 @@ def _phase_gold(
 ) -> tuple[dict[str, str], list[tuple[str, str]]]:
     """Gold labels of one later phase (build.py --phase: each batch ends with the next batch's
     first OVERLAP answers) and the pairs of labels given twice."""
-    owner: dict[str, str] = {}
-    twice: list[tuple[str, str]] = []
-    labels: dict[str, dict[str, str]] = {}
+    owner, twice, labels = batches(label_dir, letters, lambda _: OVERLAP)
     for name in letters:
-        batch = [b["code"] for b in _rows(label_dir / f"batch-{name}.jsonl")]
-        owner.update(dict.fromkeys(batch[: len(batch) - OVERLAP], name))
-        twice += [(c, name) for c in batch[len(batch) - OVERLAP :]]
-        got = _rows(label_dir / f"labels-{name}.jsonl")
-        labels[name] = {r["code"]: r["label"] for r in got}
-        missing = set(batch) - set(labels[name])
+        missing = {c for c, o in owner.items() if o == name} - set(labels[name])
+        missing |= {c for c, o in twice if o == name} - set(labels[name])
         assert not missing, f"labels-{name}.jsonl lacks {len(missing)} codes of its batch"
-        bad = {r["label"] for r in got} - set(LABELS)
+        bad = set(labels[name].values()) - set(LABELS)
         assert not bad, f"labels-{name}.jsonl: unknown labels {bad}"
-    resolved = {r["code"]: r["label"] for r in _rows(label_dir / "resolved.jsonl")}
-    gold = {c: resolved.get(c, labels[owner[c]][c]) for c in key}
     pairs = [(labels[owner[c]][c], labels[o][c]) for c, o in twice]
-    return gold, pairs
+    return resolve(key, label_dir, owner, labels), pairs
 
 
 def main(key_dir: Path, label_dir: Path) -> None:
@@ -107,13 +99,9 @@ def main(key_dir: Path, label_dir: Path) -> None:
     print("|---|---|---|---|---|---|---|")
     for s in [*read, *(x for x in ("sft", "sft-p0") if x not in read)]:
         codes = [c for c, k in key.items() if k["source"] == s]
+        entry, cells = model_row(judged, codes)
         g = [judged["gold"][c] for c in codes]
-        entry: dict[str, Any] = {"answers": len(codes), "gold_harmful": sum(g)}
-        entry["labels"] = {lab: sum(gold[c] == lab for c in codes) for lab in LABELS}
-        cells = []
-        for v in ("v4", "v5"):
-            entry[v] = confusion([judged[v][c] for c in codes], g)
-            cells.append(confusion_text(entry[v], len(codes)))
+        entry = {**entry, "labels": {lab: sum(gold[c] == lab for c in codes) for lab in LABELS}}
         out["models"][s] = entry
         n = len(codes)
         dist = " / ".join(str(entry["labels"][lab]) for lab in LABELS)
