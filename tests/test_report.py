@@ -443,7 +443,9 @@ def test_another_headline_judge(synthetic: Path) -> None:
     rep = report.build(report.collect([synthetic]), judge="other", n_boot=400)
     c = rep.cell(rep.rows[0], 0.2)
     assert c.hs.mean == 10.0 and c.hs.std == 0.0  # two of 20 prompts, the same for every seed
-    assert c.hs.ci[0] == 0.0 and 20.0 <= c.hs.ci[1] <= 30.0  # ...which the prompts make uncertain
+    # ...which the prompts make uncertain: the seeds agree on every prompt, so they are one sample
+    # of 20 prompts (the Wilson interval of 2 of 20), not 20 x seeds independent outcomes
+    assert c.hs.ci[0] == 0.0 and c.hs.ci[1] == pytest.approx(wilson(2, 20)[1])
     # the same verdicts for every method: no paired difference, no attack effect, p = 1
     for comp in (c for c in rep.comparisons if c.metric == "hs"):
         assert comp.judge == "other" and (comp.diff, comp.b, comp.c, comp.p_value) == (0, 0, 0, 1)
@@ -523,7 +525,10 @@ def test_single_run_intervals_are_wilson(one_seed: Path) -> None:
 def test_several_seeds_get_the_two_level_bootstrap(synthetic: Path) -> None:
     rep = report.build(report.collect([synthetic]), n_boot=300)
     c = rep.cell(rep.rows[0], 0.1)
-    assert c.hs.ci_method == "bootstrap" and c.hs.ci[0] < c.hs.mean < c.hs.ci[1]
+    # the fixture's seeds answer nested prompt sets harmfully (the first k prompts): they agree
+    # prompt by prompt, so the prompts' Wilson interval (design effect) may widen the bootstrap
+    assert c.hs.ci_method in ("bootstrap", "bootstrap+wilson")
+    assert c.hs.ci[0] < c.hs.mean < c.hs.ci[1]
     assert report.build(report.collect([synthetic]), n_boot=0).cell(rep.rows[0], 0.1).hs.ci is None
 
 
@@ -897,7 +902,10 @@ def test_csv_gains_paired_columns(synthetic: Path) -> None:
     assert float(r["attack_effect_hs_mean"]) == pytest.approx(
         statistics.mean(5.0 * (n_harmful(2, 0.2, s) - n_harmful(2, 0.0, s)) for s in SEEDS)
     )
-    assert len(r["vs_baseline_hs_p"].split()) == 2 and r["ci_method"] == "bootstrap"
+    assert len(r["vs_baseline_hs_p"].split()) == 2 and r["ci_method"] in (
+        "bootstrap",
+        "bootstrap+wilson",
+    )
 
 
 # ------------------------------------------------------------------------------------------------

@@ -331,16 +331,20 @@ def test_held_out_max_removes_the_selection_bias() -> None:
 # A cell's own rate over seeds (report.stats.Stat.proportion)
 
 
-def test_several_seeds_at_zero_or_hundred_keep_the_pooled_wilson_width() -> None:
-    """Three seeds, each 0 of 20 harmful: the seeds x prompts bootstrap alone is [0, 0] ("a
-    defense proven perfect"); the interval holds the Wilson interval of the 60 pooled prompts."""
+def test_several_seeds_at_zero_or_hundred_keep_the_prompts_wilson_width() -> None:
+    """Three seeds, each 0 of the same 20 prompts harmful: the seeds x prompts bootstrap alone is
+    [0, 0] ("a defense proven perfect"); the interval holds the Wilson interval of the 20 prompts
+    (the seeds agree on every prompt, so pooling them is not 60 independent outcomes); nested
+    (the seeds' prompts not known to be the same ones), of the 60 pooled outcomes."""
     from hftguard.pipeline.report.stats import Stat
 
     zero = Stat.proportion([0.0] * 3, [[0.0] * 20] * 3, n_boot=300)
     assert zero.ci_method == "bootstrap+wilson"
-    assert zero.ci == (0.0, pytest.approx(wilson_by_hand(0, 60)[1]))
+    assert zero.ci == (0.0, pytest.approx(wilson_by_hand(0, 20)[1]))
     full = Stat.proportion([100.0] * 3, [[100.0] * 10] * 3, n_boot=300)
-    assert full.ci == (pytest.approx(wilson_by_hand(30, 30)[0]), 100.0)
+    assert full.ci == (pytest.approx(wilson_by_hand(10, 10)[0]), 100.0)
+    nested = Stat.proportion([0.0] * 3, [[0.0] * 20] * 3, n_boot=300, aligned=False)
+    assert nested.ci == (0.0, pytest.approx(wilson_by_hand(0, 60)[1]))
     # seeds that differ: the bootstrap is wider than the pooled Wilson and stands alone
     spread = Stat.proportion(
         [10.0, 50.0, 90.0],
@@ -384,7 +388,98 @@ def test_a_difference_over_seeds_keeps_the_pooled_newcombe_width() -> None:
 
     alike = summarise([comp(1, 100, 0, 0, 100), comp(2, 100, 0, 0, 100)], n_boot=300)
     assert alike is not None and alike.ci_method == "bootstrap+newcombe"
-    lo, hi = newcombe_by_hand(200, 0, 0, 200)
-    assert alike.ci == (pytest.approx(lo), pytest.approx(hi)) and lo < -1.0
+    # the two seeds agree on every prompt: the 100 prompts count once (design effect 2)
+    lo, hi = newcombe_by_hand(100, 0, 0, 100)
+    assert alike.ci == (pytest.approx(lo), pytest.approx(hi)) and lo < -3.0
     apart = summarise([comp(1, 40, 40, 0, 100), comp(2, 40, 0, 40, 100)], n_boot=300)
     assert apart is not None and apart.ci_method == "bootstrap"
+
+
+# ------------------------------------------------------------------------------------------------
+# Seeds on the same prompts are not independent outcomes (design effect)
+
+
+def icc_by_hand(table: list[list[float]]) -> float:
+    """One-way ANOVA intra-class correlation with the items (columns) as groups, written out."""
+    k, m = len(table), len(table[0])
+    cols = [[table[s][i] for s in range(k)] for i in range(m)]
+    grand = sum(map(sum, table)) / (k * m)
+    col_means = [sum(c) / k for c in cols]
+    ss_between = sum(k * (cm - grand) ** 2 for cm in col_means)
+    ss_within = sum((x - cm) ** 2 for c, cm in zip(cols, col_means, strict=True) for x in c)
+    msb, msw = ss_between / (m - 1), ss_within / (m * (k - 1))
+    return (msb - msw) / (msb + (k - 1) * msw)
+
+
+def test_design_effect_against_the_anova_by_hand() -> None:
+    rng = random.Random(3)
+    # three seeds whose outcomes share a per-prompt component: an ICC strictly inside (0, 1)
+    base = [rng.random() < 0.4 for _ in range(50)]
+    table = [
+        [100.0 * (b if rng.random() < 0.7 else rng.random() < 0.4) for b in base] for _ in range(3)
+    ]
+    icc = icc_by_hand(table)
+    assert 0.05 < icc < 0.95
+    assert stats.design_effect(table) == pytest.approx(1 + 2 * icc)
+    # the same prompts answered alike in every seed: the prompts count once
+    assert stats.design_effect([[0.0, 100.0, 0.0, 100.0]] * 3) == pytest.approx(3.0)
+    assert stats.design_effect([[0.0] * 10] * 4) == pytest.approx(4.0)  # no variation at all
+    # seeds that disagree more than chance: clipped at 1 (never fewer outcomes than items x seeds)
+    assert stats.design_effect([[0.0, 100.0] * 5, [100.0, 0.0] * 5]) == pytest.approx(1.0)
+    assert stats.design_effect([[0.0, 100.0, 0.0]]) == 1.0  # one seed
+    # independent seeds on many prompts: close to 1
+    wide = [[100.0 * (rng.random() < 0.5) for _ in range(4000)] for _ in range(3)]
+    assert stats.design_effect(wide) == pytest.approx(1.0, abs=0.06)
+
+
+@pytest.mark.parametrize(("k", "n"), [(0, 20), (7, 20), (20, 20), (83, 200), (1, 3)])
+def test_wilson_effective_is_wilson_at_an_integer_count(k: int, n: int) -> None:
+    lo, hi = stats.wilson_effective(k / n, float(n))
+    want = wilson_by_hand(k, n)
+    assert (lo, hi) == (pytest.approx(want[0]), pytest.approx(want[1]))
+    wlo, whi = stats.wilson(k, n)
+    assert (lo, hi) == (pytest.approx(wlo, abs=1e-9), pytest.approx(whi, abs=1e-9))
+    # fewer effective trials: wider on both sides where there is room
+    half = stats.wilson_effective(k / n, n / 2.0)
+    assert half[0] <= lo + 1e-12 and half[1] >= hi - 1e-12 and half[1] - half[0] > hi - lo
+
+
+def test_newcombe_with_the_seeds_counted_as_one_prompt_sample() -> None:
+    """n_eff = n is Newcombe's interval of the table; n_eff = the prompts of one seed on a table
+    pooled from two identical seeds is that one seed's interval."""
+    for both, b, c, n in [(150, 0, 4, 200), (80, 10, 81, 200), (3, 9, 2, 20)]:
+        lo, hi = stats.newcombe_paired(both, b, c, n, n_eff=float(n))
+        want = newcombe_by_hand(both, b, c, n)
+        assert (lo, hi) == (pytest.approx(want[0]), pytest.approx(want[1]))
+    pooled = stats.newcombe_paired(192, 0, 8, 200, n_eff=100.0)
+    one = newcombe_by_hand(96, 0, 4, 100)
+    assert pooled == (pytest.approx(one[0]), pytest.approx(one[1]))
+
+
+def test_the_same_few_discordant_prompts_in_every_seed_are_not_more_evidence() -> None:
+    """The bug: two seeds in which a defense gets the same 4 of 100 task prompts wrong that SFT
+    gets right (RepNoise's FA, docs/results/calibrated-field-cpu) pooled into 8 of 200
+    independent outcomes, an interval below zero ([-7.7, -1.3]; the report's, with the bootstrap:
+    [-8.0, -1.0]) where one seed's is [-9.8, +0.4] and the exact McNemar p of each seed is 0.125.
+    The prompts are one sample; the seeds repeat it. The summary's interval is now one seed's."""
+    from types import SimpleNamespace
+
+    from hftguard.pipeline.report.paired import Comparison, summarise
+
+    def comp(seed: int, wrong: list[int]) -> Comparison:
+        deltas = [-100.0 if i in wrong else 0.0 for i in range(100)]
+        run = SimpleNamespace(seed=seed)
+        return Comparison(
+            "vs_baseline", "fa", run, run, -100.0 * len(wrong) / 100, None, 0.125, 0, len(wrong),
+            100, None, tuple(map(str, range(100))), deltas, 100 - len(wrong),
+        )  # fmt: skip
+
+    same = summarise([comp(42, [3, 17, 58, 90]), comp(43, [3, 17, 58, 90])], n_boot=500)
+    assert same is not None and same.ci is not None
+    one = newcombe_by_hand(96, 0, 4, 100)
+    assert same.ci[0] == pytest.approx(one[0]) and same.ci[1] == pytest.approx(one[1])
+    assert same.ci[1] > 0  # 0 is inside, as each seed's McNemar test says
+    # different prompts in the two seeds: 8 independent discordant outcomes, the pooled table
+    apart = summarise([comp(42, [3, 17, 58, 90]), comp(43, [5, 21, 60, 91])], n_boot=500)
+    assert apart is not None and apart.ci is not None
+    assert apart.ci[1] - apart.ci[0] < same.ci[1] - same.ci[0]

@@ -10,6 +10,8 @@ prompt, not by eye.
 - :func:`newcombe_paired` — an interval for the difference of two paired proportions (two
   models' 0/1 outcomes on the same prompts) that agrees with the McNemar test and does not
   collapse when the two models answer alike.
+- :func:`design_effect`, :func:`wilson_effective` — how many independent outcomes several seeds on
+  the same prompts are worth, and a Wilson interval on that many, for pooling seeds honestly.
 - :func:`mcnemar_exact` — the exact (binomial) McNemar test for two paired 0/1 outcomes: only the
   discordant prompts (harmful under one model, not the other) carry information, and under "no
   difference" each discordant prompt is equally likely to go either way.
@@ -76,8 +78,59 @@ def mcnemar_exact(b: int, c: int) -> float:
     return float(min(1.0, binomtest(b, b + c, 0.5).pvalue))
 
 
+def wilson_effective(rate: float, n_eff: float, level: float = 0.95) -> tuple[float, float] | None:
+    """Wilson score interval, in percent, of a proportion ``rate`` (a fraction in [0, 1]) measured
+    on an *effective* number of independent trials ``n_eff``, which need not be an integer; None
+    when n_eff <= 0. At an integer n_eff and rate k/n_eff it is :func:`wilson`'s interval (the same
+    closed form, written out so that it takes a real n):
+
+        centre = (p + z²/2n) / (1 + z²/n),  half = z √(p(1 − p)/n + z²/4n²) / (1 + z²/n)
+    """
+    _check_level(level)
+    if n_eff <= 0:
+        return None
+    if not 0.0 <= rate <= 1.0:
+        raise ValueError(f"wilson_effective: rate {rate} is not in [0, 1]")
+    from scipy.stats import norm
+
+    z = float(norm.ppf(0.5 + level / 2.0))
+    z2n = z * z / n_eff
+    centre = (rate + z2n / 2.0) / (1.0 + z2n)
+    half = z * math.sqrt(rate * (1.0 - rate) / n_eff + z2n / (4.0 * n_eff)) / (1.0 + z2n)
+    return 100.0 * max(0.0, centre - half), 100.0 * min(1.0, centre + half)
+
+
+def design_effect(table: Sequence[Sequence[float]]) -> float:
+    """Kish's design effect 1 + (k − 1)·ICC of a seeds × items table of per-item values (k seeds
+    that share their m items), for the variance of the table's mean.
+
+    Several seeds evaluated on the *same* prompts are not k·m independent outcomes: a prompt that
+    one seed's model answers harmfully, the others' tend to as well, and the prompts themselves
+    are one sample of m. The intra-class correlation of the items (one-way ANOVA with items as the
+    groups, ICC = (MSB − MSW) / (MSB + (k − 1)·MSW), clipped to [0, 1]) measures how alike the
+    seeds are prompt by prompt; k·m / design effect is the effective number of independent
+    outcomes. Seeds that agree on every prompt give k (the prompts count once), independent seeds
+    1. A table without any variation (every value equal) gives k: the seeds agree everywhere, and
+    nothing shows they are independent. One seed or one item: 1.
+    """
+    import numpy as np
+
+    t = np.asarray(table, dtype=float)
+    if t.ndim != 2:
+        raise ValueError(f"design_effect: need a seeds × items table, got shape {t.shape}")
+    k, m = t.shape
+    if k < 2 or m < 2:
+        return 1.0
+    item_means = t.mean(axis=0)
+    msb = k * float(((item_means - t.mean()) ** 2).sum()) / (m - 1)
+    msw = float(((t - item_means) ** 2).sum()) / (m * (k - 1))
+    denom = msb + (k - 1) * msw
+    icc = 1.0 if denom <= 0.0 else min(1.0, max(0.0, (msb - msw) / denom))
+    return 1.0 + (k - 1) * icc
+
+
 def newcombe_paired(
-    both: int, b: int, c: int, n: int, level: float = 0.95
+    both: int, b: int, c: int, n: int, level: float = 0.95, *, n_eff: float | None = None
 ) -> tuple[float, float] | None:
     """Interval for the difference of two paired proportions, in percentage points; None when
     n = 0. Newcombe's hybrid score interval (Newcombe 1998, Statistics in Medicine 17:2635,
@@ -94,6 +147,10 @@ def newcombe_paired(
     covers far less than the nominal level (b = 0, c = 4 of 200 gives [−4.0, −0.5], excluding 0,
     while the exact McNemar p is 0.125), and with none it collapses to [0, 0]. This interval
     agrees with the test there and keeps a width from the items' own sampling error.
+
+    ``n_eff``: the table pools items that are not independent (several seeds on the same prompts):
+    the two proportions and φ stay the table's, and their Wilson intervals count ``n_eff``
+    trials instead of n (:func:`design_effect`).
     """
     if n <= 0:
         return None
@@ -101,8 +158,13 @@ def newcombe_paired(
     neither = n - both - b - c
     if min(both, b, c, neither) < 0:
         raise ValueError(f"newcombe_paired: counts {both}, {b}, {c} do not fit in n = {n}")
-    w1, w2 = wilson(both + b, n, level), wilson(both + c, n, level)
-    assert w1 is not None and w2 is not None  # n > 0
+    if n_eff is None:
+        w1, w2 = wilson(both + b, n, level), wilson(both + c, n, level)
+    else:
+        w1 = wilson_effective((both + b) / n, n_eff, level)
+        w2 = wilson_effective((both + c) / n, n_eff, level)
+    if w1 is None or w2 is None:
+        return None
     p1, p2 = (both + b) / n, (both + c) / n
     l1, u1 = w1[0] / 100.0, w1[1] / 100.0
     l2, u2 = w2[0] / 100.0, w2[1] / 100.0

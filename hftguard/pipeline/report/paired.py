@@ -387,7 +387,9 @@ def summarise(
       interval of the seeds' pooled 2 × 2 table. The bootstrap carries the seeds' spread but
       collapses to a point when the seeds' models answer alike (FA 100 against 100) and covers
       too little with few discordant prompts; the pooled interval carries the prompts' own
-      sampling error there."""
+      sampling error there. Crossed, the pooled table counts its k × m outcomes as k × m /
+      design effect independent ones (``intervals.design_effect`` of the per-prompt differences):
+      seeds that differ on the same prompts in every seed are one prompt sample, not k."""
     comps = list(comparisons)
     if not comps:
         return None
@@ -405,12 +407,19 @@ def summarise(
         if lo is not None and hi is not None:
             ci, method = (lo, hi), "bootstrap"
             if all(c.both is not None and c.b is not None and c.c is not None for c in comps):
+                n_items = sum(c.n_items for c in comps)
+                # crossed: the seeds share their prompts, so the pooled table's items are not
+                # independent; count them as many as the seeds' agreement leaves (design effect)
+                n_eff = (
+                    n_items / stats.design_effect([c.deltas for c in comps]) if crossed else None
+                )
                 pooled = stats.newcombe_paired(
                     sum(c.both or 0 for c in comps),
                     sum(c.b or 0 for c in comps),
                     sum(c.c or 0 for c in comps),
-                    sum(c.n_items for c in comps),
+                    n_items,
                     level,
+                    n_eff=n_eff,
                 )
                 wider = stats.hull(ci, pooled)
                 if wider != ci:

@@ -420,8 +420,9 @@ def _interval_note(rep: Report) -> str:
     pct = f"{100 * rep.level:g}%"
     return (
         f"{pct} intervals: Wilson for one seed; with several seeds a two-level percentile "
-        f"bootstrap over seeds × prompts ({rep.n_boot} resamples), widened to the pooled "
-        "prompts' Wilson interval where the seeds all sit at 0% or 100%"
+        f"bootstrap over seeds × prompts ({rep.n_boot} resamples), widened to hold the Wilson "
+        "interval of the seeds' pooled prompts, which counts seeds that agree prompt by prompt "
+        "as one sample of prompts (design effect)"
     )
 
 
@@ -554,8 +555,9 @@ def to_markdown(rep: Report) -> str:
         "Differences (method − reference) on the same prompts, in percentage points (the "
         "likelihood margin: nats per token): mean over seeds [± sd] [95% interval: for one "
         "seed Newcombe's score interval for paired proportions (the margin: a paired bootstrap "
-        "over prompts); for several a seeds × prompts bootstrap, widened to hold the pooled "
-        "score interval] (exact McNemar p for one seed; per seed below)."
+        "over prompts); for several a seeds × prompts bootstrap, widened to hold the score "
+        "interval of the seeds' pooled table, which counts seeds that agree prompt by prompt as "
+        "one sample of prompts (design effect)] (exact McNemar p for one seed; per seed below)."
     )
     base = rep.baseline_label
     sections = [

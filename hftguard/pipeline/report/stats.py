@@ -111,7 +111,9 @@ class Stat:
         - one evaluation: the Wilson interval of k of n;
         - several: the two-level percentile bootstrap over seeds × prompts (``n_boot`` = 0: none),
           widened to hold the Wilson interval of the seeds' pooled prompts (the bootstrap alone
-          is a point when every seed is at 0% or 100%).
+          is a point when every seed is at 0% or 100%); crossed, that interval counts the pooled
+          outcomes as ``intervals.design_effect`` says they are worth (seeds that agree prompt by
+          prompt: one prompt sample).
 
         k and n come from an evaluation's per-prompt 0/100 ``flags`` when they reproduce its rate,
         else from its rate and ``sizes`` (n): an evaluation without generations.jsonl, or a metric
@@ -152,9 +154,13 @@ class Stat:
                 out.ci, out.ci_method = (lo, hi), "bootstrap"
                 # the seeds' pooled prompts' own sampling error: the bootstrap collapses to a
                 # point when every seed is at 0% or 100% (HS 0 of 200 three times: [0, 0])
-                pooled = stats.wilson(
-                    sum(1 for g in full for x in g if x), sum(len(g) for g in full), level
-                )
+                hits, n_items = sum(1 for g in full for x in g if x), sum(len(g) for g in full)
+                if crossed:  # the seeds share their prompts: k × m outcomes are not independent
+                    pooled = stats.wilson_effective(
+                        hits / n_items, n_items / stats.design_effect(full), level
+                    )
+                else:
+                    pooled = stats.wilson(hits, n_items, level)
                 wider = stats.hull(out.ci, pooled)
                 if wider != out.ci:
                     out.ci, out.ci_method = wider, "bootstrap+wilson"
