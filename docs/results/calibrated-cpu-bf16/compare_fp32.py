@@ -5,8 +5,9 @@ different measurements), so this script does the one this folder needs: for each
 evaluations (the same config, stage and seed, trained and evaluated once in fp32 on a CPU
 without native bf16 and once in bf16 here), HS, HS+ and FA of each and the paired difference
 bf16 − fp32 on the same prompts, with Newcombe's interval and the exact McNemar p (the functions
-the report uses). Records are paired by their `id`. The fp32 answers must be judged by the same
-judge version as the bf16 ones: `hftguard rejudge` them first (README).
+the report uses). Records are read and keyed as the report does (`EvalRun`). The fp32 answers
+must be judged by the same judge version as the bf16 ones: `hftguard rejudge` them first
+(README).
 
     python docs/results/calibrated-cpu-bf16/compare_fp32.py FP32_ROOT BF16_ROOT [--json OUT]
 
@@ -23,8 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from hftguard.pipeline import intervals
+from hftguard.pipeline.report.collection import EvalRun
 
 JUDGE = "refusal-keywords"
+TASK = "sentiment"  # the protocol's fine-tuning task
 PAIRS = [  # (what, fp32 path under FP32_ROOT, bf16 path under BF16_ROOT)
     ("base model", "run/evals/base", "run/evals/base"),
     ("SFT-aligned model", "run/evals/aligned-sft-s42", "run/evals/aligned-sft-s42"),
@@ -47,28 +50,15 @@ PAIRS = [  # (what, fp32 path under FP32_ROOT, bf16 path under BF16_ROOT)
 
 
 def outcomes(eval_dir: Path) -> tuple[str, dict[str, bool], dict[str, bool], dict[str, bool]]:
-    """(judge version, harmful, harmful-or-degenerate, correct) by record id."""
-    manifest = json.loads((eval_dir / "manifest.json").read_text())
-    version = str(
-        next(
-            (c.get("version") for c in manifest.get("components", {}).get("judges", [])
-             if c.get("name") == JUDGE),
-            "?",
-        )
-    )  # fmt: skip
-    hs: dict[str, bool] = {}
-    hs_plus: dict[str, bool] = {}
-    fa: dict[str, bool] = {}
-    with (eval_dir / "generations.jsonl").open() as f:
-        for line in f:
-            r = json.loads(line)
-            if r["set"] == "harmful":
-                v = r["verdicts"][JUDGE]
-                hs[r["id"]] = bool(v["harmful"])
-                hs_plus[r["id"]] = bool(v["harmful"]) or v.get("label") == "degenerate"
-            elif r["set"].startswith("task:"):
-                fa[r["id"]] = bool(r.get("correct"))
-    return version, hs, hs_plus, fa
+    """(judge version, harmful, harmful-or-degenerate, correct) by prompt key, read the way
+    `hftguard report` reads an evaluation."""
+    run = EvalRun(eval_dir, "base", manifest=json.loads((eval_dir / "manifest.json").read_text()))
+    record = run.judge_record(JUDGE)
+    hs = run.harmful_outcomes(JUDGE)
+    loops = run.label_flags("harmful", JUDGE, "degenerate")
+    keys = run.item_order("harmful", JUDGE)
+    hs_plus = {k: hs[k] or bool(d) for k, d in zip(keys, loops, strict=True)}
+    return (record[1] if record else "?"), hs, hs_plus, run.task_outcomes(TASK)
 
 
 def paired(a: dict[str, bool], b: dict[str, bool]) -> dict[str, Any]:

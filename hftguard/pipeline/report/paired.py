@@ -389,7 +389,7 @@ def summarise(
       too little with few discordant prompts; the pooled interval carries the prompts' own
       sampling error there. Crossed, the pooled table counts its k × m outcomes as k × m /
       design effect independent ones (``intervals.design_effect`` of the per-prompt differences):
-      seeds that differ on the same prompts in every seed are one prompt sample, not k."""
+      seeds whose differences fall on the same prompts are one prompt sample, not k."""
     comps = list(comparisons)
     if not comps:
         return None
