@@ -1,0 +1,60 @@
+"""Antibody's mechanism numbers in the bf16 grid (README.md beside this file), read from the logs.
+
+    python mechanism.py GRID_OUT
+
+For the Antibody alignment (aligned/antibody-s42/align_log.jsonl): the medians of λ (the EMA the
+update uses), of its raw value and of the simulated harmful-loss change over the first and last 36
+steps. For each Antibody attack (cells/antibody__antibody__*/attacked/finetune_log.jsonl): the
+harmful samples' share of the weight mass divided by their share of the batch
+(``harmful_weight_mass_ratio``), mean over the first and the last 40 steps. The calibrated-gpu
+README quotes the same numbers for the H100's run.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+EDGE_ALIGN = 36  # steps at each end of the 360-step alignment
+EDGE_ATTACK = 40  # steps at each end of the 400-step attack
+
+
+def _log(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def _ends(rows: list[dict], key: str, edge: int, how=statistics.median) -> tuple[float, float]:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return how(values[:edge]), how(values[-edge:])
+
+
+def main(grid: Path) -> None:
+    align = grid / "aligned" / "antibody-s42" / "align_log.jsonl"
+    if align.is_file():
+        rows = _log(align)
+        print(f"Antibody alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
+        for key in ("lambda", "lambda_raw", "loss_change", "loss", "harmful_loss"):
+            first, last = _ends(rows, key, EDGE_ALIGN)
+            print(f"  {key:14} {first:8.3f} -> {last:8.3f}")
+    sft = grid / "aligned" / "sft-s42" / "align_log.jsonl"
+    if sft.is_file():
+        first, last = _ends(_log(sft), "loss", EDGE_ALIGN)
+        print(f"SFT alignment loss (same medians): {first:.3f} -> {last:.3f}")
+    print(
+        f"Antibody attacks: harmful_weight_mass_ratio, mean of the first / last {EDGE_ATTACK} steps"
+    )
+    for cell in sorted(grid.glob("cells/antibody__antibody__*")):
+        log = cell / "attacked" / "finetune_log.jsonl"
+        if not log.is_file():
+            continue
+        rows = _log(log)
+        first, last = _ends(rows, "harmful_weight_mass_ratio", EDGE_ATTACK, statistics.fmean)
+        print(f"  {cell.name:45} {len(rows):4} steps  {first:6.3f} -> {last:6.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 2:
+        sys.exit("usage: python mechanism.py GRID_OUT")
+    main(Path(sys.argv[1]))
