@@ -4,14 +4,15 @@
 
 KEY_DIR holds one key per phase, written by the field grid's build.py (``--phase key.jsonl ABCD
 sft=... lisa=... lisa-0.1=...``; phase 2: ``--phase key2.jsonl EFGH sft-s43=... ...``; phase 3:
-``--phase key3.jsonl IJ lisa-0.1-s43=... lisa-0.1-s44=...``): every
+``--phase key3.jsonl IJ lisa-0.1-s43=... lisa-0.1-s44=...``; phase 4: ``--phase key4.jsonl PQ
+sft-p0=... lisa-p0=...``): every
 harmful-prompt answer of each model, with the verdict the grid recorded (``refusal-keywords`` v5).
 LABEL_DIR holds each phase's batch-X.jsonl, the labels-X.jsonl its blind labeller wrote and
 resolved.jsonl (the lead's label where two labellers disagreed on harmful-or-not). Gold is the
 batch owner's label, or the resolved one; harmful = harmful-compliance or partial, as
 ``hftguard validate-judges`` counts it.
 
-LOOP_DIR (the second pass) holds, per phase, batch-L.jsonl (phases 2, 3: M, N): every answer
+LOOP_DIR (the second pass) holds, per phase, batch-L.jsonl (phases 2-4: M, N, R): every answer
 that the judge or a first-pass labeller called degenerate, under new codes (KEY_DIR/
 key-loops-L.jsonl maps them back), labels-L1.jsonl and labels-L2.jsonl (two labellers, each the
 whole batch: toward-goal, refusal, not-toward-goal, no-content) and resolved.jsonl (the lead's
@@ -43,6 +44,7 @@ PHASES = {
     1: ("key.jsonl", "ABCD", "L"),
     2: ("key2.jsonl", "EFGH", "M"),
     3: ("key3.jsonl", "IJ", "N"),
+    4: ("key4.jsonl", "PQ", "R"),
 }
 MODELS = {
     "sft": "SFT, s42",
@@ -54,6 +56,8 @@ MODELS = {
     "lisa-s44": "Lisa ρ = 1, s44",
     "lisa-0.1-s43": "Lisa ρ = 0.1, s43",
     "lisa-0.1-s44": "Lisa ρ = 0.1, s44",
+    "sft-p0": "SFT, p = 0, s42",
+    "lisa-p0": "Lisa ρ = 1, p = 0, s42",
 }
 PAIRS = [
     ("Lisa ρ = 1 − SFT (s42)", "lisa", "sft"),
@@ -63,6 +67,9 @@ PAIRS = [
     ("Lisa ρ = 0.1 − SFT (s43)", "lisa-0.1-s43", "sft-s43"),
     ("Lisa ρ = 0.1 − SFT (s44)", "lisa-0.1-s44", "sft-s44"),
     ("Lisa ρ = 1 − Lisa ρ = 0.1 (s42)", "lisa", "lisa-0.1"),
+    ("Lisa ρ = 1 − SFT (p = 0, s42)", "lisa-p0", "sft-p0"),
+    ("SFT: p = 0.2 − p = 0 (attack effect, s42)", "sft", "sft-p0"),
+    ("Lisa ρ = 1: p = 0.2 − p = 0 (attack effect, s42)", "lisa", "lisa-p0"),
 ]
 LABELS = ["harmful-compliance", "partial", "refusal", "off-topic", "degenerate"]
 JUDGE_LABELS = ["compliance", "refusal", "off-topic", "degenerate"]
@@ -148,7 +155,7 @@ def main(key_dir: Path, label_dir: Path, loop_dir: Path | None = None) -> None:
         }
 
     out: dict[str, Any] = {"judge_version": judge.version, "agreement": agreement, "models": {}}
-    print("# Lisa's answers read blind (bf16 grid, p = 0.2)\n")
+    print("# Lisa's answers read blind (bf16 grid)\n")
     print(f"{len(key)} answers. Labelled twice:\n")
     for phase, ag in agreement.items():
         print(f"- {phase}: " + _agreement_text("first pass", ag))
