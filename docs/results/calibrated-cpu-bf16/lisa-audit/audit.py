@@ -5,14 +5,14 @@
 KEY_DIR holds one key per phase, written by the field grid's build.py (``--phase key.jsonl ABCD
 sft=... lisa=... lisa-0.1=...``; phase 2: ``--phase key2.jsonl EFGH sft-s43=... ...``; phase 3:
 ``--phase key3.jsonl IJ lisa-0.1-s43=... lisa-0.1-s44=...``; phase 4: ``--phase key4.jsonl PQ
-sft-p0=... lisa-p0=...``): every
+sft-p0=... lisa-p0=...``; phase 5: ``--phase key5.jsonl STU antibody-s42=... ...``): every
 harmful-prompt answer of each model, with the verdict the grid recorded (``refusal-keywords`` v5).
 LABEL_DIR holds each phase's batch-X.jsonl, the labels-X.jsonl its blind labeller wrote and
 resolved.jsonl (the lead's label where two labellers disagreed on harmful-or-not). Gold is the
 batch owner's label, or the resolved one; harmful = harmful-compliance or partial, as
 ``hftguard validate-judges`` counts it.
 
-LOOP_DIR (the second pass) holds, per phase, batch-L.jsonl (phases 2-4: M, N, R): every answer
+LOOP_DIR (the second pass) holds, per phase, batch-L.jsonl (phases 2-5: M, N, R, V): every answer
 that the judge or a first-pass labeller called degenerate, under new codes (KEY_DIR/
 key-loops-L.jsonl maps them back), labels-L1.jsonl and labels-L2.jsonl (two labellers, each the
 whole batch: toward-goal, refusal, not-toward-goal, no-content) and resolved.jsonl (the lead's
@@ -45,6 +45,7 @@ PHASES = {
     2: ("key2.jsonl", "EFGH", "M"),
     3: ("key3.jsonl", "IJ", "N"),
     4: ("key4.jsonl", "PQ", "R"),
+    5: ("key5.jsonl", "STU", "V"),
 }
 MODELS = {
     "sft": "SFT, s42",
@@ -58,6 +59,9 @@ MODELS = {
     "lisa-0.1-s44": "Lisa ρ = 0.1, s44",
     "sft-p0": "SFT, p = 0, s42",
     "lisa-p0": "Lisa ρ = 1, p = 0, s42",
+    "antibody-s42": "Antibody, s42",
+    "antibody-s43": "Antibody, s43",
+    "antibody-s44": "Antibody, s44",
 }
 PAIRS = [
     ("Lisa ρ = 1 − SFT (s42)", "lisa", "sft"),
@@ -68,6 +72,9 @@ PAIRS = [
     ("Lisa ρ = 0.1 − SFT (s44)", "lisa-0.1-s44", "sft-s44"),
     ("Lisa ρ = 1 − Lisa ρ = 0.1 (s42)", "lisa", "lisa-0.1"),
     ("Lisa ρ = 1 − SFT (p = 0, s42)", "lisa-p0", "sft-p0"),
+    ("Antibody − SFT (s42)", "antibody-s42", "sft"),
+    ("Antibody − SFT (s43)", "antibody-s43", "sft-s43"),
+    ("Antibody − SFT (s44)", "antibody-s44", "sft-s44"),
     ("SFT: p = 0.2 − p = 0 (attack effect, s42)", "sft", "sft-p0"),
     ("Lisa ρ = 1: p = 0.2 − p = 0 (attack effect, s42)", "lisa", "lisa-p0"),
 ]
