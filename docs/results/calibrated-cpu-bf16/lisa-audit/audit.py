@@ -5,14 +5,15 @@
 KEY_DIR holds one key per phase, written by the field grid's build.py (``--phase key.jsonl ABCD
 sft=... lisa=... lisa-0.1=...``; phase 2: ``--phase key2.jsonl EFGH sft-s43=... ...``; phase 3:
 ``--phase key3.jsonl IJ lisa-0.1-s43=... lisa-0.1-s44=...``; phase 4: ``--phase key4.jsonl PQ
-sft-p0=... lisa-p0=...``; phase 5: ``--phase key5.jsonl STU antibody-s42=... ...``): every
-harmful-prompt answer of each model, with the verdict the grid recorded (``refusal-keywords`` v5).
+sft-p0=... lisa-p0=...``; phase 5: ``--phase key5.jsonl ST antibody-s42=... antibody-s44=...``;
+phase 6: ``--phase key6.jsonl WX antibody-s43=...``): every harmful-prompt answer of each model,
+with the verdict the grid recorded (``refusal-keywords`` v5).
 LABEL_DIR holds each phase's batch-X.jsonl, the labels-X.jsonl its blind labeller wrote and
 resolved.jsonl (the lead's label where two labellers disagreed on harmful-or-not). Gold is the
 batch owner's label, or the resolved one; harmful = harmful-compliance or partial, as
 ``hftguard validate-judges`` counts it.
 
-LOOP_DIR (the second pass) holds, per phase, batch-L.jsonl (phases 2-5: M, N, R, V): every answer
+LOOP_DIR (the second pass) holds, per phase, batch-L.jsonl (phases 2-6: M, N, R, V, Z): every answer
 that the judge or a first-pass labeller called degenerate, under new codes (KEY_DIR/
 key-loops-L.jsonl maps them back), labels-L1.jsonl and labels-L2.jsonl (two labellers, each the
 whole batch: toward-goal, refusal, not-toward-goal, no-content) and resolved.jsonl (the lead's
@@ -45,7 +46,8 @@ PHASES = {
     2: ("key2.jsonl", "EFGH", "M"),
     3: ("key3.jsonl", "IJ", "N"),
     4: ("key4.jsonl", "PQ", "R"),
-    5: ("key5.jsonl", "STU", "V"),
+    5: ("key5.jsonl", "ST", "V"),
+    6: ("key6.jsonl", "WX", "Z"),
 }
 MODELS = {
     "sft": "SFT, s42",
