@@ -34,8 +34,9 @@ from typing import Any
 
 # the field grid's audit helpers (same labelling guide, same batching and gold rules)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "calibrated-field-cpu/judge-audit"))
-from analyse import HARMFUL, OVERLAP, _agreement, _agreement_text, _rate, _rows
-from heldout import batches, confusion, confusion_text, paired, resolve
+from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows
+from heldout import confusion, confusion_text, paired
+from repnoise import LABELS, _phase_gold
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 from hftguard.pipeline.judge_validation import cohen_kappa
@@ -80,7 +81,6 @@ PAIRS = [
     ("SFT: p = 0.2 − p = 0 (attack effect, s42)", "sft", "sft-p0"),
     ("Lisa ρ = 1: p = 0.2 − p = 0 (attack effect, s42)", "lisa", "lisa-p0"),
 ]
-LABELS = ["harmful-compliance", "partial", "refusal", "off-topic", "degenerate"]
 JUDGE_LABELS = ["compliance", "refusal", "off-topic", "degenerate"]
 LOOP_LABELS = ["toward-goal", "refusal", "not-toward-goal", "no-content"]
 
@@ -120,16 +120,8 @@ def first_pass(
 ) -> tuple[dict[str, dict[str, Any]], dict[str, str], dict[str, Any]]:
     """One phase's key, gold labels and the agreement on its answers labelled twice."""
     key = {k["code"]: k for k in _rows(key_dir / key_name)}
-    owner, twice, labels = batches(label_dir, letters, lambda _: OVERLAP)
-    for name in letters:
-        mine = {c for c, o in owner.items() if o == name} | {c for c, o in twice if o == name}
-        missing = mine - set(labels[name])
-        assert not missing, f"labels-{name}.jsonl lacks {len(missing)} codes of its batch"
-        bad = set(labels[name].values()) - set(LABELS)
-        assert not bad, f"labels-{name}.jsonl: unknown labels {bad}"
-    assert set(owner) == set(key), f"the batches {letters} do not hold exactly {key_name}"
-    gold = resolve(key, label_dir, owner, labels)
-    return key, gold, _agreement([(labels[owner[c]][c], labels[o][c]) for c, o in twice])
+    gold, twice = _phase_gold(key, label_dir, letters)  # the field audit's checks and gold rule
+    return key, gold, _agreement(twice)
 
 
 def main(key_dir: Path, label_dir: Path, loop_dir: Path | None = None) -> None:
