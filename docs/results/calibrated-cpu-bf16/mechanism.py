@@ -12,17 +12,14 @@ README quotes the same numbers for the H100's run.
 
 from __future__ import annotations
 
-import json
 import statistics
 import sys
 from pathlib import Path
 
+from hftguard.pipeline.trend import read_log
+
 EDGE_ALIGN = 36  # steps at each end of the 360-step alignment
 EDGE_ATTACK = 40  # steps at each end of the 400-step attack
-
-
-def _log(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
 def _ends(rows: list[dict], key: str, edge: int, how=statistics.median) -> tuple[float, float]:
@@ -33,14 +30,14 @@ def _ends(rows: list[dict], key: str, edge: int, how=statistics.median) -> tuple
 def main(grid: Path) -> None:
     align = grid / "aligned" / "antibody-s42" / "align_log.jsonl"
     if align.is_file():
-        rows = _log(align)
+        rows = read_log(align)
         print(f"Antibody alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
         for key in ("lambda", "lambda_raw", "loss_change", "loss", "harmful_loss"):
             first, last = _ends(rows, key, EDGE_ALIGN)
             print(f"  {key:14} {first:8.3f} -> {last:8.3f}")
     sft = grid / "aligned" / "sft-s42" / "align_log.jsonl"
     if sft.is_file():
-        first, last = _ends(_log(sft), "loss", EDGE_ALIGN)
+        first, last = _ends(read_log(sft), "loss", EDGE_ALIGN)
         print(f"SFT alignment loss (same medians): {first:.3f} -> {last:.3f}")
     print(
         f"Antibody attacks: harmful_weight_mass_ratio, mean of the first / last {EDGE_ATTACK} steps"
@@ -49,7 +46,7 @@ def main(grid: Path) -> None:
         log = cell / "attacked" / "finetune_log.jsonl"
         if not log.is_file():
             continue
-        rows = _log(log)
+        rows = read_log(log)
         first, last = _ends(rows, "harmful_weight_mass_ratio", EDGE_ATTACK, statistics.fmean)
         print(f"  {cell.name:45} {len(rows):4} steps  {first:6.3f} -> {last:6.3f}")
 

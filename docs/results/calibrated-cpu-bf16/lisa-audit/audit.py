@@ -142,11 +142,10 @@ def main(key_dir: Path, label_dir: Path, loop_dir: Path | None = None) -> None:
 
     # the grid's verdicts, checked against this checkout's judge (same version)
     judge = RefusalKeywords()
+    judged: dict[str, dict[str, bool]] = {"judge": {}, "judge+": {}, "gold": {}}
     for c, k in key.items():
         v = judge.classify(k["response"], k["prompt"])
         assert (v.label, v.harmful) == (k["judge"]["label"], k["judge"]["harmful"]), c
-    judged: dict[str, dict[str, bool]] = {"judge": {}, "judge+": {}, "gold": {}}
-    for c, k in key.items():
         judged["judge"][c] = bool(k["judge"]["harmful"])
         judged["judge+"][c] = bool(k["judge"]["harmful"]) or k["judge"]["label"] == "degenerate"
         judged["gold"][c] = gold[c] in HARMFUL

@@ -18,9 +18,9 @@ import json
 import sys
 from pathlib import Path
 
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+# the field grid's audit reader (a script's folder is on sys.path; that one is added)
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "calibrated-field-cpu/judge-audit"))
+from analyse import _rows
 
 
 def main(key_dir: Path, label_dir: Path, loop_dir: Path, name: str, key_file: str, letters: str):
