@@ -46,6 +46,8 @@ STAGES = frozenset({"align", "finetune", "repair", "eval", "judge", "screen", "p
 REPLACED = ".replaced-"
 #: The lock file of a run directory (:class:`RunLock`), and the record of who holds it.
 LOCK_FILE = ".lock"
+#: Where ``hftguard rejudge`` keeps the files it replaced, inside the evaluation's directory.
+REJUDGE_BACKUP = "rejudged"
 HOLDER_FILE = ".lock.json"
 #: What a lock leaves in a run directory: never content (an empty directory stays empty).
 LOCK_NAMES = frozenset({LOCK_FILE, HOLDER_FILE})
@@ -673,6 +675,19 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
 
 def is_run_dir(path: str | Path) -> bool:
     return (Path(path) / MANIFEST).is_file()
+
+
+def set_aside(root: Path, manifest: Path) -> bool:
+    """Whether ``manifest`` (a file below ``root``) belongs to a run kept aside rather than to a
+    run of its own: one under a hidden directory (a run ``--overwrite`` moved aside) or one in
+    the backup folder of an evaluation that ``hftguard rejudge`` re-judged."""
+    parts = manifest.relative_to(root).parts[:-1]
+    if any(part.startswith(".") for part in parts):
+        return True
+    return any(
+        part == REJUDGE_BACKUP and (root.joinpath(*parts[:i]) / MANIFEST).is_file()
+        for i, part in enumerate(parts)
+    )
 
 
 def rooted_model(path: str | Path, manifest: dict[str, Any]) -> Path | None:

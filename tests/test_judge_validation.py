@@ -332,7 +332,7 @@ def test_command_json_and_files(cli, real_set: Path, tmp_path: Path) -> None:
     report = json.loads(out)
     assert report["schema_version"] == 1 and report["splits"] == ["dev", "heldout", "all"]
     entry = report["judges"]["refusal-keywords"]
-    assert entry["options"]["window"] == 250 and entry["version"] == "5"
+    assert entry["options"]["window"] == 250 and entry["version"] == "6"
     assert entry["splits"]["dev"]["confusion"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 3}
     assert entry["splits"]["heldout"]["confusion"] == {"tp": 1, "fp": 0, "fn": 0, "tn": 1}
     assert entry["splits"]["all"]["accuracy"]["value"] == 1.0

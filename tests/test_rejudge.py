@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from hftguard import Judge, hookimpl
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 from hftguard.errors import ConfigError, DataError, RunDirError, RunDirInUse
 from hftguard.pipeline import rejudge
 from hftguard.records import Verdict
@@ -139,11 +140,24 @@ def test_replaced_files_are_kept_and_the_manifest_says_what_happened(evals, quie
     m = _json(old / "manifest.json")
     assert m["config"] == config  # a grid still counts it as done
     (entry,) = m["rejudged"]
-    assert [j["version"] for j in entry["judges_before"]] == ["1", "5"]
-    assert [j["version"] for j in entry["judges_after"]] == ["2", "5"]
+    keywords = RefusalKeywords.version
+    assert [j["version"] for j in entry["judges_before"]] == ["1", keywords]
+    assert [j["version"] for j in entry["judges_after"]] == ["2", keywords]
     assert entry["previous_files"] == str(backup.relative_to(old))
     # the backup is not an evaluation of its own
     assert rejudge.find([old])[0] == [old]
+
+
+def test_a_report_does_not_count_the_files_rejudge_set_aside(evals, quiet_reporter):
+    """Found 2026-11-28 (twenty-first session): after `hftguard rejudge GRID`, `hftguard report
+    GRID` stopped with "2 evaluations of ... in one cell", the backup counted as a second one."""
+    from hftguard.pipeline.report.collection import collect
+
+    old, _ = evals
+    rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
+    assert (old / rejudge.BACKUP_DIR).is_dir()
+    found = collect([old.parent]).runs
+    assert sorted(Path(r.path).name for r in found) == ["new", "old"]
 
 
 def test_up_to_date_evaluations_are_left_alone_unless_forced(evals, quiet_reporter):
@@ -308,20 +322,20 @@ def test_what_is_looked_in(evals, quiet_reporter, tmp_path):
 
 
 def test_cli_rejudges_an_evaluation_of_an_older_keyword_judge(cli, quiet_reporter, tmp_path):
-    """The case the command exists for: an evaluation recorded by refusal-keywords 4."""
+    """The case the command exists for: an evaluation recorded by refusal-keywords 5."""
     ev = _eval(tmp_path / "grid" / "evals" / "e", _registry(), judges=("refusal-keywords",))
     want = _json(ev / "metrics.json")
     m = _json(ev / "manifest.json")
-    m["components"]["judges"][0]["version"] = "4"
+    m["components"]["judges"][0]["version"] = "5"
     (ev / "manifest.json").write_text(json.dumps(m))
-    stale = dict(want, harmful_score=100.0)  # verdicts that are not what v5 gives
+    stale = dict(want, harmful_score=100.0)  # verdicts that are not what v6 gives
     (ev / "metrics.json").write_text(json.dumps(stale))
     r = cli("rejudge", str(tmp_path / "grid"), "--dry-run")
     assert r.code == 0, r.err
     assert "outdated" in r.out and _json(ev / "metrics.json") == stale
     r = cli("rejudge", str(tmp_path / "grid"))
     assert r.code == 0, r.err
-    assert "rejudged" in r.out and "v4 -> refusal-keywords v5" in r.out.replace("\n", " ")
+    assert "rejudged" in r.out and "v5 -> refusal-keywords v6" in r.out.replace("\n", " ")
     assert _json(ev / "metrics.json") == want
     r = cli("rejudge", str(tmp_path / "grid"), "--json")
     assert r.code == 0, r.err

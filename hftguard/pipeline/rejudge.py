@@ -46,8 +46,9 @@ from typing import Any
 
 from hftguard.console import Reporter
 from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
+from hftguard.runs import MANIFEST, REJUDGE_BACKUP, set_aside
 
-BACKUP_DIR = "rejudged"
+BACKUP_DIR = REJUDGE_BACKUP
 
 
 @dataclass
@@ -91,7 +92,6 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     directories left out with the reason (unfinished evaluations, unreadable manifests).
     Directories whose name starts with "." (runs moved aside) and the copies a re-judge keeps
     (``EVAL_DIR/rejudged/``) are not looked in."""
-    from hftguard.runs import MANIFEST
 
     found: dict[Path, Path] = {}
     left: list[tuple[Path, str]] = []
@@ -101,7 +101,7 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
                 f"{root} is not a directory.",
                 hint="Pass an eval run directory, a grid's --out, or a folder holding them.",
             )
-        below = sorted(m for m in root.rglob(f"*/{MANIFEST}") if not _skipped(root, m))
+        below = sorted(m for m in root.rglob(f"*/{MANIFEST}") if not set_aside(root, m))
         for mpath in [root / MANIFEST, *below]:
             if not mpath.is_file():
                 continue
@@ -117,16 +117,6 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
                 continue
             found.setdefault(mpath.parent.resolve(), mpath.parent)
     return [found[k] for k in sorted(found)], left
-
-
-def _skipped(root: Path, manifest: Path) -> bool:
-    parts = manifest.relative_to(root).parts[:-1]
-    if any(part.startswith(".") for part in parts):
-        return True
-    return any(
-        part == BACKUP_DIR and (root.joinpath(*parts[:i]) / "manifest.json").is_file()
-        for i, part in enumerate(parts)
-    )
 
 
 def prepare(path: Path, reg: Any) -> Target:

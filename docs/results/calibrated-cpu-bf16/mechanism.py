@@ -1,4 +1,4 @@
-"""Antibody's mechanism numbers in the bf16 grid (README.md beside this file), read from the logs.
+"""Antibody's and Booster's mechanism numbers in the bf16 grid (README.md here), from the logs.
 
     python mechanism.py GRID_OUT
 
@@ -6,8 +6,10 @@ For the Antibody alignment (aligned/antibody-s42/align_log.jsonl): the medians o
 update uses), of its raw value and of the simulated harmful-loss change over the first and last 36
 steps. For each Antibody attack (cells/antibody__antibody__*/attacked/finetune_log.jsonl): the
 harmful samples' share of the weight mass divided by their share of the batch
-(``harmful_weight_mass_ratio``), mean over the first and the last 40 steps. The calibrated-gpu
-README quotes the same numbers for the H100's run.
+(``harmful_weight_mass_ratio``), mean over the first and the last 40 steps. For the Booster
+alignment (aligned/booster-s42/align_log.jsonl, twenty-first session): the same medians of the
+simulated harmful-loss change it minimises and of the harmful loss. The calibrated-gpu README
+quotes the same numbers for the H100's run.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ def main(grid: Path) -> None:
         for key in ("lambda", "lambda_raw", "loss_change", "loss", "harmful_loss"):
             first, last = _ends(rows, key, EDGE_ALIGN)
             print(f"  {key:14} {first:8.3f} -> {last:8.3f}")
+    booster = grid / "aligned" / "booster-s42" / "align_log.jsonl"
+    if booster.is_file():
+        rows = read_log(booster)
+        print(f"Booster alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
+        for key in ("loss_change", "harmful_loss", "harmful_loss_perturbed", "loss"):
+            first, last = _ends(rows, key, EDGE_ALIGN)
+            print(f"  {key:22} {first:8.3f} -> {last:8.3f}")
     sft = grid / "aligned" / "sft-s42" / "align_log.jsonl"
     if sft.is_file():
         first, last = _ends(read_log(sft), "loss", EDGE_ALIGN)

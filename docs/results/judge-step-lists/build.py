@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from reread import GENERIC, bf16_gold, field_gold
+from reread import GENERIC, V5, bf16_gold, field_gold
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 
@@ -31,7 +31,7 @@ def _sha(text: str) -> str:
 
 
 def main(field_dir: Path, bf16_dir: Path, out: Path) -> None:
-    judge = RefusalKeywords()
+    judge = RefusalKeywords(V5)
     picked: list[tuple[str, str, dict[str, Any], str, str]] = []
     for audit, (key, gold) in (("field", field_gold(field_dir)), ("bf16", bf16_gold(bf16_dir))):
         verdicts = {c: judge.classify(k["response"], k["prompt"]) for c, k in key.items()}

@@ -31,11 +31,10 @@ sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
 sys.path.insert(0, str(HERE.parent / "calibrated-cpu-bf16/lisa-audit"))
 import audit as bf16_audit  # noqa: E402
 from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import _gold, paired  # noqa: E402
+from heldout import V5, _gold, paired  # noqa: E402
 from repnoise import PHASES as FIELD_PHASES  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
 
-from hftguard.builtins.judges import engagement as eng  # noqa: E402
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
 
 GROUPS = ["generic-steps", "accepted-steps", "off-topic-list"]
@@ -78,25 +77,6 @@ def bf16_gold(d: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
     return key, gold
 
 
-def without_generic_branch(judge: RefusalKeywords, response: str, prompt: str) -> bool:
-    """v5's verdict with its "answers a request for steps with steps" branch taken out (the
-    candidate change): that branch asks step_items first, so its first call answers 0."""
-    real, calls = eng.step_items, [0]
-
-    def first_zero(text: str) -> int:
-        calls[0] += 1
-        return 0 if calls[0] == 1 else real(text)
-
-    verdict = judge.classify(response, prompt)
-    if verdict.detail.get("reason") != GENERIC:
-        return verdict.harmful
-    eng.step_items = first_zero
-    try:
-        return judge.classify(response, prompt).harmful
-    finally:
-        eng.step_items = real
-
-
 def reread_gold(d: Path) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, Any]]:
     key = _rows(d / "key.jsonl")
     resolved = {r["code"]: r["label"] for r in _rows(d / "resolved.jsonl")}
@@ -120,8 +100,9 @@ def reread_gold(d: Path) -> tuple[list[dict[str, Any]], dict[str, str], dict[str
 def main(field_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
     audits = {"field": field_gold(field_dir), "bf16": bf16_gold(bf16_dir)}
     key, new, pairs = reread_gold(reread_dir)
-    judge = RefusalKeywords()
-    out: dict[str, Any] = {"judge_version": judge.version, "agreement": {}, "groups": {}}
+    judge = RefusalKeywords(V5)
+    v6 = RefusalKeywords()  # version 6: v5 without the branch (bare_steps false)
+    out: dict[str, Any] = {"judge_version": "5", "agreement": {}, "groups": {}}
     print("# Content-free step lists read again under the step-list rule\n")
     print("## Agreement of the two blind labellers (each batch read whole by both)\n")
     for b, p in pairs.items():
@@ -167,7 +148,7 @@ def main(field_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         for c, k in akey.items():
             by[(k["source"], k["item"])] = c
             judged["v5"][c] = judge.classify(k["response"], k["prompt"]).harmful
-            judged["v5 − branch"][c] = without_generic_branch(judge, k["response"], k["prompt"])
+            judged["v5 − branch"][c] = v6.classify(k["response"], k["prompt"]).harmful
             judged["gold"][c] = agold[c] in HARMFUL
             judged["re-read"][c] = replaced.get((audit, c), agold[c]) in HARMFUL
         print(f"\n## {audit} audit: every answer, HS by verdict source\n")

@@ -10,7 +10,7 @@ from typing import Any
 
 from hftguard.errors import RunDirError
 from hftguard.pipeline.report.stats import _avg
-from hftguard.runs import MANIFEST, is_run_dir, read_manifest, rooted_model
+from hftguard.runs import MANIFEST, is_run_dir, read_manifest, rooted_model, set_aside
 
 
 def shown(path: Path | str) -> str:
@@ -504,12 +504,8 @@ def collect(paths: Sequence[str | Path]) -> Collection:
             )
         manifests = [
             root / "manifest.json",
-            *sorted(
-                m
-                for m in root.rglob("*/manifest.json")
-                # hidden directories: runs moved aside by --overwrite (runs.open_run_dir)
-                if not any(part.startswith(".") for part in m.relative_to(root).parts[:-1])
-            ),
+            # not the runs --overwrite moved aside, nor the files hftguard rejudge replaced
+            *sorted(m for m in root.rglob(f"*/{MANIFEST}") if not set_aside(root, m)),
         ]
         for mpath in manifests:
             m, why = _read(mpath.parent)

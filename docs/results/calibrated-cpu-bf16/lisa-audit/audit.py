@@ -35,7 +35,7 @@ from typing import Any
 # the field grid's audit helpers (same labelling guide, same batching and gold rules)
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "calibrated-field-cpu/judge-audit"))
 from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows
-from heldout import confusion, confusion_text, paired
+from heldout import V5, confusion, confusion_text, paired
 from repnoise import LABELS, _phase_gold
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
@@ -141,7 +141,7 @@ def main(key_dir: Path, label_dir: Path, loop_dir: Path | None = None) -> None:
             content.update(c)
 
     # the grid's verdicts, checked against this checkout's judge (same version)
-    judge = RefusalKeywords()
+    judge = RefusalKeywords(V5)  # version 5, as the grid ran it
     judged: dict[str, dict[str, bool]] = {"judge": {}, "judge+": {}, "gold": {}}
     for c, k in key.items():
         v = judge.classify(k["response"], k["prompt"])
@@ -154,7 +154,7 @@ def main(key_dir: Path, label_dir: Path, loop_dir: Path | None = None) -> None:
             c: content[c] == "toward-goal" if c in content else judged["gold"][c] for c in key
         }
 
-    out: dict[str, Any] = {"judge_version": judge.version, "agreement": agreement, "models": {}}
+    out: dict[str, Any] = {"judge_version": "5", "agreement": agreement, "models": {}}
     print("# Lisa's answers read blind (bf16 grid)\n")
     print(f"{len(key)} answers. Labelled twice:\n")
     for phase, ag in agreement.items():
@@ -168,7 +168,7 @@ def main(key_dir: Path, label_dir: Path, loop_dir: Path | None = None) -> None:
         )
     out["loop_agreement"] = loop_agreement
     print(
-        f"\nHS: `refusal-keywords` v{judge.version} as the grid recorded it (degenerate = not "
+        "\nHS: `refusal-keywords` v5 as the grid recorded it (degenerate = not "
         "harmful); HS+: the same with degenerate counted harmful; gold: the labels; content: "
         "gold, with the second pass's answers harmful iff their readable part moves toward the "
         "goal. In %, Wilson intervals.\n"

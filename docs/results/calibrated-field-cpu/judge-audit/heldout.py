@@ -4,7 +4,8 @@
 
 KEY_DIR holds build.py's key.jsonl, key2.jsonl and key3.jsonl; LABEL_DIR all batches
 (A-O), their labels and resolved.jsonl. The verdicts of version 4 are the ones the grid
-recorded; version 5's are computed here, with this checkout's judge (its version is printed).
+recorded; version 5's are computed here, with this checkout's judge set to version 5's options
+(``V5``; the default judge is newer since version 6).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ from analyse import CROSS, HARMFUL, OVERLAP, _rate, _rows
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
 from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired
+
+#: the versions this audit compares, as options of this checkout's judge (version 6 made
+#: ``bare_steps`` false by default; 5 and 4 had it)
+V5 = RefusalKeywordsConfig(bare_steps=True)
+V4 = RefusalKeywordsConfig(bare_acceptance=False, bare_steps=True)
 
 HELD = ["mixing", "sft-p0", "t-vaccine-p0", "antidote"]
 #: (label, model, reference): the paired comparisons the held-out models take part in
@@ -72,8 +78,8 @@ def _gold(key: dict[str, dict[str, Any]], label_dir: Path) -> tuple[dict[str, st
 def verdicts(key: dict[str, dict[str, Any]], gold: dict[str, str]) -> dict[str, dict[str, bool]]:
     """Harmful-or-not of every answer of ``key`` by version 4 (the grid's recorded verdicts,
     checked against this checkout's v4 rules), version 5 (computed here) and the gold labels."""
-    v5 = RefusalKeywords()
-    v4 = RefusalKeywords(RefusalKeywordsConfig(bare_acceptance=False))
+    v5 = RefusalKeywords(V5)
+    v4 = RefusalKeywords(V4)
     judged: dict[str, dict[str, bool]] = {"v4": {}, "v5": {}, "gold": {}}
     for c, k in key.items():
         recorded = bool(k["judge"]["harmful"])
@@ -148,7 +154,7 @@ def main(key_dir: Path, label_dir: Path) -> None:
         key.update({k["code"]: k for k in _rows(key_dir / name)})
     gold, twice = _gold(key, label_dir)
     judged = verdicts(key, gold)
-    version = RefusalKeywords().version
+    version = "5"
     agree = sum((a in HARMFUL) == (b in HARMFUL) for a, b in twice)
     out: dict[str, Any] = {"judge_version": version, "models": {}, "pairs": {}}
     out["double_labelled"] = {"n": len(twice), "harmful_agree": agree}

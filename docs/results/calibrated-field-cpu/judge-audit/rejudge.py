@@ -10,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
+from heldout import V5
+
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 
 JUDGE = "refusal-keywords"
 
 
 def main(roots: list[Path]) -> None:
-    judge = RefusalKeywords()
-    print(f"| evaluation | n | HS, recorded (v of the grid) | HS, {JUDGE} v{judge.version} |")
+    judge = RefusalKeywords(V5)
+    print(f"| evaluation | n | HS, recorded (v of the grid) | HS, {JUDGE} v5 |")
     print("|---|---:|---:|---:|")
     for root in roots:
         for gens in sorted(root.glob("**/generations.jsonl")):

@@ -23,8 +23,6 @@ from typing import Any
 from analyse import OVERLAP, _agreement, _agreement_text, _rate, _rows
 from heldout import _gold, batches, model_row, paired, resolve, verdicts
 
-from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
-
 #: phase -> (key file, batch letters, model names in the key)
 PHASES = {
     4: ("key4.jsonl", "RST", ("repnoise",)),
@@ -71,7 +69,7 @@ def main(key_dir: Path, label_dir: Path) -> None:
         key.update(pk)
         gold.update(g)
     judged = verdicts(key, gold)
-    version = RefusalKeywords().version
+    version = "5"  # heldout.V5: this checkout's judge with version 5's options
     read = [name for p in phases for name in PHASES[p][2]]
     out: dict[str, Any] = {
         "judge_version": version,
