@@ -46,11 +46,11 @@ STAGES = frozenset({"align", "finetune", "repair", "eval", "judge", "screen", "p
 REPLACED = ".replaced-"
 #: The lock file of a run directory (:class:`RunLock`), and the record of who holds it.
 LOCK_FILE = ".lock"
-#: Where ``hftguard rejudge`` keeps the files it replaced, inside the evaluation's directory.
-REJUDGE_BACKUP = "rejudged"
 HOLDER_FILE = ".lock.json"
 #: What a lock leaves in a run directory: never content (an empty directory stays empty).
 LOCK_NAMES = frozenset({LOCK_FILE, HOLDER_FILE})
+#: Where ``hftguard rejudge`` keeps the files it replaced, inside the evaluation's directory.
+REJUDGE_BACKUP = "rejudged"
 
 
 def now() -> str:

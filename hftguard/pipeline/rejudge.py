@@ -92,7 +92,6 @@ def find(paths: list[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     directories left out with the reason (unfinished evaluations, unreadable manifests).
     Directories whose name starts with "." (runs moved aside) and the copies a re-judge keeps
     (``EVAL_DIR/rejudged/``) are not looked in."""
-
     found: dict[Path, Path] = {}
     left: list[tuple[Path, str]] = []
     for root in paths:
