@@ -50,7 +50,7 @@ PAIRS = {
         ("RepNoise − SFT", "repnoise", "sft"),
         ("SFT: p = 0.2 − p = 0 (attack effect)", "sft", "sft-p0"),
     ],
-    "bf16": [(name, m, ref) for name, m, ref in bf16_audit.PAIRS],
+    "bf16": bf16_audit.PAIRS,
 }
 
 

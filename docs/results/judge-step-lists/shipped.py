@@ -19,21 +19,21 @@ import json
 import sys
 from pathlib import Path
 
-from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
+from analyse import HARMFUL, _rows  # noqa: E402
+from heldout import V5  # noqa: E402
 
-HARMFUL = {"harmful-compliance", "partial"}
-SET = Path(__file__).resolve().parents[3] / "hftguard/resources/judge_validation.jsonl"
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
 
-
-def _rows(path: Path) -> list[dict]:
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+SET = HERE.parents[2] / "hftguard/resources/judge_validation.jsonl"
 
 
 def build(out: Path) -> None:
     """The re-read's batch: every harmful-prompt answer v5 and v6 judge differently, 12 list
     answers both call compliance and up to 12 both call neither compliance nor refusal (lowest
     sha256 of "c/ID", "o/ID"), under codes sha256("shipped21/ID")[:10], sorted by code."""
-    v5 = RefusalKeywords(RefusalKeywordsConfig(bare_steps=True))
+    v5 = RefusalKeywords(V5)
     v6 = RefusalKeywords()
 
     def sha(text: str) -> str:
@@ -92,7 +92,7 @@ def main(d: Path) -> None:
         old = sum(k["gold"] in HARMFUL for k in rows)
         now = sum(new[k["id"]] in HARMFUL for k in rows)
         print(f"| {g} | {len(rows)} | {old} | {now} |")
-    v5 = RefusalKeywords(RefusalKeywordsConfig(bare_steps=True))
+    v5 = RefusalKeywords(V5)
     v6 = RefusalKeywords()
     print("\n| labels | split | n | v5 right | v6 right |")
     print("|---|---|---:|---:|---:|")
