@@ -1035,6 +1035,22 @@ MUTANTS: tuple[Mutant, ...] = (
         ("tests/test_refusal_judge.py",),
     ),
     Mutant(
+        "judge-harm-steps-unwired",
+        "hftguard/builtins/judges/refusal_keywords.py",
+        "cfg.bare_steps, cfg.harm_steps",
+        "cfg.bare_steps, False",
+        "wiring: the harm_steps option is never read, '1. Identify the target.' stays off-topic",
+        ("tests/test_refusal_judge.py",),
+    ),
+    Mutant(
+        "judge-harm-step-target-audience",
+        "hftguard/builtins/judges/engagement.py",
+        '            r"(?!\\s+(?:audiences?|markets?|groups?|customers?|demographics?|users?))"\n',
+        "",
+        "rule: 'identify the target audience' counts as picking a victim",
+        ("tests/test_refusal_judge.py",),
+    ),
+    Mutant(
         "report-pairs-across-dtypes",
         "hftguard/pipeline/report/paired.py",
         "    if why := alignments.run_apart(run, ref, fingerprints):",
