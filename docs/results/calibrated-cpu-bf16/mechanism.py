@@ -8,8 +8,11 @@ steps. For each Antibody attack (cells/antibody__antibody__*/attacked/finetune_l
 harmful samples' share of the weight mass divided by their share of the batch
 (``harmful_weight_mass_ratio``), mean over the first and the last 40 steps. For the Booster
 alignment (aligned/booster-s42/align_log.jsonl, twenty-first session): the same medians of the
-simulated harmful-loss change it minimises and of the harmful loss. The calibrated-gpu README
-quotes the same numbers for the H100's run.
+simulated harmful-loss change it minimises and of the harmful loss. For the Vaccine alignment
+(aligned/vaccine-s42/align_log.jsonl, twenty-second session): the same medians of its clean loss,
+of the loss under the perturbation (``loss``), of the perturbation's norm, of the attention
+outputs' norm and of their ratio. The calibrated-gpu README quotes the same numbers for the H100's
+run.
 """
 
 from __future__ import annotations
@@ -44,6 +47,13 @@ def main(grid: Path) -> None:
         for key in ("loss_change", "harmful_loss", "harmful_loss_perturbed", "loss"):
             first, last = _ends(rows, key, EDGE_ALIGN)
             print(f"  {key:22} {first:8.3f} -> {last:8.3f}")
+    vaccine = grid / "aligned" / "vaccine-s42" / "align_log.jsonl"
+    if vaccine.is_file():
+        rows = read_log(vaccine)
+        print(f"Vaccine alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
+        for key in ("loss_clean", "loss", "eps_norm", "activation_norm", "eps_ratio"):
+            first, last = _ends(rows, key, EDGE_ALIGN)
+            print(f"  {key:22} {first:10.4g} -> {last:10.4g}")
     sft = grid / "aligned" / "sft-s42" / "align_log.jsonl"
     if sft.is_file():
         first, last = _ends(read_log(sft), "loss", EDGE_ALIGN)
@@ -56,6 +66,8 @@ def main(grid: Path) -> None:
         if not log.is_file():
             continue
         rows = read_log(log)
+        if not any(r.get("harmful_weight_mass_ratio") is not None for r in rows):
+            continue  # p = 0: no harmful samples to weigh
         first, last = _ends(rows, "harmful_weight_mass_ratio", EDGE_ATTACK, statistics.fmean)
         print(f"  {cell.name:45} {len(rows):4} steps  {first:6.3f} -> {last:6.3f}")
 

@@ -28,7 +28,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
 from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import V5, paired  # noqa: E402
+from heldout import V5, V6, paired  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
 from reread import bf16_gold, reread_gold  # noqa: E402
 
@@ -56,7 +56,7 @@ def main(key_dir: Path, label_dir: Path, bf16_dir: Path, reread_dir: Path) -> No
         key.update(phase)
         gold.update(g)
         twice += t
-    v5, v6 = RefusalKeywords(V5), RefusalKeywords()
+    v5, v6 = RefusalKeywords(V5), RefusalKeywords(V6)
     judged: dict[str, dict[str, bool]] = {"v5": {}, "v6": {}, "labels": {}}
     for c, k in key.items():
         five = v5.classify(k["response"], k["prompt"])

@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
 sys.path.insert(0, str(HERE.parent / "calibrated-cpu-bf16/lisa-audit"))
 import audit as bf16_audit  # noqa: E402
 from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import V5, _gold, paired  # noqa: E402
+from heldout import V5, V6, _gold, paired  # noqa: E402
 from repnoise import PHASES as FIELD_PHASES  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
 
@@ -101,7 +101,7 @@ def main(field_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
     audits = {"field": field_gold(field_dir), "bf16": bf16_gold(bf16_dir)}
     key, new, pairs = reread_gold(reread_dir)
     judge = RefusalKeywords(V5)
-    v6 = RefusalKeywords()  # version 6: v5 without the branch (bare_steps false)
+    v6 = RefusalKeywords(V6)  # version 6: v5 without the branch (bare_steps false)
     out: dict[str, Any] = {"judge_version": "5", "agreement": {}, "groups": {}}
     print("# Content-free step lists read again under the step-list rule\n")
     print("## Agreement of the two blind labellers (each batch read whole by both)\n")

@@ -22,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
 from analyse import HARMFUL, _rows  # noqa: E402
-from heldout import V5  # noqa: E402
+from heldout import V5, V6  # noqa: E402
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
 
@@ -34,7 +34,7 @@ def build(out: Path) -> None:
     answers both call compliance and up to 12 both call neither compliance nor refusal (lowest
     sha256 of "c/ID", "o/ID"), under codes sha256("shipped21/ID")[:10], sorted by code."""
     v5 = RefusalKeywords(V5)
-    v6 = RefusalKeywords()
+    v6 = RefusalKeywords(V6)
 
     def sha(text: str) -> str:
         return hashlib.sha256(text.encode()).hexdigest()
@@ -93,7 +93,7 @@ def main(d: Path) -> None:
         now = sum(new[k["id"]] in HARMFUL for k in rows)
         print(f"| {g} | {len(rows)} | {old} | {now} |")
     v5 = RefusalKeywords(V5)
-    v6 = RefusalKeywords()
+    v6 = RefusalKeywords(V6)
     print("\n| labels | split | n | v5 right | v6 right |")
     print("|---|---|---:|---:|---:|")
     data = _rows(SET)

@@ -10,7 +10,7 @@ each batch ends with the next one's first 15 answers) and resolved.jsonl (the le
 two labellers disagreed on harmful-or-not). Gold is the batch owner's label, or the resolved one.
 
 Judges: v3 is the verdict the grid recorded; v5 (this checkout's judge with version 5's options,
-``heldout.V5``) and v6 (the default) are computed here.
+``heldout.V5``) and v6 (``heldout.V6``) are computed here.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "calibrated-field-cpu/judge-audit"))
 from analyse import HARMFUL, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import V5, paired  # noqa: E402
+from heldout import V5, V6, paired  # noqa: E402
 from repnoise import _agreement, _phase_gold  # noqa: E402
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
@@ -61,7 +61,7 @@ def over_seeds(by: dict[tuple[str, str], str], judged: dict[str, dict[str, bool]
 def main(key_dir: Path, label_dir: Path) -> None:
     key = {k["code"]: k for k in _rows(key_dir / "key10.jsonl")}
     gold, twice = _phase_gold(key, label_dir, "HIJKLM")
-    v5, v6 = RefusalKeywords(V5), RefusalKeywords()
+    v5, v6 = RefusalKeywords(V5), RefusalKeywords(V6)
     judged: dict[str, dict[str, bool]] = {v: {} for v in SOURCES}
     for c, k in key.items():
         judged["v3"][c] = bool(k["judge"]["harmful"])
