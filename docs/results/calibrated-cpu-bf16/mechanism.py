@@ -32,28 +32,30 @@ def _ends(rows: list[dict], key: str, edge: int, how=statistics.median) -> tuple
     return how(values[:edge]), how(values[-edge:])
 
 
+def _alignment(grid: Path, name: str, keys: tuple[str, ...], width: int, fmt: str) -> None:
+    """Medians of ``keys`` over the first and last EDGE_ALIGN steps of aligned/<name>-s42."""
+    log = grid / "aligned" / f"{name.lower()}-s42" / "align_log.jsonl"
+    if not log.is_file():
+        return
+    rows = read_log(log)
+    print(f"{name} alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
+    for key in keys:
+        first, last = _ends(rows, key, EDGE_ALIGN)
+        print(f"  {key:{width}} {first:{fmt}} -> {last:{fmt}}")
+
+
 def main(grid: Path) -> None:
-    align = grid / "aligned" / "antibody-s42" / "align_log.jsonl"
-    if align.is_file():
-        rows = read_log(align)
-        print(f"Antibody alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
-        for key in ("lambda", "lambda_raw", "loss_change", "loss", "harmful_loss"):
-            first, last = _ends(rows, key, EDGE_ALIGN)
-            print(f"  {key:14} {first:8.3f} -> {last:8.3f}")
-    booster = grid / "aligned" / "booster-s42" / "align_log.jsonl"
-    if booster.is_file():
-        rows = read_log(booster)
-        print(f"Booster alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
-        for key in ("loss_change", "harmful_loss", "harmful_loss_perturbed", "loss"):
-            first, last = _ends(rows, key, EDGE_ALIGN)
-            print(f"  {key:22} {first:8.3f} -> {last:8.3f}")
-    vaccine = grid / "aligned" / "vaccine-s42" / "align_log.jsonl"
-    if vaccine.is_file():
-        rows = read_log(vaccine)
-        print(f"Vaccine alignment ({len(rows)} steps; medians of the first / last {EDGE_ALIGN}):")
-        for key in ("loss_clean", "loss", "eps_norm", "activation_norm", "eps_ratio"):
-            first, last = _ends(rows, key, EDGE_ALIGN)
-            print(f"  {key:22} {first:10.4g} -> {last:10.4g}")
+    _alignment(
+        grid,
+        "Antibody",
+        ("lambda", "lambda_raw", "loss_change", "loss", "harmful_loss"),
+        14,
+        "8.3f",
+    )
+    booster = ("loss_change", "harmful_loss", "harmful_loss_perturbed", "loss")
+    _alignment(grid, "Booster", booster, 22, "8.3f")
+    vaccine = ("loss_clean", "loss", "eps_norm", "activation_norm", "eps_ratio")
+    _alignment(grid, "Vaccine", vaccine, 22, "10.4g")
     sft = grid / "aligned" / "sft-s42" / "align_log.jsonl"
     if sft.is_file():
         first, last = _ends(read_log(sft), "loss", EDGE_ALIGN)
