@@ -20,7 +20,13 @@ from typing import Any
 from analyse import CROSS, HARMFUL, OVERLAP, _rate, _rows
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords, RefusalKeywordsConfig
-from hftguard.pipeline.intervals import mcnemar_exact, newcombe_paired
+from hftguard.pipeline.intervals import (
+    design_effect,
+    hull,
+    mcnemar_exact,
+    newcombe_paired,
+    two_level_bootstrap,
+)
 
 #: the versions the audits compare, as options of this checkout's judge (version 6 made
 #: ``bare_steps`` false by default; 5 and 4 had it; ``harm_steps`` came after version 6)
@@ -147,6 +153,33 @@ def paired(
         entry[v]["mcnemar_p"] = mcnemar_exact(b, c)
         texts.append(f"{diff:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]" if ci else f"{diff:+.1f}")
     return entry, texts
+
+
+def over_seeds(
+    by: dict[tuple[str, str], str],
+    judged: dict[str, dict[str, bool]],
+    v: str,
+    pairs: list[tuple[str, str]],
+) -> str:
+    """Model − reference over several seeds (``pairs``: one (model, reference) per seed, on the
+    same prompts), as `hftguard report` summarises them: the mean of the seeds' differences, a
+    crossed seeds × prompts bootstrap, widened to hold Newcombe's interval of the pooled table at
+    the design effect's effective size."""
+    items = sorted(i for (s, i) in by if s == pairs[0][1])
+    deltas, both, b, c = [], 0, 0, 0
+    for m, ref in pairs:
+        xy = [(judged[v][by[(m, i)]], judged[v][by[(ref, i)]]) for i in items]
+        deltas.append([100.0 * (float(x) - float(y)) for x, y in xy])
+        both += sum(x and y for x, y in xy)
+        b += sum(x and not y for x, y in xy)
+        c += sum(y and not x for x, y in xy)
+    mean, lo, hi = two_level_bootstrap(deltas, 1000, 0, 0.95, crossed=True)
+    assert lo is not None and hi is not None
+    n = len(items) * len(pairs)
+    pooled = newcombe_paired(both, b, c, n, 0.95, n_eff=n / design_effect(deltas))
+    ci = hull((lo, hi), pooled)
+    assert ci is not None
+    return f"{mean:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
 
 def main(key_dir: Path, label_dir: Path) -> None:

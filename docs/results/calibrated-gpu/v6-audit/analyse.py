@@ -23,39 +23,18 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "calibrated-field-cpu/judge-audit"))
 from analyse import HARMFUL, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import V5, V6, paired  # noqa: E402
+from heldout import V5, V6, over_seeds, paired  # noqa: E402
 from repnoise import _agreement, _phase_gold  # noqa: E402
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
-from hftguard.pipeline import intervals  # noqa: E402
 
 SEEDS = ("42", "43", "44")
-MODELS = {f"h100-{m}-s{s}": f"{name}, s{s}" for m, name in (("sft", "SFT"), ("vaccine", "Vaccine ρ = 2")) for s in SEEDS}
+MODELS = {
+    f"h100-{m}-s{s}": f"{name}, s{s}"
+    for m, name in (("sft", "SFT"), ("vaccine", "Vaccine ρ = 2"))
+    for s in SEEDS
+}
 SOURCES = ("v3", "v5", "v6", "labels")
-
-
-def over_seeds(by: dict[tuple[str, str], str], judged: dict[str, dict[str, bool]], v: str) -> str:
-    """Vaccine − SFT over the three seeds, as `hftguard report` summarises several seeds: the mean
-    of the per-seed differences, a crossed seeds × prompts bootstrap, widened to hold Newcombe's
-    interval of the pooled table at the design effect's effective size."""
-    deltas, both, b, c = [], 0, 0, 0
-    items = sorted({i for (s, i) in by if s == "h100-sft-s42"})
-    for s in SEEDS:
-        x = [float(judged[v][by[(f"h100-vaccine-s{s}", i)]]) for i in items]
-        y = [float(judged[v][by[(f"h100-sft-s{s}", i)]]) for i in items]
-        deltas.append([100 * (p - q) for p, q in zip(x, y, strict=True)])
-        both += sum(p and q for p, q in zip(x, y, strict=True))
-        b += sum(p and not q for p, q in zip(x, y, strict=True))
-        c += sum(q and not p for p, q in zip(x, y, strict=True))
-    mean, lo, hi = intervals.two_level_bootstrap(deltas, 1000, 0, 0.95, crossed=True)
-    assert lo is not None and hi is not None
-    n = len(items) * len(SEEDS)
-    pooled = intervals.newcombe_paired(
-        both, b, c, n, 0.95, n_eff=n / intervals.design_effect(deltas)
-    )
-    ci = intervals.hull((lo, hi), pooled)
-    assert ci is not None
-    return f"{mean:+.1f} [{ci[0]:+.1f}, {ci[1]:+.1f}]"
 
 
 def main(key_dir: Path, label_dir: Path) -> None:
@@ -71,8 +50,12 @@ def main(key_dir: Path, label_dir: Path) -> None:
     out: dict[str, Any] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
     print("# The H100 grid's SFT and Vaccine (ρ = 2) answers, read blind\n")
     print("- " + _agreement_text("answers read twice (batch overlaps)", out["agreement"]))
-    print("- HS in % [Wilson 95%]; 'right': answers on which the judge's harmful-or-not is the labels'\n")
-    print("| model | n | HS v3 (recorded) | HS v5 | HS v6 | HS, labels | v3 right | v5 right | v6 right |")
+    print(
+        "- HS in % [Wilson 95%]; 'right': answers on which the judge's harmful-or-not is the labels'\n"
+    )
+    print(
+        "| model | n | HS v3 (recorded) | HS v5 | HS v6 | HS, labels | v3 right | v5 right | v6 right |"
+    )
     print("|---|---:|---|---|---|---|---:|---:|---:|")
     total = dict.fromkeys(("n", "v3", "v5", "v6"), 0)
     for m, name in MODELS.items():
@@ -84,7 +67,9 @@ def main(key_dir: Path, label_dir: Path) -> None:
             total[v] += right[v]
         out["models"][m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
         rates = " | ".join(_rate(hs[v], len(codes)) for v in SOURCES)
-        print(f"| {name} | {len(codes)} | {rates} | {right['v3']} | {right['v5']} | {right['v6']} |")
+        print(
+            f"| {name} | {len(codes)} | {rates} | {right['v3']} | {right['v5']} | {right['v6']} |"
+        )
     n = total["n"]
     print(
         f"| **all** | {n} | | | | | "
@@ -112,7 +97,8 @@ def main(key_dir: Path, label_dir: Path) -> None:
         entry, texts = paired(by, judged, f"h100-vaccine-s{s}", f"h100-sft-s{s}")
         out["pairs"][f"s{s}"] = entry
         print(f"| Vaccine − SFT, s{s} | " + " | ".join(texts) + " |")
-    seeds = {v: over_seeds(by, judged, v) for v in SOURCES}
+    pairs = [(f"h100-vaccine-s{s}", f"h100-sft-s{s}") for s in SEEDS]
+    seeds = {v: over_seeds(by, judged, v, pairs) for v in SOURCES}
     out["pairs"]["seeds 42-44"] = seeds
     print("| **Vaccine − SFT, seeds 42–44** | " + " | ".join(seeds[v] for v in SOURCES) + " |")
     (label_dir / "scores.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")

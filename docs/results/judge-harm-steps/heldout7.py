@@ -1,0 +1,174 @@
+"""The held-out test of the harm_steps rule (README.md here): answers that did not exist when the
+rule and its criterion were committed.
+
+    python heldout7.py LABEL_DIR BF16_DIR REREAD_DIR > heldout7.md
+    # (also writes LABEL_DIR/heldout7.json)
+
+LABEL_DIR: key11.jsonl ... (the field audit's build.py, ``--phase``, on the bf16 grid's --out:
+``--phase key11.jsonl NO
+bf16-antibody-p0-s42=cells/antibody__antibody__p0__n320__sentiment__s42/eval``, ``--phase
+key12.jsonl PQ bf16-vaccine-s44=...``, ``--phase key13.jsonl RS bf16-vaccine-s42=...``,
+``--phase key14.jsonl TU bf16-vaccine-s43=...``: the cells in the order they finished),
+batch-*.jsonl, labels-*.jsonl (one blind labeller per batch; each batch
+ends with the next one's first 15 answers, within its phase) and resolved.jsonl (the lead's label
+where two labellers disagreed on harmful-or-not).
+BF16_DIR and REREAD_DIR (as for ../judge-step-lists/reread.py) give SFT's and Antibody's answers
+on the same prompts, labelled by the bf16 audit with the step-list re-read in place, for the
+paired differences.
+
+The criterion, fixed before these answers existed: version 7 (``harm_steps`` on) replaces
+version 6 if it agrees with the labels on harmful-or-not on strictly more of these answers.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
+sys.path.insert(0, str(HERE.parent / "judge-step-lists"))
+from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
+from heldout import V5, V6, over_seeds, paired  # noqa: E402
+from repnoise import _phase_gold  # noqa: E402
+from reread import bf16_gold, reread_gold  # noqa: E402
+
+from hftguard.builtins.judges.refusal_keywords import (  # noqa: E402
+    RefusalKeywords,
+    RefusalKeywordsConfig,
+)
+
+V7 = RefusalKeywordsConfig(harm_steps=True)
+PHASES = [("key11.jsonl", "NO"), ("key12.jsonl", "PQ"), ("key13.jsonl", "RS"), ("key14.jsonl", "TU")]
+MODELS = {
+    "bf16-antibody-p0-s42": "Antibody (both stages), p = 0, s42",
+    "bf16-vaccine-s42": "Vaccine ρ = 2, p = 0.2, s42",
+    "bf16-vaccine-s43": "Vaccine ρ = 2, p = 0.2, s43",
+    "bf16-vaccine-s44": "Vaccine ρ = 2, p = 0.2, s44",
+}
+SOURCES = ("v5", "v6", "v7", "labels")
+#: the bf16 audit's names of the reference models
+SFT = {"42": "sft", "43": "sft-s43", "44": "sft-s44"}
+
+
+def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
+    key: dict[str, dict[str, Any]] = {}
+    gold: dict[str, str] = {}
+    twice: list[tuple[str, str]] = []
+    for name, letters in PHASES:
+        if not (label_dir / name).is_file():
+            continue
+        phase = {k["code"]: k for k in _rows(label_dir / name)}
+        g, t = _phase_gold(phase, label_dir, letters)
+        key.update(phase)
+        gold.update(g)
+        twice += t
+    judges = {"v5": RefusalKeywords(V5), "v6": RefusalKeywords(V6), "v7": RefusalKeywords(V7)}
+    judged: dict[str, dict[str, bool]] = {v: {} for v in SOURCES}
+    for c, k in key.items():
+        five = judges["v5"].classify(k["response"], k["prompt"])
+        assert five.label == k["judge"]["label"], f"{c}: v5 here is not the grid's verdict"
+        for v, j in judges.items():
+            judged[v][c] = j.classify(k["response"], k["prompt"]).harmful
+        judged["labels"][c] = gold[c] in HARMFUL
+    out: dict[str, Any] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
+    print("# The harm_steps rule (version 7) on answers that did not exist when it was fixed\n")
+    print("- " + _agreement_text("answers read twice (batch overlaps)", out["agreement"]))
+    print(
+        "- HS in % [Wilson 95%]; v5 is the grid's recorded judge; "
+        "'right': harmful-or-not as the labels\n"
+    )
+    print("| model | n | HS v5 | HS v6 | HS v7 | HS, labels | v5 right | v6 right | v7 right |")
+    print("|---|---:|---|---|---|---|---:|---:|---:|")
+    total = dict.fromkeys(("n", "v5", "v6", "v7"), 0)
+    for m, name in MODELS.items():
+        codes = [c for c, k in key.items() if k["source"] == m]
+        if not codes:
+            continue
+        hs = {v: sum(judged[v][c] for c in codes) for v in SOURCES}
+        right = {v: sum(judged[v][c] == judged["labels"][c] for c in codes) for v in SOURCES[:3]}
+        total["n"] += len(codes)
+        for v in SOURCES[:3]:
+            total[v] += right[v]
+        out["models"][m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
+        rates = " | ".join(_rate(hs[v], len(codes)) for v in SOURCES)
+        print(
+            f"| {name} | {len(codes)} | {rates} | {right['v5']} | {right['v6']} | {right['v7']} |"
+        )
+    n = total["n"]
+    print(
+        f"| **all** | {n} | | | | | "
+        + " | ".join(f"{total[v]} ({100 * total[v] / n:.1f}%)" for v in SOURCES[:3])
+        + " |"
+    )
+    differ = [c for c in key if judged["v6"][c] != judged["v7"][c]]
+    harmful = sum(judged["labels"][c] for c in differ)
+    print(
+        f"\nv6 and v7 differ on {len(differ)} answers (v7 harmful, v6 not); the labels call "
+        f"{harmful} of them harmful and {len(differ) - harmful} not."
+    )
+    verdict = "replaces" if total["v7"] > total["v6"] else "does not replace"
+    print(
+        f"\n**Criterion** (v7 agrees with the labels on strictly more answers than v6): "
+        f"{total['v7']} against {total['v6']}, so version 7 {verdict} version 6."
+    )
+    out["criterion"] = {"v6_agree": total["v6"], "v7_agree": total["v7"], "verdict": verdict}
+
+    # the references: the bf16 audit's SFT (p = 0.2, p = 0) and Antibody (p = 0.2) answers, with
+    # the step-list re-read's labels in place
+    skey, sgold = bf16_gold(bf16_dir)
+    rkey, rnew, _ = reread_gold(reread_dir)
+    for r in rkey:
+        if r["audit"] == "bf16":
+            sgold[r["audit_code"]] = rnew[r["code"]]
+    by: dict[tuple[str, str], str] = {(k["source"], k["item"]): c for c, k in key.items()}
+    wanted = {*SFT.values(), "sft-p0", "antibody-s42", "antibody-s43", "antibody-s44"}
+    for c, k in skey.items():
+        if k["source"] in wanted:
+            by[(k["source"], k["item"])] = c
+            for v, j in judges.items():
+                judged[v][c] = j.classify(k["response"], k["prompt"]).harmful
+            judged["labels"][c] = sgold[c] in HARMFUL
+    print("\n## Paired differences (same seed, same 200 prompts)\n")
+    print(
+        "Per seed: Newcombe's 95% score interval for paired proportions. Over seeds: as "
+        "`hftguard report` does (mean of the seeds' differences; seeds × prompts bootstrap "
+        "widened to hold the pooled table's interval at the design effect's size).\n"
+    )
+    print("| comparison | " + " | ".join(SOURCES) + " |")
+    print("|---|---|---|---|---|")
+    rows: list[tuple[str, str, str]] = []
+    for s, ref in SFT.items():
+        rows.append((f"Vaccine − SFT, p = 0.2, s{s}", f"bf16-vaccine-s{s}", ref))
+    for s, ref in SFT.items():
+        rows.append((f"Antibody − SFT, p = 0.2, s{s}", f"antibody-s{s}", ref))
+    rows.append(("Antibody − SFT, p = 0, s42", "bf16-antibody-p0-s42", "sft-p0"))
+    rows.append(
+        ("Antibody: p = 0.2 − p = 0, s42 (attack effect)", "antibody-s42", "bf16-antibody-p0-s42")
+    )
+    rows.append(("SFT: p = 0.2 − p = 0, s42 (attack effect)", "sft", "sft-p0"))
+    for label, m, ref in rows:
+        if not any(s == m for s, _ in by) or not any(s == ref for s, _ in by):
+            continue
+        entry, texts = paired(by, judged, m, ref)
+        out["pairs"][label] = entry
+        print(f"| {label} | " + " | ".join(texts) + " |")
+    for what, model in (("Vaccine", "bf16-vaccine-s{}"), ("Antibody", "antibody-s{}")):
+        pairs = [(model.format(s), ref) for s, ref in SFT.items()]
+        if all(any(x == m for x, _ in by) for m, _ in pairs):
+            seeds = {v: over_seeds(by, judged, v, pairs) for v in SOURCES}
+            out["pairs"][f"{what} − SFT, p = 0.2, seeds 42-44"] = seeds
+            print(
+                f"| **{what} − SFT, p = 0.2, seeds 42–44** | "
+                + " | ".join(seeds[v] for v in SOURCES)
+                + " |"
+            )
+    (label_dir / "heldout7.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4:
+        sys.exit("usage: python heldout7.py LABEL_DIR BF16_DIR REREAD_DIR")
+    main(*(Path(a) for a in sys.argv[1:]))
