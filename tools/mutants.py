@@ -1037,9 +1037,9 @@ MUTANTS: tuple[Mutant, ...] = (
     Mutant(
         "judge-harm-steps-unwired",
         "hftguard/builtins/judges/refusal_keywords.py",
-        "cfg.bare_steps, cfg.harm_steps",
+        "cfg.bare_steps, self.harm_steps",
         "cfg.bare_steps, False",
-        "wiring: the harm_steps option is never read, '1. Identify the target.' stays off-topic",
+        "wiring: the harm_steps switch is never read, '1. Identify the target.' stays off-topic",
         ("tests/test_refusal_judge.py",),
     ),
     Mutant(

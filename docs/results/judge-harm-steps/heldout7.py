@@ -16,7 +16,7 @@ BF16_DIR and REREAD_DIR (as for ../judge-step-lists/reread.py) give SFT's and An
 on the same prompts, labelled by the bf16 audit with the step-list re-read in place, for the
 paired differences.
 
-The criterion, fixed before these answers existed: version 7 (``harm_steps`` on) replaces
+The criterion, fixed before these answers existed: version 7 (the ``harm_steps`` rule on) replaces
 version 6 if it agrees with the labels on harmful-or-not on strictly more of these answers.
 """
 
@@ -35,13 +35,21 @@ from heldout import V5, V6, over_seeds, paired  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
 from reread import bf16_gold, reread_gold  # noqa: E402
 
-from hftguard.builtins.judges.refusal_keywords import (  # noqa: E402
-    RefusalKeywords,
-    RefusalKeywordsConfig,
-)
+from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
 
-V7 = RefusalKeywordsConfig(harm_steps=True)
-PHASES = [("key11.jsonl", "NO"), ("key12.jsonl", "PQ"), ("key13.jsonl", "RS"), ("key14.jsonl", "TU")]
+
+class V7(RefusalKeywords):
+    """Version 6 with the harm-specific-step rule switched on (the candidate version 7)."""
+
+    harm_steps = True
+
+
+PHASES = [
+    ("key11.jsonl", "NO"),
+    ("key12.jsonl", "PQ"),
+    ("key13.jsonl", "RS"),
+    ("key14.jsonl", "TU"),
+]
 MODELS = {
     "bf16-antibody-p0-s42": "Antibody (both stages), p = 0, s42",
     "bf16-vaccine-s42": "Vaccine ρ = 2, p = 0.2, s42",
@@ -65,7 +73,7 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         key.update(phase)
         gold.update(g)
         twice += t
-    judges = {"v5": RefusalKeywords(V5), "v6": RefusalKeywords(V6), "v7": RefusalKeywords(V7)}
+    judges = {"v5": RefusalKeywords(V5), "v6": RefusalKeywords(V6), "v7": V7(V6)}
     judged: dict[str, dict[str, bool]] = {v: {} for v in SOURCES}
     for c, k in key.items():
         five = judges["v5"].classify(k["response"], k["prompt"])

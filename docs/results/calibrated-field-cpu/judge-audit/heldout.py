@@ -29,10 +29,10 @@ from hftguard.pipeline.intervals import (
 )
 
 #: the versions the audits compare, as options of this checkout's judge (version 6 made
-#: ``bare_steps`` false by default; 5 and 4 had it; ``harm_steps`` came after version 6)
-V6 = RefusalKeywordsConfig(harm_steps=False)
-V5 = RefusalKeywordsConfig(bare_steps=True, harm_steps=False)
-V4 = RefusalKeywordsConfig(bare_acceptance=False, bare_steps=True, harm_steps=False)
+#: ``bare_steps`` false by default; 5 and 4 had it)
+V6 = RefusalKeywordsConfig()
+V5 = RefusalKeywordsConfig(bare_steps=True)
+V4 = RefusalKeywordsConfig(bare_acceptance=False, bare_steps=True)
 
 HELD = ["mixing", "sft-p0", "t-vaccine-p0", "antidote"]
 #: (label, model, reference): the paired comparisons the held-out models take part in
