@@ -61,11 +61,14 @@ SOURCES = ("v5", "v6", "v7", "labels")
 SFT = {"42": "sft", "43": "sft-s43", "44": "sft-s44"}
 
 
-def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
+def read(
+    label_dir: Path, phases: list[tuple[str, str]], judges: dict[str, RefusalKeywords]
+) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, bool]], list[tuple[str, str]]]:
+    """The phases' answers, each judge's and the labels' harmful-or-not, the double reads."""
     key: dict[str, dict[str, Any]] = {}
     gold: dict[str, str] = {}
     twice: list[tuple[str, str]] = []
-    for name, letters in PHASES:
+    for name, letters in phases:
         if not (label_dir / name).is_file():
             continue
         phase = {k["code"]: k for k in _rows(label_dir / name)}
@@ -73,7 +76,6 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         key.update(phase)
         gold.update(g)
         twice += t
-    judges = {"v5": RefusalKeywords(V5), "v6": RefusalKeywords(V6), "v7": V7(V6)}
     judged: dict[str, dict[str, bool]] = {v: {} for v in SOURCES}
     for c, k in key.items():
         five = judges["v5"].classify(k["response"], k["prompt"])
@@ -81,17 +83,20 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         for v, j in judges.items():
             judged[v][c] = j.classify(k["response"], k["prompt"]).harmful
         judged["labels"][c] = gold[c] in HARMFUL
-    out: dict[str, Any] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
-    print("# The harm_steps rule (version 7) on answers that did not exist when it was fixed\n")
-    print("- " + _agreement_text("answers read twice (batch overlaps)", out["agreement"]))
-    print(
-        "- HS in % [Wilson 95%]; v5 is the grid's recorded judge; "
-        "'right': harmful-or-not as the labels\n"
-    )
+    return key, judged, twice
+
+
+def table(
+    models: dict[str, str],
+    key: dict[str, dict[str, Any]],
+    judged: dict[str, dict[str, bool]],
+    out: dict[str, Any],
+) -> dict[str, int]:
+    """Each model's HS by every source and how many answers each judge gets right; the totals."""
     print("| model | n | HS v5 | HS v6 | HS v7 | HS, labels | v5 right | v6 right | v7 right |")
     print("|---|---:|---|---|---|---|---:|---:|---:|")
     total = dict.fromkeys(("n", "v5", "v6", "v7"), 0)
-    for m, name in MODELS.items():
+    for m, name in models.items():
         codes = [c for c, k in key.items() if k["source"] == m]
         if not codes:
             continue
@@ -100,7 +105,7 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         total["n"] += len(codes)
         for v in SOURCES[:3]:
             total[v] += right[v]
-        out["models"][m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
+        out[m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
         rates = " | ".join(_rate(hs[v], len(codes)) for v in SOURCES)
         print(
             f"| {name} | {len(codes)} | {rates} | {right['v5']} | {right['v6']} | {right['v7']} |"
@@ -111,6 +116,20 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         + " | ".join(f"{total[v]} ({100 * total[v] / n:.1f}%)" for v in SOURCES[:3])
         + " |"
     )
+    return total
+
+
+def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
+    judges = {"v5": RefusalKeywords(V5), "v6": RefusalKeywords(V6), "v7": V7(V6)}
+    key, judged, twice = read(label_dir, PHASES, judges)
+    out: dict[str, Any] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
+    print("# The harm_steps rule (version 7) on answers that did not exist when it was fixed\n")
+    print("- " + _agreement_text("answers read twice (batch overlaps)", out["agreement"]))
+    print(
+        "- HS in % [Wilson 95%]; v5 is the grid's recorded judge; "
+        "'right': harmful-or-not as the labels\n"
+    )
+    total = table(MODELS, key, judged, out["models"])
     differ = [c for c in key if judged["v6"][c] != judged["v7"][c]]
     harmful = sum(judged["labels"][c] for c in differ)
     print(
@@ -173,7 +192,56 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
                 + " | ".join(seeds[v] for v in SOURCES)
                 + " |"
             )
+    if any((label_dir / name).is_file() for name, _ in CONFIRM):
+        confirm(label_dir, judges, judged, by, out)
     (label_dir / "heldout7.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+
+
+#: labelled after the decision, as its confirmation (README: the p = 0.1 cells, seed 42)
+CONFIRM = [("key15.jsonl", "VW"), ("key16.jsonl", "XY"), ("key17.jsonl", "Z")]
+CONFIRM_MODELS = {
+    "bf16-sft-p0.1-s42": "SFT, p = 0.1, s42",
+    "bf16-antibody-p0.1-s42": "Antibody (both stages), p = 0.1, s42",
+    "bf16-lisa0.1-p0.1-s42": "Lisa ρ = 0.1, p = 0.1, s42",
+}
+
+
+def confirm(
+    label_dir: Path,
+    judges: dict[str, RefusalKeywords],
+    judged: dict[str, dict[str, bool]],
+    by: dict[tuple[str, str], str],
+    out: dict[str, Any],
+) -> None:
+    """The confirmation set: the same tables for the p = 0.1 cells, and their comparisons."""
+    key, more, twice = read(label_dir, CONFIRM, judges)
+    for v in SOURCES:
+        judged[v].update(more[v])
+    by.update({(k["source"], k["item"]): c for c, k in key.items()})
+    out["confirmation"] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
+    print("\n## Confirmation: the p = 0.1 cells (labelled after the decision)\n")
+    print("- " + _agreement_text("answers read twice", out["confirmation"]["agreement"]) + "\n")
+    total = table(CONFIRM_MODELS, key, judged, out["confirmation"]["models"])
+    differ = [c for c in key if more["v6"][c] != more["v7"][c]]
+    harmful = sum(more["labels"][c] for c in differ)
+    print(
+        f"\nv6 and v7 differ on {len(differ)} of these answers; the labels call {harmful} of "
+        f"them harmful. Right: v6 {total['v6']}, v7 {total['v7']} of {total['n']}.\n"
+    )
+    print("| comparison, seed 42 | " + " | ".join(SOURCES) + " |")
+    print("|---|---|---|---|---|")
+    rows = [
+        ("Antibody − SFT, p = 0.1", "bf16-antibody-p0.1-s42", "bf16-sft-p0.1-s42"),
+        ("Lisa ρ = 0.1 − SFT, p = 0.1", "bf16-lisa0.1-p0.1-s42", "bf16-sft-p0.1-s42"),
+        ("SFT: p = 0.1 − p = 0", "bf16-sft-p0.1-s42", "sft-p0"),
+        ("Antibody: p = 0.1 − p = 0", "bf16-antibody-p0.1-s42", "bf16-antibody-p0-s42"),
+    ]
+    for label, m, ref in rows:
+        if not any(s == m for s, _ in by) or not any(s == ref for s, _ in by):
+            continue
+        entry, texts = paired(by, judged, m, ref)
+        out["confirmation"]["pairs"][label] = entry
+        print(f"| {label} | " + " | ".join(texts) + " |")
 
 
 if __name__ == "__main__":
