@@ -198,7 +198,7 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
 
 
 #: labelled after the decision, as its confirmation (README: the p = 0.1 cells, seed 42)
-CONFIRM = [("key15.jsonl", "VW"), ("key16.jsonl", "XY"), ("key17.jsonl", "Z")]
+CONFIRM = [("key15.jsonl", "VW"), ("key16.jsonl", "XY"), ("key17.jsonl", "ab")]
 CONFIRM_MODELS = {
     "bf16-sft-p0.1-s42": "SFT, p = 0.1, s42",
     "bf16-antibody-p0.1-s42": "Antibody (both stages), p = 0.1, s42",
