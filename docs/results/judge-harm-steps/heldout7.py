@@ -33,7 +33,7 @@ sys.path.insert(0, str(HERE.parent / "judge-step-lists"))
 from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
 from heldout import V5, V6, over_seeds, paired  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
-from reread import bf16_gold, reread_gold  # noqa: E402
+from reread import bf16_gold_reread  # noqa: E402
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
 
@@ -145,11 +145,7 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
 
     # the references: the bf16 audit's SFT (p = 0.2, p = 0) and Antibody (p = 0.2) answers, with
     # the step-list re-read's labels in place
-    skey, sgold = bf16_gold(bf16_dir)
-    rkey, rnew, _ = reread_gold(reread_dir)
-    for r in rkey:
-        if r["audit"] == "bf16":
-            sgold[r["audit_code"]] = rnew[r["code"]]
+    skey, sgold = bf16_gold_reread(bf16_dir, reread_dir)
     by: dict[tuple[str, str], str] = {(k["source"], k["item"]): c for c, k in key.items()}
     wanted = {*SFT.values(), "sft-p0", "antibody-s42", "antibody-s43", "antibody-s44"}
     for c, k in skey.items():

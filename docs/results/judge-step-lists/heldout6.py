@@ -30,7 +30,7 @@ sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
 from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
 from heldout import V5, V6, paired  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
-from reread import bf16_gold, reread_gold  # noqa: E402
+from reread import bf16_gold_reread  # noqa: E402
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
 
@@ -103,11 +103,7 @@ def main(key_dir: Path, label_dir: Path, bf16_dir: Path, reread_dir: Path) -> No
     out["criterion"] = {"v5_agree": total["v5"], "v6_agree": total["v6"], "verdict": verdict}
 
     # paired against SFT on the same seed and prompts (the bf16 audit, re-read labels in place)
-    skey, sgold = bf16_gold(bf16_dir)
-    rkey, rnew, _ = reread_gold(reread_dir)
-    for r in rkey:
-        if r["audit"] == "bf16":
-            sgold[r["audit_code"]] = rnew[r["code"]]
+    skey, sgold = bf16_gold_reread(bf16_dir, reread_dir)
     by: dict[tuple[str, str], str] = {(k["source"], k["item"]): c for c, k in key.items()}
     for c, k in skey.items():
         if k["source"] in SFT.values():

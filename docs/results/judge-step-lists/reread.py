@@ -97,6 +97,18 @@ def reread_gold(d: Path) -> tuple[list[dict[str, Any]], dict[str, str], dict[str
     return key, new, pairs
 
 
+def bf16_gold_reread(
+    bf16_dir: Path, reread_dir: Path
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """The bf16 audit's answers and gold labels, with this re-read's labels in place."""
+    key, gold = bf16_gold(bf16_dir)
+    rkey, rnew, _ = reread_gold(reread_dir)
+    for r in rkey:
+        if r["audit"] == "bf16":
+            gold[r["audit_code"]] = rnew[r["code"]]
+    return key, gold
+
+
 def main(field_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
     audits = {"field": field_gold(field_dir), "bf16": bf16_gold(bf16_dir)}
     key, new, pairs = reread_gold(reread_dir)
