@@ -16,6 +16,7 @@ from hftguard.builtins.judges.refusal_keywords import RefusalKeywords
 from hftguard.errors import ConfigError, DataError, RunDirError, RunDirInUse
 from hftguard.pipeline import rejudge
 from hftguard.records import Verdict
+from hftguard.runs import REJUDGE_BACKUP
 
 
 def _flip(version: str, harmful_when_even: bool) -> type[Judge]:
@@ -134,7 +135,7 @@ def test_replaced_files_are_kept_and_the_manifest_says_what_happened(evals, quie
     original = _files(old)
     config = _json(old / "manifest.json")["config"]
     rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
-    (backup,) = (old / rejudge.BACKUP_DIR).iterdir()
+    (backup,) = (old / REJUDGE_BACKUP).iterdir()
     kept = _files(backup)
     assert kept == original  # every file of the evaluation, as it was
     m = _json(old / "manifest.json")
@@ -155,7 +156,7 @@ def test_a_report_does_not_count_the_files_rejudge_set_aside(evals, quiet_report
 
     old, _ = evals
     rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
-    assert (old / rejudge.BACKUP_DIR).is_dir()
+    assert (old / REJUDGE_BACKUP).is_dir()
     found = collect([old.parent]).runs
     assert sorted(Path(r.path).name for r in found) == ["new", "old"]
 
@@ -165,16 +166,16 @@ def test_up_to_date_evaluations_are_left_alone_unless_forced(evals, quiet_report
     files = _files(new)
     rows = rejudge.run([new], reporter=quiet_reporter, registry=_registry(V2))
     assert [r["state"] for r in rows] == ["current"]
-    assert _files(new) == files and not (new / rejudge.BACKUP_DIR).exists()
+    assert _files(new) == files and not (new / REJUDGE_BACKUP).exists()
     # a dry run judges and writes nothing, and says which are out of date
     files_old = _files(old)
     rows = rejudge.run([old.parent], reporter=quiet_reporter, registry=_registry(V2), dry_run=True)
     assert {Path(r["path"]).name: r["state"] for r in rows} == {"old": "outdated", "new": "current"}
-    assert _files(old) == files_old and not (old / rejudge.BACKUP_DIR).exists()
+    assert _files(old) == files_old and not (old / REJUDGE_BACKUP).exists()
     rows = rejudge.run([new], reporter=quiet_reporter, registry=_registry(V2), force=True)
     assert [r["state"] for r in rows] == ["rejudged"]
     assert _json(new / "metrics.json") == json.loads(files["metrics.json"])
-    assert len(list((new / rejudge.BACKUP_DIR).iterdir())) == 1
+    assert len(list((new / REJUDGE_BACKUP).iterdir())) == 1
 
 
 def test_changed_options_make_an_evaluation_out_of_date(evals, quiet_reporter):
@@ -279,7 +280,7 @@ def test_more_problems_found_before_writing(evals, quiet_reporter, tmp_path):
     (old / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(ConfigError, match="no-such-sink"):
         rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
-    assert not (old / rejudge.BACKUP_DIR).exists()
+    assert not (old / REJUDGE_BACKUP).exists()
     (old / "manifest.json").write_bytes(snapshot["manifest.json"])
     with pytest.raises(ConfigError, match="not a device"):
         rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2), device="gpu0")
@@ -289,7 +290,7 @@ def test_more_problems_found_before_writing(evals, quiet_reporter, tmp_path):
     (old / "generations.jsonl").write_text("\n".join([json.dumps(first), *lines[1:]]) + "\n")
     with pytest.raises(DataError, match="line 1"):
         rejudge.run([old], reporter=quiet_reporter, registry=_registry(V2))
-    assert not (old / rejudge.BACKUP_DIR).exists()
+    assert not (old / REJUDGE_BACKUP).exists()
 
 
 def test_a_directory_changed_while_judging_is_not_written(evals, quiet_reporter):
@@ -299,7 +300,7 @@ def test_a_directory_changed_while_judging_is_not_written(evals, quiet_reporter)
     files = _files(old)
     with pytest.raises(RunDirError, match="changed while"):
         rejudge.rejudge(target, _registry(V2), device="cpu", reporter=quiet_reporter)
-    assert _files(old) == files and not (old / rejudge.BACKUP_DIR).exists()
+    assert _files(old) == files and not (old / REJUDGE_BACKUP).exists()
 
 
 def test_what_is_looked_in(evals, quiet_reporter, tmp_path):

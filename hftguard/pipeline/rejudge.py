@@ -48,8 +48,6 @@ from hftguard.console import Reporter
 from hftguard.errors import ConfigError, DataError, HftguardError, RunDirError
 from hftguard.runs import MANIFEST, REJUDGE_BACKUP, set_aside
 
-BACKUP_DIR = REJUDGE_BACKUP
-
 
 @dataclass
 class Target:
@@ -251,7 +249,7 @@ def rejudge(target: Target, reg: Any, *, device: str, reporter: Reporter) -> dic
         raise RunDirError(
             f"Cannot write the re-judged evaluation in {target.path}: {exc}.",
             hint="Free disk space or fix the directory's permissions, then run the command "
-            f"again; the files it replaced are in {target.path / BACKUP_DIR}.",
+            f"again; the files it replaced are in {target.path / REJUDGE_BACKUP}.",
         ) from exc
 
 
@@ -286,7 +284,7 @@ def _write(
             else:
                 metrics[key] = value
         when = stamp()
-        backup = _new_folder(path / BACKUP_DIR, when[:19].replace(":", "") + "Z")
+        backup = _new_folder(path / REJUDGE_BACKUP, when[:19].replace(":", "") + "Z")
         for file in sorted(path.iterdir()):
             if file.is_file() and file.name not in LOCK_NAMES:
                 _copy_synced(file, backup / file.name)
