@@ -30,8 +30,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "calibrated-field-cpu/judge-audit"))
 sys.path.insert(0, str(HERE.parent / "judge-step-lists"))
-from analyse import HARMFUL, _agreement, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import V5, V6, over_seeds, paired  # noqa: E402
+from analyse import HARMFUL, _agreement, _agreement_text, _rows  # noqa: E402
+from heldout import V5, V6, judge_table, over_seeds, paired  # noqa: E402
 from repnoise import _phase_gold  # noqa: E402
 from reread import bf16_gold_reread  # noqa: E402
 
@@ -86,39 +86,6 @@ def read(
     return key, judged, twice
 
 
-def table(
-    models: dict[str, str],
-    key: dict[str, dict[str, Any]],
-    judged: dict[str, dict[str, bool]],
-    out: dict[str, Any],
-) -> dict[str, int]:
-    """Each model's HS by every source and how many answers each judge gets right; the totals."""
-    print("| model | n | HS v5 | HS v6 | HS v7 | HS, labels | v5 right | v6 right | v7 right |")
-    print("|---|---:|---|---|---|---|---:|---:|---:|")
-    total = dict.fromkeys(("n", "v5", "v6", "v7"), 0)
-    for m, name in models.items():
-        codes = [c for c, k in key.items() if k["source"] == m]
-        if not codes:
-            continue
-        hs = {v: sum(judged[v][c] for c in codes) for v in SOURCES}
-        right = {v: sum(judged[v][c] == judged["labels"][c] for c in codes) for v in SOURCES[:3]}
-        total["n"] += len(codes)
-        for v in SOURCES[:3]:
-            total[v] += right[v]
-        out[m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
-        rates = " | ".join(_rate(hs[v], len(codes)) for v in SOURCES)
-        print(
-            f"| {name} | {len(codes)} | {rates} | {right['v5']} | {right['v6']} | {right['v7']} |"
-        )
-    n = total["n"]
-    print(
-        f"| **all** | {n} | | | | | "
-        + " | ".join(f"{total[v]} ({100 * total[v] / n:.1f}%)" for v in SOURCES[:3])
-        + " |"
-    )
-    return total
-
-
 def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
     judges = {"v5": RefusalKeywords(V5), "v6": RefusalKeywords(V6), "v7": V7(V6)}
     key, judged, twice = read(label_dir, PHASES, judges)
@@ -129,7 +96,7 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
         "- HS in % [Wilson 95%]; v5 is the grid's recorded judge; "
         "'right': harmful-or-not as the labels\n"
     )
-    total = table(MODELS, key, judged, out["models"])
+    total = judge_table(MODELS, key, judged, out["models"])
     differ = [c for c in key if judged["v6"][c] != judged["v7"][c]]
     harmful = sum(judged["labels"][c] for c in differ)
     print(
@@ -217,7 +184,7 @@ def confirm(
     out["confirmation"] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
     print("\n## Confirmation: the p = 0.1 cells (labelled after the decision)\n")
     print("- " + _agreement_text("answers read twice", out["confirmation"]["agreement"]) + "\n")
-    total = table(CONFIRM_MODELS, key, judged, out["confirmation"]["models"])
+    total = judge_table(CONFIRM_MODELS, key, judged, out["confirmation"]["models"])
     differ = [c for c in key if more["v6"][c] != more["v7"][c]]
     harmful = sum(more["labels"][c] for c in differ)
     print(

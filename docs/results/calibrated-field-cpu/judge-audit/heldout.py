@@ -155,6 +155,55 @@ def paired(
     return entry, texts
 
 
+def judge_table(
+    models: dict[str, str],
+    key: dict[str, dict[str, Any]],
+    judged: dict[str, dict[str, bool]],
+    out: dict[str, Any],
+    titles: dict[str, str] | None = None,
+) -> dict[str, int]:
+    """One row per model of ``models`` (source -> name): its HS by every source of ``judged``
+    (the judge versions, then "labels") and how many answers each version gets right against the
+    labels, and a total row; each model's numbers go into ``out``. ``titles`` renames an HS
+    column ("v3" -> "HS v3 (recorded)"). Returns the totals."""
+    sources = list(judged)
+    versions = [v for v in sources if v != "labels"]
+    heads = [(titles or {}).get(v, f"HS {v}") for v in versions]
+    print(
+        "| model | n | "
+        + " | ".join(heads)
+        + " | HS, labels | "
+        + " | ".join(f"{v} right" for v in versions)
+        + " |"
+    )
+    print("|---|---:|" + "---|" * len(sources) + "---:|" * len(versions))
+    total = dict.fromkeys(("n", *versions), 0)
+    for m, name in models.items():
+        codes = [c for c, k in key.items() if k["source"] == m]
+        if not codes:
+            continue
+        hs = {v: sum(judged[v][c] for c in codes) for v in sources}
+        right = {v: sum(judged[v][c] == judged["labels"][c] for c in codes) for v in versions}
+        total["n"] += len(codes)
+        for v in versions:
+            total[v] += right[v]
+        out[m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
+        rates = " | ".join(_rate(hs[v], len(codes)) for v in sources)
+        print(
+            f"| {name} | {len(codes)} | {rates} | "
+            + " | ".join(str(right[v]) for v in versions)
+            + " |"
+        )
+    n = total["n"]
+    print(
+        f"| **all** | {n} | "
+        + "| " * len(sources)
+        + " | ".join(f"{total[v]} ({100 * total[v] / n:.1f}%)" for v in versions)
+        + " |"
+    )
+    return total
+
+
 def over_seeds(
     by: dict[tuple[str, str], str],
     judged: dict[str, dict[str, bool]],

@@ -22,8 +22,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "calibrated-field-cpu/judge-audit"))
-from analyse import HARMFUL, _agreement_text, _rate, _rows  # noqa: E402
-from heldout import V5, V6, over_seeds, paired  # noqa: E402
+from analyse import HARMFUL, _agreement_text, _rows  # noqa: E402
+from heldout import V5, V6, judge_table, over_seeds, paired  # noqa: E402
 from repnoise import _agreement, _phase_gold  # noqa: E402
 
 from hftguard.builtins.judges.refusal_keywords import RefusalKeywords  # noqa: E402
@@ -51,31 +51,10 @@ def main(key_dir: Path, label_dir: Path) -> None:
     print("# The H100 grid's SFT and Vaccine (ρ = 2) answers, read blind\n")
     print("- " + _agreement_text("answers read twice (batch overlaps)", out["agreement"]))
     print(
-        "- HS in % [Wilson 95%]; 'right': answers on which the judge's harmful-or-not is the labels'\n"
+        "- HS in % [Wilson 95%]; "
+        "'right': answers on which the judge's harmful-or-not is the labels'\n"
     )
-    print(
-        "| model | n | HS v3 (recorded) | HS v5 | HS v6 | HS, labels | v3 right | v5 right | v6 right |"
-    )
-    print("|---|---:|---|---|---|---|---:|---:|---:|")
-    total = dict.fromkeys(("n", "v3", "v5", "v6"), 0)
-    for m, name in MODELS.items():
-        codes = [c for c, k in key.items() if k["source"] == m]
-        hs = {v: sum(judged[v][c] for c in codes) for v in SOURCES}
-        right = {v: sum(judged[v][c] == judged["labels"][c] for c in codes) for v in SOURCES[:3]}
-        total["n"] += len(codes)
-        for v in SOURCES[:3]:
-            total[v] += right[v]
-        out["models"][m] = {"n": len(codes), **{f"hs_{v}": x for v, x in hs.items()}, **right}
-        rates = " | ".join(_rate(hs[v], len(codes)) for v in SOURCES)
-        print(
-            f"| {name} | {len(codes)} | {rates} | {right['v3']} | {right['v5']} | {right['v6']} |"
-        )
-    n = total["n"]
-    print(
-        f"| **all** | {n} | | | | | "
-        + " | ".join(f"{total[v]} ({100 * total[v] / n:.1f}%)" for v in SOURCES[:3])
-        + " |"
-    )
+    total = judge_table(MODELS, key, judged, out["models"], {"v3": "HS v3 (recorded)"})
     out["right"] = {v: total[v] for v in SOURCES[:3]}
     for a, b in (("v5", "v6"), ("v3", "v6")):
         differ = [c for c in key if judged[a][c] != judged[b][c]]
