@@ -400,3 +400,51 @@ def test_a_bench_and_a_grid_name_one_model_by_alias_or_by_path(tmp_path: Path) -
     assert _same_model(str(tmp_path / "m"), str(tmp_path / "x" / ".." / "m"))
     assert not _same_model(str(tmp_path / "m"), str(tmp_path / "n"))  # one does not exist
     assert not _same_model("smollm2-135m-instruct", "tiny-random")
+
+
+def test_a_narrowed_plan_takes_the_times_measured_beside_it(
+    half_done: tuple[grid.Grid, Path], tmp_path: Path
+) -> None:
+    """A plan narrowed by --set to a ratio not run yet (calibrated-small's p = 0.1 column beside
+    its finished p = 0.2 cells) takes the step, run and evaluation times of the other runs under
+    the same --out (basis "beside"), not "no step time measured yet"; its own come first."""
+    _, out = half_done
+    data = {
+        **BASE,
+        "evaluate_base": False,
+        "align": {**BASE["align"], "train": {"max_steps": 10}},
+        "finetune": {**BASE["finetune"], "train": {"max_steps": 20}},
+        "grid": {"align_defense": ["sft"], "harmful_ratio": [0.1]},
+    }
+    narrowed = grid.load(data)
+    alone = estimate(narrowed, tmp_path / "fresh", default_registry())
+    assert alone["training"][0]["s_per_step"] is None
+    est = estimate(narrowed, out, default_registry())
+    (ft,) = est["training"]  # SFT's alignment is done and in the plan: only the attack is left
+    # the step: the median of the two SFT attacks' medians under --out (3 and 5), as measured
+    assert (ft["stage"], ft["steps"], ft["basis"]) == ("finetune", 20, "beside")
+    assert ft["s_per_step"] == pytest.approx(4.0)
+    assert ft["run_basis"] == "beside" and ft["s_per_run"] == pytest.approx(0.0)
+    # evaluations: the plan's own (the aligned model's, 120 s) before those beside it (median 90)
+    assert est["evaluations_left"] == 1 and est["eval_seconds"] == pytest.approx(120.0)
+    assert est["seconds"] == pytest.approx(20 * 4.0 + 120.0) and est["complete"]
+    assert "× 4.00 s (measured under --out, outside this plan)" in "\n".join(describe(est))
+    # a plan with nothing of its own measured: Booster's alignment scales SFT's step measured
+    # beside it by its passes (2 s x 3), its evaluations take the median of those beside it
+    booster = grid.load({**data, "grid": {"align_defense": ["booster"], "harmful_ratio": [0.1]}})
+    b = estimate(booster, out, default_registry())
+    rows = {r["stage"]: r for r in b["training"]}
+    assert (rows["align"]["basis"], rows["align"]["s_per_step"]) == ("passes", pytest.approx(6.0))
+    assert b["evaluations_left"] == 2 and b["eval_seconds"] == pytest.approx(90.0)
+    # --timings-from comes after what was measured beside the plan
+    other = tmp_path / "other"
+    (other / "run").mkdir(parents=True)
+    done = out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "attacked"
+    m = json.loads((done / "manifest.json").read_text())
+    (other / "run" / "manifest.json").write_text(json.dumps(m))
+    _log(other / "run", "finetune", [9.0, 9.0])
+    again = estimate(narrowed, out, default_registry(), timings_from=[other])
+    assert again["training"][0]["s_per_step"] == pytest.approx(4.0)
+    fresh = estimate(narrowed, tmp_path / "fresh", default_registry(), timings_from=[other])
+    rows = {r["stage"]: r for r in fresh["training"]}
+    assert (rows["finetune"]["s_per_step"], rows["finetune"]["basis"]) == (9.0, "elsewhere")

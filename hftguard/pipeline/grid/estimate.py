@@ -24,6 +24,12 @@ defense that never ran) is named, not guessed.
 The estimate is for one process like the ones that ran the measured steps (same machine, same
 threads, the same contention): two processes on one grid share its work, but not necessarily at
 twice the speed.
+
+Where this plan has measured nothing for a stage and defense (a grid narrowed by ``--set`` to a
+ratio or seeds not run yet), the finished runs elsewhere under the same ``--out`` count (basis
+``beside``), before any ``--timings-from``: the p = 0.2 cells' step time stands for the p = 0.1
+cells' (a dry-run of calibrated-small's p = 0.1 column once showed "no step time measured yet"
+and a 16-minute lower bound beside a grid that had timed every stage).
 """
 
 from __future__ import annotations
@@ -67,9 +73,10 @@ class Left(_Row):
     steps: int = 0
     runs_with_unknown_steps: int = 0  # runs whose step count is not known (epochs, never run)
     s_per_step: float | None = None
-    basis: str | None = None  # "measured" | "elsewhere" | "bench" | "passes" | None
+    basis: str | None = None  # "measured" | "beside" | "elsewhere" | "bench" | "passes" | None
     s_per_run: float | None = None  # measured cost of a run beyond its steps (set-up, saves)
-    run_basis: str | None = None  # "measured" | "elsewhere" | "sft" (SFT's, a lower bound) | None
+    #: "measured" | "beside" | "elsewhere" | "sft" (SFT's, a lower bound) | None
+    run_basis: str | None = None
     note: str = ""  # with basis "passes": what the defense's passes leave out (passes_note)
 
     @property
@@ -86,7 +93,7 @@ class RepairsLeft(_Row):
     defense: str
     runs: int = 0
     s_per_run: float | None = None
-    basis: str | None = None  # "measured" | "elsewhere" | None
+    basis: str | None = None  # "measured" | "beside" | "elsewhere" | None
 
     @property
     def seconds(self) -> float | None:
@@ -350,6 +357,9 @@ def estimate(
             ecfg = grid.cell_eval_config(cell, lay.rel(evaluated))
             evaluation(ev, stage_state(ev, ecfg, evaluated, lay.root))
 
+    # the runs under --out that this plan does not name (a grid narrowed by --set to other
+    # seeds or ratios): same directory, most likely the same machine; before --timings-from
+    beside = measured_in([lay.root]) if lay.root.is_dir() else Timings.empty()
     dirs = [d for d in timings_from if not Path(d).is_file()]
     other = measured_in(dirs) if dirs else Timings.empty()
     bench: dict[tuple[str, str], float] = {}
@@ -381,12 +391,20 @@ def estimate(
                 )
         bench.update(ratios)
     for (stage, defense), item in left.items():
-        for source, basis in ((here.steps, "measured"), (other.steps, "elsewhere")):
+        for source, basis in (
+            (here.steps, "measured"),
+            (beside.steps, "beside"),
+            (other.steps, "elsewhere"),
+        ):
             if (stage, defense) in source:
                 item.s_per_step, item.basis = statistics.median(source[(stage, defense)]), basis
                 break
         else:
-            sft = here.steps.get((stage, "sft")) or other.steps.get((stage, "sft"))
+            sft = (
+                here.steps.get((stage, "sft"))
+                or beside.steps.get((stage, "sft"))
+                or other.steps.get((stage, "sft"))
+            )
             if sft and (stage, defense) in bench and (stage, "sft") in bench:
                 ratio = bench[(stage, defense)] / bench[(stage, "sft")]
                 item.s_per_step, item.basis = statistics.median(sft) * ratio, "bench"
@@ -400,19 +418,25 @@ def estimate(
                 item.note = _passes_note(registry, stage, defense)
         for source, basis, key in (
             (here.per_run, "measured", (stage, defense)),
+            (beside.per_run, "beside", (stage, defense)),
             (other.per_run, "elsewhere", (stage, defense)),
             (here.per_run, "sft", (stage, "sft")),  # a defense's own set-up not measured yet:
-            (other.per_run, "sft", (stage, "sft")),  # SFT's, a lower bound (EWC's Fisher...)
+            (beside.per_run, "sft", (stage, "sft")),  # SFT's, a lower bound (EWC's Fisher...)
+            (other.per_run, "sft", (stage, "sft")),
         ):
             if key in source:
                 item.s_per_run, item.run_basis = statistics.median(source[key]), basis
                 break
     for name, rep in repairs.items():
-        for source, basis in ((here.repairs, "measured"), (other.repairs, "elsewhere")):
+        for source, basis in (
+            (here.repairs, "measured"),
+            (beside.repairs, "beside"),
+            (other.repairs, "elsewhere"),
+        ):
             if name in source:
                 rep.s_per_run, rep.basis = statistics.median(source[name]), basis
                 break
-    eval_times = here.evals or other.evals
+    eval_times = here.evals or beside.evals or other.evals
     eval_s = statistics.median(eval_times) if eval_times else None
     items = list(left.values())
     evals = None if eval_s is None else eval_s * evals_left
@@ -428,7 +452,7 @@ def estimate(
         "seconds": sum(known) if known else None,
         "complete": len(known) == len(parts)
         and not any(i.runs_with_unknown_steps for i in items)
-        and all(i.run_basis in ("measured", "elsewhere") for i in items),
+        and all(i.run_basis in ("measured", "beside", "elsewhere") for i in items),
     }
 
 
@@ -440,6 +464,7 @@ def _hours(seconds: float) -> str:
 
 _HOW = {
     "measured": "measured here",
+    "beside": "measured under --out, outside this plan",
     "elsewhere": "measured in --timings-from",
     "bench": "SFT's × the bench's ratio",
     "passes": "SFT's × its passes",
