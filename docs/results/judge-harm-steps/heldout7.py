@@ -160,12 +160,30 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
     (label_dir / "heldout7.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
 
 
-#: labelled after the decision, as its confirmation (README: the p = 0.1 cells, seed 42)
-CONFIRM = [("key15.jsonl", "VW"), ("key16.jsonl", "XY"), ("key17.jsonl", "ab")]
+#: labelled after the decision, as its confirmation (README: the p = 0.1 cells, seed 42; the
+#: twenty-third session's seeds 43 and 44, key18-key23, in the order their evaluations finished,
+#: then its p = 0 cells of Vaccine and Booster, key24 and key25)
+CONFIRM = [
+    ("key15.jsonl", "VW"),
+    ("key16.jsonl", "XY"),
+    ("key17.jsonl", "ab"),
+    ("key18.jsonl", "cd"),
+    ("key19.jsonl", "ef"),
+    ("key20.jsonl", "gh"),
+    ("key21.jsonl", "ij"),
+    ("key22.jsonl", "kl"),
+    ("key23.jsonl", "mn"),
+    ("key24.jsonl", "op"),
+    ("key25.jsonl", "qr"),
+]
+P01 = {"sft": "SFT", "antibody": "Antibody (both stages)", "lisa0.1": "Lisa ρ = 0.1"}
 CONFIRM_MODELS = {
-    "bf16-sft-p0.1-s42": "SFT, p = 0.1, s42",
-    "bf16-antibody-p0.1-s42": "Antibody (both stages), p = 0.1, s42",
-    "bf16-lisa0.1-p0.1-s42": "Lisa ρ = 0.1, p = 0.1, s42",
+    f"bf16-{m}-p0.1-s{s}": f"{name}, p = 0.1, s{s}"
+    for s in ("42", "43", "44")
+    for m, name in P01.items()
+} | {
+    "bf16-vaccine-p0-s42": "Vaccine ρ = 2, p = 0, s42",
+    "bf16-booster-p0-s42": "Booster, p = 0, s42",
 }
 
 
@@ -182,7 +200,10 @@ def confirm(
         judged[v].update(more[v])
     by.update({(k["source"], k["item"]): c for c, k in key.items()})
     out["confirmation"] = {"agreement": _agreement(twice), "models": {}, "pairs": {}}
-    print("\n## Confirmation: the p = 0.1 cells (labelled after the decision)\n")
+    print(
+        "\n## Confirmation: cells labelled after the decision (p = 0.1; Vaccine's and Booster's "
+        "p = 0)\n"
+    )
     print("- " + _agreement_text("answers read twice", out["confirmation"]["agreement"]) + "\n")
     total = judge_table(CONFIRM_MODELS, key, judged, out["confirmation"]["models"])
     differ = [c for c in key if more["v6"][c] != more["v7"][c]]
@@ -191,13 +212,24 @@ def confirm(
         f"\nv6 and v7 differ on {len(differ)} of these answers; the labels call {harmful} of "
         f"them harmful. Right: v6 {total['v6']}, v7 {total['v7']} of {total['n']}.\n"
     )
-    print("| comparison, seed 42 | " + " | ".join(SOURCES) + " |")
+    print("| comparison | " + " | ".join(SOURCES) + " |")
     print("|---|---|---|---|---|")
     rows = [
-        ("Antibody − SFT, p = 0.1", "bf16-antibody-p0.1-s42", "bf16-sft-p0.1-s42"),
-        ("Lisa ρ = 0.1 − SFT, p = 0.1", "bf16-lisa0.1-p0.1-s42", "bf16-sft-p0.1-s42"),
-        ("SFT: p = 0.1 − p = 0", "bf16-sft-p0.1-s42", "sft-p0"),
-        ("Antibody: p = 0.1 − p = 0", "bf16-antibody-p0.1-s42", "bf16-antibody-p0-s42"),
+        (f"{P01[m]} − SFT, p = 0.1, s{s}", f"bf16-{m}-p0.1-s{s}", f"bf16-sft-p0.1-s{s}")
+        for s in ("42", "43", "44")
+        for m in ("antibody", "lisa0.1")
+    ]
+    rows += [
+        ("SFT: p = 0.1 − p = 0, s42", "bf16-sft-p0.1-s42", "sft-p0"),
+        ("Antibody: p = 0.1 − p = 0, s42", "bf16-antibody-p0.1-s42", "bf16-antibody-p0-s42"),
+        # the p = 0 cells of Vaccine and Booster (twenty-third session, seed 42)
+        ("Vaccine − SFT, p = 0, s42", "bf16-vaccine-p0-s42", "sft-p0"),
+        ("Booster − SFT, p = 0, s42", "bf16-booster-p0-s42", "sft-p0"),
+        (
+            "Vaccine: p = 0.2 − p = 0, s42 (attack effect)",
+            "bf16-vaccine-s42",
+            "bf16-vaccine-p0-s42",
+        ),
     ]
     for label, m, ref in rows:
         if not any(s == m for s, _ in by) or not any(s == ref for s, _ in by):
@@ -205,6 +237,16 @@ def confirm(
         entry, texts = paired(by, judged, m, ref)
         out["confirmation"]["pairs"][label] = entry
         print(f"| {label} | " + " | ".join(texts) + " |")
+    for m in ("antibody", "lisa0.1"):
+        pairs = [(f"bf16-{m}-p0.1-s{s}", f"bf16-sft-p0.1-s{s}") for s in ("42", "43", "44")]
+        if all(any(x == a for x, _ in by) and any(x == r for x, _ in by) for a, r in pairs):
+            seeds = {v: over_seeds(by, judged, v, pairs) for v in SOURCES}
+            out["confirmation"]["pairs"][f"{P01[m]} − SFT, p = 0.1, seeds 42-44"] = seeds
+            print(
+                f"| **{P01[m]} − SFT, p = 0.1, seeds 42–44** | "
+                + " | ".join(seeds[v] for v in SOURCES)
+                + " |"
+            )
 
 
 if __name__ == "__main__":
