@@ -162,7 +162,8 @@ def main(label_dir: Path, bf16_dir: Path, reread_dir: Path) -> None:
 
 #: labelled after the decision, as its confirmation (README: the p = 0.1 cells, seed 42; the
 #: twenty-third session's seeds 43 and 44, key18-key23, in the order their evaluations finished,
-#: then its p = 0 cells of Vaccine and Booster, key24 and key25)
+#: then its p = 0 cells of Vaccine and Booster, key24 and key25, and Vaccine at p = 0.1 on seeds 42
+#: and 43, key26 and key27)
 CONFIRM = [
     ("key15.jsonl", "VW"),
     ("key16.jsonl", "XY"),
@@ -175,6 +176,8 @@ CONFIRM = [
     ("key23.jsonl", "mn"),
     ("key24.jsonl", "op"),
     ("key25.jsonl", "qr"),
+    ("key26.jsonl", "st"),
+    ("key27.jsonl", "uv"),
 ]
 P01 = {"sft": "SFT", "antibody": "Antibody (both stages)", "lisa0.1": "Lisa ρ = 0.1"}
 CONFIRM_MODELS = {
@@ -184,6 +187,8 @@ CONFIRM_MODELS = {
 } | {
     "bf16-vaccine-p0-s42": "Vaccine ρ = 2, p = 0, s42",
     "bf16-booster-p0-s42": "Booster, p = 0, s42",
+    "bf16-vaccine-p0.1-s42": "Vaccine ρ = 2, p = 0.1, s42",
+    "bf16-vaccine-p0.1-s43": "Vaccine ρ = 2, p = 0.1, s43",
 }
 
 
@@ -231,19 +236,27 @@ def confirm(
             "bf16-vaccine-p0-s42",
         ),
     ]
+    rows += [
+        (f"Vaccine − SFT, p = 0.1, s{s}", f"bf16-vaccine-p0.1-s{s}", f"bf16-sft-p0.1-s{s}")
+        for s in ("42", "43")
+    ]
     for label, m, ref in rows:
         if not any(s == m for s, _ in by) or not any(s == ref for s, _ in by):
             continue
         entry, texts = paired(by, judged, m, ref)
         out["confirmation"]["pairs"][label] = entry
         print(f"| {label} | " + " | ".join(texts) + " |")
-    for m in ("antibody", "lisa0.1"):
-        pairs = [(f"bf16-{m}-p0.1-s{s}", f"bf16-sft-p0.1-s{s}") for s in ("42", "43", "44")]
+    for m, name, ss in (
+        ("antibody", P01["antibody"], ("42", "43", "44")),
+        ("lisa0.1", P01["lisa0.1"], ("42", "43", "44")),
+        ("vaccine", "Vaccine ρ = 2", ("42", "43")),
+    ):
+        pairs = [(f"bf16-{m}-p0.1-s{s}", f"bf16-sft-p0.1-s{s}") for s in ss]
         if all(any(x == a for x, _ in by) and any(x == r for x, _ in by) for a, r in pairs):
             seeds = {v: over_seeds(by, judged, v, pairs) for v in SOURCES}
-            out["confirmation"]["pairs"][f"{P01[m]} − SFT, p = 0.1, seeds 42-44"] = seeds
+            out["confirmation"]["pairs"][f"{name} − SFT, p = 0.1, seeds {ss[0]}-{ss[-1]}"] = seeds
             print(
-                f"| **{P01[m]} − SFT, p = 0.1, seeds 42–44** | "
+                f"| **{name} − SFT, p = 0.1, seeds {ss[0]}–{ss[-1]}** | "
                 + " | ".join(seeds[v] for v in SOURCES)
                 + " |"
             )
