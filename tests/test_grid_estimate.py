@@ -429,6 +429,13 @@ def test_a_narrowed_plan_takes_the_times_measured_beside_it(
     assert est["evaluations_left"] == 1 and est["eval_seconds"] == pytest.approx(120.0)
     assert est["seconds"] == pytest.approx(20 * 4.0 + 120.0) and est["complete"]
     assert "× 4.00 s (measured under --out, outside this plan)" in "\n".join(describe(est))
+    # a run kept aside under --out (a hidden copy --overwrite made) is not a run of its own
+    aside = out / "cells" / ".aside" / "attacked"
+    aside.mkdir(parents=True)
+    done = out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "attacked"
+    (aside / "manifest.json").write_text((done / "manifest.json").read_text())
+    _log(aside, "finetune", [99.0] * 5)
+    assert estimate(narrowed, out, default_registry())["training"][0]["s_per_step"] == 4.0
     # a plan with nothing of its own measured: Booster's alignment scales SFT's step measured
     # beside it by its passes (2 s x 3), its evaluations take the median of those beside it
     booster = grid.load({**data, "grid": {"align_defense": ["booster"], "harmful_ratio": [0.1]}})
@@ -439,7 +446,6 @@ def test_a_narrowed_plan_takes_the_times_measured_beside_it(
     # --timings-from comes after what was measured beside the plan
     other = tmp_path / "other"
     (other / "run").mkdir(parents=True)
-    done = out / "cells" / "sft__sft__p0__n20__sentiment__s42" / "attacked"
     m = json.loads((done / "manifest.json").read_text())
     (other / "run" / "manifest.json").write_text(json.dumps(m))
     _log(other / "run", "finetune", [9.0, 9.0])

@@ -45,7 +45,7 @@ from hftguard.errors import ConfigError, HftguardError
 from hftguard.pipeline import trend
 from hftguard.pipeline.grid.layout import Layout, stage_state
 from hftguard.pipeline.grid.spec import NO_ALIGN, Grid
-from hftguard.runs import is_run_dir, read_manifest
+from hftguard.runs import is_run_dir, read_manifest, set_aside
 
 #: the stage as the plan names it -> the step log's prefix and the registry's component kind
 _KIND = {"align": "alignment-defense", "finetune": "finetune-defense"}
@@ -191,12 +191,16 @@ def _passes_note(registry: Any, stage: str, name: str) -> str:
         return ""
 
 
-def measured_in(dirs: Sequence[str | Path]) -> Timings:
+def measured_in(dirs: Sequence[str | Path], skip: frozenset[Path] = frozenset()) -> Timings:
     """What the finished runs in other run directories measured (``--timings-from``: a grid
-    that ran on this machine), for a grid that has not measured it yet."""
+    that ran on this machine; the rest of a plan's own ``--out``), for a grid that has not
+    measured it yet. Runs kept aside (``--overwrite``'s hidden copies, ``hftguard rejudge``'s
+    backups) are not runs of their own; ``skip``: run directories already counted."""
     found = Timings.empty()
-    for root in dirs:
-        for mpath in sorted(Path(root).rglob("manifest.json")):
+    for root in map(Path, dirs):
+        for mpath in sorted(root.rglob("manifest.json")):
+            if mpath.parent in skip or set_aside(root, mpath):
+                continue
             try:
                 m = read_manifest(mpath.parent)
             except HftguardError:
@@ -297,8 +301,10 @@ def estimate(
     left: dict[tuple[str, str], Left] = {}
     repairs: dict[str, RepairsLeft] = {}
     evals_left = 0
+    seen_runs: set[Path] = set()  # the plan's run directories, measured here already
 
     def training(stage: str, defense: str, path: Path, state: str, max_steps: int) -> None:
+        seen_runs.add(path)
         if is_run_dir(path):
             here.add_training(stage, defense, path)
         if state == "done":
@@ -313,6 +319,7 @@ def estimate(
 
     def evaluation(path: Path, state: str) -> None:
         nonlocal evals_left
+        seen_runs.add(path)
         seconds = _eval_seconds(path)
         if seconds is not None:
             here.evals.append(seconds)
@@ -320,6 +327,7 @@ def estimate(
             evals_left += 1
 
     def repair(defense: str, path: Path, state: str) -> None:
+        seen_runs.add(path)
         if (seconds := _eval_seconds(path)) is not None:  # any finished run's wall time
             here.repairs.setdefault(defense, []).append(seconds)
         if state != "done":
@@ -359,7 +367,7 @@ def estimate(
 
     # the runs under --out that this plan does not name (a grid narrowed by --set to other
     # seeds or ratios): same directory, most likely the same machine; before --timings-from
-    beside = measured_in([lay.root]) if lay.root.is_dir() else Timings.empty()
+    beside = measured_in([lay.root], frozenset(seen_runs)) if lay.root.is_dir() else Timings.empty()
     dirs = [d for d in timings_from if not Path(d).is_file()]
     other = measured_in(dirs) if dirs else Timings.empty()
     bench: dict[tuple[str, str], float] = {}
